@@ -1,0 +1,130 @@
+"""Argument checks shared by the solvers and losses.
+
+Every check raises :class:`ValueError` with a message that names the argument, what was
+expected and what was given, so a user mistake never surfaces as a stack of internal frames.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+__all__ = [
+    "check_embeddings",
+    "check_finite",
+    "check_marginal",
+    "check_positive",
+    "check_nonneg",
+    "check_int_at_least",
+    "check_choice",
+    "check_prob",
+]
+
+
+def _shape(x: torch.Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in x.shape) + ")"
+
+
+def check_finite(name: str, x: torch.Tensor) -> None:
+    """Raise if ``x`` holds NaN or Inf (one host sync)."""
+    if not bool(torch.isfinite(x).all()):
+        n_bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name}: expected finite values, got {n_bad} NaN/Inf entries")
+
+
+def check_embeddings(
+    z1: torch.Tensor, z2: torch.Tensor, *, min_batch: int = 2, check_values: bool = True
+) -> None:
+    """Check a pair of embedding batches ``z1``, ``z2`` of shape (N, d)."""
+    for name, z in (("z1", z1), ("z2", z2)):
+        if not isinstance(z, torch.Tensor):
+            raise ValueError(f"{name}: expected a torch.Tensor of shape (N, d), got {type(z).__name__}")
+        if z.dim() != 2:
+            raise ValueError(f"{name}: expected a 2-D tensor of shape (N, d), got shape {_shape(z)}")
+        if not z.is_floating_point():
+            raise ValueError(f"{name}: expected a floating-point tensor, got dtype {z.dtype}")
+    if z1.shape != z2.shape:
+        raise ValueError(
+            f"z1, z2: expected the same shape (N, d) for both views, got {_shape(z1)} and {_shape(z2)}"
+        )
+    if z1.shape[0] < min_batch:
+        raise ValueError(
+            f"z1: expected a batch of at least {min_batch} samples (a contrastive loss needs "
+            f"negatives), got N={z1.shape[0]}"
+        )
+    if z1.shape[1] < 1:
+        raise ValueError(f"z1: expected embedding dimension d >= 1, got {z1.shape[1]}")
+    if check_values:
+        check_finite("z1", z1)
+        check_finite("z2", z2)
+
+
+def check_positive(name: str, value: float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a positive number, got {value!r}") from None
+    if not (v > 0) or math.isinf(v):
+        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+    return v
+
+
+def check_nonneg(name: str, value: float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number >= 0, got {value!r}") from None
+    if not (v >= 0):
+        raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+    return v
+
+
+def check_prob(name: str, value: float, *, open_left: bool = False) -> float:
+    v = check_nonneg(name, value)
+    if v > 1 or (open_left and v == 0):
+        lo = "(0" if open_left else "[0"
+        raise ValueError(f"{name}: expected a number in {lo}, 1], got {value!r}")
+    return v
+
+
+def check_int_at_least(name: str, value: int, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    return value
+
+
+def check_choice(name: str, value: str, choices: Iterable[str]) -> str:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def check_marginal(
+    name: str, m: torch.Tensor | None, batch_shape: torch.Size, n: int, *, like: torch.Tensor
+) -> torch.Tensor | None:
+    """Validate a marginal of length ``n`` (optionally batched) and return it on ``like``'s device.
+
+    Accepts shape (n,) or (*batch, n). Entries must be >= 0, finite, with a positive sum.
+    """
+    if m is None:
+        return None
+    if not isinstance(m, torch.Tensor):
+        m = torch.as_tensor(m)
+    if m.dim() == 0 or m.shape[-1] != n:
+        raise ValueError(f"{name}: expected a marginal of length {n}, got shape {_shape(m)}")
+    if m.dim() > 1 and m.shape[:-1] != batch_shape:
+        raise ValueError(
+            f"{name}: expected shape ({n},) or {(*batch_shape, n)}, got shape {_shape(m)}"
+        )
+    if not bool(torch.isfinite(m).all()):
+        raise ValueError(f"{name}: expected finite entries, got NaN/Inf")
+    if bool((m < 0).any()):
+        raise ValueError(f"{name}: expected non-negative entries, got min {float(m.min()):.3g}")
+    if bool((m.sum(-1) <= 0).any()):
+        raise ValueError(f"{name}: expected a positive total mass, got a marginal summing to 0")
+    return m.to(device=like.device, dtype=like.dtype)

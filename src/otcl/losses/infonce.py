@@ -1,0 +1,54 @@
+r"""InfoNCE / NT-Xent (Oord et al., 2018; Chen et al., SimCLR, 2020).
+
+In the OT view (Shi et al., ICML 2023; Chen et al., NeurIPS 2024) InfoNCE is the coupling
+with the **row constraint only**: its plan is the closed-form row softmax
+:math:`P_{ij} = a_i\,\mathrm{softmax}_j(s_{ij}/\varepsilon)`, and the loss is
+:math:`\mathrm{KL}(I \,\|\, P)`:
+
+.. math::
+
+    \mathcal L = -\frac1n \sum_i \log
+        \frac{\exp(s_{i,p(i)}/\varepsilon)}{\sum_{j \ne i} \exp(s_{ij}/\varepsilon)} ,
+
+with :math:`p(i) = i \pm N` in the ``simclr`` layout (self-pair excluded: NT-Xent) and
+:math:`p(i) = i` in the ``cross`` layout (averaged over both directions: CLIP).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import OTContrastiveLoss
+from .registry import register
+
+__all__ = ["InfoNCE"]
+
+
+@register("infonce")
+class InfoNCE(OTContrastiveLoss):
+    """InfoNCE / NT-Xent: the row-constrained (semi-relaxed) coupling with a KL divergence.
+
+    Defaults: ``temperature=0.5`` (SimCLR on CIFAR, lightly's default), ``layout="simclr"``.
+    The identity-target path is a single fused cross-entropy on the scores; it equals the
+    generic coupling path (tested).
+    """
+
+    default_constraint = "rows"
+
+    def __init__(self, temperature: float = 0.5, **kwargs) -> None:
+        super().__init__(temperature, **kwargs)
+
+    def _one_direction(self, scores, bound, target, pos) -> torch.Tensor:
+        if (
+            self.constraint == "rows"
+            and self.divergence == "ce"
+            and type(self).extra_terms is OTContrastiveLoss.extra_terms
+        ):
+            logits = scores.float()
+            if target is None:
+                return F.cross_entropy(logits, pos)
+            log_p = torch.log_softmax(logits, dim=-1)
+            safe = torch.where(target > 0, log_p, torch.zeros_like(log_p))
+            return -(target * safe).sum(-1).mean()
+        return super()._one_direction(scores, bound, target, pos)

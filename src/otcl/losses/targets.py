@@ -1,0 +1,110 @@
+r"""Target plans :math:`P_{tgt}`: which pairs a loss pulls together.
+
+Every builder returns a row-normalised (n, n) float tensor (each row sums to 1) with zero
+mass on excluded self-pairs. ``n = 2N`` in the ``"simclr"`` layout (rows/columns ordered as
+``[view 1; view 2]``) and ``n = N`` in the ``"cross"`` layout.
+
+* :func:`identity_target` -- the other view of the same sample (the default);
+* :func:`label_target` -- every sample of the same class (SupCon-style supervised positives);
+* :func:`domain_target` -- GCA's domain-aware blocks
+  :math:`P_{tgt} = I + \alpha\,1(D_i = D_j) + \beta\,1(D_i\neq D_j)` off the self-pair.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._validation import check_choice
+from ..ot.geometry import LAYOUTS, positive_index
+
+__all__ = ["identity_target", "label_target", "domain_target", "prepare_target"]
+
+
+def _expand(v: torch.Tensor, layout: str) -> torch.Tensor:
+    return torch.cat([v, v]) if layout == "simclr" else v
+
+
+def identity_target(n_pairs: int, layout: str = "simclr", device=None) -> torch.Tensor:
+    """One-hot rows at the positive (the other view): (2N, 2N) or (N, N)."""
+    check_choice("layout", layout, LAYOUTS)
+    pos = positive_index(n_pairs, layout, device)
+    t = torch.zeros(pos.numel(), pos.numel(), device=device)
+    t[torch.arange(pos.numel(), device=device), pos] = 1.0
+    return t
+
+
+def label_target(labels: torch.Tensor, layout: str = "simclr") -> torch.Tensor:
+    """Row-normalised same-label target; ``labels`` is (N,) with one label per sample."""
+    check_choice("layout", layout, LAYOUTS)
+    y = _expand(labels, layout)
+    t = (y.unsqueeze(0) == y.unsqueeze(1)).float()
+    if layout == "simclr":
+        t.fill_diagonal_(0.0)
+    return t / t.sum(-1, keepdim=True)
+
+
+def domain_target(
+    domains: torch.Tensor, alpha: float, beta: float, layout: str = "simclr"
+) -> torch.Tensor:
+    r"""GCA's domain-aware target (Chen et al., 2024, PACS experiment), row-normalised.
+
+    :math:`P_{tgt}[i,j] = I[i,j] + \alpha\,1(D_i = D_j, i\ne j) + \beta\,1(D_i \ne D_j, i \ne j)`
+    where :math:`I` is the identity (positive) target; ``alpha - beta > 0`` pulls same-domain
+    samples together, ``< 0`` removes domain structure. ``alpha, beta >= 0``.
+    """
+    if alpha < 0 or beta < 0:
+        raise ValueError(f"alpha, beta: expected >= 0, got alpha={alpha}, beta={beta}")
+    d = _expand(domains, layout)
+    n_pairs = domains.shape[0]
+    same = (d.unsqueeze(0) == d.unsqueeze(1)).float()
+    t = identity_target(n_pairs, layout, domains.device) + alpha * same + beta * (1 - same)
+    if layout == "simclr":
+        t.fill_diagonal_(0.0)
+    else:
+        t.fill_diagonal_(1.0 + alpha)
+    return t / t.sum(-1, keepdim=True)
+
+
+def prepare_target(
+    n_pairs: int,
+    layout: str,
+    labels: torch.Tensor | None,
+    target: torch.Tensor | None,
+    device: torch.device,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Resolve ``labels=`` / ``target=`` into (row-normalised target or None, positive index).
+
+    Returns ``(None, pos)`` for the identity target, so losses can take the fast gather path.
+    """
+    n = 2 * n_pairs if layout == "simclr" else n_pairs
+    if labels is not None and target is not None:
+        raise ValueError("labels, target: expected at most one of them, got both")
+    if labels is not None:
+        if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.numel() != n_pairs:
+            shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels)
+            raise ValueError(f"labels: expected a 1-D tensor of length N={n_pairs}, got {shape}")
+        if labels.is_floating_point():
+            raise ValueError(f"labels: expected integer class labels, got dtype {labels.dtype}")
+        return label_target(labels.to(device), layout), None
+    if target is not None:
+        if not isinstance(target, torch.Tensor) or tuple(target.shape) != (n, n):
+            shape = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target)
+            raise ValueError(
+                f"target: expected a ({n}, {n}) tensor for layout={layout!r} with N={n_pairs}, "
+                f"got {shape}"
+            )
+        t = target.to(device=device, dtype=torch.float32)
+        if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+            raise ValueError("target: expected finite, non-negative entries")
+        if layout == "simclr" and bool((t.diagonal() != 0).any()):
+            raise ValueError(
+                "target: expected zero mass on the self-pairs (diagonal) in the simclr layout, "
+                "which are excluded from the coupling"
+            )
+        rows = t.sum(-1, keepdim=True)
+        if bool((rows <= 0).any()):
+            raise ValueError(
+                "target: expected every row to have positive mass (each anchor needs a positive)"
+            )
+        return t / rows, None
+    return None, positive_index(n_pairs, layout, device)
