@@ -9,6 +9,7 @@
 from . import divergences, targets
 from .base import DIVERGENCES, OTContrastiveLoss
 from .gca import GCAINCE, GCARINCE, GCAUOT, RINCE
+from .hard_negatives import DCL, HCL, HardNegativeLoss, OTHard
 from .infonce import InfoNCE
 from .iot import IOT, IOTUniformity, uniformity_penalty
 from .registry import available, build, get, parameters, register
@@ -19,6 +20,10 @@ __all__ = [
     "GCAINCE",
     "GCARINCE",
     "GCAUOT",
+    "DCL",
+    "HCL",
+    "HardNegativeLoss",
+    "OTHard",
     "IOT",
     "RINCE",
     "InfoNCE",

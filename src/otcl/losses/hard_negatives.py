@@ -1,0 +1,420 @@
+r"""Hard and debiased negatives: ``dcl``, ``hcl`` and ``ot-hard``.
+
+All three share one estimator of the negative term (the form of the official DCL, HCL and
+HCL-OT code). For an anchor :math:`i` with positive :math:`p(i)`, scores
+:math:`\ell_{ij} = s_{ij}/t` (cosine / temperature), :math:`M` negatives and row weights
+:math:`w_{ij} \ge 0`, :math:`\sum_j w_{ij} = 1` on the negatives:
+
+.. math::
+
+    N_g^{(i)} = \max\Big\{\frac{M \sum_j w_{ij} e^{\ell_{ij}} - \tau^+ M e^{\ell_{i,p(i)}}}
+        {1-\tau^+},\; M e^{-1/t}\Big\},\qquad
+    \mathcal L = \frac1n\sum_i -\log\frac{e^{\ell_{i,p(i)}}}{e^{\ell_{i,p(i)}} + N_g^{(i)}} .
+
+The methods differ only in the weights:
+
+===========  =====================================================  ============================
+name         weights :math:`w_{ij}` on the negatives                 paper / official code
+===========  =====================================================  ============================
+``dcl``      uniform :math:`1/M`                                     Chuang et al., NeurIPS 2020
+``hcl``      :math:`\mathrm{softmax}_j(\beta\, s_{ij}/t)`            Robinson et al., ICLR 2021
+``ot-hard``  :math:`P_{ij}/\sum_k P_{ik}`, :math:`P` the entropic     Jiang, Ishwar, Aeron,
+             OT coupling of the batch with itself (uniform           IJCNN 2023
+             marginals, self and positive pairs excluded)
+===========  =====================================================  ============================
+
+:math:`\tau^+` is the positive-class prior (debiasing), the clamp at :math:`M e^{-1/t}` (the
+smallest value of :math:`M e^{s/t}` for cosine scores) keeps :math:`N_g > 0`. With
+:math:`\tau^+ = 0`: ``dcl`` is InfoNCE / NT-Xent, ``hcl`` with :math:`\beta = 0` is ``dcl``.
+
+Everything is computed in log space (:math:`\log N_g` by log-sum-exp, the debiasing by
+``log1p``), so small temperatures or large :math:`\beta` neither overflow nor give NaN
+gradients (the official code computes ``exp(beta * log(neg))`` directly, which overflows in
+half precision at :math:`t = 0.1, \beta = 6`).
+
+``ot-hard``: with the squared-Euclidean cost on the unit sphere, :math:`C_{ij} = 2 - 2s_{ij}`,
+the coupling is :math:`P_{ij} = u_i e^{2 s_{ij}/\varepsilon} v_j`, so its row weights are HCL's
+with :math:`\beta = 2t/\varepsilon`, re-weighted by the column scaling :math:`v_j`, which makes
+every sample be used as a negative equally often (the second marginal). The official code
+treats :math:`P` as a constant (POT on a detached CPU copy); so does ``coupling_grad="none"``,
+the default. See ``docs/losses-hardneg-dmm.md`` for defaults and differences.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .._validation import (
+    check_choice,
+    check_embeddings,
+    check_int_at_least,
+    check_nonneg,
+    check_positive,
+)
+from ..ot.geometry import LAYOUTS, SIMILARITIES, positive_index, similarity
+from ..ot.sinkhorn import SinkhornOutput, sinkhorn
+from .registry import register
+
+__all__ = ["HardNegativeLoss", "DCL", "HCL", "OTHard", "COSTS", "COUPLING_GRADS"]
+
+COSTS = ("sqeuclidean", "exp")
+COUPLING_GRADS = ("none", "unrolled", "detach", "implicit")
+
+
+def _check_tau_plus(tau_plus: float) -> float:
+    v = check_nonneg("tau_plus", tau_plus)
+    if v >= 1:
+        raise ValueError(f"tau_plus: expected a class prior in [0, 1), got {tau_plus!r}")
+    return v
+
+
+class HardNegativeLoss(nn.Module):
+    r"""Shared estimator of DCL / HCL / HCL-OT (see the module docstring for the equation).
+
+    Subclasses define :meth:`log_weights`, the (n, m) log of the row-normalised weights of the
+    negatives (``-inf`` off the negatives). With uniform weights this class is DCL.
+
+    Args:
+        temperature: t > 0; scores are similarity / t.
+        tau_plus: positive-class prior :math:`\tau^+ \in [0, 1)` (debiasing; 0 = off).
+        layout: ``"simclr"`` (all 2N views as anchors, negatives are the 2N - 2 other views) or
+            ``"cross"`` (view-1 anchors against view-2 candidates, N - 1 negatives).
+        similarity: ``"cosine"`` (default, as the official code) or ``"dot"``.
+        symmetric: in the ``"cross"`` layout average both directions (as ``infonce``).
+        check_inputs: check embeddings for NaN/Inf (one host sync per call).
+
+    Call:
+        ``loss(z1, z2, labels=None, target=None) -> scalar`` with ``z1``, ``z2`` (N, d).
+        ``labels`` (N,) integer classes remove same-class samples from the negatives (the
+        "unbiased" oracle of Chuang et al. 2020); the positive stays the other view, and
+        ``tau_plus`` must then be 0. Custom ``target`` plans are not supported (ValueError).
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.5,
+        *,
+        tau_plus: float = 0.0,
+        layout: str = "simclr",
+        similarity: str = "cosine",
+        symmetric: bool = True,
+        check_inputs: bool = True,
+    ) -> None:
+        super().__init__()
+        self.temperature = check_positive("temperature", temperature)
+        self.tau_plus = _check_tau_plus(tau_plus)
+        self.layout = check_choice("layout", layout, LAYOUTS)
+        self.similarity = check_choice("similarity", similarity, SIMILARITIES)
+        self.symmetric = bool(symmetric)
+        self.check_inputs = bool(check_inputs)
+
+    # -- parts -----------------------------------------------------------------------------
+    def _batch(
+        self, z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Similarities, positive index, negative mask, and the rows' / columns' embeddings.
+
+        Returns ``(sim, pos, neg_mask, x, y)``: sim (n, m), pos (n,), neg_mask (n, m) bool
+        (True on the negatives), x (n, d) anchors, y (m, d) candidates.
+        """
+        n_pairs = z1.shape[0]
+        if self.layout == "simclr":
+            x = y = torch.cat([z1, z2], dim=0)
+        else:
+            x, y = z1, z2
+        sim = similarity(x, y, self.similarity)
+        pos = positive_index(n_pairs, self.layout, sim.device)
+        n, m = sim.shape
+        rows = torch.arange(n, device=sim.device)
+        neg = torch.ones(n, m, dtype=torch.bool, device=sim.device)
+        neg[rows, pos] = False
+        if self.layout == "simclr":
+            neg[rows, rows] = False
+        if labels is not None:
+            y_lab = torch.cat([labels, labels]) if self.layout == "simclr" else labels
+            y_lab = y_lab.to(sim.device)
+            neg = neg & (y_lab.unsqueeze(1) != y_lab.unsqueeze(0))
+        return sim, pos, neg, x, y
+
+    def log_weights(
+        self,
+        sim: torch.Tensor,
+        neg: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+    ) -> torch.Tensor:
+        """(n, m) log of the row-normalised negative weights; uniform here (DCL)."""
+        count = neg.sum(-1, keepdim=True).clamp_min(1).to(sim.dtype)
+        return torch.where(neg, -count.log(), torch.full_like(sim, float("-inf")))
+
+    def _row_losses(
+        self, sim: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, log_w: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-anchor loss (n,) from similarities, positives, negative mask and log-weights."""
+        t = self.temperature
+        logits = sim / t
+        log_pos = logits.gather(-1, pos.unsqueeze(-1)).squeeze(-1)
+        count = neg.sum(-1).to(logits.dtype)
+        has_neg = count > 0
+        # log sum_j w_ij e^{l_ij}; rows without negatives get a finite dummy (masked below), so
+        # that logsumexp over an all -inf row never produces NaN gradients.
+        terms = torch.where(neg, log_w + logits, torch.full_like(logits, float("-inf")))
+        terms = torch.where(has_neg.unsqueeze(-1), terms, torch.zeros_like(terms))
+        log_count = torch.where(has_neg, count.clamp_min(1).log(), torch.zeros_like(count))
+        log_ng0 = log_count + torch.logsumexp(terms, dim=-1)
+        if self.tau_plus > 0:
+            # log((e^{log_ng0} - tau M e^{log_pos}) / (1 - tau)) where the difference is > 0
+            log_r = math.log(self.tau_plus) + log_count + log_pos - log_ng0
+            ok = log_r < 0
+            safe = torch.where(ok, log_r, torch.full_like(log_r, -1.0))
+            log_deb = log_ng0 - math.log1p(-self.tau_plus) + torch.log1p(-safe.exp())
+            log_ng = torch.where(ok, log_deb, torch.full_like(log_deb, float("-inf")))
+        else:
+            log_ng = log_ng0
+        # the clamp N_g >= M e^{-1/t} (official code, always on)
+        log_ng = torch.maximum(log_ng, log_count - 1.0 / t)
+        log_ng = torch.where(has_neg, log_ng, torch.full_like(log_ng, float("-inf")))
+        return torch.logaddexp(log_pos, log_ng) - log_pos
+
+    def _check_call(self, z1, z2, labels, target) -> None:
+        check_embeddings(z1, z2, check_values=self.check_inputs)
+        if target is not None:
+            raise ValueError(
+                f"target: custom target plans are not supported by {type(self).__name__}; "
+                "pass labels= to remove same-class negatives, got a target tensor"
+            )
+        if labels is not None:
+            n_pairs = z1.shape[0]
+            if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
+                raise ValueError(f"labels: expected a 1-D tensor of length N={n_pairs}, got {labels!r}")
+            if labels.numel() != n_pairs:
+                raise ValueError(
+                    f"labels: expected a 1-D tensor of length N={n_pairs}, got {labels.numel()}"
+                )
+            if labels.is_floating_point():
+                raise ValueError(f"labels: expected integer class labels, got dtype {labels.dtype}")
+            if self.tau_plus > 0:
+                raise ValueError(
+                    f"tau_plus: expected 0 when labels are given (labels remove the false "
+                    f"negatives exactly; debiasing would correct twice), got {self.tau_plus}"
+                )
+
+    # -- public ----------------------------------------------------------------------------
+    def negative_weights(
+        self, z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row-normalised weights of the negatives, for diagnostics.
+
+        Returns:
+            ``(weights, neg_mask)``: (n, m) weights (zero off the negatives, rows sum to 1) of
+            the first direction, and the (n, m) bool mask of the negatives.
+        """
+        self._check_call(z1, z2, labels, None)
+        sim, _, neg, x, y = self._batch(z1, z2, labels)
+        return self.log_weights(sim, neg, x, y).exp(), neg
+
+    def forward(
+        self,
+        z1: torch.Tensor,
+        z2: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        self._check_call(z1, z2, labels, target)
+        sim, pos, neg, x, y = self._batch(z1, z2, labels)
+        log_w = self.log_weights(sim, neg, x, y)
+        loss = self._row_losses(sim, pos, neg, log_w).mean()
+        if self.layout == "cross" and self.symmetric:
+            sim_t, neg_t = sim.transpose(0, 1), neg.transpose(0, 1)
+            log_w_t = self.log_weights_transposed(log_w, sim_t, neg_t, y, x)
+            loss = 0.5 * (loss + self._row_losses(sim_t, pos, neg_t, log_w_t).mean())
+        return loss
+
+    def log_weights_transposed(self, log_w, sim_t, neg_t, y, x) -> torch.Tensor:
+        """Weights of the second direction of the cross layout (rows = view-2 anchors)."""
+        return self.log_weights(sim_t, neg_t, y, x)
+
+    def extra_repr(self) -> str:
+        keys = ["temperature", "tau_plus", "layout", "similarity"]
+        return ", ".join(f"{k}={getattr(self, k)!r}" for k in keys)
+
+
+@register("dcl")
+class DCL(HardNegativeLoss):
+    r"""Debiased contrastive loss (Chuang, Robinson, Lin, Torralba, Jegelka, NeurIPS 2020).
+
+    Uniform weights on the negatives, debiased by the positive-class prior ``tau_plus``:
+    :math:`N_g = \max\{(\sum_j e^{s_{ij}/t} - \tau^+ M e^{s_{i,p}/t})/(1-\tau^+), M e^{-1/t}\}`.
+
+    Defaults of the official code (chingyaoc/DCL): ``temperature=0.5``, ``tau_plus=0.1``,
+    ``layout="simclr"``. ``tau_plus=0`` is exactly ``infonce`` (tested).
+    """
+
+    def __init__(self, temperature: float = 0.5, *, tau_plus: float = 0.1, **kwargs) -> None:
+        super().__init__(temperature, tau_plus=tau_plus, **kwargs)
+
+
+@register("hcl")
+class HCL(HardNegativeLoss):
+    r"""Hard negative contrastive loss (Robinson, Chuang, Sra, Jegelka, ICLR 2021).
+
+    Importance weights :math:`w_{ij} = \mathrm{softmax}_j(\beta s_{ij}/t)` over the negatives
+    (the official code's ``imp = exp(beta * log(neg))`` normalised by ``imp.mean()``: beta
+    multiplies :math:`s/t`, not :math:`s`), differentiated (not detached), then DCL's debiasing.
+
+    Args:
+        beta: concentration :math:`\beta \ge 0`; 0 gives ``dcl``.
+        tau_plus: positive-class prior (official default 0.1).
+        temperature, layout, similarity, symmetric, check_inputs: see :class:`HardNegativeLoss`.
+
+    Defaults of the official code (joshr17/HCL): ``temperature=0.5``, ``beta=1.0``,
+    ``tau_plus=0.1``. The optional annealing of beta (``--anneal down``) is left to the training
+    loop: set ``loss.beta`` between epochs.
+    """
+
+    def __init__(
+        self, temperature: float = 0.5, *, beta: float = 1.0, tau_plus: float = 0.1, **kwargs
+    ) -> None:
+        super().__init__(temperature, tau_plus=tau_plus, **kwargs)
+        self.beta = check_nonneg("beta", beta)
+
+    def log_weights(self, sim, neg, x, y) -> torch.Tensor:
+        logits = torch.where(neg, self.beta * sim / self.temperature, float("-inf"))
+        has = neg.any(-1, keepdim=True)
+        logits = torch.where(has, logits, torch.zeros_like(logits))
+        log_w = torch.log_softmax(logits, dim=-1)
+        return torch.where(neg, log_w, torch.full_like(log_w, float("-inf")))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", beta={self.beta!r}"
+
+
+@register("ot-hard")
+class OTHard(HardNegativeLoss):
+    r"""Hard negatives from regularized OT (HCL-OT; Jiang, Ishwar, Aeron, IJCNN 2023).
+
+    The weights are the rows of the entropic OT coupling of the batch with itself,
+
+    .. math::
+
+        P = \arg\min_{P \in \Pi(a, b)} \langle P, C\rangle - \varepsilon H(P),\quad
+        a = b = \text{uniform},\quad P_{ij} = 0 \text{ on self and positive pairs},
+
+    :math:`w_{ij} = P_{ij} / \sum_k P_{ik}` (= :math:`nP_{ij}` at convergence), plugged into
+    the DCL/HCL estimator. The cost is on the embeddings (L2-normalised for
+    ``similarity="cosine"``): ``"sqeuclidean"`` :math:`C_{ij} = \|z_i - z_j\|^2` or the paper's
+    new cost ``"exp"`` :math:`C_{ij} = \exp(\|z_i - z_j\|^2 - \kappa)` (only
+    :math:`\varepsilon e^{\kappa}` matters). The coupling is solved with
+    :func:`otcl.ot.sinkhorn` in the log/exp domain on the embeddings' device.
+
+    With ``cost="sqeuclidean"`` and :math:`\varepsilon = 2t/\beta` the weights are HCL's up to
+    the column scaling :math:`v_j` (close, not equal: see ``docs/losses-hardneg-dmm.md``).
+
+    Args:
+        eps: entropic regularisation :math:`\varepsilon > 0` (official ``--reg``, default 0.7).
+        cost: ``"sqeuclidean"`` (default) or ``"exp"``.
+        kappa: shift of the ``"exp"`` cost (official default 1).
+        tau_plus: positive-class prior (official HCL-OT default 0).
+        iters: maximum Sinkhorn iterations (default 100; the official code runs up to 1000 on
+            the CPU with ``stopThr=1e-9``).
+        tol: early stop when the potentials move less than ``tol`` (checked every 10
+            iterations, one host sync each); default 1e-4. None = always ``iters`` (sync-free).
+        coupling_grad: ``"none"`` (default, as the official code: the plan is a constant),
+            ``"unrolled"`` (autograd through the iterations), ``"detach"`` (envelope gradient:
+            potentials constant, gradient through the cost) or ``"implicit"`` (implicit
+            differentiation, needs :mod:`otcl.ot.implicit`).
+        temperature, layout, similarity, symmetric, check_inputs: see :class:`HardNegativeLoss`.
+
+    The last solve is kept in ``self.last_coupling`` (a :class:`~otcl.ot.SinkhornOutput`) for
+    diagnostics (marginal errors, iterations).
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.5,
+        *,
+        eps: float = 0.7,
+        cost: str = "sqeuclidean",
+        kappa: float = 1.0,
+        tau_plus: float = 0.0,
+        iters: int = 100,
+        tol: float | None = 1e-4,
+        coupling_grad: str = "none",
+        **kwargs,
+    ) -> None:
+        super().__init__(temperature, tau_plus=tau_plus, **kwargs)
+        self.eps = check_positive("eps", eps)
+        self.cost = check_choice("cost", cost, COSTS)
+        try:
+            self.kappa = float(kappa)
+        except (TypeError, ValueError):
+            raise ValueError(f"kappa: expected a finite number, got {kappa!r}") from None
+        if not math.isfinite(self.kappa):
+            raise ValueError(f"kappa: expected a finite number, got {kappa!r}")
+        self.iters = check_int_at_least("iters", iters, 1)
+        self.tol = None if tol is None else check_nonneg("tol", tol)
+        self.coupling_grad = check_choice("coupling_grad", coupling_grad, COUPLING_GRADS)
+        self.last_coupling: SinkhornOutput | None = None
+
+    def cost_matrix(self, sim: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(n, m) ground cost between anchors ``x`` and candidates ``y``."""
+        if self.similarity == "cosine":
+            d2 = (2.0 - 2.0 * sim).clamp_min(0.0)
+        else:
+            d2 = (x.pow(2).sum(-1, keepdim=True) + y.pow(2).sum(-1) - 2.0 * sim).clamp_min(0.0)
+        if self.cost == "sqeuclidean":
+            return d2
+        return torch.exp(d2 - self.kappa)
+
+    def _bound(self) -> float | None:
+        if self.similarity != "cosine":
+            return None
+        top = 4.0 if self.cost == "sqeuclidean" else math.exp(4.0 - self.kappa)
+        return top / self.eps
+
+    def coupling(
+        self, z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> SinkhornOutput:
+        """The entropic OT coupling of a batch (uniform marginals; zero on excluded pairs)."""
+        self._check_call(z1, z2, labels, None)
+        sim, _, neg, x, y = self._batch(z1, z2, labels)
+        return self._solve(sim, neg, x, y)
+
+    def _solve(self, sim, neg, x, y) -> SinkhornOutput:
+        def scores():
+            c = self.cost_matrix(sim, x, y)
+            return torch.where(neg, -c / self.eps, torch.full_like(c, float("-inf")))
+
+        kw = dict(iters=self.iters, tol=self.tol, bound=self._bound())
+        if self.coupling_grad == "none":
+            with torch.no_grad():
+                out = sinkhorn(scores().detach(), grad="detach", **kw)
+            out.log_plan = out.log_plan.detach()
+        else:
+            out = sinkhorn(scores(), grad=self.coupling_grad, **kw)
+        self.last_coupling = out
+        return out
+
+    def log_weights(self, sim, neg, x, y) -> torch.Tensor:
+        out = self._solve(sim, neg, x, y)
+        return self._row_normalise(out.log_plan, neg)
+
+    @staticmethod
+    def _row_normalise(log_plan: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        has = neg.any(-1, keepdim=True)
+        lp = torch.where(has, log_plan, torch.zeros_like(log_plan))
+        log_w = lp - torch.logsumexp(lp, dim=-1, keepdim=True)
+        return torch.where(neg, log_w, torch.full_like(log_w, float("-inf")))
+
+    def log_weights_transposed(self, log_w, sim_t, neg_t, y, x) -> torch.Tensor:
+        # the coupling of the transposed problem is the transposed coupling: reuse the solve
+        return self._row_normalise(self.last_coupling.log_plan.transpose(0, 1), neg_t)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (
+            f", eps={self.eps!r}, cost={self.cost!r}, kappa={self.kappa!r}, iters={self.iters}, "
+            f"coupling_grad={self.coupling_grad!r}"
+        )
