@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from . import losses, ot  # noqa: E402
+from . import diagnostics, losses, ot  # noqa: E402
 
-__all__ = ["losses", "ot", "__version__"]
+__all__ = ["diagnostics", "losses", "ot", "__version__"]

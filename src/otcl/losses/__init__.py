@@ -8,6 +8,7 @@
 
 from . import divergences, targets
 from .base import DIVERGENCES, OTContrastiveLoss
+from .dmm import DMM, Mixed
 from .gca import GCAINCE, GCARINCE, GCAUOT, RINCE
 from .hard_negatives import DCL, HCL, HardNegativeLoss, OTHard
 from .infonce import InfoNCE
@@ -21,12 +22,14 @@ __all__ = [
     "GCARINCE",
     "GCAUOT",
     "DCL",
+    "DMM",
     "HCL",
     "HardNegativeLoss",
     "OTHard",
     "IOT",
     "RINCE",
     "InfoNCE",
+    "Mixed",
     "IOTUniformity",
     "OTContrastiveLoss",
     "available",
