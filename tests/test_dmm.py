@@ -72,7 +72,9 @@ def test_margin_is_lam_times_margin_hand_built():
     # active hinges at margin lam*m = 0.6: [0.6 + r - 1]_+ = 0.6 - 0.293 and [0.6 + r - r]_+
     expected = ((lam * m + r - 1) + lam * m) / 4
     assert dmm.last_margin == lam * m
-    torch.testing.assert_close(term, torch.tensor(expected, dtype=torch.float64), rtol=1e-14, atol=0)
+    torch.testing.assert_close(
+        term, torch.tensor(expected, dtype=torch.float64), rtol=1e-14, atol=0
+    )
     torch.testing.assert_close(term, _hinge_loops(anchors, positives, lam * m))
     # in the full call: total - base = w * term with w = 1 (warmup 0)
     z1, z2 = anchors, positives
@@ -89,9 +91,11 @@ def test_margin_recomputed_every_step_and_legacy_accumulates():
         lams.append(dmm.last_lam)
         margins.append(dmm.last_margin)
         assert 0.5 <= dmm.last_lam <= 1.0
-    for lam, mar in zip(lams, margins):
+    for lam, mar in zip(lams, margins, strict=True):
         assert mar == pytest.approx(0.2 * lam, rel=1e-15)
-    legacy = DMM(margin=0.2, lam_range=(0.5, 1.0), warmup=0.0, seed=0, legacy_cumulative_margin=True)
+    legacy = DMM(
+        margin=0.2, lam_range=(0.5, 1.0), warmup=0.0, seed=0, legacy_cumulative_margin=True
+    )
     prod = 0.2
     for lam in lams:  # same seed -> same lambdas
         legacy(z1, z2)
@@ -215,7 +219,10 @@ def test_both_views():
     dmm = DMM(warmup=0.0, both_views=True, lam_range=(0.8, 0.8))
     mixed = dmm.mix_embeddings(z1, z2)
     term = dmm.dmm_term(mixed, z2, z1)
-    ref = 0.5 * (vse_hinge(0.8 * z1 + 0.2 * z1.flip(0), z2, 0.16) + vse_hinge(0.8 * z2 + 0.2 * z2.flip(0), z1, 0.16))
+    ref = 0.5 * (
+        vse_hinge(0.8 * z1 + 0.2 * z1.flip(0), z2, 0.16)
+        + vse_hinge(0.8 * z2 + 0.2 * z2.flip(0), z1, 0.16)
+    )
     torch.testing.assert_close(term, ref)
     with pytest.raises(ValueError, match="x2"):
         dmm.mix_inputs(nn.Identity(), z1)
@@ -224,13 +231,16 @@ def test_both_views():
 def test_triplet_pair_loss():
     a = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
     b = torch.tensor([[0.5, 0.0], [1.0, 1.0], [0.0, 0.0]])
-    # d(a0,b0)=0.5, hardest other: d(a0,b2)=0 -> [m + 0.5 - 0]; d(a1,b1)=1, min(d(a1,b0)=.5, d(a1,b2)=1)
+    # d(a0,b0)=0.5, hardest other: d(a0,b2)=0 -> [m + 0.5 - 0];
+    # d(a1,b1)=1, min(d(a1,b0)=.5, d(a1,b2)=1)
     # d(a2,b2)=2, min(d(a2,b0)=sqrt(4.25), d(a2,b1)=sqrt2)
     m = 0.3
     expected = ((m + 0.5) + (m + 1 - 0.5) + max(0.0, m + 2 - math.sqrt(2))) / 3
     torch.testing.assert_close(min_triplet(a, b, m), torch.tensor(expected))
     dmm = DMM(pair_loss="triplet", margin=0.5, lam_range=(0.6, 0.6), warmup=0.0)
-    torch.testing.assert_close(dmm.dmm_term(Mixed(a, 0.6, torch.arange(3)), b), min_triplet(a, b, 0.3))
+    torch.testing.assert_close(
+        dmm.dmm_term(Mixed(a, 0.6, torch.arange(3)), b), min_triplet(a, b, 0.3)
+    )
 
 
 def test_repel_close_positives_option():

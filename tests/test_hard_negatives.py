@@ -102,7 +102,7 @@ def test_dcl_clamp_is_active_and_matches():
     out = torch.cat([F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)])
     s = out @ out.T / t
     m = 2 * z1.shape[0] - 2
-    raw = torch.exp(s).sum(-1) - math.e ** 2 - tau * m * torch.exp(s[0, z1.shape[0]])
+    raw = torch.exp(s).sum(-1) - math.e**2 - tau * m * torch.exp(s[0, z1.shape[0]])
     assert raw[0] < 0  # the clamp must matter on this example
     torch.testing.assert_close(DCL(t, tau_plus=tau)(z1, z2), _official(z1, z2, t, tau))
 
@@ -222,13 +222,18 @@ def test_cross_layout_symmetric_is_average_of_directions():
 def test_labels_remove_same_class_negatives():
     z1, z2 = _pairs(seed=11)
     labels = torch.tensor([0, 1, 0, 2, 1, 3, 3, 0])
-    for loss, kw in [(DCL(0.5, tau_plus=0.0), {}), (HCL(0.5, beta=2.0, tau_plus=0.0), {"beta": 2.0})]:
+    for loss, kw in [
+        (DCL(0.5, tau_plus=0.0), {}),
+        (HCL(0.5, beta=2.0, tau_plus=0.0), {"beta": 2.0}),
+    ]:
         w = "hcl" if kw else "uniform"
         ref = _official(z1, z2, 0.5, 0.0, weights=w, beta=kw.get("beta", 0.0), labels=labels)
         torch.testing.assert_close(loss(z1, z2, labels=labels), ref, rtol=1e-10, atol=1e-12)
     # all-distinct labels change nothing
     distinct = torch.arange(8)
-    torch.testing.assert_close(HCL(0.5, tau_plus=0.0)(z1, z2, labels=distinct), HCL(0.5, tau_plus=0.0)(z1, z2))
+    torch.testing.assert_close(
+        HCL(0.5, tau_plus=0.0)(z1, z2, labels=distinct), HCL(0.5, tau_plus=0.0)(z1, z2)
+    )
     # a class-pure batch: no negatives at all, finite zero loss and gradients
     zz = z1.clone().requires_grad_(True)
     val = OTHard(0.5)(zz, z2, labels=torch.zeros(8, dtype=torch.long))
@@ -369,5 +374,8 @@ def test_implicit_mode_if_available():
     a = OTHard(0.5, coupling_grad="implicit", iters=300, tol=1e-12)
     b = OTHard(0.5, coupling_grad="unrolled", iters=300, tol=1e-12)
     torch.testing.assert_close(
-        torch.autograd.grad(a(z1, z2), z1)[0], torch.autograd.grad(b(z1, z2), z1)[0], rtol=1e-5, atol=1e-8
+        torch.autograd.grad(a(z1, z2), z1)[0],
+        torch.autograd.grad(b(z1, z2), z1)[0],
+        rtol=1e-5,
+        atol=1e-8,
     )

@@ -52,7 +52,7 @@ def alignment(z1: torch.Tensor, z2: torch.Tensor, alpha: float = 2.0) -> torch.T
 
 
 def uniformity(z: torch.Tensor, t: float = 2.0) -> torch.Tensor:
-    r"""Wang & Isola uniformity :math:`\log \frac{1}{N(N-1)/2}\sum_{i<j} e^{-t\|\hat z_i-\hat z_j\|^2}`.
+    r"""Wang & Isola uniformity :math:`\log \mathrm{mean}_{i<j}\, e^{-t\|\hat z_i-\hat z_j\|^2}`.
 
     Args:
         z: (N, d), N >= 2 (normalised inside).

@@ -20,7 +20,8 @@ The positive of :math:`\tilde a_i` is :math:`b_i`, every other :math:`b_j` is a 
 
 .. math::
 
-    L_{dmm} = \frac{1}{B^2}\sum_{i\ne j} [\lambda m + S_{ij} - S_{ii}]_+ + [\lambda m + S_{ij} - S_{jj}]_+ ,
+    L_{dmm} = \frac{1}{B^2}\sum_{i\ne j} [\lambda m + S_{ij} - S_{ii}]_+
+        + [\lambda m + S_{ij} - S_{jj}]_+ ,
 
 and the total loss is :math:`L = L_{base}(a, b) + \omega\, \frac{e}{e + e_0}\, L_{dmm}` with the
 ramp-up over epochs :math:`e` (:meth:`DMM.set_epoch`), offset :math:`e_0` = ``warmup``.
@@ -171,7 +172,8 @@ class DMM(nn.Module):
             (CML min-triplet on Euclidean distances).
         both_views: also mix view 2 (positives = clean view 1) and average; off in the official
             code, which mixes one side (video, user, modality) only.
-        repel_close_positives: add :math:`\frac1B\sum_i[\cos(\tilde a_i, b_i) - (1 - (1-\lambda)m)]_+`
+        repel_close_positives: add
+            :math:`\frac1B\sum_i[\cos(\tilde a_i, b_i) - (1 - (1-\lambda)m)]_+`
             (an otcl reading of the abstract's "making a little far for strongly nearby positive
             pairs"; **absent from the official code**, off by default).
         repel_weight: weight of that term.

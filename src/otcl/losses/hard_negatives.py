@@ -189,7 +189,9 @@ class HardNegativeLoss(nn.Module):
         if labels is not None:
             n_pairs = z1.shape[0]
             if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
-                raise ValueError(f"labels: expected a 1-D tensor of length N={n_pairs}, got {labels!r}")
+                raise ValueError(
+                    f"labels: expected a 1-D tensor of length N={n_pairs}, got {labels!r}"
+                )
             if labels.numel() != n_pairs:
                 raise ValueError(
                     f"labels: expected a 1-D tensor of length N={n_pairs}, got {labels.numel()}"
