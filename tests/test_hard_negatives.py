@@ -183,10 +183,10 @@ def test_ot_hard_vs_hcl_weights():
     w_h, _ = hcl.negative_weights(z1, z2)
     tv = 0.5 * (w_ot - w_h).abs().sum(-1)
     rel = ((w_ot - w_h).abs() / w_h.clamp_min(1e-30))[neg]
-    assert tv.max() < 0.02  # observed 0.0084
-    assert rel.max() < 0.1  # observed 0.048
+    assert tv.max() < 0.02  # observed 0.0089
+    assert rel.max() < 0.1  # observed 0.057
     l_ot, l_h = ot_loss(z1, z2), hcl(z1, z2)
-    assert abs(float(l_ot - l_h)) / float(l_h) < 1e-3  # observed ~1e-4
+    assert abs(float(l_ot - l_h)) / float(l_h) < 1e-3  # observed 3.6e-4
     # the whole difference is the column potential g = log v: exact up to solver tolerance
     g = ot_loss.last_coupling.g
     sim = torch.cat([F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)])
