@@ -120,7 +120,7 @@ def test_hcl_matches_official_formula(beta, tau_plus):
     )
 
 
-def _ot_reference_plan(z1, z2, eps, cost="sqeuclidean", kappa=1.0):
+def _ot_reference_plan(z1, z2, eps, cost="sqeuclidean", kappa=1.0, labels=None):
     ot = pytest.importorskip("ot")
     out = torch.cat([F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)]).detach().numpy()
     n, b = out.shape[0], z1.shape[0]
@@ -129,6 +129,9 @@ def _ot_reference_plan(z1, z2, eps, cost="sqeuclidean", kappa=1.0):
     for i in range(n):
         c[i, i] = np.inf
         c[i, (i + b) % n] = np.inf
+    if labels is not None:
+        lab = torch.cat([labels, labels]).numpy()
+        c[lab[:, None] == lab[None, :]] = np.inf
     a = np.full(n, 1.0 / n)
     return ot.sinkhorn(a, a, c, eps, numItermax=5000, stopThr=1e-13)
 
@@ -229,6 +232,16 @@ def test_labels_remove_same_class_negatives():
         w = "hcl" if kw else "uniform"
         ref = _official(z1, z2, 0.5, 0.0, weights=w, beta=kw.get("beta", 0.0), labels=labels)
         torch.testing.assert_close(loss(z1, z2, labels=labels), ref, rtol=1e-10, atol=1e-12)
+    # ot-hard: same-class pairs leave the coupling too (POT reference with +inf cost on them)
+    plan = _ot_reference_plan(z1, z2, 0.5, labels=labels)
+    loss = OTHard(0.5, eps=0.5, iters=3000, tol=1e-13)
+    val = loss(z1, z2, labels=labels)
+    torch.testing.assert_close(
+        loss.last_coupling.plan, torch.as_tensor(plan), rtol=1e-6, atol=1e-10
+    )
+    q = torch.as_tensor(plan * 16)
+    ref = _official(z1, z2, 0.5, 0.0, weights="ot", q=q, labels=labels)
+    torch.testing.assert_close(val, ref, rtol=1e-8, atol=1e-10)
     # all-distinct labels change nothing
     distinct = torch.arange(8)
     torch.testing.assert_close(
