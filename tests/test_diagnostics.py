@@ -92,6 +92,26 @@ def test_weighted_similarity_matches_manual():
     assert dg.batch_diagnostics(z1, z2, DMM("infonce"))["neg_eff"] == pytest.approx(10.0, rel=1e-6)
 
 
+def test_plan_source_for_ot_losses():
+    z1, z2 = _pairs(n=6, seed=4)
+    loss = build("infonce", temperature=0.2)
+    out = dg.batch_diagnostics(z1, z2, loss, source="plan")
+    # infonce's plan is the row softmax of s/t: restricted to the negatives it is softmax over them
+    x = torch.cat([F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)])
+    sim = x @ x.T
+    neg = dg.negative_mask(6, "simclr")
+    w = torch.softmax(torch.where(neg, sim / 0.2, float("-inf")), -1)
+    assert out["neg_eff"] == pytest.approx(float(dg.effective_negatives(w).mean()), rel=1e-5)
+    assert out["neg_sim_weighted"] == pytest.approx(float((w * sim).sum(-1).mean()), abs=1e-6)
+    assert dg.batch_diagnostics(z1, z2, loss, source="uniform")["neg_eff"] == pytest.approx(10.0)
+    iot = dg.batch_diagnostics(z1, z2, build("gca-ince"), source="plan")
+    assert 1.0 < iot["neg_eff"] < 10.0
+    with pytest.raises(ValueError, match="source"):
+        dg.batch_diagnostics(z1, z2, build("hcl"), source="plan")
+    with pytest.raises(ValueError, match="source"):
+        dg.batch_diagnostics(z1, z2, loss, source="coupling")
+
+
 def test_alignment_closed_forms():
     z = torch.randn(5, 3)
     assert float(dg.alignment(z, 2 * z)) == pytest.approx(0.0, abs=1e-6)

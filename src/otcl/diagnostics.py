@@ -126,6 +126,7 @@ def batch_diagnostics(
     loss=None,
     *,
     weights: torch.Tensor | None = None,
+    source: str = "auto",
     layout: str | None = None,
     alpha: float = 2.0,
     t: float = 2.0,
@@ -140,6 +141,12 @@ def batch_diagnostics(
             ``layout`` is used when ``layout`` is None.
         weights: explicit (n, n) negative weights (overrides ``loss``); entries off the
             negatives are ignored, rows are normalised.
+        source: where the weights come from when ``weights`` is None: ``"auto"`` (the loss's
+            ``negative_weights`` if it has one, else uniform), ``"uniform"``, or ``"plan"``: the
+            model coupling :math:`P_\theta` of an :class:`~otcl.losses.OTContrastiveLoss`
+            (``infonce``: the row softmax, ``iot`` / ``gca-*``: the Sinkhorn plan) restricted to
+            the negatives and row-normalised, i.e. how the loss's own plan spreads each anchor's
+            negative mass.
         layout: ``"simclr"`` or ``"cross"``; default: the loss's, else ``"simclr"``.
         alpha, t: exponents of :func:`alignment` and :func:`uniformity`.
 
@@ -160,7 +167,18 @@ def batch_diagnostics(
     else:
         sim = a @ b.T
     neg = negative_mask(n_pairs, lay, sim.device)
-    if weights is None and loss is not None:
+    check_choice("source", source, ("auto", "uniform", "plan"))
+    if weights is None and source == "plan":
+        coupling = getattr(loss, "coupling", None)
+        if coupling is None:
+            raise ValueError(
+                f"source: 'plan' needs a loss with a coupling(z1, z2) method, got "
+                f"{type(loss).__name__}"
+            )
+        out = coupling(z1, z2)
+        plan = out.plan if hasattr(out, "plan") else out
+        weights = torch.where(neg, plan.float(), torch.zeros_like(sim))
+    if weights is None and loss is not None and source == "auto":
         fn = getattr(loss, "negative_weights", None)
         if fn is not None:
             try:
