@@ -107,6 +107,21 @@ def test_dcl_clamp_is_active_and_matches():
     torch.testing.assert_close(DCL(t, tau_plus=tau)(z1, z2), _official(z1, z2, t, tau))
 
 
+@pytest.mark.parametrize("rel", [-1e-15, 0.0, 1e-15, 1e-9])
+def test_debiasing_at_the_boundary_has_finite_gradients(rel):
+    # orthogonal samples, identical views: s_pos = 1, every negative s = 0, so
+    # r = tau M e^{1/t} / (M e^0) = 1 at tau = e^{-1/t}: the debiased sum is exactly 0 there
+    t = 0.5
+    z1 = torch.eye(2, dtype=torch.float64).requires_grad_(True)
+    z2 = torch.eye(2, dtype=torch.float64)
+    val = DCL(t, tau_plus=math.exp(-1 / t) * (1 + rel))(z1, z2)
+    val.backward()
+    assert torch.isfinite(val) and torch.isfinite(z1.grad).all()
+    torch.testing.assert_close(
+        val, _official(z1, z2, t, math.exp(-1 / t) * (1 + rel)), rtol=1e-6, atol=0
+    )
+
+
 @pytest.mark.parametrize("beta,tau_plus", [(1.0, 0.1), (3.0, 0.0), (0.5, 0.3)])
 def test_hcl_matches_official_formula(beta, tau_plus):
     z1, z2 = _pairs(seed=4)

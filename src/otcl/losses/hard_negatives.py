@@ -169,11 +169,14 @@ class HardNegativeLoss(nn.Module):
         log_count = torch.where(has_neg, count.clamp_min(1).log(), torch.zeros_like(count))
         log_ng0 = log_count + torch.logsumexp(terms, dim=-1)
         if self.tau_plus > 0:
-            # log((e^{log_ng0} - tau M e^{log_pos}) / (1 - tau)) where the difference is > 0
+            # log((e^{log_ng0} - tau M e^{log_pos}) / (1 - tau))
+            #   = log_ng0 + log(1 - r) - log(1 - tau), r = tau M e^{log_pos} / e^{log_ng0} < 1;
+            # elsewhere the clamp decides. The margin 1e-12 keeps the gradient of log(1 - r)
+            # finite (no 0 * inf in the masked entries).
             log_r = math.log(self.tau_plus) + log_count + log_pos - log_ng0
-            ok = log_r < 0
+            ok = log_r < -1e-12
             safe = torch.where(ok, log_r, torch.full_like(log_r, -1.0))
-            log_deb = log_ng0 - math.log1p(-self.tau_plus) + torch.log1p(-safe.exp())
+            log_deb = log_ng0 - math.log1p(-self.tau_plus) + torch.log(-torch.expm1(safe))
             log_ng = torch.where(ok, log_deb, torch.full_like(log_deb, float("-inf")))
         else:
             log_ng = log_ng0
