@@ -407,3 +407,26 @@ def test_implicit_mode_if_available():
         rtol=1e-5,
         atol=1e-8,
     )
+
+
+def test_dot_similarity_cost_on_raw_embeddings():
+    z1, z2 = _pairs(seed=17)
+    loss = OTHard(0.5, similarity="dot", eps=5.0, iters=500, tol=1e-12)
+    sim, _, neg, x, y = loss._batch(z1, z2, None)
+    torch.testing.assert_close(loss.cost_matrix(sim, x, y), torch.cdist(x, y) ** 2)
+    out = loss.coupling(z1, z2)
+    n = out.plan.shape[0]
+    torch.testing.assert_close(out.plan.sum(-1), torch.full((n,), 1.0 / n, dtype=torch.float64))
+    # dcl with dot scores: uniform weights on exp(z_i . z_j / t)
+    z = torch.cat([z1, z2])
+    logits = z @ z.T / 0.5
+    ref = []
+    for i in range(16):
+        p = (i + 8) % 16
+        negs = [j for j in range(16) if j not in (i, p)]
+        ng = torch.logsumexp(logits[i, negs], 0)
+        ng = torch.maximum(ng, torch.tensor(math.log(14) - 2.0, dtype=torch.float64))
+        ref.append(torch.logaddexp(logits[i, p], ng) - logits[i, p])
+    torch.testing.assert_close(
+        DCL(0.5, tau_plus=0.0, similarity="dot")(z1, z2), torch.stack(ref).mean()
+    )
