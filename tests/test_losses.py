@@ -391,3 +391,18 @@ def test_bad_target_and_labels_raise_value_error():
         loss(z1, z2, labels=torch.arange(5))
     with pytest.raises(ValueError, match="at most one"):
         loss(z1, z2, labels=torch.arange(6), target=torch.ones(12, 12))
+
+
+@pytest.mark.parametrize("name", CORE)
+def test_exp_and_log_domain_give_the_same_loss_and_gradient(name):
+    z1, z2 = _z(n=16, d=8, seed=19, dtype=torch.float32)
+    grads = []
+    values = []
+    for domain in ("log", "exp"):
+        a = z1.clone().requires_grad_(True)
+        loss = build(name, domain=domain, temperature=0.1)(a, z2)
+        loss.backward()
+        values.append(loss.detach())
+        grads.append(a.grad)
+    torch.testing.assert_close(values[0], values[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
