@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check src tests benchmarks
-.venv/bin/ruff format --check src tests benchmarks
+dirs=(src tests)
+[ -d benchmarks ] && dirs+=(benchmarks)
+.venv/bin/ruff check "${dirs[@]}"
+.venv/bin/ruff format --check "${dirs[@]}"
 .venv/bin/python -m pytest tests "$@"

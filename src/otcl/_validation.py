@@ -40,9 +40,13 @@ def check_embeddings(
     """Check a pair of embedding batches ``z1``, ``z2`` of shape (N, d)."""
     for name, z in (("z1", z1), ("z2", z2)):
         if not isinstance(z, torch.Tensor):
-            raise ValueError(f"{name}: expected a torch.Tensor of shape (N, d), got {type(z).__name__}")
+            raise ValueError(
+                f"{name}: expected a torch.Tensor of shape (N, d), got {type(z).__name__}"
+            )
         if z.dim() != 2:
-            raise ValueError(f"{name}: expected a 2-D tensor of shape (N, d), got shape {_shape(z)}")
+            raise ValueError(
+                f"{name}: expected a 2-D tensor of shape (N, d), got shape {_shape(z)}"
+            )
         if not z.is_floating_point():
             raise ValueError(f"{name}: expected a floating-point tensor, got dtype {z.dtype}")
     if z1.shape != z2.shape:

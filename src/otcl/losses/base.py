@@ -17,6 +17,8 @@ A loss is a pipeline of five interchangeable parts::
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -139,11 +141,19 @@ class OTContrastiveLoss(nn.Module):
         if self.marginals == "unit":
             a = torch.ones(n, device=scores.device)
             b = torch.ones(m, device=scores.device)
+        problem = self.problem()
+        init = None
+        if problem.constraint == "unbalanced":
+            # start from v = b as the official GCA-UOT code (u = v = marginal); for balanced
+            # problems the starting scale of v cancels after the first row update
+            log_b = torch.full((m,), -math.log(m), device=scores.device) if b is None else b.log()
+            init = (torch.zeros(n, device=scores.device), log_b)
         return solve(
             scores,
             a,
             b,
-            problem=self.problem(),
+            problem=problem,
+            init=init,
             iters=self.iters,
             tol=self.tol,
             grad=self.grad,
@@ -188,16 +198,18 @@ class OTContrastiveLoss(nn.Module):
         check_embeddings(z1, z2, check_values=self.check_inputs)
         n_pairs = z1.shape[0]
         geo = self.geometry(z1, z2)
-        tgt, pos = prepare_target(n_pairs, self.layout, labels, target, z1.device)
+        dtype = torch.float64 if z1.dtype == torch.float64 else torch.float32
+        tgt, pos = prepare_target(n_pairs, self.layout, labels, target, z1.device, dtype)
         loss = self._one_direction(geo.scores, geo.bound, tgt, pos)
         if self.layout == "cross" and self.symmetric:
             tgt_t = None if tgt is None else tgt.transpose(0, 1)
             if tgt_t is not None:
                 tgt_t = tgt_t / tgt_t.sum(-1, keepdim=True)
-            loss = 0.5 * (loss + self._one_direction(geo.scores.transpose(0, 1), geo.bound, tgt_t, pos))
+            loss = 0.5 * (
+                loss + self._one_direction(geo.scores.transpose(0, 1), geo.bound, tgt_t, pos)
+            )
         return loss
 
     def extra_repr(self) -> str:
         keys = ["temperature", "layout", "constraint", "iters", "rho", "divergence"]
         return ", ".join(f"{k}={getattr(self, k)!r}" for k in keys)
-

@@ -45,7 +45,7 @@ class InfoNCE(OTContrastiveLoss):
             and self.divergence == "ce"
             and type(self).extra_terms is OTContrastiveLoss.extra_terms
         ):
-            logits = scores.float()
+            logits = scores if scores.dtype == torch.float64 else scores.float()
             if target is None:
                 return F.cross_entropy(logits, pos)
             log_p = torch.log_softmax(logits, dim=-1)

@@ -57,12 +57,12 @@ def uniformity_penalty(
         scalar >= 0, zero iff every negative entry is equal.
     """
     log_p = log_plan - torch.logsumexp(log_plan.flatten(), dim=0)
-    count = negatives.sum()
+    count = negatives.sum().to(log_p.dtype)
     log_neg = torch.where(negatives, log_p, torch.zeros_like(log_p))
     log_m = torch.logsumexp(log_p.masked_fill(~negatives, float("-inf")).flatten(), 0) - count.log()
     if detach_mean:
         log_m = log_m.detach()
-    return (log_m.exp() * (count * log_m - log_neg.sum()))
+    return log_m.exp() * (count * log_m - log_neg.sum())
 
 
 @register("iot")

@@ -48,9 +48,7 @@ def parameters(name: str) -> dict[str, object]:
             if p.name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
                 continue
             params.setdefault(p.name, p.default)
-        if not any(
-            p.kind == p.VAR_KEYWORD for p in inspect.signature(init).parameters.values()
-        ):
+        if not any(p.kind == p.VAR_KEYWORD for p in inspect.signature(init).parameters.values()):
             break
     return params
 

@@ -33,11 +33,13 @@ def identity_target(n_pairs: int, layout: str = "simclr", device=None) -> torch.
     return t
 
 
-def label_target(labels: torch.Tensor, layout: str = "simclr") -> torch.Tensor:
+def label_target(
+    labels: torch.Tensor, layout: str = "simclr", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Row-normalised same-label target; ``labels`` is (N,) with one label per sample."""
     check_choice("layout", layout, LAYOUTS)
     y = _expand(labels, layout)
-    t = (y.unsqueeze(0) == y.unsqueeze(1)).float()
+    t = (y.unsqueeze(0) == y.unsqueeze(1)).to(dtype)
     if layout == "simclr":
         t.fill_diagonal_(0.0)
     return t / t.sum(-1, keepdim=True)
@@ -71,6 +73,7 @@ def prepare_target(
     labels: torch.Tensor | None,
     target: torch.Tensor | None,
     device: torch.device,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Resolve ``labels=`` / ``target=`` into (row-normalised target or None, positive index).
 
@@ -85,7 +88,7 @@ def prepare_target(
             raise ValueError(f"labels: expected a 1-D tensor of length N={n_pairs}, got {shape}")
         if labels.is_floating_point():
             raise ValueError(f"labels: expected integer class labels, got dtype {labels.dtype}")
-        return label_target(labels.to(device), layout), None
+        return label_target(labels.to(device), layout, dtype), None
     if target is not None:
         if not isinstance(target, torch.Tensor) or tuple(target.shape) != (n, n):
             shape = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target)
@@ -93,7 +96,7 @@ def prepare_target(
                 f"target: expected a ({n}, {n}) tensor for layout={layout!r} with N={n_pairs}, "
                 f"got {shape}"
             )
-        t = target.to(device=device, dtype=torch.float32)
+        t = target.to(device=device, dtype=dtype)
         if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
             raise ValueError("target: expected finite, non-negative entries")
         if layout == "simclr" and bool((t.diagonal() != 0).any()):

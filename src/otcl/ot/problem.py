@@ -79,7 +79,9 @@ class Problem:
         if constraint == "mass":
             return cls("mass")
         if rho is None:
-            raise ValueError("rho: the 'unbalanced' constraint needs rho > 0 (KL strength), got None")
+            raise ValueError(
+                "rho: the 'unbalanced' constraint needs rho > 0 (KL strength), got None"
+            )
         ra, rb = rho if isinstance(rho, tuple) else (rho, rho)
         return cls("unbalanced", check_nonneg("rho", ra), check_nonneg("rho", rb))
 
