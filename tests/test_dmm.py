@@ -302,3 +302,10 @@ def test_bad_call_inputs():
         dmm.mix_inputs(nn.Identity(), torch.randn(8, 3), per_modality=True)
     with pytest.raises(ValueError, match="batch_size"):
         dmm.sample(1)
+
+
+def test_build_dmm_forwards_flat_base_parameters():
+    flat = otcl.losses.build("dmm", base="infonce", temperature=0.1, margin=0.3)
+    assert flat.base.temperature == 0.1
+    with pytest.raises(ValueError, match="tempreature"):
+        otcl.losses.build("dmm", base="infonce", tempreature=0.1)

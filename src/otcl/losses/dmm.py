@@ -189,6 +189,9 @@ class DMM(nn.Module):
         ``labels``/``target`` go to the base loss only.
     """
 
+    #: ``build("dmm", base="infonce", temperature=0.1)`` forwards unknown keywords to the base
+    forwards_params = True
+
     def __init__(
         self,
         base: nn.Module | str = "infonce",

@@ -61,6 +61,10 @@ def build(name: str, **params: object) -> nn.Module:
         >>> loss = otcl.losses.build("gca-uot", temperature=0.5, rho=0.2)
     """
     cls = get(name)
+    if getattr(cls, "forwards_params", False):
+        # wrappers (e.g. DMM) pass unknown keywords to the loss they wrap, whose own
+        # constructor check names the invalid ones
+        return cls(**params)
     valid = parameters(name)
     unknown = sorted(set(params) - set(valid))
     if unknown:
