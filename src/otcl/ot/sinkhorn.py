@@ -113,15 +113,26 @@ def _choose_domain(domain: str, scores: torch.Tensor, bound: float | None) -> st
     return "exp" if bound <= EXP_SAFE_BOUND else "log"
 
 
-def _log_iterate(S, log_a, log_b, ta, tb, f, g, iters, tol, check_every):
+def _log_iterate(S, log_a, log_b, ta, tb, f, g, iters, tol, check_every, trace=None):
+    # ``trace`` (a dict, no-grad use only) receives every potential and log-sum-exp for the
+    # recomputing backward of :class:`_FusedLogSinkhorn`.
+    if trace is not None:
+        trace.update(f=[f], g=[g], lr=[], lc=[])
     n_done = 0
     converged = False
     for it in range(iters):
         f_prev, g_prev = f, g
         if ta > 0:
-            f = ta * (log_a - torch.logsumexp(S + g.unsqueeze(-2), dim=-1))
+            lr = torch.logsumexp(S + g.unsqueeze(-2), dim=-1)
+            f = ta * (log_a - lr)
         if tb > 0:
-            g = tb * (log_b - torch.logsumexp(S + f.unsqueeze(-1), dim=-2))
+            lc = torch.logsumexp(S + f.unsqueeze(-1), dim=-2)
+            g = tb * (log_b - lc)
+        if trace is not None:
+            trace["f"].append(f)
+            trace["g"].append(g)
+            trace["lr"].append(lr if ta > 0 else None)
+            trace["lc"].append(lc if tb > 0 else None)
         n_done = it + 1
         if ta == 0 or tb == 0:  # semi-relaxed: one update of the constrained side is exact
             converged = True
@@ -130,7 +141,7 @@ def _log_iterate(S, log_a, log_b, ta, tb, f, g, iters, tol, check_every):
             delta = torch.maximum(
                 (f - f_prev).abs().amax(dim=-1), (g - g_prev).abs().amax(dim=-1)
             ).max()
-            if float(delta) < tol:
+            if float(delta.detach()) < tol:
                 converged = True
                 break
     return f, g, n_done, converged
@@ -171,7 +182,7 @@ def _exp_iterate(S, log_a, log_b, ta, tb, f, g, iters, tol, check_every, trace=N
                 (u.log() - u_prev.log()).abs().amax(dim=-1),
                 (v.log() - v_prev.log()).abs().amax(dim=-1),
             ).max()
-            if float(delta) < tol:
+            if float(delta.detach()) < tol:
                 converged = True
                 break
     return u.log(), v.log(), n_done, converged
@@ -275,6 +286,78 @@ class _FusedExpSinkhorn(torch.autograd.Function):
         return (*grads, None, None, None, None, None, None)
 
 
+class _FusedLogSinkhorn(torch.autograd.Function):
+    r"""Log-domain Sinkhorn with an exact backward of the unrolled iterations by recomputation.
+
+    Autograd through :func:`_log_iterate` keeps one n x m softmax per half-iteration
+    (:math:`O(T\,nm)` memory). Here the forward keeps only the potentials and log-sum-exps
+    of every iteration (:math:`O(T(n+m))`), and the backward rebuilds each half-iteration's
+    softmax in one reused n x m buffer,
+
+    .. math::
+
+        \bar S \mathrel{+}= \operatorname{diag}(\alpha_t)\,\mathrm{softmax}_j(S + g_{t-1})
+            + \mathrm{softmax}_i(S + f_t)\operatorname{diag}(\beta_t),\qquad
+        \alpha_t = -\tau_a \bar f_t,\ \beta_t = -\tau_b \bar g_t,
+
+    so memory is :math:`O(nm)` whatever ``iters``, for the same arithmetic as autograd.
+    """
+
+    @staticmethod
+    def forward(ctx, S, log_a, log_b, f0, g0, ta, tb, iters, tol, check_every, info):
+        trace: dict = {}
+        f, g, n_done, conv = _log_iterate(
+            S, log_a, log_b, ta, tb, f0, g0, iters, tol, check_every, trace
+        )
+        info["n_iters"], info["converged"] = n_done, conv
+        ctx.ta, ctx.tb, ctx.n_done = ta, tb, n_done
+        ctx.vecs = (trace["f"], trace["g"], trace["lr"], trace["lc"])
+        ctx.save_for_backward(S, log_a, log_b, f0, g0)
+        log_plan = (f.unsqueeze(-1) + S).add_(g.unsqueeze(-2))
+        return f, g, log_plan
+
+    @staticmethod
+    def backward(ctx, grad_f, grad_g, grad_plan):
+        S, log_a, log_b, f0, g0 = ctx.saved_tensors
+        fs, gs, lrs, lcs = ctx.vecs
+        ta, tb = ctx.ta, ctx.tb
+        fb = torch.zeros_like(fs[-1]) if grad_f is None else grad_f
+        gb = torch.zeros_like(gs[-1]) if grad_g is None else grad_g
+        need_S = ctx.needs_input_grad[0]
+        if grad_plan is not None:  # log_plan = f + S + g
+            fb = fb + grad_plan.sum(-1)
+            gb = gb + grad_plan.sum(-2)
+        grad_S = None
+        if need_S:
+            grad_S = torch.zeros_like(S) if grad_plan is None else grad_plan.clone()
+        la_bar = torch.zeros_like(fb)
+        lb_bar = torch.zeros_like(gb)
+        buf = torch.empty_like(S)
+        for t in range(ctx.n_done, 0, -1):
+            if tb > 0:  # g_t = tb (log b - LSE_i(S_ij + f_t,i))
+                beta = -tb * gb
+                lb_bar = lb_bar + tb * gb
+                torch.add(S, fs[t].unsqueeze(-1), out=buf)
+                buf.sub_(lcs[t - 1].unsqueeze(-2)).exp_()  # column softmax
+                fb = fb + (buf @ beta.unsqueeze(-1)).squeeze(-1)
+                if need_S:
+                    grad_S.addcmul_(buf, beta.unsqueeze(-2))
+                gb = torch.zeros_like(gb)
+            if ta > 0:  # f_t = ta (log a - LSE_j(S_ij + g_{t-1,j}))
+                alpha = -ta * fb
+                la_bar = la_bar + ta * fb
+                torch.add(S, gs[t - 1].unsqueeze(-2), out=buf)
+                buf.sub_(lrs[t - 1].unsqueeze(-1)).exp_()  # row softmax
+                gb = gb + (alpha.unsqueeze(-2) @ buf).squeeze(-2)
+                if need_S:
+                    grad_S.addcmul_(buf, alpha.unsqueeze(-1))
+                fb = torch.zeros_like(fb)
+        grads = [grad_S]
+        for i, (val, like) in enumerate(((la_bar, log_a), (lb_bar, log_b), (fb, f0), (gb, g0))):
+            grads.append(_sum_to(val, like) if ctx.needs_input_grad[i + 1] else None)
+        return (*grads, None, None, None, None, None, None)
+
+
 def sinkhorn(
     scores: torch.Tensor,
     a: torch.Tensor | None = None,
@@ -369,6 +452,12 @@ def sinkhorn(
             )
             n_done, conv = info["n_iters"], info["converged"]
             sums = info["row_sum"], info["col_sum"]
+        elif grad == "unrolled" and _FUSED[0]:
+            info = {}
+            f, g, log_plan = _FusedLogSinkhorn.apply(
+                S, log_a, log_b, f0, g0, ta, tb, iters, tol, check_every, info
+            )
+            n_done, conv = info["n_iters"], info["converged"]
         elif grad == "unrolled":
             f, g, n_done, conv = iterate(S, log_a, log_b, ta, tb, f0, g0, iters, tol, check_every)
         else:
