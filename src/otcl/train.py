@@ -241,6 +241,8 @@ class Trainer:
         self.epoch_loss = [0.0, 0]  # running sum, count of the current epoch
         self.epoch_seconds = 0.0  # time spent in the current epoch before a resume
         self._line_every = 0
+        self._running = torch.zeros((), device=self.device)
+        self._running_count = 0
         if resume:
             self._restore(load_checkpoint(ckpt, map_location=self.device))
 
@@ -271,7 +273,16 @@ class Trainer:
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / span)))
 
     # -- checkpoints -----------------------------------------------------------------------
+    def _fold_running_loss(self) -> None:
+        """Add the on-device running loss of the last steps to the epoch's sum (host sync)."""
+        if self._running_count:
+            self.epoch_loss[0] += float(self._running)
+            self.epoch_loss[1] += self._running_count
+            self._running.zero_()
+            self._running_count = 0
+
     def state(self) -> dict[str, Any]:
+        self._fold_running_loss()
         return {
             "format": CHECKPOINT_FORMAT,
             "otcl_version": __version__,
@@ -419,21 +430,17 @@ class Trainer:
             set_epoch(self.epoch)
         order = self._batch_order(self.epoch)
         start = time.perf_counter()
-        running = torch.zeros((), device=self.device)
-        count = 0
+        self._running = torch.zeros((), device=self.device)
+        self._running_count = 0
         for step in range(self.step_in_epoch, self.steps_per_epoch):
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
             loss = self.train_step(idx)
-            running += loss
-            count += 1
+            self._running += loss
+            self._running_count += 1
             self.global_step += 1
             self.step_in_epoch = step + 1
             if (step + 1) % t.log_every == 0 or step + 1 == self.steps_per_epoch:
-                # the only host sync of the loop
-                self.epoch_loss[0] += float(running)
-                self.epoch_loss[1] += count
-                running.zero_()
-                count = 0
+                self._fold_running_loss()  # the only host sync of the loop
                 if not math.isfinite(self.epoch_loss[0]):
                     raise TrainingDiverged(
                         f"loss became {self.epoch_loss[0]} at epoch {self.epoch + 1}, step "

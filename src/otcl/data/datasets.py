@@ -117,7 +117,8 @@ _SPLIT_NAMES = {"train": "train", "test": "test", "val": "test", "valid": "test"
 
 
 def _iter_dir(root: Path) -> Iterator[tuple[str, bytes | Path]]:
-    for dirpath, _, files in os.walk(root):
+    for dirpath, dirs, files in os.walk(root):
+        dirs.sort()  # a deterministic order, independent of the file system
         for f in sorted(files):
             p = Path(dirpath) / f
             yield str(p.relative_to(root)).replace(os.sep, "/"), p
