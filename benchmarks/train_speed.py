@@ -1,0 +1,206 @@
+"""Training throughput (augmented views per second) of otcl's trainer, loss by loss.
+
+Measures, side by side in one process, full training steps (on-device augmentation of both
+views, encoder forward/backward under autocast, loss, optimizer step) for
+
+* ``plain``: a reference loop written here the way a careful single-file script would be --
+  the same encoder, the same batched GPU augmentation, NT-Xent through ``F.cross_entropy`` --
+  to show what the library's machinery costs on top of the bare computation;
+* ``otcl:<loss>`` for every requested loss, through :class:`otcl.train.Trainer` exactly as
+  ``otcl train`` runs it.
+
+Steps are timed in rounds of ``--block`` steps per method, round-robin, after ``--warmup``
+steps each (compilation, cudnn autotuning); the table gives the median views/s over rounds and
+the ratio to ``otcl:infonce``. Results go to a device-named section of ``docs/benchmarks.md``.
+
+Usage::
+
+    python benchmarks/train_speed.py --device cuda --data-dir cifar10-jpeg.tar.gz --compile
+    python benchmarks/train_speed.py --device cpu --dataset digits          # quick CPU check
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import machine, update_doc, versions  # noqa: E402
+from otcl.config import Config, resolve  # noqa: E402
+from otcl.data import ImageData  # noqa: E402
+from otcl.train import Trainer, load_data, make_augment, make_model  # noqa: E402
+
+
+def synthetic(n: int, shape: tuple[int, int, int], classes: int = 10) -> ImageData:
+    """Random uint8 images: throughput does not depend on the pixels."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, classes, (n,), generator=g)
+    m = (0.5,) * shape[0]
+    return ImageData("synthetic", x, y, x[:1000], y[:1000], [str(i) for i in range(classes)], m, m)
+
+
+class PlainLoop:
+    """A bare SimCLR step: same encoder and augmentation, NT-Xent via F.cross_entropy."""
+
+    def __init__(self, cfg: Config, data: ImageData, device: torch.device) -> None:
+        self.device = device
+        self.images = data.train_x.to(device)
+        self.aug = make_augment(cfg, data).to(device)
+        self.model = make_model(cfg, data).to(device).to(memory_format=torch.channels_last)
+        self.fwd = torch.compile(self.model) if cfg.train.compile else self.model
+        lr = cfg.optim.lr * cfg.train.batch_size / 128
+        self.opt = torch.optim.SGD(
+            self.model.parameters(), lr=lr, momentum=0.9, weight_decay=cfg.optim.weight_decay
+        )
+        self.amp = torch.bfloat16 if device.type == "cuda" else None
+        self.t = float(cfg.loss.params.get("temperature", 0.5))
+        self.b = cfg.train.batch_size
+        self.gen = torch.Generator(device=device).manual_seed(0)
+
+    def step(self) -> None:
+        idx = torch.randint(
+            0, self.images.shape[0], (self.b,), device=self.device, generator=self.gen
+        )
+        x = self.images[idx]
+        v = torch.cat([self.aug(x, self.gen), self.aug(x, self.gen)])
+        v = v.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(
+            self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
+        ):
+            z = self.fwd(v)
+        z = F.normalize(z.float(), dim=1)
+        s = z @ z.T / self.t
+        s.fill_diagonal_(float("-inf"))
+        n = self.b
+        target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(self.device)
+        loss = F.cross_entropy(s, target)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+
+class OtclLoop:
+    def __init__(self, cfg: Config, data: ImageData, out: Path) -> None:
+        self.tr = Trainer(cfg, out, data=data)
+        self.gen = torch.Generator().manual_seed(0)
+
+    def step(self) -> None:
+        n = self.tr.images.shape[0]
+        idx = torch.randint(0, n, (self.tr.batch_size,), generator=self.gen)
+        self.tr.train_step(idx)
+        self.tr.global_step += 1
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--dataset", default="cifar10", help="preset (cifar10: ResNet-18; digits: small CNN)"
+    )
+    p.add_argument("--data-dir", help="ImageFolder/.tar.gz; default: synthetic images")
+    p.add_argument("--losses", default="infonce,gca-uot", help="comma-separated loss names")
+    p.add_argument("--loss-param", action="append", default=[], help="KEY=VALUE for every loss")
+    p.add_argument("--batch-size", type=int, help="default: the preset's (512)")
+    p.add_argument("--iters", type=int, default=10, help="Sinkhorn iterations of OT losses")
+    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--block", type=int, default=20, help="steps per method per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--head-hidden", type=int, help="projection width (default: the preset)")
+    p.add_argument("--out", default="docs/benchmarks.md", help="Markdown file ('-' = print only)")
+    p.add_argument("--tmp", default="/tmp/otcl-train-speed")
+    args = p.parse_args(argv)
+
+    from otcl.config import parse_value
+    from otcl.losses import parameters
+
+    cfg = Config()
+    cfg.data.dataset = args.dataset
+    cfg.data.data_dir = args.data_dir
+    cfg.train.device = args.device
+    cfg.train.progress = False
+    cfg.train.compile = args.compile
+    cfg.train.log_every = 10**9
+    cfg.model.head_hidden = args.head_hidden  # None = preset
+    if args.batch_size:
+        cfg.train.batch_size = args.batch_size
+    cfg = resolve(cfg)
+    device = torch.device(args.device)
+    if args.data_dir or args.dataset == "digits":
+        data = load_data(cfg, progress=False)
+    else:
+        data = synthetic(50_000, (3, 32, 32))
+    shared = {k: parse_value(v) for k, v in (s.split("=", 1) for s in args.loss_param)}
+
+    loops: dict[str, object] = {"plain": PlainLoop(cfg, data, device)}
+    for i, name in enumerate(args.losses.split(",")):
+        c = copy.deepcopy(cfg)
+        c.loss.name = name
+        c.loss.params = dict(shared)
+        if "iters" in parameters(name):
+            c.loss.params.setdefault("iters", args.iters)
+        loops[f"otcl:{name}"] = OtclLoop(c, data, Path(args.tmp) / f"{i}-{name}-{time.time_ns()}")
+
+    print(f"{data!r}, batch {cfg.train.batch_size} pairs, device {device}", file=sys.stderr)
+    for name, loop in loops.items():
+        t0 = time.perf_counter()
+        for _ in range(args.warmup):
+            loop.step()
+        sync(device)
+        print(f"warm-up {name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    rates: dict[str, list[float]] = {k: [] for k in loops}
+    for r in range(args.rounds):
+        order = list(loops)
+        order = order[r % len(order) :] + order[: r % len(order)]
+        for name in order:
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(args.block):
+                loops[name].step()
+            sync(device)
+            rates[name].append(2 * cfg.train.batch_size * args.block / (time.perf_counter() - t0))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    base = med.get("otcl:infonce", med["plain"])
+    lines = [
+        f"`{' '.join(['python', 'benchmarks/train_speed.py', *(argv or sys.argv[1:])])}`",
+        "",
+        f"Data: {data!r}; model {cfg.model.arch}, head {cfg.model.head_hidden}-{cfg.model.head_out}; "
+        f"batch {cfg.train.batch_size} pairs ({2 * cfg.train.batch_size} views/step); "
+        f"OT losses at {args.iters} Sinkhorn iterations; autocast "
+        f"{'bf16' if device.type == 'cuda' else 'off'}; compile {args.compile}; "
+        f"median of {args.rounds} rounds x {args.block} steps after {args.warmup} warm-up steps.",
+        "",
+        "| method | views/s (median) | min-max over rounds | vs otcl:infonce |",
+        "|---|---|---|---|",
+    ]
+    for k, v in rates.items():
+        lines.append(f"| {k} | {med[k]:,.0f} | {min(v):,.0f}-{max(v):,.0f} | {med[k] / base:.3f} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.out != "-":
+        section = (
+            f"### Training throughput, {device.type}\n\n{machine(device.type)}\n\n{versions()}\n\n"
+            f"Measured {time.strftime('%Y-%m-%d')}.\n\n{table}\n"
+        )
+        update_doc(Path(args.out), f"train_speed:{device.type}", section)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
