@@ -232,9 +232,12 @@ class Trainer:
         self.total_steps = steps * int(t.epochs)  # type: ignore[arg-type]
         self.optimizer = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.scaler = torch.amp.GradScaler(
-            self.device.type, enabled=self.amp_dtype == torch.float16
-        )
+        scaler_cls = getattr(torch.amp, "GradScaler", None)
+        if scaler_cls is None:  # torch < 2.3
+            scaler_cls = torch.cuda.amp.GradScaler
+            self.scaler = scaler_cls(enabled=self.amp_dtype == torch.float16)
+        else:
+            self.scaler = scaler_cls(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.epoch = 0  # epochs completed
         self.step_in_epoch = 0  # steps of the current epoch completed
         self.global_step = 0
