@@ -392,3 +392,15 @@ def test_cli_ctrl_c_saves_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(Trainer, "train_step", orig)
     assert cli.main(["train", "--resume", out, "--no-progress"]) == 0
     assert load_checkpoint(out)["done"]
+
+
+def test_shipped_configs_load_and_resolve():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parent.parent / "configs").glob("*.*"))
+    assert len(files) >= 3
+    for f in files:
+        cfg = resolve(load_config(f))
+        assert cfg.train.epochs and cfg.train.batch_size and cfg.model.arch, f
+    digits = resolve(load_config(Path(__file__).parent.parent / "configs" / "digits.toml"))
+    assert digits.to_dict() == resolve(Config()).to_dict()  # the file documents the default
