@@ -26,7 +26,7 @@ The positive of :math:`\tilde a_i` is :math:`b_i`, every other :math:`b_j` is a 
 and the total loss is :math:`L = L_{base}(a, b) + \omega\, \frac{e}{e + e_0}\, L_{dmm}` with the
 ramp-up over epochs :math:`e` (:meth:`DMM.set_epoch`), offset :math:`e_0` = ``warmup``.
 
-Differences from the official code are listed in ``docs/losses-hardneg-dmm.md``; the main one:
+Differences from the official code are listed in ``docs/losses.md`` (section ``dmm``); the main one:
 the released recommender code multiplies a persistent margin in place (``margin *= lam``), so it
 decays to ~0 within a few steps; otcl uses :math:`\lambda m` every step
 (``legacy_cumulative_margin=True`` reproduces the official behaviour).

@@ -37,7 +37,7 @@ the coupling is :math:`P_{ij} = u_i e^{2 s_{ij}/\varepsilon} v_j`, so its row we
 with :math:`\beta = 2t/\varepsilon`, re-weighted by the column scaling :math:`v_j`, which makes
 every sample be used as a negative equally often (the second marginal). The official code
 treats :math:`P` as a constant (POT on a detached CPU copy); so does ``coupling_grad="none"``,
-the default. See ``docs/losses-hardneg-dmm.md`` for defaults and differences.
+the default. See ``docs/losses.md`` (section "Hard negatives") for defaults and differences.
 """
 
 from __future__ import annotations
@@ -324,7 +324,7 @@ class OTHard(HardNegativeLoss):
     HCL has :math:`g = 0`; :math:`g` is near-constant only without "hub" samples, so the two are
     close, not equal. Observed (t = 0.5, beta = 1, N = 64, d = 128): max total variation per row
     0.009, max relative weight error 6 %, relative loss difference 4e-4; larger in low dimension
-    or at large beta (table in ``docs/losses-hardneg-dmm.md``).
+    or at large beta (table in ``docs/losses.md``, section ``ot-hard``).
 
     With ``labels=``, same-class pairs are excluded from the coupling too (marginals stay
     uniform); if one class holds more than half the batch the balanced problem is infeasible
