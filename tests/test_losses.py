@@ -17,6 +17,7 @@ from otcl.losses import (
     label_target,
     uniformity_penalty,
 )
+from otcl.ot import SinkhornOutput
 
 CORE = ["infonce", "iot", "iot-uni", "gca-ince", "gca-rince", "gca-uot", "rince"]
 
@@ -295,13 +296,82 @@ def test_domain_target_runs_in_every_loss():
 
 # -- gradients, precision ---------------------------------------------------------------------
 @pytest.mark.parametrize("name", CORE)
+@pytest.mark.parametrize("grad", ["unrolled", "implicit"])
+@pytest.mark.parametrize("domain", ["log", "exp"])
 @pytest.mark.parametrize("layout", ["simclr", "cross"])
-def test_gradcheck_every_loss(name, layout):
+def test_gradcheck_every_loss(name, grad, domain, layout):
+    """Every loss, gradient mode and solver arithmetic against finite differences. Implicit
+    gradients are those of the converged plan, so the solve runs to convergence there."""
     z1, z2 = _z(n=4, d=3, seed=16)
     z1.requires_grad_(True)
     z2.requires_grad_(True)
-    loss = build(name, layout=layout, iters=3, domain="log", temperature=0.7)
-    assert torch.autograd.gradcheck(lambda a, b: loss(a, b), (z1, z2))
+    kw = {"iters": 3} if grad == "unrolled" else {"iters": 3000, "tol": 1e-15}
+    loss = build(name, layout=layout, grad=grad, domain=domain, temperature=0.7, **kw)
+    assert torch.autograd.gradcheck(
+        lambda a, b: loss(a, b), (z1, z2), eps=1e-6, atol=1e-6, rtol=1e-4
+    )
+
+
+@pytest.mark.parametrize("name", CORE)
+@pytest.mark.parametrize("domain", ["log", "exp"])
+@pytest.mark.parametrize("layout", ["simclr", "cross"])
+def test_detach_mode_is_the_gradient_with_frozen_potentials(name, domain, layout):
+    """grad="detach": the exact gradient of the loss with the potentials (f, g) held at their
+    values (the same function, re-evaluated with frozen potentials, passes gradcheck)."""
+    z1, z2 = _z(n=4, d=3, seed=20)
+    loss = build(name, layout=layout, grad="detach", domain=domain, temperature=0.7, iters=3)
+    solve_fn = loss.solve
+    frozen: list = []
+
+    def record(scores, bound):
+        out = solve_fn(scores, bound)
+        frozen.append((out.f.detach(), out.g.detach()))
+        return out
+
+    loss.solve = record
+    a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
+    g_detach = torch.autograd.grad(loss(a, b), (a, b))
+    calls = [0]
+
+    def replay(scores, bound):
+        f, g = frozen[calls[0] % len(frozen)]
+        calls[0] += 1
+        zero = scores.new_zeros(())
+        return SinkhornOutput(f.unsqueeze(-1) + scores + g.unsqueeze(-2), f, g, 1, True, zero, zero)
+
+    loss.solve = replay
+    if not frozen:  # infonce's fused path has no potentials: detach changes nothing
+        assert name == "infonce"
+    a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
+    g_frozen = torch.autograd.grad(loss(a, b), (a, b))
+    for x, y in zip(g_detach, g_frozen, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda a_, b_: loss(a_, b_),
+        (z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)),
+    )
+
+
+def test_gca_rince_implicit_uses_the_symmetric_gauge():
+    """The RINCE term on K v depends on the gauge (f + k, g - k) of balanced potentials; at the
+    fixed point (grad="implicit") it is evaluated with sum f = sum g, i.e. u = v for the
+    symmetric simclr kernel, so that the value and its implicit gradient match (gradcheck
+    above). The unrolled iterations keep the paper's v^(t)."""
+    z1, z2 = _z(seed=21)
+    kw = {"iters": 3000, "tol": 1e-15}
+    n2, q, lam = 12, 0.6, 0.01
+    S = _np_cos_all(z1, z2) / 0.5
+    np.fill_diagonal(S, -np.inf)
+    f, g = np.zeros(n2), np.zeros(n2)
+    for _ in range(1000):  # unit marginals, to convergence
+        f = -logsumexp(S + g[None], axis=1)
+        g = -logsumexp(S + f[:, None], axis=0)
+    h = 0.5 * (f + g)  # the symmetric solution: P = diag(e^h) K diag(e^h)
+    np.testing.assert_allclose(f - f.mean(), g - g.mean(), atol=1e-10)
+    sym = _np_rince(S + h[None], _np_pos(6), q, lam)
+    it = _np_rince(S + g[None], _np_pos(6), q, lam)
+    assert float(build("gca-rince", grad="implicit", **kw)(z1, z2)) == pytest.approx(sym, abs=1e-9)
+    assert float(build("gca-rince", grad="unrolled", **kw)(z1, z2)) == pytest.approx(it, abs=1e-9)
 
 
 @pytest.mark.parametrize("name", CORE)

@@ -161,13 +161,29 @@ class OTContrastiveLoss(nn.Module):
             bound=bound,
         )
 
+    def log_kv(self, out: SinkhornOutput) -> torch.Tensor:
+        r""":math:`\log (K v)_{ij} = \log P_{ij} - f_i`, the kernel re-weighted by the columns.
+
+        Unlike the plan, :math:`Kv` depends on the *gauge* of balanced potentials: the fixed
+        point defines :math:`(f, g)` only up to :math:`(f + k, g - k)`. The unrolled iterations
+        (``grad="unrolled"``/``"detach"``) carry their own gauge, the :math:`v^{(t)}` of the
+        paper's iterations. At the fixed point (``grad="implicit"``) the gauge is fixed to
+        :math:`\sum_i f_i = \sum_j g_j` (:math:`u = v` for a symmetric kernel and equal
+        marginals, as in the simclr layout), the convention of :mod:`otcl.ot.implicit`, so that
+        the value and its implicit gradient belong to the same function.
+        """
+        f = out.f
+        if self.grad == "implicit" and self.problem().constraint == "balanced":
+            n, m = out.f.shape[-1], out.g.shape[-1]
+            f = f + (out.g.sum(-1, keepdim=True) - f.sum(-1, keepdim=True)) / (n + m)
+        return out.log_plan - f.unsqueeze(-1)
+
     def divergence_value(
         self, out: SinkhornOutput, target: torch.Tensor | None, pos: torch.Tensor | None
     ) -> torch.Tensor:
         if self.divergence == "ce":
             return divergences.cross_entropy(out.log_plan, target, pos)
-        log_kv = out.log_plan - out.f.unsqueeze(-1)
-        return divergences.rince(log_kv, target, pos, q=self.q, lam=self.lam)
+        return divergences.rince(self.log_kv(out), target, pos, q=self.q, lam=self.lam)
 
     def extra_terms(
         self, out: SinkhornOutput, target: torch.Tensor | None, pos: torch.Tensor | None
