@@ -269,6 +269,25 @@ def test_wraps_cross_and_hard_negative_bases():
         z1.grad = None
 
 
+@pytest.mark.parametrize("base", ["infonce", "dcl", "hcl", "ot-hard", "gca-uot"])
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"pair_loss": "triplet"}, {"repel_close_positives": True}, {"both_views": True}],
+    ids=["hinge", "triplet", "repel", "both"],
+)
+def test_gradcheck_full_loss(base, kw):
+    """base + DMM term, embedding-space mixing, with this batch's (lam, perm) held fixed."""
+    g = torch.Generator().manual_seed(21)
+    z1 = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    z2 = z1 + 0.7 * torch.randn(4, 3, generator=g, dtype=torch.float64)
+    extra = {"coupling_grad": "unrolled", "tol": None, "iters": 30} if base == "ot-hard" else {}
+    dmm = DMM(base, warmup=0.0, partner="random", seed=1, **kw, **extra)
+    lam, perm = dmm.sample(4)
+    dmm.sample = lambda n, device=None: (lam, perm)
+    inputs = (z1.clone().requires_grad_(True), z2.clone().requires_grad_(True))
+    assert torch.autograd.gradcheck(lambda a, b: dmm(a, b), inputs, eps=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "kw,arg",
     [
