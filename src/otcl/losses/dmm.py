@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validation import check_choice, check_embeddings, check_nonneg
-from .registry import build, register
+from .registry import build, get, parameters, register
 
 __all__ = ["DMM", "Mixed", "mix", "vse_hinge", "min_triplet", "PAIR_LOSSES", "PARTNERS"]
 
@@ -215,6 +215,7 @@ class DMM(nn.Module):
         params = dict(base_params or {})
         params.update(extra_base_params)
         if isinstance(base, str):
+            self._check_base_params(base, params, flat=sorted(extra_base_params))
             self.base = build(base, **params)
         elif callable(base):
             if params:
@@ -249,6 +250,23 @@ class DMM(nn.Module):
             self._gen = torch.Generator().manual_seed(int(seed))
         self.last_margin: float | None = None
         self.last_lam: float | None = None
+
+    @staticmethod
+    def _check_base_params(base: str, params: dict[str, Any], flat: list[str]) -> None:
+        """Unknown keywords name both valid lists: the wrapper's own and the base loss's."""
+        if getattr(get(base), "forwards_params", False):
+            return  # a wrapper as base checks its own keywords
+        valid = parameters(base)
+        unknown = sorted(set(params) - set(valid))
+        if not unknown:
+            return
+        own = sorted(k for k in parameters("dmm") if k not in ("base", "base_params"))
+        where = "parameter(s)" if set(unknown) & set(flat) else "base_params"
+        raise ValueError(
+            f"params: unknown {where} {', '.join(unknown)} for loss 'dmm' with base {base!r}; "
+            f"valid: {', '.join(own)} (dmm's own) or {', '.join(sorted(valid))} "
+            f"(passed to {base!r})"
+        )
 
     # -- schedule --------------------------------------------------------------------------
     def set_epoch(self, epoch: float) -> None:
