@@ -485,3 +485,16 @@ def test_dot_similarity_cost_on_raw_embeddings():
     torch.testing.assert_close(
         DCL(0.5, tau_plus=0.0, similarity="dot")(z1, z2), torch.stack(ref).mean()
     )
+
+
+def test_hcl_beta_is_saved_in_state_dict():
+    """beta may be annealed between epochs (official ``--anneal down``): a checkpoint keeps it."""
+    z1, z2 = _pairs(seed=19)
+    loss = HCL(0.5, beta=2.0)
+    loss.beta = 0.75
+    restored = HCL(0.5)
+    restored.load_state_dict(loss.state_dict())
+    assert restored.beta == 0.75
+    torch.testing.assert_close(restored(z1, z2), loss(z1, z2), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="beta"):
+        restored.load_state_dict({"_extra_state": {"beta": -1.0}})

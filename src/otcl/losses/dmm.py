@@ -181,7 +181,8 @@ class DMM(nn.Module):
             place by every :math:`\lambda` (margin :math:`m\prod_t\lambda_t`).
         epoch: initial epoch (see :meth:`set_epoch`).
         seed: seed of the private generator drawing :math:`\lambda` and random partners (None:
-            torch's global RNG).
+            torch's global RNG). Its state, the legacy margin and the epoch are part of
+            :meth:`state_dict` (extra state), so a checkpoint resumes the same draws.
 
     Call:
         ``dmm(z1, z2, labels=None, target=None, mixed=None)``; without ``mixed`` the anchors are
@@ -287,6 +288,45 @@ class DMM(nn.Module):
     def current_weight(self) -> float:
         """Weight of the DMM term now: ``weight * ramp``."""
         return self.weight * self.ramp
+
+    # -- checkpointing ---------------------------------------------------------------------
+    _EXTRA_STATE_KEYS = ("epoch", "legacy_margin", "generator", "last_lam", "last_margin")
+
+    def get_extra_state(self) -> dict[str, Any]:
+        r"""Mutable state outside the parameters, saved by :meth:`state_dict`.
+
+        The private generator's state (``seed=`` given; ``None`` when :math:`\lambda` and the
+        partners come from torch's global RNG, which the training loop checkpoints), the legacy
+        cumulative margin, the epoch of the ramp and the last batch's values. Restoring it
+        with :meth:`load_state_dict` makes a resumed run draw the same next ``(lam, perm)``.
+        """
+        return {
+            "epoch": self.epoch,
+            "legacy_margin": self._legacy_margin,
+            "generator": None if self._gen is None else self._gen.get_state(),
+            "last_lam": self.last_lam,
+            "last_margin": self.last_margin,
+        }
+
+    def set_extra_state(self, state: Any) -> None:
+        """Restore what :meth:`get_extra_state` saved (from :meth:`load_state_dict`)."""
+        if not isinstance(state, Mapping) or set(state) != set(self._EXTRA_STATE_KEYS):
+            got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(
+                f"state: expected DMM extra state with keys {sorted(self._EXTRA_STATE_KEYS)}, "
+                f"got {got}"
+            )
+        self.set_epoch(state["epoch"])
+        self._legacy_margin = float(state["legacy_margin"])
+        gen_state = state["generator"]
+        if gen_state is None:
+            self._gen = None
+        else:
+            if self._gen is None:
+                self._gen = torch.Generator()
+            self._gen.set_state(torch.as_tensor(gen_state, dtype=torch.uint8, device="cpu"))
+        self.last_lam = state["last_lam"]
+        self.last_margin = state["last_margin"]
 
     # -- mixing ----------------------------------------------------------------------------
     def sample(self, batch_size: int, device: torch.device | str | None = None):

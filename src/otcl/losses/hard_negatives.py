@@ -43,6 +43,8 @@ the default. See ``docs/losses.md`` (section "Hard negatives") for defaults and 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -280,7 +282,7 @@ class HCL(HardNegativeLoss):
 
     Defaults of the official code (joshr17/HCL): ``temperature=0.5``, ``beta=1.0``,
     ``tau_plus=0.1``. The optional annealing of beta (``--anneal down``) is left to the training
-    loop: set ``loss.beta`` between epochs.
+    loop: set ``loss.beta`` between epochs (``beta`` is saved in ``state_dict`` as extra state).
     """
 
     def __init__(
@@ -288,6 +290,15 @@ class HCL(HardNegativeLoss):
     ) -> None:
         super().__init__(temperature, tau_plus=tau_plus, **kwargs)
         self.beta = check_nonneg("beta", beta)
+
+    def get_extra_state(self) -> dict[str, float]:
+        """``beta``, which a training loop may anneal between epochs, saved by ``state_dict``."""
+        return {"beta": self.beta}
+
+    def set_extra_state(self, state: Any) -> None:
+        if not isinstance(state, Mapping) or "beta" not in state:
+            raise ValueError(f"state: expected HCL extra state with key 'beta', got {state!r}")
+        self.beta = check_nonneg("beta", state["beta"])
 
     def log_weights(self, sim, neg, x, y) -> torch.Tensor:
         logits = torch.where(neg, self.beta * sim / self.temperature, float("-inf"))
