@@ -59,3 +59,55 @@ def test_every_loss_is_in_the_docs_table_and_readme(name):
     losses_md = (ROOT / "docs" / "losses.md").read_text()
     assert re.search(rf"^\| `{re.escape(name)}` \|", losses_md, flags=re.M), name
     assert f"`{name}`" in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", otcl.losses.available())
+def test_every_loss_docstring_states_its_equation_and_cites_its_paper(name):
+    doc = otcl.losses.get(name).__doc__ or ""
+    assert ".. math::" in doc or ":math:" in doc, f"{name}: no equation in the docstring"
+    assert re.search(r"\b(19|20)\d\d\b", doc), f"{name}: no year of the cited paper"
+    assert re.search(r"et al\.|, [A-Z]\w+, [A-Z]\w+", doc), f"{name}: no authors cited"
+
+
+def _public_callables():
+    import inspect
+
+    import otcl.diagnostics
+    import otcl.losses
+    import otcl.ot
+
+    seen = set()
+    for mod in (otcl.losses, otcl.ot, otcl.diagnostics):
+        for attr in getattr(mod, "__all__", []):
+            obj = getattr(mod, attr)
+            if inspect.isfunction(obj):
+                yield f"{mod.__name__}.{attr}", obj
+            elif inspect.isclass(obj):
+                for meth_name, meth in vars(obj).items():
+                    if not inspect.isfunction(meth) or id(meth) in seen:
+                        continue
+                    if meth_name.startswith("_") and meth_name != "__init__":
+                        continue
+                    seen.add(id(meth))
+                    yield f"{mod.__name__}.{attr}.{meth_name}", meth
+
+
+# src/otcl/ot/sinkhorn.py is being reworked on the solver branch: its one gap is left to it
+KNOWN_UNANNOTATED = {"otcl.ot.solve(kwargs)"}
+
+
+def test_public_api_is_type_annotated():
+    import inspect
+
+    missing = []
+    for qual, fn in _public_callables():
+        sig = inspect.signature(fn)
+        for p in sig.parameters.values():
+            if p.name in ("self", "cls", "ctx"):
+                continue
+            if p.annotation is inspect.Parameter.empty:
+                missing.append(f"{qual}({p.name})")
+        if sig.return_annotation is inspect.Signature.empty:
+            missing.append(f"{qual} -> ?")
+    missing = [m for m in missing if m not in KNOWN_UNANNOTATED]
+    assert not missing, "unannotated public API:\n" + "\n".join(missing)

@@ -499,6 +499,7 @@ def test_bad_target_and_labels_raise_value_error_for_every_loss(name):
         ({"q": 0.0}, "q"),
         ({"lam": -1.0}, "lam"),
         ({"rho": -0.5}, "rho"),
+        ({"w_kl": 0.0, "w_rince": 0.0}, "w_kl, w_rince: expected at least one weight > 0"),
     ],
 )
 def test_bad_parameters_raise_value_error(params, match):

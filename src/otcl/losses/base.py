@@ -191,7 +191,13 @@ class OTContrastiveLoss(nn.Module):
         """Hook for additional terms (e.g. IOT's uniformity); None = nothing to add."""
         return None
 
-    def _one_direction(self, scores, bound, target, pos) -> torch.Tensor:
+    def _one_direction(
+        self,
+        scores: torch.Tensor,
+        bound: float | None,
+        target: torch.Tensor | None,
+        pos: torch.Tensor | None,
+    ) -> torch.Tensor:
         out = self.solve(scores, bound)
         value = self.divergence_value(out, target, pos)
         extra = self.extra_terms(out, target, pos)

@@ -153,7 +153,18 @@ class Mixed:
 
 @register("dmm")
 class DMM(nn.Module):
-    r"""Dynamic Mixed Margin wrapper: ``base(z1, z2) + w(e) * L_dmm`` (see the module docstring).
+    r"""Dynamic Mixed Margin (So, Lim, Kim, Oh, Song, IEEE Access 2023) wrapping any loss.
+
+    .. math::
+
+        L = L_{base}(z_1, z_2) + \omega\,\frac{e}{e + e_0}\,L_{dmm},\qquad
+        L_{dmm} = \frac{1}{B^2}\sum_{i\ne j} [\lambda m + S_{ij} - S_{ii}]_+
+            + [\lambda m + S_{ij} - S_{jj}]_+ ,
+
+    with :math:`S = \cos(\tilde a, z_2)`, mixed anchors
+    :math:`\tilde a_i = \lambda z_{1,i} + (1-\lambda) z_{1,\pi(i)}` (or re-encoded mixed
+    inputs), one :math:`\lambda \sim U[\lambda_{lo}, \lambda_{hi}]` per batch and the dynamic
+    margin :math:`\lambda m` (see the module docstring).
 
     Args:
         base: the wrapped loss, an otcl loss instance or a registered name (default
@@ -329,7 +340,9 @@ class DMM(nn.Module):
         self.last_margin = state["last_margin"]
 
     # -- mixing ----------------------------------------------------------------------------
-    def sample(self, batch_size: int, device: torch.device | str | None = None):
+    def sample(
+        self, batch_size: int, device: torch.device | str | None = None
+    ) -> tuple[float, torch.Tensor]:
         """Draw this batch's ``(lam, perm)``: one :math:`\\lambda` and the partner permutation."""
         if batch_size < 2:
             raise ValueError(f"batch_size: expected at least 2 samples to mix, got {batch_size}")
@@ -410,7 +423,9 @@ class DMM(nn.Module):
         cos = F.cosine_similarity(anchors, positives, dim=-1)
         return torch.relu(cos - cap).mean()
 
-    def dmm_term(self, mixed: Mixed, z2: torch.Tensor, z1: torch.Tensor | None = None):
+    def dmm_term(
+        self, mixed: Mixed, z2: torch.Tensor, z1: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Unweighted DMM term of mixed anchors against their positives ``z2`` (B, d).
 
         ``z1`` (clean view 1) is needed only with ``both_views=True``.
@@ -454,7 +469,7 @@ class DMM(nn.Module):
             mixed = self.mix_embeddings(z1, z2)
         return loss + w * self.dmm_term(mixed, z2, z1)
 
-    def negative_weights(self, *args, **kwargs):
+    def negative_weights(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The base loss's negative weights (for :mod:`otcl.diagnostics`), if it has them."""
         fn = getattr(self.base, "negative_weights", None)
         if fn is None:
