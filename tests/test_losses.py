@@ -302,7 +302,7 @@ def test_domain_target_runs_in_every_loss():
 def test_gradcheck_every_loss(name, grad, domain, layout):
     """Every loss, gradient mode and solver arithmetic against finite differences. Implicit
     gradients are those of the converged plan, so the solve runs to convergence there."""
-    z1, z2 = _z(n=4, d=3, seed=16)
+    z1, z2 = _z(n=3, d=2, seed=16)
     z1.requires_grad_(True)
     z2.requires_grad_(True)
     kw = {"iters": 3} if grad == "unrolled" else {"iters": 3000, "tol": 1e-15}
@@ -318,7 +318,7 @@ def test_gradcheck_every_loss(name, grad, domain, layout):
 def test_detach_mode_is_the_gradient_with_frozen_potentials(name, domain, layout):
     """grad="detach": the exact gradient of the loss with the potentials (f, g) held at their
     values (the same function, re-evaluated with frozen potentials, passes gradcheck)."""
-    z1, z2 = _z(n=4, d=3, seed=20)
+    z1, z2 = _z(n=3, d=2, seed=20)
     loss = build(name, layout=layout, grad="detach", domain=domain, temperature=0.7, iters=3)
     solve_fn = loss.solve
     frozen: list = []
@@ -376,7 +376,7 @@ def test_gca_rince_implicit_uses_the_symmetric_gauge():
 
 @pytest.mark.parametrize("name", otcl.losses.available())
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("eps", [0.05, 0.2, 1.0])
+@pytest.mark.parametrize("eps", [0.05, 1.0])
 @pytest.mark.parametrize("layout", ["simclr", "cross"])
 def test_autocast_half_precision_is_finite(name, dtype, eps, layout):
     """Every loss (hard-negative ones and DMM included) under bf16/fp16 autocast, eps in
