@@ -195,6 +195,18 @@ def test_input_space_gradients_reach_encoder():
     assert (g_total - g_base).abs().max() > 1e-6
 
 
+def test_lam_one_input_mixing_is_the_clean_hinge_at_full_margin():
+    """lam = 1: the mixed anchors are the clean ones, the margin is the base margin m."""
+    torch.manual_seed(2)
+    enc = nn.Linear(6, 4).double()
+    x1 = torch.randn(8, 6, dtype=torch.float64)
+    z2 = enc(x1 + 0.3 * torch.randn(8, 6, dtype=torch.float64))
+    dmm = DMM(margin=0.3, lam_range=(1.0, 1.0), warmup=0.0)
+    term = dmm.dmm_term(dmm.mix_inputs(enc, x1), z2)
+    assert dmm.last_margin == 0.3
+    torch.testing.assert_close(term, _hinge_loops(enc(x1), z2, 0.3), rtol=1e-12, atol=1e-14)
+
+
 def test_per_modality_mixing():
     torch.manual_seed(1)
     enc = _ModalEncoder()
