@@ -17,6 +17,7 @@ A loss is a pipeline of five interchangeable parts::
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -148,7 +149,7 @@ class OTContrastiveLoss(nn.Module):
             # problems the starting scale of v cancels after the first row update
             log_b = torch.full((m,), -math.log(m), device=scores.device) if b is None else b.log()
             init = (torch.zeros(n, device=scores.device), log_b)
-        return solve(
+        out = solve(
             scores,
             a,
             b,
@@ -160,30 +161,37 @@ class OTContrastiveLoss(nn.Module):
             domain=self.domain,
             bound=bound,
         )
+        if self.grad == "implicit" and problem.constraint == "balanced":
+            out = self.symmetric_gauge(out)
+        return out
 
-    def log_kv(self, out: SinkhornOutput) -> torch.Tensor:
-        r""":math:`\log (K v)_{ij} = \log P_{ij} - f_i`, the kernel re-weighted by the columns.
+    @staticmethod
+    def symmetric_gauge(out: SinkhornOutput) -> SinkhornOutput:
+        r"""Balanced potentials moved to the gauge :math:`\sum_i f_i = \sum_j g_j`.
 
-        Unlike the plan, :math:`Kv` depends on the *gauge* of balanced potentials: the fixed
-        point defines :math:`(f, g)` only up to :math:`(f + k, g - k)`. The unrolled iterations
-        (``grad="unrolled"``/``"detach"``) carry their own gauge, the :math:`v^{(t)}` of the
-        paper's iterations. At the fixed point (``grad="implicit"``) the gauge is fixed to
-        :math:`\sum_i f_i = \sum_j g_j` (:math:`u = v` for a symmetric kernel and equal
-        marginals, as in the simclr layout), the convention of :mod:`otcl.ot.implicit`, so that
-        the value and its implicit gradient belong to the same function.
+        The plan determines balanced potentials only up to :math:`(f + k, g - k)`. The plan,
+        cross-entropy and IOT's uniformity term do not depend on :math:`k`, but RINCE on
+        :math:`K v = e^{S + g}` (``gca-rince``) does. The unrolled iterations carry their own
+        gauge (the paper's :math:`v^{(t)}`); at the fixed point (``grad="implicit"``) the losses
+        use this one, which is the convention of :mod:`otcl.ot.implicit` (:math:`u = v` for a
+        symmetric kernel with equal marginals, as in the simclr layout), so that the value and
+        its implicit gradient belong to the same function.
         """
-        f = out.f
-        if self.grad == "implicit" and self.problem().constraint == "balanced":
-            n, m = out.f.shape[-1], out.g.shape[-1]
-            f = f + (out.g.sum(-1, keepdim=True) - f.sum(-1, keepdim=True)) / (n + m)
-        return out.log_plan - f.unsqueeze(-1)
+        n, m = out.f.shape[-1], out.g.shape[-1]
+        k = (out.g.sum(-1, keepdim=True) - out.f.sum(-1, keepdim=True)) / (n + m)
+        shifted = copy.copy(out)
+        shifted.f, shifted.g = out.f + k, out.g - k
+        if getattr(out, "row_lse", None) is not None:  # LSE_j(S_ij + g_j), if the solver keeps it
+            shifted.row_lse = out.row_lse - k
+        return shifted
 
     def divergence_value(
         self, out: SinkhornOutput, target: torch.Tensor | None, pos: torch.Tensor | None
     ) -> torch.Tensor:
         if self.divergence == "ce":
             return divergences.cross_entropy(out.log_plan, target, pos)
-        return divergences.rince(self.log_kv(out), target, pos, q=self.q, lam=self.lam)
+        log_kv = out.log_plan - out.f.unsqueeze(-1)
+        return divergences.rince(log_kv, target, pos, q=self.q, lam=self.lam)
 
     def extra_terms(
         self, out: SinkhornOutput, target: torch.Tensor | None, pos: torch.Tensor | None

@@ -100,7 +100,7 @@ class GCARINCE(OTContrastiveLoss):
 
     Unit marginals (as the official code); with the row constraint only it is exactly RINCE.
     The term depends on the gauge of the balanced potentials: ``grad="implicit"`` evaluates it in
-    the gauge :math:`\sum f = \sum g` (see :meth:`OTContrastiveLoss.log_kv`), the unrolled
+    the gauge :math:`\sum f = \sum g` (see :meth:`OTContrastiveLoss.symmetric_gauge`), the unrolled
     iterations in their own.
     """
 
@@ -165,7 +165,8 @@ class GCAUOT(OTContrastiveLoss):
         if self.w_kl:
             total = total + self.w_kl * divergences.cross_entropy(out.log_plan, target, pos)
         if self.w_rince:
+            log_kv = out.log_plan - out.f.unsqueeze(-1)
             total = total + self.w_rince * divergences.rince(
-                self.log_kv(out), target, pos, q=self.q, lam=self.lam
+                log_kv, target, pos, q=self.q, lam=self.lam
             )
         return total
