@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
@@ -194,6 +195,18 @@ def test_input_space_gradients_reach_encoder():
     assert (g_total - g_base).abs().max() > 1e-6
 
 
+def test_lam_one_input_mixing_is_the_clean_hinge_at_full_margin():
+    """lam = 1: the mixed anchors are the clean ones, the margin is the base margin m."""
+    torch.manual_seed(2)
+    enc = nn.Linear(6, 4).double()
+    x1 = torch.randn(8, 6, dtype=torch.float64)
+    z2 = enc(x1 + 0.3 * torch.randn(8, 6, dtype=torch.float64))
+    dmm = DMM(margin=0.3, lam_range=(1.0, 1.0), warmup=0.0)
+    term = dmm.dmm_term(dmm.mix_inputs(enc, x1), z2)
+    assert dmm.last_margin == 0.3
+    torch.testing.assert_close(term, _hinge_loops(enc(x1), z2, 0.3), rtol=1e-12, atol=1e-14)
+
+
 def test_per_modality_mixing():
     torch.manual_seed(1)
     enc = _ModalEncoder()
@@ -270,6 +283,25 @@ def test_wraps_cross_and_hard_negative_bases():
 
 
 @pytest.mark.parametrize(
+    "base,kw",
+    [(b, {}) for b in ("infonce", "dcl", "hcl", "ot-hard", "gca-uot")]
+    + [("infonce", {"pair_loss": "triplet"}), ("hcl", {"repel_close_positives": True})]
+    + [("gca-uot", {"both_views": True})],
+)
+def test_gradcheck_full_loss(base, kw):
+    """base + DMM term, embedding-space mixing, with this batch's (lam, perm) held fixed."""
+    g = torch.Generator().manual_seed(21)
+    z1 = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    z2 = z1 + 0.7 * torch.randn(4, 3, generator=g, dtype=torch.float64)
+    extra = {"coupling_grad": "unrolled", "tol": None, "iters": 30} if base == "ot-hard" else {}
+    dmm = DMM(base, warmup=0.0, partner="random", seed=1, **kw, **extra)
+    lam, perm = dmm.sample(4)
+    dmm.sample = lambda n, device=None: (lam, perm)
+    inputs = (z1.clone().requires_grad_(True), z2.clone().requires_grad_(True))
+    assert torch.autograd.gradcheck(lambda a, b: dmm(a, b), inputs, eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
     "kw,arg",
     [
         ({"margin": -0.1}, "margin"),
@@ -309,3 +341,54 @@ def test_build_dmm_forwards_flat_base_parameters():
     assert flat.base.temperature == 0.1
     with pytest.raises(ValueError, match="tempreature"):
         otcl.losses.build("dmm", base="infonce", tempreature=0.1)
+
+
+# -- checkpointing -------------------------------------------------------------------------
+def _roundtrip(state):
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf)  # weights_only: the extra state is plain data and tensors
+
+
+@pytest.mark.parametrize("partner", ["random", "reverse"])
+def test_state_dict_restores_generator_legacy_margin_and_epoch(partner):
+    """A resumed DMM (new instance, different seed) draws the same next (lam, perm), carries the
+    legacy cumulative margin on, and is at the same epoch of the ramp."""
+    z1, z2 = _pairs()
+    kw = {"partner": partner, "legacy_cumulative_margin": True, "warmup": 30.0}
+    run = DMM(seed=5, epoch=2, **kw)
+    for _ in range(3):
+        run(z1, z2)
+    run.set_epoch(7)
+    state = _roundtrip(run.state_dict())
+    resumed = DMM(seed=123, **kw)
+    resumed.load_state_dict(state)
+    assert resumed.epoch == 7 and resumed.current_weight == run.current_weight
+    assert resumed.last_lam == run.last_lam and resumed.last_margin == run.last_margin
+    for _ in range(3):
+        a, b = run.mix_embeddings(z1), resumed.mix_embeddings(z1)
+        assert a.lam == b.lam and torch.equal(a.perm, b.perm)
+        assert torch.equal(run(z1, z2), resumed(z1, z2))
+        assert run.last_margin == resumed.last_margin  # legacy product continued
+    assert 0.2 * 0.5**6 <= run.last_margin < 0.2 * 0.5  # six draws of lam in [0.5, 1)
+
+
+def test_state_dict_global_rng_and_wrapped_base_state():
+    """Without a seed DMM uses torch's global RNG (checkpointed by the trainer): loading that
+    state drops a private generator. The wrapped base's own extra state travels along."""
+    z1, z2 = _pairs()
+    unseeded = DMM("hcl", warmup=0.0, partner="random")
+    unseeded.base.beta = 0.25  # e.g. HCL's beta annealing
+    state = _roundtrip(unseeded.state_dict())
+    assert set(state) == {"_extra_state", "base._extra_state"}
+    seeded = DMM("hcl", warmup=0.0, partner="random", seed=0)
+    seeded.load_state_dict(state)
+    assert seeded._gen is None and seeded.base.beta == 0.25
+    torch.manual_seed(11)
+    a = unseeded.mix_embeddings(z1)
+    torch.manual_seed(11)
+    b = seeded.mix_embeddings(z1)
+    assert a.lam == b.lam and torch.equal(a.perm, b.perm)
+    with pytest.raises(ValueError, match="state"):
+        seeded.set_extra_state({"epoch": 1})

@@ -311,6 +311,62 @@ def test_gradcheck(name, kw, layout):
     assert torch.autograd.gradcheck(lambda a, b: loss(a, b), (z1, z2), eps=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"coupling_grad": "unrolled", "eps": 0.1, "iters": 30, "tol": None},  # log domain
+        {"coupling_grad": "implicit", "eps": 0.7, "iters": 3000, "tol": 1e-14},  # exp domain
+    ],
+    ids=["unrolled-log", "implicit-exp"],
+)
+@pytest.mark.parametrize("layout", ["simclr", "cross"])
+def test_ot_hard_gradcheck_log_domain_and_implicit(kw, layout):
+    z1, z2 = _pairs(n=4, d=3, seed=13)
+    loss = OTHard(0.5, tau_plus=0.1, layout=layout, **kw)
+    inputs = (z1.clone().requires_grad_(True), z2.clone().requires_grad_(True))
+    assert torch.autograd.gradcheck(lambda a, b: loss(a, b), inputs, eps=1e-6, atol=1e-6)
+    expected = "log" if kw["eps"] < 4 / 30 else "exp"
+    assert loss.last_coupling.domain == expected
+    if kw["coupling_grad"] == "implicit":
+        assert loss.last_coupling.converged
+
+
+@pytest.mark.parametrize("layout", ["simclr", "cross"])
+def test_ot_hard_detach_is_the_gradient_with_frozen_potentials(layout, monkeypatch):
+    """coupling_grad="detach": the exact gradient with the Sinkhorn potentials held constant
+    (the plan still depends on the cost), checked against a replay with frozen potentials."""
+    import otcl.losses.hard_negatives as hn
+
+    z1, z2 = _pairs(n=4, d=3, seed=18)
+    loss = OTHard(0.5, eps=0.5, tau_plus=0.1, layout=layout, coupling_grad="detach", iters=50)
+    frozen = []
+    real = hn.sinkhorn
+
+    def record(scores, **kw):
+        out = real(scores, **kw)
+        frozen.append((out.f.detach(), out.g.detach()))
+        return out
+
+    monkeypatch.setattr(hn, "sinkhorn", record)
+    a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
+    g_detach = torch.autograd.grad(loss(a, b), (a, b))
+    assert len(frozen) == 1
+
+    def replay(scores, **kw):
+        f, g = frozen[0]
+        zero = scores.new_zeros(())
+        log_plan = f.unsqueeze(-1) + scores + g.unsqueeze(-2)
+        return otcl.ot.SinkhornOutput(log_plan, f, g, 1, True, zero, zero)
+
+    monkeypatch.setattr(hn, "sinkhorn", replay)
+    a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
+    g_frozen = torch.autograd.grad(loss(a, b), (a, b))
+    for x, y in zip(g_detach, g_frozen, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+    inputs = (z1.clone().requires_grad_(True), z2.clone().requires_grad_(True))
+    assert torch.autograd.gradcheck(lambda x, y: loss(x, y), inputs, eps=1e-6, atol=1e-6)
+
+
 def test_ot_hard_constant_coupling_gradient():
     """coupling_grad='none': the gradient of the loss with the plan held fixed (official)."""
     z1, z2 = _pairs(n=5, d=4, seed=14)
@@ -429,3 +485,16 @@ def test_dot_similarity_cost_on_raw_embeddings():
     torch.testing.assert_close(
         DCL(0.5, tau_plus=0.0, similarity="dot")(z1, z2), torch.stack(ref).mean()
     )
+
+
+def test_hcl_beta_is_saved_in_state_dict():
+    """beta may be annealed between epochs (official ``--anneal down``): a checkpoint keeps it."""
+    z1, z2 = _pairs(seed=19)
+    loss = HCL(0.5, beta=2.0)
+    loss.beta = 0.75
+    restored = HCL(0.5)
+    restored.load_state_dict(loss.state_dict())
+    assert restored.beta == 0.75
+    torch.testing.assert_close(restored(z1, z2), loss(z1, z2), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="beta"):
+        restored.load_state_dict({"_extra_state": {"beta": -1.0}})

@@ -17,6 +17,7 @@ from otcl.losses import (
     label_target,
     uniformity_penalty,
 )
+from otcl.ot import SinkhornOutput
 
 CORE = ["infonce", "iot", "iot-uni", "gca-ince", "gca-rince", "gca-uot", "rince"]
 
@@ -295,27 +296,104 @@ def test_domain_target_runs_in_every_loss():
 
 # -- gradients, precision ---------------------------------------------------------------------
 @pytest.mark.parametrize("name", CORE)
+@pytest.mark.parametrize("grad", ["unrolled", "implicit"])
+@pytest.mark.parametrize("domain", ["log", "exp"])
 @pytest.mark.parametrize("layout", ["simclr", "cross"])
-def test_gradcheck_every_loss(name, layout):
-    z1, z2 = _z(n=4, d=3, seed=16)
+def test_gradcheck_every_loss(name, grad, domain, layout):
+    """Every loss, gradient mode and solver arithmetic against finite differences. Implicit
+    gradients are those of the converged plan, so the solve runs to convergence there."""
+    z1, z2 = _z(n=3, d=2, seed=16)
     z1.requires_grad_(True)
     z2.requires_grad_(True)
-    loss = build(name, layout=layout, iters=3, domain="log", temperature=0.7)
-    assert torch.autograd.gradcheck(lambda a, b: loss(a, b), (z1, z2))
+    kw = {"iters": 3} if grad == "unrolled" else {"iters": 3000, "tol": 1e-15}
+    loss = build(name, layout=layout, grad=grad, domain=domain, temperature=0.7, **kw)
+    assert torch.autograd.gradcheck(
+        lambda a, b: loss(a, b), (z1, z2), eps=1e-6, atol=1e-6, rtol=1e-4
+    )
 
 
 @pytest.mark.parametrize("name", CORE)
+@pytest.mark.parametrize("domain", ["log", "exp"])
+@pytest.mark.parametrize("layout", ["simclr", "cross"])
+def test_detach_mode_is_the_gradient_with_frozen_potentials(name, domain, layout):
+    """grad="detach": the exact gradient of the loss with the potentials (f, g) held at their
+    values (the same function, re-evaluated with frozen potentials, passes gradcheck)."""
+    z1, z2 = _z(n=3, d=2, seed=20)
+    loss = build(name, layout=layout, grad="detach", domain=domain, temperature=0.7, iters=3)
+    solve_fn = loss.solve
+    frozen: list = []
+
+    def record(scores, bound):
+        out = solve_fn(scores, bound)
+        frozen.append((out.f.detach(), out.g.detach()))
+        return out
+
+    loss.solve = record
+    a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
+    g_detach = torch.autograd.grad(loss(a, b), (a, b))
+    calls = [0]
+
+    def replay(scores, bound):
+        f, g = frozen[calls[0] % len(frozen)]
+        calls[0] += 1
+        zero = scores.new_zeros(())
+        return SinkhornOutput(f.unsqueeze(-1) + scores + g.unsqueeze(-2), f, g, 1, True, zero, zero)
+
+    loss.solve = replay
+    if not frozen:  # infonce's fused path has no potentials: detach changes nothing
+        assert name == "infonce"
+    a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
+    g_frozen = torch.autograd.grad(loss(a, b), (a, b))
+    for x, y in zip(g_detach, g_frozen, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda a_, b_: loss(a_, b_),
+        (z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)),
+    )
+
+
+def test_gca_rince_implicit_uses_the_symmetric_gauge():
+    """The RINCE term on K v depends on the gauge (f + k, g - k) of balanced potentials; at the
+    fixed point (grad="implicit") it is evaluated with sum f = sum g, i.e. u = v for the
+    symmetric simclr kernel, so that the value and its implicit gradient match (gradcheck
+    above). The unrolled iterations keep the paper's v^(t)."""
+    z1, z2 = _z(seed=21)
+    kw = {"iters": 3000, "tol": 1e-15}
+    n2, q, lam = 12, 0.6, 0.01
+    S = _np_cos_all(z1, z2) / 0.5
+    np.fill_diagonal(S, -np.inf)
+    f, g = np.zeros(n2), np.zeros(n2)
+    for _ in range(1000):  # unit marginals, to convergence
+        f = -logsumexp(S + g[None], axis=1)
+        g = -logsumexp(S + f[:, None], axis=0)
+    h = 0.5 * (f + g)  # the symmetric solution: P = diag(e^h) K diag(e^h)
+    np.testing.assert_allclose(f - f.mean(), g - g.mean(), atol=1e-10)
+    sym = _np_rince(S + h[None], _np_pos(6), q, lam)
+    it = _np_rince(S + g[None], _np_pos(6), q, lam)
+    assert float(build("gca-rince", grad="implicit", **kw)(z1, z2)) == pytest.approx(sym, abs=1e-9)
+    assert float(build("gca-rince", grad="unrolled", **kw)(z1, z2)) == pytest.approx(it, abs=1e-9)
+
+
+@pytest.mark.parametrize("name", otcl.losses.available())
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("eps", [0.05, 1.0])
-def test_autocast_half_precision_is_finite(name, dtype, eps):
+@pytest.mark.parametrize("layout", ["simclr", "cross"])
+def test_autocast_half_precision_is_finite(name, dtype, eps, layout):
+    """Every loss (hard-negative ones and DMM included) under bf16/fp16 autocast, eps in
+    [0.05, 1]: finite float32 loss and finite encoder gradients."""
     torch.manual_seed(17)
     enc = torch.nn.Linear(8, 16)
     x1, x2 = torch.randn(32, 8), torch.randn(32, 8)
+    params = {"temperature": eps, "layout": layout}
+    if name == "dmm":  # with the DMM term switched on
+        params = {"warmup": 0.0, "base_params": params}
+    loss_fn = build(name, **params)
     with torch.autocast("cpu", dtype=dtype):
         z1, z2 = enc(x1), enc(x2)
-        loss = build(name, temperature=eps)(z1, z2)
+        assert z1.dtype == dtype
+        loss = loss_fn(z1, z2)
     loss.backward()
-    assert torch.isfinite(loss)
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
     assert all(torch.isfinite(p.grad).all() for p in enc.parameters())
 
 
@@ -336,6 +414,9 @@ def test_registry_lists_and_builds_core_losses():
     assert otcl.losses.parameters("gca-uot")["rho"] == 0.2
 
 
+ALL = otcl.losses.available()
+
+
 def test_unknown_name_and_parameter_list_the_valid_ones():
     with pytest.raises(ValueError, match="unknown loss 'nope'.*gca-uot"):
         build("nope")
@@ -343,21 +424,69 @@ def test_unknown_name_and_parameter_list_the_valid_ones():
         build("infonce", tempreature=0.1)
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_unknown_parameter_lists_the_valid_ones_for_every_loss(name):
+    with pytest.raises(ValueError, match="unknown") as err:
+        build(name, bogus_parameter=1)
+    msg = str(err.value)
+    assert "bogus_parameter" in msg and "valid:" in msg
+    valid = [k for k in otcl.losses.parameters(name) if k not in ("base", "base_params")]
+    assert all(k in msg for k in valid), (msg, valid)
+    if name == "dmm":  # the wrapper also lists what its base accepts
+        assert "temperature" in msg
+
+
 @pytest.mark.parametrize(
     "z1,z2,match",
     [
-        (torch.randn(4, 3), torch.randn(5, 3), "z1, z2: expected the same shape"),
-        (torch.randn(4), torch.randn(4), "z1: expected a 2-D tensor"),
-        (torch.randn(1, 3), torch.randn(1, 3), "at least 2 samples"),
-        (torch.full((4, 3), float("nan")), torch.randn(4, 3), "z1: expected finite"),
+        (torch.randn(4, 3), torch.randn(5, 3), r"z1, z2: expected the same shape .* got \(4, 3\)"),
+        (torch.randn(4, 3), torch.randn(4, 2), "z1, z2: expected the same shape"),
+        (torch.randn(4), torch.randn(4), r"z1: expected a 2-D tensor .* got shape \(4\)"),
+        (torch.randn(2, 4, 3), torch.randn(2, 4, 3), "z1: expected a 2-D tensor"),
+        (torch.randn(4, 3), torch.randn(4, 3, 1), "z2: expected a 2-D tensor"),
+        (torch.randn(1, 3), torch.randn(1, 3), "z1: expected a batch of at least 2 .* got N=1"),
+        (torch.full((4, 3), float("nan")), torch.randn(4, 3), "z1: expected finite .* got 12"),
         (torch.randn(4, 3), torch.full((4, 3), float("inf")), "z2: expected finite"),
         (torch.ones(4, 3, dtype=torch.long), torch.ones(4, 3, dtype=torch.long), "floating"),
+        ([[1.0, 2.0]] * 4, torch.randn(4, 2), "z1: expected a torch.Tensor .* got list"),
     ],
 )
-@pytest.mark.parametrize("name", CORE)
+@pytest.mark.parametrize("name", ALL)
 def test_bad_embeddings_raise_value_error(name, z1, z2, match):
     with pytest.raises(ValueError, match=match):
         build(name)(z1, z2)
+
+
+@pytest.mark.parametrize(
+    "params,match",
+    [
+        ({"temperature": 0.0}, "temperature: expected a finite number > 0, got 0.0"),
+        ({"temperature": -0.5}, "temperature: expected a finite number > 0, got -0.5"),
+        ({"temperature": float("nan")}, "temperature: expected"),
+        ({"temperature": "hot"}, "temperature: expected a positive number, got 'hot'"),
+        ({"iters": 0}, "iters: expected an integer >= 1, got 0"),
+        ({"iters": 2.5}, "iters: expected an integer >= 1, got 2.5"),
+        ({"layout": "grid"}, "layout: expected one of 'simclr', 'cross', got 'grid'"),
+    ],
+)
+@pytest.mark.parametrize("name", ALL)
+def test_bad_shared_parameters_raise_value_error_for_every_loss(name, params, match):
+    if "iters" in params and "iters" not in otcl.losses.parameters(name) and name != "dmm":
+        pytest.skip(f"{name} has no iterations")  # dcl/hcl: closed form
+    if name == "dmm":
+        params = {"base_params": params}  # forwarded to the base loss
+    with pytest.raises(ValueError, match=match):
+        build(name, **params)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bad_target_and_labels_raise_value_error_for_every_loss(name):
+    z1, z2 = _z(n=4, d=3)
+    loss = build(name)
+    with pytest.raises(ValueError, match="target: .*got"):
+        loss(z1, z2, target=torch.ones(3, 3))
+    with pytest.raises(ValueError, match="labels: expected a 1-D tensor of length N=4, got"):
+        loss(z1, z2, labels=torch.arange(3))
 
 
 @pytest.mark.parametrize(
@@ -370,6 +499,7 @@ def test_bad_embeddings_raise_value_error(name, z1, z2, match):
         ({"q": 0.0}, "q"),
         ({"lam": -1.0}, "lam"),
         ({"rho": -0.5}, "rho"),
+        ({"w_kl": 0.0, "w_rince": 0.0}, "w_kl, w_rince: expected at least one weight > 0"),
     ],
 )
 def test_bad_parameters_raise_value_error(params, match):

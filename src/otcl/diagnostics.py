@@ -19,6 +19,8 @@ a base) or are uniform (``infonce`` and every loss without re-weighted negatives
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -69,7 +71,9 @@ def uniformity(z: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     return torch.logsumexp(-t * sq, dim=0) - torch.log(torch.tensor(float(sq.numel())))
 
 
-def negative_mask(n_pairs: int, layout: str = "simclr", device=None) -> torch.Tensor:
+def negative_mask(
+    n_pairs: int, layout: str = "simclr", device: torch.device | str | None = None
+) -> torch.Tensor:
     """(n, n) bool mask of the negatives: not self, not the positive (n = 2N or N)."""
     check_choice("layout", layout, LAYOUTS)
     pos = positive_index(n_pairs, layout, device)
@@ -111,7 +115,7 @@ def weighted_negative_similarity(
     return (w * sim).sum(-1), (u * sim).sum(-1)
 
 
-def _layout_of(loss) -> str:
+def _layout_of(loss: Callable[..., torch.Tensor] | None) -> str:
     lay = getattr(loss, "layout", None)
     if lay is None:
         base = getattr(loss, "base", None)
@@ -123,7 +127,7 @@ def _layout_of(loss) -> str:
 def batch_diagnostics(
     z1: torch.Tensor,
     z2: torch.Tensor,
-    loss=None,
+    loss: Callable[..., torch.Tensor] | None = None,
     *,
     weights: torch.Tensor | None = None,
     source: str = "auto",

@@ -17,6 +17,7 @@ A loss is a pipeline of five interchangeable parts::
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -148,7 +149,7 @@ class OTContrastiveLoss(nn.Module):
             # problems the starting scale of v cancels after the first row update
             log_b = torch.full((m,), -math.log(m), device=scores.device) if b is None else b.log()
             init = (torch.zeros(n, device=scores.device), log_b)
-        return solve(
+        out = solve(
             scores,
             a,
             b,
@@ -160,6 +161,29 @@ class OTContrastiveLoss(nn.Module):
             domain=self.domain,
             bound=bound,
         )
+        if self.grad == "implicit" and problem.constraint == "balanced":
+            out = self.symmetric_gauge(out)
+        return out
+
+    @staticmethod
+    def symmetric_gauge(out: SinkhornOutput) -> SinkhornOutput:
+        r"""Balanced potentials moved to the gauge :math:`\sum_i f_i = \sum_j g_j`.
+
+        The plan determines balanced potentials only up to :math:`(f + k, g - k)`. The plan,
+        cross-entropy and IOT's uniformity term do not depend on :math:`k`, but RINCE on
+        :math:`K v = e^{S + g}` (``gca-rince``) does. The unrolled iterations carry their own
+        gauge (the paper's :math:`v^{(t)}`); at the fixed point (``grad="implicit"``) the losses
+        use this one, which is the convention of :mod:`otcl.ot.implicit` (:math:`u = v` for a
+        symmetric kernel with equal marginals, as in the simclr layout), so that the value and
+        its implicit gradient belong to the same function.
+        """
+        n, m = out.f.shape[-1], out.g.shape[-1]
+        k = (out.g.sum(-1, keepdim=True) - out.f.sum(-1, keepdim=True)) / (n + m)
+        shifted = copy.copy(out)
+        shifted.f, shifted.g = out.f + k, out.g - k
+        if getattr(out, "row_lse", None) is not None:  # LSE_j(S_ij + g_j), if the solver keeps it
+            shifted.row_lse = out.row_lse - k
+        return shifted
 
     def divergence_value(
         self, out: SinkhornOutput, target: torch.Tensor | None, pos: torch.Tensor | None
@@ -175,7 +199,13 @@ class OTContrastiveLoss(nn.Module):
         """Hook for additional terms (e.g. IOT's uniformity); None = nothing to add."""
         return None
 
-    def _one_direction(self, scores, bound, target, pos) -> torch.Tensor:
+    def _one_direction(
+        self,
+        scores: torch.Tensor,
+        bound: float | None,
+        target: torch.Tensor | None,
+        pos: torch.Tensor | None,
+    ) -> torch.Tensor:
         out = self.solve(scores, bound)
         value = self.divergence_value(out, target, pos)
         extra = self.extra_terms(out, target, pos)

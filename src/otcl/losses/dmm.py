@@ -26,7 +26,7 @@ The positive of :math:`\tilde a_i` is :math:`b_i`, every other :math:`b_j` is a 
 and the total loss is :math:`L = L_{base}(a, b) + \omega\, \frac{e}{e + e_0}\, L_{dmm}` with the
 ramp-up over epochs :math:`e` (:meth:`DMM.set_epoch`), offset :math:`e_0` = ``warmup``.
 
-Differences from the official code are listed in ``docs/losses-hardneg-dmm.md``; the main one:
+Differences from the official code are listed in ``docs/losses.md`` (section ``dmm``); the main one:
 the released recommender code multiplies a persistent margin in place (``margin *= lam``), so it
 decays to ~0 within a few steps; otcl uses :math:`\lambda m` every step
 (``legacy_cumulative_margin=True`` reproduces the official behaviour).
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validation import check_choice, check_embeddings, check_nonneg
-from .registry import build, register
+from .registry import build, get, parameters, register
 
 __all__ = ["DMM", "Mixed", "mix", "vse_hinge", "min_triplet", "PAIR_LOSSES", "PARTNERS"]
 
@@ -153,7 +153,18 @@ class Mixed:
 
 @register("dmm")
 class DMM(nn.Module):
-    r"""Dynamic Mixed Margin wrapper: ``base(z1, z2) + w(e) * L_dmm`` (see the module docstring).
+    r"""Dynamic Mixed Margin (So, Lim, Kim, Oh, Song, IEEE Access 2023) wrapping any loss.
+
+    .. math::
+
+        L = L_{base}(z_1, z_2) + \omega\,\frac{e}{e + e_0}\,L_{dmm},\qquad
+        L_{dmm} = \frac{1}{B^2}\sum_{i\ne j} [\lambda m + S_{ij} - S_{ii}]_+
+            + [\lambda m + S_{ij} - S_{jj}]_+ ,
+
+    with :math:`S = \cos(\tilde a, z_2)`, mixed anchors
+    :math:`\tilde a_i = \lambda z_{1,i} + (1-\lambda) z_{1,\pi(i)}` (or re-encoded mixed
+    inputs), one :math:`\lambda \sim U[\lambda_{lo}, \lambda_{hi}]` per batch and the dynamic
+    margin :math:`\lambda m` (see the module docstring).
 
     Args:
         base: the wrapped loss, an otcl loss instance or a registered name (default
@@ -181,7 +192,8 @@ class DMM(nn.Module):
             place by every :math:`\lambda` (margin :math:`m\prod_t\lambda_t`).
         epoch: initial epoch (see :meth:`set_epoch`).
         seed: seed of the private generator drawing :math:`\lambda` and random partners (None:
-            torch's global RNG).
+            torch's global RNG). Its state, the legacy margin and the epoch are part of
+            :meth:`state_dict` (extra state), so a checkpoint resumes the same draws.
 
     Call:
         ``dmm(z1, z2, labels=None, target=None, mixed=None)``; without ``mixed`` the anchors are
@@ -215,6 +227,7 @@ class DMM(nn.Module):
         params = dict(base_params or {})
         params.update(extra_base_params)
         if isinstance(base, str):
+            self._check_base_params(base, params, flat=sorted(extra_base_params))
             self.base = build(base, **params)
         elif callable(base):
             if params:
@@ -250,6 +263,23 @@ class DMM(nn.Module):
         self.last_margin: float | None = None
         self.last_lam: float | None = None
 
+    @staticmethod
+    def _check_base_params(base: str, params: dict[str, Any], flat: list[str]) -> None:
+        """Unknown keywords name both valid lists: the wrapper's own and the base loss's."""
+        if getattr(get(base), "forwards_params", False):
+            return  # a wrapper as base checks its own keywords
+        valid = parameters(base)
+        unknown = sorted(set(params) - set(valid))
+        if not unknown:
+            return
+        own = sorted(k for k in parameters("dmm") if k not in ("base", "base_params"))
+        where = "parameter(s)" if set(unknown) & set(flat) else "base_params"
+        raise ValueError(
+            f"params: unknown {where} {', '.join(unknown)} for loss 'dmm' with base {base!r}; "
+            f"valid: {', '.join(own)} (dmm's own) or {', '.join(sorted(valid))} "
+            f"(passed to {base!r})"
+        )
+
     # -- schedule --------------------------------------------------------------------------
     def set_epoch(self, epoch: float) -> None:
         """Set the epoch :math:`e \\ge 0` of the ramp-up weight :math:`e/(e + e_0)`."""
@@ -270,8 +300,49 @@ class DMM(nn.Module):
         """Weight of the DMM term now: ``weight * ramp``."""
         return self.weight * self.ramp
 
+    # -- checkpointing ---------------------------------------------------------------------
+    _EXTRA_STATE_KEYS = ("epoch", "legacy_margin", "generator", "last_lam", "last_margin")
+
+    def get_extra_state(self) -> dict[str, Any]:
+        r"""Mutable state outside the parameters, saved by :meth:`state_dict`.
+
+        The private generator's state (``seed=`` given; ``None`` when :math:`\lambda` and the
+        partners come from torch's global RNG, which the training loop checkpoints), the legacy
+        cumulative margin, the epoch of the ramp and the last batch's values. Restoring it
+        with :meth:`load_state_dict` makes a resumed run draw the same next ``(lam, perm)``.
+        """
+        return {
+            "epoch": self.epoch,
+            "legacy_margin": self._legacy_margin,
+            "generator": None if self._gen is None else self._gen.get_state(),
+            "last_lam": self.last_lam,
+            "last_margin": self.last_margin,
+        }
+
+    def set_extra_state(self, state: Any) -> None:
+        """Restore what :meth:`get_extra_state` saved (from :meth:`load_state_dict`)."""
+        if not isinstance(state, Mapping) or set(state) != set(self._EXTRA_STATE_KEYS):
+            got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(
+                f"state: expected DMM extra state with keys {sorted(self._EXTRA_STATE_KEYS)}, "
+                f"got {got}"
+            )
+        self.set_epoch(state["epoch"])
+        self._legacy_margin = float(state["legacy_margin"])
+        gen_state = state["generator"]
+        if gen_state is None:
+            self._gen = None
+        else:
+            if self._gen is None:
+                self._gen = torch.Generator()
+            self._gen.set_state(torch.as_tensor(gen_state, dtype=torch.uint8, device="cpu"))
+        self.last_lam = state["last_lam"]
+        self.last_margin = state["last_margin"]
+
     # -- mixing ----------------------------------------------------------------------------
-    def sample(self, batch_size: int, device: torch.device | str | None = None):
+    def sample(
+        self, batch_size: int, device: torch.device | str | None = None
+    ) -> tuple[float, torch.Tensor]:
         """Draw this batch's ``(lam, perm)``: one :math:`\\lambda` and the partner permutation."""
         if batch_size < 2:
             raise ValueError(f"batch_size: expected at least 2 samples to mix, got {batch_size}")
@@ -352,7 +423,9 @@ class DMM(nn.Module):
         cos = F.cosine_similarity(anchors, positives, dim=-1)
         return torch.relu(cos - cap).mean()
 
-    def dmm_term(self, mixed: Mixed, z2: torch.Tensor, z1: torch.Tensor | None = None):
+    def dmm_term(
+        self, mixed: Mixed, z2: torch.Tensor, z1: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Unweighted DMM term of mixed anchors against their positives ``z2`` (B, d).
 
         ``z1`` (clean view 1) is needed only with ``both_views=True``.
@@ -396,7 +469,7 @@ class DMM(nn.Module):
             mixed = self.mix_embeddings(z1, z2)
         return loss + w * self.dmm_term(mixed, z2, z1)
 
-    def negative_weights(self, *args, **kwargs):
+    def negative_weights(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The base loss's negative weights (for :mod:`otcl.diagnostics`), if it has them."""
         fn = getattr(self.base, "negative_weights", None)
         if fn is None:

@@ -38,7 +38,12 @@ instead of ``r1``/``r2`` whose roles swap between the official files.
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+
 from .._validation import check_nonneg
+from ..ot.sinkhorn import SinkhornOutput
 from .base import OTContrastiveLoss
 from .registry import register
 
@@ -55,26 +60,48 @@ class RINCE(OTContrastiveLoss):
 
     default_constraint = "rows"
 
-    def __init__(self, temperature: float = 0.5, *, q: float = 0.6, lam: float = 0.01, **kwargs):
+    def __init__(
+        self, temperature: float = 0.5, *, q: float = 0.6, lam: float = 0.01, **kwargs: Any
+    ) -> None:
         kwargs.setdefault("divergence", "rince")
         super().__init__(temperature, q=q, lam=lam, **kwargs)
 
 
 @register("gca-ince")
 class GCAINCE(OTContrastiveLoss):
-    """GCA-INCE: KL(identity || Sinkhorn plan), 10 unrolled iterations by default."""
+    r"""GCA-INCE (Chen, Lin, Liu, Xiao, Dyer, NeurIPS 2024): KL(identity || Sinkhorn plan).
+
+    .. math::
+
+        \mathcal L = -\frac1n \sum_i \log \hat P_{i,p(i)},\qquad
+        P = \arg\min_{P\mathbf 1 = a,\ P^\top \mathbf 1 = b}
+            \langle P, C\rangle - \varepsilon H(P),
+
+    i.e. InfoNCE with the negatives re-weighted by the column scaling :math:`v`; 10 unrolled
+    iterations by default (official code).
+    """
 
     default_constraint = "balanced"
 
-    def __init__(self, temperature: float = 0.5, *, iters: int = 10, **kwargs):
+    def __init__(self, temperature: float = 0.5, *, iters: int = 10, **kwargs: Any) -> None:
         super().__init__(temperature, iters=iters, **kwargs)
 
 
 @register("gca-rince")
 class GCARINCE(OTContrastiveLoss):
-    r"""GCA-RINCE: RINCE on the Sinkhorn-reweighted kernel :math:`(Kv)_{ij}`.
+    r"""GCA-RINCE (Chen et al., NeurIPS 2024): RINCE on the Sinkhorn-reweighted kernel.
+
+    .. math::
+
+        \ell_i = -\frac1q (Kv)_{i,p(i)}^q + \frac1q\Big(\lambda \sum_j (Kv)_{ij}\Big)^q,
+        \qquad (Kv)_{ij} = P_{ij}/u_i = e^{s_{ij} + g_j},
+
+    with :math:`v = e^g` the column scaling of the balanced Sinkhorn plan.
 
     Unit marginals (as the official code); with the row constraint only it is exactly RINCE.
+    The term depends on the gauge of the balanced potentials: ``grad="implicit"`` evaluates it in
+    the gauge :math:`\sum f = \sum g` (see :meth:`OTContrastiveLoss.symmetric_gauge`), the unrolled
+    iterations in their own.
     """
 
     default_constraint = "balanced"
@@ -86,8 +113,8 @@ class GCARINCE(OTContrastiveLoss):
         iters: int = 10,
         q: float = 0.6,
         lam: float = 0.01,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("divergence", "rince")
         kwargs.setdefault("marginals", "unit")
         super().__init__(temperature, iters=iters, q=q, lam=lam, **kwargs)
@@ -95,7 +122,15 @@ class GCARINCE(OTContrastiveLoss):
 
 @register("gca-uot")
 class GCAUOT(OTContrastiveLoss):
-    r"""GCA-UOT: unbalanced plan, loss ``w_kl * KL + w_rince * RINCE`` on it.
+    r"""GCA-UOT (Chen et al., NeurIPS 2024): unbalanced plan, ``w_kl * KL + w_rince * RINCE``.
+
+    .. math::
+
+        P = \arg\max_P \langle P, S\rangle + H(P) - \rho'\,\mathrm{KL}(P\mathbf 1\|a)
+            - \rho'\,\mathrm{KL}(P^\top\mathbf 1\|b),\qquad \rho' = \rho/\varepsilon,
+
+        \mathcal L = w_{kl}\Big(-\frac1n\sum_i \log \hat P_{i,p(i)}\Big)
+            + w_{rince}\,\mathrm{RINCE}(Kv).
 
     ``rho`` is the KL strength in cost units (official ``relax_item1/2``); the scaling exponent is
     ``rho / (rho + temperature)``. Marginals 1/2N (official CIFAR code).
@@ -113,13 +148,17 @@ class GCAUOT(OTContrastiveLoss):
         lam: float = 0.01,
         w_kl: float = 1.0,
         w_rince: float = 0.02,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(temperature, iters=iters, rho=rho, q=q, lam=lam, **kwargs)
         self.w_kl = check_nonneg("w_kl", w_kl)
         self.w_rince = check_nonneg("w_rince", w_rince)
+        if self.w_kl == 0 and self.w_rince == 0:
+            raise ValueError("w_kl, w_rince: expected at least one weight > 0, got both 0")
 
-    def divergence_value(self, out, target, pos):
+    def divergence_value(
+        self, out: SinkhornOutput, target: torch.Tensor | None, pos: torch.Tensor | None
+    ) -> torch.Tensor:
         from . import divergences
 
         total = 0.0

@@ -37,12 +37,14 @@ the coupling is :math:`P_{ij} = u_i e^{2 s_{ij}/\varepsilon} v_j`, so its row we
 with :math:`\beta = 2t/\varepsilon`, re-weighted by the column scaling :math:`v_j`, which makes
 every sample be used as a negative equally often (the second marginal). The official code
 treats :math:`P` as a constant (POT on a detached CPU copy); so does ``coupling_grad="none"``,
-the default. See ``docs/losses-hardneg-dmm.md`` for defaults and differences.
+the default. See ``docs/losses.md`` (section "Hard negatives") for defaults and differences.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -185,7 +187,13 @@ class HardNegativeLoss(nn.Module):
         log_ng = torch.where(has_neg, log_ng, torch.full_like(log_ng, float("-inf")))
         return torch.logaddexp(log_pos, log_ng) - log_pos
 
-    def _check_call(self, z1, z2, labels, target) -> None:
+    def _check_call(
+        self,
+        z1: torch.Tensor,
+        z2: torch.Tensor,
+        labels: torch.Tensor | None,
+        target: torch.Tensor | None,
+    ) -> None:
         check_embeddings(z1, z2, check_values=self.check_inputs)
         if target is not None:
             raise ValueError(
@@ -241,7 +249,14 @@ class HardNegativeLoss(nn.Module):
             loss = 0.5 * (loss + self._row_losses(sim_t, pos, neg_t, log_w_t).mean())
         return loss
 
-    def log_weights_transposed(self, log_w, sim_t, neg_t, y, x) -> torch.Tensor:
+    def log_weights_transposed(
+        self,
+        log_w: torch.Tensor,
+        sim_t: torch.Tensor,
+        neg_t: torch.Tensor,
+        y: torch.Tensor,
+        x: torch.Tensor,
+    ) -> torch.Tensor:
         """Weights of the second direction of the cross layout (rows = view-2 anchors)."""
         return self.log_weights(sim_t, neg_t, y, x)
 
@@ -261,7 +276,7 @@ class DCL(HardNegativeLoss):
     ``layout="simclr"``. ``tau_plus=0`` is exactly ``infonce`` (tested).
     """
 
-    def __init__(self, temperature: float = 0.5, *, tau_plus: float = 0.1, **kwargs) -> None:
+    def __init__(self, temperature: float = 0.5, *, tau_plus: float = 0.1, **kwargs: Any) -> None:
         super().__init__(temperature, tau_plus=tau_plus, **kwargs)
 
 
@@ -280,16 +295,32 @@ class HCL(HardNegativeLoss):
 
     Defaults of the official code (joshr17/HCL): ``temperature=0.5``, ``beta=1.0``,
     ``tau_plus=0.1``. The optional annealing of beta (``--anneal down``) is left to the training
-    loop: set ``loss.beta`` between epochs.
+    loop: set ``loss.beta`` between epochs (``beta`` is saved in ``state_dict`` as extra state).
     """
 
     def __init__(
-        self, temperature: float = 0.5, *, beta: float = 1.0, tau_plus: float = 0.1, **kwargs
+        self,
+        temperature: float = 0.5,
+        *,
+        beta: float = 1.0,
+        tau_plus: float = 0.1,
+        **kwargs: Any,
     ) -> None:
         super().__init__(temperature, tau_plus=tau_plus, **kwargs)
         self.beta = check_nonneg("beta", beta)
 
-    def log_weights(self, sim, neg, x, y) -> torch.Tensor:
+    def get_extra_state(self) -> dict[str, float]:
+        """``beta``, which a training loop may anneal between epochs, saved by ``state_dict``."""
+        return {"beta": self.beta}
+
+    def set_extra_state(self, state: Any) -> None:
+        if not isinstance(state, Mapping) or "beta" not in state:
+            raise ValueError(f"state: expected HCL extra state with key 'beta', got {state!r}")
+        self.beta = check_nonneg("beta", state["beta"])
+
+    def log_weights(
+        self, sim: torch.Tensor, neg: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
         logits = torch.where(neg, self.beta * sim / self.temperature, float("-inf"))
         has = neg.any(-1, keepdim=True)
         logits = torch.where(has, logits, torch.zeros_like(logits))
@@ -324,7 +355,7 @@ class OTHard(HardNegativeLoss):
     HCL has :math:`g = 0`; :math:`g` is near-constant only without "hub" samples, so the two are
     close, not equal. Observed (t = 0.5, beta = 1, N = 64, d = 128): max total variation per row
     0.009, max relative weight error 6 %, relative loss difference 4e-4; larger in low dimension
-    or at large beta (table in ``docs/losses-hardneg-dmm.md``).
+    or at large beta (table in ``docs/losses.md``, section ``ot-hard``).
 
     With ``labels=``, same-class pairs are excluded from the coupling too (marginals stay
     uniform); if one class holds more than half the batch the balanced problem is infeasible
@@ -360,7 +391,7 @@ class OTHard(HardNegativeLoss):
         iters: int = 100,
         tol: float | None = 1e-4,
         coupling_grad: str = "none",
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(temperature, tau_plus=tau_plus, **kwargs)
         self.eps = check_positive("eps", eps)
@@ -400,7 +431,9 @@ class OTHard(HardNegativeLoss):
         sim, _, neg, x, y = self._batch(z1, z2, labels)
         return self._solve(sim, neg, x, y)
 
-    def _solve(self, sim, neg, x, y) -> SinkhornOutput:
+    def _solve(
+        self, sim: torch.Tensor, neg: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> SinkhornOutput:
         # With labels, an anchor has no negative only if the whole batch is one class (every
         # other sample shares its label); then there is nothing to couple (one host sync).
         if getattr(self, "_with_labels", False) and not bool(neg.any()):
@@ -416,7 +449,7 @@ class OTHard(HardNegativeLoss):
             self.last_coupling = out
             return out
 
-        def scores():
+        def scores() -> torch.Tensor:
             c = self.cost_matrix(sim, x, y)
             return torch.where(neg, -c / self.eps, torch.full_like(c, float("-inf")))
 
@@ -430,7 +463,9 @@ class OTHard(HardNegativeLoss):
         self.last_coupling = out
         return out
 
-    def log_weights(self, sim, neg, x, y) -> torch.Tensor:
+    def log_weights(
+        self, sim: torch.Tensor, neg: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
         out = self._solve(sim, neg, x, y)
         return self._row_normalise(out.log_plan, neg)
 
@@ -441,7 +476,14 @@ class OTHard(HardNegativeLoss):
         log_w = lp - torch.logsumexp(lp, dim=-1, keepdim=True)
         return torch.where(neg, log_w, torch.full_like(log_w, float("-inf")))
 
-    def log_weights_transposed(self, log_w, sim_t, neg_t, y, x) -> torch.Tensor:
+    def log_weights_transposed(
+        self,
+        log_w: torch.Tensor,
+        sim_t: torch.Tensor,
+        neg_t: torch.Tensor,
+        y: torch.Tensor,
+        x: torch.Tensor,
+    ) -> torch.Tensor:
         # the coupling of the transposed problem is the transposed coupling: reuse the solve
         return self._row_normalise(self.last_coupling.log_plan.transpose(0, 1), neg_t)
 

@@ -16,6 +16,8 @@ with :math:`p(i) = i \pm N` in the ``simclr`` layout (self-pair excluded: NT-Xen
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -27,7 +29,17 @@ __all__ = ["InfoNCE"]
 
 @register("infonce")
 class InfoNCE(OTContrastiveLoss):
-    """InfoNCE / NT-Xent: the row-constrained (semi-relaxed) coupling with a KL divergence.
+    r"""InfoNCE / NT-Xent (Oord et al., 2018; Chen et al., SimCLR, ICML 2020).
+
+    The row-constrained (semi-relaxed) coupling :math:`P_{ij} = a_i\,\mathrm{softmax}_j
+    (s_{ij}/\varepsilon)` with the KL divergence to the identity target:
+
+    .. math::
+
+        \mathcal L = -\frac1n \sum_i \log
+            \frac{e^{s_{i,p(i)}/\varepsilon}}{\sum_{j \ne i} e^{s_{ij}/\varepsilon}}
+
+    (NT-Xent in the ``simclr`` layout; the ``cross`` layout averages both directions, as CLIP).
 
     Defaults: ``temperature=0.5`` (SimCLR on CIFAR, lightly's default), ``layout="simclr"``.
     The identity-target path is a single fused cross-entropy on the scores; it equals the
@@ -36,10 +48,16 @@ class InfoNCE(OTContrastiveLoss):
 
     default_constraint = "rows"
 
-    def __init__(self, temperature: float = 0.5, **kwargs) -> None:
+    def __init__(self, temperature: float = 0.5, **kwargs: Any) -> None:
         super().__init__(temperature, **kwargs)
 
-    def _one_direction(self, scores, bound, target, pos) -> torch.Tensor:
+    def _one_direction(
+        self,
+        scores: torch.Tensor,
+        bound: float | None,
+        target: torch.Tensor | None,
+        pos: torch.Tensor | None,
+    ) -> torch.Tensor:
         if (
             self.constraint == "rows"
             and self.divergence == "ce"

@@ -33,9 +33,12 @@ KL reduction is per row ("batchmean"; the CIFAR port uses "mean" over all entrie
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .._validation import check_choice, check_nonneg
+from ..ot.sinkhorn import SinkhornOutput
 from .base import OTContrastiveLoss
 from .registry import register
 
@@ -67,13 +70,24 @@ def uniformity_penalty(
 
 @register("iot")
 class IOT(OTContrastiveLoss):
-    """IOT-CL loss (Shi et al., ICML 2023): KL(identity || balanced Sinkhorn plan).
+    r"""IOT-CL loss (Shi, Zhang, Zhen, Fan, Yan, ICML 2023): KL(identity || balanced plan).
+
+    .. math::
+
+        \mathcal L = \mathrm{KL}(\tilde P \,\|\, P^\theta)
+            = -\frac1n \sum_i \log \hat P^\theta_{i,p(i)},\qquad
+        P^\theta = \arg\min_{P \in U(a, b)} \langle C, P\rangle - \varepsilon H(P),
+
+    :math:`C = 1 - \cos`, :math:`\hat P` the row-normalised plan (``iters`` unrolled Sinkhorn
+    iterations).
 
     Defaults from the public port: ``temperature=0.5``, ``iters=10``, cost 1 - cos.
     ``relax``: ``"none"`` (balanced, default), ``"row"`` (= InfoNCE), ``"both"`` (total mass).
     """
 
-    def __init__(self, temperature: float = 0.5, *, iters: int = 10, relax: str = "none", **kwargs):
+    def __init__(
+        self, temperature: float = 0.5, *, iters: int = 10, relax: str = "none", **kwargs: Any
+    ) -> None:
         check_choice("relax", relax, tuple(_RELAX))
         kwargs.setdefault("constraint", _RELAX[relax])
         super().__init__(temperature, iters=iters, **kwargs)
@@ -82,7 +96,16 @@ class IOT(OTContrastiveLoss):
 
 @register("iot-uni")
 class IOTUniformity(IOT):
-    """IOT-CL with the uniformity penalty: L_IOT + lam_uni * KL(Q-bar || P) (``lam_uni=0.2``)."""
+    r"""IOT-CL with the uniformity penalty (Shi et al., ICML 2023).
+
+    .. math::
+
+        \mathcal L = \mathcal L_{IOT} + \lambda_p \sum_{(i,j) \in \mathcal N}
+            m\,(\log m - \log P_{ij}),\qquad m = \mathrm{mean}_{\mathcal N} P_{ij},
+
+    over the negatives :math:`\mathcal N` (not self, not positive) of the plan of total mass 1
+    (``lam_uni`` :math:`= \lambda_p = 0.2`, ``detach_mean=False``).
+    """
 
     def __init__(
         self,
@@ -90,13 +113,15 @@ class IOTUniformity(IOT):
         *,
         lam_uni: float = 0.2,
         detach_mean: bool = False,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(temperature, **kwargs)
         self.lam_uni = check_nonneg("lam_uni", lam_uni)
         self.detach_mean = bool(detach_mean)
 
-    def extra_terms(self, out, target, pos):
+    def extra_terms(
+        self, out: SinkhornOutput, target: torch.Tensor | None, pos: torch.Tensor | None
+    ) -> torch.Tensor | None:
         if self.lam_uni == 0:
             return None
         lp = out.log_plan

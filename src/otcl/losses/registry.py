@@ -31,6 +31,7 @@ def available() -> list[str]:
 
 
 def get(name: str) -> type[nn.Module]:
+    """The loss class registered as ``name`` (ValueError listing the valid names if unknown)."""
     if name not in _REGISTRY:
         raise ValueError(f"name: unknown loss {name!r}; expected one of: {', '.join(available())}")
     return _REGISTRY[name]

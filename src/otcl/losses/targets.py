@@ -24,7 +24,9 @@ def _expand(v: torch.Tensor, layout: str) -> torch.Tensor:
     return torch.cat([v, v]) if layout == "simclr" else v
 
 
-def identity_target(n_pairs: int, layout: str = "simclr", device=None) -> torch.Tensor:
+def identity_target(
+    n_pairs: int, layout: str = "simclr", device: torch.device | str | None = None
+) -> torch.Tensor:
     """One-hot rows at the positive (the other view): (2N, 2N) or (N, N)."""
     check_choice("layout", layout, LAYOUTS)
     pos = positive_index(n_pairs, layout, device)
