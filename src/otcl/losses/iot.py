@@ -44,6 +44,55 @@ __all__ = ["IOT", "IOTUniformity", "uniformity_penalty"]
 _RELAX = {"none": "balanced", "row": "rows", "both": "mass"}
 
 
+class _Uniformity(torch.autograd.Function):
+    r""":func:`uniformity_penalty` in one exp pass, with a closed-form backward.
+
+    With :math:`L = \mathrm{LSE}(\log P)`, :math:`L_- = \mathrm{LSE}_{\mathcal N}(\log P)`,
+    :math:`\Sigma = \sum_{\mathcal N} \log P` and :math:`c = |\mathcal N|`:
+    :math:`\log m = L_- - L - \log c` and the penalty is
+    :math:`e^{\log m}\,(c\log m - \Sigma + cL)`. Autograd through the formula keeps several
+    n x m temporaries and takes three exp passes; here one :math:`E = e^{\log P - \max}`
+    gives :math:`L`, :math:`L_-` and the gradient
+    :math:`E\,(k_1 1_{\mathcal N} + k_2) + k_3 1_{\mathcal N}`.
+    """
+
+    @staticmethod
+    def forward(ctx, log_plan, negatives, detach_mean):
+        lp = log_plan.detach()
+        # float 0/1 weights: masked sums by multiplication (bool-float ops convert per pass)
+        w = negatives.to(lp.dtype)
+        count = torch.count_nonzero(negatives).to(lp.dtype)
+        top = lp.amax()
+        shifted = lp - top
+        E = shifted.exp()
+        total = E.sum()
+        # sum of log P over the negatives, centred at the max (smaller rounding error);
+        # -inf entries (never negatives) -> 0 so that 0 * entry stays 0
+        neg_sum = shifted.nan_to_num_(neginf=0.0).mul_(w).sum()
+        neg_mass = torch.mul(E, w, out=shifted).sum()  # reuses the buffer
+        del shifted
+        log_m = neg_mass.log() - total.log() - count.log()
+        mean = log_m.exp()
+        bracket = count * log_m - neg_sum + count * total.log()
+        ctx.save_for_backward(E, w, total, neg_mass, count, mean, bracket)
+        ctx.detach_mean = detach_mean
+        return mean * bracket
+
+    @staticmethod
+    def backward(ctx, grad):
+        E, w, total, neg_mass, count, mean, bracket = ctx.saved_tensors
+        # d/dlogP of log L: E / total; of L_-: 1_N E / neg_mass; of Sigma: 1_N
+        k2 = mean * count / total
+        k1 = torch.zeros_like(k2)
+        if not ctx.detach_mean:  # d log_m = dL_- - dL, times d pen / d log_m = mean (B + c)
+            c = mean * (bracket + count)
+            k1 = c / neg_mass
+            k2 = k2 - c / total
+        k1, k2, k3 = grad * k1, grad * k2, -grad * mean
+        out = torch.addcmul(k2, w, k1).mul_(E)  # E (k1 1_N + k2)
+        return out.addcmul_(w, k3), None, None  # + k3 1_N
+
+
 def uniformity_penalty(
     log_plan: torch.Tensor, negatives: torch.Tensor, *, detach_mean: bool = False
 ) -> torch.Tensor:
@@ -51,11 +100,18 @@ def uniformity_penalty(
 
     Args:
         log_plan: (n, m) log P; normalised to total mass 1 inside.
-        negatives: (n, m) bool, True on negative pairs.
+        negatives: (n, m) bool, True on negative pairs (finite entries of ``log_plan``).
         detach_mean: treat the mean negative mass m as a constant.
     Returns:
         scalar >= 0, zero iff every negative entry is equal.
     """
+    return _Uniformity.apply(log_plan, negatives, bool(detach_mean))
+
+
+def _uniformity_reference(
+    log_plan: torch.Tensor, negatives: torch.Tensor, *, detach_mean: bool = False
+) -> torch.Tensor:
+    """:func:`uniformity_penalty` by autograd through the formula (the reference, for tests)."""
     log_p = log_plan - torch.logsumexp(log_plan.flatten(), dim=0)
     count = negatives.sum().to(log_p.dtype)
     log_neg = torch.where(negatives, log_p, torch.zeros_like(log_p))
@@ -101,12 +157,12 @@ class IOTUniformity(IOT):
             return None
         lp = out.log_plan
         n, m = lp.shape[-2:]
+        # negatives: finite entries (log P > -inf: not masked) minus positives and self-pairs
+        negatives = lp.detach() > float("-inf")
         if target is None:
-            positive = torch.zeros(n, m, dtype=torch.bool, device=lp.device)
-            positive[torch.arange(n, device=lp.device), pos] = True
+            negatives[torch.arange(n, device=lp.device), pos] = False
         else:
-            positive = target > 0
-        negatives = ~positive & torch.isfinite(lp.detach())
+            negatives &= target <= 0
         if self.layout == "simclr":  # self-pairs are never negatives, even when not masked
-            negatives &= ~torch.eye(n, m, dtype=torch.bool, device=lp.device)
+            negatives.fill_diagonal_(False)
         return self.lam_uni * uniformity_penalty(lp, negatives, detach_mean=self.detach_mean)
