@@ -331,6 +331,32 @@ class _FusedExpSinkhorn(torch.autograd.Function):
         return (*grads, None, None, None, None, None, None)
 
 
+class _RowLSE(torch.autograd.Function):
+    r""":math:`\mathrm{LSE}_j(S_{ij} + g_j) = \log (K v)_i` from a kernel :math:`K = e^S` already
+    computed, with :math:`v = e^g`, :math:`K v` given (no exp pass over S).
+
+    Backward, with :math:`h = \bar\ell / K v`: :math:`\bar S = K \odot h v^\top`,
+    :math:`\bar g = v \odot K^\top h` (the row softmax of :math:`S + g`, without forming it).
+    """
+
+    @staticmethod
+    def forward(ctx, S, g, K, v, kv):
+        ctx.save_for_backward(K, v, kv)
+        return kv.log()
+
+    @staticmethod
+    def backward(ctx, grad):
+        K, v, kv = ctx.saved_tensors
+        tiny = torch.finfo(K.dtype).tiny
+        h = torch.where(kv > tiny, grad / kv, torch.zeros_like(kv))
+        grad_S = grad_g = None
+        if ctx.needs_input_grad[0]:
+            grad_S = torch.mul(K, h.unsqueeze(-1)).mul_(v.unsqueeze(-2))
+        if ctx.needs_input_grad[1]:
+            grad_g = v * (h.unsqueeze(-2) @ K).squeeze(-2)
+        return grad_S, grad_g, None, None, None
+
+
 class _FusedLogSinkhorn(torch.autograd.Function):
     r"""Log-domain Sinkhorn with an exact backward of the unrolled iterations by recomputation.
 
@@ -514,19 +540,20 @@ def sinkhorn(
                         S.detach(), log_a, log_b, ta, tb, f0, g0, iters, tol, check_every, trace
                     )
                     K, u, v = trace["K"], trace["u"][-1], trace["v"][-1]
-                    sums = (
-                        u * (K @ v.unsqueeze(-1)).squeeze(-1),
-                        v * (u.unsqueeze(-2) @ K).squeeze(-2),
-                    )
-                    del trace, K
+                    kv = (K @ v.unsqueeze(-1)).squeeze(-1)
+                    sums = (u * kv, v * (u.unsqueeze(-2) @ K).squeeze(-2))
+                    del trace
                 else:
                     f, g, n_done, conv = _log_iterate(
                         S.detach(), log_a, log_b, ta, tb, f0, g0, iters, tol, check_every
                     )
+            kernel = K if dom == "exp" and _FUSED[0] else None
             if grad == "implicit":
                 from .implicit import implicit_potentials
 
-                f, g = implicit_potentials(S, log_a, log_b, ta, tb, f, g)
+                f, g = implicit_potentials(S, log_a, log_b, ta, tb, f, g, kernel=kernel)
+            if kernel is not None:  # K is kept for the divergences' row_lse = log K v
+                row_lse = _RowLSE.apply(S, g, kernel, v, kv)
         if log_plan is None and sums is None:  # else built on first access (lazily)
             log_plan = f.unsqueeze(-1) + S + g.unsqueeze(-2)
         with torch.no_grad():
