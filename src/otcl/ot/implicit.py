@@ -147,7 +147,8 @@ class _ImplicitSinkhorn(torch.autograd.Function):
     def forward(ctx, S, log_a, log_b, f, g, ta, tb, tol, max_iter, kernel):
         ctx.ta, ctx.tb, ctx.tol, ctx.max_iter = ta, tb, tol, max_iter
         ctx.kernel = kernel
-        ctx.save_for_backward(S, log_a, log_b, f, g)
+        # with the kernel, S itself is not needed again (and need not stay alive)
+        ctx.save_for_backward(S if kernel is None else None, log_a, log_b, f, g)
         return f.clone(), g.clone()
 
     @staticmethod
