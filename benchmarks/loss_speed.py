@@ -213,17 +213,31 @@ def naive_fits(n: int, iters: int, device: str) -> bool:
     return need < 0.5 * free
 
 
-def time_methods(methods, n, dim, device, repeats, warmup) -> dict[str, list[float]]:
+def default_repeats(n: int, device: str) -> int:
+    """Timed calls per method: more for small, cheap (and noisier) sizes."""
+    if device == "cuda":
+        return 20
+    return 21 if n <= 256 else 9 if n <= 1024 else 5
+
+
+def time_methods(methods, n, dim, device, repeats, warmup, slow_s):
+    """Interleaved timings ``{label: [seconds]}`` and the set of slow labels: a method whose
+    warm-up call took more than ``slow_s`` seconds (the naive reference at large N) is timed in
+    the first ``min(3, repeats)`` rounds only."""
     z1, z2 = _inputs(n, dim, device)
+    slow = set()
     for m in methods:
         for _ in range(warmup):
-            _call(m, z1, z2)
+            if _timed(m, z1, z2, device) > slow_s:
+                slow.add(m.label)
     times: dict[str, list[float]] = {m.label: [] for m in methods}
     for r in range(repeats):
         shift = r % len(methods)
         for m in methods[shift:] + methods[:shift]:  # round-robin, rotating start
+            if m.label in slow and r >= 3:
+                continue
             times[m.label].append(_timed(m, z1, z2, device))
-    return times
+    return times, slow
 
 
 def _proc_kib(key: str) -> int:
@@ -234,12 +248,14 @@ def _proc_kib(key: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {key}")
 
 
-def peak_memory_here(methods, n, dim, device) -> dict[str, int]:
+def peak_memory_here(methods, n, dim, device, no_warmup=()) -> dict[str, int]:
     """Peak extra bytes of one call of each method, in this process."""
     z1, z2 = _inputs(n, dim, device)
     peaks = {}
     for m in methods:
-        _call(m, z1, z2)  # warm-up: lazy initialisation is not the method's memory
+        # warm-up: lazy initialisation is not the method's memory (always for the first one)
+        if m.label not in no_warmup or m is methods[0]:
+            _call(m, z1, z2)
         z1.grad = z2.grad = None
         gc.collect()
         if device == "cuda":
@@ -260,13 +276,16 @@ def peak_memory_here(methods, n, dim, device) -> dict[str, int]:
     return peaks
 
 
-def peak_memory(labels, n, args) -> dict[str, int]:
+def peak_memory(labels, n, args, slow=()) -> dict[str, int]:
+    """Peak memory per method; the ``slow`` ones are measured without a warm-up call."""
     if args.device == "cuda":
         methods = [make_method(lab, args.iters, args.device) for lab in labels]
-        return peak_memory_here(methods, n, args.dim, args.device)
+        return peak_memory_here(methods, n, args.dim, args.device, slow)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", "--device", "cpu"]
     cmd += ["--sizes", str(n), "--dim", str(args.dim), "--iters", str(args.iters)]
     cmd += ["--losses", ",".join(labels), "--threads", str(torch.get_num_threads())]
+    if slow:
+        cmd += ["--memory-no-warmup", ",".join(slow)]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -338,7 +357,8 @@ def render(device: str, results: dict, labels: list[str], notes: dict, meta: dic
                 tcells.append(results[n]["skipped"].get(lab, "-"))
                 mcells.append(results[n]["skipped"].get(lab, "-"))
                 continue
-            tcells.append(f"{_fmt_ms(med[lab])} ({_ratio(med[lab], med.get(BASELINE))})")
+            dagger = " †" if lab in results[n].get("slow", ()) else ""
+            tcells.append(f"{_fmt_ms(med[lab])} ({_ratio(med[lab], med.get(BASELINE))}){dagger}")
             if lab in mem:
                 mcells.append(f"{_fmt_mib(mem[lab])} ({_ratio(mem[lab], mem.get(BASELINE))})")
             else:
@@ -363,8 +383,9 @@ def render(device: str, results: dict, labels: list[str], notes: dict, meta: dic
         f"- versions: {meta['versions']}",
         f"- command: `{meta['command']}`",
         f"- setup: d={meta['dim']}, {meta['iters']} Sinkhorn iterations, temperature "
-        f"{TEMPERATURE}, simclr layout (2N x 2N score matrix), {meta['repeats']} "
-        f"interleaved repeats after {meta['warmup']} warm-up call(s) per method, fp32",
+        f"{TEMPERATURE}, simclr layout (2N x 2N score matrix), fp32; {meta['warmup']} warm-up "
+        f"call(s) per method, then interleaved repeats ({meta['repeats']}; †: warm-up call "
+        f"over {meta['slow_s']:g} s, timed in the first 3 repeats only)",
         "",
         "Forward + backward time, median ms (ratio to InfoNCE's median):",
         "",
@@ -461,7 +482,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sizes", help="comma-separated N (pairs); default by device")
     p.add_argument("--iters", type=int, default=20, help="Sinkhorn iterations (default 20)")
     p.add_argument("--dim", type=int, default=128, help="embedding dimension d (default 128)")
-    p.add_argument("--repeats", type=int, help="timed calls per method and N (default 7)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        help="timed calls per method and N (default: CPU 21 / 9 / 5 for N <= 256 / 1024 / more; "
+        "CUDA 20)",
+    )
+    p.add_argument(
+        "--slow",
+        type=float,
+        default=2.0,
+        help="seconds: a method whose warm-up call takes longer is timed 3 times (default 2)",
+    )
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per method first")
     p.add_argument("--losses", help="comma-separated methods (default: all); see --list")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
@@ -471,12 +503,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="N=256 only, 3 repeats (smoke test)")
     p.add_argument("--list", action="store_true", help="list the method names and exit")
     p.add_argument("--memory-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--memory-no-warmup", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.sizes = args.sizes or "256"
         args.repeats = args.repeats or 3
+        args.slow = min(args.slow, 0.5)
     args.sizes = [int(s) for s in (args.sizes or DEFAULT_SIZES[args.device]).split(",")]
-    args.repeats = args.repeats or 7
     return args
 
 
@@ -495,11 +528,13 @@ def main(argv=None) -> int:
         labels = [BASELINE] + [w for w in wanted if w != BASELINE]
     if args.memory_worker:
         methods = [make_method(lab, args.iters, args.device) for lab in labels]
-        print(json.dumps(peak_memory_here(methods, args.sizes[0], args.dim, args.device)))
+        skip = set(filter(None, args.memory_no_warmup.split(",")))
+        print(json.dumps(peak_memory_here(methods, args.sizes[0], args.dim, args.device, skip)))
         return 0
 
     notes = {}
     results = {}
+    used_repeats: dict[int, int] = {}
     t0 = time.perf_counter()
     for n in args.sizes:
         methods, skipped = [], {}
@@ -510,12 +545,16 @@ def main(argv=None) -> int:
             m = make_method(lab, args.iters, args.device)
             notes[lab] = m.note
             methods.append(m)
-        times = time_methods(methods, n, args.dim, args.device, args.repeats, args.warmup)
+        repeats = args.repeats or default_repeats(n, args.device)
+        used_repeats[n] = repeats
+        times, slow = time_methods(
+            methods, n, args.dim, args.device, repeats, args.warmup, args.slow
+        )
         med = {lab: statistics.median(ts) for lab, ts in times.items()}
         mem = {}
         if not args.no_memory:
-            mem = peak_memory([m.label for m in methods], n, args)
-        results[n] = {"time": med, "mem": mem, "skipped": skipped}
+            mem = peak_memory([m.label for m in methods], n, args, sorted(slow))
+        results[n] = {"time": med, "mem": mem, "skipped": skipped, "slow": slow}
         base = med[BASELINE]
         print(f"N={n} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
         for lab in labels:
@@ -532,7 +571,8 @@ def main(argv=None) -> int:
         "command": "python benchmarks/loss_speed.py " + shlex.join(given),
         "dim": args.dim,
         "iters": args.iters,
-        "repeats": args.repeats,
+        "repeats": ", ".join(f"{r} at N={n}" for n, r in used_repeats.items()),
+        "slow_s": args.slow,
         "warmup": args.warmup,
     }
     section = render(args.device, results, labels, notes, meta)
