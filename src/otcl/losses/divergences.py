@@ -85,8 +85,12 @@ def _fast_terms(out, target: torch.Tensor | None, pos: torch.Tensor | None):
     lse, scores = getattr(out, "row_lse", None), getattr(out, "scores", None)
     if target is not None or pos is None or lse is None or scores is None or scores.dim() != 2:
         return None
-    s_pos = scores.gather(-1, pos.unsqueeze(-1)).squeeze(-1)
-    return lse, s_pos + out.g[pos]
+    cached = getattr(out, "_log_pos", None)
+    if cached is not None and cached[0] is pos:  # e.g. CE + RINCE of GCA-UOT: one gather,
+        return lse, cached[1]  # so one dense n x m gradient for it in the backward
+    log_pos = scores.gather(-1, pos.unsqueeze(-1)).squeeze(-1) + out.g[pos]
+    out._log_pos = (pos, log_pos)
+    return lse, log_pos
 
 
 def plan_cross_entropy(
