@@ -324,7 +324,10 @@ def versions() -> str:
             text=True,
             check=True,
         ).stdout.strip()
-        parts.append(f"commit {rev}")
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--", "src", "benchmarks"]
+        ).returncode
+        parts.append(f"commit {rev}" + (" + uncommitted changes" if dirty else ""))
     except (OSError, subprocess.CalledProcessError):
         pass
     return ", ".join(parts)
@@ -568,7 +571,7 @@ def main(argv=None) -> int:
         "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "machine": machine(args.device),
         "versions": versions(),
-        "command": "python benchmarks/loss_speed.py " + shlex.join(given),
+        "command": ("python benchmarks/loss_speed.py " + shlex.join(given)).strip(),
         "dim": args.dim,
         "iters": args.iters,
         "repeats": ", ".join(f"{r} at N={n}" for n, r in used_repeats.items()),
