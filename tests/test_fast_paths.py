@@ -274,3 +274,33 @@ def test_implicit_and_detach_fast_paths_equal_reference(name, grad):
     assert math.isclose(float(fast[0]), float(ref[0]), rel_tol=1e-5, abs_tol=1e-6)
     for x, y in zip(fast[1:], ref[1:], strict=True):
         _assert_same(x, y, 1e-5)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"layout": "cross"},
+        {"self_pair": "max_cost"},
+        {"detach_mean": True},
+        {"temperature": 0.05},  # aligned views: the positives hold most of the plan's mass
+    ],
+    ids=["default", "cross", "max_cost", "detach_mean", "t0.05-aligned"],
+)
+def test_iot_uni_vector_penalty_equals_plan_penalty(params):
+    """iot-uni's uniformity term from the potentials (no plan) equals the plan formula."""
+    torch.manual_seed(9)
+    z1 = torch.randn(48, 16)
+    z2 = z1 + 0.05 * torch.randn(48, 16) if "temperature" in params else torch.randn(48, 16)
+    fast = _loss_and_grads("iot-uni", z1, z2, True, iters=20, **params)
+    ref = _loss_and_grads("iot-uni", z1, z2, False, iters=20, **params)
+    assert math.isclose(float(fast[0]), float(ref[0]), rel_tol=1e-5, abs_tol=1e-6)
+    for x, y in zip(fast[1:], ref[1:], strict=True):
+        _assert_same(x, y, 1e-5)
+    # the penalty alone (lam_uni large) also agrees
+    big = dict(params, lam_uni=50.0)
+    fast = _loss_and_grads("iot-uni", z1, z2, True, iters=20, **big)
+    ref = _loss_and_grads("iot-uni", z1, z2, False, iters=20, **big)
+    assert math.isclose(float(fast[0]), float(ref[0]), rel_tol=1e-5, abs_tol=1e-6)
+    for x, y in zip(fast[1:], ref[1:], strict=True):
+        _assert_same(x, y, 1e-5)

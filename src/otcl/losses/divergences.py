@@ -80,17 +80,26 @@ def rince(
     return (-(q * log_pos).exp() / q + (q * log_all).exp() / q).mean()
 
 
+def positive_log_kv(out, pos: torch.Tensor) -> torch.Tensor:
+    """:math:`S_{i,p(i)} + g_{p(i)}` (= log P - f at the positives) of a 2-D solver output.
+
+    Cached on ``out``: the terms of one solve (e.g. GCA-UOT's CE and RINCE, IOT's uniformity)
+    share one gather, hence one dense n x m gradient for it in the backward.
+    """
+    cached = getattr(out, "_log_pos", None)
+    if cached is not None and cached[0] is pos:
+        return cached[1]
+    log_pos = out.scores.gather(-1, pos.unsqueeze(-1)).squeeze(-1) + out.g[pos]
+    out._log_pos = (pos, log_pos)
+    return log_pos
+
+
 def _fast_terms(out, target: torch.Tensor | None, pos: torch.Tensor | None):
     """(row_lse, S_i,pos(i) + g_pos(i)) when the vector-only path applies, else None."""
     lse, scores = getattr(out, "row_lse", None), getattr(out, "scores", None)
     if target is not None or pos is None or lse is None or scores is None or scores.dim() != 2:
         return None
-    cached = getattr(out, "_log_pos", None)
-    if cached is not None and cached[0] is pos:  # e.g. CE + RINCE of GCA-UOT: one gather,
-        return lse, cached[1]  # so one dense n x m gradient for it in the backward
-    log_pos = scores.gather(-1, pos.unsqueeze(-1)).squeeze(-1) + out.g[pos]
-    out._log_pos = (pos, log_pos)
-    return lse, log_pos
+    return lse, positive_log_kv(out, pos)
 
 
 def plan_cross_entropy(

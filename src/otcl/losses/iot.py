@@ -36,6 +36,7 @@ from __future__ import annotations
 import torch
 
 from .._validation import check_choice, check_nonneg
+from . import divergences
 from .base import OTContrastiveLoss
 from .registry import register
 
@@ -121,6 +122,71 @@ def _uniformity_reference(
     return log_m.exp() * (count * log_m - log_neg.sum())
 
 
+def _uniformity_from_potentials(
+    out, pos: torch.Tensor, simclr: bool, detach_mean: bool
+) -> torch.Tensor:
+    r""":func:`uniformity_penalty` of the plan :math:`\log P = f + S + g` with the identity target,
+    from the potentials and :math:`\mathrm{row\_lse}_i = \mathrm{LSE}_j(S_{ij}+g_j)`, without
+    forming the plan.
+
+    The negatives are the finite entries minus the O(n) excluded ones X (positives, and the
+    diagonal in the simclr layout), so with :math:`L = \mathrm{LSE}_i(f_i + \mathrm{row\_lse}_i)`
+    (log total mass), the relative negative mass is :math:`1 - \sum_X e^{\log P - L}` and
+    :math:`\sum_{\mathcal N}\log P = \sum_i d_i f_i + \sum_j d'_j g_j + \sum_{\mathcal N} S`
+    (:math:`d, d'` the negatives per row / column): one masked sum over S (and its constant
+    gradient) instead of the plan, its exp and their gradients. Scalars in float64.
+    """
+    S, f, g, lse = out.scores, out.f, out.g, out.row_lse
+    n, m = S.shape
+    dev, wide = S.device, torch.float64
+    finite = S.detach() > float("-inf")
+    deg_r = finite.sum(-1, dtype=torch.int32).to(wide)  # finite entries per row / column,
+    deg_c = finite.sum(-2, dtype=torch.int32).to(wide)  # minus the excluded ones below
+    f64, g64 = f.to(wide), g.to(wide)
+    # excluded entries X: (row, col, S + g at the entry); positives share the divergence's gather
+    rows = torch.arange(n, device=dev)
+    log_pos = divergences.positive_log_kv(out, pos)  # S_ip + g_p
+    ex = [(rows, pos, log_pos.to(wide), log_pos - g[pos])]
+    if simclr:  # self-pairs are never negatives; only finite (unmasked) ones carry mass
+        diag = torch.arange(min(n, m), device=dev)
+        if bool(finite[diag, diag].any()):
+            s_d = S.diagonal()
+            ex.append((diag, diag, s_d.to(wide) + g64[diag], s_d))
+    ex_share = S.new_zeros((), dtype=wide)
+    s_ex_sum = S.new_zeros((), dtype=wide)
+    for r, c, lkv, s_val in ex:
+        keep = finite[r, c]
+        keep_w = keep.to(wide)
+        deg_r.index_add_(0, r, -keep_w)
+        deg_c.index_add_(0, c, -keep_w)
+        lp = torch.where(keep, f64[r] + lkv, torch.zeros_like(lkv))
+        ex_share = ex_share + (lp.exp() * keep_w).sum()
+        s_ex_sum = s_ex_sum + torch.where(keep, s_val, torch.zeros_like(s_val)).to(wide).sum()
+    count = deg_r.sum()
+    log_total = torch.logsumexp(f64 + lse.to(wide), dim=0)
+    ex_share = ex_share * (-log_total).exp()  # excluded share of the total mass
+    neg_s = _MaskedSum.apply(S, finite).to(wide) - s_ex_sum
+    neg_lp = (deg_r * f64).sum() + (deg_c * g64).sum() + neg_s  # sum of log P over negatives
+    log_m = torch.log1p(-ex_share) - count.log()
+    if detach_mean:
+        log_m = log_m.detach()
+    return (log_m.exp() * (count * log_m - neg_lp + count * log_total)).to(S.dtype)
+
+
+class _MaskedSum(torch.autograd.Function):
+    """Sum of ``x`` over ``mask`` (entries outside may be -inf); gradient ``mask * grad``."""
+
+    @staticmethod
+    def forward(ctx, x, mask):
+        ctx.save_for_backward(mask)
+        return torch.where(mask, x, 0.0).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return torch.where(mask, grad, 0.0), None
+
+
 @register("iot")
 class IOT(OTContrastiveLoss):
     """IOT-CL loss (Shi et al., ICML 2023): KL(identity || balanced Sinkhorn plan).
@@ -155,6 +221,10 @@ class IOTUniformity(IOT):
     def extra_terms(self, out, target, pos):
         if self.lam_uni == 0:
             return None
+        S = getattr(out, "scores", None)
+        if target is None and getattr(out, "row_lse", None) is not None and S.dim() == 2:
+            pen = _uniformity_from_potentials(out, pos, self.layout == "simclr", self.detach_mean)
+            return self.lam_uni * pen
         lp = out.log_plan
         n, m = lp.shape[-2:]
         # negatives: finite entries (log P > -inf: not masked) minus positives and self-pairs
