@@ -217,7 +217,7 @@ def default_repeats(n: int, device: str) -> int:
     """Timed calls per method: more for small, cheap (and noisier) sizes."""
     if device == "cuda":
         return 20
-    return 21 if n <= 256 else 9 if n <= 1024 else 5
+    return 21 if n <= 256 else 15 if n <= 1024 else 7
 
 
 def time_methods(methods, n, dim, device, repeats, warmup, slow_s):
@@ -488,7 +488,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--repeats",
         type=int,
-        help="timed calls per method and N (default: CPU 21 / 9 / 5 for N <= 256 / 1024 / more; "
+        help="timed calls per method and N (default: CPU 21 / 15 / 7 for N <= 256 / 1024 / more; "
         "CUDA 20)",
     )
     p.add_argument(
