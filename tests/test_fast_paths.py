@@ -170,3 +170,137 @@ def test_fused_backward_context_restores():
         assert not mod._FUSED[0]
         raise RuntimeError
     assert mod._FUSED[0]
+
+
+# -- vector-only divergences, lazy plan, fused uniformity penalty ------------------------------
+@pytest.mark.parametrize("rho", PROBLEMS)
+def test_row_lse_equals_logsumexp_with_gradients(rho):
+    """row_lse = LSE_j(S_ij + g_j) of the fused exp solve: value and gradients vs autograd."""
+    g = torch.Generator().manual_seed(5)
+    S = 2 * torch.randn(18, 15, generator=g)
+    S[0, 1] = float("-inf")
+    W = torch.randn(18, generator=g)
+    kw = dict(iters=9, rho_a=rho[0], rho_b=rho[1], domain="exp")
+    S1, S2 = S.clone().requires_grad_(), S.clone().requires_grad_()
+    out = otcl.ot.sinkhorn(S1, **kw)
+    assert out.row_lse is not None
+    (out.row_lse * W).sum().add(out.f.sum()).backward()
+    with fused_backward(False):
+        ref = otcl.ot.sinkhorn(S2, **kw)
+    assert ref.row_lse is None
+    lse = torch.logsumexp(S2 + ref.g.unsqueeze(-2), dim=-1)
+    (lse * W).sum().add(ref.f.sum()).backward()
+    _assert_same(out.row_lse, lse, 1e-5)
+    _assert_same(S1.grad, S2.grad, 1e-5)
+
+
+def test_lazy_log_plan_follows_grad_mode_and_is_assignable():
+    S = torch.randn(6, 5, requires_grad=True)
+    out = otcl.ot.sinkhorn(S, iters=3, domain="exp")
+    assert out._log_plan is None  # not built by the exp solve
+    with torch.no_grad():  # built lazily, with autograd as it was during the solve
+        lp = out.log_plan
+    assert lp.requires_grad
+    ref = out.f.unsqueeze(-1) + S + out.g.unsqueeze(-2)
+    torch.testing.assert_close(lp, ref, rtol=0, atol=0)
+    with torch.no_grad():
+        out2 = otcl.ot.sinkhorn(S, iters=3, domain="exp")
+    assert not out2.log_plan.requires_grad
+    out.log_plan = lp.detach()
+    assert not out.log_plan.requires_grad
+
+
+@pytest.mark.parametrize("layout", ["simclr", "cross"])
+@pytest.mark.parametrize("name", ["gca-ince", "gca-rince", "gca-uot", "iot"])
+def test_vector_divergences_equal_plan_formulas(name, layout):
+    """plan_cross_entropy / plan_rince on row_lse equal the log-plan formulas (fp32, 1e-5)."""
+    torch.manual_seed(6)
+    z1, z2 = torch.randn(40, 16), torch.randn(40, 16)
+    loss = otcl.losses.build(name, iters=20, layout=layout)
+    pos = otcl.ot.geometry.positive_index(40, layout)
+    vals = []
+    for fast in (True, False):
+        a = z1.clone().requires_grad_()
+        out = loss.coupling(a, z2)
+        assert out.row_lse is not None
+        if not fast:  # the log-plan formulas of the same solve
+            out.row_lse = None
+        ce = divergences.plan_cross_entropy(out, None, pos)
+        ri = divergences.plan_rince(out, None, pos, q=0.6, lam=0.01)
+        (ce + ri).backward()
+        vals.append((ce.detach(), ri.detach(), a.grad))
+    for x, y in zip(*vals, strict=True):
+        _assert_same(x, y, 1e-5)
+
+
+@pytest.mark.parametrize("detach_mean", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_uniformity_penalty_equals_autograd_reference(detach_mean, dtype):
+    from otcl.losses.iot import _uniformity_reference, uniformity_penalty
+
+    torch.manual_seed(7)
+    lp = 3 * torch.randn(50, 47, dtype=dtype) - 8
+    lp.fill_diagonal_(float("-inf"))
+    lp[3, 9] = float("-inf")
+    neg = (torch.rand(50, 47) > 0.2) & torch.isfinite(lp)
+    W = torch.tensor(1.7, dtype=dtype)
+    a, b = lp.clone().requires_grad_(), lp.clone().requires_grad_()
+    va = uniformity_penalty(a, neg, detach_mean=detach_mean)
+    vb = _uniformity_reference(b, neg, detach_mean=detach_mean)
+    (W * va).backward()
+    (W * vb).backward()
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    _assert_same(va, vb, tol)
+    _assert_same(a.grad, b.grad, tol)
+    assert float(a.grad[~neg & torch.isfinite(lp)].abs().max()) > 0  # mass terms reach all
+
+
+@pytest.mark.parametrize("grad", ["implicit", "detach"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        n
+        for n in otcl.losses.available()
+        if issubclass(otcl.losses.get(n), otcl.losses.OTContrastiveLoss)
+    ],
+)
+def test_implicit_and_detach_fast_paths_equal_reference(name, grad):
+    """Exp-domain implicit/detach: K reused for row_lse and the adjoint plan; same as the
+    reference (log-plan divergences, plan by exp) to 1e-5 in fp32."""
+    torch.manual_seed(8)
+    z1, z2 = torch.randn(64, 32), torch.randn(64, 32)
+    fast = _loss_and_grads(name, z1, z2, True, iters=30, grad=grad)
+    ref = _loss_and_grads(name, z1, z2, False, iters=30, grad=grad)
+    assert math.isclose(float(fast[0]), float(ref[0]), rel_tol=1e-5, abs_tol=1e-6)
+    for x, y in zip(fast[1:], ref[1:], strict=True):
+        _assert_same(x, y, 1e-5)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"layout": "cross"},
+        {"self_pair": "max_cost"},
+        {"detach_mean": True},
+        {"temperature": 0.05},  # aligned views: the positives hold most of the plan's mass
+    ],
+    ids=["default", "cross", "max_cost", "detach_mean", "t0.05-aligned"],
+)
+def test_iot_uni_vector_penalty_equals_plan_penalty(params):
+    """iot-uni's uniformity term from the potentials (no plan) equals the plan formula."""
+    torch.manual_seed(9)
+    z1 = torch.randn(48, 16)
+    z2 = z1 + 0.05 * torch.randn(48, 16) if "temperature" in params else torch.randn(48, 16)
+    fast = _loss_and_grads("iot-uni", z1, z2, True, iters=20, **params)
+    ref = _loss_and_grads("iot-uni", z1, z2, False, iters=20, **params)
+    assert math.isclose(float(fast[0]), float(ref[0]), rel_tol=1e-5, abs_tol=1e-6)
+    for x, y in zip(fast[1:], ref[1:], strict=True):
+        _assert_same(x, y, 1e-5)
+    # the penalty alone (lam_uni large) also agrees
+    big = dict(params, lam_uni=50.0)
+    fast = _loss_and_grads("iot-uni", z1, z2, True, iters=20, **big)
+    ref = _loss_and_grads("iot-uni", z1, z2, False, iters=20, **big)
+    assert math.isclose(float(fast[0]), float(ref[0]), rel_tol=1e-5, abs_tol=1e-6)
+    for x, y in zip(fast[1:], ref[1:], strict=True):
+        _assert_same(x, y, 1e-5)

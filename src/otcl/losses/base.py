@@ -189,9 +189,8 @@ class OTContrastiveLoss(nn.Module):
         self, out: SinkhornOutput, target: torch.Tensor | None, pos: torch.Tensor | None
     ) -> torch.Tensor:
         if self.divergence == "ce":
-            return divergences.cross_entropy(out.log_plan, target, pos)
-        log_kv = out.log_plan - out.f.unsqueeze(-1)
-        return divergences.rince(log_kv, target, pos, q=self.q, lam=self.lam)
+            return divergences.plan_cross_entropy(out, target, pos)
+        return divergences.plan_rince(out, target, pos, q=self.q, lam=self.lam)
 
     def extra_terms(
         self, out: SinkhornOutput, target: torch.Tensor | None, pos: torch.Tensor | None

@@ -14,6 +14,13 @@ Both act row by row on a log-plan :math:`\log P` of shape (n, m) and return the 
 
   With :math:`v = 1` (row constraint only) this is exactly RINCE; with Sinkhorn's :math:`v`
   it is GCA-RINCE (Chen et al., 2024).
+
+:func:`plan_cross_entropy` and :func:`plan_rince` take a solver output instead of a log-plan.
+With the identity target and a solver that returns :math:`\mathrm{LSE}_j(S_{ij} + g_j)`
+(``SinkhornOutput.row_lse``, the exp-domain unrolled solve), both are functions of n-vectors
+only, since :math:`\log \hat P_{ij} = S_{ij} + g_j - \mathrm{LSE}_j(S_{ij}+g_j)` and
+:math:`\log (Kv)_{ij} = S_{ij} + g_j`: no n x m plan, softmax or gradient buffer is formed
+(the same values; tested against the log-plan formulas).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["cross_entropy", "rince"]
+__all__ = ["cross_entropy", "rince", "plan_cross_entropy", "plan_rince"]
 
 
 def _log_positive(log_p: torch.Tensor, target: torch.Tensor | None, pos: torch.Tensor | None):
@@ -70,4 +77,59 @@ def rince(
     """
     log_pos = _log_positive(log_kv, target, pos)
     log_all = torch.logsumexp(log_kv, dim=-1) + math.log(lam)
+    return (-(q * log_pos).exp() / q + (q * log_all).exp() / q).mean()
+
+
+def positive_log_kv(out, pos: torch.Tensor) -> torch.Tensor:
+    """:math:`S_{i,p(i)} + g_{p(i)}` (= log P - f at the positives) of a 2-D solver output.
+
+    Cached on ``out``: the terms of one solve (e.g. GCA-UOT's CE and RINCE, IOT's uniformity)
+    share one gather, hence one dense n x m gradient for it in the backward.
+    """
+    cached = getattr(out, "_log_pos", None)
+    if cached is not None and cached[0] is pos:
+        return cached[1]
+    log_pos = out.scores.gather(-1, pos.unsqueeze(-1)).squeeze(-1) + out.g[pos]
+    out._log_pos = (pos, log_pos)
+    return log_pos
+
+
+def _fast_terms(out, target: torch.Tensor | None, pos: torch.Tensor | None):
+    """(row_lse, S_i,pos(i) + g_pos(i)) when the vector-only path applies, else None."""
+    lse, scores = getattr(out, "row_lse", None), getattr(out, "scores", None)
+    if target is not None or pos is None or lse is None or scores is None or scores.dim() != 2:
+        return None
+    return lse, positive_log_kv(out, pos)
+
+
+def plan_cross_entropy(
+    out, target: torch.Tensor | None = None, pos: torch.Tensor | None = None
+) -> torch.Tensor:
+    """:func:`cross_entropy` of a solver output's plan (``out.log_plan``), vector-only if possible.
+
+    Args:
+        out: a :class:`~otcl.ot.SinkhornOutput`.
+        target, pos: as in :func:`cross_entropy`.
+    """
+    fast = _fast_terms(out, target, pos)
+    if fast is None:
+        return cross_entropy(out.log_plan, target, pos)
+    lse, log_pos = fast  # -log P-hat_{i,p(i)} = LSE_j(S_ij + g_j) - (S_ip + g_p)
+    return (lse - log_pos).mean()
+
+
+def plan_rince(
+    out,
+    target: torch.Tensor | None = None,
+    pos: torch.Tensor | None = None,
+    *,
+    q: float = 0.6,
+    lam: float = 0.01,
+) -> torch.Tensor:
+    """:func:`rince` on :math:`\\log(Kv) = \\log P - f` of a solver output, vector-only if possible."""
+    fast = _fast_terms(out, target, pos)
+    if fast is None:
+        return rince(out.log_plan - out.f.unsqueeze(-1), target, pos, q=q, lam=lam)
+    lse, log_pos = fast
+    log_all = lse + math.log(lam)
     return (-(q * log_pos).exp() / q + (q * log_all).exp() / q).mean()

@@ -163,10 +163,9 @@ class GCAUOT(OTContrastiveLoss):
 
         total = 0.0
         if self.w_kl:
-            total = total + self.w_kl * divergences.cross_entropy(out.log_plan, target, pos)
+            total = total + self.w_kl * divergences.plan_cross_entropy(out, target, pos)
         if self.w_rince:
-            log_kv = out.log_plan - out.f.unsqueeze(-1)
-            total = total + self.w_rince * divergences.rince(
-                log_kv, target, pos, q=self.q, lam=self.lam
+            total = total + self.w_rince * divergences.plan_rince(
+                out, target, pos, q=self.q, lam=self.lam
             )
         return total

@@ -39,12 +39,62 @@ import torch
 
 from .._validation import check_choice, check_nonneg
 from ..ot.sinkhorn import SinkhornOutput
+from . import divergences
 from .base import OTContrastiveLoss
 from .registry import register
 
 __all__ = ["IOT", "IOTUniformity", "uniformity_penalty"]
 
 _RELAX = {"none": "balanced", "row": "rows", "both": "mass"}
+
+
+class _Uniformity(torch.autograd.Function):
+    r""":func:`uniformity_penalty` in one exp pass, with a closed-form backward.
+
+    With :math:`L = \mathrm{LSE}(\log P)`, :math:`L_- = \mathrm{LSE}_{\mathcal N}(\log P)`,
+    :math:`\Sigma = \sum_{\mathcal N} \log P` and :math:`c = |\mathcal N|`:
+    :math:`\log m = L_- - L - \log c` and the penalty is
+    :math:`e^{\log m}\,(c\log m - \Sigma + cL)`. Autograd through the formula keeps several
+    n x m temporaries and takes three exp passes; here one :math:`E = e^{\log P - \max}`
+    gives :math:`L`, :math:`L_-` and the gradient
+    :math:`E\,(k_1 1_{\mathcal N} + k_2) + k_3 1_{\mathcal N}`.
+    """
+
+    @staticmethod
+    def forward(ctx, log_plan, negatives, detach_mean):
+        lp = log_plan.detach()
+        # float 0/1 weights: masked sums by multiplication (bool-float ops convert per pass)
+        w = negatives.to(lp.dtype)
+        count = torch.count_nonzero(negatives).to(lp.dtype)
+        top = lp.amax()
+        shifted = lp - top
+        E = shifted.exp()
+        total = E.sum()
+        # sum of log P over the negatives, centred at the max (smaller rounding error);
+        # -inf entries (never negatives) -> 0 so that 0 * entry stays 0
+        neg_sum = shifted.nan_to_num_(neginf=0.0).mul_(w).sum()
+        neg_mass = torch.mul(E, w, out=shifted).sum()  # reuses the buffer
+        del shifted
+        log_m = neg_mass.log() - total.log() - count.log()
+        mean = log_m.exp()
+        bracket = count * log_m - neg_sum + count * total.log()
+        ctx.save_for_backward(E, w, total, neg_mass, count, mean, bracket)
+        ctx.detach_mean = detach_mean
+        return mean * bracket
+
+    @staticmethod
+    def backward(ctx, grad):
+        E, w, total, neg_mass, count, mean, bracket = ctx.saved_tensors
+        # d/dlogP of log L: E / total; of L_-: 1_N E / neg_mass; of Sigma: 1_N
+        k2 = mean * count / total
+        k1 = torch.zeros_like(k2)
+        if not ctx.detach_mean:  # d log_m = dL_- - dL, times d pen / d log_m = mean (B + c)
+            c = mean * (bracket + count)
+            k1 = c / neg_mass
+            k2 = k2 - c / total
+        k1, k2, k3 = grad * k1, grad * k2, -grad * mean
+        out = torch.addcmul(k2, w, k1).mul_(E)  # E (k1 1_N + k2)
+        return out.addcmul_(w, k3), None, None  # + k3 1_N
 
 
 def uniformity_penalty(
@@ -54,11 +104,18 @@ def uniformity_penalty(
 
     Args:
         log_plan: (n, m) log P; normalised to total mass 1 inside.
-        negatives: (n, m) bool, True on negative pairs.
+        negatives: (n, m) bool, True on negative pairs (finite entries of ``log_plan``).
         detach_mean: treat the mean negative mass m as a constant.
     Returns:
         scalar >= 0, zero iff every negative entry is equal.
     """
+    return _Uniformity.apply(log_plan, negatives, bool(detach_mean))
+
+
+def _uniformity_reference(
+    log_plan: torch.Tensor, negatives: torch.Tensor, *, detach_mean: bool = False
+) -> torch.Tensor:
+    """:func:`uniformity_penalty` by autograd through the formula (the reference, for tests)."""
     log_p = log_plan - torch.logsumexp(log_plan.flatten(), dim=0)
     count = negatives.sum().to(log_p.dtype)
     log_neg = torch.where(negatives, log_p, torch.zeros_like(log_p))
@@ -66,6 +123,71 @@ def uniformity_penalty(
     if detach_mean:
         log_m = log_m.detach()
     return log_m.exp() * (count * log_m - log_neg.sum())
+
+
+def _uniformity_from_potentials(
+    out, pos: torch.Tensor, simclr: bool, detach_mean: bool
+) -> torch.Tensor:
+    r""":func:`uniformity_penalty` of the plan :math:`\log P = f + S + g` with the identity target,
+    from the potentials and :math:`\mathrm{row\_lse}_i = \mathrm{LSE}_j(S_{ij}+g_j)`, without
+    forming the plan.
+
+    The negatives are the finite entries minus the O(n) excluded ones X (positives, and the
+    diagonal in the simclr layout), so with :math:`L = \mathrm{LSE}_i(f_i + \mathrm{row\_lse}_i)`
+    (log total mass), the relative negative mass is :math:`1 - \sum_X e^{\log P - L}` and
+    :math:`\sum_{\mathcal N}\log P = \sum_i d_i f_i + \sum_j d'_j g_j + \sum_{\mathcal N} S`
+    (:math:`d, d'` the negatives per row / column): one masked sum over S (and its constant
+    gradient) instead of the plan, its exp and their gradients. Scalars in float64.
+    """
+    S, f, g, lse = out.scores, out.f, out.g, out.row_lse
+    n, m = S.shape
+    dev, wide = S.device, torch.float64
+    finite = S.detach() > float("-inf")
+    deg_r = finite.sum(-1, dtype=torch.int32).to(wide)  # finite entries per row / column,
+    deg_c = finite.sum(-2, dtype=torch.int32).to(wide)  # minus the excluded ones below
+    f64, g64 = f.to(wide), g.to(wide)
+    # excluded entries X: (row, col, S + g at the entry); positives share the divergence's gather
+    rows = torch.arange(n, device=dev)
+    log_pos = divergences.positive_log_kv(out, pos)  # S_ip + g_p
+    ex = [(rows, pos, log_pos.to(wide), log_pos - g[pos])]
+    if simclr:  # self-pairs are never negatives; only finite (unmasked) ones carry mass
+        diag = torch.arange(min(n, m), device=dev)
+        if bool(finite[diag, diag].any()):
+            s_d = S.diagonal()
+            ex.append((diag, diag, s_d.to(wide) + g64[diag], s_d))
+    ex_share = S.new_zeros((), dtype=wide)
+    s_ex_sum = S.new_zeros((), dtype=wide)
+    for r, c, lkv, s_val in ex:
+        keep = finite[r, c]
+        keep_w = keep.to(wide)
+        deg_r.index_add_(0, r, -keep_w)
+        deg_c.index_add_(0, c, -keep_w)
+        lp = torch.where(keep, f64[r] + lkv, torch.zeros_like(lkv))
+        ex_share = ex_share + (lp.exp() * keep_w).sum()
+        s_ex_sum = s_ex_sum + torch.where(keep, s_val, torch.zeros_like(s_val)).to(wide).sum()
+    count = deg_r.sum()
+    log_total = torch.logsumexp(f64 + lse.to(wide), dim=0)
+    ex_share = ex_share * (-log_total).exp()  # excluded share of the total mass
+    neg_s = _MaskedSum.apply(S, finite).to(wide) - s_ex_sum
+    neg_lp = (deg_r * f64).sum() + (deg_c * g64).sum() + neg_s  # sum of log P over negatives
+    log_m = torch.log1p(-ex_share) - count.log()
+    if detach_mean:
+        log_m = log_m.detach()
+    return (log_m.exp() * (count * log_m - neg_lp + count * log_total)).to(S.dtype)
+
+
+class _MaskedSum(torch.autograd.Function):
+    """Sum of ``x`` over ``mask`` (entries outside may be -inf); gradient ``mask * grad``."""
+
+    @staticmethod
+    def forward(ctx, x, mask):
+        ctx.save_for_backward(mask)
+        return torch.where(mask, x, 0.0).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return torch.where(mask, grad, 0.0), None
 
 
 @register("iot")
@@ -124,14 +246,18 @@ class IOTUniformity(IOT):
     ) -> torch.Tensor | None:
         if self.lam_uni == 0:
             return None
+        S = getattr(out, "scores", None)
+        if target is None and getattr(out, "row_lse", None) is not None and S.dim() == 2:
+            pen = _uniformity_from_potentials(out, pos, self.layout == "simclr", self.detach_mean)
+            return self.lam_uni * pen
         lp = out.log_plan
         n, m = lp.shape[-2:]
+        # negatives: finite entries (log P > -inf: not masked) minus positives and self-pairs
+        negatives = lp.detach() > float("-inf")
         if target is None:
-            positive = torch.zeros(n, m, dtype=torch.bool, device=lp.device)
-            positive[torch.arange(n, device=lp.device), pos] = True
+            negatives[torch.arange(n, device=lp.device), pos] = False
         else:
-            positive = target > 0
-        negatives = ~positive & torch.isfinite(lp.detach())
+            negatives &= target <= 0
         if self.layout == "simclr":  # self-pairs are never negatives, even when not masked
-            negatives &= ~torch.eye(n, m, dtype=torch.bool, device=lp.device)
+            negatives.fill_diagonal_(False)
         return self.lam_uni * uniformity_penalty(lp, negatives, detach_mean=self.detach_mean)

@@ -144,9 +144,11 @@ class _ImplicitSinkhorn(torch.autograd.Function):
     """Identity on (f, g) in the forward; adjoint solve at the fixed point in the backward."""
 
     @staticmethod
-    def forward(ctx, S, log_a, log_b, f, g, ta, tb, tol, max_iter):
+    def forward(ctx, S, log_a, log_b, f, g, ta, tb, tol, max_iter, kernel):
         ctx.ta, ctx.tb, ctx.tol, ctx.max_iter = ta, tb, tol, max_iter
-        ctx.save_for_backward(S, log_a, log_b, f, g)
+        ctx.kernel = kernel
+        # with the kernel, S itself is not needed again (and need not stay alive)
+        ctx.save_for_backward(S if kernel is None else None, log_a, log_b, f, g)
         return f.clone(), g.clone()
 
     @staticmethod
@@ -158,7 +160,10 @@ class _ImplicitSinkhorn(torch.autograd.Function):
         if grad_g is None:
             grad_g = torch.zeros_like(g)
         with torch.no_grad():
-            P = (f.unsqueeze(-1) + S).add_(g.unsqueeze(-2)).exp_()
+            if ctx.kernel is not None:  # P = diag(u) K diag(v): no exp pass
+                P = torch.mul(ctx.kernel, f.exp().unsqueeze(-1)).mul_(g.exp().unsqueeze(-2))
+            else:
+                P = (f.unsqueeze(-1) + S).add_(g.unsqueeze(-2)).exp_()
             r, c = P.sum(-1), P.sum(-2)
             xf, xg, _ = solve_adjoint(
                 P, grad_f, grad_g, ta, tb, tol=ctx.tol, max_iter=ctx.max_iter, marginals=(r, c)
@@ -179,7 +184,7 @@ class _ImplicitSinkhorn(torch.autograd.Function):
                 grad_lb = _sum_to(glb, log_b)
             if ctx.needs_input_grad[0]:
                 grad_S = P.mul_(-(ta * xf).unsqueeze(-1) - (tb * xg).unsqueeze(-2))
-        return grad_S, grad_la, grad_lb, None, None, None, None, None, None
+        return grad_S, grad_la, grad_lb, None, None, None, None, None, None, None
 
 
 def implicit_potentials(
@@ -193,6 +198,7 @@ def implicit_potentials(
     *,
     tol: float | None = None,
     max_iter: int = 500,
+    kernel: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Attach implicit gradients to converged potentials.
 
@@ -203,6 +209,9 @@ def implicit_potentials(
         f, g: (..., n), (..., m) potentials from a (no-grad) Sinkhorn solve, at the fixed point.
         tol, max_iter: conjugate-gradient tolerance (relative residual; default 1e-6 in fp32,
             1e-12 in fp64) and step limit of the adjoint solve.
+        kernel: :math:`K = e^S` if already computed (exp-domain solve): the backward then forms
+            the plan as :math:`\operatorname{diag}(e^f) K \operatorname{diag}(e^g)`, without an
+            exp pass over S.
     Returns:
         ``(f, g)`` with the same values, differentiable w.r.t. ``S``, ``log_a``, ``log_b``
         through the fixed-point equations (see the module docstring). Semi-relaxed problems
@@ -215,4 +224,4 @@ def implicit_potentials(
         return ta * (log_a - torch.logsumexp(S + g.unsqueeze(-2), dim=-1)), g
     if ta == 0:  # columns only
         return f, tb * (log_b - torch.logsumexp(S + f.unsqueeze(-1), dim=-2))
-    return _ImplicitSinkhorn.apply(S, log_a, log_b, f, g, ta, tb, tol, max_iter)
+    return _ImplicitSinkhorn.apply(S, log_a, log_b, f, g, ta, tb, tol, max_iter, kernel)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 
@@ -45,12 +44,13 @@ DOMAINS = ("auto", "log", "exp")
 EXP_SAFE_BOUND = 30.0
 
 
-@dataclass
 class SinkhornOutput:
     """Result of a coupling solve.
 
     Attributes:
-        log_plan: (..., n, m) :math:`\\log P = f + S + g` (``-inf`` on masked entries).
+        log_plan: (..., n, m) :math:`\\log P = f + S + g` (``-inf`` on masked entries); computed
+            on first access when the solver did not need it (the exp-domain paths), with
+            autograd on or off as it was during the solve. Assignable.
         f: (..., n) row potential (log of the row scaling u).
         g: (..., m) column potential (log of the column scaling v).
         n_iters: iterations run (row + column update = 1).
@@ -59,21 +59,61 @@ class SinkhornOutput:
         row_error: (...,) L1 error of the row marginal :math:`\\|P1 - a\\|_1`.
         col_error: (...,) L1 error of the column marginal :math:`\\|P^T1 - b\\|_1`.
         domain: ``"log"`` or ``"exp"``: the arithmetic used.
+        scores: (..., n, m) the scores :math:`S` the plan was computed from (float32/64), or None.
+        row_lse: (..., n) :math:`\\mathrm{LSE}_j(S_{ij} + g_j) = \\log (K v)_i`, differentiable,
+            when the solver has it for free (exp-domain unrolled solve), else None. The log row
+            sums of the plan are ``f + row_lse``; divergences use it to skip the n x m plan.
     """
 
-    log_plan: torch.Tensor
-    f: torch.Tensor
-    g: torch.Tensor
-    n_iters: int
-    converged: bool
-    row_error: torch.Tensor
-    col_error: torch.Tensor
-    domain: str = "log"
+    def __init__(
+        self,
+        log_plan: torch.Tensor | None,
+        f: torch.Tensor,
+        g: torch.Tensor,
+        n_iters: int,
+        converged: bool,
+        row_error: torch.Tensor,
+        col_error: torch.Tensor,
+        domain: str = "log",
+        *,
+        scores: torch.Tensor | None = None,
+        row_lse: torch.Tensor | None = None,
+    ) -> None:
+        if log_plan is None and scores is None:
+            raise ValueError("log_plan, scores: expected at least one of them, got None")
+        self._log_plan = log_plan
+        self._grad_enabled = torch.is_grad_enabled()
+        self.f, self.g = f, g
+        self.n_iters, self.converged = n_iters, converged
+        self.row_error, self.col_error = row_error, col_error
+        self.domain = domain
+        self.scores = scores
+        self.row_lse = row_lse
+
+    @property
+    def log_plan(self) -> torch.Tensor:
+        if self._log_plan is None:
+            with torch.set_grad_enabled(self._grad_enabled):
+                # one n x m buffer (a chained out-of-place sum allocates two)
+                lp = self.f.unsqueeze(-1) + self.scores
+                self._log_plan = lp.add_(self.g.unsqueeze(-2))
+        return self._log_plan
+
+    @log_plan.setter
+    def log_plan(self, value: torch.Tensor) -> None:
+        self._log_plan = value
 
     @property
     def plan(self) -> torch.Tensor:
         """(..., n, m) the coupling :math:`P`."""
         return self.log_plan.exp()
+
+    def __repr__(self) -> str:
+        shape = tuple(self.f.shape) + tuple(self.g.shape[-1:])
+        return (
+            f"SinkhornOutput(shape={shape}, n_iters={self.n_iters}, converged={self.converged}, "
+            f"domain={self.domain!r})"
+        )
 
 
 # [True]: the exp-domain unrolled solve uses the hand-written backward of
@@ -221,6 +261,11 @@ class _FusedExpSinkhorn(torch.autograd.Function):
 
     This is exactly the gradient autograd computes through the loop (tested to 1e-5 in fp32),
     at the cost of ~2 forward passes instead of T rank-one updates of an n x m buffer.
+
+    Outputs ``(f, g, row_lse)`` with :math:`\mathrm{row\_lse} = \log K v_T`; the plan is
+    left to the caller (:math:`\log P = f + S + g`, by autograd when needed), and losses that
+    only need row log-sums of the plan use ``row_lse``, whose gradient is one more rank-one
+    term :math:`h v_T^\top` (:math:`h = \bar\ell / K v_T`) and one matrix-vector product.
     """
 
     @staticmethod
@@ -231,31 +276,33 @@ class _FusedExpSinkhorn(torch.autograd.Function):
         )
         info["n_iters"], info["converged"] = n_done, conv
         K = trace["K"]
-        # marginals of the final plan P = diag(u) K diag(v), from two matrix-vector products
+        # marginals of the final plan P = diag(u) K diag(v), from two matrix-vector products;
+        # the row one, K v, is also the output row_lse = log K v = LSE_j(S_ij + g_j)
         u, v = trace["u"][-1], trace["v"][-1]
-        info["row_sum"] = u * (K @ v.unsqueeze(-1)).squeeze(-1)
+        kv = (K @ v.unsqueeze(-1)).squeeze(-1)
+        info["row_sum"] = u * kv
         info["col_sum"] = v * (u.unsqueeze(-2) @ K).squeeze(-2)
         ctx.ta, ctx.tb, ctx.n_done = ta, tb, n_done
-        ctx.vecs = (trace["u"], trace["v"], trace["r"], trace["c"])
+        ctx.vecs = (trace["u"], trace["v"], trace["r"], trace["c"], kv)
         ctx.save_for_backward(K, log_a, log_b, f0, g0)
-        # the log-plan f + S + g, in the reference's order of operations (same bits)
-        log_plan = (f.unsqueeze(-1) + S).add_(g.unsqueeze(-2))
-        return f, g, log_plan
+        return f, g, kv.log()
 
     @staticmethod
-    def backward(ctx, grad_f, grad_g, grad_plan):
+    def backward(ctx, grad_f, grad_g, grad_lse):
         K, log_a, log_b, f0, g0 = ctx.saved_tensors
-        us, vs, rs, cs = ctx.vecs
+        us, vs, rs, cs, kv = ctx.vecs
         ta, tb = ctx.ta, ctx.tb
         tiny = torch.finfo(K.dtype).tiny
         fb = torch.zeros_like(us[-1]) if grad_f is None else grad_f
         gb = torch.zeros_like(vs[-1]) if grad_g is None else grad_g
-        if grad_plan is not None:  # log_plan = f + S + g
-            fb = fb + grad_plan.sum(-1)
-            gb = gb + grad_plan.sum(-2)
+        left, right = [], []  # K_bar = sum_k left_k right_k^T
+        if grad_lse is not None:  # row_lse = log(K v_T): d/dS = diag(h / Kv) K diag(v_T)
+            h = torch.where(kv > tiny, grad_lse / kv, torch.zeros_like(kv))
+            gb = gb + vs[-1] * (h.unsqueeze(-2) @ K).squeeze(-2)
+            left.append(h)
+            right.append(vs[-1])
         la_bar = torch.zeros_like(fb)
         lb_bar = torch.zeros_like(gb)
-        left, right = [], []  # K_bar = sum_k left_k right_k^T
         for t in range(ctx.n_done, 0, -1):
             if tb > 0:  # g_t = tb (log b - log c_t), c_t = K^T u_t
                 c = cs[t - 1]
@@ -278,12 +325,36 @@ class _FusedExpSinkhorn(torch.autograd.Function):
             L = torch.stack(left, dim=-1)  # (..., n, k)
             R = torch.stack(right, dim=-1)  # (..., m, k)
             grad_S = (L @ R.transpose(-1, -2)).mul_(K)
-            if grad_plan is not None:
-                grad_S.add_(grad_plan)
         grads = [grad_S]
         for i, (val, like) in enumerate(((la_bar, log_a), (lb_bar, log_b), (fb, f0), (gb, g0))):
             grads.append(_sum_to(val, like) if ctx.needs_input_grad[i + 1] else None)
         return (*grads, None, None, None, None, None, None)
+
+
+class _RowLSE(torch.autograd.Function):
+    r""":math:`\mathrm{LSE}_j(S_{ij} + g_j) = \log (K v)_i` from a kernel :math:`K = e^S` already
+    computed, with :math:`v = e^g`, :math:`K v` given (no exp pass over S).
+
+    Backward, with :math:`h = \bar\ell / K v`: :math:`\bar S = K \odot h v^\top`,
+    :math:`\bar g = v \odot K^\top h` (the row softmax of :math:`S + g`, without forming it).
+    """
+
+    @staticmethod
+    def forward(ctx, S, g, K, v, kv):
+        ctx.save_for_backward(K, v, kv)
+        return kv.log()
+
+    @staticmethod
+    def backward(ctx, grad):
+        K, v, kv = ctx.saved_tensors
+        tiny = torch.finfo(K.dtype).tiny
+        h = torch.where(kv > tiny, grad / kv, torch.zeros_like(kv))
+        grad_S = grad_g = None
+        if ctx.needs_input_grad[0]:
+            grad_S = torch.mul(K, h.unsqueeze(-1)).mul_(v.unsqueeze(-2))
+        if ctx.needs_input_grad[1]:
+            grad_g = v * (h.unsqueeze(-2) @ K).squeeze(-2)
+        return grad_S, grad_g, None, None, None
 
 
 class _FusedLogSinkhorn(torch.autograd.Function):
@@ -443,11 +514,12 @@ def sinkhorn(
         dom = _choose_domain(domain, S, bound)
         iterate = _exp_iterate if dom == "exp" else _log_iterate
         sums = None  # (row sums, column sums) of the plan when known without an n x m pass
+        row_lse = None
         log_plan = None
 
         if grad == "unrolled" and dom == "exp" and _FUSED[0]:
             info: dict = {}
-            f, g, log_plan = _FusedExpSinkhorn.apply(
+            f, g, row_lse = _FusedExpSinkhorn.apply(
                 S, log_a, log_b, f0, g0, ta, tb, iters, tol, check_every, info
             )
             n_done, conv = info["n_iters"], info["converged"]
@@ -468,20 +540,21 @@ def sinkhorn(
                         S.detach(), log_a, log_b, ta, tb, f0, g0, iters, tol, check_every, trace
                     )
                     K, u, v = trace["K"], trace["u"][-1], trace["v"][-1]
-                    sums = (
-                        u * (K @ v.unsqueeze(-1)).squeeze(-1),
-                        v * (u.unsqueeze(-2) @ K).squeeze(-2),
-                    )
-                    del trace, K
+                    kv = (K @ v.unsqueeze(-1)).squeeze(-1)
+                    sums = (u * kv, v * (u.unsqueeze(-2) @ K).squeeze(-2))
+                    del trace
                 else:
                     f, g, n_done, conv = _log_iterate(
                         S.detach(), log_a, log_b, ta, tb, f0, g0, iters, tol, check_every
                     )
+            kernel = K if dom == "exp" and _FUSED[0] else None
             if grad == "implicit":
                 from .implicit import implicit_potentials
 
-                f, g = implicit_potentials(S, log_a, log_b, ta, tb, f, g)
-        if log_plan is None:
+                f, g = implicit_potentials(S, log_a, log_b, ta, tb, f, g, kernel=kernel)
+            if kernel is not None:  # K is kept for the divergences' row_lse = log K v
+                row_lse = _RowLSE.apply(S, g, kernel, v, kv)
+        if log_plan is None and sums is None:  # else built on first access (lazily)
             log_plan = f.unsqueeze(-1) + S + g.unsqueeze(-2)
         with torch.no_grad():
             if sums is None:
@@ -490,7 +563,9 @@ def sinkhorn(
                 del P
             row_err = (sums[0].detach() - log_a.exp()).abs().sum(-1)
             col_err = (sums[1].detach() - log_b.exp()).abs().sum(-1)
-    return SinkhornOutput(log_plan, f, g, n_done, conv, row_err, col_err, dom)
+    return SinkhornOutput(
+        log_plan, f, g, n_done, conv, row_err, col_err, dom, scores=S, row_lse=row_lse
+    )
 
 
 def solve(
