@@ -1,59 +1,89 @@
-"""Shared by the benchmark scripts: machine/version lines and section updates of a Markdown file."""
+"""Shared by the benchmark scripts: machine and version lines, and sections of a Markdown page.
+
+A section lives between ``<!-- key:begin -->`` and ``<!-- key:end -->``; a script rerun on a
+device replaces only its own section, so CPU and GPU numbers, and the numbers of different
+scripts, coexist in ``docs/benchmarks.md``.
+"""
 
 from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def machine(device: str) -> str:
-    """One line naming the hardware the numbers come from."""
+    """The hardware the numbers come from, in one line."""
     if device.startswith("cuda") and torch.cuda.is_available():
         p = torch.cuda.get_device_properties(torch.device(device))
-        return f"Machine: {p.name}, {p.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}."
-    cpu = platform.processor() or platform.machine()
+        return f"{p.name} ({p.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
+    model = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"Machine: {cpu}, {cores} cores usable, torch threads {torch.get_num_threads()}."
+    return f"{model}, {cores} cores available, torch threads: {torch.get_num_threads()}"
 
 
 def versions() -> str:
-    parts = [
-        f"Python {platform.python_version()}",
-        f"torch {torch.__version__}",
-        f"numpy {np.__version__}",
-    ]
+    """Python, torch, numpy, POT and otcl versions and the git commit of the checkout."""
+    import otcl
+
     try:
         import ot
 
-        parts.append(f"POT {ot.__version__}")
+        pot = f"POT {ot.__version__}"
     except ImportError:
+        pot = "POT not installed"
+    parts = [
+        f"python {platform.python_version()}",
+        f"torch {torch.__version__}",
+        f"numpy {np.__version__}",
+        pot,
+        f"otcl {otcl.__version__}",
+    ]
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--", "src", "benchmarks"]
+        ).returncode
+        parts.append(f"commit {rev}" + (" + uncommitted changes" if dirty else ""))
+    except (OSError, subprocess.CalledProcessError):
         pass
-    import otcl
-
-    parts.append(f"otcl {otcl.__version__}")
-    return "Versions: " + ", ".join(parts) + "."
+    return ", ".join(parts)
 
 
-def update_doc(path: Path, key: str, section: str) -> None:
-    """Replace the block between ``<!-- key:begin -->`` and ``<!-- key:end -->`` (or append it)."""
+def replace_section(
+    path: Path, key: str, body: str, *, header: str = "# Benchmarks\n", keep: bool = False
+) -> None:
+    """Put ``body`` between the ``key`` markers of ``path`` (appended if absent).
+
+    With ``keep=True`` an existing section is left as it is (``body`` is only a placeholder).
+    """
     begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
-    block = f"{begin}\n{section.rstrip()}\n{end}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    text = path.read_text() if path.exists() else header
     if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        text = head + block + tail
+        if keep:
+            return
+        i, j = text.index(begin) + len(begin), text.index(end)
+        text = text[:i] + "\n" + body.strip("\n") + "\n" + text[j:]
     else:
-        text = text.rstrip() + "\n\n" + block + "\n"
+        text = text.rstrip("\n") + f"\n\n{begin}\n{body.strip(chr(10))}\n{end}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

@@ -43,7 +43,6 @@ import gc
 import json
 import math
 import os
-import platform
 import re
 import shlex
 import statistics
@@ -55,7 +54,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -64,6 +62,9 @@ if str(ROOT / "src") not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT / "src"))
 
 import otcl  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import machine, replace_section, versions  # noqa: E402
 
 try:  # POT is an optional reference
     import ot as pot
@@ -292,47 +293,6 @@ def peak_memory(labels, n, args, slow=()) -> dict[str, int]:
 
 
 # -- report --------------------------------------------------------------------------------
-def machine(device: str) -> str:
-    if device == "cuda":
-        p = torch.cuda.get_device_properties(0)
-        return f"{p.name} ({p.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} cores available, torch threads: {torch.get_num_threads()}"
-
-
-def versions() -> str:
-    parts = [
-        f"python {platform.python_version()}",
-        f"torch {torch.__version__}",
-        f"numpy {np.__version__}",
-        f"POT {pot.__version__}" if pot is not None else "POT not installed",
-        f"otcl {otcl.__version__}",
-    ]
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--", "src", "benchmarks"]
-        ).returncode
-        parts.append(f"commit {rev}" + (" + uncommitted changes" if dirty else ""))
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return ", ".join(parts)
-
-
 def _fmt_ms(sec: float) -> str:
     ms = sec * 1e3
     return f"{ms:.2f}" if ms < 10 else f"{ms:.1f}" if ms < 100 else f"{ms:.0f}"
@@ -460,23 +420,13 @@ comparable between runs.
 """
 
 
-def _markers(device: str) -> tuple[str, str]:
-    return f"<!-- loss_speed:{device}:begin -->", f"<!-- loss_speed:{device}:end -->"
-
-
 def update_doc(path: Path, device: str, section: str) -> None:
-    text = path.read_text() if path.exists() else HEADER
+    """Replace this device's section; the other device's keeps its numbers or a placeholder."""
     for dev in ("cpu", "cuda"):
-        begin, end = _markers(dev)
-        body = section if dev == device else None
-        if begin in text and end in text:
-            if body is not None:
-                i, j = text.index(begin) + len(begin), text.index(end)
-                text = text[:i] + "\n" + body + "\n" + text[j:]
+        if dev == device:
+            replace_section(path, f"loss_speed:{dev}", section, header=HEADER)
         else:
-            text = text.rstrip("\n") + f"\n\n{begin}\n{body or PLACEHOLDER[dev]}\n{end}\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+            replace_section(path, f"loss_speed:{dev}", PLACEHOLDER[dev], header=HEADER, keep=True)
 
 
 # -- main ----------------------------------------------------------------------------------

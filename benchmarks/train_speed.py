@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import machine, update_doc, versions  # noqa: E402
+from _report import machine, replace_section, versions  # noqa: E402
 from otcl.config import Config, resolve  # noqa: E402
 from otcl.data import ImageData  # noqa: E402
 from otcl.train import Trainer, load_data, make_augment, make_model  # noqa: E402
@@ -194,10 +194,11 @@ def main(argv=None) -> int:
     print(table)
     if args.out != "-":
         section = (
-            f"### Training throughput, {device.type}\n\n{machine(device.type)}\n\n{versions()}\n\n"
-            f"Measured {time.strftime('%Y-%m-%d')}.\n\n{table}\n"
+            f"## Training throughput, {device.type}\n\n"
+            f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}\n"
+            f"- machine: {machine(device.type)}\n- versions: {versions()}\n\n{table}\n"
         )
-        update_doc(Path(args.out), f"train_speed:{device.type}", section)
+        replace_section(Path(args.out), f"train_speed:{device.type}", section)
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
