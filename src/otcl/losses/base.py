@@ -139,10 +139,14 @@ class OTContrastiveLoss(nn.Module):
     def solve(self, scores: torch.Tensor, bound: float | None) -> SinkhornOutput:
         n, m = scores.shape[-2:]
         a = b = None
-        if self.marginals == "unit":
+        problem = self.problem()
+        if problem.constraint == "mass":
+            # total mass only: unit marginals mean total mass n (the plan's shape is unchanged)
+            if self.marginals == "unit":
+                problem = Problem("mass", mass=float(n))
+        elif self.marginals == "unit":
             a = torch.ones(n, device=scores.device)
             b = torch.ones(m, device=scores.device)
-        problem = self.problem()
         init = None
         if problem.constraint == "unbalanced":
             # start from v = b as the official GCA-UOT code (u = v = marginal); for balanced

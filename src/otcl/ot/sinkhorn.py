@@ -478,11 +478,7 @@ def sinkhorn(
         >>> torch.allclose(out.plan.sum(-1), torch.full((4,), 0.25), atol=1e-5)
         True
     """
-    if not isinstance(scores, torch.Tensor) or scores.dim() < 2:
-        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-        raise ValueError(f"scores: expected a tensor of shape (..., n, m), got {shape}")
-    if scores.shape[-1] < 1 or scores.shape[-2] < 1:
-        raise ValueError(f"scores: expected n, m >= 1, got shape {tuple(scores.shape)}")
+    _check_scores_shape(scores)
     check_int_at_least("iters", iters, 1)
     check_choice("grad", grad, GRAD_MODES)
     check_choice("domain", domain, DOMAINS)
@@ -493,9 +489,7 @@ def sinkhorn(
         check_nonneg("rho_a", rho_a)
     if rho_b is not None:
         check_nonneg("rho_b", rho_b)
-    top = float(scores.detach().amax())  # NaN if any entry is NaN: one pass, one sync
-    if math.isnan(top) or top == math.inf:
-        raise ValueError("scores: expected finite values or -inf (excluded pairs), got NaN/+inf")
+    _check_scores_values(scores)
 
     device_type = scores.device.type
     with torch.autocast(device_type=device_type, enabled=False):
@@ -568,6 +562,20 @@ def sinkhorn(
     )
 
 
+def _check_scores_shape(scores: torch.Tensor) -> None:
+    if not isinstance(scores, torch.Tensor) or scores.dim() < 2:
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"scores: expected a tensor of shape (..., n, m), got {shape}")
+    if scores.shape[-1] < 1 or scores.shape[-2] < 1:
+        raise ValueError(f"scores: expected n, m >= 1, got shape {tuple(scores.shape)}")
+
+
+def _check_scores_values(scores: torch.Tensor) -> None:
+    top = float(scores.detach().amax())  # NaN if any entry is NaN: one pass, one sync
+    if math.isnan(top) or top == math.inf:
+        raise ValueError("scores: expected finite values or -inf (excluded pairs), got NaN/+inf")
+
+
 def solve(
     scores: torch.Tensor,
     a: torch.Tensor | None = None,
@@ -590,8 +598,21 @@ def solve(
         raise ValueError(f"problem: expected one of {CONSTRAINTS}, got {problem.constraint!r}")
     if problem.constraint != "mass":
         return sinkhorn(scores, a, b, rho_a=problem.rho_a, rho_b=problem.rho_b, **kwargs)
-    if not isinstance(scores, torch.Tensor) or scores.dim() < 2:
-        raise ValueError("scores: expected a tensor of shape (..., n, m)")
+    # closed form: no marginals, no iterations; the solver options are checked all the same
+    _check_scores_shape(scores)
+    for name, marg in (("a", a), ("b", b)):
+        if marg is not None:
+            raise ValueError(
+                f"{name}: the 'mass' constraint fixes only the total mass, expected no marginal, "
+                f"got a tensor of shape {tuple(marg.shape)}"
+            )
+    if "iters" in kwargs:
+        check_int_at_least("iters", kwargs["iters"], 1)
+    if kwargs.get("grad") is not None:
+        check_choice("grad", kwargs["grad"], GRAD_MODES)
+    if kwargs.get("domain") is not None:
+        check_choice("domain", kwargs["domain"], DOMAINS)
+    _check_scores_values(scores)
     with torch.autocast(device_type=scores.device.type, enabled=False):
         S = scores if scores.dtype == torch.float64 else scores.float()
         flat = S.flatten(-2)
