@@ -218,7 +218,7 @@ def format_table(results: dict[str, Any]) -> str:
     ]
 
     def pct(m: float, s: float) -> str:
-        return "n/a" if math.isnan(m) else f"{100 * m:.2f} +- {100 * s:.2f}"
+        return "n/a" if math.isnan(m) else f"{100 * m:.2f} ± {100 * s:.2f}"
 
     for r in results["rows"]:
         spe = r["seconds_per_epoch"]
