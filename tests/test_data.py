@@ -201,3 +201,51 @@ def test_bad_layouts(tmp_path):
         load_dataset("mnist")
     with pytest.raises(DataError, match="imagefolder"):
         load_dataset("imagefolder")
+
+
+def test_torchvision_datasets_are_converted(monkeypatch):
+    """CIFAR (N, H, W, C) arrays and SVHN/STL (N, C, H, W) arrays become uint8 (N, C, H, W)."""
+    import sys
+    import types
+
+    rng = np.random.default_rng(0)
+
+    class CIFAR10:
+        classes = ["a", "b"]
+
+        def __init__(self, root, train, download):
+            n = 5 if train else 3
+            self.data = rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
+            self.targets = [i % 2 for i in range(n)]
+
+    class SVHN:
+        def __init__(self, root, split, download):
+            self.data = rng.integers(0, 256, (4, 3, 4, 4), dtype=np.uint8)
+            self.labels = np.arange(4) % 10
+
+    class STL10(SVHN):
+        classes = [str(i) for i in range(10)]
+
+    fake = types.ModuleType("torchvision.datasets")
+    fake.CIFAR10, fake.CIFAR100, fake.SVHN, fake.STL10 = CIFAR10, CIFAR10, SVHN, STL10
+    pkg = types.ModuleType("torchvision")
+    pkg.datasets = fake
+    monkeypatch.setitem(sys.modules, "torchvision", pkg)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", fake)
+    c = load_dataset("cifar10", download=False)
+    assert c.train_x.shape == (5, 3, 4, 4) and c.test_x.shape == (3, 3, 4, 4)
+    assert c.train_x.dtype == torch.uint8 and c.train_y.tolist() == [0, 1, 0, 1, 0]
+    assert c.classes == ["a", "b"] and c.mean == (0.4914, 0.4822, 0.4465)
+    s = load_dataset("svhn")
+    assert s.train_x.shape == (4, 3, 4, 4) and s.num_classes == 10
+    stl = load_dataset("stl10", unlabeled=True)
+    assert stl.extra_x.shape == (4, 3, 4, 4) and stl.ssl_images().shape[0] == 8
+
+
+def test_torchvision_missing_names_the_alternatives(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", None)
+    with pytest.raises(DataError, match=r"otcl\[vision\].*--data-dir"):
+        load_dataset("cifar100")
