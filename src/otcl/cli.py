@@ -8,6 +8,7 @@ file, the named flags, and ``--set section.key=value``. User mistakes end with o
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from collections.abc import Sequence
@@ -302,7 +303,9 @@ def cmd_losses(args: argparse.Namespace) -> int:
 
     info = {}
     for name in available():
-        params = {k: (None if v is _EMPTY else v) for k, v in parameters(name).items()}
+        params = {
+            k: (None if v is inspect.Parameter.empty else v) for k, v in parameters(name).items()
+        }
         doc = (get(name).__doc__ or "").strip().splitlines()
         info[name] = {"summary": doc[0] if doc else "", "parameters": params}
     if args.json:
@@ -312,9 +315,6 @@ def cmd_losses(args: argparse.Namespace) -> int:
         print(f"{name}: {d['summary']}")
         print("    " + ", ".join(f"{k}={v!r}" for k, v in d["parameters"].items()))
     return 0
-
-
-_EMPTY = __import__("inspect").Parameter.empty
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,9 +12,11 @@ r"""Evaluation of frozen representations: weighted kNN and a linear probe.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -204,11 +206,6 @@ def evaluate_run(
 
     Settings default to the run's ``eval`` config section.
     """
-    import json
-    from pathlib import Path
-
-    import torch as _torch
-
     from .train import _amp_dtype, load_run
     from .utils import atomic_write_text
 
@@ -256,7 +253,7 @@ def evaluate_run(
         "linear_epochs": epochs,
         "protocol": "frozen backbone features, no augmentation; kNN cosine weighted votes; "
         "linear probe final-epoch test accuracy",
-        "torch": _torch.__version__,
+        "torch": torch.__version__,
     }
     if write:
         atomic_write_text(Path(run_dir) / "eval.json", json.dumps(result, indent=2))
