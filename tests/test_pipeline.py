@@ -404,3 +404,13 @@ def test_shipped_configs_load_and_resolve():
         assert cfg.train.epochs and cfg.train.batch_size and cfg.model.arch, f
     digits = resolve(load_config(Path(__file__).parent.parent / "configs" / "digits.toml"))
     assert digits.to_dict() == resolve(Config()).to_dict()  # the file documents the default
+
+
+def test_bf16_autocast_and_embedding_space_dmm_train(tmp_path):
+    """The GPU settings (bf16 autocast, channels_last) run on CPU too; DMM without re-encoding."""
+    cfg = tiny_config(amp="bf16", epochs=2)
+    cfg.loss.name = "dmm"
+    cfg.loss.params = {"base": "gca-uot", "warmup": 0}
+    cfg.loss.dmm_mix = "embedding"
+    summary = Trainer(cfg, tmp_path / "run").fit()
+    assert summary["final_loss"] > 0 and 0 <= summary["knn"] <= 1
