@@ -433,8 +433,6 @@ class Trainer:
             set_epoch(self.epoch)
         order = self._batch_order(self.epoch)
         start = time.perf_counter()
-        self._running = torch.zeros((), device=self.device)
-        self._running_count = 0
         for step in range(self.step_in_epoch, self.steps_per_epoch):
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
             loss = self.train_step(idx)
