@@ -185,7 +185,8 @@ class OTContrastiveLoss(nn.Module):
         k = (out.g.sum(-1, keepdim=True) - out.f.sum(-1, keepdim=True)) / (n + m)
         shifted = copy.copy(out)
         shifted.f, shifted.g = out.f + k, out.g - k
-        if getattr(out, "row_lse", None) is not None:  # LSE_j(S_ij + g_j), if the solver keeps it
+        shifted.__dict__.pop("_log_pos", None)  # a positives gather cached with the old g
+        if out.row_lse is not None:  # LSE_j(S_ij + g_j), if the solver keeps it
             shifted.row_lse = out.row_lse - k
         return shifted
 

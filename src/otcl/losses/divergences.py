@@ -76,7 +76,12 @@ def rince(
         scalar.
     """
     log_pos = _log_positive(log_kv, target, pos)
-    log_all = torch.logsumexp(log_kv, dim=-1) + math.log(lam)
+    return _rince_rows(log_pos, torch.logsumexp(log_kv, dim=-1), q, lam)
+
+
+def _rince_rows(log_pos: torch.Tensor, lse: torch.Tensor, q: float, lam: float) -> torch.Tensor:
+    r"""Mean over rows of :math:`-e^{q \log pos}/q + (\lambda e^{lse})^q/q`."""
+    log_all = lse + math.log(lam)
     return (-(q * log_pos).exp() / q + (q * log_all).exp() / q).mean()
 
 
@@ -96,7 +101,7 @@ def positive_log_kv(out, pos: torch.Tensor) -> torch.Tensor:
 
 def _fast_terms(out, target: torch.Tensor | None, pos: torch.Tensor | None):
     """(row_lse, S_i,pos(i) + g_pos(i)) when the vector-only path applies, else None."""
-    lse, scores = getattr(out, "row_lse", None), getattr(out, "scores", None)
+    lse, scores = out.row_lse, out.scores
     if target is not None or pos is None or lse is None or scores is None or scores.dim() != 2:
         return None
     return lse, positive_log_kv(out, pos)
@@ -131,5 +136,4 @@ def plan_rince(
     if fast is None:
         return rince(out.log_plan - out.f.unsqueeze(-1), target, pos, q=q, lam=lam)
     lse, log_pos = fast
-    log_all = lse + math.log(lam)
-    return (-(q * log_pos).exp() / q + (q * log_all).exp() / q).mean()
+    return _rince_rows(log_pos, lse, q, lam)

@@ -246,8 +246,8 @@ class IOTUniformity(IOT):
     ) -> torch.Tensor | None:
         if self.lam_uni == 0:
             return None
-        S = getattr(out, "scores", None)
-        if target is None and getattr(out, "row_lse", None) is not None and S.dim() == 2:
+        S = out.scores
+        if target is None and out.row_lse is not None and S is not None and S.dim() == 2:
             pen = _uniformity_from_potentials(out, pos, self.layout == "simclr", self.detach_mean)
             return self.lam_uni * pen
         lp = out.log_plan
