@@ -22,7 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["extract_features", "knn_predict", "knn_accuracy", "linear_probe", "LinearProbeResult"]
+__all__ = [
+    "split_features",
+    "extract_features",
+    "knn_predict",
+    "knn_accuracy",
+    "linear_probe",
+    "LinearProbeResult",
+]
 
 
 @torch.no_grad()
@@ -65,6 +72,19 @@ def extract_features(
     finally:
         model.train(was_training)
     return torch.cat(out)
+
+
+def split_features(
+    model: nn.Module,
+    data,
+    preprocess: Callable[[torch.Tensor], torch.Tensor],
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of ``data.train_x`` and ``data.test_x`` (an :class:`otcl.data.ImageData`);
+    keyword arguments go to :func:`extract_features`."""
+    ftr = extract_features(model, data.train_x, preprocess, desc="train features", **kwargs)
+    fte = extract_features(model, data.test_x, preprocess, desc="test features", **kwargs)
+    return ftr, fte
 
 
 @torch.no_grad()
@@ -223,8 +243,7 @@ def evaluate_run(
         channels_last=cfg.train.channels_last,
         progress=progress,
     )
-    ftr = extract_features(model, data.train_x, aug.plain, desc="train features", **kw)
-    fte = extract_features(model, data.test_x, aug.plain, desc="test features", **kw)
+    ftr, fte = split_features(model, data, aug.plain, **kw)
     knn = knn_accuracy(ftr, data.train_y, fte, data.test_y, data.num_classes, k, t)
     probe = linear_probe(
         ftr,

@@ -41,7 +41,7 @@ from torch import nn
 from . import __version__
 from .config import Config, resolve, save_config
 from .data import Augment, ImageData, load_dataset
-from .evaluate import extract_features, knn_accuracy
+from .evaluate import knn_accuracy, split_features
 from .losses import build as build_loss
 from .models import Encoder, build_encoder
 from .utils import (
@@ -373,15 +373,15 @@ class Trainer:
 
     def knn(self) -> float:
         """kNN accuracy (k, t from the config) of the current backbone on the test split."""
-        pre = self.augment.plain
-        kw = dict(
+        ftr, fte = split_features(
+            self.model,
+            self.data,
+            self.augment.plain,
             batch_size=self.cfg.eval.batch_size,
             device=self.device,
             amp_dtype=self.amp_dtype,
             channels_last=self.cfg.train.channels_last,
         )
-        ftr = extract_features(self.model, self.data.train_x, pre, **kw)
-        fte = extract_features(self.model, self.data.test_x, pre, **kw)
         e = self.cfg.eval
         return knn_accuracy(
             ftr, self.data.train_y, fte, self.data.test_y, self.data.num_classes, e.knn_k, e.knn_t
