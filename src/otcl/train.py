@@ -350,20 +350,13 @@ class Trainer:
         if t.channels_last:
             views = views.contiguous(memory_format=torch.channels_last)
         b = x.shape[0]
-        mixed = None
+        extra: dict[str, Any] = {}
         with self._autocast():
             z = self.forward_model(views)
-            if getattr(self.loss_fn, "mix_inputs", None) is not None and (
-                self.cfg.loss.dmm_mix == "input" and self.loss_fn.current_weight > 0
-            ):
-                mixed = self.loss_fn.mix_inputs(self.forward_model, views[:b])
+            if self.cfg.loss.dmm_mix == "input":  # the loss's hook: {} for every loss but DMM
+                extra = self.loss_fn.prepare_inputs(self.forward_model, views[:b], views[b:])
         z = z.float()
-        z1, z2 = z[:b], z[b:]
-        if mixed is not None:
-            mixed.z = mixed.z.float() if isinstance(mixed.z, torch.Tensor) else mixed.z
-            loss = self.loss_fn(z1, z2, mixed=mixed)
-        else:
-            loss = self.loss_fn(z1, z2)
+        loss = self.loss_fn(z[:b], z[b:], **extra)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -428,9 +421,7 @@ class Trainer:
 
     def _run_epoch(self, bar) -> None:
         t = self.cfg.train
-        set_epoch = getattr(self.loss_fn, "set_epoch", None)
-        if set_epoch is not None:
-            set_epoch(self.epoch)
+        self.loss_fn.set_epoch(self.epoch)
         order = self._batch_order(self.epoch)
         start = time.perf_counter()
         for step in range(self.step_in_epoch, self.steps_per_epoch):

@@ -21,7 +21,6 @@ import copy
 import math
 
 import torch
-from torch import nn
 
 from .._validation import (
     check_choice,
@@ -35,6 +34,7 @@ from ..ot.geometry import LAYOUTS, SIMILARITIES, Geometry, pair_scores
 from ..ot.problem import CONSTRAINTS, Problem
 from ..ot.sinkhorn import DOMAINS, GRAD_MODES, SinkhornOutput, solve
 from . import divergences
+from .contrastive import ContrastiveLoss
 from .targets import prepare_target
 
 __all__ = ["OTContrastiveLoss", "DIVERGENCES"]
@@ -42,7 +42,7 @@ __all__ = ["OTContrastiveLoss", "DIVERGENCES"]
 DIVERGENCES = ("ce", "rince")
 
 
-class OTContrastiveLoss(nn.Module):
+class OTContrastiveLoss(ContrastiveLoss):
     r"""Contrastive loss :math:`d(P_{tgt} \,\|\, P_\theta)` with :math:`P_\theta` an entropic coupling.
 
     Args:

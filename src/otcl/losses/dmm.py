@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validation import check_choice, check_embeddings, check_nonneg
+from .contrastive import ContrastiveLoss
 from .registry import build, get, parameters, register
 
 __all__ = ["DMM", "Mixed", "mix", "vse_hinge", "min_triplet", "PAIR_LOSSES", "PARTNERS"]
@@ -152,7 +153,7 @@ class Mixed:
 
 
 @register("dmm")
-class DMM(nn.Module):
+class DMM(ContrastiveLoss):
     r"""Dynamic Mixed Margin (So, Lim, Kim, Oh, Song, IEEE Access 2023) wrapping any loss.
 
     .. math::
@@ -410,6 +411,22 @@ class DMM(nn.Module):
             z2m = encoder(mix(x2, lam, perm, name="x2"))
         return Mixed(z, lam, perm, z2m)
 
+    def prepare_inputs(
+        self,
+        encoder: Callable[[Any], torch.Tensor],
+        x1: Any,
+        x2: Any = None,
+    ) -> dict[str, Any]:
+        """Training-loop hook: input-space mixing of this step, ``{"mixed": Mixed}``.
+
+        Returns ``{}`` while the DMM weight is 0 (ramp start), so no extra encoder pass is paid
+        then; otherwise :meth:`mix_inputs` (``x2`` is used with ``both_views=True``). A loop
+        that wants embedding-space mixing simply does not call this hook.
+        """
+        if self.current_weight == 0.0:
+            return {}
+        return {"mixed": self.mix_inputs(encoder, x1, x2 if self.both_views else None)}
+
     # -- terms -----------------------------------------------------------------------------
     def margin_for(self, lam: float) -> float:
         """The dynamic margin of a batch: :math:`\\lambda m` (or the legacy cumulative one)."""
@@ -436,6 +453,8 @@ class DMM(nn.Module):
 
         def one(anchors: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
             check_embeddings(anchors, positives, check_values=False)
+            if anchors.dtype != positives.dtype:  # e.g. anchors encoded under autocast
+                anchors = anchors.to(positives.dtype)
             val = fn(anchors, positives, margin)
             if self.repel_close_positives and self.repel_weight > 0:
                 val = val + self.repel_weight * self._repel(anchors, positives, mixed.lam)

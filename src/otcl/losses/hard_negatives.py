@@ -47,7 +47,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
 from .._validation import (
     check_choice,
@@ -58,6 +57,7 @@ from .._validation import (
 )
 from ..ot.geometry import LAYOUTS, SIMILARITIES, positive_index, similarity
 from ..ot.sinkhorn import SinkhornOutput, sinkhorn
+from .contrastive import ContrastiveLoss
 from .registry import register
 
 __all__ = ["HardNegativeLoss", "DCL", "HCL", "OTHard", "COSTS", "COUPLING_GRADS"]
@@ -73,7 +73,7 @@ def _check_tau_plus(tau_plus: float) -> float:
     return v
 
 
-class HardNegativeLoss(nn.Module):
+class HardNegativeLoss(ContrastiveLoss):
     r"""Shared estimator of DCL / HCL / HCL-OT (see the module docstring for the equation).
 
     Subclasses define :meth:`log_weights`, the (n, m) log of the row-normalised weights of the
