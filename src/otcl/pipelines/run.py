@@ -74,13 +74,16 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import math
 import os
+import pickle
 import random
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -118,6 +121,7 @@ __all__ = [
     "read_jsonl",
     "write_jsonl",
     "load_checkpoint",
+    "save_checkpoint",
     "pick_device",
     "amp_dtype",
     "derive_seed",
@@ -130,7 +134,7 @@ CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 
 
 # -- devices -------------------------------------------------------------------------------
@@ -176,10 +180,19 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every global RNG state (Python, NumPy, torch CPU and CUDA)."""
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+    """Every global RNG state (Python, NumPy, torch CPU and CUDA) as tensors, lists and numbers
+    (what a ``weights_only`` load accepts)."""
+    version, key, gauss = random.getstate()
+    kind, mt, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [int(version), list(key), gauss],
+        "numpy": {
+            "kind": str(kind),
+            "key": torch.from_numpy(np.asarray(mt, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -188,32 +201,141 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the states returned by :func:`rng_state`."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    """Restore the states returned by :func:`rng_state` (or stored by checkpoint format 1:
+    Python's tuple and NumPy's own tuple)."""
+    version, key, gauss = state["python"]
+    random.setstate((int(version), tuple(int(k) for k in key), gauss))
+    npst = state["numpy"]
+    if isinstance(npst, dict):
+        key = npst["key"].cpu().numpy().astype(np.uint32)
+        npst = (npst["kind"], key, npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
+    np.random.set_state(npst)
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 # -- checkpoints ---------------------------------------------------------------------------
-def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a run's checkpoint (``path`` is the file or its run directory).
+#: checkpoint formats this version reads: 1 (otcl 0.1 before the pipelines moved) and 2
+READABLE_FORMATS = (1, 2)
+_REQUIRED_KEYS = {"format", "config", "model", "epoch", "step_in_epoch", "global_step", "rng"}
+
+
+def _format1_globals() -> list[tuple[Any, str]]:
+    """The only globals a format-1 checkpoint needs beyond tensors: NumPy's RNG-state array
+    (under the module names NumPy 1 and 2 pickle it with)."""
+    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
+    u32 = type(np.dtype(np.uint32))
+    return [
+        (np.dtype, "numpy.dtype"),
+        (np.ndarray, "numpy.ndarray"),
+        (u32, f"numpy.dtypes.{u32.__name__}"),
+        (reconstruct, "numpy.core.multiarray._reconstruct"),
+        (reconstruct, "numpy._core.multiarray._reconstruct"),
+    ]
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write ``state`` (tensors, numbers, strings, lists, dicts) as a checkpoint, atomically.
+
+    The file is a ``torch.save`` of ``{"format": 2, "otcl_version", "sha256", "payload"}``:
+    ``payload`` holds the ``torch.save`` bytes of ``state`` (a uint8 tensor) and ``sha256``
+    their digest.
+    """
+    buf = io.BytesIO()
+    torch.save({**state, "format": CHECKPOINT_FORMAT}, buf)
+    payload = buf.getvalue()
+    outer = {
+        "format": CHECKPOINT_FORMAT,
+        "otcl_version": __version__,
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
+    }
+    atomic_torch_save(outer, path)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _safe_load(source: Any, where: str) -> Any:
+    """``torch.load(weights_only=True)`` onto the CPU. A file that needs other globals is
+    refused before anything in it runs, except a format-1 file's NumPy RNG-state array."""
+    try:
+        with warnings.catch_warnings():  # a bare pickle's protocol warning says nothing useful
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass
+    except Exception as e:
+        raise ValueError(f"run: cannot read checkpoint {where!r}: {_first_line(e)}") from None
+    if hasattr(source, "seek"):
+        source.seek(0)
+    try:  # lists the pickle's globals without loading it
+        needed = set(torch.serialization.get_unsafe_globals_in_checkpoint(source))
+    except Exception:
+        needed = set()
+    allowed = _format1_globals()
+    refused = sorted(needed - {name for _, name in allowed})
+    if refused or not needed:
+        what = ", ".join(refused) if refused else "objects other than tensors"
+        raise ValueError(
+            f"run: refusing to load {where!r}: not an otcl checkpoint, it references {what} "
+            "(nothing in it was run)"
+        )
+    if hasattr(source, "seek"):
+        source.seek(0)
+    with torch.serialization.safe_globals(allowed):
+        try:
+            return torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"run: cannot read checkpoint {where!r}: {_first_line(e)}") from None
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a run's checkpoint (``path``: the file or its run directory) onto the CPU.
+
+    Safe on untrusted files: only tensors, numbers, strings and containers are unpickled
+    (``weights_only=True``), and format 2 verifies the payload's SHA-256 first. Format-1 files
+    (otcl 0.1) may also hold NumPy's RNG-state array, which is allowed for them alone.
+
+    Returns:
+        the state dict written by :meth:`EpochTrainer.state` (``"format"``: 1 or 2).
 
     Raises:
-        ValueError: no checkpoint there, or a file that is not an otcl checkpoint.
+        ValueError: no checkpoint there, a damaged file, a newer format, or a file that is not
+            an otcl checkpoint (any pickle that would run code is refused unloaded).
     """
     p = Path(path)
     if p.is_dir():
         p = p / CHECKPOINT
-    if not p.exists():
+    if not p.is_file():
         raise ValueError(f"run: expected a run directory holding {CHECKPOINT}, got {str(path)!r}")
-    try:
-        st = torch.load(p, map_location=map_location, weights_only=False)
-    except Exception as e:
-        raise ValueError(f"run: cannot read checkpoint {str(p)!r}: {e}") from None
-    if not isinstance(st, dict) or st.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"run: {str(p)!r} is not an otcl checkpoint (format {CHECKPOINT_FORMAT})")
+    st = _safe_load(p, str(p))
+    fmt = st.get("format") if isinstance(st, dict) else None
+    if isinstance(fmt, int) and fmt > max(READABLE_FORMATS):
+        raise ValueError(
+            f"run: {str(p)!r} has checkpoint format {fmt} (otcl {st.get('otcl_version', '?')}); "
+            f"otcl {__version__} reads formats {', '.join(map(str, READABLE_FORMATS))}: "
+            "upgrade otcl"
+        )
+    if fmt == 2:
+        payload, digest = st.get("payload"), st.get("sha256")
+        if not (
+            isinstance(payload, torch.Tensor)
+            and payload.dtype == torch.uint8
+            and payload.dim() == 1
+            and isinstance(digest, str)
+        ):
+            raise ValueError(f"run: {str(p)!r} is not an otcl checkpoint (no payload)")
+        payload = payload.numpy().tobytes()
+        if hashlib.sha256(payload).hexdigest() != digest:
+            raise ValueError(f"run: {str(p)!r} is damaged (its payload fails the SHA-256 check)")
+        st = _safe_load(io.BytesIO(payload), str(p))
+        fmt = st.get("format") if isinstance(st, dict) else None
+    if fmt not in READABLE_FORMATS or not _REQUIRED_KEYS <= set(st):
+        raise ValueError(f"run: {str(p)!r} is not an otcl checkpoint")
     return st
 
 
@@ -380,7 +502,7 @@ class EpochTrainer:
         self._running = torch.zeros((), device=self.device)
         self._running_count = 0
         if resume:
-            self.restore(load_checkpoint(ckpt, map_location=self.device))
+            self.restore(load_checkpoint(ckpt))
 
     # -- hooks a pipeline overrides --------------------------------------------------------
     def resolve_config(self, cfg: Any) -> Any:
@@ -539,7 +661,6 @@ class EpochTrainer:
         """Everything a resume needs, as written to ``checkpoint.pt``."""
         self._fold_running_loss()
         st = {
-            "format": CHECKPOINT_FORMAT,
             "otcl_version": __version__,
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
@@ -563,7 +684,7 @@ class EpochTrainer:
     def save(self) -> Path:
         """Write the checkpoint atomically; returns its path."""
         path = self.out / CHECKPOINT
-        atomic_torch_save(self.state(), path)
+        save_checkpoint(self.state(), path)
         return path
 
     def restore(self, st: dict[str, Any]) -> None:

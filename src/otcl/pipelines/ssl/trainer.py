@@ -188,7 +188,7 @@ def load_run(
     run_dir: str | Path, device: str = "auto", data: ImageData | None = None
 ) -> tuple[Config, Encoder, ImageData, Augment, dict[str, Any]]:
     """Rebuild a run's config, trained encoder (eval mode), dataset and preprocessing."""
-    st = load_checkpoint(run_dir, map_location="cpu")
+    st = load_checkpoint(run_dir)
     cfg = resolve(Config.from_dict(st["config"]))
     if data is None:
         data = load_data(cfg, progress=cfg.train.progress)
