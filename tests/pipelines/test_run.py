@@ -20,7 +20,6 @@ from otcl.pipelines.run import (
     EpochTrainer,
     Progress,
     TrainingDiverged,
-    TrainingInterrupted,
     amp_dtype,
     append_jsonl,
     atomic_torch_save,
@@ -92,34 +91,6 @@ def test_lr_schedule_warmup_then_cosine(tmp_path, toy_config):
     assert f[6] == pytest.approx(1.0) and f[15] == pytest.approx(0.5 * (1 + np.cos(np.pi / 2)))
     assert all(a >= b for a, b in zip(f[6:], f[7:], strict=False))
     assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * 16 / 128 / 6)
-
-
-def test_ctrl_c_mid_epoch_then_resume_is_bit_identical(
-    tmp_path, toy_config, weights, assert_same_weights, monkeypatch
-):
-    ref = Toy(toy_config(), tmp_path / "ref")
-    ref.fit()
-    orig = Toy.compute_loss
-
-    def interrupt_at_step_8(self, epoch, step):
-        if self.global_step == 8:  # epoch 2, step 3 of 6
-            raise KeyboardInterrupt
-        return orig(self, epoch, step)
-
-    monkeypatch.setattr(Toy, "compute_loss", interrupt_at_step_8)
-    with pytest.raises(TrainingInterrupted) as info:
-        Toy(toy_config(), tmp_path / "run").fit()
-    assert (info.value.epoch, info.value.step, info.value.run_dir) == (1, 2, tmp_path / "run")
-    st = load_checkpoint(tmp_path / "run")
-    assert st["global_step"] == 8 and not st["done"]
-    monkeypatch.setattr(Toy, "compute_loss", orig)
-    resumed = Toy(toy_config(), tmp_path / "run", resume=True)
-    resumed.fit()
-    assert_same_weights(weights(resumed.model), weights(ref.model))
-    losses = [r["loss"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
-    assert losses == pytest.approx(
-        [r["loss"] for r in read_jsonl(tmp_path / "ref" / "metrics.jsonl")]
-    )
 
 
 def test_crash_resumes_from_last_checkpoint_and_trims_the_log(

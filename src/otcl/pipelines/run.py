@@ -80,8 +80,10 @@ import math
 import os
 import pickle
 import random
+import signal
 import statistics
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -392,11 +394,24 @@ class Progress:
 
 # -- errors --------------------------------------------------------------------------------
 class TrainingInterrupted(Exception):
-    """Raised after Ctrl-C once the checkpoint is safely written."""
+    """Raised after SIGINT (Ctrl-C) or SIGTERM once the checkpoint is safely written.
 
-    def __init__(self, path: Path, epoch: int, step: int) -> None:
-        super().__init__(f"interrupted at epoch {epoch}, step {step}; checkpoint saved to {path}")
-        self.path, self.epoch, self.step = path, epoch, step
+    Attributes:
+        path: the checkpoint; ``run_dir``: its directory.
+        epoch, step: epochs completed and steps of the current epoch completed.
+        signum: the signal (``exit_status`` = 128 + signum: 130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, path: Path, epoch: int, step: int, signum: int = signal.SIGINT) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"interrupted by {name} at epoch {epoch}, step {step}; checkpoint saved to {path}"
+        )
+        self.path, self.epoch, self.step, self.signum = path, epoch, step, int(signum)
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
 
     @property
     def run_dir(self) -> Path:
@@ -408,6 +423,40 @@ class TrainingDiverged(RuntimeError):
 
 
 _BASE_KEYS = ("epoch", "loss", "lr", "seconds")
+
+
+class _StopRequested(Exception):
+    """A deferred SIGINT/SIGTERM reached a step boundary."""
+
+
+class _DeferredSignals:
+    """While training, SIGINT and SIGTERM only record a stop request, which the loop honours at
+    the next step boundary (so a checkpoint never holds half a step, e.g. BatchNorm statistics
+    of a forward pass whose update never happened); a second signal aborts at once without
+    saving. Handlers are installed only in the main thread and restored on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _DeferredSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is None:
+            self.received = signum
+            return
+        raise KeyboardInterrupt  # the second signal: abort now, keep the last checkpoint
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
 
 
 def _stderr(line: str) -> None:
@@ -721,16 +770,28 @@ class EpochTrainer:
             log=self.log,
         )
         self.model.train()
-        try:
-            while self.epoch < epochs:
-                self._run_epoch(progress)
-        except KeyboardInterrupt:
-            progress.close()
-            path = self.save()
-            raise TrainingInterrupted(path, self.epoch, self.step_in_epoch) from None
-        finally:
-            progress.close()
+        with _DeferredSignals() as signals:
+            self._signals = signals
+            try:
+                while self.epoch < epochs:
+                    self._run_epoch(progress)
+            except _StopRequested:
+                progress.close()
+                path = self.save()
+                raise TrainingInterrupted(
+                    path, self.epoch, self.step_in_epoch, signals.received or signal.SIGINT
+                ) from None
+            finally:
+                progress.close()
+                self._signals = None
         return self._finish()
+
+    _signals: _DeferredSignals | None = None
+
+    def _check_stop(self) -> None:
+        """At a step boundary: stop if a SIGINT/SIGTERM arrived during the last step."""
+        if self._signals is not None and self._signals.received is not None:
+            raise _StopRequested
 
     def _run_epoch(self, progress: Progress) -> None:
         t = self.cfg.train
@@ -738,6 +799,7 @@ class EpochTrainer:
         self.start_epoch(self.epoch)
         start = time.perf_counter()
         for step in range(self.step_in_epoch, self.steps_per_epoch):
+            self._check_stop()
             loss = self.train_step(self.epoch, step)
             self._running += loss
             self._running_count += 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 
@@ -51,15 +53,16 @@ def test_ctrl_c_mid_epoch_then_resume_gives_identical_weights(
     orig = SSLTrainer.train_step
 
     def interrupt_at_step_5(self, epoch, step):
-        if self.global_step == 5:  # epoch 2, step 2 of 3
-            raise KeyboardInterrupt
+        if self.global_step == 5:  # a real Ctrl-C in epoch 2, step 3 of 3
+            os.kill(os.getpid(), signal.SIGINT)
         return orig(self, epoch, step)
 
     monkeypatch.setattr(SSLTrainer, "train_step", interrupt_at_step_5)
     with pytest.raises(TrainingInterrupted) as info:
         SSLTrainer(cfg, tmp_path / "run").fit()
-    assert info.value.epoch == 1 and info.value.step == 2
-    assert load_checkpoint(tmp_path / "run")["global_step"] == 5
+    # the step finished, then the run stopped at the next boundary (the start of epoch 3)
+    assert (info.value.epoch, info.value.step, info.value.exit_status) == (2, 0, 130)
+    assert load_checkpoint(tmp_path / "run")["global_step"] == 6
     monkeypatch.setattr(SSLTrainer, "train_step", orig)
     resumed = SSLTrainer(cfg, tmp_path / "run", resume=True)
     resumed.fit()
