@@ -23,6 +23,7 @@ import threading
 from collections.abc import Sequence
 
 from . import __version__
+from .pipelines._signals import deferred_signals
 
 __all__ = ["main", "build_parser", "PIPELINES"]
 
@@ -91,8 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    with deferred_signals():  # imports torch: Ctrl-C there waits for the import to finish
+        parser = build_parser()
+        args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:  # no command, or a pipeline group without its verb
         parser.print_help()

@@ -73,13 +73,6 @@ def test_second_signal_aborts_without_saving(tmp_path, toy_config, monkeypatch):
     assert load_checkpoint(tmp_path / "run")["global_step"] == 6  # the epoch-1 checkpoint
 
 
-TINY_CLI = [
-    "--no-progress", "--batch-size", "32", "--deterministic",
-    "--set", "train.max_steps_per_epoch=1", "--set", "model.width=4",
-    "--set", "train.threads=1", "--set", "train.checkpoint_every=1000",
-]  # fmt: skip
-
-
 def _otcl(*argv: str) -> subprocess.Popen:
     """``otcl`` in a new process, as its console script starts it."""
     code = "import sys; from otcl.cli import main; sys.exit(main())"
@@ -87,3 +80,24 @@ def _otcl(*argv: str) -> subprocess.Popen:
         [sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
+
+
+def _otcl(*argv: str) -> subprocess.Popen:
+    """``otcl`` in a new process, started as its console script starts it."""
+    code = "import sys; from otcl.cli import main; sys.exit(main())"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_ctrl_c_during_start_up_prints_one_line(tmp_path):
+    """Ctrl-C while otcl is still importing or loading data: no traceback."""
+    proc = _otcl("train", "--out", str(tmp_path / "run"), "--epochs", "2000", "--no-progress")
+    time.sleep(0.3)  # python is up, torch is still being imported
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("otcl: interrupted")

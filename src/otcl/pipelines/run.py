@@ -83,7 +83,6 @@ import random
 import signal
 import statistics
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -104,6 +103,7 @@ from ._files import (
     read_jsonl,
     write_jsonl,
 )
+from ._signals import DeferredSignals
 from .config import save_config
 
 __all__ = [
@@ -429,36 +429,6 @@ class _StopRequested(Exception):
     """A deferred SIGINT/SIGTERM reached a step boundary."""
 
 
-class _DeferredSignals:
-    """While training, SIGINT and SIGTERM only record a stop request, which the loop honours at
-    the next step boundary (so a checkpoint never holds half a step, e.g. BatchNorm statistics
-    of a forward pass whose update never happened); a second signal aborts at once without
-    saving. Handlers are installed only in the main thread and restored on exit."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _DeferredSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is None:
-            self.received = signum
-            return
-        raise KeyboardInterrupt  # the second signal: abort now, keep the last checkpoint
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
-
-
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
@@ -770,7 +740,7 @@ class EpochTrainer:
             log=self.log,
         )
         self.model.train()
-        with _DeferredSignals() as signals:
+        with DeferredSignals() as signals:
             self._signals = signals
             try:
                 while self.epoch < epochs:
@@ -786,7 +756,7 @@ class EpochTrainer:
                 self._signals = None
         return self._finish()
 
-    _signals: _DeferredSignals | None = None
+    _signals: DeferredSignals | None = None
 
     def _check_stop(self) -> None:
         """At a step boundary: stop if a SIGINT/SIGTERM arrived during the last step."""

@@ -23,6 +23,7 @@ import torch
 
 from ... import __version__
 from ...losses import available
+from .._signals import deferred_signals
 from ..config import save_config
 from ..run import CHECKPOINT, METRICS, SUMMARY, atomic_write_text, load_checkpoint, read_jsonl
 from .config import Config, resolve
@@ -233,10 +234,11 @@ def format_table(results: dict[str, Any]) -> str:
 
 def plot_results(results: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> list[Path]:
     """``accuracy.png`` (bars with std error bars) and ``curves.png`` (per-epoch curves)."""
-    import matplotlib
+    with deferred_signals():
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
     rows = results["rows"]
     names = [r["loss"] for r in rows]

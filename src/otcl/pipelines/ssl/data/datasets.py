@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..._signals import deferred_signals
 from ...run import atomic_write_bytes
 
 __all__ = ["ImageData", "DataError", "load_dataset", "load_image_folder", "DATASETS", "STATS"]
@@ -91,8 +92,9 @@ class ImageData:
 # -- digits --------------------------------------------------------------------------------
 def _digits() -> ImageData:
     try:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
+        with deferred_signals():  # Ctrl-C inside a C extension's import reads as ImportError
+            from sklearn.datasets import load_digits
+            from sklearn.model_selection import train_test_split
     except ImportError:
         raise DataError(
             "dataset: 'digits' needs scikit-learn; install otcl[train] (pip install 'otcl[train]')"
@@ -155,7 +157,8 @@ def _locate(name: str) -> tuple[str, str] | None:
 
 
 def _decode(data: bytes | Path, name: str, mode: str, size: int | None) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    with deferred_signals():
+        from PIL import Image, UnidentifiedImageError
 
     try:
         src = io.BytesIO(data) if isinstance(data, bytes) else data
@@ -311,7 +314,8 @@ def _load_cache(cache: Path, name: str) -> ImageData:
 # -- torchvision ---------------------------------------------------------------------------
 def _torchvision(name: str, root: Path, download: bool, unlabeled: bool) -> ImageData:
     try:
-        import torchvision.datasets as tvd
+        with deferred_signals():
+            import torchvision.datasets as tvd
     except ImportError:
         raise DataError(
             f"dataset: {name!r} is downloaded through torchvision, which is not installed; "
