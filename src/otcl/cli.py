@@ -8,7 +8,8 @@ A subcommand sets ``handler`` (``args -> exit status``) and, if it trains, ``res
 Errors are handled here once for every pipeline: a user mistake (``ValueError``) ends with one
 line ``otcl: error: ...`` and exit status 2; Ctrl-C (SIGINT) or SIGTERM during training saves a
 checkpoint at the end of the current step and prints the command that resumes it (exit 130 or
-143), anywhere else it ends the command with one line; a diverging run says so (exit 1).
+143), anywhere else it ends the command with one line; a diverging run says so (exit 1), and so
+does a write that fails (a full disk, exit 1).
 """
 
 from __future__ import annotations
@@ -113,6 +114,10 @@ def _main(argv: Sequence[str] | None) -> int:
     except ValueError as e:  # user mistakes (DataError is a ValueError)
         print(f"otcl: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the machine: a full disk, a file system gone read-only, ...
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"otcl: error: cannot write {where}{e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

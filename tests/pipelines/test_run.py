@@ -149,7 +149,7 @@ def test_extra_state_is_checkpointed(tmp_path, toy_config, monkeypatch):
     got = {}
     monkeypatch.setattr(Toy, "load_extra_state", lambda self, st: got.update(st))
     Toy(toy_config(epochs=1), tmp_path / "run").fit()
-    Toy(toy_config(epochs=2), tmp_path / "run", resume=True)
+    Toy(toy_config(epochs=2), tmp_path / "run", resume=True, extend=True).close()
     assert torch.equal(got["memory"], torch.arange(3))
 
 

@@ -81,6 +81,7 @@ import os
 import pickle
 import random
 import signal
+import socket
 import statistics
 import sys
 import time
@@ -89,6 +90,11 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 import torch
@@ -100,6 +106,7 @@ from ._files import (
     atomic_torch_save,
     atomic_write_bytes,
     atomic_write_text,
+    check_writable,
     read_jsonl,
     write_jsonl,
 )
@@ -116,6 +123,9 @@ __all__ = [
     "TrainingInterrupted",
     "TrainingDiverged",
     "Progress",
+    "RunLock",
+    "prepare_run_dir",
+    "check_writable",
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_torch_save",
@@ -341,6 +351,83 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return st
 
 
+# -- run directories ----------------------------------------------------------------------
+LOCK = ".otcl.lock"
+
+
+def prepare_run_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` (and its parents) and check that files can be written in it.
+
+    Raises:
+        ValueError: one line naming the directory and the cause (an existing file, no such
+            place, permissions, a read-only file system, a full disk).
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"out: {str(p)!r} exists and is not a directory; choose another --out")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        check_writable(p)
+    except OSError as e:
+        raise ValueError(f"out: cannot write in {str(p)!r}: {e.strerror or e}") from None
+    return p
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held by the one process that writes it.
+
+    ``fcntl.flock`` on ``<dir>/.otcl.lock`` (released by the kernel if the process dies, so a
+    stale lock file never blocks anyone); the file records the holder's pid and host for the
+    error message. Where ``fcntl`` does not exist (Windows) no lock is taken.
+
+    Raises:
+        ValueError: another process (or another trainer in this one) holds the lock.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+        self.path = Path(run_dir) / LOCK
+        try:
+            self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ValueError(f"out: cannot write in {str(run_dir)!r}: {e.strerror}") from None
+        if fcntl is None:
+            return
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self._fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self._fd)
+            self._fd = None
+            raise ValueError(
+                f"out: {str(run_dir)!r} is being written by another otcl process ({holder}); "
+                "wait for it to finish, or choose another --out"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+
+    def release(self) -> None:
+        """Give the lock back (idempotent)."""
+        if self._fd is not None:
+            if fcntl is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists kept whole)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 # -- progress ------------------------------------------------------------------------------
 class Progress:
     """A tqdm bar on a terminal, about ten plain lines per run otherwise, nothing if disabled.
@@ -460,6 +547,7 @@ class EpochTrainer:
         out: str | Path | None = None,
         *,
         resume: bool = False,
+        extend: bool = False,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg = self.resolve_config(cfg)
@@ -470,6 +558,18 @@ class EpochTrainer:
         self.out = Path(out)
         t.out = str(self.out)
         self.log = log or _stderr
+        if extend and not resume:
+            raise ValueError("--extend: only with --resume (it lengthens an existing run)")
+        prepare_run_dir(self.out)  # a bad --out fails here, before any data is loaded
+        self._lock: RunLock | None = RunLock(self.out)
+        try:
+            self._setup(resume, extend)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, resume: bool, extend: bool) -> None:
+        t = self.cfg.train
         ckpt = self.out / CHECKPOINT
         if ckpt.exists() and not resume:
             raise ValueError(
@@ -478,6 +578,9 @@ class EpochTrainer:
             )
         if resume and not ckpt.exists():
             raise ValueError(f"resume: no {CHECKPOINT} in {str(self.out)!r} to resume from")
+        st = load_checkpoint(ckpt) if resume else None
+        if st is not None:
+            self._check_resume(st, extend)  # before the data loads
         if t.threads:
             torch.set_num_threads(int(t.threads))
         self.device = pick_device(t.device)
@@ -520,8 +623,62 @@ class EpochTrainer:
         self.epoch_seconds = 0.0  # time spent in the current epoch before a resume
         self._running = torch.zeros((), device=self.device)
         self._running_count = 0
-        if resume:
-            self.restore(load_checkpoint(ckpt))
+        self.resumed = st is not None
+        if st is not None:
+            self.restore(st)
+
+    def close(self) -> None:
+        """Release the run directory's lock (:meth:`fit` does it when it returns)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    #: settings a resumed run may change: where and how it runs, not what it computes
+    resume_may_change: tuple[str, ...] = (
+        "train.out",
+        "train.progress",
+        "train.device",
+        "train.threads",
+        "train.log_every",
+        "train.checkpoint_every",
+        "train.compile",
+        "train.deterministic",
+    )
+
+    def _check_resume(self, st: dict[str, Any], extend: bool) -> None:
+        """Refuse settings that would change what the saved run is (``train.epochs`` only
+        grows, and only with ``extend``)."""
+        saved = _flat(self.resolve_config(type(self.cfg).from_dict(st["config"])).to_dict())
+        now = _flat(self.cfg.to_dict())
+        allowed = self.resume_may_change
+        changed = sorted(
+            k
+            for k in saved.keys() | now.keys()
+            if saved.get(k) != now.get(k)
+            and not any(k == a or k.startswith(a + ".") for a in allowed)
+        )
+        old, new = saved.get("train.epochs"), now.get("train.epochs")
+        if extend and not (isinstance(old, int) and isinstance(new, int) and new > old):
+            raise ValueError(
+                f"--extend: expected --epochs larger than the run's {old} epochs, got {new}"
+            )
+        if "train.epochs" in changed and extend:
+            changed.remove("train.epochs")
+            self.log(
+                f"{self.out}: extending the run from {old} to {new} epochs; the learning-rate "
+                "schedule is recomputed for the new length (recorded in config.yaml)"
+            )
+        if changed == ["train.epochs"]:
+            raise ValueError(
+                f"train.epochs: the run in {str(self.out)!r} is set up for {old} epochs, got "
+                f"{new}; to train it longer pass --extend with --epochs N (N > {old})"
+            )
+        if changed:
+            diffs = "; ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+            raise ValueError(
+                f"resume: these settings differ from the run in {str(self.out)!r} and would "
+                f"change what it is: {diffs}; drop them, or start a new run with another --out"
+            )
 
     # -- hooks a pipeline overrides --------------------------------------------------------
     def resolve_config(self, cfg: Any) -> Any:
@@ -541,10 +698,16 @@ class EpochTrainer:
             raise ValueError(f"optim.optimizer: expected sgd, adam or adamw, got {o.optimizer!r}")
         if o.schedule not in ("cosine", "constant"):
             raise ValueError(f"optim.schedule: expected cosine or constant, got {o.schedule!r}")
-        if t.checkpoint_every < 1:
-            raise ValueError(
-                f"train.checkpoint_every: expected an integer >= 1, got {t.checkpoint_every!r}"
-            )
+        for name in ("checkpoint_every", "log_every"):
+            if getattr(t, name) < 1:
+                raise ValueError(
+                    f"train.{name}: expected an integer >= 1, got {getattr(t, name)!r}"
+                )
+        for name in ("max_steps_per_epoch", "threads"):
+            if getattr(t, name) is not None and getattr(t, name) < 1:
+                raise ValueError(
+                    f"train.{name}: expected an integer >= 1 or none, got {getattr(t, name)!r}"
+                )
         loss = getattr(self.cfg, "loss", None)
         if loss is not None and loss.dmm_mix not in ("input", "embedding"):
             raise ValueError(f"loss.dmm_mix: expected input or embedding, got {loss.dmm_mix!r}")
@@ -729,7 +892,27 @@ class EpochTrainer:
         """Train to ``train.epochs``; returns the summary (also written to ``summary.json``)."""
         t = self.cfg.train
         epochs = int(t.epochs)
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self._lock is None:
+            self._lock = RunLock(self.out)
+        try:
+            return self._fit(epochs)
+        finally:
+            self.close()
+
+    #: files a run writes besides its checkpoint and config (removed when a run starts afresh)
+    outputs: tuple[str, ...] = (METRICS, SUMMARY)
+
+    def _fit(self, epochs: int) -> dict[str, Any]:
+        t = self.cfg.train
+        if not self.resumed and self.global_step == 0:
+            stale = [f for f in self.outputs if (self.out / f).exists()]
+            if stale:  # left by a run killed before its first checkpoint
+                self.log(
+                    f"{self.out}: removing {', '.join(stale)} of an earlier run that saved no "
+                    "checkpoint; starting afresh"
+                )
+                for f in stale:
+                    (self.out / f).unlink()
         save_config(self.cfg, self.out / CONFIG)
         progress = Progress(
             enabled=t.progress,

@@ -23,8 +23,12 @@ def test_cli_train_resume_eval(tmp_path, capsys, tiny_args):
     assert "gca-uot: 2 epochs" in capsys.readouterr().out
     cfg = load_config(tmp_path / "run" / "config.yaml", Config)
     assert cfg.loss.params == {"rho": 0.5} and cfg.train.epochs == 2
-    # extend the finished run by one epoch
-    assert cli.main(["train", "--resume", out, "--epochs", "3", "--no-progress"]) == 0
+    # extend the finished run by one epoch (explicitly: --epochs alone is refused)
+    assert cli.main(["train", "--resume", out, "--epochs", "3"]) == 2
+    assert "pass --extend" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", out, "--epochs", "3", "--extend", "--no-progress"]) == 0
+    assert "extending the run from 2 to 3 epochs" in capsys.readouterr().err
+    assert load_config(tmp_path / "run" / "config.yaml", Config).train.epochs == 3
     assert load_checkpoint(out)["epoch"] == 3
     assert cli.main(["eval", out, "--no-progress", "--linear-epochs", "2"]) == 0
     assert "linear probe" in capsys.readouterr().out

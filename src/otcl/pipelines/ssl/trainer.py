@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..probes import knn_accuracy
-from ..run import EpochTrainer, load_checkpoint, pick_device
+from ..run import METRICS, SUMMARY, EpochTrainer, load_checkpoint, pick_device
 from .config import Config, resolve
 from .data import Augment, ImageData, load_dataset
 from .features import split_features
@@ -84,10 +84,20 @@ class SSLTrainer(EpochTrainer):
         out: run directory (default ``cfg.train.out``, else ``runs/<loss>-<dataset>-s<seed>``).
         data: an already loaded dataset (``otcl compare`` loads it once for all runs).
         resume: continue from ``out/checkpoint.pt``.
+        extend: with ``resume``, allow ``train.epochs`` to grow.
         log: where progress lines go (standard error by default).
     """
 
     throughput_unit = "views"
+    outputs = (METRICS, SUMMARY, "eval.json")
+    resume_may_change = (
+        *EpochTrainer.resume_may_change,
+        "train.channels_last",
+        "data.data_dir",  # the same dataset, moved
+        "data.cache_dir",
+        "data.download",
+        "eval",  # evaluation settings do not change the training
+    )
     cfg: Config
 
     def __init__(
@@ -97,10 +107,11 @@ class SSLTrainer(EpochTrainer):
         *,
         data: ImageData | None = None,
         resume: bool = False,
+        extend: bool = False,
         log: Any = None,
     ) -> None:
         self._given_data = data
-        super().__init__(cfg, out, resume=resume, log=log)
+        super().__init__(cfg, out, resume=resume, extend=extend, log=log)
 
     # -- hooks -----------------------------------------------------------------------------
     def resolve_config(self, cfg: Config) -> Config:
@@ -128,9 +139,11 @@ class SSLTrainer(EpochTrainer):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = self.build_loss()
         n = self.images.shape[0]
-        self.batch_size = min(self.batch_size, n)
-        if self.batch_size < 2:
-            raise ValueError(f"train.batch_size: the dataset holds only {n} image(s)")
+        if self.batch_size > n:  # never clamped silently: config.yaml must say what ran
+            raise ValueError(
+                f"train.batch_size: {self.batch_size} is more than the {n} training images of "
+                f"{self.data.name}; use --batch-size {n} or less"
+            )
         self.steps_per_epoch = n // self.batch_size
 
     def compute_loss(self, epoch: int, step: int) -> torch.Tensor:
