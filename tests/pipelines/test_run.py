@@ -234,3 +234,30 @@ def test_bad_shared_settings_name_the_setting(tmp_path, toy_config, section, key
     setattr(getattr(cfg, section), key, value)
     with pytest.raises(ValueError, match=match):
         Toy(cfg, tmp_path / "run")
+
+
+def test_exploding_weights_are_a_divergence_not_a_usage_error(tmp_path, toy_config):
+    """lr 1e30: the loss's finiteness check on the embeddings fails at step 2; that is the run
+    diverging (TrainingDiverged, exit 1 in the CLI), not a ValueError (exit 2)."""
+    cfg = toy_config()
+    cfg.optim.lr = 1e30
+    with pytest.raises(TrainingDiverged, match=r"non-finite values at epoch 1, step 2 .*optim.lr"):
+        Toy(cfg, tmp_path / "run").fit()
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path, toy_config, monkeypatch):
+    tr = Toy(toy_config(epochs=2), tmp_path / "run")
+    orig = Toy.train_step
+
+    def poison(self, epoch, step):
+        loss = orig(self, epoch, step)
+        if epoch == 1 and step == self.steps_per_epoch - 1:  # NaN weights after a finite loss
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+        return loss
+
+    monkeypatch.setattr(Toy, "train_step", poison)
+    with pytest.raises(TrainingDiverged, match=r"weights became NaN/inf by step 12 \(epoch 2\)"):
+        tr.fit()
+    assert load_checkpoint(tmp_path / "run")["epoch"] == 1  # the last finite one

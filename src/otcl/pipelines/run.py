@@ -863,8 +863,23 @@ class EpochTrainer:
             st["pipeline"] = extra
         return st
 
+    def _finite_state(self) -> bool:
+        """Whether every parameter and buffer of the model is finite (one host sync)."""
+        tensors = [v for v in self.model.state_dict().values() if v.is_floating_point()]
+        return all(bool(torch.isfinite(v).all()) for v in tensors)
+
     def save(self) -> Path:
-        """Write the checkpoint atomically; returns its path."""
+        """Write the checkpoint atomically; returns its path.
+
+        Raises:
+            TrainingDiverged: the weights are no longer finite (the last good checkpoint stays).
+        """
+        if not self._finite_state():
+            epoch = self.epoch + (1 if self.step_in_epoch else 0)
+            raise TrainingDiverged(
+                f"the weights became NaN/inf by step {self.global_step} (epoch {epoch}); the "
+                "last finite checkpoint is kept; lower optim.lr or raise the loss temperature"
+            )
         path = self.out / CHECKPOINT
         save_checkpoint(self.state(), path)
         return path
@@ -953,7 +968,15 @@ class EpochTrainer:
         start = time.perf_counter()
         for step in range(self.step_in_epoch, self.steps_per_epoch):
             self._check_stop()
-            loss = self.train_step(self.epoch, step)
+            try:
+                loss = self.train_step(self.epoch, step)
+            except ValueError as e:  # a loss's input check on embeddings gone NaN/inf
+                if self.global_step > 0 and ("finite" in str(e) or not self._finite_state()):
+                    raise TrainingDiverged(
+                        f"non-finite values at epoch {self.epoch + 1}, step {step + 1} "
+                        f"({_first_line(e)}); lower optim.lr or raise the loss temperature"
+                    ) from None
+                raise
             self._running += loss
             self._running_count += 1
             self.global_step += 1
@@ -963,7 +986,7 @@ class EpochTrainer:
                 self._fold_running_loss()  # the only host sync of the loop
                 if not math.isfinite(self.epoch_loss[0]):
                     raise TrainingDiverged(
-                        f"loss became {self.epoch_loss[0]} at epoch {self.epoch + 1}, step "
+                        f"the loss became {self.epoch_loss[0]} by epoch {self.epoch + 1}, step "
                         f"{step + 1}; lower optim.lr or raise the loss temperature"
                     )
                 postfix = {
