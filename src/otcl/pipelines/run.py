@@ -133,6 +133,7 @@ __all__ = [
     "read_jsonl",
     "write_jsonl",
     "load_checkpoint",
+    "check_finite_weights",
     "save_checkpoint",
     "pick_device",
     "amp_dtype",
@@ -231,6 +232,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
 #: checkpoint formats this version reads: 1 (otcl 0.1 before the pipelines moved) and 2
 READABLE_FORMATS = (1, 2)
 _REQUIRED_KEYS = {"format", "config", "model", "epoch", "step_in_epoch", "global_step", "rng"}
+
+
+def check_finite_weights(weights: dict[str, Any], where: str | os.PathLike[str]) -> None:
+    """Raise ``ValueError`` if a floating tensor of ``weights`` (a state dict) holds NaN/inf:
+    such a model evaluates to chance level without any other sign of trouble."""
+    floats = {k: v for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point()}
+    bad = [k for k, v in floats.items() if not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise ValueError(
+            f"run: the checkpoint in {str(where)!r} holds NaN/inf weights ({bad[0]}{more}): the "
+            "run diverged; train it again with a lower optim.lr"
+        )
 
 
 def _format1_globals() -> list[tuple[Any, str]]:
@@ -886,7 +900,13 @@ class EpochTrainer:
 
     def restore(self, st: dict[str, Any]) -> None:
         """Load a checkpoint's state (see :meth:`state`) into this trainer."""
-        self.model.load_state_dict(st["model"])
+        check_finite_weights(st["model"], self.out)
+        try:
+            self.model.load_state_dict(st["model"])
+        except RuntimeError as e:
+            raise ValueError(
+                f"run: the checkpoint in {str(self.out)!r} does not fit this model: {_first_line(e)}"
+            ) from None
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.scaler.load_state_dict(st["scaler"])

@@ -23,7 +23,14 @@ from typing import Any
 import torch
 
 from ..probes import knn_accuracy
-from ..run import METRICS, SUMMARY, EpochTrainer, load_checkpoint, pick_device
+from ..run import (
+    METRICS,
+    SUMMARY,
+    EpochTrainer,
+    check_finite_weights,
+    load_checkpoint,
+    pick_device,
+)
 from .config import Config, resolve
 from .data import Augment, ImageData, load_dataset
 from .features import split_features
@@ -202,6 +209,7 @@ def load_run(
 ) -> tuple[Config, Encoder, ImageData, Augment, dict[str, Any]]:
     """Rebuild a run's config, trained encoder (eval mode), dataset and preprocessing."""
     st = load_checkpoint(run_dir)
+    check_finite_weights(st["model"], run_dir)
     cfg = resolve(Config.from_dict(st["config"]))
     if data is None:
         data = load_data(cfg, progress=cfg.train.progress)
