@@ -227,6 +227,10 @@ def test_device_and_amp_errors_name_the_setting():
         ("loss", "dmm_mix", "latent", "loss.dmm_mix"),
         ("train", "device", "tpu", "device"),
         ("train", "amp", "fp8", "train.amp"),
+        ("optim", "momentum", 2.0, r"optim.momentum: expected a number in \[0, 1\)"),
+        ("optim", "momentum", -1.0, r"optim.momentum: expected a number in \[0, 1\)"),
+        ("optim", "weight_decay", -1.0, "optim.weight_decay: expected a number >= 0"),
+        ("optim", "warmup_epochs", -1.0, "optim.warmup_epochs"),
     ],
 )
 def test_bad_shared_settings_name_the_setting(tmp_path, toy_config, section, key, value, match):
@@ -261,3 +265,14 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path, toy_config, monkeyp
     with pytest.raises(TrainingDiverged, match=r"weights became NaN/inf by step 12 \(epoch 2\)"):
         tr.fit()
     assert load_checkpoint(tmp_path / "run")["epoch"] == 1  # the last finite one
+
+
+def test_sgd_only_settings_with_adam_and_nesterov_without_momentum(tmp_path, toy_config):
+    cfg = toy_config()
+    cfg.optim.optimizer, cfg.optim.nesterov = "adam", True
+    with pytest.raises(ValueError, match="apply only to optim.optimizer=sgd"):
+        Toy(cfg, tmp_path / "run")
+    cfg = toy_config()
+    cfg.optim.momentum, cfg.optim.nesterov = 0.0, True
+    with pytest.raises(ValueError, match="optim.nesterov: needs optim.momentum > 0"):
+        Toy(cfg, tmp_path / "run")

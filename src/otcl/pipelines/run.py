@@ -111,7 +111,7 @@ from ._files import (
     write_jsonl,
 )
 from ._signals import DeferredSignals
-from .config import save_config
+from .config import OptimConfig, save_config
 
 __all__ = [
     "CHECKPOINT",
@@ -712,6 +712,21 @@ class EpochTrainer:
             raise ValueError(f"optim.optimizer: expected sgd, adam or adamw, got {o.optimizer!r}")
         if o.schedule not in ("cosine", "constant"):
             raise ValueError(f"optim.schedule: expected cosine or constant, got {o.schedule!r}")
+        if not 0.0 <= o.momentum < 1.0:
+            raise ValueError(f"optim.momentum: expected a number in [0, 1), got {o.momentum!r}")
+        if o.optimizer != "sgd" and (o.nesterov or o.momentum != OptimConfig.momentum):
+            raise ValueError(
+                f"optim.momentum / optim.nesterov: apply only to optim.optimizer=sgd, got "
+                f"{o.optimizer!r} (Adam's moments are fixed)"
+            )
+        if o.nesterov and o.momentum == 0:
+            raise ValueError("optim.nesterov: needs optim.momentum > 0, got 0")
+        if o.weight_decay is not None and not o.weight_decay >= 0:
+            raise ValueError(f"optim.weight_decay: expected a number >= 0, got {o.weight_decay!r}")
+        if not o.warmup_epochs >= 0:
+            raise ValueError(
+                f"optim.warmup_epochs: expected a number >= 0, got {o.warmup_epochs!r}"
+            )
         for name in ("checkpoint_every", "log_every"):
             if getattr(t, name) < 1:
                 raise ValueError(

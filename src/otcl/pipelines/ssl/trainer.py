@@ -34,7 +34,7 @@ from ..run import (
 from .config import Config, resolve
 from .data import Augment, ImageData, load_dataset
 from .features import split_features
-from .models import Encoder, build_encoder
+from .models import ARCHS, Encoder, build_encoder
 
 __all__ = ["SSLTrainer", "load_run", "load_data", "make_augment", "make_model"]
 
@@ -83,6 +83,48 @@ def load_data(cfg: Config, progress: bool = True) -> ImageData:
     )
 
 
+def check_image_config(cfg: Config) -> None:
+    """Raise ``ValueError`` naming the first invalid ``data``, ``model`` or ``eval`` setting
+    (before any data is loaded)."""
+    d, m, e = cfg.data, cfg.model, cfg.eval
+    if d.image_size is not None and d.image_size < 1:
+        raise ValueError(f"data.image_size: expected an integer >= 1 or none, got {d.image_size}")
+    try:  # the augmentation checks its own arguments; name them as settings
+        make_augment(cfg, _STATS_ONLY)
+    except ValueError as err:
+        raise ValueError(f"data.{err}") from None
+    if m.arch not in ARCHS:
+        raise ValueError(f"model.arch: expected one of {', '.join(ARCHS)}, got {m.arch!r}")
+    for name, low in (("width", 1), ("head_hidden", 0), ("head_out", 1)):
+        v = getattr(m, name)
+        if v is not None and v < low:
+            raise ValueError(f"model.{name}: expected an integer >= {low}, got {v!r}")
+    if e.knn_k is None or e.knn_k < 1:
+        raise ValueError(f"eval.knn_k: expected an integer >= 1, got {e.knn_k!r}")
+    for name in ("knn_t", "linear_lr"):
+        if not getattr(e, name) > 0:
+            raise ValueError(f"eval.{name}: expected a number > 0, got {getattr(e, name)!r}")
+    for name in ("linear_epochs", "linear_batch_size", "batch_size"):
+        if getattr(e, name) < 1:
+            raise ValueError(f"eval.{name}: expected an integer >= 1, got {getattr(e, name)!r}")
+    if e.knn_every < 0:
+        raise ValueError(f"eval.knn_every: expected an integer >= 0, got {e.knn_every!r}")
+    if not e.linear_weight_decay >= 0:
+        raise ValueError(
+            f"eval.linear_weight_decay: expected a number >= 0, got {e.linear_weight_decay!r}"
+        )
+
+
+class _Stats:
+    """Stand-in for a dataset when only the augmentation settings are checked."""
+
+    mean = (0.5,)
+    std = (0.5,)
+
+
+_STATS_ONLY: Any = _Stats()
+
+
 class SSLTrainer(EpochTrainer):
     """Trains an image encoder on two augmented views per image; :meth:`fit` -> summary.
 
@@ -126,9 +168,7 @@ class SSLTrainer(EpochTrainer):
 
     def check_config(self) -> None:
         super().check_config()
-        e = self.cfg.eval
-        if e.knn_k is None or e.knn_k < 1 or not e.knn_t > 0:
-            raise ValueError(f"eval: expected knn_k >= 1 and knn_t > 0, got {e.knn_k}, {e.knn_t}")
+        check_image_config(self.cfg)
 
     def default_out(self) -> str:
         c = self.cfg
@@ -214,7 +254,12 @@ def load_run(
     if data is None:
         data = load_data(cfg, progress=cfg.train.progress)
     model = make_model(cfg, data)
-    model.load_state_dict(st["model"])
+    try:
+        model.load_state_dict(st["model"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        msg = f"run: the checkpoint in {str(run_dir)!r} does not fit its model: {first}"
+        raise ValueError(msg) from None
     dev = pick_device(device)
     model = model.to(dev).eval()
     aug = make_augment(cfg, data).to(dev)
