@@ -276,3 +276,17 @@ def test_sgd_only_settings_with_adam_and_nesterov_without_momentum(tmp_path, toy
     cfg.optim.momentum, cfg.optim.nesterov = 0.0, True
     with pytest.raises(ValueError, match="optim.nesterov: needs optim.momentum > 0"):
         Toy(cfg, tmp_path / "run")
+
+
+def test_the_subclass_contract_examples_run(monkeypatch, tmp_path):
+    """The docstring examples other pipelines copy from (run.py, config.py) work as written."""
+    import doctest
+    import tempfile
+
+    import otcl.pipelines.config
+    import otcl.pipelines.run
+
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: str(tmp_path))
+    for mod in (otcl.pipelines.run, otcl.pipelines.config):
+        result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+        assert result.attempted > 0 and result.failed == 0, mod.__name__

@@ -5,13 +5,13 @@ A *run* is one output directory::
     run/config.yaml      the resolved configuration (everything needed to rebuild the run)
     run/checkpoint.pt    model, optimizer, scheduler, AMP scaler, loss state, RNG states,
                          epoch/step (written atomically every ``train.checkpoint_every``
-                         epochs, at the end, and on Ctrl-C)
+                         epochs, at the end, and on Ctrl-C or SIGTERM)
     run/metrics.jsonl    one JSON record per epoch (loss, lr, seconds, throughput, metrics)
     run/summary.json     written when training completes
 
 :class:`EpochTrainer` owns all of it -- run directory, resolved config, atomic checkpoints,
-exact resume, the metrics log, progress, seeds, device and autocast, Ctrl-C, divergence -- and a
-pipeline only says what one step computes.
+exact resume, the metrics log, progress, seeds, device and autocast, signals, locking,
+divergence -- and a pipeline only says what one step computes.
 
 Subclass contract
 -----------------
@@ -41,13 +41,21 @@ The config is any dataclass with the shared sections ``train`` (:class:`~otcl.pi
 TrainConfig`), ``optim`` (:class:`~otcl.pipelines.config.OptimConfig`) and ``loss``
 (:class:`~otcl.pipelines.config.LossConfig`), e.g. :class:`~otcl.pipelines.config.RunConfig`.
 
-The base guarantees: a new run never overwrites an existing one (``resume=True`` continues it);
-``config.yaml`` is written before the first step; checkpoints are written atomically (temp file,
-fsync, rename); resuming from any checkpoint -- an epoch end, the end, or a Ctrl-C mid-epoch --
-continues exactly as the uninterrupted run (bit-identical weights on CPU with
-``train.deterministic``), and the metrics log is cut back to the checkpoint; the loss is read back
-to the host only every ``train.log_every`` steps; a non-finite loss stops the run with
-:class:`TrainingDiverged`; Ctrl-C saves and raises :class:`TrainingInterrupted`.
+The base guarantees (docs/reliability.md lists the test of each):
+
+* the run directory is created and probed before ``build()`` loads any data, and locked
+  (:class:`RunLock`): one writer at a time; a new run never overwrites a checkpoint;
+* ``config.yaml`` is written before the first step; checkpoints are written atomically (temp
+  file, fsync, rename) in a format read with ``torch.load(weights_only=True)`` and a SHA-256
+  check (:func:`save_checkpoint`, :func:`load_checkpoint`), never with NaN/inf weights;
+* resuming from any checkpoint -- an epoch end, the end, or a signal mid-epoch -- continues
+  exactly as the uninterrupted run (bit-identical weights on CPU with ``train.deterministic``);
+  the metrics log is cut back to the checkpoint; a resume may not change what the run is
+  (:attr:`EpochTrainer.resume_may_change`; ``train.epochs`` grows only with ``extend``);
+* SIGINT and SIGTERM during :meth:`EpochTrainer.fit` are deferred to the end of the current
+  step, then the run saves and raises :class:`TrainingInterrupted` (a second signal aborts);
+* the loss is read back to the host only every ``train.log_every`` steps; a non-finite loss,
+  embedding or weight stops the run with :class:`TrainingDiverged`.
 
 Example:
     >>> import torch
@@ -65,7 +73,8 @@ Example:
     ...         return self.loss_fn(self.model(x), self.model(x + 0.1 * noise))
     >>> cfg = RunConfig()
     >>> cfg.train.epochs, cfg.train.batch_size, cfg.optim.lr, cfg.train.progress = 2, 16, 0.1, False
-    >>>     >>> summary = Toy(cfg, tempfile.mkdtemp() + "/run").fit()
+    >>> import tempfile
+    >>> summary = Toy(cfg, tempfile.mkdtemp() + "/run").fit()
     >>> summary["epochs"]
     2
 """
