@@ -35,9 +35,13 @@ def synthetic(n_train=48, n_test=24, classes=3, seed=0, task="classification"):
     )
 
 
-@pytest.fixture
-def tiny_data():
-    return synthetic()
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster than two on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
