@@ -12,6 +12,7 @@ from otcl.pipelines.multimodal.robustness import (
     encode_all,
     evaluate_robustness,
     joint_of,
+    predictor_probe,
     ridge_probe,
     subsets,
 )
@@ -67,7 +68,7 @@ def test_drop_vs_zero_fill(make_data):
     torch.testing.assert_close(joint_of(model, z, data.modalities), model(dict(data.test)))
 
 
-def _nearest_class_probe(train_joint, train_y):
+def _nearest_class(train_joint, train_y):
     centers = torch.stack([train_joint[train_y == c].mean(0) for c in range(3)])
     return lambda f: (f @ centers.T).argmax(1)
 
@@ -76,7 +77,13 @@ def _nearest_class_probe(train_joint, train_y):
 def test_evaluate_robustness_classification(make_data, missing):
     data = make_data()
     model = _model(data)
-    res = evaluate_robustness(model, data, _nearest_class_probe, missing=missing, snr_db=[5.0])
+    res = evaluate_robustness(
+        model,
+        data,
+        predictor_probe(_nearest_class, "classification"),
+        missing=missing,
+        snr_db=[5.0],
+    )
     assert [r["name"] for r in res["subsets"]] == [
         "vec",
         "seq",
@@ -91,7 +98,7 @@ def test_evaluate_robustness_classification(make_data, missing):
     # an independent computation of one subset's accuracy
     z = encode_all(model, dict(data.test))
     ztr = encode_all(model, dict(data.train))
-    probe = _nearest_class_probe(joint_of(model, ztr, data.modalities), data.train_y)
+    probe = _nearest_class(joint_of(model, ztr, data.modalities), data.train_y)
     if missing == "drop":
         acc = float((probe(joint_of(model, z, ["seq"])) == data.test_y).double().mean())
         assert res["subsets"][1]["metrics"]["accuracy"] == pytest.approx(acc)
@@ -106,7 +113,7 @@ def test_evaluate_robustness_classification(make_data, missing):
 def test_evaluate_robustness_regression_and_no_labels(make_data):
     data = make_data(task="regression")
     model = _model(data)
-    res = evaluate_robustness(model, data, ridge_probe)
+    res = evaluate_robustness(model, data, predictor_probe(ridge_probe, "regression"))
     assert set(res["subsets"][0]["metrics"]) == {"mae", "corr", "acc2", "f1"}
     res = evaluate_robustness(model, data, None)
     assert res["subsets"][0]["metrics"] == {} and res["noise"] == []

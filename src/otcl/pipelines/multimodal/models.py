@@ -7,8 +7,9 @@ r"""One encoder per modality into a shared space, and a joint representation of 
                                                     w = softmax_m(a(z_m))  (fusion="attention")
 
 Encoders by modality kind: ``vector`` -> :class:`MLPEncoder`, ``sequence`` ->
-:class:`SequenceEncoder` (GRU, GMC's MOSEI processors, or a 1-D convolution), ``image`` -> the
-image pipeline's small CNN (:class:`otcl.models.SmallCNN`) and a linear layer. The shared head
+:class:`SequenceEncoder` (GRU, GMC's MOSEI processors, or a 1-D convolution), ``image`` ->
+:class:`PatchEncoder` (the image pipeline's small CNN, :class:`otcl.models.SmallCNN`, and a linear
+layer; or an MLP of the pixels for tiny patches). The shared head
 (GMC's "common encoder") maps every modality into one latent space.
 
 A missing modality is ``None`` (or absent) in the input dict: it is **dropped**, so the joint
@@ -35,10 +36,12 @@ __all__ = [
     "build_model",
     "FUSIONS",
     "SEQ_ARCHS",
+    "IMAGE_ARCHS",
 ]
 
 FUSIONS = ("mean", "attention")
 SEQ_ARCHS = ("gru", "conv")
+IMAGE_ARCHS = ("cnn", "mlp")
 
 
 class MLPEncoder(nn.Module):
@@ -84,15 +87,31 @@ class SequenceEncoder(nn.Module):
 
 
 class PatchEncoder(nn.Module):
-    """(B, C, H, W) -> (B, out): the image pipeline's :class:`~otcl.models.SmallCNN` + linear."""
+    """(B, C, H, W) -> (B, out): the image pipeline's :class:`~otcl.models.SmallCNN` + linear,
+    or (``arch="mlp"``) an :class:`MLPEncoder` of the flattened pixels (for tiny patches such as
+    digits' 4 x 4 quadrants, where it is about 10x faster on a CPU than the CNN)."""
 
-    def __init__(self, in_channels: int, dim_out: int, width: int = 16) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        hidden: int,
+        dim_out: int,
+        width: int = 16,
+        arch: str = "cnn",
+    ) -> None:
         super().__init__()
-        self.cnn = SmallCNN(in_channels, width)
-        self.out = nn.Linear(self.cnn.feature_dim, dim_out)
+        if arch not in IMAGE_ARCHS:
+            raise ValueError(f"image_arch: expected one of {', '.join(IMAGE_ARCHS)}, got {arch!r}")
+        self.arch = arch
+        if arch == "cnn":
+            cnn = SmallCNN(shape[0], width)
+            self.net: nn.Module = nn.Sequential(cnn, nn.Linear(cnn.feature_dim, dim_out))
+        else:
+            c, h, w = shape
+            self.net = nn.Sequential(nn.Flatten(), MLPEncoder(c * h * w, hidden, dim_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.cnn(x))
+        return self.net(x)
 
 
 class MultimodalModel(nn.Module):
@@ -176,6 +195,7 @@ def build_model(
     latent: int = 32,
     fusion: str = "mean",
     seq_arch: str = "gru",
+    image_arch: str = "cnn",
     width: int = 16,
 ) -> MultimodalModel:
     """A :class:`MultimodalModel` with one encoder per modality, chosen by its kind.
@@ -184,7 +204,8 @@ def build_model(
         shapes: modality -> per-sample input shape (D,), (T, D) or (C, H, W).
         kinds: modality -> ``vector`` | ``sequence`` | ``image``.
         hidden: encoder output and shared-head width; latent: shared-space width d.
-        seq_arch: ``gru`` or ``conv`` for sequences; width: channels of the image CNN.
+        seq_arch: ``gru`` or ``conv`` for sequences.
+        image_arch: ``cnn`` or ``mlp`` for images; width: channels of the image CNN.
     """
     for name, v in (("hidden", hidden), ("latent", latent), ("width", width)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -197,7 +218,7 @@ def build_model(
         elif kind == "sequence":
             enc[m] = SequenceEncoder(shape[-1], hidden, hidden, seq_arch)
         elif kind == "image":
-            enc[m] = PatchEncoder(shape[0], hidden, width)
+            enc[m] = PatchEncoder(shape, hidden, hidden, width, image_arch)  # type: ignore[arg-type]
         else:
             raise ValueError(f"kinds[{m!r}]: expected vector, sequence or image, got {kind!r}")
     return MultimodalModel(enc, hidden, latent, fusion)

@@ -44,12 +44,19 @@ __all__ = [
     "encode_all",
     "joint_of",
     "ridge_probe",
+    "predictor_probe",
     "evaluate_robustness",
     "MISSING",
+    "Scorer",
+    "ProbeFactory",
 ]
 
 MISSING = ("drop", "zero")
-Probe = Callable[[torch.Tensor], torch.Tensor]
+#: test features (M, d) -> metrics
+Scorer = Callable[[torch.Tensor], dict[str, float]]
+#: (train features (N, d), train labels (N,), test labels (M,)) -> scorer of test features
+ProbeFactory = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Scorer]
+Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 
 def subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:
@@ -125,7 +132,7 @@ def joint_of(
 
 def ridge_probe(
     train_features: torch.Tensor, train_targets: torch.Tensor, alpha: float = 1.0
-) -> Probe:
+) -> Predictor:
     r"""Ridge regression on standardised features: :math:`w = (X^\top X + \alpha I)^{-1} X^\top y`.
 
     Returns the prediction function (N, d) -> (N,). Solved in float64 in closed form.
@@ -146,16 +153,28 @@ def ridge_probe(
     return predict
 
 
-def _score(task: str, pred: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    if task == "classification":
-        return {"accuracy": accuracy(pred.cpu(), y.cpu())}
-    return sentiment_metrics(pred, y)
+def predictor_probe(
+    fit: Callable[[torch.Tensor, torch.Tensor], Predictor], task: str
+) -> ProbeFactory:
+    """A :data:`ProbeFactory` from ``fit(train_features, train_y) -> predict``.
+
+    The scorer reports ``{"accuracy"}`` of predicted classes (``task="classification"``) or
+    :func:`~.metrics.sentiment_metrics` of predicted values (``"regression"``).
+    """
+
+    def factory(ftr: torch.Tensor, ytr: torch.Tensor, yte: torch.Tensor) -> Scorer:
+        predict = fit(ftr, ytr)
+        if task == "classification":
+            return lambda f: {"accuracy": accuracy(predict(f).cpu(), yte.cpu())}
+        return lambda f: sentiment_metrics(predict(f), yte)
+
+    return factory
 
 
 def evaluate_robustness(
     model: MultimodalModel,
     data: MultimodalData,
-    fit_probe: Callable[[torch.Tensor, torch.Tensor], Probe] | None,
+    probe: ProbeFactory | None,
     *,
     missing: str = "drop",
     snr_db: Sequence[float] = (),
@@ -167,8 +186,9 @@ def evaluate_robustness(
     Args:
         model: the trained model (its device is used; it is left in its mode).
         data: the dataset; labels are needed for the probe metrics (none: retrieval only).
-        fit_probe: ``fit_probe(train_joint, train_y) -> predict`` (predict maps (N, d) joint
-            features to class ids or real values); ``None`` skips the probe metrics.
+        probe: ``probe(train_joint, train_y, test_y) -> scorer``, the scorer mapping test joint
+            features (M, d) to metrics (:func:`predictor_probe` makes one from a predictor);
+            ``None`` (or a dataset without labels) skips the probe metrics.
         missing: ``"drop"`` or ``"zero"``.
         snr_db: signal-to-noise ratios (dB) of the noise evaluation; empty = none.
     Returns:
@@ -187,14 +207,12 @@ def evaluate_robustness(
     zero = None
     if missing == "zero":
         zero = encode_all(model, {m: torch.zeros_like(v) for m, v in data.test.items()}, **enc)
-    probe = None
-    if fit_probe is not None and data.task is not None:
-        probe = fit_probe(joint_of(model, ztr, mods), data.train_y)  # type: ignore[arg-type]
+    scorer: Scorer | None = None
+    if probe is not None and data.task is not None:
+        scorer = probe(joint_of(model, ztr, mods), data.train_y, data.test_y)  # type: ignore[arg-type]
 
     def metrics_of(joint: torch.Tensor) -> dict[str, float]:
-        if probe is None:
-            return {}
-        return _score(data.task, probe(joint), data.test_y)  # type: ignore[arg-type]
+        return {} if scorer is None else scorer(joint)
 
     rows = []
     joints = {s: joint_of(model, zte, s, zero_latents=zero) for s in subsets(mods)}
