@@ -1,0 +1,148 @@
+r"""Probes of frozen representations, shared by the pipelines: weighted kNN and a linear probe.
+
+* **kNN** (Wu et al. 2018, as lightly's ``knn_predict``): cosine similarity between L2-normalised
+  test and train features, the ``k`` nearest train samples vote for their class with weight
+  :math:`\exp(s/t)`; defaults ``k=200``, ``t=0.1``.
+* **Linear probe**: a linear classifier on frozen features, standardised with the train
+  statistics, trained with SGD (momentum 0.9, cosine learning rate). The reported accuracy is the
+  test accuracy **after the final epoch** -- never the best epoch on the test set (the GCA code's
+  pitfall).
+
+Both take feature tensors, so any pipeline (images, text, audio) can use them on whatever its
+encoder produces.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["knn_predict", "knn_accuracy", "linear_probe", "LinearProbeResult"]
+
+
+@torch.no_grad()
+def knn_predict(
+    test_features: torch.Tensor,
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    num_classes: int,
+    k: int = 200,
+    t: float = 0.1,
+    chunk: int = 1024,
+) -> torch.Tensor:
+    r"""Predicted classes (M,) by similarity-weighted kNN votes.
+
+    Args:
+        test_features: (M, D); train_features: (N, D); train_labels: (N,) int in [0, C).
+        k: neighbours (clipped to N); t: temperature of the vote weights :math:`e^{s/t}`.
+    """
+    if k < 1:
+        raise ValueError(f"k: expected an integer >= 1, got {k!r}")
+    if t <= 0:
+        raise ValueError(f"t: expected a temperature > 0, got {t!r}")
+    if train_features.shape[0] != train_labels.shape[0]:
+        raise ValueError(
+            f"train_labels: expected {train_features.shape[0]} labels (one per train feature), "
+            f"got {train_labels.shape[0]}"
+        )
+    k = min(k, train_features.shape[0])
+    bank = F.normalize(train_features.float(), dim=1)
+    labels = train_labels.to(bank.device)
+    preds = []
+    for s in range(0, test_features.shape[0], chunk):
+        q = F.normalize(test_features[s : s + chunk].float().to(bank.device), dim=1)
+        sim = q @ bank.T
+        w, idx = sim.topk(k, dim=1)
+        w = (w / t).exp()
+        votes = torch.zeros(q.shape[0], num_classes, device=bank.device)
+        votes.scatter_add_(1, labels[idx], w)
+        preds.append(votes.argmax(1))
+    return torch.cat(preds)
+
+
+def knn_accuracy(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    k: int = 200,
+    t: float = 0.1,
+) -> float:
+    """Top-1 accuracy of :func:`knn_predict` on the test set."""
+    pred = knn_predict(test_features, train_features, train_labels, num_classes, k, t)
+    return (pred.cpu() == test_labels.cpu()).float().mean().item()
+
+
+@dataclass
+class LinearProbeResult:
+    """Final-epoch test accuracy, the final train accuracy and the per-epoch history."""
+
+    test_accuracy: float
+    train_accuracy: float
+    history: list[dict[str, float]]
+
+
+def linear_probe(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    *,
+    epochs: int = 100,
+    lr: float = 0.1,
+    batch_size: int = 512,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    progress: bool = False,
+) -> LinearProbeResult:
+    """Train a linear classifier on frozen features; report the accuracy after the last epoch."""
+    if epochs < 1:
+        raise ValueError(f"epochs: expected an integer >= 1, got {epochs!r}")
+    dev = train_features.device
+    mean = train_features.mean(0, keepdim=True)
+    std = train_features.std(0, keepdim=True).clamp_min(1e-6)
+    xtr = (train_features - mean) / std
+    xte = (test_features.to(dev) - mean) / std
+    ytr, yte = train_labels.to(dev), test_labels.to(dev)
+    gen = torch.Generator().manual_seed(seed)
+    clf = nn.Linear(xtr.shape[1], num_classes).to(dev)
+    with torch.no_grad():
+        w = torch.randn(clf.weight.shape, generator=gen) * 0.01
+        clf.weight.copy_(w.to(dev))
+        clf.bias.zero_()
+    opt = torch.optim.SGD(clf.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    n = xtr.shape[0]
+    steps = max(1, (n + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
+    history: list[dict[str, float]] = []
+    epochs_iter = range(epochs)
+    if progress and sys.stderr.isatty():
+        try:
+            from tqdm.auto import tqdm
+
+            epochs_iter = tqdm(epochs_iter, desc="linear probe", leave=False, unit="ep")
+        except ImportError:
+            pass
+    for epoch in epochs_iter:
+        perm = torch.randperm(n, generator=gen).to(dev)
+        total = 0.0
+        for s in range(0, n, batch_size):
+            idx = perm[s : s + batch_size]
+            loss = F.cross_entropy(clf(xtr[idx]), ytr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.detach() * idx.numel()
+        if epoch == epochs - 1 or (epoch + 1) % max(1, epochs // 10) == 0:
+            history.append({"epoch": epoch + 1, "loss": float(total) / n})
+    with torch.no_grad():
+        test_acc = (clf(xte).argmax(1) == yte).float().mean().item()
+        train_acc = (clf(xtr).argmax(1) == ytr).float().mean().item()
+    return LinearProbeResult(test_acc, train_acc, history)
