@@ -113,7 +113,6 @@ def test_dmm_mixing_mixes_each_modality_alone_with_gradients(make_data):
     x = _batch(data)
     dmm = build("dmm", base="infonce", layout="cross", lam_range=(0.6, 0.6), warmup=0, seed=0)
     out = MultimodalObjective(dmm, "joint", dmm_mix="input").terms(model, x)
-    assert dmm.last_lam == pytest.approx(0.6) and dmm.last_margin == pytest.approx(0.12)
     # the term equals the hinge of the re-encoded, per-modality mixed inputs (reversed partner)
     z = model.encode(x)
     joint = model.fuse(z)
