@@ -38,6 +38,7 @@ def test_train_evaluates_and_writes_the_run(tmp_path, make_data):
     t = MultimodalTrainer(mm_config(), tmp_path / "run", data=data)
     summary = t.fit()
     assert t.loss_fn.layout == "cross" and t.loss_fn.temperature == 0.3  # pipeline defaults
+    assert isinstance(t.optimizer, torch.optim.Adam)
     assert {"full_accuracy", "missing_accuracy", "R@1", "R@10", "medR"} <= set(summary)
     report = json.loads((tmp_path / "run" / "robustness.json").read_text())
     assert len(report["subsets"]) == 7 and report["missing"] == "drop"
@@ -201,7 +202,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys, args, match):
 
 def test_presets_and_loss_defaults():
     cfg = resolve(MultimodalConfig())
-    assert cfg.model.image_arch == "mlp" and cfg.train.epochs == 30
+    assert cfg.model.image_arch == "mlp" and cfg.train.epochs == 30 and cfg.train.threads == 1
+    assert cfg.optim.optimizer == "adam" and cfg.optim.lr == 1e-3
     assert cfg.loss.params == {"layout": "cross", "temperature": 0.3}
     cfg = MultimodalConfig()
     cfg.loss.name, cfg.loss.params = "dmm", {"base": "gca-uot", "temperature": 0.5}
