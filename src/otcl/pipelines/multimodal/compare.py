@@ -320,12 +320,18 @@ def plot_results(results: dict[str, Any], out: Path) -> list[Path]:
     rows = [r for r in vs[0]["subsets"] if key in r]
     idx = [i for i, r in enumerate(vs[0]["subsets"]) if key in r]
     width = 0.8 / len(vs)
-    fig, ax = plt.subplots(figsize=(max(7, 0.55 * len(rows) * len(vs) ** 0.5 + 3), 4.2))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.5 * len(rows) + 2.5), 4.2))
+    lows, highs = [], []
     for j, v in enumerate(vs):
         means = [100 * v["subsets"][i][key]["mean"] for i in idx]
         stds = [100 * v["subsets"][i][key]["std"] for i in idx]
         xs = [i + (j - (len(vs) - 1) / 2) * width for i in range(len(rows))]
         ax.bar(xs, means, width, yerr=stds, capsize=2, label=v["variant"])
+        lows += [m - s for m, s in zip(means, stds, strict=True) if not math.isnan(m)]
+        highs += [m + s for m, s in zip(means, stds, strict=True) if not math.isnan(m)]
+    if lows:  # zoom on the bars: differences between variants are small next to the level
+        span = max(highs) - min(lows)
+        ax.set_ylim(max(0.0, min(lows) - 0.15 * span - 1), min(100.0, max(highs) + 0.1 * span + 1))
     ax.set_xticks(range(len(rows)), [r["name"] for r in rows], rotation=40, ha="right", fontsize=8)
     ylabel = f"test {primary} (%)" if primary else "R@1 (%), missing from present"
     ax.set_ylabel(ylabel)
