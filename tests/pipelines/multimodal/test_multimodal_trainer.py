@@ -112,91 +112,42 @@ def _npz(tmp_path, n=40):
     return tmp_path / "f.npz"
 
 
+SMALL = "--epochs 2 --batch-size 8 --no-progress --set model.hidden=8 --set model.latent=4"
+
+
+def _mm(verb: str, f, extra: str) -> int:
+    """``otcl multimodal VERB`` on the npz file ``f`` with tiny settings and ``extra`` flags."""
+    return cli.main(["multimodal", verb, "--dataset", "npz", "--data-dir", str(f),
+                     *SMALL.split(), *extra.split()])  # fmt: skip
+
+
 def test_cli_train_eval_compare(tmp_path, capsys):
     f = _npz(tmp_path)
-    small = [
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-        "--no-progress",
-        "--set",
-        "model.hidden=8",
-        "--set",
-        "model.latent=4",
-    ]
-    rc = cli.main(
-        [
-            "multimodal",
-            "train",
-            "--dataset",
-            "npz",
-            "--data-dir",
-            str(f),
-            "--loss",
-            "gca-uot",
-            "--out",
-            str(tmp_path / "run"),
-            *small,
-        ]
-    )
-    assert rc == 0 and (tmp_path / "run" / CHECKPOINT).exists()
+    assert _mm("train", f, f"--loss gca-uot --out {tmp_path / 'run'}") == 0
+    assert (tmp_path / "run" / CHECKPOINT).exists()
     assert "pairwise R@1" in capsys.readouterr().out
     rc = cli.main(["multimodal", "eval", str(tmp_path / "run"), "--snr-db", "0,10"])
     out = capsys.readouterr().out
     assert rc == 0 and "| video+text |" in out
-    rc = cli.main(
-        [
-            "multimodal",
-            "compare",
-            "--dataset",
-            "npz",
-            "--data-dir",
-            str(f),
-            "--losses",
-            "infonce",
-            "--dmm",
-            "on",
-            "--seeds",
-            "1",
-            "--no-plot",
-            "--out",
-            str(tmp_path / "cmp"),
-            *small,
-        ]
-    )
-    assert rc == 0 and "infonce+dmm" in capsys.readouterr().out
+    extra = f"--losses infonce --dmm on --seeds 1 --no-plot --out {tmp_path / 'cmp'}"
+    assert _mm("compare", f, extra) == 0
+    assert "infonce+dmm" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
-    "args, match",
+    "extra, match",
     [
-        (["--modalities", "video+audio"], "f.npz: array 'audio' is missing"),
-        (["--loss", "nope"], "nope"),
-        (["--objective", "joint", "--set", "model.fusion=max"], "model.fusion: expected one of"),
-        (["--loss-param", "nope=0.3"], "nope"),
+        ("--modalities video+audio", "f.npz: array 'audio' is missing"),
+        ("--loss nope", "nope"),
+        ("--set model.fusion=max", "model.fusion: expected one of"),
+        ("--loss-param nope=0.3", "nope"),
     ],
 )
-def test_cli_errors_are_one_line(tmp_path, capsys, args, match):
+def test_cli_errors_are_one_line(tmp_path, capsys, extra, match):
     f = _npz(tmp_path)
-    rc = cli.main(
-        [
-            "multimodal",
-            "train",
-            "--dataset",
-            "npz",
-            "--data-dir",
-            str(f),
-            "--epochs",
-            "1",
-            "--no-progress",
-            "--out",
-            str(tmp_path / "r"),
-            *args,
-        ]
-    )
+    assert _mm("train", f, f"{extra} --out {tmp_path / 'r'}") == 2
     err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("otcl: error:") and match in err
+    assert err.startswith("otcl: error:") and match in err
     assert err.count("\n") == 1 and "Traceback" not in err
 
 

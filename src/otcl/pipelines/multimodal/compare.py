@@ -31,7 +31,7 @@ import torch
 from ... import __version__
 from ...losses import available
 from ..config import save_config
-from ..run import CHECKPOINT, SUMMARY, atomic_write_text, load_checkpoint
+from ..run import CHECKPOINT, SUMMARY, atomic_write_text, load_checkpoint, pick_device
 from .config import MultimodalConfig, resolve
 from .trainer import ROBUSTNESS, MultimodalTrainer, load_data, variant_name
 
@@ -225,9 +225,6 @@ def _aggregate(base: MultimodalConfig, names: list[str], runs, data) -> dict[str
                 "runs": [{"seed": r["seed"], "dir": r["dir"], **r["summary"]} for r in rs],
             }
         )
-    dev = str(base.train.device)
-    if dev == "auto":
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
     return {
         "dataset": base.data.dataset,
         "data": repr(data),
@@ -238,7 +235,7 @@ def _aggregate(base: MultimodalConfig, names: list[str], runs, data) -> dict[str
         "probe": base.eval.probe or ("knn" if task == "classification" else "ridge"),
         "epochs": base.train.epochs,
         "batch_size": base.train.batch_size,
-        "device": dev,
+        "device": pick_device(base.train.device).type,
         "torch": torch.__version__,
         "otcl": __version__,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
