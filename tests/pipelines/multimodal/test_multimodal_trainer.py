@@ -162,3 +162,29 @@ def test_presets_and_loss_defaults():
     cfg = resolve(cfg)
     assert cfg.loss.params["warmup"] == 12.0 and cfg.loss.params["temperature"] == 0.5
     assert cfg.model.latent == 60
+
+
+def test_cli_on_a_mosei_pickle_reports_gmc_metrics(tmp_path, capsys):
+    """Sequences through GRUs, sentiment labels through the ridge probe and GMC's metrics."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        y = rng.uniform(-3, 3, size=(n, 1, 1)).astype(np.float32)
+        feats = {m: rng.normal(size=(n, 5, d)).astype(np.float32) + y for m, d in
+                 (("text", 6), ("audio", 4), ("vision", 3))}  # fmt: skip
+        return {**feats, "labels": y}
+
+    raw = {"train": split(32), "valid": split(4), "test": split(16)}
+    (tmp_path / "mosei_senti_data.pkl").write_bytes(pickle.dumps(raw))
+    rc = cli.main(["multimodal", "train", "--dataset", "mosei", "--data-dir", str(tmp_path),
+                   "--out", str(tmp_path / "run"), *SMALL.split()])  # fmt: skip
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "full_mae" in out and "missing_acc2" in out
+    report = json.loads((tmp_path / "run" / "robustness.json").read_text())
+    names = [r["name"] for r in report["subsets"]]
+    assert names == ["text", "audio", "vision", "text+audio", "text+vision", "audio+vision",
+                     "text+audio+vision"]  # fmt: skip
+    assert set(report["subsets"][0]["metrics"]) == {"mae", "corr", "acc2", "f1"}
