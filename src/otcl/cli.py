@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -37,28 +37,42 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in PIPELINES:
         importlib.import_module(module).add_parser(sub)
-    p = sub.add_parser("losses", help="list the losses and their parameters")
+    p = sub.add_parser(
+        "losses",
+        help="list the losses and their parameters",
+        description="Without NAME: every loss with its parameters and defaults. With NAME: that "
+        "loss's parameters, defaults, and when each applies (a parameter given where it does not "
+        "apply is an error).",
+    )
+    p.add_argument("name", nargs="?", metavar="NAME", help="one loss, e.g. gca-uot")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_losses)
     return parser
 
 
 def cmd_losses(args: argparse.Namespace) -> int:
-    from .losses import available, get, parameters
+    from .losses import available, describe
 
-    info = {}
-    for name in available():
-        params = {
-            k: (None if v is inspect.Parameter.empty else v) for k, v in parameters(name).items()
-        }
-        doc = (get(name).__doc__ or "").strip().splitlines()
-        info[name] = {"summary": doc[0] if doc else "", "parameters": params}
+    names = [args.name] if args.name else available()
+    info = {name: describe(name) for name in names}  # an unknown NAME: ValueError -> one line
     if args.json:
-        print(json.dumps(info, indent=2, default=repr))
+        print(json.dumps(info if not args.name else info[args.name], indent=2, default=repr))
         return 0
     for name, d in info.items():
         print(f"{name}: {d['summary']}")
-        print("    " + ", ".join(f"{k}={v!r}" for k, v in d["parameters"].items()))
+        params = d["parameters"]
+        if not args.name:
+            print("    " + ", ".join(f"{k}={v['default']!r}" for k, v in params.items()))
+            continue
+        if d["base"]:
+            print(f"    (its own parameters, then those of its base loss, default {d['base']!r})")
+        width = max(len(k) for k in params)
+        for k, v in params.items():
+            cond = v["applies_when"]
+            when = "" if cond == "always" else f"   only with {cond}"
+            if cond.startswith("never"):
+                when = f"   {cond}"
+            print(f"    {k:<{width}}  {v['default']!r}{when}")
     return 0
 
 
@@ -87,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("otcl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `otcl losses | head`: the reader left, nothing to report
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the interpreter flushes it at exit)
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

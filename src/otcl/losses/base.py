@@ -90,7 +90,8 @@ class OTContrastiveLoss(ContrastiveLoss):
             ``iters`` iterations.
         self_pair: ``"mask"`` (default) or ``"max_cost"`` (official GCA/IOT code), simclr only.
         clip_min: clamp cosine similarities from below (official GCA code: 1e-7); off by default.
-        check_inputs: check embeddings for NaN/Inf (one host sync per call; True).
+        check_inputs: refuse NaN/Inf embeddings and, for cosine similarity, zero rows (one
+            host sync per call; True).
 
     Call:
         ``loss(z1, z2, labels=None, target=None, *, negatives=None) -> scalar``, with ``z1``,
@@ -373,8 +374,9 @@ class OTContrastiveLoss(ContrastiveLoss):
     def _check_call(
         self, z1: torch.Tensor, z2: torch.Tensor, negatives: torch.Tensor | None
     ) -> None:
-        check_embeddings(z1, z2, check_values=self.check_inputs)
-        check_negatives(negatives, z1, check_values=self.check_inputs)
+        cosine = self.similarity == "cosine"
+        check_embeddings(z1, z2, check_values=self.check_inputs, nonzero_rows=cosine)
+        check_negatives(negatives, z1, check_values=self.check_inputs, nonzero_rows=cosine)
 
     def coupling(
         self, z1: torch.Tensor, z2: torch.Tensor, negatives: torch.Tensor | None = None

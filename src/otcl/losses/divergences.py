@@ -33,7 +33,16 @@ import torch.nn.functional as F
 
 from ..ot.sinkhorn import SinkhornOutput
 
-__all__ = ["RowView", "cross_entropy", "plan_cross_entropy", "plan_rince", "rince", "row_view"]
+__all__ = [
+    "RINCE_MAX_EXPONENT",
+    "RowView",
+    "cross_entropy",
+    "plan_cross_entropy",
+    "plan_rince",
+    "rince",
+    "rince_rows",
+    "row_view",
+]
 
 
 def _log_positive(log_p: torch.Tensor, target: torch.Tensor | None, pos: torch.Tensor | None):
@@ -79,13 +88,36 @@ def rince(
         scalar.
     """
     log_pos = _log_positive(log_kv, target, pos)
-    return _rince_rows(log_pos, torch.logsumexp(log_kv, dim=-1), q, lam)
+    return rince_rows(log_pos, torch.logsumexp(log_kv, dim=-1), q, lam)
 
 
-def _rince_rows(log_pos: torch.Tensor, lse: torch.Tensor, q: float, lam: float) -> torch.Tensor:
-    r"""Mean over rows of :math:`-e^{q \log pos}/q + (\lambda e^{lse})^q/q`."""
-    log_all = lse + math.log(lam)
-    return (-(q * log_pos).exp() / q + (q * log_all).exp() / q).mean()
+#: largest exponent a RINCE term may reach unscaled, per dtype (e^60 ~ 1e26 in float32/bf16;
+#: e^600 in float64): beyond it the terms are scaled, see :func:`rince_rows`
+RINCE_MAX_EXPONENT = {torch.float64: 600.0}
+_RINCE_MAX_EXPONENT_DEFAULT = 60.0
+
+
+def rince_rows(log_pos: torch.Tensor, lse: torch.Tensor, q: float, lam: float) -> torch.Tensor:
+    r"""Mean over rows of :math:`-e^{q\,\mathrm{lp}_i}/q + (\lambda e^{\mathrm{lse}_i})^q/q`,
+    computed from its logarithms.
+
+    The two terms are :math:`e^{a_i}/q` and :math:`e^{b_i}/q` with :math:`a = q\,\mathrm{lp}`,
+    :math:`b = q(\mathrm{lse} + \log\lambda)`. With scores :math:`s/\varepsilon` these exponents
+    reach :math:`q/\varepsilon` (600 at :math:`\varepsilon = 10^{-3}`, q = 0.6): RINCE's value
+    and gradient then exceed every floating-point range and a direct evaluation gives
+    ``inf - inf = NaN``. Where the largest exponent :math:`c^* = \max_i \max(a_i, b_i)` exceeds
+    :data:`RINCE_MAX_EXPONENT` (60 for float32, the usual case only below
+    :math:`\varepsilon \approx 0.01`), the batch's terms are multiplied by the constant
+    :math:`e^{-(c^* - 60)}` (not differentiated): a finite value and the same descent direction
+    (RINCE's relative weighting of the rows is kept; only the step size of that batch shrinks).
+    Below the threshold, the value is exactly RINCE's.
+    """
+    a = q * log_pos
+    b = q * (lse + math.log(lam))
+    limit = RINCE_MAX_EXPONENT.get(a.dtype, _RINCE_MAX_EXPONENT_DEFAULT)
+    top = torch.maximum(a.detach().amax(), b.detach().amax())
+    shift = (top - limit).clamp_min(0.0)  # 0 in the usual regime: exactly RINCE
+    return ((b - shift).exp() - (a - shift).exp()).mean() / q
 
 
 class RowView(NamedTuple):
@@ -153,4 +185,4 @@ def plan_rince(
     rows = row_view(out, target, pos) if rows is None else rows
     if rows is None:
         return rince(out.log_plan - out.f.unsqueeze(-1), target, pos, q=q, lam=lam)
-    return _rince_rows(rows.log_pos, rows.lse, q, lam)
+    return rince_rows(rows.log_pos, rows.lse, q, lam)

@@ -44,10 +44,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._validation import check_choice, check_embeddings, check_nonneg
+from ..ot.geometry import unit_rows
 from .mixing import PARTNERS, Mixed, draw_mix, first_tensor, mix
 from .pair_losses import PAIR_LOSSES, min_triplet, vse_hinge
 from .registry import register
@@ -361,7 +361,7 @@ class DMM(LossWrapper):
 
     def _repel(self, anchors: torch.Tensor, positives: torch.Tensor, lam: float) -> torch.Tensor:
         cap = 1.0 - (1.0 - lam) * self.margin
-        cos = F.cosine_similarity(anchors, positives, dim=-1)
+        cos = (unit_rows(anchors) * unit_rows(positives)).sum(-1)
         return torch.relu(cos - cap).mean()
 
     def dmm_term(

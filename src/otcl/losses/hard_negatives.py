@@ -97,7 +97,8 @@ class HardNegativeLoss(ContrastiveLoss):
             ``"cross"`` (view-1 anchors against view-2 candidates, N - 1 negatives).
         similarity: ``"cosine"`` (default, as the official code) or ``"dot"``.
         symmetric: in the ``"cross"`` layout average both directions (as ``infonce``; True).
-        check_inputs: check embeddings for NaN/Inf (one host sync per call; True).
+        check_inputs: refuse NaN/Inf embeddings and, for cosine similarity, zero rows (one
+            host sync per call; True).
 
     Call:
         ``loss(z1, z2, labels=None, target=None, *, negatives=None) -> scalar`` with ``z1``,
@@ -240,8 +241,9 @@ class HardNegativeLoss(ContrastiveLoss):
         target: torch.Tensor | None,
         negatives: torch.Tensor | None,
     ) -> None:
-        check_embeddings(z1, z2, check_values=self.check_inputs)
-        check_negatives(negatives, z1, check_values=self.check_inputs)
+        cosine = self.similarity == "cosine"
+        check_embeddings(z1, z2, check_values=self.check_inputs, nonzero_rows=cosine)
+        check_negatives(negatives, z1, check_values=self.check_inputs, nonzero_rows=cosine)
         if target is not None:
             raise ValueError(
                 f"target: custom target plans are not supported by {type(self).__name__}; "

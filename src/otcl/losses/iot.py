@@ -50,52 +50,44 @@ _RELAX = {"none": "balanced", "row": "rows", "both": "mass"}
 
 
 class _Uniformity(torch.autograd.Function):
-    r""":func:`uniformity_penalty` in one exp pass, with a closed-form backward.
+    r""":func:`uniformity_penalty` in log space, with a closed-form backward.
 
     With :math:`L = \mathrm{LSE}(\log P)`, :math:`L_- = \mathrm{LSE}_{\mathcal N}(\log P)`,
     :math:`\Sigma = \sum_{\mathcal N} \log P` and :math:`c = |\mathcal N|`:
     :math:`\log m = L_- - L - \log c` and the penalty is
-    :math:`e^{\log m}\,(c\log m - \Sigma + cL)`. Autograd through the formula keeps several
-    n x m temporaries and takes three exp passes; here one :math:`E = e^{\log P - \max}`
-    gives :math:`L`, :math:`L_-` and the gradient
-    :math:`E\,(k_1 1_{\mathcal N} + k_2) + k_3 1_{\mathcal N}`.
+    :math:`e^{\log m}\,(c\log m - \Sigma + cL)`. Both log-sum-exps are taken directly, so a plan
+    whose negative mass underflows (tiny temperatures: a near-permutation) gives the tiny true
+    value, not ``0 * inf``. With :math:`\hat P = e^{\log P - L}` and
+    :math:`\hat P_- = 1_{\mathcal N} e^{\log P - L_-}` the gradient is
+    :math:`\gamma \hat P_- + (mc - \gamma)\hat P - m 1_{\mathcal N}`,
+    :math:`\gamma = \partial\,\mathrm{pen}/\partial \log m = m(c\log m - \Sigma + cL + c)`
+    (0 with ``detach_mean``): no n x m temporaries kept but the log-plan itself.
     """
 
     @staticmethod
     def forward(ctx, log_plan, negatives, detach_mean):
         lp = log_plan.detach()
-        # float 0/1 weights: masked sums by multiplication (bool-float ops convert per pass)
-        w = negatives.to(lp.dtype)
         count = torch.count_nonzero(negatives).to(lp.dtype)
-        top = lp.amax()
-        shifted = lp - top
-        E = shifted.exp()
-        total = E.sum()
-        # sum of log P over the negatives, centred at the max (smaller rounding error);
-        # -inf entries (never negatives) -> 0 so that 0 * entry stays 0
-        neg_sum = shifted.nan_to_num_(neginf=0.0).mul_(w).sum()
-        neg_mass = torch.mul(E, w, out=shifted).sum()  # reuses the buffer
-        del shifted
-        log_m = neg_mass.log() - total.log() - count.log()
+        total = torch.logsumexp(lp.flatten(), 0)
+        neg = lp.masked_fill(~negatives, float("-inf"))
+        neg_total = torch.logsumexp(neg.flatten(), 0)
+        neg_sum = neg.masked_fill_(~negatives, 0.0).sum()  # -inf entries are never negatives
+        del neg
+        log_m = neg_total - total - count.log()
         mean = log_m.exp()
-        bracket = count * log_m - neg_sum + count * total.log()
-        ctx.save_for_backward(E, w, total, neg_mass, count, mean, bracket)
+        bracket = count * log_m - neg_sum + count * total
+        ctx.save_for_backward(lp, negatives, total, neg_total, count, mean, bracket)
         ctx.detach_mean = detach_mean
         return mean * bracket
 
     @staticmethod
     def backward(ctx, grad):
-        E, w, total, neg_mass, count, mean, bracket = ctx.saved_tensors
-        # d/dlogP of log L: E / total; of L_-: 1_N E / neg_mass; of Sigma: 1_N
-        k2 = mean * count / total
-        k1 = torch.zeros_like(k2)
-        if not ctx.detach_mean:  # d log_m = dL_- - dL, times d pen / d log_m = mean (B + c)
-            c = mean * (bracket + count)
-            k1 = c / neg_mass
-            k2 = k2 - c / total
-        k1, k2, k3 = grad * k1, grad * k2, -grad * mean
-        out = torch.addcmul(k2, w, k1).mul_(E)  # E (k1 1_N + k2)
-        return out.addcmul_(w, k3), None, None  # + k3 1_N
+        lp, negatives, total, neg_total, count, mean, bracket = ctx.saved_tensors
+        gamma = torch.zeros_like(mean) if ctx.detach_mean else mean * (bracket + count)
+        out = (lp - total).exp_().mul_(grad * (mean * count - gamma))  # (mc - gamma) P-hat
+        neg_part = (lp - neg_total).exp_().mul_(grad * gamma).sub_(grad * mean)
+        out.add_(neg_part.masked_fill_(~negatives, 0.0))  # + 1_N (gamma P-hat_- - m)
+        return out, None, None
 
 
 def uniformity_penalty(
@@ -170,7 +162,10 @@ def _uniformity_from_potentials(
     ex_share = ex_share * (-log_total).exp()  # excluded share of the total mass
     neg_s = _MaskedSum.apply(S, finite).to(wide) - s_ex_sum
     neg_lp = (deg_r * f64).sum() + (deg_c * g64).sum() + neg_s  # sum of log P over negatives
-    log_m = torch.log1p(-ex_share) - count.log()
+    # the negatives' share 1 - ex_share; clamped where it is below float64's resolution
+    # (a near-permutation plan): the penalty is then ~0 and stays finite
+    neg_share = (1.0 - ex_share).clamp_min(torch.finfo(wide).tiny)
+    log_m = neg_share.log() - count.log()
     if detach_mean:
         log_m = log_m.detach()
     return (log_m.exp() * (count * log_m - neg_lp + count * log_total)).to(S.dtype)

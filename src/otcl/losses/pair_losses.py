@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
+
+from ..ot.geometry import unit_rows
 
 __all__ = ["PAIR_LOSSES", "min_triplet", "vse_hinge"]
 
@@ -63,7 +64,7 @@ def vse_hinge(
     Returns:
         scalar.
     """
-    a, b = F.normalize(anchors, dim=-1), F.normalize(positives, dim=-1)
+    a, b = unit_rows(anchors), unit_rows(positives)
     s = a @ b.transpose(0, 1)
     diag = s.diagonal()
     off = ~torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
@@ -74,7 +75,7 @@ def vse_hinge(
     k = 0
     if neg is not None:
         k = neg.shape[1]
-        s_neg = torch.einsum("bd,bkd->bk", a, F.normalize(neg.to(a.dtype), dim=-1))
+        s_neg = torch.einsum("bd,bkd->bk", a, unit_rows(neg.to(a.dtype)))
         total = total + torch.relu(margin + s_neg - diag.unsqueeze(1)).sum()
     return total / (s.shape[0] * (s.shape[1] + k))
 

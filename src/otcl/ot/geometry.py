@@ -46,18 +46,38 @@ __all__ = [
     "pair_scores",
     "positive_index",
     "similarity",
+    "unit_rows",
 ]
 
 LAYOUTS = ("simclr", "cross")
 SIMILARITIES = ("cosine", "dot")
 
 
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    r"""Rows scaled to unit L2 norm, :math:`x_i / \|x_i\|`, safe for any finite norm.
+
+    ``F.normalize`` squares the entries, so rows of norm :math:`\ge 10^{19}` overflow float32
+    (:math:`\|x\|^2 = \infty`) and silently become zero vectors. Here each row is first divided by
+    its largest absolute entry (a constant for autograd: the direction, hence the value and the
+    gradient, is unchanged), then normalised. A zero row stays zero (its direction is undefined;
+    the losses' input check refuses it, see ``check_inputs``).
+
+    Args:
+        x: (..., d).
+    Returns:
+        (..., d), same dtype.
+    """
+    scale = x.detach().abs().amax(-1, keepdim=True)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return F.normalize(x / scale, dim=-1)
+
+
 def similarity(x: torch.Tensor, y: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
-    """Pairwise similarity (n, d) x (m, d) -> (n, m)."""
+    """Pairwise similarity (n, d) x (m, d) -> (n, m): cosine (of :func:`unit_rows`) or dot."""
     check_choice("similarity", kind, SIMILARITIES)
     if kind == "cosine":
-        x = F.normalize(x, dim=-1)
-        y = F.normalize(y, dim=-1)
+        x = unit_rows(x)
+        y = unit_rows(y)
     return x @ y.transpose(-1, -2)
 
 
