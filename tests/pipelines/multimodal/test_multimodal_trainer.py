@@ -35,8 +35,12 @@ def _weights(model):
 
 def test_train_evaluates_and_writes_the_run(tmp_path, make_data):
     data = make_data()
-    t = MultimodalTrainer(mm_config(), tmp_path / "run", data=data)
+    cfg = mm_config()
+    cfg.eval.every = 1  # the full-modality probe after every epoch, into metrics.jsonl
+    t = MultimodalTrainer(cfg, tmp_path / "run", data=data)
     summary = t.fit()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert all("full_accuracy" in r for r in records) and len(records) == 3
     assert t.loss_fn.layout == "cross" and t.loss_fn.temperature == 0.3  # pipeline defaults
     assert isinstance(t.optimizer, torch.optim.Adam)
     assert {"full_accuracy", "missing_accuracy", "R@1", "R@10", "medR"} <= set(summary)
@@ -46,6 +50,26 @@ def test_train_evaluates_and_writes_the_run(tmp_path, make_data):
     again = evaluate_run(tmp_path / "run", data=data, overrides={"missing": "zero"})
     assert again["missing"] == "zero" and (tmp_path / "run" / "robustness-zero.json").exists()
     assert again["subsets"][-1] == {**report["subsets"][-1]}  # all present: nothing to fill
+
+
+def test_linear_probe_option_is_the_shared_linear_probe(make_data):
+    from otcl.pipelines.multimodal.trainer import make_probe
+    from otcl.pipelines.probes import linear_probe
+
+    data = make_data()
+    cfg = mm_config()
+    cfg.eval.probe, cfg.eval.linear_epochs = "linear", 5
+    g = torch.Generator().manual_seed(0)
+    ftr, fte = (
+        torch.randn(data.num_train, 4, generator=g),
+        torch.randn(data.num_test, 4, generator=g),
+    )
+    score = make_probe(cfg, data, seed=3)(ftr, data.train_y, data.test_y)
+    ref = linear_probe(ftr, data.train_y, fte, data.test_y, 3, epochs=5, lr=0.1, seed=3)
+    assert score(fte) == {"accuracy": ref.test_accuracy}
+    cfg.eval.probe = "ridge"
+    with pytest.raises(ValueError, match="eval.probe: 'ridge' does not fit classification"):
+        make_probe(cfg, data)
 
 
 def test_resume_with_dmm_is_exact(tmp_path, make_data):
