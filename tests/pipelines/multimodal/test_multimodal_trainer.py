@@ -52,6 +52,19 @@ def test_train_evaluates_and_writes_the_run(tmp_path, make_data):
     assert again["subsets"][-1] == {**report["subsets"][-1]}  # all present: nothing to fill
 
 
+def test_bf16_autocast_encodes_in_bf16_and_aligns_in_float32(tmp_path, make_data):
+    data = make_data()
+    cfg = mm_config(name="dmm", params={"base": "gca-uot", "warmup": 0.0})
+    cfg.train.amp, cfg.train.epochs = "bf16", 1
+    t = MultimodalTrainer(cfg, tmp_path / "run", data=data)
+    seen = []
+    t.model.head.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    terms = t.objective.terms(t.model, {m: v[:8] for m, v in data.train.items()})
+    assert set(seen) == {torch.bfloat16} and len(seen) == 6  # 3 clean + 3 mixed passes
+    assert all(v.dtype == torch.float32 for v in terms.values())
+    assert np.isfinite(t.fit()["final_loss"])
+
+
 def test_linear_probe_option_is_the_shared_linear_probe(make_data):
     from otcl.pipelines.multimodal.trainer import make_probe
     from otcl.pipelines.probes import linear_probe

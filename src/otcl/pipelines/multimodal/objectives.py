@@ -31,7 +31,8 @@ anchors :math:`a \ne b` (pairwise), or all of them (both). ``dmm_mix="embedding"
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from itertools import combinations
 from typing import Any
 
@@ -58,13 +59,23 @@ class MultimodalObjective:
             modalities) or ``"both"``.
         dmm_mix: with DMM, ``"input"`` (mix raw inputs per modality and re-encode, as the
             official GMC code) or ``"embedding"``.
+        autocast: a context-manager factory wrapped around the encoder passes only (e.g. the
+            trainer's bf16 autocast); latents are cast to float32, and fusion and losses run
+            outside it, in float32.
 
     Call:
         ``objective(model, x)`` with ``x`` a dict of every modality (B, ...); returns the scalar
         loss (:meth:`terms` returns its parts).
     """
 
-    def __init__(self, loss: nn.Module, objective: str = "joint", dmm_mix: str = "input") -> None:
+    def __init__(
+        self,
+        loss: nn.Module,
+        objective: str = "joint",
+        dmm_mix: str = "input",
+        *,
+        autocast: Callable[[], AbstractContextManager] = nullcontext,
+    ) -> None:
         if objective not in OBJECTIVES:
             raise ValueError(
                 f"objective: expected one of {', '.join(OBJECTIVES)}, got {objective!r}"
@@ -75,6 +86,7 @@ class MultimodalObjective:
         self.objective = objective
         self.dmm_mix = dmm_mix
         self.is_dmm = isinstance(loss, DMM)
+        self.autocast = autocast
         if self.is_dmm and loss.legacy_cumulative_margin and objective != "joint":
             raise ValueError(
                 "legacy_cumulative_margin: reproduces one DMM term per step (GMC/CML); "
@@ -106,7 +118,8 @@ class MultimodalObjective:
                 f"modality ({', '.join(model.modalities)}); drop modalities at evaluation only"
             )
         x = {m: x[m] for m in model.modalities}
-        z = model.encode(x)
+        with self.autocast():
+            z = {m: v.float() for m, v in model.encode(x).items()}
         joint = model.fuse(z)
         base = self.loss.base if self.is_dmm else self.loss
         align = sum(base(a, b) for a, b in self._pairs(z, joint))
@@ -124,11 +137,12 @@ class MultimodalObjective:
     ) -> torch.Tensor:
         dmm: Any = self.loss
         if self.dmm_mix == "input":
-            mixed = dmm.mix_inputs(model, x, per_modality=True)  # one latent per modality
+            with self.autocast():  # one latent per modality, each encoded alone
+                mixed = dmm.mix_inputs(model, x, per_modality=True)
         else:
             lam, perm = dmm.sample(joint.shape[0], joint.device)
             mixed = Mixed([mix(v, lam, perm, name=f"z[{m!r}]") for m, v in z.items()], lam, perm)
-        zt = dict(zip(z, mixed.z, strict=True))
+        zt = {m: v.float() for m, v in zip(z, mixed.z, strict=True)}
         groups: list[tuple[list[torch.Tensor], torch.Tensor]] = []
         if self.objective in ("joint", "both"):
             groups.append((list(zt.values()), joint))

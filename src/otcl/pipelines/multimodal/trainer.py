@@ -193,7 +193,7 @@ class MultimodalTrainer(EpochTrainer):
         self.model = make_model(self.cfg, self.data).to(self.device)
         self.loss_fn = self.build_loss()
         self.objective = MultimodalObjective(
-            self.loss_fn, self.cfg.objective.kind, self.cfg.loss.dmm_mix
+            self.loss_fn, self.cfg.objective.kind, self.cfg.loss.dmm_mix, autocast=self.autocast
         )
         n = self.data.num_train
         self.batch_size = min(self.batch_size, n)
@@ -204,8 +204,7 @@ class MultimodalTrainer(EpochTrainer):
     def compute_loss(self, epoch: int, step: int) -> torch.Tensor:
         idx = self.batch_indices(self.data.num_train, epoch, step).to(self.device)
         x = {m: v[idx] for m, v in self.train_x.items()}
-        with self.autocast():
-            return self.objective(self.forward_model, x).float()  # type: ignore[arg-type]
+        return self.objective(self.forward_model, x)  # type: ignore[arg-type]
 
     def evaluate(self, final: bool) -> dict[str, float]:
         every = self.cfg.eval.every
