@@ -178,6 +178,7 @@ def test_cli_train_eval_compare(tmp_path, capsys):
         ("--loss nope", "nope"),
         ("--set model.fusion=max", "model.fusion: expected one of"),
         ("--loss-param nope=0.3", "nope"),
+        ("--compile", "train.compile: not supported"),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, capsys, extra, match):

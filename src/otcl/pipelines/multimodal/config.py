@@ -205,6 +205,11 @@ def check(cfg: MultimodalConfig) -> None:
             raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
     if cfg.eval.probe is not None and cfg.eval.probe not in PROBES:
         raise ValueError(f"eval.probe: expected one of {', '.join(PROBES)}, got {cfg.eval.probe!r}")
+    if cfg.train.compile:
+        raise ValueError(
+            "train.compile: not supported by the multimodal pipeline (its encoders are called "
+            "one modality at a time, outside the compiled forward); leave it false"
+        )
     e = cfg.eval
     if e.knn_k < 1 or not e.knn_t > 0:
         raise ValueError(f"eval: expected knn_k >= 1 and knn_t > 0, got {e.knn_k}, {e.knn_t}")
