@@ -179,6 +179,9 @@ def test_cli_train_eval_compare(tmp_path, capsys):
         ("--set model.fusion=max", "model.fusion: expected one of"),
         ("--loss-param nope=0.3", "nope"),
         ("--compile", "train.compile: not supported"),
+        ("--patches 8", "data.patches: does not apply to dataset 'npz'"),
+        ("--set eval.ridge_alpha=2", "eval.ridge_alpha: does not apply to the knn probe"),
+        ("--set model.image_arch=mlp", "model.image_arch: does not apply to the modalities"),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, capsys, extra, match):
@@ -187,6 +190,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, extra, match):
     err = capsys.readouterr().err
     assert err.startswith("otcl: error:") and match in err
     assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "r" / CHECKPOINT).exists()  # refused before any training
 
 
 def test_presets_and_loss_defaults():

@@ -189,8 +189,44 @@ def resolve(cfg: MultimodalConfig) -> MultimodalConfig:
     return cfg
 
 
+_IMAGE_SETS = ("digits", "mnist", "cifar10", "cifar100", "svhn", "imagefolder")
+#: data settings -> the datasets they apply to
+DATA_APPLIES: dict[str, tuple[str, ...]] = {
+    "patches": _IMAGE_SETS,
+    "max_train": _IMAGE_SETS,
+    "download": _IMAGE_SETS,
+    "text": ("movielens",),
+    "text_dim": ("movielens",),
+    "text_model": ("movielens",),
+    "modalities": ("npz",),
+    "labels": ("npz",),
+    "test_fraction": ("movielens", "npz"),
+    "split_seed": ("movielens", "npz"),
+}
+
+
+def check_applies(section: str, obj: Any, default: Any, applies: dict[str, bool], why: str) -> None:
+    """A setting changed from its default where it does not apply is an error (never ignored).
+
+    Args:
+        section: the section's name (``"data"``); obj / default: the section and a default one.
+        applies: setting -> whether it applies here; why: the reason, completed by the name.
+    """
+    for name, ok in applies.items():
+        if not ok and getattr(obj, name) != getattr(default, name):
+            raise ValueError(f"{section}.{name}: does not apply {why}; leave it unset")
+
+
 def check(cfg: MultimodalConfig) -> None:
     """Raise ``ValueError`` naming the first invalid pipeline setting."""
+    d = cfg.data
+    check_applies(
+        "data",
+        d,
+        DataConfig(),
+        {k: d.dataset in v for k, v in DATA_APPLIES.items()},
+        f"to dataset {d.dataset!r}",
+    )
     choices = (
         ("model.fusion", cfg.model.fusion, FUSIONS),
         ("model.seq_arch", cfg.model.seq_arch, SEQ_ARCHS),

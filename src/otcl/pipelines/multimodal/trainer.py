@@ -16,6 +16,7 @@ present modalities, the cross-modal retrieval of every pair, and noise; the full
 
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 from functools import partial
@@ -26,7 +27,7 @@ import torch
 
 from ..probes import knn_predict, linear_probe
 from ..run import EpochTrainer, atomic_write_text, load_checkpoint, pick_device
-from .config import MultimodalConfig, check, modality_names, resolve
+from .config import EvalConfig, MultimodalConfig, check, check_applies, modality_names, resolve
 from .data import MultimodalData, load_multimodal
 from .models import MultimodalModel, build_model
 from .objectives import MultimodalObjective
@@ -84,6 +85,11 @@ def variant_name(cfg: MultimodalConfig) -> str:
 def make_model(cfg: MultimodalConfig, data: MultimodalData) -> MultimodalModel:
     """The run's model for ``data``'s modalities."""
     m = cfg.model
+    kinds = set(data.kinds.values())
+    applies = {"seq_arch": "sequence" in kinds, "image_arch": "image" in kinds,
+               "width": "image" in kinds and m.image_arch == "cnn"}  # fmt: skip
+    default = resolve(MultimodalConfig(data=copy.deepcopy(cfg.data))).model
+    check_applies("model", m, default, applies, f"to the modalities of {data.name!r}")
     return build_model(
         {k: data.shape(k) for k in data.modalities},
         data.kinds,
@@ -105,6 +111,10 @@ def make_probe(cfg: MultimodalConfig, data: MultimodalData, seed: int = 0) -> Pr
     if (kind == "ridge") != (data.task == "regression"):
         want = "ridge" if data.task == "regression" else "knn or linear"
         raise ValueError(f"eval.probe: {kind!r} does not fit {data.task} labels; use {want}")
+    fields = {"knn_k": "knn", "knn_t": "knn", "linear_epochs": "linear", "linear_lr": "linear",
+              "ridge_alpha": "ridge"}  # fmt: skip
+    check_applies("eval", e, EvalConfig(), {k: p == kind for k, p in fields.items()},
+                  f"to the {kind} probe")  # fmt: skip
     if kind == "ridge":
         return predictor_probe(partial(ridge_probe, alpha=e.ridge_alpha), "regression")
     c = data.num_classes
@@ -189,6 +199,7 @@ class MultimodalTrainer(EpochTrainer):
 
     def build(self) -> None:
         self.data = self._given_data if self._given_data is not None else load_data(self.cfg)
+        make_probe(self.cfg, self.data)  # a probe setting that does not fit fails before training
         self.train_x = {m: v.to(self.device) for m, v in self.data.train.items()}
         self.model = make_model(self.cfg, self.data).to(self.device)
         self.loss_fn = self.build_loss()
