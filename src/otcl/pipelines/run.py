@@ -143,6 +143,7 @@ __all__ = [
     "write_jsonl",
     "load_checkpoint",
     "check_finite_weights",
+    "load_model_weights",
     "save_checkpoint",
     "pick_device",
     "amp_dtype",
@@ -254,6 +255,20 @@ def check_finite_weights(weights: dict[str, Any], where: str | os.PathLike[str])
             f"run: the checkpoint in {str(where)!r} holds NaN/inf weights ({bad[0]}{more}): the "
             "run diverged; train it again with a lower optim.lr"
         )
+
+
+def load_model_weights(
+    model: torch.nn.Module, weights: dict[str, Any], where: str | os.PathLike[str]
+) -> None:
+    """Load a checkpoint's model state into ``model``: NaN/inf weights and a state that does not
+    fit the model are each one ``ValueError`` naming the run (``where``)."""
+    check_finite_weights(weights, where)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ValueError(
+            f"run: the checkpoint in {str(where)!r} does not fit its model: {_first_line(e)}"
+        ) from None
 
 
 def _format1_globals() -> list[tuple[Any, str]]:
@@ -554,6 +569,9 @@ class EpochTrainer:
         out: run directory (default ``cfg.train.out``, else :meth:`default_out`).
         resume: continue from ``out/checkpoint.pt``; without it an existing checkpoint in
             ``out`` is an error (nothing is overwritten silently).
+        extend: with ``resume``, allow a larger ``train.epochs`` than the run's.
+        data: an already loaded dataset, kept as :attr:`given_data` for :meth:`build` to use
+            instead of loading it (``compare`` loads it once for all its runs).
         log: where progress lines go (standard error by default).
     """
 
@@ -571,8 +589,10 @@ class EpochTrainer:
         *,
         resume: bool = False,
         extend: bool = False,
+        data: Any = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
+        self.given_data = data
         self.cfg = self.resolve_config(cfg)
         self.check_config()
         t = self.cfg.train
@@ -924,13 +944,7 @@ class EpochTrainer:
 
     def restore(self, st: dict[str, Any]) -> None:
         """Load a checkpoint's state (see :meth:`state`) into this trainer."""
-        check_finite_weights(st["model"], self.out)
-        try:
-            self.model.load_state_dict(st["model"])
-        except RuntimeError as e:
-            raise ValueError(
-                f"run: the checkpoint in {str(self.out)!r} does not fit this model: {_first_line(e)}"
-            ) from None
+        load_model_weights(self.model, st["model"], self.out)
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.scaler.load_state_dict(st["scaler"])

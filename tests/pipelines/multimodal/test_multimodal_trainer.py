@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -92,10 +94,10 @@ def test_resume_with_dmm_is_exact(tmp_path, make_data):
     full = MultimodalTrainer(mm_config(name="dmm", params=params), tmp_path / "a", data=data)
     full.fit()
 
-    class Stop(MultimodalTrainer):
+    class Stop(MultimodalTrainer):  # a real Ctrl-C during a step: the run stops after it
         def train_step(self, epoch, step):
             if epoch == 1 and step == 1:
-                raise KeyboardInterrupt
+                os.kill(os.getpid(), signal.SIGINT)
             return super().train_step(epoch, step)
 
     cut = Stop(mm_config(name="dmm", params=params), tmp_path / "b", data=data)

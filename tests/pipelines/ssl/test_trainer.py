@@ -150,5 +150,5 @@ def test_a_checkpoint_of_another_model_is_one_error(tmp_path, tiny_config):
     st = load_checkpoint(out)
     st["model"]["backbone.net.0.0.weight"] = torch.zeros(3, 3)
     save_checkpoint(st, out / CHECKPOINT)
-    with pytest.raises(ValueError, match="does not fit this model"):
+    with pytest.raises(ValueError, match="does not fit its model"):
         SSLTrainer(tiny_config(epochs=1), out, resume=True)

@@ -26,7 +26,14 @@ from typing import Any
 import torch
 
 from ..probes import knn_predict, linear_probe
-from ..run import EpochTrainer, atomic_write_text, load_checkpoint, pick_device
+from ..run import (
+    EpochTrainer,
+    atomic_write_text,
+    check_finite_weights,
+    load_checkpoint,
+    load_model_weights,
+    pick_device,
+)
 from .config import EvalConfig, MultimodalConfig, check, check_applies, modality_names, resolve
 from .data import MultimodalData, load_multimodal
 from .models import MultimodalModel, build_model
@@ -169,18 +176,6 @@ class MultimodalTrainer(EpochTrainer):
     cfg: MultimodalConfig
     model: MultimodalModel
 
-    def __init__(
-        self,
-        cfg: MultimodalConfig,
-        out: str | Path | None = None,
-        *,
-        data: MultimodalData | None = None,
-        resume: bool = False,
-        log: Any = None,
-    ) -> None:
-        self._given_data = data
-        super().__init__(cfg, out, resume=resume, log=log)
-
     # -- hooks -----------------------------------------------------------------------------
     def resolve_config(self, cfg: MultimodalConfig) -> MultimodalConfig:
         return resolve(cfg)
@@ -198,7 +193,7 @@ class MultimodalTrainer(EpochTrainer):
         return f"{variant_name(self.cfg)} s{self.cfg.train.seed}"
 
     def build(self) -> None:
-        self.data = self._given_data if self._given_data is not None else load_data(self.cfg)
+        self.data = self.given_data if self.given_data is not None else load_data(self.cfg)
         make_probe(self.cfg, self.data)  # a probe setting that does not fit fails before training
         self.train_x = {m: v.to(self.device) for m, v in self.data.train.items()}
         self.model = make_model(self.cfg, self.data).to(self.device)
@@ -255,12 +250,13 @@ def load_run(
     run_dir: str | Path, device: str = "auto", data: MultimodalData | None = None
 ) -> tuple[MultimodalConfig, MultimodalModel, MultimodalData, dict[str, Any]]:
     """Rebuild a run's config, trained model (eval mode) and dataset."""
-    st = load_checkpoint(run_dir, map_location="cpu")
+    st = load_checkpoint(run_dir)
+    check_finite_weights(st["model"], run_dir)  # before the data loads
     cfg = resolve(MultimodalConfig.from_dict(st["config"]))
     if data is None:
         data = load_data(cfg)
     model = make_model(cfg, data)
-    model.load_state_dict(st["model"])
+    load_model_weights(model, st["model"], run_dir)
     return cfg, model.to(pick_device(device)).eval(), data, st
 
 

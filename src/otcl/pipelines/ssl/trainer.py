@@ -29,6 +29,7 @@ from ..run import (
     EpochTrainer,
     check_finite_weights,
     load_checkpoint,
+    load_model_weights,
     pick_device,
 )
 from .config import Config, resolve
@@ -149,19 +150,6 @@ class SSLTrainer(EpochTrainer):
     )
     cfg: Config
 
-    def __init__(
-        self,
-        cfg: Config,
-        out: str | Path | None = None,
-        *,
-        data: ImageData | None = None,
-        resume: bool = False,
-        extend: bool = False,
-        log: Any = None,
-    ) -> None:
-        self._given_data = data
-        super().__init__(cfg, out, resume=resume, extend=extend, log=log)
-
     # -- hooks -----------------------------------------------------------------------------
     def resolve_config(self, cfg: Config) -> Config:
         return resolve(cfg)
@@ -176,7 +164,7 @@ class SSLTrainer(EpochTrainer):
 
     def build(self) -> None:
         t = self.cfg.train
-        self.data = self._given_data
+        self.data = self.given_data
         if self.data is None:
             self.data = load_data(self.cfg, progress=t.progress)
         self.images = self.data.ssl_images().to(self.device)
@@ -249,17 +237,12 @@ def load_run(
 ) -> tuple[Config, Encoder, ImageData, Augment, dict[str, Any]]:
     """Rebuild a run's config, trained encoder (eval mode), dataset and preprocessing."""
     st = load_checkpoint(run_dir)
-    check_finite_weights(st["model"], run_dir)
+    check_finite_weights(st["model"], run_dir)  # before the data loads
     cfg = resolve(Config.from_dict(st["config"]))
     if data is None:
         data = load_data(cfg, progress=cfg.train.progress)
     model = make_model(cfg, data)
-    try:
-        model.load_state_dict(st["model"])
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        msg = f"run: the checkpoint in {str(run_dir)!r} does not fit its model: {first}"
-        raise ValueError(msg) from None
+    load_model_weights(model, st["model"], run_dir)
     dev = pick_device(device)
     model = model.to(dev).eval()
     aug = make_augment(cfg, data).to(dev)
