@@ -81,9 +81,12 @@ class _Uniformity(torch.autograd.Function):
         if shard is not None:
             neg_sum = shard.sum(neg_sum)
         del neg
-        log_m = neg_total - total - count.log()
-        mean = log_m.exp()
-        bracket = count * log_m - neg_sum + count * total
+        # no negatives at all (a target that covers every pair): the penalty is 0
+        has = count > 0
+        neg_total = torch.where(has, neg_total, torch.zeros_like(neg_total))
+        log_m = torch.where(has, neg_total - total - count.clamp_min(1).log(), 0.0)
+        mean = torch.where(has, log_m.exp(), 0.0)
+        bracket = torch.where(has, count * log_m - neg_sum + count * total, 0.0)
         ctx.save_for_backward(lp, negatives, total, neg_total, count, mean, bracket)
         ctx.detach_mean, ctx.shard = detach_mean, shard
         return mean * bracket
@@ -204,10 +207,12 @@ def _uniformity_from_potentials(
     # the negatives' share 1 - ex_share; clamped where it is below float64's resolution
     # (a near-permutation plan): the penalty is then ~0 and stays finite
     neg_share = (1.0 - ex_share).clamp_min(torch.finfo(wide).tiny)
-    log_m = neg_share.log() - count.log()
+    has = count > 0  # no negatives at all: the penalty is 0
+    log_m = torch.where(has, neg_share.log() - count.clamp_min(1).log(), 0.0)
     if detach_mean:
         log_m = log_m.detach()
-    pen = (log_m.exp() * (count * log_m - neg_lp + count * log_total)).to(S.dtype)
+    pen = torch.where(has, log_m.exp() * (count * log_m - neg_lp + count * log_total), 0.0)
+    pen = pen.to(S.dtype)
     return pen if shard is None else shard.share(pen)
 
 
