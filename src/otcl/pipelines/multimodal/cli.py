@@ -92,7 +92,9 @@ def add_parser(sub: Any) -> None:
     )
     _add_options(add_run_options(p, single_loss=True))
     add_train_options(p, "runs/mm-<loss>-<dataset>-s<seed>")
-    p.set_defaults(handler=cmd_train, resume_hint="otcl multimodal train --resume {run}")
+    p.set_defaults(
+        handler=cmd_train, distributed=True, resume_hint="otcl multimodal train --resume {run}"
+    )
 
     p = verbs.add_parser(
         "eval",
@@ -128,7 +130,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--out", default="runs/mm-compare", metavar="DIR", help="runs/mm-compare")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plots")
     p.set_defaults(
-        handler=cmd_compare, resume_hint="run the same `otcl multimodal compare` command again"
+        handler=cmd_compare,
+        distributed=True,
+        resume_hint="run the same `otcl multimodal compare` command again",
     )
 
 
