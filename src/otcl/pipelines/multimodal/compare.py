@@ -12,6 +12,9 @@ interrupted ones resumed, so a killed comparison restarts where it stopped. Outp
 * ``robustness.png`` -- the probe metric per missing-modality subset (retrieval R@1 of the missing
   part when the data has no labels), one bar per variant, std error bars;
 * ``retrieval.png`` -- pairwise cross-modal R@1 / R@5 / R@10 per variant, std error bars.
+
+Under ``torchrun`` every run is trained by all the processes (the global batch split over them);
+rank 0 decides which runs to reuse or resume and writes the tables, results and plots.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import torch
 from ... import __version__
 from ...losses import available
 from ..config import save_config
+from ..distributed import agreed, is_main, local_main_first, main_then_broadcast
 from ..run import CHECKPOINT, SUMMARY, atomic_write_text, load_checkpoint, pick_device
 from .config import MultimodalConfig, resolve
 from .trainer import ROBUSTNESS, MultimodalTrainer, load_data, variant_name
@@ -97,6 +101,8 @@ def compare(
         the content of ``results.json``.
     """
     log = log or (lambda s: print(s, file=sys.stderr))
+    if not is_main():  # under torchrun rank 0 reports
+        log = _quiet
     if not losses:
         raise ValueError("losses: expected at least one loss name, got none")
     unknown = [n for n in losses if n not in available() or n == "dmm"]
@@ -115,9 +121,11 @@ def compare(
         raise ValueError(f"loss_params: parameters given for losses not compared: {stray}")
     base = copy.deepcopy(cfg)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(resolve(base), out / "config.yaml")
-    data = load_data(resolve(base))
+    with agreed():
+        if is_main():
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(resolve(base), out / "config.yaml")
+    data = local_main_first(lambda: load_data(resolve(base)))
     names: list[str] = []
     runs: list[dict[str, Any]] = []
     t0 = time.perf_counter()
@@ -135,8 +143,28 @@ def compare(
             run_dir = out / variant / f"seed{run_cfg.train.seed}"
             run_cfg.train.out = str(run_dir)
             runs.append({"variant": variant, **_one_run(run_cfg, run_dir, data, log)})
+    return main_then_broadcast(
+        lambda: _report(base, names, runs, data, out, plot, log, time.perf_counter() - t0)
+    )
+
+
+def _quiet(line: str) -> None:
+    """The log of ranks other than 0."""
+
+
+def _report(
+    base: MultimodalConfig,
+    names: list[str],
+    runs: list[dict[str, Any]],
+    data,
+    out: Path,
+    plot: bool,
+    log: Callable[[str], None],
+    wall: float,
+) -> dict[str, Any]:
+    """Rank 0: aggregate the runs, write results.json, table.md and the plots."""
     results = _aggregate(resolve(base), names, runs, data)
-    results["wall_seconds"] = time.perf_counter() - t0
+    results["wall_seconds"] = wall
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     tables = format_tables(results)
     print(tables)
@@ -151,21 +179,31 @@ def compare(
     return results
 
 
+def _state(cfg: MultimodalConfig, run_dir: Path) -> str:
+    """``"new"``, ``"resume"`` or ``"done"``: what to do with ``run_dir`` (read by rank 0)."""
+    if not (run_dir / CHECKPOINT).exists():
+        return "new"
+    st = load_checkpoint(run_dir)
+    if _comparable(st["config"]) != _comparable(cfg.to_dict()):
+        raise ValueError(
+            f"out: {str(run_dir)!r} holds a run with a different configuration; choose "
+            "another --out (or delete that run)"
+        )
+    done = (run_dir / SUMMARY).exists() and (run_dir / ROBUSTNESS).exists()
+    return "done" if done else "resume"
+
+
 def _one_run(cfg: MultimodalConfig, run_dir: Path, data, log) -> dict[str, Any]:
-    resume = (run_dir / CHECKPOINT).exists()
-    if resume:
-        st = load_checkpoint(run_dir)
-        if _comparable(st["config"]) != _comparable(cfg.to_dict()):
-            raise ValueError(
-                f"out: {str(run_dir)!r} holds a run with a different configuration; choose "
-                "another --out (or delete that run)"
-            )
-    if resume and (run_dir / SUMMARY).exists() and (run_dir / ROBUSTNESS).exists():
+    """Train (every rank) and read back (rank 0; {} on the others) one run."""
+    state = main_then_broadcast(lambda: _state(cfg, run_dir))
+    if state == "done":
         log(f"{run_dir}: finished earlier, reusing its results")
     else:
-        if resume:
+        if state == "resume":
             log(f"{run_dir}: resuming")
-        MultimodalTrainer(cfg, run_dir, data=data, resume=resume, log=log).fit()
+        MultimodalTrainer(cfg, run_dir, data=data, resume=state == "resume", log=log).fit()
+    if not is_main():
+        return {}
     summary = json.loads((run_dir / SUMMARY).read_text())
     report = json.loads((run_dir / ROBUSTNESS).read_text())
     return {"seed": cfg.train.seed, "dir": str(run_dir), "summary": summary, "report": report}

@@ -5,6 +5,10 @@ linear probe); runs already finished are reused and interrupted ones resumed, so
 comparison restarts where it stopped. The table gives mean +- std over seeds; ``results.json``
 holds every number, ``accuracy.png`` the accuracies with error bars and ``curves.png`` the
 training curves (normalised loss and kNN accuracy per epoch).
+
+Under ``torchrun`` every run is trained by all the processes (the global batch split over them,
+see :mod:`otcl.pipelines.run`); rank 0 decides which runs to reuse or resume, evaluates them
+and writes the table, results and plots.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from ... import __version__
 from ...losses import available
 from .._signals import deferred_signals
 from ..config import save_config
+from ..distributed import agreed, is_main, local_main_first, main_then_broadcast
 from ..run import (
     CHECKPOINT,
     METRICS,
@@ -83,6 +88,8 @@ def compare(
         the content of ``results.json``.
     """
     log = log or (lambda s: print(s, file=sys.stderr))
+    if not is_main():  # under torchrun rank 0 reports
+        log = _quiet
     unknown = [name for name in losses if name not in available()]
     if unknown:
         raise ValueError(
@@ -100,12 +107,20 @@ def compare(
     base = resolve(cfg)
     if base.eval.knn_every == 0:  # kNN curves for the plot, about 10 points per run
         base.eval.knn_every = max(1, int(base.train.epochs or 1) // 10)
-    out = prepare_run_dir(out)  # a bad --out fails before the data loads
-    lock = RunLock(out)  # one comparison writes a directory at a time
+    lock = None
+    with agreed():
+        if is_main():
+            out = prepare_run_dir(out)  # a bad --out fails before the data loads
+            lock = RunLock(out)  # one comparison writes a directory at a time
     try:
-        return _compare(base, losses, seeds, out, loss_params, evaluate, plot, log)
+        return _compare(base, losses, seeds, Path(out), loss_params, evaluate, plot, log)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
+
+
+def _quiet(line: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def _compare(
@@ -118,8 +133,10 @@ def _compare(
     plot: bool,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    save_config(base, out / "config.yaml")
-    data = load_data(base, progress=base.train.progress)
+    with agreed():
+        if is_main():
+            save_config(base, out / "config.yaml")
+    data = local_main_first(lambda: load_data(base, progress=base.train.progress and is_main()))
     log(f"otcl compare: {data!r}; losses {', '.join(losses)}; {seeds} seed(s); out {out}")
     runs: list[dict[str, Any]] = []
     t_start = time.perf_counter()
@@ -132,8 +149,24 @@ def _compare(
             run_dir = out / name / f"seed{run_cfg.train.seed}"
             run_cfg.train.out = str(run_dir)
             runs.append(_one_run(run_cfg, run_dir, data, evaluate, log))
+    return main_then_broadcast(
+        lambda: _report(base, losses, runs, data, out, plot, log, time.perf_counter() - t_start)
+    )
+
+
+def _report(
+    base: Config,
+    losses: Sequence[str],
+    runs: list[dict[str, Any]],
+    data,
+    out: Path,
+    plot: bool,
+    log: Callable[[str], None],
+    wall: float,
+) -> dict[str, Any]:
+    """Rank 0: aggregate the runs, write results.json, table.md and the plots."""
     results = _aggregate(base, losses, runs, data)
-    results["wall_seconds"] = time.perf_counter() - t_start
+    results["wall_seconds"] = wall
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     table = format_table(results)
     print(table)
@@ -148,30 +181,40 @@ def _compare(
     return results
 
 
+def _state(cfg: Config, run_dir: Path, evaluate: bool) -> str:
+    """``"new"``, ``"resume"`` or ``"done"``: what to do with ``run_dir`` (read by rank 0)."""
+    ckpt = run_dir / CHECKPOINT
+    if not ckpt.exists():
+        return "new"
+    st = load_checkpoint(ckpt)
+    if _comparable(st["config"]) != _comparable(resolve(cfg).to_dict()):
+        raise ValueError(
+            f"out: {str(run_dir)!r} holds a run with a different configuration; "
+            "choose another --out (or delete that run)"
+        )
+    done = (run_dir / SUMMARY).exists() and ((run_dir / "eval.json").exists() or not evaluate)
+    return "done" if done else "resume"
+
+
 def _one_run(
     cfg: Config, run_dir: Path, data, evaluate: bool, log: Callable[[str], None]
-) -> dict[str, Any]:
-    ckpt = run_dir / CHECKPOINT
+) -> dict[str, Any] | None:
+    """Train (every rank), evaluate and read back (rank 0; None on the others) one run."""
     summary_path, eval_path = run_dir / SUMMARY, run_dir / "eval.json"
-    resume = False
-    if ckpt.exists():
-        st = load_checkpoint(ckpt)
-        if _comparable(st["config"]) != _comparable(resolve(cfg).to_dict()):
-            raise ValueError(
-                f"out: {str(run_dir)!r} holds a run with a different configuration; "
-                "choose another --out (or delete that run)"
-            )
-        resume = True
-    if resume and summary_path.exists() and (eval_path.exists() or not evaluate):
+    state = main_then_broadcast(lambda: _state(cfg, run_dir, evaluate))
+    if state == "done":
         log(f"{run_dir}: finished earlier, reusing its results")
     else:
-        if resume:
+        if state == "resume":
             log(f"{run_dir}: resuming")
-        SSLTrainer(cfg, run_dir, data=data, resume=resume, log=log).fit()
-        if evaluate:
-            evaluate_run(
-                str(run_dir), device=cfg.train.device, data=data, progress=cfg.train.progress
-            )
+        SSLTrainer(cfg, run_dir, data=data, resume=state == "resume", log=log).fit()
+        with agreed():
+            if evaluate and is_main():
+                evaluate_run(
+                    str(run_dir), device=cfg.train.device, data=data, progress=cfg.train.progress
+                )
+    if not is_main():
+        return None
     summary = json.loads(summary_path.read_text())
     ev = json.loads(eval_path.read_text()) if evaluate else {}
     rec = {
