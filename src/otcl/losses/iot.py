@@ -241,7 +241,8 @@ class IOT(OTContrastiveLoss):
 
     Defaults from the public port: ``temperature=0.5``, ``iters=10``, cost 1 - cos.
     ``relax`` picks the constraint set: ``"none"`` (balanced, default), ``"row"`` (= InfoNCE),
-    ``"both"`` (total mass); ``constraint`` itself is therefore not a parameter of ``iot``.
+    ``"both"`` (total mass); ``constraint`` (the shared parameter) may name any set instead, but
+    not together with ``relax``.
     """
 
     defaults: ClassVar[Mapping[str, Any]] = {
@@ -258,16 +259,15 @@ class IOT(OTContrastiveLoss):
     @classmethod
     def derive(cls, settings: dict[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
         relax = check_choice("relax", settings["relax"], tuple(_RELAX))
+        if "constraint" in given:  # the shared parameter, instead of relax
+            if "relax" in given:
+                raise ValueError(
+                    f"constraint, relax: {cls.loss_name()} takes one of them (relax='none' | "
+                    f"'row' | 'both' names a constraint set), got both"
+                )
+            named = {v: k for k, v in _RELAX.items()}
+            return {**settings, "relax": named.get(settings["constraint"], "custom")}
         return {**settings, "constraint": _RELAX[relax]}
-
-    @classmethod
-    def inapplicable(cls, name: str, settings: Mapping[str, Any]) -> str | None:
-        if name == "constraint":
-            return (
-                f"{cls.loss_name()} picks its constraint with relax='none' (balanced), 'row' "
-                "(rows) or 'both' (mass)"
-            )
-        return super().inapplicable(name, settings)
 
     def configure(self, settings: Mapping[str, Any]) -> None:
         self.relax = settings["relax"]
