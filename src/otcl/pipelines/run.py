@@ -11,7 +11,7 @@ A *run* is one output directory::
 
 :class:`EpochTrainer` owns all of it -- run directory, resolved config, atomic checkpoints,
 exact resume, the metrics log, progress, seeds, device and autocast, signals, locking,
-divergence -- and a pipeline only says what one step computes.
+divergence, and training under ``torchrun`` -- and a pipeline only says what one step computes.
 
 Subclass contract
 -----------------
@@ -25,7 +25,9 @@ Override (required):
 * :meth:`EpochTrainer.compute_loss` ``(epoch, step) -> loss`` -- the scalar loss (with its
   graph) of step ``step`` of epoch ``epoch``. Draw the batch and any randomness from
   ``(seed, epoch, step)`` with :meth:`batch_indices` and :meth:`step_generator` (never from a
-  generator carried across steps): that is what makes a resumed run identical.
+  generator carried across steps): that is what makes a resumed run identical. Call the model
+  through ``self.forward_model`` (``self.forward_model(x)``, or any method of the model's own,
+  ``self.forward_model.encode(x)``): under torchrun that is DistributedDataParallel.
   Or override :meth:`EpochTrainer.train_step` ``(epoch, step) -> detached loss`` for full
   control of the update (then call :meth:`optimize` yourself).
 
@@ -36,6 +38,17 @@ Override (optional): :meth:`resolve_config` (presets), :meth:`check_config` (cal
 :meth:`extra_state` / :meth:`load_extra_state` (the pipeline's own state to checkpoint),
 :meth:`summarize` (fields added to ``summary.json``), ``throughput_unit`` and
 :meth:`items_per_step` (the ``<unit>_per_s`` column), :attr:`tag` (the log-line prefix).
+
+Under ``torchrun`` (:mod:`otcl.pipelines.distributed`) the base does the distributed work:
+``cfg.train.batch_size`` stays the **global** batch; :meth:`batch_indices` returns this rank's
+``local_batch_size`` rows (``self.local_rows`` of the global batch); the model is wrapped in
+DistributedDataParallel (SyncBatchNorm on CUDA); :meth:`build_loss` adds
+``gather_distributed=True``, and the loss is multiplied by the world size before backward when
+it couples the global batch (:meth:`loss_is_global`); rank 0 alone writes files, logs and
+evaluates. All a pipeline adds is how its batch is sharded: randomness drawn per sample must be
+drawn for the global batch and sliced with ``self.local_rows`` (e.g. the image augmentations),
+so that every sample gets the draw it gets in one process. Data loads go through
+:func:`otcl.pipelines.distributed.local_main_first` (a node's first process downloads first).
 
 The config is any dataclass with the shared sections ``train`` (:class:`~otcl.pipelines.config.
 TrainConfig`), ``optim`` (:class:`~otcl.pipelines.config.OptimConfig`) and ``loss``
@@ -55,7 +68,11 @@ The base guarantees (docs/reliability.md lists the test of each):
 * SIGINT and SIGTERM during :meth:`EpochTrainer.fit` are deferred to the end of the current
   step, then the run saves and raises :class:`TrainingInterrupted` (a second signal aborts);
 * the loss is read back to the host only every ``train.log_every`` steps; a non-finite loss,
-  embedding or weight stops the run with :class:`TrainingDiverged`.
+  embedding or weight stops the run with :class:`TrainingDiverged`;
+* under ``torchrun``: the same training as one process on the same global batch (up to float
+  rounding, without BatchNorm on CPU); one checkpoint, written by rank 0, that every rank
+  resumes from (per-rank RNG states included); a signal to any rank stops every rank at the same
+  step boundary; a setting that fails on any rank fails on every rank, printed once.
 
 Example:
     >>> import torch
@@ -70,7 +87,8 @@ Example:
     ...     def compute_loss(self, epoch, step):
     ...         x = self.x[self.batch_indices(64, epoch, step)]
     ...         noise = torch.randn(x.shape, generator=self.step_generator("noise"))
-    ...         return self.loss_fn(self.model(x), self.model(x + 0.1 * noise))
+    ...         z = self.forward_model(torch.cat([x, x + 0.1 * noise]))
+    ...         return self.loss_fn(z[: len(x)], z[len(x) :])
     >>> cfg = RunConfig()
     >>> cfg.train.epochs, cfg.train.batch_size, cfg.optim.lr, cfg.train.progress = 2, 16, 0.1, False
     >>> import tempfile
