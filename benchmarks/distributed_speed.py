@@ -206,6 +206,15 @@ def section(rows: list[dict], args: argparse.Namespace, load: tuple[float, float
         "2N pairs (each rank its 2N x 4N block of the simclr layout); `one process, 2N`: the "
         "same global loss in one process. `in collectives`: time inside torch.distributed calls "
         "over the call's time on rank 0, waiting for the other rank included.",
+        "",
+        "How to read it: each rank's block of the global loss is twice as wide as its local "
+        "block, so with two free cores `global / local` tends to 2 plus the collectives' share "
+        "(one all-gather of the embeddings, one or two all-reduces of a column vector per "
+        "Sinkhorn iteration and the same in the backward: latency-bound at small N, a few per "
+        "cent at large N), and `one process / global` to 2 minus it (the speed-up of splitting "
+        "the global batch). On a loaded machine two processes do not get two free cores and "
+        "`one process / global` stays near 1; the share in collectives then also holds the "
+        "wait for the other rank.",
     ]
     return "\n".join(lines)
 

@@ -282,9 +282,18 @@ def any_signal(received: int | None) -> int:
     s = _several()
     if s is None:
         return int(received or 0)
-    flag = torch.tensor([int(received or 0)], dtype=torch.int64)
+    flag = torch.tensor([int(received or 0)], dtype=torch.int64, device=_small_device())
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return int(flag.item())
+
+
+def _small_device() -> torch.device:
+    """Where small control messages go: the CPU (gloo), unless the process group was set up
+    by the caller with a GPU-only backend (NCCL), which needs them on the current GPU."""
+    backend = str(dist.get_backend())
+    if "gloo" in backend or "mpi" in backend or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
