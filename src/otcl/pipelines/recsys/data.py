@@ -311,9 +311,7 @@ def _ints(rows: list[list[str]], col: int, path: Path, what: str) -> np.ndarray:
         return np.asarray([int(r[col]) for r in rows], dtype=np.int64)
     except ValueError:
         bad = next(r for r in rows if not r[col].strip().lstrip("-").isdigit())
-        raise ValueError(
-            f"data: {str(path)!r}: {what} is not an integer in row {bad!r}"
-        ) from None
+        raise ValueError(f"data: {str(path)!r}: {what} is not an integer in row {bad!r}") from None
 
 
 def _age_bucket(age: np.ndarray) -> np.ndarray:
@@ -394,7 +392,10 @@ def _assemble(
     stamps = _ints(rows_r, 3, p_r, "timestamp")
     split_titles = [_title_year(titles[k]) for k in io]
     feats_u = UserFeatures(
-        age=users.age[uo], gender=users.gender[uo], occupation=users.occupation[uo], vocab=users.vocab
+        age=users.age[uo],
+        gender=users.gender[uo],
+        occupation=users.occupation[uo],
+        vocab=users.vocab,
     )
     feats_i = ItemFeatures(
         genres=genres[io],
@@ -660,7 +661,6 @@ def split(
             f"under the {protocol} split)"
         )
     return out
-
 
 
 # -- negative sampling -------------------------------------------------------------------------

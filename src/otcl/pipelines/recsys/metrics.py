@@ -57,9 +57,7 @@ class CSR:
         for what, x, n in (("user", user, n_users), ("item", item, n_items)):
             if len(x) and (x.min() < 0 or x.max() >= n):
                 bad = x[(x < 0) | (x >= n)][0]
-                raise ValueError(
-                    f"{name}: {what} id {int(bad)} out of range, expected 0..{n - 1}"
-                )
+                raise ValueError(f"{name}: {what} id {int(bad)} out of range, expected 0..{n - 1}")
         order = np.argsort(user, kind="stable")
         self.item = torch.from_numpy(item[order])
         self.indptr = torch.from_numpy(

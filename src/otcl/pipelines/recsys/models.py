@@ -131,7 +131,8 @@ class Tower(nn.Module):
         dim: output dimension d.
         tables: ``{name: spec}`` from :func:`feature_tables` (empty: IDs only).
         ids: include the ID embedding (always, unless a feature-only tower is wanted).
-        max_norm: IDs-only towers use ``nn.Embedding(max_norm=...)``; with features the output is
+        max_norm: IDs-only towers renormalise the looked-up rows in place as
+            ``nn.Embedding(max_norm=...)`` (the official CML code); with features the output is
             projected into the ball of that radius.
         init_std: standard deviation of the embedding initialisation (None: N(0, 1), torch's).
         id_dropout: fraction of training rows whose ID term is dropped (features only).
@@ -158,10 +159,8 @@ class Tower(nn.Module):
             raise ValueError("id_dropout: applies only to towers with side features")
         self.n, self.dim, self.max_norm, self.id_dropout = n, dim, max_norm, float(id_dropout)
         self.names = tuple(tables)
-        only_ids = not tables
-        self.id = (
-            nn.Embedding(n, dim, max_norm=max_norm if only_ids else None) if ids else None
-        )
+        self.renorm_ids = max_norm is not None and not tables
+        self.id = nn.Embedding(n, dim) if ids else None
         self.emb = nn.ModuleDict()
         self.kinds: dict[str, str] = {}
         for name, spec in tables.items():
@@ -187,6 +186,20 @@ class Tower(nn.Module):
                         with torch.no_grad():
                             m.weight[m.padding_idx].zero_()
 
+    @torch.no_grad()
+    def _renorm(self, idx: torch.Tensor) -> None:
+        """``nn.Embedding(max_norm=...)``'s in-place renormalisation of the looked-up rows.
+
+        The same rule as torch's (rows with norm > max_norm scaled by max_norm / (norm + 1e-7)),
+        vectorised: torch's CPU kernel loops over rows and dominated a CML step.
+        """
+        assert self.id is not None and self.max_norm is not None
+        rows = torch.unique(idx)
+        w = self.id.weight[rows]
+        norm = w.norm(dim=-1, keepdim=True)
+        scale = torch.where(norm > self.max_norm, self.max_norm / (norm + 1e-7), 1.0)
+        self.id.weight[rows] = w * scale
+
     def table(self, name: str) -> torch.Tensor:
         return getattr(self, f"t_{name}")
 
@@ -201,6 +214,8 @@ class Tower(nn.Module):
             )
         out = torch.zeros(idx.shape[0], self.dim, device=idx.device)
         if self.id is not None and "id" not in drop:
+            if self.renorm_ids:
+                self._renorm(idx)
             e = self.id(idx)
             if self.training and self.id_dropout > 0:
                 keep = torch.rand(idx.shape[0], 1, device=idx.device) >= self.id_dropout
