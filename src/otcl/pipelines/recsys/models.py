@@ -46,6 +46,7 @@ __all__ = [
     "MF",
     "CMLTripletLoss",
     "bpr_loss",
+    "popularity_prior",
     "feature_tables",
     "USER_FEATURES",
     "ITEM_FEATURES",
@@ -268,10 +269,19 @@ class RecModel(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def scorer(self, drop: Iterable[str] = (), item_drop_mask: torch.Tensor | None = None):
+    def scorer(
+        self,
+        drop: Iterable[str] = (),
+        item_drop_mask: torch.Tensor | None = None,
+        prior: torch.Tensor | None = None,
+    ):
         """A ``score_fn(users) -> (b, n_items)`` for :func:`otcl.pipelines.recsys.metrics.rank_metrics`.
 
-        ``item_drop_mask`` (n_items,) bool: items scored without their ID term (cold items).
+        Args:
+            drop: item features removed.
+            item_drop_mask: (n_items,) bool, items scored without their ID term (cold items).
+            prior: (n_items,) added to every user's scores (the two-tower's popularity
+                correction, see :func:`popularity_prior`).
         """
         was = self.training
         self.eval()
@@ -279,17 +289,15 @@ class RecModel(nn.Module):
         if item_drop_mask is not None:
             v_feat = self.all_items(set(drop) | {"id"})
             v = torch.where(item_drop_mask.to(v.device).unsqueeze(1), v_feat, v)
-        v = self.prepare_items(v)
         self.train(was)
+        bias = None if prior is None else prior.to(v.device).unsqueeze(0)
 
         def fn(users: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return self.score(self.users(users), v)
+                s = self.score(self.users(users), v)
+                return s if bias is None else s + bias
 
         return fn
-
-    def prepare_items(self, v: torch.Tensor) -> torch.Tensor:
-        return v
 
 
 class CML(RecModel):
@@ -413,6 +421,22 @@ class CMLTripletLoss(ContrastiveLoss):
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}"
+
+
+def popularity_prior(
+    train_item: np.ndarray, n_items: int, strength: float, temperature: float
+) -> torch.Tensor:
+    r"""The two-tower's sampling-bias correction at ranking time, (n_items,).
+
+    In-batch negatives are the other positives of the batch, drawn in proportion to item
+    popularity :math:`q_i`; the softmax then learns :math:`\cos(u, v_i)/\tau \approx
+    \log p(i|u) - \log q_i` + const, and ranks rare items first (Yi et al., RecSys 2019, correct
+    the logits by :math:`-\log q_i` during training). otcl's losses take the batch as is, so the
+    correction is applied when ranking: :math:`\cos(u, v_i) + \beta\,\tau \log(1 + n_i)`,
+    with :math:`n_i` the item's positive training pairs and :math:`\beta` = ``strength``.
+    """
+    counts = np.bincount(np.asarray(train_item, dtype=np.int64), minlength=n_items)
+    return torch.from_numpy(strength * temperature * np.log1p(counts)).float()
 
 
 def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
