@@ -78,7 +78,7 @@ TEMPERATURE = 0.5  # every loss's default temperature; the references use the sa
 DEFAULT_SIZES = {"cpu": "256,1024,2048", "cuda": "256,1024,4096,8192"}
 # targets of the issue: (N, max time ratio, max memory ratio or None)
 TARGETS = {"cpu": (1024, 3.0, None), "cuda": (8192, 2.0, 1.5)}
-ITERATIVE = ("balanced", "unbalanced", "cols")
+ITERATIVE = ("balanced", "unbalanced")
 
 
 # -- methods -------------------------------------------------------------------------------
@@ -134,10 +134,14 @@ def _is_ot_coupling(loss: torch.nn.Module) -> bool:
 
 
 def _build(name: str, iters: int, **extra) -> torch.nn.Module:
-    params = dict(extra)
-    if "iters" in otcl.losses.registry.parameters(name):
-        params["iters"] = iters
-    return otcl.losses.build(name, **params)
+    """The loss with its defaults, ``iters`` where it has Sinkhorn iterations, and ``extra`` where
+    it applies (closed forms take neither)."""
+    params = {"iters": iters, **extra}
+    known = otcl.losses.parameters(name)
+    drop = otcl.losses.inapplicable_params(name, params)
+    return otcl.losses.build(
+        name, **{k: v for k, v in params.items() if k in known and k not in drop}
+    )
 
 
 def all_labels(iters: int) -> list[str]:

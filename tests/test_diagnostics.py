@@ -13,13 +13,6 @@ import otcl
 from otcl import diagnostics as dg
 from otcl.losses import DMM, build
 
-
-def _pairs(n=16, d=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    z1 = torch.randn(n, d, generator=g)
-    return z1, z1 + 0.8 * torch.randn(n, d, generator=g)
-
-
 KEYS = {
     "neg_eff",
     "neg_eff_frac",
@@ -33,8 +26,8 @@ KEYS = {
 
 
 @pytest.mark.parametrize("layout,m", [("simclr", 30), ("cross", 15)])
-def test_uniform_weights_give_all_negatives(layout, m):
-    z1, z2 = _pairs()
+def test_uniform_weights_give_all_negatives(layout, m, make_pairs):
+    z1, z2 = make_pairs(n=16, d=8, dtype=torch.float32, noise=0.8)
     for loss in (None, build("infonce", layout=layout), build("dcl", layout=layout)):
         out = dg.batch_diagnostics(z1, z2, loss, layout=layout)
         assert set(out) == KEYS and all(isinstance(v, float) for v in out.values())
@@ -56,9 +49,9 @@ def test_effective_negatives_hand_built():
     torch.testing.assert_close(dg.effective_negatives(w, neg), torch.tensor([1.0, 2.0, 2.0, 0.0]))
 
 
-def test_hcl_hardness_is_monotone_in_beta():
+def test_hcl_hardness_is_monotone_in_beta(make_pairs):
     """Softmax weights: entropy falls and the weighted similarity rises as beta grows."""
-    z1, z2 = _pairs(seed=1)
+    z1, z2 = make_pairs(n=16, d=8, dtype=torch.float32, noise=0.8, seed=1)
     stats = [dg.batch_diagnostics(z1, z2, build("hcl", beta=b)) for b in (0.0, 0.5, 1.0, 2.0, 4.0)]
     ess = [s["neg_eff"] for s in stats]
     sims = [s["neg_sim_weighted"] for s in stats]
@@ -72,8 +65,8 @@ def test_hcl_hardness_is_monotone_in_beta():
             assert s[k] == stats[0][k]
 
 
-def test_weighted_similarity_matches_manual():
-    z1, z2 = _pairs(n=6, seed=2)
+def test_weighted_similarity_matches_manual(make_pairs):
+    z1, z2 = make_pairs(n=6, d=8, dtype=torch.float32, noise=0.8, seed=2)
     loss = build("ot-hard", eps=0.3, iters=500, tol=1e-8)
     out = dg.batch_diagnostics(z1, z2, loss)
     w, neg = loss.negative_weights(z1, z2)
@@ -92,8 +85,8 @@ def test_weighted_similarity_matches_manual():
     assert dg.batch_diagnostics(z1, z2, DMM("infonce"))["neg_eff"] == pytest.approx(10.0, rel=1e-6)
 
 
-def test_plan_source_for_ot_losses():
-    z1, z2 = _pairs(n=6, seed=4)
+def test_plan_source_for_ot_losses(make_pairs):
+    z1, z2 = make_pairs(n=6, d=8, dtype=torch.float32, noise=0.8, seed=4)
     loss = build("infonce", temperature=0.2)
     out = dg.batch_diagnostics(z1, z2, loss, source="plan")
     # infonce's plan is the row softmax of s/t: restricted to the negatives it is softmax over them
@@ -134,16 +127,16 @@ def test_uniformity_reference_and_bounds():
     assert float(dg.uniformity(anti, t=2.0)) == pytest.approx(-8.0, rel=1e-6)
 
 
-def test_diagnostics_module_exported_and_logging_ready():
+def test_diagnostics_module_exported_and_logging_ready(make_pairs):
     assert otcl.diagnostics is dg
-    z1, z2 = _pairs()
+    z1, z2 = make_pairs(n=16, d=8, dtype=torch.float32, noise=0.8)
     z1.requires_grad_(True)
     out = dg.batch_diagnostics(z1, z2, build("hcl"))
     assert all(isinstance(v, float) and math.isfinite(v) for v in out.values())
 
 
-def test_bad_input():
-    z1, z2 = _pairs()
+def test_bad_input(make_pairs):
+    z1, z2 = make_pairs(n=16, d=8, dtype=torch.float32, noise=0.8)
     with pytest.raises(ValueError, match="weights"):
         dg.batch_diagnostics(z1, z2, weights=torch.ones(5, 5))
     with pytest.raises(ValueError, match="weights"):

@@ -14,6 +14,7 @@ import torch
 __all__ = [
     "check_embeddings",
     "check_finite",
+    "check_negatives",
     "check_marginal",
     "check_positive",
     "check_nonneg",
@@ -63,6 +64,32 @@ def check_embeddings(
     if check_values:
         check_finite("z1", z1)
         check_finite("z2", z2)
+
+
+def check_negatives(
+    negatives: torch.Tensor | None, z1: torch.Tensor, *, check_values: bool = True
+) -> None:
+    """Check extra candidates ``negatives`` (K, d) against the batch ``z1`` (N, d)."""
+    if negatives is None:
+        return
+    if not isinstance(negatives, torch.Tensor) or negatives.dim() != 2:
+        shape = (
+            _shape(negatives) if isinstance(negatives, torch.Tensor) else type(negatives).__name__
+        )
+        raise ValueError(f"negatives: expected a 2-D tensor of shape (K, d), got {shape}")
+    if not negatives.is_floating_point():
+        raise ValueError(
+            f"negatives: expected a floating-point tensor, got dtype {negatives.dtype}"
+        )
+    if negatives.shape[1] != z1.shape[1]:
+        raise ValueError(
+            f"negatives: expected shape (K, {z1.shape[1]}) (the embeddings' d), "
+            f"got {_shape(negatives)}"
+        )
+    if negatives.shape[0] < 1:
+        raise ValueError("negatives: expected at least one extra candidate (K >= 1), got K=0")
+    if check_values:
+        check_finite("negatives", negatives)
 
 
 def check_positive(name: str, value: float) -> float:

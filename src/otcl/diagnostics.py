@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ._validation import check_choice, check_embeddings, check_positive
-from .ot.geometry import LAYOUTS, positive_index
+from .ot.geometry import LAYOUTS, layout_embeddings, negative_mask, positive_index
 
 __all__ = [
     "alignment",
@@ -69,21 +69,6 @@ def uniformity(z: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     zn = F.normalize(z, dim=-1)
     sq = torch.pdist(zn).pow(2)
     return torch.logsumexp(-t * sq, dim=0) - torch.log(torch.tensor(float(sq.numel())))
-
-
-def negative_mask(
-    n_pairs: int, layout: str = "simclr", device: torch.device | str | None = None
-) -> torch.Tensor:
-    """(n, n) bool mask of the negatives: not self, not the positive (n = 2N or N)."""
-    check_choice("layout", layout, LAYOUTS)
-    pos = positive_index(n_pairs, layout, device)
-    n = pos.numel()
-    rows = torch.arange(n, device=device)
-    mask = torch.ones(n, n, dtype=torch.bool, device=device)
-    mask[rows, pos] = False
-    if layout == "simclr":
-        mask[rows, rows] = False
-    return mask
 
 
 def uniform_weights(neg: torch.Tensor) -> torch.Tensor:
@@ -165,12 +150,9 @@ def batch_diagnostics(
     check_choice("layout", lay, LAYOUTS)
     n_pairs = z1.shape[0]
     a, b = F.normalize(z1.float(), dim=-1), F.normalize(z2.float(), dim=-1)
-    if lay == "simclr":
-        x = torch.cat([a, b])
-        sim = x @ x.T
-    else:
-        sim = a @ b.T
-    neg = negative_mask(n_pairs, lay, sim.device)
+    x, y = layout_embeddings(a, b, lay)
+    sim = x @ y.T
+    neg = negative_mask(n_pairs, lay, device=sim.device)
     check_choice("source", source, ("auto", "uniform", "plan"))
     if weights is None and source == "plan":
         coupling = getattr(loss, "coupling", None)

@@ -2,23 +2,25 @@ r"""The one vocabulary every otcl loss is written in.
 
 A loss is a pipeline of five interchangeable parts::
 
-    similarity (cosine / dot, temperature eps)        -> otcl.ot.geometry.pair_scores
+    similarity (cosine / dot, temperature eps)        -> otcl.ot.pair_scores      -> Geometry
       -> layout ("simclr" 2N x 2N, or "cross" N x N)
-      -> coupling (constraint set + solver)            -> otcl.ot.solve
+      -> coupling: constraint set + solver            -> otcl.ot.Problem, Sinkhorn -> SinkhornOutput
       -> target plan (identity / labels= / target=)    -> otcl.losses.targets
       -> divergence (cross-entropy or RINCE)           -> otcl.losses.divergences
       (+ extra terms, e.g. IOT's uniformity)
 
 :class:`OTContrastiveLoss` composes them; the named losses (``infonce``, ``iot``, ``gca-uot``,
-...) are presets of it, and any new combination is one constructor call away::
+...) are presets of it (they change :attr:`~OTContrastiveLoss.defaults`), and any new
+combination is one constructor call away, or ``build("ot", ...)`` by name::
 
     loss = OTContrastiveLoss(constraint="unbalanced", rho=0.5, divergence="rince")
 """
 
 from __future__ import annotations
 
-import copy
 import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 
@@ -26,106 +28,252 @@ from .._validation import (
     check_choice,
     check_embeddings,
     check_int_at_least,
+    check_negatives,
     check_nonneg,
     check_positive,
     check_prob,
 )
 from ..ot.geometry import LAYOUTS, SIMILARITIES, Geometry, pair_scores
 from ..ot.problem import CONSTRAINTS, Problem
-from ..ot.sinkhorn import DOMAINS, GRAD_MODES, SinkhornOutput, solve
+from ..ot.sinkhorn import BACKWARDS, DOMAINS, GRAD_MODES, Sinkhorn, SinkhornOutput
 from . import divergences
 from .contrastive import ContrastiveLoss
+from .divergences import RowView
+from .registry import register
 from .targets import prepare_target
 
 __all__ = ["OTContrastiveLoss", "DIVERGENCES"]
 
 DIVERGENCES = ("ce", "rince")
+_ITERATIVE = ("balanced", "unbalanced")
 
 
+@register("ot")
 class OTContrastiveLoss(ContrastiveLoss):
     r"""Contrastive loss :math:`d(P_{tgt} \,\|\, P_\theta)` with :math:`P_\theta` an entropic coupling.
 
+    .. math::
+
+        \mathcal L = d\big(P_{tgt} \,\|\, P_\theta\big),\qquad
+        P_\theta = \arg\max_{P \in B}\ \langle P, S\rangle + H(P),\qquad
+        S_{ij} = \mathrm{sim}(z_i, z_j)/\varepsilon,
+
+    with :math:`B` the constraint set (rows: InfoNCE; rows and columns: Sinkhorn; KL-relaxed:
+    unbalanced OT) and :math:`d` the row-wise cross-entropy (KL) or RINCE: the inverse-OT view of
+    Shi et al. (ICML 2023) and the generalized alignment of Chen et al. (NeurIPS 2024).
+    Registered as ``"ot"``: every combination of the parts by name.
+
+    Every argument left at ``None`` takes the loss's default (:attr:`defaults`); an argument
+    given where it does not apply raises ``ValueError`` (:attr:`applies_when`).
+
     Args:
-        temperature: eps > 0, the softmax temperature = entropic regularisation.
+        temperature: eps > 0, the softmax temperature = entropic regularisation (0.5).
         layout: ``"simclr"`` (2N x 2N, self-pairs masked, positives i <-> i+N) or ``"cross"``
             (N x N between the views, as CLIP).
         similarity: ``"cosine"`` (default) or ``"dot"``.
         constraint: ``"rows"`` (InfoNCE), ``"balanced"`` (Sinkhorn), ``"unbalanced"``
             (KL-relaxed), ``"cols"`` or ``"mass"``; see :mod:`otcl.ot.problem`.
-        iters: Sinkhorn iterations (row + column update) for iterative constraint sets.
+        iters: Sinkhorn iterations (row + column update) of the iterative sets (10).
         rho: KL strength of the relaxed marginals for ``"unbalanced"``, in cost units (GCA's
             ``relax_item``, POT's ``reg_m``); the solver receives ``rho / temperature``.
         divergence: ``"ce"`` (KL / soft cross-entropy) or ``"rince"``.
-        q, lam: RINCE exponent in (0, 1] and weight > 0 (``divergence="rince"``).
-        marginals: ``"uniform"`` (a = b = 1/n) or ``"unit"`` (a = b = 1, as GCA's code).
+        q, lam: RINCE exponent in (0, 1] and weight > 0 (``divergence="rince"``; 0.6, 0.01).
+        marginals: ``"uniform"`` (a = b = 1/n) or ``"unit"`` (a = b = 1, as GCA's code); it
+            matters only where the loss is not invariant to scaling the marginals.
         symmetric: in the ``"cross"`` layout, average the loss of the coupling of S and of S^T
-            (CLIP's symmetric loss). Ignored for ``"simclr"``, whose scores are symmetric.
+            (CLIP's symmetric loss; True).
         grad: gradient mode of the solver (``"unrolled"``, ``"implicit"``, ``"detach"``).
         domain: solver arithmetic (``"auto"``, ``"log"``, ``"exp"``).
-        tol: optional early-stop tolerance of the solver (syncs with the host).
-        self_pair: ``"mask"`` (default) or ``"max_cost"`` (official GCA/IOT code).
-        clip_min: clamp cosine similarities from below (official GCA code: 1e-7); None = off.
-        check_inputs: check embeddings for NaN/Inf (one host sync per call).
+        backward: ``grad="unrolled"`` differentiation: ``"fused"`` (hand-written, default) or
+            ``"autograd"`` (through the loop: the reference).
+        tol: early-stop tolerance of the solver (syncs with the host); 0 (default) = always
+            ``iters`` iterations.
+        self_pair: ``"mask"`` (default) or ``"max_cost"`` (official GCA/IOT code), simclr only.
+        clip_min: clamp cosine similarities from below (official GCA code: 1e-7); off by default.
+        check_inputs: check embeddings for NaN/Inf (one host sync per call; True).
 
     Call:
-        ``loss(z1, z2, labels=None, target=None) -> scalar``, with ``z1``, ``z2`` (N, d),
-        ``labels`` (N,) integer classes (supervised positives), ``target`` (n, n) a custom
-        non-negative target plan (n = 2N for simclr, N for cross).
+        ``loss(z1, z2, labels=None, target=None, *, negatives=None) -> scalar``, with ``z1``,
+        ``z2`` (N, d), ``labels`` (N,) integer classes (supervised positives), ``target`` (n, m)
+        a custom non-negative target plan (n = 2N for simclr, N for cross; m = n + K), and
+        ``negatives`` (K, d) extra candidates appended as columns (never positives).
+
+    Example:
+        >>> import torch
+        >>> loss_fn = OTContrastiveLoss(constraint="unbalanced", rho=0.5, divergence="rince")
+        >>> loss = loss_fn(torch.randn(8, 16), torch.randn(8, 16))
     """
 
-    default_constraint = "rows"
+    defaults: ClassVar[Mapping[str, Any]] = {
+        "temperature": 0.5,
+        "layout": "simclr",
+        "similarity": "cosine",
+        "constraint": "rows",
+        "iters": 10,
+        "rho": None,
+        "divergence": "ce",
+        "q": 0.6,
+        "lam": 0.01,
+        "marginals": "uniform",
+        "symmetric": True,
+        "grad": "unrolled",
+        "domain": "auto",
+        "backward": "fused",
+        "tol": 0.0,
+        "self_pair": "mask",
+        "clip_min": None,
+        "check_inputs": True,
+    }
+    applies_when: ClassVar[Mapping[str, str]] = {
+        "rho": "constraint='unbalanced'",
+        "iters": "an iterative constraint ('balanced' or 'unbalanced')",
+        "tol": "an iterative constraint ('balanced' or 'unbalanced')",
+        "grad": "an iterative constraint ('balanced' or 'unbalanced')",
+        "domain": "an iterative constraint ('balanced' or 'unbalanced')",
+        "backward": "an iterative constraint with grad='unrolled'",
+        "q": "the RINCE divergence",
+        "lam": "the RINCE divergence",
+        "marginals": "constraint='unbalanced', or RINCE with constraint='balanced' or 'cols'",
+        "symmetric": "layout='cross'",
+        "self_pair": "layout='simclr'",
+    }
 
     def __init__(
         self,
-        temperature: float = 0.5,
+        temperature: float | None = None,
         *,
-        layout: str = "simclr",
-        similarity: str = "cosine",
+        layout: str | None = None,
+        similarity: str | None = None,
         constraint: str | None = None,
-        iters: int = 10,
+        iters: int | None = None,
         rho: float | None = None,
-        divergence: str = "ce",
-        q: float = 0.6,
-        lam: float = 0.01,
-        marginals: str = "uniform",
-        symmetric: bool = True,
-        grad: str = "unrolled",
-        domain: str = "auto",
+        divergence: str | None = None,
+        q: float | None = None,
+        lam: float | None = None,
+        marginals: str | None = None,
+        symmetric: bool | None = None,
+        grad: str | None = None,
+        domain: str | None = None,
+        backward: str | None = None,
         tol: float | None = None,
-        self_pair: str = "mask",
+        self_pair: str | None = None,
         clip_min: float | None = None,
-        check_inputs: bool = True,
+        check_inputs: bool | None = None,
+        **params: Any,
     ) -> None:
         super().__init__()
-        self.temperature = check_positive("temperature", temperature)
-        self.layout = check_choice("layout", layout, LAYOUTS)
-        self.similarity = check_choice("similarity", similarity, SIMILARITIES)
-        constraint = self.default_constraint if constraint is None else constraint
-        self.constraint = check_choice("constraint", constraint, CONSTRAINTS)
-        self.iters = check_int_at_least("iters", iters, 1)
+        given = dict(
+            temperature=temperature,
+            layout=layout,
+            similarity=similarity,
+            constraint=constraint,
+            iters=iters,
+            rho=rho,
+            divergence=divergence,
+            q=q,
+            lam=lam,
+            marginals=marginals,
+            symmetric=symmetric,
+            grad=grad,
+            domain=domain,
+            backward=backward,
+            tol=tol,
+            self_pair=self_pair,
+            clip_min=clip_min,
+            check_inputs=check_inputs,
+            **params,
+        )
+        s = self.resolve_params(given)
+        self.temperature = check_positive("temperature", s["temperature"])
+        self.layout = check_choice("layout", s["layout"], LAYOUTS)
+        self.similarity = check_choice("similarity", s["similarity"], SIMILARITIES)
+        self.constraint = check_choice("constraint", s["constraint"], CONSTRAINTS)
+        self.iters = check_int_at_least("iters", s["iters"], 1)
+        self.rho = None
         if self.constraint == "unbalanced":
-            if rho is None:
+            if s["rho"] is None:
                 raise ValueError("rho: constraint='unbalanced' needs rho > 0, got None")
-            check_positive("rho", rho)
-        self.rho = None if rho is None else float(rho)
-        self.divergence = check_choice("divergence", divergence, DIVERGENCES)
-        self.q = check_prob("q", q, open_left=True)
-        self.lam = check_positive("lam", lam)
-        self.marginals = check_choice("marginals", marginals, ("uniform", "unit"))
-        self.symmetric = bool(symmetric)
-        self.grad = check_choice("grad", grad, GRAD_MODES)
-        self.domain = check_choice("domain", domain, DOMAINS)
-        self.tol = None if tol is None else check_nonneg("tol", tol)
-        self.self_pair = check_choice("self_pair", self_pair, ("mask", "max_cost"))
-        self.clip_min = clip_min
-        self.check_inputs = bool(check_inputs)
+            self.rho = check_positive("rho", s["rho"])
+        self.divergence = check_choice("divergence", s["divergence"], DIVERGENCES)
+        self.q = check_prob("q", s["q"], open_left=True)
+        self.lam = check_positive("lam", s["lam"])
+        self.marginals = check_choice("marginals", s["marginals"], ("uniform", "unit"))
+        self.symmetric = bool(s["symmetric"])
+        self.grad = check_choice("grad", s["grad"], GRAD_MODES)
+        self.domain = check_choice("domain", s["domain"], DOMAINS)
+        self.backward = check_choice("backward", s["backward"], BACKWARDS)
+        self.tol = check_nonneg("tol", s["tol"])
+        self.self_pair = check_choice("self_pair", s["self_pair"], ("mask", "max_cost"))
+        self.clip_min = None if s["clip_min"] is None else float(s["clip_min"])
+        self.check_inputs = bool(s["check_inputs"])
+        self.configure(s)
+
+    # -- parameters ------------------------------------------------------------------------
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        """Validate and store the parameters a subclass adds (called at the end of __init__)."""
+
+    @classmethod
+    def uses_rince(cls, settings: Mapping[str, Any]) -> bool:
+        """Whether the loss evaluates RINCE under ``settings`` (where ``q``, ``lam`` apply)."""
+        return settings["divergence"] == "rince"
+
+    @classmethod
+    def inapplicable(cls, name: str, settings: Mapping[str, Any]) -> str | None:
+        s, who = settings, cls.loss_name()
+        c = s["constraint"]
+        iterative = c in _ITERATIVE
+        has = f"{who} has constraint={c!r}"
+        if name == "rho" and c != "unbalanced":
+            return f"applies only to constraint='unbalanced'; {has}"
+        if name in ("iters", "tol", "grad", "domain", "backward") and not iterative:
+            return (
+                f"applies only to the iterative constraints 'balanced' and 'unbalanced'; "
+                f"{has}, which has a closed form"
+            )
+        if name == "backward" and s["grad"] != "unrolled":
+            return f"applies only to grad='unrolled'; {who} has grad={s['grad']!r}"
+        rince = cls.uses_rince(s)
+        if name in ("q", "lam") and not rince:
+            return f"applies only to the RINCE divergence; {who} has divergence={s['divergence']!r}"
+        if name == "marginals" and not (c == "unbalanced" or (rince and c in ("balanced", "cols"))):
+            return (
+                f"applies only to {cls.applies_when['marginals']}; {has} and "
+                f"divergence={s['divergence']!r}, which do not depend on a common scale of the "
+                "marginals"
+            )
+        if name == "symmetric" and s["layout"] != "cross":
+            return f"applies only to layout='cross'; {who} has layout={s['layout']!r}"
+        if name == "self_pair" and s["layout"] != "simclr":
+            return f"applies only to layout='simclr'; {who} has layout={s['layout']!r}"
+        return None
 
     # -- parts -----------------------------------------------------------------------------
-    def problem(self) -> Problem:
+    def problem(self, n: int, m: int, device: torch.device | None = None) -> Problem:
+        """The coupling problem of an (n, m) score matrix (``rho`` in solver units)."""
+        if self.constraint == "mass":
+            # total mass only: unit marginals mean total mass n (the plan's shape is unchanged)
+            return Problem(mass=float(n) if self.marginals == "unit" else 1.0)
+        a = b = None
+        if self.marginals == "unit":  # a = 1; b = 1 on a square plan (same total mass n)
+            a = torch.ones(n, device=device)
+            b = torch.full((m,), n / m, device=device)
         rho = None if self.rho is None else self.rho / self.temperature
-        return Problem.from_name(self.constraint, rho)
+        return Problem.from_name(self.constraint, rho, a=a, b=b)
 
-    def geometry(self, z1: torch.Tensor, z2: torch.Tensor) -> Geometry:
+    def solver(self) -> Sinkhorn:
+        """The solver with this loss's options."""
+        return Sinkhorn(
+            iters=self.iters,
+            tol=self.tol or None,
+            grad=self.grad,
+            domain=self.domain,
+            backward=self.backward,
+        )
+
+    def geometry(
+        self, z1: torch.Tensor, z2: torch.Tensor, negatives: torch.Tensor | None = None
+    ) -> Geometry:
+        """The scores of a batch (see :func:`otcl.ot.pair_scores`)."""
         return pair_scores(
             z1,
             z2,
@@ -134,37 +282,22 @@ class OTContrastiveLoss(ContrastiveLoss):
             similarity_kind=self.similarity,
             self_pair=self.self_pair,
             clip_min=self.clip_min,
+            negatives=negatives,
         )
 
     def solve(self, scores: torch.Tensor, bound: float | None) -> SinkhornOutput:
+        """The model plan :math:`P_\\theta` of a score matrix."""
         n, m = scores.shape[-2:]
-        a = b = None
-        problem = self.problem()
-        if problem.constraint == "mass":
-            # total mass only: unit marginals mean total mass n (the plan's shape is unchanged)
-            if self.marginals == "unit":
-                problem = Problem("mass", mass=float(n))
-        elif self.marginals == "unit":
-            a = torch.ones(n, device=scores.device)
-            b = torch.ones(m, device=scores.device)
+        problem = self.problem(n, m, scores.device)
         init = None
         if problem.constraint == "unbalanced":
             # start from v = b as the official GCA-UOT code (u = v = marginal); for balanced
             # problems the starting scale of v cancels after the first row update
-            log_b = torch.full((m,), -math.log(m), device=scores.device) if b is None else b.log()
+            log_b = torch.full((m,), -math.log(m), device=scores.device)
+            if problem.b is not None:
+                log_b = problem.b.log()
             init = (torch.zeros(n, device=scores.device), log_b)
-        out = solve(
-            scores,
-            a,
-            b,
-            problem=problem,
-            init=init,
-            iters=self.iters,
-            tol=self.tol,
-            grad=self.grad,
-            domain=self.domain,
-            bound=bound,
-        )
+        out = self.solver()(scores, problem, bound=bound, init=init)
         if self.grad == "implicit" and problem.constraint == "balanced":
             out = self.symmetric_gauge(out)
         return out
@@ -183,43 +316,72 @@ class OTContrastiveLoss(ContrastiveLoss):
         """
         n, m = out.f.shape[-1], out.g.shape[-1]
         k = (out.g.sum(-1, keepdim=True) - out.f.sum(-1, keepdim=True)) / (n + m)
-        shifted = copy.copy(out)
-        shifted.f, shifted.g = out.f + k, out.g - k
-        shifted.__dict__.pop("_log_pos", None)  # a positives gather cached with the old g
-        if out.row_lse is not None:  # LSE_j(S_ij + g_j), if the solver keeps it
-            shifted.row_lse = out.row_lse - k
-        return shifted
+        row_lse = None if out.row_lse is None else out.row_lse - k  # LSE_j(S_ij + g_j)
+        return out.replace(f=out.f + k, g=out.g - k, row_lse=row_lse)
 
     def divergence_value(
-        self, out: SinkhornOutput, target: torch.Tensor | None, pos: torch.Tensor | None
+        self,
+        out: SinkhornOutput,
+        target: torch.Tensor | None,
+        pos: torch.Tensor | None,
+        rows: RowView | None,
     ) -> torch.Tensor:
+        """The divergence :math:`d(P_{tgt}\\|P_\\theta)` of one direction.
+
+        ``rows`` is the solve's :class:`~otcl.losses.divergences.RowView` when the vector-only
+        path applies (identity target, exp-domain solve), else None (then ``out`` holds its
+        log-plan).
+        """
         if self.divergence == "ce":
-            return divergences.plan_cross_entropy(out, target, pos)
-        return divergences.plan_rince(out, target, pos, q=self.q, lam=self.lam)
+            return divergences.plan_cross_entropy(out, target, pos, rows)
+        return divergences.plan_rince(out, target, pos, rows, q=self.q, lam=self.lam)
 
     def extra_terms(
-        self, out: SinkhornOutput, target: torch.Tensor | None, pos: torch.Tensor | None
+        self,
+        out: SinkhornOutput,
+        target: torch.Tensor | None,
+        pos: torch.Tensor | None,
+        rows: RowView | None,
+        simclr: bool,
     ) -> torch.Tensor | None:
-        """Hook for additional terms (e.g. IOT's uniformity); None = nothing to add."""
+        """Hook for additional terms (e.g. IOT's uniformity); None = nothing to add.
+
+        ``simclr`` says whether the rows are the simclr layout's (self-pairs on the diagonal).
+        """
         return None
 
-    def _one_direction(
+    def direction_loss(
         self,
-        scores: torch.Tensor,
-        bound: float | None,
+        geom: Geometry,
         target: torch.Tensor | None,
         pos: torch.Tensor | None,
     ) -> torch.Tensor:
-        out = self.solve(scores, bound)
-        value = self.divergence_value(out, target, pos)
-        extra = self.extra_terms(out, target, pos)
+        """The loss of one direction: solve, then divergence (+ extra terms).
+
+        Each solve computes its :class:`~otcl.losses.divergences.RowView` (vector-only path)
+        or forms its log-plan once, and every term reads it.
+        """
+        out = self.solve(geom.scores, geom.bound)
+        rows = divergences.row_view(out, target, pos)
+        if rows is None:
+            out = out.with_log_plan()
+        value = self.divergence_value(out, target, pos, rows)
+        extra = self.extra_terms(out, target, pos, rows, geom.layout == "simclr")
         return value if extra is None else value + extra
 
     # -- call ------------------------------------------------------------------------------
-    def coupling(self, z1: torch.Tensor, z2: torch.Tensor) -> SinkhornOutput:
-        """The model plan :math:`P_\\theta` of a batch (for diagnostics)."""
+    def _check_call(
+        self, z1: torch.Tensor, z2: torch.Tensor, negatives: torch.Tensor | None
+    ) -> None:
         check_embeddings(z1, z2, check_values=self.check_inputs)
-        geo = self.geometry(z1, z2)
+        check_negatives(negatives, z1, check_values=self.check_inputs)
+
+    def coupling(
+        self, z1: torch.Tensor, z2: torch.Tensor, negatives: torch.Tensor | None = None
+    ) -> SinkhornOutput:
+        """The model plan :math:`P_\\theta` of a batch (first direction; for diagnostics)."""
+        self._check_call(z1, z2, negatives)
+        geo = self.geometry(z1, z2, negatives)
         return self.solve(geo.scores, geo.bound)
 
     def forward(
@@ -228,20 +390,22 @@ class OTContrastiveLoss(ContrastiveLoss):
         z2: torch.Tensor,
         labels: torch.Tensor | None = None,
         target: torch.Tensor | None = None,
+        *,
+        negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        check_embeddings(z1, z2, check_values=self.check_inputs)
-        n_pairs = z1.shape[0]
-        geo = self.geometry(z1, z2)
+        self._check_call(z1, z2, negatives)
+        geo = self.geometry(z1, z2, negatives)
         dtype = torch.float64 if z1.dtype == torch.float64 else torch.float32
-        tgt, pos = prepare_target(n_pairs, self.layout, labels, target, z1.device, dtype)
-        loss = self._one_direction(geo.scores, geo.bound, tgt, pos)
+        tgt, pos = prepare_target(geo, labels, target, dtype)
+        loss = self.direction_loss(geo, tgt, pos)
         if self.layout == "cross" and self.symmetric:
-            tgt_t = None if tgt is None else tgt.transpose(0, 1)
-            if tgt_t is not None:
+            n = geo.n_pairs
+            tgt_t = None
+            if tgt is not None:
+                tgt_t = tgt[:, :n].transpose(0, 1)
                 tgt_t = tgt_t / tgt_t.sum(-1, keepdim=True)
-            loss = 0.5 * (
-                loss + self._one_direction(geo.scores.transpose(0, 1), geo.bound, tgt_t, pos)
-            )
+            pos_t = None if pos is None else pos[:n]
+            loss = 0.5 * (loss + self.direction_loss(geo.transposed(), tgt_t, pos_t))
         return loss
 
     def extra_repr(self) -> str:

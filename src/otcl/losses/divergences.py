@@ -17,8 +17,8 @@ Both act row by row on a log-plan :math:`\log P` of shape (n, m) and return the 
 
 :func:`plan_cross_entropy` and :func:`plan_rince` take a solver output instead of a log-plan.
 With the identity target and a solver that returns :math:`\mathrm{LSE}_j(S_{ij} + g_j)`
-(``SinkhornOutput.row_lse``, the exp-domain unrolled solve), both are functions of n-vectors
-only, since :math:`\log \hat P_{ij} = S_{ij} + g_j - \mathrm{LSE}_j(S_{ij}+g_j)` and
+(``SinkhornOutput.row_lse``, the exp-domain solves), both are functions of n-vectors
+only (:class:`RowView`), since :math:`\log \hat P_{ij} = S_{ij} + g_j - \mathrm{LSE}_j(S_{ij}+g_j)` and
 :math:`\log (Kv)_{ij} = S_{ij} + g_j`: no n x m plan, softmax or gradient buffer is formed
 (the same values; tested against the log-plan formulas).
 """
@@ -26,11 +26,14 @@ only, since :math:`\log \hat P_{ij} = S_{ij} + g_j - \mathrm{LSE}_j(S_{ij}+g_j)`
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["cross_entropy", "rince", "plan_cross_entropy", "plan_rince"]
+from ..ot.sinkhorn import SinkhornOutput
+
+__all__ = ["RowView", "cross_entropy", "plan_cross_entropy", "plan_rince", "rince", "row_view"]
 
 
 def _log_positive(log_p: torch.Tensor, target: torch.Tensor | None, pos: torch.Tensor | None):
@@ -85,55 +88,69 @@ def _rince_rows(log_pos: torch.Tensor, lse: torch.Tensor, q: float, lam: float) 
     return (-(q * log_pos).exp() / q + (q * log_all).exp() / q).mean()
 
 
-def positive_log_kv(out, pos: torch.Tensor) -> torch.Tensor:
-    """:math:`S_{i,p(i)} + g_{p(i)}` (= log P - f at the positives) of a 2-D solver output.
+class RowView(NamedTuple):
+    r"""The two n-vectors the identity-target divergences need, from one solve.
 
-    Cached on ``out``: the terms of one solve (e.g. GCA-UOT's CE and RINCE, IOT's uniformity)
-    share one gather, hence one dense n x m gradient for it in the backward.
+    Attributes:
+        lse: (n,) :math:`\\mathrm{LSE}_j(S_{ij} + g_j) = \\log (Kv)_i`.
+        log_pos: (n,) :math:`S_{i,p(i)} + g_{p(i)} = \\log (Kv)_{i,p(i)}`.
+
+    With them, :math:`-\\log \\hat P_{i,p(i)} = \\mathrm{lse}_i - \\mathrm{log\\_pos}_i` and
+    RINCE is a function of both: no n x m plan is formed. A loss computes the view once per solve
+    (:func:`row_view`) and hands it to every term (GCA-UOT's CE and RINCE, IOT's uniformity), so
+    the terms share one gather and one dense gradient for it.
     """
-    cached = getattr(out, "_log_pos", None)
-    if cached is not None and cached[0] is pos:
-        return cached[1]
-    log_pos = out.scores.gather(-1, pos.unsqueeze(-1)).squeeze(-1) + out.g[pos]
-    out._log_pos = (pos, log_pos)
-    return log_pos
+
+    lse: torch.Tensor
+    log_pos: torch.Tensor
 
 
-def _fast_terms(out, target: torch.Tensor | None, pos: torch.Tensor | None):
-    """(row_lse, S_i,pos(i) + g_pos(i)) when the vector-only path applies, else None."""
-    lse, scores = out.row_lse, out.scores
-    if target is not None or pos is None or lse is None or scores is None or scores.dim() != 2:
+def row_view(
+    out: SinkhornOutput, target: torch.Tensor | None, pos: torch.Tensor | None
+) -> RowView | None:
+    """The :class:`RowView` of a 2-D solver output when the vector-only path applies, else None.
+
+    It applies with the identity target (``target is None``) when the solver returned
+    ``row_lse`` (exp-domain solves).
+    """
+    if target is not None or pos is None or out.row_lse is None or out.scores.dim() != 2:
         return None
-    return lse, positive_log_kv(out, pos)
+    log_pos = out.scores.gather(-1, pos.unsqueeze(-1)).squeeze(-1) + out.g[pos]
+    return RowView(out.row_lse, log_pos)
 
 
 def plan_cross_entropy(
-    out, target: torch.Tensor | None = None, pos: torch.Tensor | None = None
+    out: SinkhornOutput,
+    target: torch.Tensor | None = None,
+    pos: torch.Tensor | None = None,
+    rows: RowView | None = None,
 ) -> torch.Tensor:
     """:func:`cross_entropy` of a solver output's plan (``out.log_plan``), vector-only if possible.
 
     Args:
         out: a :class:`~otcl.ot.SinkhornOutput`.
         target, pos: as in :func:`cross_entropy`.
+        rows: its :class:`RowView` (computed here if None and applicable).
     """
-    fast = _fast_terms(out, target, pos)
-    if fast is None:
+    rows = row_view(out, target, pos) if rows is None else rows
+    if rows is None:
         return cross_entropy(out.log_plan, target, pos)
-    lse, log_pos = fast  # -log P-hat_{i,p(i)} = LSE_j(S_ij + g_j) - (S_ip + g_p)
-    return (lse - log_pos).mean()
+    return (
+        rows.lse - rows.log_pos
+    ).mean()  # -log P-hat_{i,p(i)} = LSE_j(S_ij + g_j) - (S_ip + g_p)
 
 
 def plan_rince(
-    out,
+    out: SinkhornOutput,
     target: torch.Tensor | None = None,
     pos: torch.Tensor | None = None,
+    rows: RowView | None = None,
     *,
     q: float = 0.6,
     lam: float = 0.01,
 ) -> torch.Tensor:
     """:func:`rince` on :math:`\\log(Kv) = \\log P - f` of a solver output, vector-only if possible."""
-    fast = _fast_terms(out, target, pos)
-    if fast is None:
+    rows = row_view(out, target, pos) if rows is None else rows
+    if rows is None:
         return rince(out.log_plan - out.f.unsqueeze(-1), target, pos, q=q, lam=lam)
-    lse, log_pos = fast
-    return _rince_rows(log_pos, lse, q, lam)
+    return _rince_rows(rows.log_pos, rows.lse, q, lam)

@@ -26,6 +26,11 @@ The positive of :math:`\tilde a_i` is :math:`b_i`, every other :math:`b_j` is a 
 and the total loss is :math:`L = L_{base}(a, b) + \omega\, \frac{e}{e + e_0}\, L_{dmm}` with the
 ramp-up over epochs :math:`e` (:meth:`DMM.set_epoch`), offset :math:`e_0` = ``warmup``.
 
+The pieces live in their own small modules: the pair losses (:func:`vse_hinge`,
+:func:`min_triplet`) in :mod:`otcl.losses.pair_losses`, the mixing (:func:`mix`, :class:`Mixed`)
+in :mod:`otcl.losses.mixing`, the wrapper mechanics in :mod:`otcl.losses.wrappers`; this file is
+the method.
+
 Differences from the official code are listed in ``docs/losses.md`` (section ``dmm``); the main one:
 the released recommender code multiplies a persistent margin in place (``margin *= lam``), so it
 decays to ~0 within a few steps; otcl uses :math:`\lambda m` every step
@@ -36,124 +41,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .._validation import check_choice, check_embeddings, check_nonneg
-from .contrastive import ContrastiveLoss
-from .registry import build, get, parameters, register
+from .mixing import PARTNERS, Mixed, draw_mix, first_tensor, mix
+from .pair_losses import PAIR_LOSSES, min_triplet, vse_hinge
+from .registry import register
+from .wrappers import LossWrapper
 
-__all__ = ["DMM", "Mixed", "mix", "vse_hinge", "min_triplet", "PAIR_LOSSES", "PARTNERS"]
-
-PAIR_LOSSES = ("hinge", "triplet")
-PARTNERS = ("reverse", "random")
-
-
-def vse_hinge(anchors: torch.Tensor, positives: torch.Tensor, margin: float) -> torch.Tensor:
-    r"""VSE-style hinge summed over all in-batch negatives (COOT / GMC ``ContrastiveLoss``).
-
-    :math:`\frac{1}{B^2}\sum_{i\ne j}[m + S_{ij} - S_{ii}]_+ + [m + S_{ij} - S_{jj}]_+` with
-    :math:`S_{ij} = \cos(\text{anchors}_i, \text{positives}_j)`.
-
-    Args:
-        anchors: (B, d). positives: (B, d), row i is the positive of anchor i.
-        margin: m >= 0.
-    Returns:
-        scalar.
-    """
-    s = F.normalize(anchors, dim=-1) @ F.normalize(positives, dim=-1).transpose(0, 1)
-    diag = s.diagonal()
-    off = ~torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
-    cost_s = torch.relu(margin + s - diag.unsqueeze(1)) * off
-    cost_im = torch.relu(margin + s - diag.unsqueeze(0)) * off
-    return (cost_s.sum() + cost_im.sum()) / (s.shape[0] * s.shape[1])
-
-
-def min_triplet(anchors: torch.Tensor, positives: torch.Tensor, margin: float) -> torch.Tensor:
-    r"""CML's min-triplet hinge with Euclidean distances and in-batch negatives.
-
-    :math:`\frac1B\sum_i [m + d(a_i, b_i) - \min_{j\ne i} d(a_i, b_j)]_+`, :math:`d` the plain
-    (not squared) Euclidean distance on the raw embeddings (PyTorchCML ``MinTripletLoss``; the
-    official code samples 10 negatives per user, here the other positives of the batch).
-    """
-    d = torch.cdist(anchors, positives)
-    eye = torch.eye(d.shape[0], dtype=torch.bool, device=d.device)
-    hardest = d.masked_fill(eye, float("inf")).min(dim=-1).values
-    return torch.relu(margin + d.diagonal() - hardest).mean()
-
-
-_PAIR_FNS: dict[str, Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] = {
-    "hinge": vse_hinge,
-    "triplet": min_triplet,
-}
-
-
-def _first_tensor(x: Any) -> torch.Tensor | None:
-    if isinstance(x, torch.Tensor):
-        return x
-    if isinstance(x, Mapping):
-        x = list(x.values())
-    if isinstance(x, (list, tuple)):
-        for v in x:
-            t = _first_tensor(v)
-            if t is not None:
-                return t
-    return None
-
-
-def mix(x: Any, lam: float, perm: torch.Tensor, *, name: str = "x") -> Any:
-    r"""Mixup of a batch with its partners: :math:`\lambda x + (1-\lambda) x[\pi]`.
-
-    ``x`` is a floating tensor (B, ...), or a dict / list / tuple of them (one entry per
-    modality, mixed with the same :math:`\lambda, \pi`); ``None`` entries (missing modalities)
-    stay ``None``. Integer tensors (ids) cannot be mixed in input space: mix their embeddings.
-    """
-    if x is None:
-        return None
-    if isinstance(x, torch.Tensor):
-        if not x.is_floating_point():
-            raise ValueError(
-                f"{name}: expected floating-point inputs to mix, got dtype {x.dtype} "
-                "(ids cannot be mixed in input space; mix their embeddings instead)"
-            )
-        if x.shape[0] != perm.numel():
-            raise ValueError(
-                f"{name}: expected a batch of {perm.numel()} samples, got shape {tuple(x.shape)}"
-            )
-        return lam * x + (1.0 - lam) * x[perm.to(x.device)]
-    if isinstance(x, Mapping):
-        return {k: mix(v, lam, perm, name=f"{name}[{k!r}]") for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(mix(v, lam, perm, name=f"{name}[{i}]") for i, v in enumerate(x))
-    raise ValueError(
-        f"{name}: expected a tensor or a dict/list/tuple of tensors, got {type(x).__name__}"
-    )
-
-
-@dataclass
-class Mixed:
-    """Mixed anchors of one batch, from :meth:`DMM.mix_inputs` or :meth:`DMM.mix_embeddings`.
-
-    Attributes:
-        z: (B, d) embeddings of the mixed view-1 anchors, or a list of them (one per modality,
-            ``per_modality=True``), whose DMM terms are averaged.
-        lam: the mixing coefficient of this batch.
-        perm: (B,) the partner of each sample.
-        z2: (B, d) mixed view-2 anchors (``both_views=True``), positives are the clean view 1.
-    """
-
-    z: torch.Tensor | list[torch.Tensor]
-    lam: float
-    perm: torch.Tensor
-    z2: torch.Tensor | None = None
+__all__ = ["DMM", "Mixed", "PAIR_LOSSES", "PARTNERS", "min_triplet", "mix", "vse_hinge"]
 
 
 @register("dmm")
-class DMM(ContrastiveLoss):
+class DMM(LossWrapper):
     r"""Dynamic Mixed Margin (So, Lim, Kim, Oh, Song, IEEE Access 2023) wrapping any loss.
 
     .. math::
@@ -184,110 +88,131 @@ class DMM(ContrastiveLoss):
             (CML min-triplet on Euclidean distances).
         both_views: also mix view 2 (positives = clean view 1) and average; off in the official
             code, which mixes one side (video, user, modality) only.
+        per_modality: with dict inputs (one entry per modality), :meth:`prepare_inputs` encodes
+            each mixed modality alone and averages their DMM terms (GMC's missing-modality
+            training).
         repel_close_positives: add
             :math:`\frac1B\sum_i[\cos(\tilde a_i, b_i) - (1 - (1-\lambda)m)]_+`
             (an otcl reading of the abstract's "making a little far for strongly nearby positive
             pairs"; **absent from the official code**, off by default).
-        repel_weight: weight of that term.
+        repel_weight: weight of that term (1; only with ``repel_close_positives=True``).
         legacy_cumulative_margin: reproduce the released CML code, whose margin is multiplied in
-            place by every :math:`\lambda` (margin :math:`m\prod_t\lambda_t`).
+            place by every :math:`\lambda` (margin :math:`m\prod_t\lambda_t`). This parity
+            switch is the one piece of state a call leaves for the next (saved in
+            :meth:`state_dict`); the default computes :math:`\lambda m` afresh every call.
         epoch: initial epoch (see :meth:`set_epoch`).
         seed: seed of the private generator drawing :math:`\lambda` and random partners (None:
             torch's global RNG). Its state, the legacy margin and the epoch are part of
             :meth:`state_dict` (extra state), so a checkpoint resumes the same draws.
 
     Call:
-        ``dmm(z1, z2, labels=None, target=None, mixed=None)``; without ``mixed`` the anchors are
-        mixed in embedding space, ``mixed`` from :meth:`mix_inputs` uses input-space mixing.
-        ``labels``/``target`` go to the base loss only.
+        ``dmm(z1, z2, labels=None, target=None, *, mixed=None, negatives=None)``; without
+        ``mixed`` the anchors are mixed in embedding space, ``mixed`` from :meth:`mix_inputs`
+        (or the :meth:`prepare_inputs` hook) uses input-space mixing. ``labels``/``target`` go to
+        the base loss only; ``negatives`` (sampled negatives: (K, d), or (B, K, d) per anchor
+        for the pair loss) go to both.
+
+    Example:
+        >>> import torch, otcl
+        >>> dmm = otcl.losses.build("dmm", base="gca-uot", margin=0.2, warmup=0)
+        >>> loss = dmm(torch.randn(8, 16), torch.randn(8, 16))
     """
 
-    #: ``build("dmm", base="infonce", temperature=0.1)`` forwards unknown keywords to the base
-    forwards_params = True
+    defaults: ClassVar[Mapping[str, Any]] = {
+        "margin": 0.2,
+        "lam_range": (0.5, 1.0),
+        "warmup": 30.0,
+        "weight": 1.0,
+        "partner": "reverse",
+        "pair_loss": "hinge",
+        "both_views": False,
+        "per_modality": False,
+        "repel_close_positives": False,
+        "repel_weight": 1.0,
+        "legacy_cumulative_margin": False,
+        "epoch": 0.0,
+        "seed": None,
+    }
+    applies_when: ClassVar[Mapping[str, str]] = {"repel_weight": "repel_close_positives=True"}
 
     def __init__(
         self,
-        base: nn.Module | str = "infonce",
+        base: nn.Module | Callable[..., torch.Tensor] | str | None = None,
         *,
         base_params: dict[str, Any] | None = None,
-        margin: float = 0.2,
-        lam_range: Sequence[float] = (0.5, 1.0),
-        warmup: float = 30.0,
-        weight: float = 1.0,
-        partner: str = "reverse",
-        pair_loss: str = "hinge",
-        both_views: bool = False,
-        repel_close_positives: bool = False,
-        repel_weight: float = 1.0,
-        legacy_cumulative_margin: bool = False,
-        epoch: float = 0,
+        margin: float | None = None,
+        lam_range: Sequence[float] | None = None,
+        warmup: float | None = None,
+        weight: float | None = None,
+        partner: str | None = None,
+        pair_loss: str | None = None,
+        both_views: bool | None = None,
+        per_modality: bool | None = None,
+        repel_close_positives: bool | None = None,
+        repel_weight: float | None = None,
+        legacy_cumulative_margin: bool | None = None,
+        epoch: float | None = None,
         seed: int | None = None,
-        **extra_base_params: Any,
+        **base_kwargs: Any,
     ) -> None:
-        super().__init__()
-        params = dict(base_params or {})
-        params.update(extra_base_params)
-        if isinstance(base, str):
-            self._check_base_params(base, params, flat=sorted(extra_base_params))
-            self.base = build(base, **params)
-        elif callable(base):
-            if params:
-                raise ValueError(
-                    f"base_params: expected none when base is a loss instance, got {sorted(params)}"
-                )
-            self.base = base
-        else:
-            raise ValueError(
-                f"base: expected a loss name or a loss module, got {type(base).__name__}"
+        super().__init__(base, base_params=base_params, **base_kwargs)
+        s = self.resolve_params(
+            dict(
+                margin=margin,
+                lam_range=lam_range,
+                warmup=warmup,
+                weight=weight,
+                partner=partner,
+                pair_loss=pair_loss,
+                both_views=both_views,
+                per_modality=per_modality,
+                repel_close_positives=repel_close_positives,
+                repel_weight=repel_weight,
+                legacy_cumulative_margin=legacy_cumulative_margin,
+                epoch=epoch,
+                seed=seed,
             )
-        self.margin = check_nonneg("margin", margin)
-        try:
-            lo, hi = (float(v) for v in lam_range)
-        except (TypeError, ValueError):
-            raise ValueError(f"lam_range: expected a pair (lo, hi), got {lam_range!r}") from None
-        if not (0.0 <= lo <= hi <= 1.0):
-            raise ValueError(f"lam_range: expected 0 <= lo <= hi <= 1, got {lam_range!r}")
-        self.lam_range = (lo, hi)
-        self.warmup = check_nonneg("warmup", warmup)
-        self.weight = check_nonneg("weight", weight)
-        self.partner = check_choice("partner", partner, PARTNERS)
-        self.pair_loss = check_choice("pair_loss", pair_loss, PAIR_LOSSES)
-        self.both_views = bool(both_views)
-        self.repel_close_positives = bool(repel_close_positives)
-        self.repel_weight = check_nonneg("repel_weight", repel_weight)
-        self.legacy_cumulative_margin = bool(legacy_cumulative_margin)
-        self._legacy_margin = self.margin
-        self.set_epoch(epoch)
-        self._gen: torch.Generator | None = None
-        if seed is not None:
-            self._gen = torch.Generator().manual_seed(int(seed))
-        self.last_margin: float | None = None
-        self.last_lam: float | None = None
-
-    @staticmethod
-    def _check_base_params(base: str, params: dict[str, Any], flat: list[str]) -> None:
-        """Unknown keywords name both valid lists: the wrapper's own and the base loss's."""
-        if getattr(get(base), "forwards_params", False):
-            return  # a wrapper as base checks its own keywords
-        valid = parameters(base)
-        unknown = sorted(set(params) - set(valid))
-        if not unknown:
-            return
-        own = sorted(k for k in parameters("dmm") if k not in ("base", "base_params"))
-        where = "parameter(s)" if set(unknown) & set(flat) else "base_params"
-        raise ValueError(
-            f"params: unknown {where} {', '.join(unknown)} for loss 'dmm' with base {base!r}; "
-            f"valid: {', '.join(own)} (dmm's own) or {', '.join(sorted(valid))} "
-            f"(passed to {base!r})"
         )
+        self.margin = check_nonneg("margin", s["margin"])
+        try:
+            lo, hi = (float(v) for v in s["lam_range"])
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"lam_range: expected a pair (lo, hi), got {s['lam_range']!r}"
+            ) from None
+        if not (0.0 <= lo <= hi <= 1.0):
+            raise ValueError(f"lam_range: expected 0 <= lo <= hi <= 1, got {s['lam_range']!r}")
+        self.lam_range = (lo, hi)
+        self.warmup = check_nonneg("warmup", s["warmup"])
+        self.weight = check_nonneg("weight", s["weight"])
+        self.partner = check_choice("partner", s["partner"], PARTNERS)
+        self.pair_loss = check_choice("pair_loss", s["pair_loss"], tuple(PAIR_LOSSES))
+        self.both_views = bool(s["both_views"])
+        self.per_modality = bool(s["per_modality"])
+        self.repel_close_positives = bool(s["repel_close_positives"])
+        self.repel_weight = check_nonneg("repel_weight", s["repel_weight"])
+        self.legacy_cumulative_margin = bool(s["legacy_cumulative_margin"])
+        self._legacy_margin = self.margin
+        self.set_epoch(s["epoch"])
+        self._gen: torch.Generator | None = None
+        if s["seed"] is not None:
+            self._gen = torch.Generator().manual_seed(int(s["seed"]))
+
+    @classmethod
+    def inapplicable(cls, name: str, settings: Mapping[str, Any]) -> str | None:
+        if name == "repel_weight" and not settings["repel_close_positives"]:
+            return "applies only to repel_close_positives=True (the repel term is off)"
+        return None
 
     # -- schedule --------------------------------------------------------------------------
     def set_epoch(self, epoch: float) -> None:
-        """Set the epoch :math:`e \\ge 0` of the ramp-up weight :math:`e/(e + e_0)`."""
+        """Set the epoch :math:`e \\ge 0` of the ramp-up weight :math:`e/(e + e_0)` (and the
+        base loss's)."""
         e = check_nonneg("epoch", epoch)
         if math.isinf(e):
             raise ValueError(f"epoch: expected a finite number >= 0, got {epoch!r}")
         self.epoch = e
+        super().set_epoch(e)
 
     @property
     def ramp(self) -> float:
@@ -302,27 +227,31 @@ class DMM(ContrastiveLoss):
         return self.weight * self.ramp
 
     # -- checkpointing ---------------------------------------------------------------------
-    _EXTRA_STATE_KEYS = ("epoch", "legacy_margin", "generator", "last_lam", "last_margin")
+    _EXTRA_STATE_KEYS = ("epoch", "legacy_margin", "generator")
 
     def get_extra_state(self) -> dict[str, Any]:
         r"""Mutable state outside the parameters, saved by :meth:`state_dict`.
 
         The private generator's state (``seed=`` given; ``None`` when :math:`\lambda` and the
         partners come from torch's global RNG, which the training loop checkpoints), the legacy
-        cumulative margin, the epoch of the ramp and the last batch's values. Restoring it
-        with :meth:`load_state_dict` makes a resumed run draw the same next ``(lam, perm)``.
+        cumulative margin and the epoch of the ramp. Restoring it with :meth:`load_state_dict`
+        makes a resumed run draw the same next ``(lam, perm)``.
         """
         return {
             "epoch": self.epoch,
             "legacy_margin": self._legacy_margin,
             "generator": None if self._gen is None else self._gen.get_state(),
-            "last_lam": self.last_lam,
-            "last_margin": self.last_margin,
         }
 
     def set_extra_state(self, state: Any) -> None:
-        """Restore what :meth:`get_extra_state` saved (from :meth:`load_state_dict`)."""
-        if not isinstance(state, Mapping) or set(state) != set(self._EXTRA_STATE_KEYS):
+        """Restore what :meth:`get_extra_state` saved (from :meth:`load_state_dict`).
+
+        Checkpoints of otcl <= 0.1 also hold the last batch's ``last_lam`` and ``last_margin``
+        (no longer kept): they are accepted and dropped.
+        """
+        old = set(self._EXTRA_STATE_KEYS) | {"last_lam", "last_margin"}
+        keys = set(state) if isinstance(state, Mapping) else None
+        if keys is None or not (keys == set(self._EXTRA_STATE_KEYS) or keys == old):
             got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
             raise ValueError(
                 f"state: expected DMM extra state with keys {sorted(self._EXTRA_STATE_KEYS)}, "
@@ -337,23 +266,15 @@ class DMM(ContrastiveLoss):
             if self._gen is None:
                 self._gen = torch.Generator()
             self._gen.set_state(torch.as_tensor(gen_state, dtype=torch.uint8, device="cpu"))
-        self.last_lam = state["last_lam"]
-        self.last_margin = state["last_margin"]
 
     # -- mixing ----------------------------------------------------------------------------
     def sample(
         self, batch_size: int, device: torch.device | str | None = None
     ) -> tuple[float, torch.Tensor]:
         """Draw this batch's ``(lam, perm)``: one :math:`\\lambda` and the partner permutation."""
-        if batch_size < 2:
-            raise ValueError(f"batch_size: expected at least 2 samples to mix, got {batch_size}")
-        lo, hi = self.lam_range
-        lam = lo + (hi - lo) * float(torch.rand((), generator=self._gen))
-        if self.partner == "reverse":
-            perm = torch.arange(batch_size - 1, -1, -1, device=device)
-        else:
-            perm = torch.randperm(batch_size, generator=self._gen).to(device)
-        return lam, perm
+        return draw_mix(
+            batch_size, self.lam_range, self.partner, generator=self._gen, device=device
+        )
 
     def mix_embeddings(self, z1: torch.Tensor, z2: torch.Tensor | None = None) -> Mixed:
         """Embedding-space mixing :math:`\\tilde a = \\lambda z_1 + (1-\\lambda) z_1[\\pi]`."""
@@ -371,7 +292,7 @@ class DMM(ContrastiveLoss):
         x1: Any,
         x2: Any = None,
         *,
-        per_modality: bool = False,
+        per_modality: bool | None = None,
     ) -> Mixed:
         """Input-space mixing: mix the raw batch, re-encode with gradients.
 
@@ -383,11 +304,13 @@ class DMM(ContrastiveLoss):
             per_modality: with dict inputs, encode each mixed modality alone (the others set to
                 ``None``) and average their DMM terms (GMC's missing-modality training: each
                 modality's mixed latent is pulled toward the clean positive, e.g. the joint
-                embedding). The encoder must accept ``None`` modalities.
+                embedding). The encoder must accept ``None`` modalities. Default: the
+                constructor's ``per_modality``.
         Returns:
             :class:`Mixed`, to pass as ``dmm(z1, z2, mixed=...)``.
         """
-        first = _first_tensor(x1)
+        per_modality = self.per_modality if per_modality is None else per_modality
+        first = first_tensor(x1)
         if first is None:
             raise ValueError("x1: expected a tensor or a dict/list/tuple holding tensors")
         lam, perm = self.sample(first.shape[0], first.device)
@@ -429,7 +352,8 @@ class DMM(ContrastiveLoss):
 
     # -- terms -----------------------------------------------------------------------------
     def margin_for(self, lam: float) -> float:
-        """The dynamic margin of a batch: :math:`\\lambda m` (or the legacy cumulative one)."""
+        """The dynamic margin of a batch: :math:`\\lambda m` (or the legacy cumulative one,
+        which this call advances)."""
         if self.legacy_cumulative_margin:
             self._legacy_margin = self._legacy_margin * lam
             return self._legacy_margin
@@ -441,21 +365,27 @@ class DMM(ContrastiveLoss):
         return torch.relu(cos - cap).mean()
 
     def dmm_term(
-        self, mixed: Mixed, z2: torch.Tensor, z1: torch.Tensor | None = None
+        self,
+        mixed: Mixed,
+        z2: torch.Tensor,
+        z1: torch.Tensor | None = None,
+        negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Unweighted DMM term of mixed anchors against their positives ``z2`` (B, d).
 
-        ``z1`` (clean view 1) is needed only with ``both_views=True``.
+        ``z1`` (clean view 1) is needed only with ``both_views=True``; ``negatives`` are the
+        anchors' sampled negatives for the pair loss ((K, d) or (B, K, d)).
         """
         margin = self.margin_for(mixed.lam)
-        self.last_margin, self.last_lam = margin, mixed.lam
-        fn = _PAIR_FNS[self.pair_loss]
+        fn = PAIR_LOSSES[self.pair_loss]
 
-        def one(anchors: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+        def one(
+            anchors: torch.Tensor, positives: torch.Tensor, neg: torch.Tensor | None
+        ) -> torch.Tensor:
             check_embeddings(anchors, positives, check_values=False)
             if anchors.dtype != positives.dtype:  # e.g. anchors encoded under autocast
                 anchors = anchors.to(positives.dtype)
-            val = fn(anchors, positives, margin)
+            val = fn(anchors, positives, margin, neg)
             if self.repel_close_positives and self.repel_weight > 0:
                 val = val + self.repel_weight * self._repel(anchors, positives, mixed.lam)
             return val
@@ -463,11 +393,11 @@ class DMM(ContrastiveLoss):
         zs = mixed.z if isinstance(mixed.z, list) else [mixed.z]
         if not zs:
             raise ValueError("mixed: expected at least one mixed embedding, got none")
-        term = sum(one(z, z2) for z in zs) / len(zs)
+        term = sum(one(z, z2, negatives) for z in zs) / len(zs)
         if self.both_views:
             if mixed.z2 is None or z1 is None:
                 raise ValueError("mixed: both_views=True needs mixed.z2 and the clean z1")
-            term = 0.5 * (term + one(mixed.z2, z1))
+            term = 0.5 * (term + one(mixed.z2, z1, None))
         return term
 
     # -- call ------------------------------------------------------------------------------
@@ -479,21 +409,18 @@ class DMM(ContrastiveLoss):
         target: torch.Tensor | None = None,
         *,
         mixed: Mixed | None = None,
+        negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        loss = self.base(z1, z2, labels=labels, target=target)
+        base_neg = negatives if negatives is None or negatives.dim() == 2 else None
+        if negatives is not None and base_neg is None:  # per-anchor sets: flatten for the base
+            base_neg = negatives.reshape(-1, negatives.shape[-1])
+        loss = self.base_loss(z1, z2, labels, target, base_neg)
         w = self.current_weight
         if w == 0.0:
             return loss
         if mixed is None:
             mixed = self.mix_embeddings(z1, z2)
-        return loss + w * self.dmm_term(mixed, z2, z1)
-
-    def negative_weights(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """The base loss's negative weights (for :mod:`otcl.diagnostics`), if it has them."""
-        fn = getattr(self.base, "negative_weights", None)
-        if fn is None:
-            raise AttributeError(f"{type(self.base).__name__} exposes no negative_weights")
-        return fn(*args, **kwargs)
+        return loss + w * self.dmm_term(mixed, z2, z1, negatives)
 
     def extra_repr(self) -> str:
         keys = ["margin", "lam_range", "warmup", "weight", "partner", "pair_loss", "epoch"]

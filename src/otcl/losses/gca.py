@@ -38,16 +38,21 @@ instead of ``r1``/``r2`` whose roles swap between the official files.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 
 from .._validation import check_nonneg
 from ..ot.sinkhorn import SinkhornOutput
+from . import divergences
 from .base import OTContrastiveLoss
+from .divergences import RowView
 from .registry import register
 
 __all__ = ["GCAINCE", "GCARINCE", "GCAUOT", "RINCE"]
+
+_BASE = OTContrastiveLoss.defaults
 
 
 @register("rince")
@@ -55,16 +60,11 @@ class RINCE(OTContrastiveLoss):
     r"""Robust InfoNCE (Chuang et al., CVPR 2022), the W1-type member of GCA's family.
 
     :math:`\ell_i = -e^{q s_{i,p}}/q + (\lambda \sum_j e^{s_{ij}})^q/q` with
-    :math:`s = \cos/\varepsilon`; q -> 0 tends to InfoNCE + log(lam).
+    :math:`s = \cos/\varepsilon`; q -> 0 tends to InfoNCE + log(lam). Defaults: q 0.6,
+    lam 0.01, temperature 0.5 (official GCA CIFAR configs).
     """
 
-    default_constraint = "rows"
-
-    def __init__(
-        self, temperature: float = 0.5, *, q: float = 0.6, lam: float = 0.01, **kwargs: Any
-    ) -> None:
-        kwargs.setdefault("divergence", "rince")
-        super().__init__(temperature, q=q, lam=lam, **kwargs)
+    defaults: ClassVar[Mapping[str, Any]] = {**_BASE, "divergence": "rince"}
 
 
 @register("gca-ince")
@@ -81,10 +81,7 @@ class GCAINCE(OTContrastiveLoss):
     iterations by default (official code).
     """
 
-    default_constraint = "balanced"
-
-    def __init__(self, temperature: float = 0.5, *, iters: int = 10, **kwargs: Any) -> None:
-        super().__init__(temperature, iters=iters, **kwargs)
+    defaults: ClassVar[Mapping[str, Any]] = {**_BASE, "constraint": "balanced"}
 
 
 @register("gca-rince")
@@ -104,20 +101,12 @@ class GCARINCE(OTContrastiveLoss):
     iterations in their own.
     """
 
-    default_constraint = "balanced"
-
-    def __init__(
-        self,
-        temperature: float = 0.5,
-        *,
-        iters: int = 10,
-        q: float = 0.6,
-        lam: float = 0.01,
-        **kwargs: Any,
-    ) -> None:
-        kwargs.setdefault("divergence", "rince")
-        kwargs.setdefault("marginals", "unit")
-        super().__init__(temperature, iters=iters, q=q, lam=lam, **kwargs)
+    defaults: ClassVar[Mapping[str, Any]] = {
+        **_BASE,
+        "constraint": "balanced",
+        "divergence": "rince",
+        "marginals": "unit",
+    }
 
 
 @register("gca-uot")
@@ -133,39 +122,65 @@ class GCAUOT(OTContrastiveLoss):
             + w_{rince}\,\mathrm{RINCE}(Kv).
 
     ``rho`` is the KL strength in cost units (official ``relax_item1/2``); the scaling exponent is
-    ``rho / (rho + temperature)``. Marginals 1/2N (official CIFAR code).
+    ``rho / (rho + temperature)``. Marginals 1/2N (official CIFAR code). Defaults: rho 0.2,
+    w_kl 1, w_rince 0.02, q 0.6, lam 0.01, 10 iterations. ``divergence`` does not apply: the two
+    terms are weighted by ``w_kl`` and ``w_rince``.
     """
 
-    default_constraint = "unbalanced"
+    defaults: ClassVar[Mapping[str, Any]] = {
+        **_BASE,
+        "constraint": "unbalanced",
+        "rho": 0.2,
+        "w_kl": 1.0,
+        "w_rince": 0.02,
+    }
+    applies_when: ClassVar[Mapping[str, str]] = {
+        **OTContrastiveLoss.applies_when,
+        "q": "w_rince > 0",
+        "lam": "w_rince > 0",
+        "divergence": "never (w_kl and w_rince weight the two terms)",
+    }
 
     def __init__(
         self,
-        temperature: float = 0.5,
+        temperature: float | None = None,
         *,
-        iters: int = 10,
-        rho: float = 0.2,
-        q: float = 0.6,
-        lam: float = 0.01,
-        w_kl: float = 1.0,
-        w_rince: float = 0.02,
+        w_kl: float | None = None,
+        w_rince: float | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(temperature, iters=iters, rho=rho, q=q, lam=lam, **kwargs)
-        self.w_kl = check_nonneg("w_kl", w_kl)
-        self.w_rince = check_nonneg("w_rince", w_rince)
+        super().__init__(temperature, w_kl=w_kl, w_rince=w_rince, **kwargs)
+
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        self.w_kl = check_nonneg("w_kl", settings["w_kl"])
+        self.w_rince = check_nonneg("w_rince", settings["w_rince"])
         if self.w_kl == 0 and self.w_rince == 0:
             raise ValueError("w_kl, w_rince: expected at least one weight > 0, got both 0")
 
-    def divergence_value(
-        self, out: SinkhornOutput, target: torch.Tensor | None, pos: torch.Tensor | None
-    ) -> torch.Tensor:
-        from . import divergences
+    @classmethod
+    def uses_rince(cls, settings: Mapping[str, Any]) -> bool:
+        return float(settings["w_rince"]) > 0
 
+    @classmethod
+    def inapplicable(cls, name: str, settings: Mapping[str, Any]) -> str | None:
+        if name == "divergence":
+            return "gca-uot weights its cross-entropy and RINCE terms with w_kl and w_rince"
+        if name in ("q", "lam") and not cls.uses_rince(settings):
+            return "applies only to the RINCE term; gca-uot has w_rince=0"
+        return super().inapplicable(name, settings)
+
+    def divergence_value(
+        self,
+        out: SinkhornOutput,
+        target: torch.Tensor | None,
+        pos: torch.Tensor | None,
+        rows: RowView | None,
+    ) -> torch.Tensor:
         total = 0.0
         if self.w_kl:
-            total = total + self.w_kl * divergences.plan_cross_entropy(out, target, pos)
+            total = total + self.w_kl * divergences.plan_cross_entropy(out, target, pos, rows)
         if self.w_rince:
             total = total + self.w_rince * divergences.plan_rince(
-                out, target, pos, q=self.q, lam=self.lam
+                out, target, pos, rows, q=self.q, lam=self.lam
             )
         return total

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -52,11 +52,12 @@ from .._validation import (
     check_choice,
     check_embeddings,
     check_int_at_least,
+    check_negatives,
     check_nonneg,
     check_positive,
 )
-from ..ot.geometry import LAYOUTS, SIMILARITIES, positive_index, similarity
-from ..ot.sinkhorn import SinkhornOutput, sinkhorn
+from ..ot.geometry import LAYOUTS, SIMILARITIES, Geometry, layout_embeddings, pair_scores
+from ..ot.sinkhorn import Sinkhorn, SinkhornOutput
 from .contrastive import ContrastiveLoss
 from .registry import register
 
@@ -73,87 +74,131 @@ def _check_tau_plus(tau_plus: float) -> float:
     return v
 
 
+def _row_normalise(log_w: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Log of row-normalised weights on the negatives (``-inf`` elsewhere, finite dummy rows)."""
+    has = neg.any(-1, keepdim=True)
+    lw = torch.where(neg, log_w, float("-inf"))
+    lw = torch.where(has, lw, torch.zeros_like(lw))
+    lw = lw - torch.logsumexp(lw, dim=-1, keepdim=True)
+    return torch.where(neg, lw, torch.full_like(lw, float("-inf")))
+
+
 class HardNegativeLoss(ContrastiveLoss):
     r"""Shared estimator of DCL / HCL / HCL-OT (see the module docstring for the equation).
 
     Subclasses define :meth:`log_weights`, the (n, m) log of the row-normalised weights of the
-    negatives (``-inf`` off the negatives). With uniform weights this class is DCL.
+    negatives (``-inf`` off the negatives), as a function of the batch's geometry only (no state
+    is kept between calls). With uniform weights this class is DCL.
 
     Args:
-        temperature: t > 0; scores are similarity / t.
+        temperature: t > 0; scores are similarity / t (0.5).
         tau_plus: positive-class prior :math:`\tau^+ \in [0, 1)` (debiasing; 0 = off).
         layout: ``"simclr"`` (all 2N views as anchors, negatives are the 2N - 2 other views) or
             ``"cross"`` (view-1 anchors against view-2 candidates, N - 1 negatives).
         similarity: ``"cosine"`` (default, as the official code) or ``"dot"``.
-        symmetric: in the ``"cross"`` layout average both directions (as ``infonce``).
-        check_inputs: check embeddings for NaN/Inf (one host sync per call).
+        symmetric: in the ``"cross"`` layout average both directions (as ``infonce``; True).
+        check_inputs: check embeddings for NaN/Inf (one host sync per call; True).
 
     Call:
-        ``loss(z1, z2, labels=None, target=None) -> scalar`` with ``z1``, ``z2`` (N, d).
-        ``labels`` (N,) integer classes remove same-class samples from the negatives (the
-        "unbiased" oracle of Chuang et al. 2020); the positive stays the other view, and
-        ``tau_plus`` must then be 0. Custom ``target`` plans are not supported (ValueError).
+        ``loss(z1, z2, labels=None, target=None, *, negatives=None) -> scalar`` with ``z1``,
+        ``z2`` (N, d). ``labels`` (N,) integer classes remove same-class samples from the
+        negatives (the "unbiased" oracle of Chuang et al. 2020); the positive stays the other
+        view, and ``tau_plus`` must then be 0. ``negatives`` (K, d) are extra candidates, always
+        negatives. Custom ``target`` plans are not supported (ValueError).
     """
+
+    defaults: ClassVar[Mapping[str, Any]] = {
+        "temperature": 0.5,
+        "tau_plus": 0.0,
+        "layout": "simclr",
+        "similarity": "cosine",
+        "symmetric": True,
+        "check_inputs": True,
+    }
+    applies_when: ClassVar[Mapping[str, str]] = {"symmetric": "layout='cross'"}
 
     def __init__(
         self,
-        temperature: float = 0.5,
+        temperature: float | None = None,
         *,
-        tau_plus: float = 0.0,
-        layout: str = "simclr",
-        similarity: str = "cosine",
-        symmetric: bool = True,
-        check_inputs: bool = True,
+        tau_plus: float | None = None,
+        layout: str | None = None,
+        similarity: str | None = None,
+        symmetric: bool | None = None,
+        check_inputs: bool | None = None,
+        **params: Any,
     ) -> None:
         super().__init__()
-        self.temperature = check_positive("temperature", temperature)
-        self.tau_plus = _check_tau_plus(tau_plus)
-        self.layout = check_choice("layout", layout, LAYOUTS)
-        self.similarity = check_choice("similarity", similarity, SIMILARITIES)
-        self.symmetric = bool(symmetric)
-        self.check_inputs = bool(check_inputs)
+        s = self.resolve_params(
+            dict(
+                temperature=temperature,
+                tau_plus=tau_plus,
+                layout=layout,
+                similarity=similarity,
+                symmetric=symmetric,
+                check_inputs=check_inputs,
+                **params,
+            )
+        )
+        self.temperature = check_positive("temperature", s["temperature"])
+        self.tau_plus = _check_tau_plus(s["tau_plus"])
+        self.layout = check_choice("layout", s["layout"], LAYOUTS)
+        self.similarity = check_choice("similarity", s["similarity"], SIMILARITIES)
+        self.symmetric = bool(s["symmetric"])
+        self.check_inputs = bool(s["check_inputs"])
+        self.configure(s)
+
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        """Validate and store the parameters a subclass adds."""
+
+    @classmethod
+    def inapplicable(cls, name: str, settings: Mapping[str, Any]) -> str | None:
+        if name == "symmetric" and settings["layout"] != "cross":
+            return (
+                f"applies only to layout='cross'; {cls.loss_name()} has "
+                f"layout={settings['layout']!r}"
+            )
+        return None
 
     # -- parts -----------------------------------------------------------------------------
-    def _batch(
-        self, z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Similarities, positive index, negative mask, and the rows' / columns' embeddings.
+    def geometry(
+        self, z1: torch.Tensor, z2: torch.Tensor, negatives: torch.Tensor | None = None
+    ) -> Geometry:
+        """Similarities of the batch (float32 under autocast / half inputs), layout and masks."""
+        geo = pair_scores(
+            z1,
+            z2,
+            temperature=self.temperature,
+            layout=self.layout,
+            similarity_kind=self.similarity,
+            negatives=negatives,
+        )
+        if geo.sim.dtype in (torch.float16, torch.bfloat16):
+            sim = geo.sim.float()  # the estimator runs in float32
+            geo = geo.replace(sim=sim, scores=sim / self.temperature)
+        return geo
 
-        Returns ``(sim, pos, neg_mask, x, y)``: sim (n, m), pos (n,), neg_mask (n, m) bool
-        (True on the negatives), x (n, d) anchors, y (m, d) candidates.
-        """
-        n_pairs = z1.shape[0]
-        if self.layout == "simclr":
-            x = y = torch.cat([z1, z2], dim=0)
-        else:
-            x, y = z1, z2
-        sim = similarity(x, y, self.similarity)
-        if sim.dtype in (torch.float16, torch.bfloat16):
-            sim = sim.float()  # the estimator runs in float32 under autocast / half inputs
-        self._with_labels = labels is not None
-        pos = positive_index(n_pairs, self.layout, sim.device)
-        n, m = sim.shape
-        rows = torch.arange(n, device=sim.device)
-        neg = torch.ones(n, m, dtype=torch.bool, device=sim.device)
-        neg[rows, pos] = False
-        if self.layout == "simclr":
-            neg[rows, rows] = False
-        if labels is not None:
-            y_lab = torch.cat([labels, labels]) if self.layout == "simclr" else labels
-            y_lab = y_lab.to(sim.device)
-            neg = neg & (y_lab.unsqueeze(1) != y_lab.unsqueeze(0))
-        return sim, pos, neg, x, y
-
-    def log_weights(
-        self,
-        sim: torch.Tensor,
-        neg: torch.Tensor,
-        x: torch.Tensor,
-        y: torch.Tensor,
-    ) -> torch.Tensor:
+    def log_weights(self, geom: Geometry, neg: torch.Tensor) -> torch.Tensor:
         """(n, m) log of the row-normalised negative weights; uniform here (DCL)."""
-        count = neg.sum(-1, keepdim=True).clamp_min(1).to(sim.dtype)
-        return torch.where(neg, -count.log(), torch.full_like(sim, float("-inf")))
+        count = neg.sum(-1, keepdim=True).clamp_min(1).to(geom.sim.dtype)
+        return torch.where(neg, -count.log(), torch.full_like(geom.sim, float("-inf")))
+
+    def log_weight_pair(
+        self,
+        geom: Geometry,
+        neg: torch.Tensor,
+        z: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-weights of the first direction and, in the symmetric cross layout, of the
+        second (rows = view-2 anchors, the square block), from one computation where possible.
+
+        ``z`` are the anchors' and candidates' embeddings (rows, columns) of the first direction.
+        """
+        log_w = self.log_weights(geom, neg)
+        if not (self.layout == "cross" and self.symmetric):
+            return log_w, None
+        n = geom.n_pairs
+        return log_w, self.log_weights(geom.transposed(), neg[:, :n].transpose(0, 1))
 
     def _row_losses(
         self, sim: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, log_w: torch.Tensor
@@ -193,8 +238,10 @@ class HardNegativeLoss(ContrastiveLoss):
         z2: torch.Tensor,
         labels: torch.Tensor | None,
         target: torch.Tensor | None,
+        negatives: torch.Tensor | None,
     ) -> None:
         check_embeddings(z1, z2, check_values=self.check_inputs)
+        check_negatives(negatives, z1, check_values=self.check_inputs)
         if target is not None:
             raise ValueError(
                 f"target: custom target plans are not supported by {type(self).__name__}; "
@@ -218,9 +265,24 @@ class HardNegativeLoss(ContrastiveLoss):
                     f"negatives exactly; debiasing would correct twice), got {self.tau_plus}"
                 )
 
+    def _prepare(
+        self,
+        z1: torch.Tensor,
+        z2: torch.Tensor,
+        labels: torch.Tensor | None,
+        negatives: torch.Tensor | None,
+    ) -> tuple[Geometry, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        geo = self.geometry(z1, z2, negatives)
+        z = layout_embeddings(z1, z2, self.layout, negatives)
+        return geo, geo.negatives(labels), z
+
     # -- public ----------------------------------------------------------------------------
     def negative_weights(
-        self, z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None = None
+        self,
+        z1: torch.Tensor,
+        z2: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        negatives: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Row-normalised weights of the negatives, for diagnostics.
 
@@ -228,9 +290,9 @@ class HardNegativeLoss(ContrastiveLoss):
             ``(weights, neg_mask)``: (n, m) weights (zero off the negatives, rows sum to 1) of
             the first direction, and the (n, m) bool mask of the negatives.
         """
-        self._check_call(z1, z2, labels, None)
-        sim, _, neg, x, y = self._batch(z1, z2, labels)
-        return self.log_weights(sim, neg, x, y).exp(), neg
+        self._check_call(z1, z2, labels, None, negatives)
+        geo, neg, z = self._prepare(z1, z2, labels, negatives)
+        return self.log_weights(geo, neg).exp(), neg
 
     def forward(
         self,
@@ -238,27 +300,20 @@ class HardNegativeLoss(ContrastiveLoss):
         z2: torch.Tensor,
         labels: torch.Tensor | None = None,
         target: torch.Tensor | None = None,
+        *,
+        negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        self._check_call(z1, z2, labels, target)
-        sim, pos, neg, x, y = self._batch(z1, z2, labels)
-        log_w = self.log_weights(sim, neg, x, y)
-        loss = self._row_losses(sim, pos, neg, log_w).mean()
-        if self.layout == "cross" and self.symmetric:
-            sim_t, neg_t = sim.transpose(0, 1), neg.transpose(0, 1)
-            log_w_t = self.log_weights_transposed(log_w, sim_t, neg_t, y, x)
-            loss = 0.5 * (loss + self._row_losses(sim_t, pos, neg_t, log_w_t).mean())
+        self._check_call(z1, z2, labels, target, negatives)
+        geo, neg, z = self._prepare(z1, z2, labels, negatives)
+        log_w, log_w_t = self.log_weight_pair(geo, neg, z)
+        pos = geo.pos
+        loss = self._row_losses(geo.sim, pos, neg, log_w).mean()
+        if log_w_t is not None:
+            n = geo.n_pairs
+            neg_t = neg[:, :n].transpose(0, 1)
+            sim_t = geo.sim[:, :n].transpose(0, 1)
+            loss = 0.5 * (loss + self._row_losses(sim_t, pos[:n], neg_t, log_w_t).mean())
         return loss
-
-    def log_weights_transposed(
-        self,
-        log_w: torch.Tensor,
-        sim_t: torch.Tensor,
-        neg_t: torch.Tensor,
-        y: torch.Tensor,
-        x: torch.Tensor,
-    ) -> torch.Tensor:
-        """Weights of the second direction of the cross layout (rows = view-2 anchors)."""
-        return self.log_weights(sim_t, neg_t, y, x)
 
     def extra_repr(self) -> str:
         keys = ["temperature", "tau_plus", "layout", "similarity"]
@@ -276,8 +331,7 @@ class DCL(HardNegativeLoss):
     ``layout="simclr"``. ``tau_plus=0`` is exactly ``infonce`` (tested).
     """
 
-    def __init__(self, temperature: float = 0.5, *, tau_plus: float = 0.1, **kwargs: Any) -> None:
-        super().__init__(temperature, tau_plus=tau_plus, **kwargs)
+    defaults: ClassVar[Mapping[str, Any]] = {**HardNegativeLoss.defaults, "tau_plus": 0.1}
 
 
 @register("hcl")
@@ -298,16 +352,19 @@ class HCL(HardNegativeLoss):
     loop: set ``loss.beta`` between epochs (``beta`` is saved in ``state_dict`` as extra state).
     """
 
+    defaults: ClassVar[Mapping[str, Any]] = {
+        **HardNegativeLoss.defaults,
+        "tau_plus": 0.1,
+        "beta": 1.0,
+    }
+
     def __init__(
-        self,
-        temperature: float = 0.5,
-        *,
-        beta: float = 1.0,
-        tau_plus: float = 0.1,
-        **kwargs: Any,
+        self, temperature: float | None = None, *, beta: float | None = None, **kwargs: Any
     ) -> None:
-        super().__init__(temperature, tau_plus=tau_plus, **kwargs)
-        self.beta = check_nonneg("beta", beta)
+        super().__init__(temperature, beta=beta, **kwargs)
+
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        self.beta = check_nonneg("beta", settings["beta"])
 
     def get_extra_state(self) -> dict[str, float]:
         """``beta``, which a training loop may anneal between epochs, saved by ``state_dict``."""
@@ -318,14 +375,8 @@ class HCL(HardNegativeLoss):
             raise ValueError(f"state: expected HCL extra state with key 'beta', got {state!r}")
         self.beta = check_nonneg("beta", state["beta"])
 
-    def log_weights(
-        self, sim: torch.Tensor, neg: torch.Tensor, x: torch.Tensor, y: torch.Tensor
-    ) -> torch.Tensor:
-        logits = torch.where(neg, self.beta * sim / self.temperature, float("-inf"))
-        has = neg.any(-1, keepdim=True)
-        logits = torch.where(has, logits, torch.zeros_like(logits))
-        log_w = torch.log_softmax(logits, dim=-1)
-        return torch.where(neg, log_w, torch.full_like(log_w, float("-inf")))
+    def log_weights(self, geom: Geometry, neg: torch.Tensor) -> torch.Tensor:
+        return _row_normalise(self.beta * geom.sim / self.temperature, neg)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", beta={self.beta!r}"
@@ -347,7 +398,7 @@ class OTHard(HardNegativeLoss):
     ``similarity="cosine"``): ``"sqeuclidean"`` :math:`C_{ij} = \|z_i - z_j\|^2` or the paper's
     new cost ``"exp"`` :math:`C_{ij} = \exp(\|z_i - z_j\|^2 - \kappa)` (only
     :math:`\varepsilon e^{\kappa}` matters). The coupling is solved with
-    :func:`otcl.ot.sinkhorn` in the log/exp domain on the embeddings' device.
+    :class:`otcl.ot.Sinkhorn` in the log/exp domain on the embeddings' device.
 
     With ``cost="sqeuclidean"`` and :math:`\varepsilon = 2t/\beta` the weights are HCL's up to
     the column scaling: :math:`w_{ij} = \mathrm{softmax}_j(\beta s_{ij}/t + g_j)`, with
@@ -364,48 +415,80 @@ class OTHard(HardNegativeLoss):
     Args:
         eps: entropic regularisation :math:`\varepsilon > 0` (official ``--reg``, default 0.7).
         cost: ``"sqeuclidean"`` (default) or ``"exp"``.
-        kappa: shift of the ``"exp"`` cost (official default 1).
+        kappa: shift of the ``"exp"`` cost (official default 1; only with ``cost="exp"``).
         tau_plus: positive-class prior (official HCL-OT default 0).
         iters: maximum Sinkhorn iterations (default 100; the official code runs up to 1000 on
             the CPU with ``stopThr=1e-9``).
         tol: early stop when the potentials move less than ``tol`` (checked every 10
-            iterations, one host sync each); default 1e-4. None = always ``iters`` (sync-free).
+            iterations, one host sync each); default 1e-4. 0 = always ``iters`` (sync-free).
         coupling_grad: ``"none"`` (default, as the official code: the plan is a constant),
             ``"unrolled"`` (autograd through the iterations), ``"detach"`` (envelope gradient:
             potentials constant, gradient through the cost) or ``"implicit"`` (implicit
-            differentiation, needs :mod:`otcl.ot.implicit`).
+            differentiation, :mod:`otcl.ot.implicit`).
         temperature, layout, similarity, symmetric, check_inputs: see :class:`HardNegativeLoss`.
 
-    The last solve is kept in ``self.last_coupling`` (a :class:`~otcl.ot.SinkhornOutput`) for
-    diagnostics (marginal errors, iterations).
+    :meth:`coupling` returns the solve of a batch (a :class:`~otcl.ot.SinkhornOutput`) for
+    diagnostics (marginal errors, iterations); the loss keeps nothing between calls.
     """
+
+    defaults: ClassVar[Mapping[str, Any]] = {
+        **HardNegativeLoss.defaults,
+        "eps": 0.7,
+        "cost": "sqeuclidean",
+        "kappa": 1.0,
+        "iters": 100,
+        "tol": 1e-4,
+        "coupling_grad": "none",
+    }
+    applies_when: ClassVar[Mapping[str, str]] = {
+        **HardNegativeLoss.applies_when,
+        "kappa": "cost='exp'",
+    }
 
     def __init__(
         self,
-        temperature: float = 0.5,
+        temperature: float | None = None,
         *,
-        eps: float = 0.7,
-        cost: str = "sqeuclidean",
-        kappa: float = 1.0,
-        tau_plus: float = 0.0,
-        iters: int = 100,
-        tol: float | None = 1e-4,
-        coupling_grad: str = "none",
+        eps: float | None = None,
+        cost: str | None = None,
+        kappa: float | None = None,
+        iters: int | None = None,
+        tol: float | None = None,
+        coupling_grad: str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(temperature, tau_plus=tau_plus, **kwargs)
-        self.eps = check_positive("eps", eps)
-        self.cost = check_choice("cost", cost, COSTS)
+        super().__init__(
+            temperature,
+            eps=eps,
+            cost=cost,
+            kappa=kappa,
+            iters=iters,
+            tol=tol,
+            coupling_grad=coupling_grad,
+            **kwargs,
+        )
+
+    @classmethod
+    def inapplicable(cls, name: str, settings: Mapping[str, Any]) -> str | None:
+        if name == "kappa" and settings["cost"] != "exp":
+            return f"applies only to cost='exp'; ot-hard has cost={settings['cost']!r}"
+        return super().inapplicable(name, settings)
+
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        self.eps = check_positive("eps", settings["eps"])
+        self.cost = check_choice("cost", settings["cost"], COSTS)
+        kappa = settings["kappa"]
         try:
             self.kappa = float(kappa)
         except (TypeError, ValueError):
             raise ValueError(f"kappa: expected a finite number, got {kappa!r}") from None
         if not math.isfinite(self.kappa):
             raise ValueError(f"kappa: expected a finite number, got {kappa!r}")
-        self.iters = check_int_at_least("iters", iters, 1)
-        self.tol = None if tol is None else check_nonneg("tol", tol)
-        self.coupling_grad = check_choice("coupling_grad", coupling_grad, COUPLING_GRADS)
-        self.last_coupling: SinkhornOutput | None = None
+        self.iters = check_int_at_least("iters", settings["iters"], 1)
+        self.tol = check_nonneg("tol", settings["tol"])
+        self.coupling_grad = check_choice(
+            "coupling_grad", settings["coupling_grad"], COUPLING_GRADS
+        )
 
     def cost_matrix(self, sim: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(n, m) ground cost between anchors ``x`` and candidates ``y``."""
@@ -423,69 +506,71 @@ class OTHard(HardNegativeLoss):
         top = 4.0 if self.cost == "sqeuclidean" else math.exp(4.0 - self.kappa)
         return top / self.eps
 
-    def coupling(
-        self, z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None = None
+    def solve_coupling(
+        self, geom: Geometry, neg: torch.Tensor, z: tuple[torch.Tensor, torch.Tensor]
     ) -> SinkhornOutput:
-        """The entropic OT coupling of a batch (uniform marginals; zero on excluded pairs)."""
-        self._check_call(z1, z2, labels, None)
-        sim, _, neg, x, y = self._batch(z1, z2, labels)
-        return self._solve(sim, neg, x, y)
+        """The entropic OT coupling of a batch's geometry (uniform marginals, zero off ``neg``).
 
-    def _solve(
-        self, sim: torch.Tensor, neg: torch.Tensor, x: torch.Tensor, y: torch.Tensor
-    ) -> SinkhornOutput:
-        # With labels, an anchor has no negative only if the whole batch is one class (every
-        # other sample shares its label); then there is nothing to couple (one host sync).
-        if getattr(self, "_with_labels", False) and not bool(neg.any()):
-            out = SinkhornOutput(
-                torch.full_like(sim, float("-inf")),
-                sim.new_zeros(sim.shape[0]),
-                sim.new_zeros(sim.shape[1]),
-                0,
-                True,
-                sim.new_zeros(()),
-                sim.new_zeros(()),
-            )
-            self.last_coupling = out
-            return out
+        A pure function of its arguments: the same batch gives the same coupling whatever was
+        solved before.
+        """
+        sim = geom.sim
+        if not bool(neg.any()):  # e.g. one class only: nothing to couple (one host sync)
+            zero_n, zero_m = sim.new_zeros(sim.shape[0]), sim.new_zeros(sim.shape[1])
+            empty = torch.full_like(sim, float("-inf"))
+            zero = sim.new_zeros(())
+            return SinkhornOutput(zero_n, zero_m, empty, 0, True, zero, zero, stored_log_plan=empty)
 
         def scores() -> torch.Tensor:
-            c = self.cost_matrix(sim, x, y)
+            c = self.cost_matrix(sim, z[0], z[1])
             return torch.where(neg, -c / self.eps, torch.full_like(c, float("-inf")))
 
-        kw = dict(iters=self.iters, tol=self.tol, bound=self._bound())
+        solver = Sinkhorn(iters=self.iters, tol=self.tol or None)
         if self.coupling_grad == "none":
             with torch.no_grad():
-                out = sinkhorn(scores().detach(), grad="detach", **kw)
-            out.log_plan = out.log_plan.detach()
-        else:
-            out = sinkhorn(scores(), grad=self.coupling_grad, **kw)
-        self.last_coupling = out
-        return out
+                out = solver.replace(grad="detach")(scores().detach(), bound=self._bound())
+                return out.replace(stored_log_plan=out.log_plan.detach())
+        return solver.replace(grad=self.coupling_grad)(scores(), bound=self._bound())
 
-    def log_weights(
-        self, sim: torch.Tensor, neg: torch.Tensor, x: torch.Tensor, y: torch.Tensor
-    ) -> torch.Tensor:
-        out = self._solve(sim, neg, x, y)
-        return self._row_normalise(out.log_plan, neg)
-
-    @staticmethod
-    def _row_normalise(log_plan: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-        has = neg.any(-1, keepdim=True)
-        lp = torch.where(has, log_plan, torch.zeros_like(log_plan))
-        log_w = lp - torch.logsumexp(lp, dim=-1, keepdim=True)
-        return torch.where(neg, log_w, torch.full_like(log_w, float("-inf")))
-
-    def log_weights_transposed(
+    def coupling(
         self,
-        log_w: torch.Tensor,
-        sim_t: torch.Tensor,
-        neg_t: torch.Tensor,
-        y: torch.Tensor,
-        x: torch.Tensor,
-    ) -> torch.Tensor:
-        # the coupling of the transposed problem is the transposed coupling: reuse the solve
-        return self._row_normalise(self.last_coupling.log_plan.transpose(0, 1), neg_t)
+        z1: torch.Tensor,
+        z2: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        negatives: torch.Tensor | None = None,
+    ) -> SinkhornOutput:
+        """The entropic OT coupling of a batch (uniform marginals; zero on excluded pairs)."""
+        self._check_call(z1, z2, labels, None, negatives)
+        geo, neg, z = self._prepare(z1, z2, labels, negatives)
+        return self.solve_coupling(geo, neg, z)
+
+    def log_weights(self, geom: Geometry, neg: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # the coupling needs the embeddings: see log_weight_pair
+
+    def log_weight_pair(
+        self,
+        geom: Geometry,
+        neg: torch.Tensor,
+        z: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # one solve; the coupling of the transposed problem is the transposed coupling
+        log_plan = self.solve_coupling(geom, neg, z).log_plan
+        log_w = _row_normalise(log_plan, neg)
+        if not (self.layout == "cross" and self.symmetric):
+            return log_w, None
+        n = geom.n_pairs
+        return log_w, _row_normalise(log_plan[:, :n].transpose(0, 1), neg[:, :n].transpose(0, 1))
+
+    def negative_weights(
+        self,
+        z1: torch.Tensor,
+        z2: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        negatives: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_call(z1, z2, labels, None, negatives)
+        geo, neg, z = self._prepare(z1, z2, labels, negatives)
+        return self.log_weight_pair(geo, neg, z)[0].exp(), neg
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (

@@ -16,11 +16,10 @@ with :math:`p(i) = i \pm N` in the ``simclr`` layout (self-pair excluded: NT-Xen
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
+from ..ot.geometry import Geometry
 from .base import OTContrastiveLoss
 from .registry import register
 
@@ -41,20 +40,15 @@ class InfoNCE(OTContrastiveLoss):
 
     (NT-Xent in the ``simclr`` layout; the ``cross`` layout averages both directions, as CLIP).
 
-    Defaults: ``temperature=0.5`` (SimCLR on CIFAR, lightly's default), ``layout="simclr"``.
+    Defaults: ``temperature=0.5`` (SimCLR on CIFAR, lightly's default), ``layout="simclr"``;
+    the other parameters are :class:`~otcl.losses.OTContrastiveLoss`'s.
     The identity-target path is a single fused cross-entropy on the scores; it equals the
     generic coupling path (tested).
     """
 
-    default_constraint = "rows"
-
-    def __init__(self, temperature: float = 0.5, **kwargs: Any) -> None:
-        super().__init__(temperature, **kwargs)
-
-    def _one_direction(
+    def direction_loss(
         self,
-        scores: torch.Tensor,
-        bound: float | None,
+        geom: Geometry,
         target: torch.Tensor | None,
         pos: torch.Tensor | None,
     ) -> torch.Tensor:
@@ -63,10 +57,11 @@ class InfoNCE(OTContrastiveLoss):
             and self.divergence == "ce"
             and type(self).extra_terms is OTContrastiveLoss.extra_terms
         ):
+            scores = geom.scores
             logits = scores if scores.dtype == torch.float64 else scores.float()
             if target is None:
                 return F.cross_entropy(logits, pos)
             log_p = torch.log_softmax(logits, dim=-1)
             safe = torch.where(target > 0, log_p, torch.zeros_like(log_p))
             return -(target * safe).sum(-1).mean()
-        return super()._one_direction(scores, bound, target, pos)
+        return super().direction_loss(geom, target, pos)

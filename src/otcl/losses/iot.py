@@ -33,14 +33,15 @@ KL reduction is per row ("batchmean"; the CIFAR port uses "mean" over all entrie
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 
 from .._validation import check_choice, check_nonneg
 from ..ot.sinkhorn import SinkhornOutput
-from . import divergences
 from .base import OTContrastiveLoss
+from .divergences import RowView
 from .registry import register
 
 __all__ = ["IOT", "IOTUniformity", "uniformity_penalty"]
@@ -126,7 +127,7 @@ def _uniformity_reference(
 
 
 def _uniformity_from_potentials(
-    out, pos: torch.Tensor, simclr: bool, detach_mean: bool
+    out: SinkhornOutput, pos: torch.Tensor, rows: RowView, simclr: bool, detach_mean: bool
 ) -> torch.Tensor:
     r""":func:`uniformity_penalty` of the plan :math:`\log P = f + S + g` with the identity target,
     from the potentials and :math:`\mathrm{row\_lse}_i = \mathrm{LSE}_j(S_{ij}+g_j)`, without
@@ -139,7 +140,7 @@ def _uniformity_from_potentials(
     (:math:`d, d'` the negatives per row / column): one masked sum over S (and its constant
     gradient) instead of the plan, its exp and their gradients. Scalars in float64.
     """
-    S, f, g, lse = out.scores, out.f, out.g, out.row_lse
+    S, f, g, lse = out.scores, out.f, out.g, rows.lse
     n, m = S.shape
     dev, wide = S.device, torch.float64
     finite = S.detach() > float("-inf")
@@ -147,9 +148,8 @@ def _uniformity_from_potentials(
     deg_c = finite.sum(-2, dtype=torch.int32).to(wide)  # minus the excluded ones below
     f64, g64 = f.to(wide), g.to(wide)
     # excluded entries X: (row, col, S + g at the entry); positives share the divergence's gather
-    rows = torch.arange(n, device=dev)
-    log_pos = divergences.positive_log_kv(out, pos)  # S_ip + g_p
-    ex = [(rows, pos, log_pos.to(wide), log_pos - g[pos])]
+    log_pos = rows.log_pos  # S_ip + g_p, shared with the divergence
+    ex = [(torch.arange(n, device=dev), pos, log_pos.to(wide), log_pos - g[pos])]
     if simclr:  # self-pairs are never negatives; only finite (unmasked) ones carry mass
         diag = torch.arange(min(n, m), device=dev)
         if bool(finite[diag, diag].any()):
@@ -204,16 +204,37 @@ class IOT(OTContrastiveLoss):
     iterations).
 
     Defaults from the public port: ``temperature=0.5``, ``iters=10``, cost 1 - cos.
-    ``relax``: ``"none"`` (balanced, default), ``"row"`` (= InfoNCE), ``"both"`` (total mass).
+    ``relax`` picks the constraint set: ``"none"`` (balanced, default), ``"row"`` (= InfoNCE),
+    ``"both"`` (total mass); ``constraint`` itself is therefore not a parameter of ``iot``.
     """
 
+    defaults: ClassVar[Mapping[str, Any]] = {
+        **OTContrastiveLoss.defaults,
+        "constraint": "balanced",
+        "relax": "none",
+    }
+
     def __init__(
-        self, temperature: float = 0.5, *, iters: int = 10, relax: str = "none", **kwargs: Any
+        self, temperature: float | None = None, *, relax: str | None = None, **kwargs: Any
     ) -> None:
-        check_choice("relax", relax, tuple(_RELAX))
-        kwargs.setdefault("constraint", _RELAX[relax])
-        super().__init__(temperature, iters=iters, **kwargs)
-        self.relax = relax
+        super().__init__(temperature, relax=relax, **kwargs)
+
+    @classmethod
+    def derive(cls, settings: dict[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+        relax = check_choice("relax", settings["relax"], tuple(_RELAX))
+        return {**settings, "constraint": _RELAX[relax]}
+
+    @classmethod
+    def inapplicable(cls, name: str, settings: Mapping[str, Any]) -> str | None:
+        if name == "constraint":
+            return (
+                f"{cls.loss_name()} picks its constraint with relax='none' (balanced), 'row' "
+                "(rows) or 'both' (mass)"
+            )
+        return super().inapplicable(name, settings)
+
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        self.relax = settings["relax"]
 
 
 @register("iot-uni")
@@ -229,35 +250,58 @@ class IOTUniformity(IOT):
     (``lam_uni`` :math:`= \lambda_p = 0.2`, ``detach_mean=False``).
     """
 
+    defaults: ClassVar[Mapping[str, Any]] = {
+        **IOT.defaults,
+        "lam_uni": 0.2,
+        "detach_mean": False,
+    }
+    applies_when: ClassVar[Mapping[str, str]] = {
+        **IOT.applies_when,
+        "detach_mean": "lam_uni > 0",
+    }
+
     def __init__(
         self,
-        temperature: float = 0.5,
+        temperature: float | None = None,
         *,
-        lam_uni: float = 0.2,
-        detach_mean: bool = False,
+        lam_uni: float | None = None,
+        detach_mean: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(temperature, **kwargs)
-        self.lam_uni = check_nonneg("lam_uni", lam_uni)
-        self.detach_mean = bool(detach_mean)
+        super().__init__(temperature, lam_uni=lam_uni, detach_mean=detach_mean, **kwargs)
+
+    @classmethod
+    def inapplicable(cls, name: str, settings: Mapping[str, Any]) -> str | None:
+        if name == "detach_mean" and float(settings["lam_uni"]) == 0:
+            return "applies only to lam_uni > 0; the uniformity term is off (lam_uni=0)"
+        return super().inapplicable(name, settings)
+
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        super().configure(settings)
+        self.lam_uni = check_nonneg("lam_uni", settings["lam_uni"])
+        self.detach_mean = bool(settings["detach_mean"])
 
     def extra_terms(
-        self, out: SinkhornOutput, target: torch.Tensor | None, pos: torch.Tensor | None
+        self,
+        out: SinkhornOutput,
+        target: torch.Tensor | None,
+        pos: torch.Tensor | None,
+        rows: RowView | None,
+        simclr: bool,
     ) -> torch.Tensor | None:
         if self.lam_uni == 0:
             return None
-        S = out.scores
-        if target is None and out.row_lse is not None and S is not None and S.dim() == 2:
-            pen = _uniformity_from_potentials(out, pos, self.layout == "simclr", self.detach_mean)
+        if rows is not None:
+            pen = _uniformity_from_potentials(out, pos, rows, simclr, self.detach_mean)
             return self.lam_uni * pen
         lp = out.log_plan
-        n, m = lp.shape[-2:]
+        n = lp.shape[-2]
         # negatives: finite entries (log P > -inf: not masked) minus positives and self-pairs
         negatives = lp.detach() > float("-inf")
         if target is None:
             negatives[torch.arange(n, device=lp.device), pos] = False
         else:
             negatives &= target <= 0
-        if self.layout == "simclr":  # self-pairs are never negatives, even when not masked
+        if simclr:  # self-pairs are never negatives, even when not masked
             negatives.fill_diagonal_(False)
         return self.lam_uni * uniformity_penalty(lp, negatives, detach_mean=self.detach_mean)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 
 from torch import nn
 
-__all__ = ["register", "build", "available", "get"]
+__all__ = [
+    "available",
+    "build",
+    "conditions",
+    "get",
+    "inapplicable_params",
+    "parameters",
+    "register",
+]
 
 _REGISTRY: dict[str, type[nn.Module]] = {}
 
@@ -38,39 +45,55 @@ def get(name: str) -> type[nn.Module]:
 
 
 def parameters(name: str) -> dict[str, object]:
-    """Constructor parameters of a named loss with their defaults."""
+    """Every parameter of a named loss with its default (what ``build(name)`` uses).
+
+    For a wrapper (``dmm``) its own parameters followed by those of its default base loss.
+    """
     cls = get(name)
-    params = {}
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        for p in inspect.signature(init).parameters.values():
-            if p.name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
-                continue
-            params.setdefault(p.name, p.default)
-        if not any(p.kind == p.VAR_KEYWORD for p in inspect.signature(init).parameters.values()):
-            break
-    return params
+    params = getattr(cls, "parameter_defaults", None)
+    if params is not None:
+        return dict(params())
+    return dict(cls.defaults)
+
+
+def conditions(name: str) -> dict[str, str]:
+    """Parameter -> when it applies, for the parameters of ``name`` that do not always apply."""
+    cls = get(name)
+    return dict(getattr(cls, "applies_when", {}))
+
+
+def inapplicable_params(name: str, params: dict[str, object]) -> dict[str, str]:
+    """The given ``params`` that do not apply to loss ``name``, each with the reason.
+
+    ``build(name, **params)`` raises for the first of them; a caller that sets parameters for
+    several losses at once (a comparison) can use this to tell them apart. Unknown names are not
+    reported here (``build`` reports them). For a wrapper (``dmm``), the parameters that are not
+    its own are checked against its base loss (``params["base"]`` or the default).
+    """
+    cls = get(name)
+    own = {k: v for k, v in params.items() if k in cls.defaults and v is not None}
+    settings = cls.derive({**cls.defaults, **own}, own)
+    out = {}
+    for key in own:
+        why = cls.inapplicable(key, settings)
+        if why is not None:
+            out[key] = why
+    default_base = getattr(cls, "default_base", None)
+    if default_base is not None:
+        base = params.get("base") or default_base
+        rest = {k: v for k, v in params.items() if k not in cls.defaults and k != "base"}
+        rest.update(rest.pop("base_params", None) or {})
+        if isinstance(base, str):
+            out.update(inapplicable_params(base, rest))
+    return out
 
 
 def build(name: str, **params: object) -> nn.Module:
-    """Build the loss ``name`` with ``params``; unknown names or parameters raise ValueError.
+    """Build the loss ``name`` with ``params``; unknown names or parameters raise ValueError,
+    and so does a parameter that does not apply to that loss (e.g. ``rho`` of a balanced loss).
 
     Example:
         >>> import otcl
         >>> loss = otcl.losses.build("gca-uot", temperature=0.5, rho=0.2)
     """
-    cls = get(name)
-    if getattr(cls, "forwards_params", False):
-        # wrappers (e.g. DMM) pass unknown keywords to the loss they wrap, whose own
-        # constructor check names the invalid ones
-        return cls(**params)
-    valid = parameters(name)
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise ValueError(
-            f"params: unknown parameter(s) {', '.join(unknown)} for loss {name!r}; "
-            f"valid: {', '.join(sorted(valid))}"
-        )
-    return cls(**params)
+    return get(name)(**params)

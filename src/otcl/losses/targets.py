@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .._validation import check_choice
-from ..ot.geometry import LAYOUTS, positive_index
+from ..ot.geometry import LAYOUTS, Geometry, positive_index
 
 __all__ = ["identity_target", "label_target", "domain_target", "prepare_target"]
 
@@ -70,18 +70,25 @@ def domain_target(
 
 
 def prepare_target(
-    n_pairs: int,
-    layout: str,
+    geom: Geometry,
     labels: torch.Tensor | None,
     target: torch.Tensor | None,
-    device: torch.device,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Resolve ``labels=`` / ``target=`` into (row-normalised target or None, positive index).
+    """Resolve ``labels=`` / ``target=`` of a batch into (row-normalised target, positive index).
 
-    Returns ``(None, pos)`` for the identity target, so losses can take the fast gather path.
+    Args:
+        geom: the batch's :class:`~otcl.ot.Geometry` (layout, N, extra candidate columns K).
+        labels: (N,) integer classes or None.
+        target: (n, n + K) non-negative target plan or None.
+        dtype: dtype of the returned target.
+    Returns:
+        ``(None, pos)`` for the identity target (so losses can take the fast gather path),
+        else ``(target, None)`` with an (n, n + K) row-normalised target whose extra columns
+        (never positives) are zero.
     """
-    n = 2 * n_pairs if layout == "simclr" else n_pairs
+    n_pairs, layout, device = geom.n_pairs, geom.layout, geom.scores.device
+    n, m = geom.scores.shape[-2:]
     if labels is not None and target is not None:
         raise ValueError("labels, target: expected at most one of them, got both")
     if labels is not None:
@@ -90,13 +97,17 @@ def prepare_target(
             raise ValueError(f"labels: expected a 1-D tensor of length N={n_pairs}, got {shape}")
         if labels.is_floating_point():
             raise ValueError(f"labels: expected integer class labels, got dtype {labels.dtype}")
-        return label_target(labels.to(device), layout, dtype), None
+        t = label_target(labels.to(device), layout, dtype)
+        if m > n:
+            t = torch.cat([t, t.new_zeros(n, m - n)], dim=1)
+        return t, None
     if target is not None:
-        if not isinstance(target, torch.Tensor) or tuple(target.shape) != (n, n):
+        if not isinstance(target, torch.Tensor) or tuple(target.shape) != (n, m):
             shape = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target)
             raise ValueError(
-                f"target: expected a ({n}, {n}) tensor for layout={layout!r} with N={n_pairs}, "
-                f"got {shape}"
+                f"target: expected a ({n}, {m}) tensor for layout={layout!r} with N={n_pairs}"
+                + (f" and {m - n} extra negatives" if m > n else "")
+                + f", got {shape}"
             )
         t = target.to(device=device, dtype=dtype)
         if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
@@ -112,4 +123,4 @@ def prepare_target(
                 "target: expected every row to have positive mass (each anchor needs a positive)"
             )
         return t / rows, None
-    return None, positive_index(n_pairs, layout, device)
+    return None, geom.pos

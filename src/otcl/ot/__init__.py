@@ -1,17 +1,39 @@
 """Entropic optimal-transport couplings on score matrices.
 
-Three parts, in the spirit of OTT-JAX:
+Three layers, in the spirit of OTT-JAX, and the object each one hands to the next:
 
-* :mod:`otcl.ot.geometry` -- embeddings -> scores (log-kernel), layouts and masks;
-* :mod:`otcl.ot.problem` -- marginals and constraint sets (balanced, semi-relaxed, unbalanced, mass);
-* :mod:`otcl.ot.sinkhorn` -- the solver, returning a :class:`SinkhornOutput`.
+* :mod:`otcl.ot.geometry` -- embeddings -> :class:`Geometry` (scores = log-kernel, layout, masks);
+* :mod:`otcl.ot.problem` -- :class:`Problem`: the marginals and how strictly they hold
+  (balanced, semi-relaxed, unbalanced, total mass);
+* :mod:`otcl.ot.sinkhorn` -- :class:`Sinkhorn`, the solver and its options:
+  ``Sinkhorn(**options)(geometry, problem) -> SinkhornOutput`` (plan, potentials, convergence).
+
+:func:`sinkhorn` is the one-call form: ``sinkhorn(scores, a, b, iters=..., rho_a=..., rho_b=...)``.
+
+Example:
+    >>> import torch
+    >>> from otcl.ot import Problem, Sinkhorn, pair_scores
+    >>> geom = pair_scores(torch.randn(8, 4), torch.randn(8, 4), temperature=0.5)
+    >>> out = Sinkhorn(iters=20)(geom, Problem.from_name("unbalanced", rho=1.0))
+    >>> out.plan.shape
+    torch.Size([16, 16])
 """
 
-from .geometry import LAYOUTS, SIMILARITIES, Geometry, pair_scores, positive_index, similarity
+from .geometry import (
+    LAYOUTS,
+    SIMILARITIES,
+    Geometry,
+    layout_embeddings,
+    negative_mask,
+    pair_scores,
+    positive_index,
+    similarity,
+)
 from .problem import CONSTRAINTS, Problem
-from .sinkhorn import DOMAINS, GRAD_MODES, SinkhornOutput, sinkhorn, solve
+from .sinkhorn import BACKWARDS, DOMAINS, GRAD_MODES, Sinkhorn, SinkhornOutput, sinkhorn, solve
 
 __all__ = [
+    "BACKWARDS",
     "CONSTRAINTS",
     "DOMAINS",
     "GRAD_MODES",
@@ -19,7 +41,10 @@ __all__ = [
     "SIMILARITIES",
     "Geometry",
     "Problem",
+    "Sinkhorn",
     "SinkhornOutput",
+    "layout_embeddings",
+    "negative_mask",
     "pair_scores",
     "positive_index",
     "similarity",

@@ -27,16 +27,27 @@ of the family (Shi et al., 2023; Chen et al., 2024).
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import math
-from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from .._validation import check_choice, check_int_at_least, check_marginal, check_nonneg
-from .problem import CONSTRAINTS, Problem, exponent
+from .geometry import Geometry
+from .implicit import implicit_potentials
+from .problem import Problem
 
-__all__ = ["SinkhornOutput", "sinkhorn", "solve", "fused_backward", "GRAD_MODES", "DOMAINS"]
+__all__ = [
+    "BACKWARDS",
+    "DOMAINS",
+    "GRAD_MODES",
+    "Sinkhorn",
+    "SinkhornOutput",
+    "sinkhorn",
+    "solve",
+]
 
 GRAD_MODES = ("unrolled", "implicit", "detach")
 DOMAINS = ("auto", "log", "exp")
@@ -44,69 +55,64 @@ DOMAINS = ("auto", "log", "exp")
 EXP_SAFE_BOUND = 30.0
 
 
+@dataclass(frozen=True, eq=False)
 class SinkhornOutput:
-    """Result of a coupling solve.
+    """Result of a coupling solve (immutable; :meth:`replace` derives a modified copy).
 
     Attributes:
-        log_plan: (..., n, m) :math:`\\log P = f + S + g` (``-inf`` on masked entries); computed
-            on first access when the solver did not need it (the exp-domain paths), with
-            autograd on or off as it was during the solve. Assignable.
         f: (..., n) row potential (log of the row scaling u).
         g: (..., m) column potential (log of the column scaling v).
+        scores: (..., n, m) the scores :math:`S` the plan was computed from (float32/64).
         n_iters: iterations run (row + column update = 1).
         converged: whether ``tol`` was met (always False when no ``tol`` was given, unless the
             problem has a closed form).
         row_error: (...,) L1 error of the row marginal :math:`\\|P1 - a\\|_1`.
         col_error: (...,) L1 error of the column marginal :math:`\\|P^T1 - b\\|_1`.
         domain: ``"log"`` or ``"exp"``: the arithmetic used.
-        scores: (..., n, m) the scores :math:`S` the plan was computed from (float32/64), or None.
         row_lse: (..., n) :math:`\\mathrm{LSE}_j(S_{ij} + g_j) = \\log (K v)_i`, differentiable,
-            when the solver has it for free (exp-domain unrolled solve), else None. The log row
-            sums of the plan are ``f + row_lse``; divergences use it to skip the n x m plan.
+            when the solver has it for free (exp-domain solves), else None. The log row sums of
+            the plan are ``f + row_lse``; divergences use it to skip the n x m plan.
+        stored_log_plan: the (..., n, m) log-plan when the solver formed it, else None; read
+            :attr:`log_plan` instead.
     """
 
-    def __init__(
-        self,
-        log_plan: torch.Tensor | None,
-        f: torch.Tensor,
-        g: torch.Tensor,
-        n_iters: int,
-        converged: bool,
-        row_error: torch.Tensor,
-        col_error: torch.Tensor,
-        domain: str = "log",
-        *,
-        scores: torch.Tensor | None = None,
-        row_lse: torch.Tensor | None = None,
-    ) -> None:
-        if log_plan is None and scores is None:
-            raise ValueError("log_plan, scores: expected at least one of them, got None")
-        self._log_plan = log_plan
-        self._grad_enabled = torch.is_grad_enabled()
-        self.f, self.g = f, g
-        self.n_iters, self.converged = n_iters, converged
-        self.row_error, self.col_error = row_error, col_error
-        self.domain = domain
-        self.scores = scores
-        self.row_lse = row_lse
+    f: torch.Tensor
+    g: torch.Tensor
+    scores: torch.Tensor
+    n_iters: int
+    converged: bool
+    row_error: torch.Tensor
+    col_error: torch.Tensor
+    domain: str = "log"
+    row_lse: torch.Tensor | None = None
+    stored_log_plan: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def log_plan(self) -> torch.Tensor:
-        if self._log_plan is None:
-            with torch.set_grad_enabled(self._grad_enabled):
-                # one n x m buffer (a chained out-of-place sum allocates two)
-                lp = self.f.unsqueeze(-1) + self.scores
-                self._log_plan = lp.add_(self.g.unsqueeze(-2))
-        return self._log_plan
+        """(..., n, m) :math:`\\log P = f + S + g` (``-inf`` on masked entries).
 
-    @log_plan.setter
-    def log_plan(self, value: torch.Tensor) -> None:
-        self._log_plan = value
+        Formed on each access when the solver did not form it (the exp-domain paths); call
+        :meth:`with_log_plan` once to share one n x m buffer between several readers.
+        """
+        if self.stored_log_plan is not None:
+            return self.stored_log_plan
+        # one n x m buffer (a chained out-of-place sum allocates two)
+        return (self.f.unsqueeze(-1) + self.scores).add_(self.g.unsqueeze(-2))
 
     @property
     def plan(self) -> torch.Tensor:
         """(..., n, m) the coupling :math:`P`."""
         return self.log_plan.exp()
+
+    def with_log_plan(self) -> SinkhornOutput:
+        """This output with its log-plan formed and stored (itself if it already is)."""
+        if self.stored_log_plan is not None:
+            return self
+        return self.replace(stored_log_plan=self.log_plan)
+
+    def replace(self, **changes: Any) -> SinkhornOutput:
+        """A copy with some fields changed (e.g. potentials moved to another gauge)."""
+        return dataclasses.replace(self, **changes)
 
     def __repr__(self) -> str:
         shape = tuple(self.f.shape) + tuple(self.g.shape[-1:])
@@ -114,27 +120,6 @@ class SinkhornOutput:
             f"SinkhornOutput(shape={shape}, n_iters={self.n_iters}, converged={self.converged}, "
             f"domain={self.domain!r})"
         )
-
-
-# [True]: the exp-domain unrolled solve uses the hand-written backward of
-# :class:`_FusedExpSinkhorn`; [False]: plain autograd through the loop (the reference).
-_FUSED = [True]
-
-
-@contextlib.contextmanager
-def fused_backward(enabled: bool = True) -> Iterator[None]:
-    """Context manager: use (default) or bypass the hand-written unrolled backward.
-
-    ``grad="unrolled"`` in the exp domain runs :class:`_FusedExpSinkhorn`, whose gradient
-    equals autograd's through the loop; ``with fused_backward(False):`` restores plain
-    autograd (the reference implementation, O(iters) memory), e.g. to compare the two.
-    """
-    previous = _FUSED[0]
-    _FUSED[0] = bool(enabled)
-    try:
-        yield
-    finally:
-        _FUSED[0] = previous
 
 
 def _log_marginal(m: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:
@@ -429,6 +414,165 @@ class _FusedLogSinkhorn(torch.autograd.Function):
         return (*grads, None, None, None, None, None, None)
 
 
+BACKWARDS = ("fused", "autograd")
+
+
+@dataclass(frozen=True)
+class Sinkhorn:
+    r"""The coupling solver: entropic OT of a score matrix under a :class:`Problem` (immutable).
+
+    ``Sinkhorn(**options)(scores_or_geometry, problem)`` returns a :class:`SinkhornOutput`: the
+    solver's options live here, the marginals and relaxations in the problem, the scores in the
+    geometry (as OTT-JAX's ``Sinkhorn()(LinearProblem(geom, a, b, tau_a, tau_b))``).
+
+    Args:
+        iters: maximum number of iterations (row + column update); >= 1.
+        tol: stop when the potentials move less than ``tol`` (sup norm), checked every
+            ``check_every`` iterations (each check syncs with the host). None = run ``iters``
+            iterations, the sync-free choice for training.
+        check_every: iterations between two convergence checks.
+        grad: ``"unrolled"`` (gradient of the iterations), ``"implicit"`` (implicit
+            differentiation at the fixed point, memory independent of ``iters``) or
+            ``"detach"`` (potentials treated as constants: the envelope-style gradient).
+        domain: ``"log"`` (log-sum-exp updates, always stable), ``"exp"`` (matrix-vector scaling
+            of :math:`K = e^S`, faster; only for bounded scores) or ``"auto"`` (exp when
+            :math:`|S| \le 30`, log otherwise).
+        backward: how ``grad="unrolled"`` is differentiated: ``"fused"`` (default: hand-written
+            backward of the same iterations, :math:`O(nm)` memory) or ``"autograd"`` (autograd
+            through the loop, :math:`O(\text{iters}\cdot nm)` memory: the reference).
+
+    Example:
+        >>> import torch
+        >>> from otcl.ot import Problem, Sinkhorn
+        >>> out = Sinkhorn(iters=200)(torch.randn(4, 5), Problem())
+        >>> torch.allclose(out.plan.sum(-1), torch.full((4,), 0.25), atol=1e-5)
+        True
+    """
+
+    iters: int = 100
+    tol: float | None = None
+    check_every: int = 10
+    grad: str = "unrolled"
+    domain: str = "auto"
+    backward: str = "fused"
+
+    def __post_init__(self) -> None:
+        check_int_at_least("iters", self.iters, 1)
+        check_int_at_least("check_every", self.check_every, 1)
+        check_choice("grad", self.grad, GRAD_MODES)
+        check_choice("domain", self.domain, DOMAINS)
+        check_choice("backward", self.backward, BACKWARDS)
+        if self.tol is not None:
+            check_nonneg("tol", self.tol)
+
+    def replace(self, **changes: Any) -> Sinkhorn:
+        """A solver with some options changed."""
+        return dataclasses.replace(self, **changes)
+
+    def __call__(
+        self,
+        scores: torch.Tensor | Geometry,
+        problem: Problem | None = None,
+        *,
+        bound: float | None = None,
+        init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> SinkhornOutput:
+        """Solve ``problem`` (default: balanced, uniform marginals) on ``scores``.
+
+        Args:
+            scores: (..., n, m) log-kernel :math:`S` (e.g. similarity / eps, or -C / eps);
+                ``-inf`` entries are excluded pairs; or a :class:`~otcl.ot.Geometry`, whose
+                ``scores`` and ``bound`` are used. Computed in float32 (or float64 if given)
+                even under autocast.
+            problem: the marginals and relaxations (:class:`Problem`).
+            bound: a known bound on :math:`|S|` (e.g. 1/eps for cosine scores), saves a host
+                sync in ``domain="auto"`` (a geometry brings its own).
+            init: warm start ``(f, g)``.
+        Returns:
+            :class:`SinkhornOutput`.
+        """
+        if isinstance(scores, Geometry):
+            bound = scores.bound if bound is None else bound
+            scores = scores.scores
+        problem = Problem() if problem is None else problem
+        if not isinstance(problem, Problem):
+            raise ValueError(f"problem: expected an otcl.ot.Problem, got {type(problem).__name__}")
+        _check_scores_shape(scores)
+        _check_scores_values(scores)
+        if problem.mass is not None:
+            return _mass_plan(scores, problem.mass)
+        return self._iterate(scores, problem, bound, init)
+
+    def _iterate(
+        self,
+        scores: torch.Tensor,
+        problem: Problem,
+        bound: float | None,
+        init: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> SinkhornOutput:
+        iters, tol, check_every, grad = self.iters, self.tol, self.check_every, self.grad
+        fused = self.backward == "fused"
+        with torch.autocast(device_type=scores.device.type, enabled=False):
+            S = scores if scores.dtype == torch.float64 else scores.float()
+            batch, n, m = S.shape[:-2], S.shape[-2], S.shape[-1]
+            a = check_marginal("a", problem.a, batch, n, like=S)
+            b = check_marginal("b", problem.b, batch, m, like=S)
+            log_a = _log_marginal(a, n, S)
+            log_b = _log_marginal(b, m, S)
+            ta, tb = problem.tau_a, problem.tau_b
+            if init is not None:
+                f0, g0 = init[0].to(S), init[1].to(S)
+            else:
+                f0 = torch.zeros((*batch, n), dtype=S.dtype, device=S.device)
+                g0 = torch.zeros((*batch, m), dtype=S.dtype, device=S.device)
+            dom = _choose_domain(self.domain, S, bound)
+            loop = (log_a, log_b, ta, tb, f0, g0, iters, tol, check_every)
+            sums = None  # (row sums, column sums) of the plan when known without an n x m pass
+            row_lse = None
+            log_plan = None
+
+            if grad == "unrolled" and fused:
+                info: dict = {}
+                fused_args = (S, log_a, log_b, f0, g0, ta, tb, iters, tol, check_every, info)
+                if dom == "exp":
+                    f, g, row_lse = _FusedExpSinkhorn.apply(*fused_args)
+                    sums = info["row_sum"], info["col_sum"]
+                else:
+                    f, g, log_plan = _FusedLogSinkhorn.apply(*fused_args)
+                n_done, conv = info["n_iters"], info["converged"]
+            elif grad == "unrolled":  # the reference: autograd through the loop
+                iterate = _exp_iterate if dom == "exp" else _log_iterate
+                f, g, n_done, conv = iterate(S, *loop)
+            else:
+                with torch.no_grad():
+                    if dom == "exp":
+                        trace: dict = {}
+                        f, g, n_done, conv = _exp_iterate(S.detach(), *loop, trace)
+                        K, u, v = trace["K"], trace["u"][-1], trace["v"][-1]
+                        kv = (K @ v.unsqueeze(-1)).squeeze(-1)
+                        sums = (u * kv, v * (u.unsqueeze(-2) @ K).squeeze(-2))
+                        del trace
+                    else:
+                        f, g, n_done, conv = _log_iterate(S.detach(), *loop)
+                kernel = K if dom == "exp" and fused else None
+                if grad == "implicit":
+                    f, g = implicit_potentials(S, log_a, log_b, ta, tb, f, g, kernel=kernel)
+                if kernel is not None:  # K is kept for the divergences' row_lse = log K v
+                    row_lse = _RowLSE.apply(S, g, kernel, v, kv)
+            if log_plan is None and sums is None:  # else formed on access
+                log_plan = f.unsqueeze(-1) + S + g.unsqueeze(-2)
+            with torch.no_grad():
+                if sums is None:
+                    P = log_plan.detach().exp()
+                    sums = P.sum(-1), P.sum(-2)
+                    del P
+                row_err = (sums[0].detach() - log_a.exp()).abs().sum(-1)
+                col_err = (sums[1].detach() - log_b.exp()).abs().sum(-1)
+        return SinkhornOutput(
+            f, g, S, n_done, conv, row_err, col_err, dom, row_lse=row_lse, stored_log_plan=log_plan
+        )
+
+
 def sinkhorn(
     scores: torch.Tensor,
     a: torch.Tensor | None = None,
@@ -443,29 +587,22 @@ def sinkhorn(
     domain: str = "auto",
     bound: float | None = None,
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    backward: str = "fused",
 ) -> SinkhornOutput:
-    r"""Entropic coupling of a score matrix, balanced, semi-relaxed or unbalanced.
+    r"""Entropic coupling of a score matrix, balanced, semi-relaxed or unbalanced, in one call.
+
+    The convenience form of ``Sinkhorn(iters=..., ...)(scores, Problem(a, b, rho_a, rho_b))``,
+    with the same results (see :class:`Sinkhorn` for the options and :class:`Problem` for the
+    marginals).
 
     Args:
-        scores: (..., n, m) log-kernel :math:`S` (e.g. similarity / eps, or -C / eps);
-            ``-inf`` entries are excluded pairs. Computed in float32 (or float64 if given) even
-            under autocast.
+        scores: (..., n, m) log-kernel :math:`S`; ``-inf`` entries are excluded pairs.
         a: (n,) or (..., n) row marginal, non-negative; uniform 1/n if None.
         b: (m,) or (..., m) column marginal; uniform 1/m if None.
-        iters: maximum number of iterations (row + column update); >= 1.
+        iters, tol, check_every, grad, domain, backward: solver options (:class:`Sinkhorn`).
         rho_a, rho_b: KL strengths of the marginals (None = hard, 0 = free, see
             :mod:`otcl.ot.problem`).
-        tol: stop when the potentials move less than ``tol`` (sup norm), checked every
-            ``check_every`` iterations (each check syncs with the host). None = run ``iters``
-            iterations, the sync-free choice for training.
-        grad: ``"unrolled"`` (autograd through every iteration), ``"implicit"`` (implicit
-            differentiation at the fixed point, memory independent of ``iters``) or
-            ``"detach"`` (potentials treated as constants: the envelope-style gradient).
-        domain: ``"log"`` (log-sum-exp updates, always stable), ``"exp"`` (matrix-vector scaling
-            of :math:`K = e^S`, faster; only for bounded scores) or ``"auto"`` (exp when
-            :math:`|S| \le 30`, log otherwise).
-        bound: a known bound on :math:`|S|` (e.g. 1/eps for cosine scores), saves a host sync
-            in ``domain="auto"``.
+        bound: a known bound on :math:`|S|`, saves a host sync in ``domain="auto"``.
         init: warm start ``(f, g)``.
 
     Returns:
@@ -478,88 +615,8 @@ def sinkhorn(
         >>> torch.allclose(out.plan.sum(-1), torch.full((4,), 0.25), atol=1e-5)
         True
     """
-    _check_scores_shape(scores)
-    check_int_at_least("iters", iters, 1)
-    check_choice("grad", grad, GRAD_MODES)
-    check_choice("domain", domain, DOMAINS)
-    check_int_at_least("check_every", check_every, 1)
-    if tol is not None:
-        check_nonneg("tol", tol)
-    if rho_a is not None:
-        check_nonneg("rho_a", rho_a)
-    if rho_b is not None:
-        check_nonneg("rho_b", rho_b)
-    _check_scores_values(scores)
-
-    device_type = scores.device.type
-    with torch.autocast(device_type=device_type, enabled=False):
-        S = scores if scores.dtype == torch.float64 else scores.float()
-        batch, n, m = S.shape[:-2], S.shape[-2], S.shape[-1]
-        a = check_marginal("a", a, batch, n, like=S)
-        b = check_marginal("b", b, batch, m, like=S)
-        log_a = _log_marginal(a, n, S)
-        log_b = _log_marginal(b, m, S)
-        ta, tb = exponent(rho_a), exponent(rho_b)
-        if init is not None:
-            f0, g0 = init[0].to(S), init[1].to(S)
-        else:
-            f0 = torch.zeros((*batch, n), dtype=S.dtype, device=S.device)
-            g0 = torch.zeros((*batch, m), dtype=S.dtype, device=S.device)
-        dom = _choose_domain(domain, S, bound)
-        iterate = _exp_iterate if dom == "exp" else _log_iterate
-        sums = None  # (row sums, column sums) of the plan when known without an n x m pass
-        row_lse = None
-        log_plan = None
-
-        if grad == "unrolled" and dom == "exp" and _FUSED[0]:
-            info: dict = {}
-            f, g, row_lse = _FusedExpSinkhorn.apply(
-                S, log_a, log_b, f0, g0, ta, tb, iters, tol, check_every, info
-            )
-            n_done, conv = info["n_iters"], info["converged"]
-            sums = info["row_sum"], info["col_sum"]
-        elif grad == "unrolled" and _FUSED[0]:
-            info = {}
-            f, g, log_plan = _FusedLogSinkhorn.apply(
-                S, log_a, log_b, f0, g0, ta, tb, iters, tol, check_every, info
-            )
-            n_done, conv = info["n_iters"], info["converged"]
-        elif grad == "unrolled":
-            f, g, n_done, conv = iterate(S, log_a, log_b, ta, tb, f0, g0, iters, tol, check_every)
-        else:
-            with torch.no_grad():
-                if dom == "exp":
-                    trace: dict = {}
-                    f, g, n_done, conv = _exp_iterate(
-                        S.detach(), log_a, log_b, ta, tb, f0, g0, iters, tol, check_every, trace
-                    )
-                    K, u, v = trace["K"], trace["u"][-1], trace["v"][-1]
-                    kv = (K @ v.unsqueeze(-1)).squeeze(-1)
-                    sums = (u * kv, v * (u.unsqueeze(-2) @ K).squeeze(-2))
-                    del trace
-                else:
-                    f, g, n_done, conv = _log_iterate(
-                        S.detach(), log_a, log_b, ta, tb, f0, g0, iters, tol, check_every
-                    )
-            kernel = K if dom == "exp" and _FUSED[0] else None
-            if grad == "implicit":
-                from .implicit import implicit_potentials
-
-                f, g = implicit_potentials(S, log_a, log_b, ta, tb, f, g, kernel=kernel)
-            if kernel is not None:  # K is kept for the divergences' row_lse = log K v
-                row_lse = _RowLSE.apply(S, g, kernel, v, kv)
-        if log_plan is None and sums is None:  # else built on first access (lazily)
-            log_plan = f.unsqueeze(-1) + S + g.unsqueeze(-2)
-        with torch.no_grad():
-            if sums is None:
-                P = log_plan.detach().exp()
-                sums = P.sum(-1), P.sum(-2)
-                del P
-            row_err = (sums[0].detach() - log_a.exp()).abs().sum(-1)
-            col_err = (sums[1].detach() - log_b.exp()).abs().sum(-1)
-    return SinkhornOutput(
-        log_plan, f, g, n_done, conv, row_err, col_err, dom, scores=S, row_lse=row_lse
-    )
+    solver = Sinkhorn(iters, tol, check_every, grad, domain, backward)
+    return solver(scores, Problem(a, b, rho_a, rho_b), bound=bound, init=init)
 
 
 def _check_scores_shape(scores: torch.Tensor) -> None:
@@ -583,43 +640,31 @@ def solve(
     *,
     problem: Problem | str = "balanced",
     rho: float | tuple[float, float] | None = None,
-    **kwargs,
+    bound: float | None = None,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    **options: Any,
 ) -> SinkhornOutput:
-    """Coupling of ``scores`` under a named constraint set (see :mod:`otcl.ot.problem`).
+    r"""Coupling of ``scores`` under a named constraint set (see :mod:`otcl.ot.problem`).
 
-    ``"mass"`` (total mass only) has the closed form
-    :math:`P = \\text{mass} \\cdot \\mathrm{softmax}_{ij}(S)`; every other set is solved by
-    :func:`sinkhorn` with the matching ``rho_a``, ``rho_b``. Extra keyword arguments go to
-    :func:`sinkhorn`.
+    ``problem`` is a :class:`Problem`, or a name of :data:`~otcl.ot.CONSTRAINTS` completed by
+    ``rho`` (for ``"unbalanced"``) and the marginals ``a``, ``b``; ``options`` are
+    :class:`Sinkhorn`'s. ``"mass"`` (total mass only) has the closed form
+    :math:`P = \text{mass} \cdot \mathrm{softmax}_{ij}(S)`.
     """
     if isinstance(problem, str):
-        problem = Problem.from_name(problem, rho)
-    if problem.constraint not in CONSTRAINTS:
-        raise ValueError(f"problem: expected one of {CONSTRAINTS}, got {problem.constraint!r}")
-    if problem.constraint != "mass":
-        return sinkhorn(scores, a, b, rho_a=problem.rho_a, rho_b=problem.rho_b, **kwargs)
-    # closed form: no marginals, no iterations; the solver options are checked all the same
-    _check_scores_shape(scores)
-    for name, marg in (("a", a), ("b", b)):
-        if marg is not None:
-            raise ValueError(
-                f"{name}: the 'mass' constraint fixes only the total mass, expected no marginal, "
-                f"got a tensor of shape {tuple(marg.shape)}"
-            )
-    if "iters" in kwargs:
-        check_int_at_least("iters", kwargs["iters"], 1)
-    if kwargs.get("grad") is not None:
-        check_choice("grad", kwargs["grad"], GRAD_MODES)
-    if kwargs.get("domain") is not None:
-        check_choice("domain", kwargs["domain"], DOMAINS)
-    _check_scores_values(scores)
+        problem = Problem.from_name(problem, rho, a=a, b=b)
+    elif rho is not None or a is not None or b is not None:
+        raise ValueError("rho, a, b: expected them inside the Problem when a Problem is given")
+    return Sinkhorn(**options)(scores, problem, bound=bound, init=init)
+
+
+def _mass_plan(scores: torch.Tensor, mass: float) -> SinkhornOutput:
+    r"""Closed form of the total-mass problem: :math:`\log P = S - \mathrm{LSE}(S) + \log m`."""
     with torch.autocast(device_type=scores.device.type, enabled=False):
         S = scores if scores.dtype == torch.float64 else scores.float()
-        flat = S.flatten(-2)
-        lse = torch.logsumexp(flat, dim=-1)
-        log_mass = math.log(problem.mass)
-        f = (log_mass - lse).unsqueeze(-1).expand(*S.shape[:-1])
+        lse = torch.logsumexp(S.flatten(-2), dim=-1)
+        f = (math.log(mass) - lse).unsqueeze(-1).expand(*S.shape[:-1])
         g = torch.zeros(S.shape[:-2] + S.shape[-1:], dtype=S.dtype, device=S.device)
-        log_plan = S + f.unsqueeze(-1)
         zero = torch.zeros(S.shape[:-2], dtype=S.dtype, device=S.device)
-    return SinkhornOutput(log_plan, f, g, 1, True, zero, zero, "log")
+        log_plan = S + f.unsqueeze(-1)
+    return SinkhornOutput(f, g, S, 1, True, zero, zero, "log", stored_log_plan=log_plan)

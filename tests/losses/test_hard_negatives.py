@@ -19,13 +19,6 @@ from otcl.losses import DCL, HCL, OTHard, build
 torch.set_default_dtype(torch.float32)
 
 
-def _pairs(n=8, d=5, noise=0.7, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    z1 = torch.randn(n, d, generator=g, dtype=dtype)
-    z2 = z1 + noise * torch.randn(n, d, generator=g, dtype=dtype)
-    return z1, z2
-
-
 def _official(z1, z2, t, tau_plus, weights="uniform", beta=0.0, q=None, labels=None):
     """Official DCL / HCL / HCL-OT estimator in its exp form (simclr layout)."""
     out1, out2 = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
@@ -61,8 +54,8 @@ def _official(z1, z2, t, tau_plus, weights="uniform", beta=0.0, q=None, labels=N
 # -- reductions ---------------------------------------------------------------------------
 @pytest.mark.parametrize("layout", ["simclr", "cross"])
 @pytest.mark.parametrize("t", [0.5, 0.1, 0.05])
-def test_dcl_tau0_equals_infonce(layout, t):
-    z1, z2 = _pairs()
+def test_dcl_tau0_equals_infonce(layout, t, make_pairs):
+    z1, z2 = make_pairs(noise=0.7)
     z1.requires_grad_(True)
     a = build("infonce", temperature=t, layout=layout)(z1, z2)
     b = build("dcl", temperature=t, tau_plus=0.0, layout=layout)(z1, z2)
@@ -74,8 +67,8 @@ def test_dcl_tau0_equals_infonce(layout, t):
 
 @pytest.mark.parametrize("layout", ["simclr", "cross"])
 @pytest.mark.parametrize("tau_plus", [0.0, 0.1, 0.3])
-def test_hcl_beta0_equals_dcl(layout, tau_plus):
-    z1, z2 = _pairs(seed=1)
+def test_hcl_beta0_equals_dcl(layout, tau_plus, make_pairs):
+    z1, z2 = make_pairs(noise=0.7, seed=1)
     a = build("dcl", temperature=0.3, tau_plus=tau_plus, layout=layout)(z1, z2)
     b = build("hcl", temperature=0.3, tau_plus=tau_plus, beta=0.0, layout=layout)(z1, z2)
     torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
@@ -83,8 +76,8 @@ def test_hcl_beta0_equals_dcl(layout, tau_plus):
 
 # -- against the official formulas --------------------------------------------------------
 @pytest.mark.parametrize("tau_plus", [0.0, 0.1, 0.6])
-def test_dcl_matches_official_formula(tau_plus):
-    z1, z2 = _pairs(seed=2, noise=0.3)
+def test_dcl_matches_official_formula(tau_plus, make_pairs):
+    z1, z2 = make_pairs(noise=0.3, seed=2)
     z1.requires_grad_(True)
     ours = DCL(0.5, tau_plus=tau_plus)(z1, z2)
     ref = _official(z1, z2, 0.5, tau_plus)
@@ -94,9 +87,9 @@ def test_dcl_matches_official_formula(tau_plus):
     )
 
 
-def test_dcl_clamp_is_active_and_matches():
+def test_dcl_clamp_is_active_and_matches(make_pairs):
     # near-identical views and a large prior: the debiased sum goes negative -> clamp
-    z1, z2 = _pairs(seed=3, noise=0.01)
+    z1, z2 = make_pairs(noise=0.01, seed=3)
     t, tau = 0.5, 0.9
     out = torch.cat([F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)])
     s = out @ out.T / t
@@ -122,8 +115,8 @@ def test_debiasing_at_the_boundary_has_finite_gradients(rel):
 
 
 @pytest.mark.parametrize("beta,tau_plus", [(1.0, 0.1), (3.0, 0.0), (0.5, 0.3)])
-def test_hcl_matches_official_formula(beta, tau_plus):
-    z1, z2 = _pairs(seed=4)
+def test_hcl_matches_official_formula(beta, tau_plus, make_pairs):
+    z1, z2 = make_pairs(noise=0.7, seed=4)
     z1.requires_grad_(True)
     ours = HCL(0.5, beta=beta, tau_plus=tau_plus)(z1, z2)
     ref = _official(z1, z2, 0.5, tau_plus, weights="hcl", beta=beta)
@@ -151,15 +144,15 @@ def _ot_reference_plan(z1, z2, eps, cost="sqeuclidean", kappa=1.0, labels=None):
 
 
 @pytest.mark.parametrize("cost,eps", [("sqeuclidean", 0.7), ("sqeuclidean", 0.3), ("exp", 0.7)])
-def test_ot_hard_matches_official_with_pot(cost, eps):
-    z1, z2 = _pairs(n=10, d=6, seed=5)
+def test_ot_hard_matches_official_with_pot(cost, eps, make_pairs):
+    z1, z2 = make_pairs(noise=0.7, n=10, d=6, seed=5)
     z1.requires_grad_(True)
     plan = _ot_reference_plan(z1, z2, eps, cost)
     q = torch.as_tensor(plan * plan.shape[0])
     loss = OTHard(0.5, eps=eps, cost=cost, tau_plus=0.1, iters=2000, tol=1e-12)
     ours = loss(z1, z2)
     torch.testing.assert_close(
-        loss.last_coupling.plan, torch.as_tensor(plan), rtol=1e-6, atol=1e-10
+        loss.coupling(z1, z2).plan, torch.as_tensor(plan), rtol=1e-6, atol=1e-10
     )
     ref = _official(z1, z2, 0.5, 0.1, weights="ot", q=q)
     torch.testing.assert_close(ours, ref, rtol=1e-8, atol=1e-10)
@@ -169,8 +162,8 @@ def test_ot_hard_matches_official_with_pot(cost, eps):
     )
 
 
-def test_ot_hard_coupling_marginals_and_support():
-    z1, z2 = _pairs(n=12, d=6, seed=6, dtype=torch.float32)
+def test_ot_hard_coupling_marginals_and_support(make_pairs):
+    z1, z2 = make_pairs(noise=0.7, n=12, d=6, seed=6, dtype=torch.float32)
     for layout in ("simclr", "cross"):
         loss = OTHard(0.5, eps=0.5, layout=layout, iters=500, tol=1e-7)
         out = loss.coupling(z1, z2)
@@ -190,10 +183,10 @@ def test_ot_hard_coupling_marginals_and_support():
         torch.testing.assert_close(w, n * p, rtol=0, atol=1e-5)
 
 
-def test_ot_hard_vs_hcl_weights():
+def test_ot_hard_vs_hcl_weights(make_pairs):
     """sqeuclidean cost with eps = 2t/beta: HCL's weights up to the column scaling v_j."""
     t, beta = 0.5, 1.0
-    z1, z2 = _pairs(n=64, d=128, noise=0.5, seed=7, dtype=torch.float32)
+    z1, z2 = make_pairs(noise=0.5, n=64, d=128, seed=7, dtype=torch.float32)
     ot_loss = OTHard(t, eps=2 * t / beta, tau_plus=0.1, iters=500, tol=1e-6)
     hcl = HCL(t, beta=beta, tau_plus=0.1)
     w_ot, neg = ot_loss.negative_weights(z1, z2)
@@ -205,22 +198,22 @@ def test_ot_hard_vs_hcl_weights():
     l_ot, l_h = ot_loss(z1, z2), hcl(z1, z2)
     assert abs(float(l_ot - l_h)) / float(l_h) < 1e-3  # observed 3.6e-4
     # the whole difference is the column potential g = log v: exact up to solver tolerance
-    g = ot_loss.last_coupling.g
+    g = ot_loss.coupling(z1, z2).g
     sim = torch.cat([F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)])
     sim = sim @ sim.T
     logits = torch.where(neg, beta * sim / t + g.unsqueeze(0), float("-inf"))
     torch.testing.assert_close(w_ot, torch.softmax(logits, -1), rtol=0, atol=1e-6)
 
 
-def test_ot_hard_large_eps_is_dcl():
-    z1, z2 = _pairs(seed=8)
+def test_ot_hard_large_eps_is_dcl(make_pairs):
+    z1, z2 = make_pairs(noise=0.7, seed=8)
     a = OTHard(0.5, eps=1e6, tau_plus=0.1)(z1, z2)
     b = DCL(0.5, tau_plus=0.1)(z1, z2)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=0)
 
 
-def test_ot_hard_exp_cost_only_eps_times_exp_kappa_matters():
-    z1, z2 = _pairs(seed=9)
+def test_ot_hard_exp_cost_only_eps_times_exp_kappa_matters(make_pairs):
+    z1, z2 = make_pairs(noise=0.7, seed=9)
     w1, _ = OTHard(eps=0.7, cost="exp", kappa=1.0, iters=300, tol=1e-10).negative_weights(z1, z2)
     w2, _ = OTHard(eps=0.7 * math.e, cost="exp", kappa=0.0, iters=300, tol=1e-10).negative_weights(
         z1, z2
@@ -228,16 +221,16 @@ def test_ot_hard_exp_cost_only_eps_times_exp_kappa_matters():
     torch.testing.assert_close(w1, w2, rtol=1e-7, atol=1e-10)
 
 
-def test_cross_layout_symmetric_is_average_of_directions():
-    z1, z2 = _pairs(seed=10)
+def test_cross_layout_symmetric_is_average_of_directions(make_pairs):
+    z1, z2 = make_pairs(noise=0.7, seed=10)
     for name, kw in [("ot-hard", {"tol": 1e-10, "iters": 500}), ("hcl", {}), ("dcl", {})]:
         sym = build(name, layout="cross", **kw)(z1, z2)
         one = build(name, layout="cross", symmetric=False, **kw)
         torch.testing.assert_close(sym, 0.5 * (one(z1, z2) + one(z2, z1)), rtol=1e-8, atol=1e-10)
 
 
-def test_labels_remove_same_class_negatives():
-    z1, z2 = _pairs(seed=11)
+def test_labels_remove_same_class_negatives(make_pairs):
+    z1, z2 = make_pairs(noise=0.7, seed=11)
     labels = torch.tensor([0, 1, 0, 2, 1, 3, 3, 0])
     for loss, kw in [
         (DCL(0.5, tau_plus=0.0), {}),
@@ -251,7 +244,7 @@ def test_labels_remove_same_class_negatives():
     loss = OTHard(0.5, eps=0.5, iters=3000, tol=1e-13)
     val = loss(z1, z2, labels=labels)
     torch.testing.assert_close(
-        loss.last_coupling.plan, torch.as_tensor(plan), rtol=1e-6, atol=1e-10
+        loss.coupling(z1, z2, labels=labels).plan, torch.as_tensor(plan), rtol=1e-6, atol=1e-10
     )
     q = torch.as_tensor(plan * 16)
     ref = _official(z1, z2, 0.5, 0.0, weights="ot", q=q, labels=labels)
@@ -279,8 +272,8 @@ def test_labels_remove_same_class_negatives():
     ],
 )
 @pytest.mark.parametrize("layout", ["simclr", "cross"])
-def test_small_temperature_large_beta_finite(name, kw, layout):
-    z1, z2 = _pairs(n=32, d=16, noise=0.05, seed=12, dtype=torch.float32)
+def test_small_temperature_large_beta_finite(name, kw, layout, make_pairs):
+    z1, z2 = make_pairs(noise=0.05, n=32, d=16, seed=12, dtype=torch.float32)
     z1.requires_grad_(True)
     loss = build(name, temperature=0.05, layout=layout, **kw)(z1, z2)
     loss.backward()
@@ -303,8 +296,8 @@ def test_small_temperature_large_beta_finite(name, kw, layout):
     ],
 )
 @pytest.mark.parametrize("layout", ["simclr", "cross"])
-def test_gradcheck(name, kw, layout):
-    z1, z2 = _pairs(n=4, d=3, seed=13)
+def test_gradcheck(name, kw, layout, make_pairs):
+    z1, z2 = make_pairs(noise=0.7, n=4, d=3, seed=13)
     z1.requires_grad_(True)
     z2.requires_grad_(True)
     loss = build(name, temperature=0.5, layout=layout, **kw)
@@ -320,45 +313,49 @@ def test_gradcheck(name, kw, layout):
     ids=["unrolled-log", "implicit-exp"],
 )
 @pytest.mark.parametrize("layout", ["simclr", "cross"])
-def test_ot_hard_gradcheck_log_domain_and_implicit(kw, layout):
-    z1, z2 = _pairs(n=4, d=3, seed=13)
+def test_ot_hard_gradcheck_log_domain_and_implicit(kw, layout, make_pairs):
+    z1, z2 = make_pairs(noise=0.7, n=4, d=3, seed=13)
     loss = OTHard(0.5, tau_plus=0.1, layout=layout, **kw)
     inputs = (z1.clone().requires_grad_(True), z2.clone().requires_grad_(True))
     assert torch.autograd.gradcheck(lambda a, b: loss(a, b), inputs, eps=1e-6, atol=1e-6)
     expected = "log" if kw["eps"] < 4 / 30 else "exp"
-    assert loss.last_coupling.domain == expected
+    out = loss.coupling(z1, z2)
+    assert out.domain == expected
     if kw["coupling_grad"] == "implicit":
-        assert loss.last_coupling.converged
+        assert out.converged
 
 
 @pytest.mark.parametrize("layout", ["simclr", "cross"])
-def test_ot_hard_detach_is_the_gradient_with_frozen_potentials(layout, monkeypatch):
+def test_ot_hard_detach_is_the_gradient_with_frozen_potentials(layout, monkeypatch, make_pairs):
     """coupling_grad="detach": the exact gradient with the Sinkhorn potentials held constant
     (the plan still depends on the cost), checked against a replay with frozen potentials."""
     import otcl.losses.hard_negatives as hn
 
-    z1, z2 = _pairs(n=4, d=3, seed=18)
+    z1, z2 = make_pairs(noise=0.7, n=4, d=3, seed=18)
     loss = OTHard(0.5, eps=0.5, tau_plus=0.1, layout=layout, coupling_grad="detach", iters=50)
     frozen = []
-    real = hn.sinkhorn
 
-    def record(scores, **kw):
-        out = real(scores, **kw)
-        frozen.append((out.f.detach(), out.g.detach()))
-        return out
+    class Record(otcl.ot.Sinkhorn):
+        def __call__(self, scores, problem=None, **kw):
+            out = super().__call__(scores, problem, **kw)
+            frozen.append((out.f.detach(), out.g.detach()))
+            return out
 
-    monkeypatch.setattr(hn, "sinkhorn", record)
+    monkeypatch.setattr(hn, "Sinkhorn", Record)
     a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
     g_detach = torch.autograd.grad(loss(a, b), (a, b))
     assert len(frozen) == 1
 
-    def replay(scores, **kw):
-        f, g = frozen[0]
-        zero = scores.new_zeros(())
-        log_plan = f.unsqueeze(-1) + scores + g.unsqueeze(-2)
-        return otcl.ot.SinkhornOutput(log_plan, f, g, 1, True, zero, zero)
+    class Replay(otcl.ot.Sinkhorn):
+        def __call__(self, scores, problem=None, **kw):
+            f, g = frozen[0]
+            zero = scores.new_zeros(())
+            log_plan = f.unsqueeze(-1) + scores + g.unsqueeze(-2)
+            return otcl.ot.SinkhornOutput(
+                f, g, scores, 1, True, zero, zero, stored_log_plan=log_plan
+            )
 
-    monkeypatch.setattr(hn, "sinkhorn", replay)
+    monkeypatch.setattr(hn, "Sinkhorn", Replay)
     a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
     g_frozen = torch.autograd.grad(loss(a, b), (a, b))
     for x, y in zip(g_detach, g_frozen, strict=True):
@@ -367,13 +364,13 @@ def test_ot_hard_detach_is_the_gradient_with_frozen_potentials(layout, monkeypat
     assert torch.autograd.gradcheck(lambda x, y: loss(x, y), inputs, eps=1e-6, atol=1e-6)
 
 
-def test_ot_hard_constant_coupling_gradient():
+def test_ot_hard_constant_coupling_gradient(make_pairs):
     """coupling_grad='none': the gradient of the loss with the plan held fixed (official)."""
-    z1, z2 = _pairs(n=5, d=4, seed=14)
+    z1, z2 = make_pairs(noise=0.7, n=5, d=4, seed=14)
     z1.requires_grad_(True)
     loss = OTHard(0.5, eps=0.4, tau_plus=0.05, iters=500, tol=1e-12)
     val = loss(z1, z2)
-    q = loss.last_coupling.plan.detach() * 10
+    q = loss.coupling(z1, z2).plan.detach() * 10
     ref = _official(z1, z2, 0.5, 0.05, weights="ot", q=q)
     torch.testing.assert_close(val, ref, rtol=1e-9, atol=1e-12)
     g_ref = torch.autograd.grad(ref, z1)[0]
@@ -385,8 +382,8 @@ def test_ot_hard_constant_coupling_gradient():
     assert (g_unr - g_ref).abs().max() > 1e-4
 
 
-def test_ot_hard_detach_mode_gradient_through_cost():
-    z1, z2 = _pairs(n=4, d=3, seed=15)
+def test_ot_hard_detach_mode_gradient_through_cost(make_pairs):
+    z1, z2 = make_pairs(noise=0.7, n=4, d=3, seed=15)
     z1.requires_grad_(True)
     loss = OTHard(0.5, coupling_grad="detach", iters=200, tol=1e-12)
     g = torch.autograd.grad(loss(z1, z2), z1)[0]
@@ -429,8 +426,8 @@ def test_bad_parameters(name, kw, arg):
         build(name, **kw)
 
 
-def test_bad_call_inputs():
-    z1, z2 = _pairs()
+def test_bad_call_inputs(make_pairs):
+    z1, z2 = make_pairs(noise=0.7)
     loss = HCL(0.5)
     with pytest.raises(ValueError, match="z1, z2"):
         loss(z1, z2[:5])
@@ -450,9 +447,9 @@ def test_bad_call_inputs():
         OTHard()(bad, z2)
 
 
-def test_implicit_mode_if_available():
+def test_implicit_mode_if_available(make_pairs):
     pytest.importorskip("otcl.ot.implicit")
-    z1, z2 = _pairs(n=4, d=3, seed=16)
+    z1, z2 = make_pairs(noise=0.7, n=4, d=3, seed=16)
     z1.requires_grad_(True)
     a = OTHard(0.5, coupling_grad="implicit", iters=300, tol=1e-12)
     b = OTHard(0.5, coupling_grad="unrolled", iters=300, tol=1e-12)
@@ -464,10 +461,11 @@ def test_implicit_mode_if_available():
     )
 
 
-def test_dot_similarity_cost_on_raw_embeddings():
-    z1, z2 = _pairs(seed=17)
+def test_dot_similarity_cost_on_raw_embeddings(make_pairs):
+    z1, z2 = make_pairs(noise=0.7, seed=17)
     loss = OTHard(0.5, similarity="dot", eps=5.0, iters=500, tol=1e-12)
-    sim, _, neg, x, y = loss._batch(z1, z2, None)
+    x, y = otcl.ot.layout_embeddings(z1, z2, "simclr")
+    sim = loss.geometry(z1, z2).sim
     torch.testing.assert_close(loss.cost_matrix(sim, x, y), torch.cdist(x, y) ** 2)
     out = loss.coupling(z1, z2)
     n = out.plan.shape[0]
@@ -487,9 +485,9 @@ def test_dot_similarity_cost_on_raw_embeddings():
     )
 
 
-def test_hcl_beta_is_saved_in_state_dict():
+def test_hcl_beta_is_saved_in_state_dict(make_pairs):
     """beta may be annealed between epochs (official ``--anneal down``): a checkpoint keeps it."""
-    z1, z2 = _pairs(seed=19)
+    z1, z2 = make_pairs(noise=0.7, seed=19)
     loss = HCL(0.5, beta=2.0)
     loss.beta = 0.75
     restored = HCL(0.5)

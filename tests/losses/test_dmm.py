@@ -15,12 +15,6 @@ from otcl.losses import DMM, Mixed, build
 from otcl.losses.dmm import min_triplet, mix, vse_hinge
 
 
-def _pairs(n=8, d=5, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    z1 = torch.randn(n, d, generator=g, dtype=dtype)
-    return z1, z1 + 0.5 * torch.randn(n, d, generator=g, dtype=dtype)
-
-
 def _hinge_loops(anchors, positives, margin):
     """VSE hinge written with explicit loops (independent reference)."""
     a, b = F.normalize(anchors, dim=-1), F.normalize(positives, dim=-1)
@@ -37,8 +31,8 @@ def _hinge_loops(anchors, positives, margin):
 
 # -- the wrapper equals its base when the DMM weight is 0 ------------------------------------
 @pytest.mark.parametrize("base", ["infonce", "hcl", "ot-hard", "gca-uot"])
-def test_weight_zero_equals_base_exactly(base):
-    z1, z2 = _pairs()
+def test_weight_zero_equals_base_exactly(base, make_pairs):
+    z1, z2 = make_pairs(dtype=torch.float32, noise=0.5)
     ref = build(base)(z1, z2)
     for kw in ({"weight": 0.0, "epoch": 10}, {"epoch": 0}):  # weight 0, or ramp w(0) = 0
         dmm = DMM(base, **kw)
@@ -72,7 +66,7 @@ def test_margin_is_lam_times_margin_hand_built():
     r = 1 / math.sqrt(2)
     # active hinges at margin lam*m = 0.6: [0.6 + r - 1]_+ = 0.6 - 0.293 and [0.6 + r - r]_+
     expected = ((lam * m + r - 1) + lam * m) / 4
-    assert dmm.last_margin == lam * m
+    assert dmm.margin_for(lam) == lam * m
     torch.testing.assert_close(
         term, torch.tensor(expected, dtype=torch.float64), rtol=1e-14, atol=0
     )
@@ -83,28 +77,29 @@ def test_margin_is_lam_times_margin_hand_built():
     torch.testing.assert_close(total - dmm.base(z1, z2), term, rtol=1e-6, atol=1e-7)
 
 
-def test_margin_recomputed_every_step_and_legacy_accumulates():
-    z1, z2 = _pairs()
+def test_margin_recomputed_every_step_and_legacy_accumulates(make_pairs):
+    z1, z2 = make_pairs(dtype=torch.float32, noise=0.5)
     dmm = DMM(margin=0.2, lam_range=(0.5, 1.0), warmup=0.0, seed=0)
-    lams, margins = [], []
+    lams = []
     for _ in range(5):
-        dmm(z1, z2)
-        lams.append(dmm.last_lam)
-        margins.append(dmm.last_margin)
-        assert 0.5 <= dmm.last_lam <= 1.0
-    for lam, mar in zip(lams, margins, strict=True):
-        assert mar == pytest.approx(0.2 * lam, rel=1e-15)
+        mixed = dmm.mix_embeddings(z1)
+        lams.append(mixed.lam)
+        assert 0.5 <= mixed.lam <= 1.0
+        assert dmm.margin_for(mixed.lam) == pytest.approx(0.2 * mixed.lam, rel=1e-15)
+        assert dmm.margin_for(mixed.lam) == dmm.margin_for(mixed.lam)  # nothing carried over
+        torch.testing.assert_close(dmm.dmm_term(mixed, z2), vse_hinge(mixed.z, z2, 0.2 * mixed.lam))
     legacy = DMM(
         margin=0.2, lam_range=(0.5, 1.0), warmup=0.0, seed=0, legacy_cumulative_margin=True
     )
     prod = 0.2
-    for lam in lams:  # same seed -> same lambdas
-        legacy(z1, z2)
+    for lam in lams:  # same seed -> same lambdas; the official margin *= lam
+        mixed = legacy.mix_embeddings(z1)
+        assert mixed.lam == lam
         prod *= lam
-        assert legacy.last_lam == lam and legacy.last_margin == pytest.approx(prod, rel=1e-12)
+        torch.testing.assert_close(legacy.dmm_term(mixed, z2), vse_hinge(mixed.z, z2, prod))
 
 
-def test_ramp_weight():
+def test_ramp_weight(make_pairs):
     dmm = DMM(warmup=30)
     assert dmm.current_weight == 0.0
     dmm.set_epoch(30)
@@ -113,7 +108,7 @@ def test_ramp_weight():
     assert dmm.current_weight == pytest.approx(0.75)
     assert DMM(warmup=0).current_weight == 1.0
     assert DMM(warmup=12, weight=2.0, epoch=12).current_weight == 1.0
-    z1, z2 = _pairs()
+    z1, z2 = make_pairs(dtype=torch.float32, noise=0.5)
     dmm = DMM(warmup=30, epoch=30, lam_range=(0.7, 0.7))
     mixed = dmm.mix_embeddings(z1)
     total = dmm(z1, z2, mixed=mixed)
@@ -122,8 +117,8 @@ def test_ramp_weight():
 
 
 # -- mixing -------------------------------------------------------------------------------
-def test_embedding_mixing_reverse_and_random():
-    z1, z2 = _pairs(n=6)
+def test_embedding_mixing_reverse_and_random(make_pairs):
+    z1, z2 = make_pairs(dtype=torch.float32, noise=0.5, n=6)
     dmm = DMM(lam_range=(0.3, 0.3))
     mixed = dmm.mix_embeddings(z1)
     assert mixed.lam == pytest.approx(0.3)
@@ -203,7 +198,7 @@ def test_lam_one_input_mixing_is_the_clean_hinge_at_full_margin():
     z2 = enc(x1 + 0.3 * torch.randn(8, 6, dtype=torch.float64))
     dmm = DMM(margin=0.3, lam_range=(1.0, 1.0), warmup=0.0)
     term = dmm.dmm_term(dmm.mix_inputs(enc, x1), z2)
-    assert dmm.last_margin == 0.3
+    assert dmm.margin_for(1.0) == 0.3
     torch.testing.assert_close(term, _hinge_loops(enc(x1), z2, 0.3), rtol=1e-12, atol=1e-14)
 
 
@@ -227,8 +222,8 @@ def test_per_modality_mixing():
     assert enc.enc["a"].weight.grad.abs().sum() > 0
 
 
-def test_both_views():
-    z1, z2 = _pairs()
+def test_both_views(make_pairs):
+    z1, z2 = make_pairs(dtype=torch.float32, noise=0.5)
     dmm = DMM(warmup=0.0, both_views=True, lam_range=(0.8, 0.8))
     mixed = dmm.mix_embeddings(z1, z2)
     term = dmm.dmm_term(mixed, z2, z1)
@@ -271,8 +266,8 @@ def test_repel_close_positives_option():
     assert torch.equal(off, vse_hinge(anchors, positives, lam * m))
 
 
-def test_wraps_cross_and_hard_negative_bases():
-    z1, z2 = _pairs()
+def test_wraps_cross_and_hard_negative_bases(make_pairs):
+    z1, z2 = make_pairs(dtype=torch.float32, noise=0.5)
     z1.requires_grad_(True)
     for base in ("infonce", "ot-hard", "dcl"):
         dmm = build("dmm", base=base, base_params={"layout": "cross"}, warmup=0.0)
@@ -323,9 +318,9 @@ def test_bad_parameters(kw, arg):
         DMM(**kw)
 
 
-def test_bad_call_inputs():
+def test_bad_call_inputs(make_pairs):
     dmm = DMM(warmup=0.0)
-    z1, z2 = _pairs()
+    z1, z2 = make_pairs(dtype=torch.float32, noise=0.5)
     with pytest.raises(ValueError, match="z1"):
         dmm(z1, z2[:4])
     with pytest.raises(ValueError, match="x1"):
@@ -352,10 +347,10 @@ def _roundtrip(state):
 
 
 @pytest.mark.parametrize("partner", ["random", "reverse"])
-def test_state_dict_restores_generator_legacy_margin_and_epoch(partner):
+def test_state_dict_restores_generator_legacy_margin_and_epoch(partner, make_pairs):
     """A resumed DMM (new instance, different seed) draws the same next (lam, perm), carries the
     legacy cumulative margin on, and is at the same epoch of the ramp."""
-    z1, z2 = _pairs()
+    z1, z2 = make_pairs(dtype=torch.float32, noise=0.5)
     kw = {"partner": partner, "legacy_cumulative_margin": True, "warmup": 30.0}
     run = DMM(seed=5, epoch=2, **kw)
     for _ in range(3):
@@ -365,19 +360,19 @@ def test_state_dict_restores_generator_legacy_margin_and_epoch(partner):
     resumed = DMM(seed=123, **kw)
     resumed.load_state_dict(state)
     assert resumed.epoch == 7 and resumed.current_weight == run.current_weight
-    assert resumed.last_lam == run.last_lam and resumed.last_margin == run.last_margin
+    assert resumed._legacy_margin == run._legacy_margin
     for _ in range(3):
         a, b = run.mix_embeddings(z1), resumed.mix_embeddings(z1)
         assert a.lam == b.lam and torch.equal(a.perm, b.perm)
         assert torch.equal(run(z1, z2), resumed(z1, z2))
-        assert run.last_margin == resumed.last_margin  # legacy product continued
-    assert 0.2 * 0.5**6 <= run.last_margin < 0.2 * 0.5  # six draws of lam in [0.5, 1)
+        assert run._legacy_margin == resumed._legacy_margin  # legacy product continued
+    assert 0.2 * 0.5**6 <= run._legacy_margin < 0.2 * 0.5  # six margins of lam in [0.5, 1)
 
 
-def test_state_dict_global_rng_and_wrapped_base_state():
+def test_state_dict_global_rng_and_wrapped_base_state(make_pairs):
     """Without a seed DMM uses torch's global RNG (checkpointed by the trainer): loading that
     state drops a private generator. The wrapped base's own extra state travels along."""
-    z1, z2 = _pairs()
+    z1, z2 = make_pairs(dtype=torch.float32, noise=0.5)
     unseeded = DMM("hcl", warmup=0.0, partner="random")
     unseeded.base.beta = 0.25  # e.g. HCL's beta annealing
     state = _roundtrip(unseeded.state_dict())

@@ -5,27 +5,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import ot  # POT, test reference only
 import pytest
 import torch
 
+import ot  # POT, test reference only
 from otcl.ot import Problem, pair_scores, positive_index, sinkhorn, solve
-
-
-def _problem(seed: int, n: int = 7, m: int = 9, eps: float = 0.3):
-    rng = np.random.default_rng(seed)
-    C = rng.random((n, m))
-    a = rng.random(n) + 0.1
-    b = rng.random(m) + 0.1
-    a /= a.sum()
-    b /= b.sum()
-    return C, a, b, eps
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("domain", ["log", "exp"])
-def test_balanced_matches_pot_sinkhorn_log(seed, domain):
-    C, a, b, eps = _problem(seed)
+def test_balanced_matches_pot_sinkhorn_log(seed, domain, make_problem):
+    C, a, b, eps = make_problem(seed=seed)
     ref = ot.sinkhorn(a, b, C, eps, method="sinkhorn_log", numItermax=20000, stopThr=1e-14)
     S = torch.tensor(-C / eps)
     out = sinkhorn(S, torch.tensor(a), torch.tensor(b), iters=20000, tol=1e-13, domain=domain)
@@ -37,8 +27,8 @@ def test_balanced_matches_pot_sinkhorn_log(seed, domain):
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("reg_m", [0.05, 1.0, 10.0])
 @pytest.mark.parametrize("domain", ["log", "exp"])
-def test_unbalanced_matches_pot(seed, reg_m, domain):
-    C, a, b, eps = _problem(seed)
+def test_unbalanced_matches_pot(seed, reg_m, domain, make_problem):
+    C, a, b, eps = make_problem(seed=seed)
     ref = ot.unbalanced.sinkhorn_unbalanced(
         a, b, C, eps, reg_m, reg_type="entropy", numItermax=20000, stopThr=1e-15
     )
@@ -56,8 +46,8 @@ def test_unbalanced_matches_pot(seed, reg_m, domain):
     np.testing.assert_allclose(out.plan.numpy(), ref, atol=1e-6, rtol=0)
 
 
-def test_semi_relaxed_matches_pot_and_closed_form():
-    C, a, b, eps = _problem(3)
+def test_semi_relaxed_matches_pot_and_closed_form(make_problem):
+    C, a, b, eps = make_problem(seed=3)
     # POT: reg_m = (inf, 0) means a hard row marginal and a free column marginal
     ref = ot.unbalanced.sinkhorn_unbalanced(
         a, b, C, eps, (float("inf"), 0.0), reg_type="entropy", numItermax=5000, stopThr=1e-15
@@ -72,18 +62,18 @@ def test_semi_relaxed_matches_pot_and_closed_form():
     torch.testing.assert_close(cols.plan, torch.softmax(S, dim=0) * torch.tensor(b)[None, :])
 
 
-def test_semi_relaxed_closed_form_equals_iterative_solver():
+def test_semi_relaxed_closed_form_equals_iterative_solver(make_problem):
     # the closed form (free side, tau=0) equals the limit of the iterative solver with rho -> 0
-    C, a, b, eps = _problem(4)
+    C, a, b, eps = make_problem(seed=4)
     S = torch.tensor(-C / eps)
     closed = solve(S, torch.tensor(a), torch.tensor(b), problem="rows").plan
     near = sinkhorn(S, torch.tensor(a), torch.tensor(b), rho_b=1e-9, iters=5000, tol=1e-14).plan
     torch.testing.assert_close(near, closed, atol=1e-7, rtol=0)
 
 
-def test_unbalanced_tends_to_balanced_as_rho_grows():
+def test_unbalanced_tends_to_balanced_as_rho_grows(make_problem):
     """The KL-relaxed plan converges to the balanced one at rate O(1/rho)."""
-    C, a, b, eps = _problem(5)
+    C, a, b, eps = make_problem(seed=5)
     S = torch.tensor(-C / eps)
     bal = sinkhorn(S, torch.tensor(a), torch.tensor(b), iters=20000, tol=1e-14).plan
     errs = []
@@ -99,7 +89,7 @@ def test_unbalanced_tends_to_balanced_as_rho_grows():
 
 def test_mass_constraint_is_global_softmax():
     S = torch.randn(5, 6, dtype=torch.float64)
-    out = solve(S, problem=Problem("mass", mass=2.0))
+    out = solve(S, problem=Problem(mass=2.0))
     torch.testing.assert_close(out.plan, 2.0 * torch.softmax(S.flatten(), 0).view(5, 6))
 
 
@@ -235,10 +225,10 @@ SWEEP = [(s, n, m, eps) for s in range(4) for (n, m) in ((7, 9), (16, 12)) for e
 
 
 @pytest.mark.parametrize("domain", ["log", "exp"])
-def test_pot_agreement_sweep(domain):
+def test_pot_agreement_sweep(domain, make_problem):
     errs = {"balanced": 0.0, "unbalanced": 0.0, "rows": 0.0, "cols": 0.0}
     for seed, n, m, eps in SWEEP:
-        C, a, b, _ = _problem(seed, n, m, eps)
+        C, a, b, _ = make_problem(seed=seed, n=n, m=m, eps=eps)
         S, at, bt = torch.tensor(-C / eps), torch.tensor(a), torch.tensor(b)
         ref = ot.sinkhorn(a, b, C, eps, method="sinkhorn_log", numItermax=50000, stopThr=1e-15)
         out = sinkhorn(S, at, bt, iters=50000, tol=1e-14, domain=domain)
@@ -268,11 +258,11 @@ def test_pot_agreement_sweep(domain):
     "rho", [(None, None), (0.7, 0.3), (None, 2.0), (None, 0.0)], ids=["bal", "unb", "one", "semi"]
 )
 @pytest.mark.parametrize("domain", ["log", "exp"])
-def test_detach_gradient_is_exact_for_the_dual_value(rho, domain):
+def test_detach_gradient_is_exact_for_the_dual_value(rho, domain, make_problem):
     """With the potentials held constant, the gradient of the dual objective
     D(S) = sum P + sum_sides (hard: -<a, f>; relaxed: rho <a, e^{-f/rho} - 1>) is P, and by the
     envelope theorem P is also the true derivative of the optimal value: gradcheck applies."""
-    C, a, b, _ = _problem(6, 5, 4)
+    C, a, b, _ = make_problem(seed=6, n=5, m=4)
     a_t, b_t = torch.tensor(a), torch.tensor(b)
     S = torch.tensor(-C / 0.4).requires_grad_(True)
 
@@ -301,7 +291,7 @@ def test_mass_constraint_checks_its_input():
     S = torch.randn(4, 5)
     with pytest.raises(ValueError, match="scores: expected finite"):
         solve(S.masked_fill(torch.eye(4, 5, dtype=torch.bool), float("nan")), problem="mass")
-    with pytest.raises(ValueError, match="a: the 'mass' constraint"):
+    with pytest.raises(ValueError, match="a: the 'mass' problem fixes only the total mass"):
         solve(S, torch.full((4,), 0.25), problem="mass")
     with pytest.raises(ValueError, match="iters"):
         solve(S, problem="mass", iters=0)
