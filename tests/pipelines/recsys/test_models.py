@@ -163,3 +163,34 @@ def test_implicit_baselines(data, monkeypatch):
         fit_implicit("bpr", s)
     with pytest.raises(ValueError, match="implicit: expected one of als, bpr"):
         fit_implicit("svd", s)
+
+
+def test_dmm_wraps_cml_with_each_users_own_negatives():
+    from otcl.losses import build
+    from otcl.losses.pair_losses import min_triplet
+
+    g = torch.Generator().manual_seed(1)
+    u, p, n = (torch.randn(*s, generator=g) for s in ((6, 4), (6, 4), (6, 3, 4)))
+    base = CMLTripletLoss(margin=1.5)
+    lam = 0.3
+    dmm = build("dmm", base=base, pair_loss="triplet", margin=1.5, lam_range=(lam, lam), warmup=0)
+    mixed = lam * u + (1 - lam) * u.flip(0)
+    ref = base(u, p, negatives=n) + min_triplet(mixed, p, lam * 1.5, n)
+    torch.testing.assert_close(dmm(u, p, negatives=n), ref)
+    # DMM hands the base its per-anchor sets flattened anchor-major: the same value
+    torch.testing.assert_close(base(u, p, negatives=n.reshape(18, 4)), base(u, p, negatives=n))
+
+
+@pytest.mark.parametrize("kind, loss", [("cml", "triplet"), ("two-tower", "infonce")])
+def test_objective_with_dmm_and_sampled_negatives(data, kind, loss):
+    s = split(data)
+    model = build_model(kind, data, dim=8)
+    neg = 10 if kind == "cml" else 5
+    spec = ObjectiveSpec(loss=loss, dmm=True, dmm_params={"warmup": 0.0}, negatives=neg)
+    obj = Objective(model, spec, NegativeSampler(s.train_user, s.train_item, data.n_items))
+    u, i = torch.from_numpy(s.train_user[:16]), torch.from_numpy(s.train_item[:16])
+    obj.set_epoch(3)
+    with_dmm = obj(model, u, i, torch.Generator().manual_seed(0))
+    obj.loss.weight = 0.0
+    without = obj(model, u, i, torch.Generator().manual_seed(0))
+    assert torch.isfinite(with_dmm) and with_dmm.item() > without.item()

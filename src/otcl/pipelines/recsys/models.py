@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...losses.contrastive import ContrastiveLoss
+from ...losses.pair_losses import min_triplet
 from .data import Ratings, hash_tokens
 
 __all__ = [
@@ -377,15 +378,21 @@ class CMLTripletLoss(ContrastiveLoss):
 
         L = \frac1B \sum_i \big[m + d(u_i, v^+_i) - \min_k d(u_i, v^-_{i,k})\big]_+ ,
 
-    with :math:`d` the plain (not squared) Euclidean distance.
+    with :math:`d` the plain (not squared) Euclidean distance: the library's
+    :func:`otcl.losses.pair_losses.min_triplet` (DMM's triplet pair loss) on per-user sampled
+    negatives, as a loss module that DMM can wrap.
 
     Args:
         margin: m >= 0 (official: 1.5).
 
     Call:
         ``loss(z1, z2, negatives=neg)`` with users ``z1`` (B, d), their positives ``z2`` (B, d)
-        and ``negatives`` (B, K, d) sampled for each user (excluding its training positives).
+        and ``negatives`` sampled for each user (excluding its training positives): (B, K, d),
+        or (B*K, d) holding the same sets anchor-major -- the form in which
+        :class:`otcl.losses.DMM` hands per-anchor negatives to its base loss.
     """
+
+    defaults = {"margin": 1.5}
 
     def __init__(self, margin: float = 1.5) -> None:
         super().__init__()
@@ -410,14 +417,15 @@ class CMLTripletLoss(ContrastiveLoss):
             raise ValueError(
                 f"z1, z2: expected two (B, d) tensors, got {tuple(z1.shape)}, {tuple(z2.shape)}"
             )
-        if negatives.dim() != 3 or negatives.shape[0] != z1.shape[0]:
+        b, d = z1.shape
+        if negatives.dim() == 2 and negatives.shape[1] == d and negatives.shape[0] % b == 0:
+            negatives = negatives.view(b, -1, d)
+        if negatives.dim() != 3 or negatives.shape[0] != b or negatives.shape[2] != d:
             raise ValueError(
-                f"negatives: expected shape ({z1.shape[0]}, K, {z1.shape[1]}), got "
+                f"negatives: expected shape ({b}, K, {d}) or ({b}*K, {d}), got "
                 f"{tuple(negatives.shape)}"
             )
-        d_pos = (z1 - z2).norm(dim=-1)
-        d_neg = (z1.unsqueeze(1) - negatives).norm(dim=-1).min(dim=1).values
-        return torch.relu(self.margin + d_pos - d_neg).mean()
+        return min_triplet(z1, z2, self.margin, negatives)
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}"
