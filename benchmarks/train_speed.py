@@ -6,7 +6,7 @@ views, encoder forward/backward under autocast, loss, optimizer step) for
 * ``plain``: a reference loop written here the way a careful single-file script would be --
   the same encoder, the same batched GPU augmentation, NT-Xent through ``F.cross_entropy`` --
   to show what the library's machinery costs on top of the bare computation;
-* ``otcl:<loss>`` for every requested loss, through :class:`otcl.train.Trainer` exactly as
+* ``otcl:<loss>`` for every requested loss, through :class:`otcl.pipelines.ssl.trainer.SSLTrainer` exactly as
   ``otcl train`` runs it.
 
 Steps are timed in rounds of ``--block`` steps per method, round-robin, after ``--warmup``
@@ -33,9 +33,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, replace_section, versions  # noqa: E402
-from otcl.config import Config, resolve  # noqa: E402
-from otcl.data import ImageData  # noqa: E402
-from otcl.train import Trainer, load_data, make_augment, make_model  # noqa: E402
+from otcl.pipelines.config import parse_value  # noqa: E402
+from otcl.pipelines.ssl.config import Config, resolve  # noqa: E402
+from otcl.pipelines.ssl.data import ImageData  # noqa: E402
+from otcl.pipelines.ssl.trainer import SSLTrainer, load_data, make_augment, make_model  # noqa: E402
 
 PLACEHOLDER = {
     "cuda": "## Training throughput, cuda\n\nNot measured yet: no GPU was lent in the session that "
@@ -98,7 +99,7 @@ class PlainLoop:
 
 class OtclLoop:
     def __init__(self, cfg: Config, data: ImageData, out: Path) -> None:
-        self.tr = Trainer(cfg, out, data=data)
+        self.tr = SSLTrainer(cfg, out, data=data)
         set_epoch = getattr(self.tr.loss_fn, "set_epoch", None)
         if set_epoch is not None:  # DMM: past its ramp-up start, so its mixed branch runs
             set_epoch(cfg.train.epochs)
@@ -107,7 +108,7 @@ class OtclLoop:
     def step(self) -> None:
         n = self.tr.images.shape[0]
         idx = torch.randint(0, n, (self.tr.batch_size,), generator=self.gen)
-        self.tr.train_step(idx)
+        self.tr.optimize(self.tr.loss_on(idx))
         self.tr.global_step += 1
 
 
@@ -138,7 +139,6 @@ def main(argv=None) -> int:
     p.add_argument("--tmp", default="/tmp/otcl-train-speed")
     args = p.parse_args(argv)
 
-    from otcl.config import parse_value
     from otcl.losses import parameters
 
     cfg = Config()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from otcl.data import (
+from otcl.pipelines.ssl.data import (
     Augment,
     DataError,
     grayscale,

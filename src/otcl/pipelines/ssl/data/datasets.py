@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...run import atomic_write_bytes
+
 __all__ = ["ImageData", "DataError", "load_dataset", "load_image_folder", "DATASETS", "STATS"]
 
 DATASETS = ("digits", "cifar10", "cifar100", "stl10", "svhn", "imagefolder")
@@ -275,8 +277,6 @@ def _cache_path(p: Path, size, mode, skip, cache_dir) -> Path | None:
 
 
 def _save_cache(cache: Path, data: ImageData) -> None:
-    from ..utils import atomic_write_bytes
-
     buf = io.BytesIO()
     np.savez(
         buf,

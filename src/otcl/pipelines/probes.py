@@ -1,90 +1,27 @@
-r"""Evaluation of frozen representations: weighted kNN and a linear probe.
+r"""Probes of frozen representations, shared by the pipelines: weighted kNN and a linear probe.
 
 * **kNN** (Wu et al. 2018, as lightly's ``knn_predict``): cosine similarity between L2-normalised
   test and train features, the ``k`` nearest train samples vote for their class with weight
   :math:`\exp(s/t)`; defaults ``k=200``, ``t=0.1``.
-* **Linear probe**: features extracted once without augmentation from the frozen backbone
-  (``eval()`` mode), standardised with the train statistics; a linear classifier trained with SGD
-  (momentum 0.9, cosine learning rate) on the train features. The reported accuracy is the test
-  accuracy **after the final epoch** -- never the best epoch on the test set (the GCA code's
+* **Linear probe**: a linear classifier on frozen features, standardised with the train
+  statistics, trained with SGD (momentum 0.9, cosine learning rate). The reported accuracy is the
+  test accuracy **after the final epoch** -- never the best epoch on the test set (the GCA code's
   pitfall).
+
+Both take feature tensors, so any pipeline (images, text, audio) can use them on whatever its
+encoder produces.
 """
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = [
-    "split_features",
-    "extract_features",
-    "knn_predict",
-    "knn_accuracy",
-    "linear_probe",
-    "LinearProbeResult",
-]
-
-
-@torch.no_grad()
-def extract_features(
-    model: nn.Module,
-    images: torch.Tensor,
-    preprocess: Callable[[torch.Tensor], torch.Tensor],
-    *,
-    batch_size: int = 1024,
-    device: torch.device | str = "cpu",
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    progress: bool = False,
-    desc: str = "features",
-) -> torch.Tensor:
-    """Backbone features (N, D) in float32 of uint8 ``images`` (N, C, H, W), model in eval mode."""
-    was_training = model.training
-    model.eval()
-    feats_fn = getattr(model, "features", model)
-    out = []
-    starts = range(0, images.shape[0], batch_size)
-    if progress and sys.stderr.isatty():
-        try:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, desc=desc, leave=False, unit="batch")
-        except ImportError:
-            pass
-    dev = torch.device(device)
-    try:
-        for s in starts:
-            x = preprocess(images[s : s + batch_size].to(dev, non_blocking=True))
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(
-                dev.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None
-            ):
-                f = feats_fn(x)
-            out.append(f.float())
-    finally:
-        model.train(was_training)
-    return torch.cat(out)
-
-
-def split_features(
-    model: nn.Module,
-    data,
-    preprocess: Callable[[torch.Tensor], torch.Tensor],
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of ``data.train_x`` and ``data.test_x`` (an :class:`otcl.data.ImageData`);
-    keyword arguments go to :func:`extract_features`."""
-    ftr = extract_features(model, data.train_x, preprocess, desc="train features", **kwargs)
-    fte = extract_features(model, data.test_x, preprocess, desc="test features", **kwargs)
-    return ftr, fte
+__all__ = ["knn_predict", "knn_accuracy", "linear_probe", "LinearProbeResult"]
 
 
 @torch.no_grad()
@@ -209,71 +146,3 @@ def linear_probe(
         test_acc = (clf(xte).argmax(1) == yte).float().mean().item()
         train_acc = (clf(xtr).argmax(1) == ytr).float().mean().item()
     return LinearProbeResult(test_acc, train_acc, history)
-
-
-def evaluate_run(
-    run_dir: str,
-    *,
-    device: str = "auto",
-    data=None,
-    linear_epochs: int | None = None,
-    knn_k: int | None = None,
-    knn_t: float | None = None,
-    progress: bool = True,
-    write: bool = True,
-) -> dict:
-    """kNN and linear-probe accuracy of a run's checkpoint; writes ``<run_dir>/eval.json``.
-
-    Settings default to the run's ``eval`` config section.
-    """
-    from .train import _amp_dtype, load_run
-    from .utils import atomic_write_text
-
-    cfg, model, data, aug, st = load_run(run_dir, device=device, data=data)
-    e = cfg.eval
-    k = e.knn_k if knn_k is None else knn_k
-    t = e.knn_t if knn_t is None else knn_t
-    epochs = e.linear_epochs if linear_epochs is None else linear_epochs
-    dev = next(model.parameters()).device
-    amp = _amp_dtype(cfg.train.amp, dev)
-    kw = dict(
-        batch_size=e.batch_size,
-        device=dev,
-        amp_dtype=amp,
-        channels_last=cfg.train.channels_last,
-        progress=progress,
-    )
-    ftr, fte = split_features(model, data, aug.plain, **kw)
-    knn = knn_accuracy(ftr, data.train_y, fte, data.test_y, data.num_classes, k, t)
-    probe = linear_probe(
-        ftr,
-        data.train_y,
-        fte,
-        data.test_y,
-        data.num_classes,
-        epochs=epochs,
-        lr=e.linear_lr,
-        batch_size=e.linear_batch_size,
-        weight_decay=e.linear_weight_decay,
-        seed=cfg.train.seed,
-        progress=progress,
-    )
-    result = {
-        "run": str(run_dir),
-        "loss_name": cfg.loss.name,
-        "dataset": cfg.data.dataset,
-        "seed": cfg.train.seed,
-        "epoch": int(st["epoch"]),
-        "knn": knn,
-        "knn_k": k,
-        "knn_t": t,
-        "linear": probe.test_accuracy,
-        "linear_train": probe.train_accuracy,
-        "linear_epochs": epochs,
-        "protocol": "frozen backbone features, no augmentation; kNN cosine weighted votes; "
-        "linear probe final-epoch test accuracy",
-        "torch": torch.__version__,
-    }
-    if write:
-        atomic_write_text(Path(run_dir) / "eval.json", json.dumps(result, indent=2))
-    return result

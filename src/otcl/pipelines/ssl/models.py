@@ -1,4 +1,4 @@
-"""Encoders for the pipelines: a backbone (features for evaluation) + a projection head (loss).
+"""Image encoders: a backbone (features for evaluation) + a projection head (for the loss).
 
 * ``resnet18``: ResNet-18 (He et al. 2016) with the CIFAR stem used by SimCLR-on-CIFAR recipes
   (lightly, solo-learn, GCA): a 3x3 stride-1 first convolution and no max-pool; 512-d features.

@@ -21,12 +21,13 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .config import Config, resolve, save_config
+from ... import __version__
+from ...losses import available
+from ..config import save_config
+from ..run import CHECKPOINT, METRICS, SUMMARY, atomic_write_text, load_checkpoint, read_jsonl
+from .config import Config, resolve
 from .evaluate import evaluate_run
-from .losses import available
-from .train import CHECKPOINT, Trainer, load_checkpoint, load_data
-from .utils import atomic_write_text, read_jsonl
+from .trainer import SSLTrainer, load_data
 
 __all__ = ["compare", "DEFAULT_LOSSES", "format_table", "plot_results"]
 
@@ -125,7 +126,7 @@ def _one_run(
     cfg: Config, run_dir: Path, data, evaluate: bool, log: Callable[[str], None]
 ) -> dict[str, Any]:
     ckpt = run_dir / CHECKPOINT
-    summary_path, eval_path = run_dir / "summary.json", run_dir / "eval.json"
+    summary_path, eval_path = run_dir / SUMMARY, run_dir / "eval.json"
     resume = False
     if ckpt.exists():
         st = load_checkpoint(ckpt)
@@ -140,7 +141,7 @@ def _one_run(
     else:
         if resume:
             log(f"{run_dir}: resuming")
-        Trainer(cfg, run_dir, data=data, resume=resume, log=log).fit()
+        SSLTrainer(cfg, run_dir, data=data, resume=resume, log=log).fit()
         if evaluate:
             evaluate_run(
                 str(run_dir), device=cfg.train.device, data=data, progress=cfg.train.progress
@@ -156,7 +157,7 @@ def _one_run(
         "seconds_per_epoch": summary.get("seconds_per_epoch"),
         "views_per_s": summary.get("views_per_s"),
         "final_loss": summary.get("final_loss"),
-        "metrics": read_jsonl(run_dir / "metrics.jsonl"),
+        "metrics": read_jsonl(run_dir / METRICS),
     }
     lin = "" if rec["linear"] is None else f", linear {rec['linear']:.4f}"
     log(f"{cfg.loss.name} seed {cfg.train.seed}: kNN {rec['knn']:.4f}{lin}")

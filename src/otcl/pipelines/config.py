@@ -1,0 +1,295 @@
+"""Run configuration machinery shared by every pipeline, and the sections they all have.
+
+A pipeline's configuration is one top-level dataclass whose fields are *sections* (dataclasses of
+plain settings). This module knows nothing about any particular pipeline: it turns any such
+dataclass into a plain dict and back, reads it from YAML/TOML, applies ``section.key=value``
+overrides with type checks, and writes it as YAML. The sections every pipeline shares are here
+too: :class:`LossConfig`, :class:`OptimConfig` and :class:`TrainConfig` (the shared run machinery,
+:mod:`otcl.pipelines.run`, reads ``train`` and ``optim``). A pipeline adds its own sections (data,
+model, evaluation) and presets next to its code, e.g. :mod:`otcl.pipelines.ssl.config`.
+
+Example:
+    >>> from dataclasses import dataclass, field
+    >>> @dataclass
+    ... class MyConfig(ConfigBase):
+    ...     loss: LossConfig = field(default_factory=LossConfig)
+    ...     optim: OptimConfig = field(default_factory=OptimConfig)
+    ...     train: TrainConfig = field(default_factory=TrainConfig)
+    >>> cfg = apply_overrides(MyConfig(), ["train.epochs=5", "loss.params.temperature=0.2"])
+    >>> cfg.train.epochs, cfg.loss.params
+    (5, {'temperature': 0.2})
+    >>> MyConfig.from_dict(cfg.to_dict()) == cfg
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ._files import atomic_write_text
+
+__all__ = [
+    "ConfigBase",
+    "RunConfig",
+    "LossConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "to_dict",
+    "from_dict",
+    "load_config",
+    "save_config",
+    "apply_overrides",
+    "parse_value",
+]
+
+C = TypeVar("C")
+
+
+# -- the sections every pipeline shares ----------------------------------------------------
+@dataclass
+class LossConfig:
+    """A named otcl loss and its parameters (``otcl.losses.build(name, **params)``).
+
+    ``dmm_mix`` (for ``dmm``): ``"input"`` re-encodes mixed inputs through the loss's
+    ``prepare_inputs`` hook, ``"embedding"`` mixes embeddings.
+    """
+
+    name: str = "infonce"
+    params: dict[str, Any] = field(default_factory=dict)
+    dmm_mix: str = "input"
+
+
+@dataclass
+class OptimConfig:
+    """SGD with momentum, Adam or AdamW; ``lr`` is per 128 samples (scaled by batch_size / 128).
+
+    The schedule is stepped per iteration: linear warm-up over ``warmup_epochs``, then cosine to
+    zero at the last step (or constant).
+    """
+
+    optimizer: str = "sgd"
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    nesterov: bool = False
+    warmup_epochs: float = 0.0
+    schedule: str = "cosine"  # "cosine" | "constant"
+
+
+@dataclass
+class TrainConfig:
+    """The training loop (read by :class:`otcl.pipelines.run.EpochTrainer`)."""
+
+    epochs: int | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"  # "auto" (bf16 on cuda, off on cpu) | "bf16" | "fp16" | "none"
+    compile: bool = False
+    deterministic: bool = False
+    checkpoint_every: int = 10
+    log_every: int = 20
+    progress: bool = True
+    out: str | None = None
+    max_steps_per_epoch: int | None = None  # truncate epochs (smoke tests)
+    threads: int | None = None
+
+
+# -- dataclass <-> plain dict --------------------------------------------------------------
+class ConfigBase:
+    """Mixin for a top-level config dataclass: :meth:`to_dict` and :meth:`from_dict`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists), ready for YAML or JSON."""
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls: type[C], d: dict[str, Any]) -> C:
+        """A new config: the defaults of ``cls`` with the settings of ``d`` merged in (checked)."""
+        return from_dict(cls, d)
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as a plain nested dict (tuples as lists)."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def from_dict(cls: type[C], d: dict[str, Any]) -> C:
+    """``cls()`` with the settings of ``d`` merged in; unknown or mistyped settings raise."""
+    cfg = cls()
+    _merge(cfg, d, prefix="")
+    return cfg
+
+
+# -- values --------------------------------------------------------------------------------
+def parse_value(text: str) -> Any:
+    """``"0.5"`` -> 0.5, ``"true"`` -> True, ``"none"`` -> None, ``"[1, 2]"`` -> [1, 2], else str."""
+    t = text.strip()
+    low = t.lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    try:
+        return json.loads(t)
+    except (json.JSONDecodeError, ValueError):
+        pass
+    if "," in t and not t.startswith(("'", '"')):
+        return [parse_value(p) for p in t.split(",")]
+    return t
+
+
+def _coerce(name: str, value: Any, ftype: Any) -> Any:
+    """Coerce ``value`` to the type of field ``name`` (given its annotation string)."""
+    ann = str(ftype)
+    if value is None:
+        if "None" in ann:
+            return None
+        raise ValueError(f"{name}: expected a value of type {ann}, got None")
+    if "dict" in ann:
+        if not isinstance(value, dict):
+            raise ValueError(f"{name}: expected a mapping, got {value!r}")
+        return dict(value)
+    if "tuple" in ann:
+        if isinstance(value, (int, float)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name}: expected a list of numbers, got {value!r}")
+        try:
+            return tuple(float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected a list of numbers, got {value!r}") from None
+    if ann.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{name}: expected true or false, got {value!r}")
+    if ann.startswith("int"):
+        if isinstance(value, bool) or not (
+            isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        ):
+            raise ValueError(f"{name}: expected an integer, got {value!r}")
+        return int(value)
+    if ann.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if ann.startswith("str"):
+        return value if isinstance(value, str) else str(value)
+    return value
+
+
+def _merge(obj: Any, d: dict[str, Any], prefix: str) -> None:
+    valid = {f.name: f for f in fields(obj)}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if key not in valid:
+            raise ValueError(
+                f"config: unknown setting {name!r}; valid under "
+                f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(valid))}"
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(
+                    f"config: {name!r} is a section, expected a mapping, got {value!r}"
+                )
+            _merge(current, value, prefix=f"{name}.")
+        else:
+            setattr(obj, key, _coerce(name, value, valid[key].type))
+
+
+def apply_overrides(cfg: C, overrides: list[str]) -> C:
+    """A copy of ``cfg`` with ``section.key=value`` strings applied.
+
+    A setting that is a mapping takes single entries: ``loss.params.temperature=0.2`` sets one
+    loss parameter. Values are parsed by :func:`parse_value` and checked against the field type.
+    """
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set: expected section.key=value, got {item!r}")
+        path, raw = item.split("=", 1)
+        parts = [p.strip() for p in path.strip().split(".")]
+        value = parse_value(raw)
+        if _set_mapping_entry(cfg, parts, value):
+            continue
+        nested: Any = value
+        for p in reversed(parts):
+            nested = {p: nested}
+        _merge(cfg, nested, prefix="")
+    return cfg
+
+
+def _set_mapping_entry(cfg: Any, parts: list[str], value: Any) -> bool:
+    """``a.b.key=value`` where ``a.b`` is a dict field: set one entry; False if not that case."""
+    obj = cfg
+    for i, p in enumerate(parts[:-1]):
+        if not dataclasses.is_dataclass(obj) or p not in {f.name for f in fields(obj)}:
+            return False
+        obj = getattr(obj, p)
+        if isinstance(obj, dict):
+            obj[".".join(parts[i + 1 :])] = value
+            return True
+    return False
+
+
+# -- files ---------------------------------------------------------------------------------
+def load_config(path: str | os.PathLike[str], cls: type[C]) -> C:
+    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file into a ``cls`` config."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config: expected a YAML or TOML file, got {str(p)!r} (not found)")
+    text = p.read_text()
+    if p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"config: cannot parse {str(p)!r} as YAML: {e}") from None
+    elif p.suffix == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"config: cannot parse {str(p)!r} as TOML: {e}") from None
+    else:
+        raise ValueError(f"config: expected a .yaml, .yml or .toml file, got {str(p)!r}")
+    if not isinstance(data, dict):
+        raise ValueError(f"config: expected a mapping at the top of {str(p)!r}")
+    return from_dict(cls, data)
+
+
+def save_config(cfg: Any, path: str | os.PathLike[str]) -> None:
+    """Write the config as YAML (atomically)."""
+    import yaml
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+@dataclass
+class RunConfig(ConfigBase):
+    """The smallest complete config: the shared sections only (a base for pipeline configs)."""
+
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

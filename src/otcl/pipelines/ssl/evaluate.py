@@ -1,0 +1,87 @@
+"""``otcl eval``: kNN and linear-probe accuracy of a self-supervised run's frozen backbone.
+
+Features are extracted once without augmentation from the backbone (before the projection head,
+``eval()`` mode) for the train and test splits; :mod:`otcl.pipelines.probes` gives the weighted
+kNN and the final-epoch linear-probe accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..probes import knn_accuracy, linear_probe
+from ..run import amp_dtype, atomic_write_text
+from .data import ImageData
+from .features import split_features
+from .trainer import load_run
+
+__all__ = ["evaluate_run"]
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    device: str = "auto",
+    data: ImageData | None = None,
+    linear_epochs: int | None = None,
+    knn_k: int | None = None,
+    knn_t: float | None = None,
+    progress: bool = True,
+    write: bool = True,
+) -> dict[str, Any]:
+    """kNN and linear-probe accuracy of a run's checkpoint; writes ``<run_dir>/eval.json``.
+
+    Settings default to the run's ``eval`` config section.
+    """
+    cfg, model, data, aug, st = load_run(run_dir, device=device, data=data)
+    e = cfg.eval
+    k = e.knn_k if knn_k is None else knn_k
+    t = e.knn_t if knn_t is None else knn_t
+    epochs = e.linear_epochs if linear_epochs is None else linear_epochs
+    dev = next(model.parameters()).device
+    amp = amp_dtype(cfg.train.amp, dev)
+    kw = dict(
+        batch_size=e.batch_size,
+        device=dev,
+        amp_dtype=amp,
+        channels_last=cfg.train.channels_last,
+        progress=progress,
+    )
+    ftr, fte = split_features(model, data, aug.plain, **kw)
+    knn = knn_accuracy(ftr, data.train_y, fte, data.test_y, data.num_classes, k, t)
+    probe = linear_probe(
+        ftr,
+        data.train_y,
+        fte,
+        data.test_y,
+        data.num_classes,
+        epochs=epochs,
+        lr=e.linear_lr,
+        batch_size=e.linear_batch_size,
+        weight_decay=e.linear_weight_decay,
+        seed=cfg.train.seed,
+        progress=progress,
+    )
+    result = {
+        "run": str(run_dir),
+        "loss_name": cfg.loss.name,
+        "dataset": cfg.data.dataset,
+        "seed": cfg.train.seed,
+        "epoch": int(st["epoch"]),
+        "knn": knn,
+        "knn_k": k,
+        "knn_t": t,
+        "linear": probe.test_accuracy,
+        "linear_train": probe.train_accuracy,
+        "linear_epochs": epochs,
+        "protocol": "frozen backbone features, no augmentation; kNN cosine weighted votes; "
+        "linear probe final-epoch test accuracy",
+        "torch": torch.__version__,
+    }
+    if write:
+        atomic_write_text(Path(run_dir) / "eval.json", json.dumps(result, indent=2))
+    return result

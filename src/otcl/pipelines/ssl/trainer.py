@@ -1,0 +1,200 @@
+"""Self-supervised (SimCLR-style) training of an image encoder with any otcl loss.
+
+:class:`SSLTrainer` is the engine of ``otcl train``: an :class:`otcl.pipelines.run.EpochTrainer`
+(run directory, checkpoints, exact resume, metrics log, progress -- see there) whose step is
+
+    two augmented views of a batch -> encoder under autocast -> loss in float32 -> SGD step.
+
+Speed on a GPU: the decoded uint8 dataset is resident on the device, both views of a batch are
+augmented there in one batched call (:class:`otcl.pipelines.ssl.data.Augment`), the encoder runs in
+channels_last under bf16 autocast (optionally ``torch.compile``-d), the loss is computed in
+float32, and the host reads the loss back only every ``log_every`` steps.
+
+Reproducibility: the batch order of epoch ``e`` and the augmentations of global step ``s`` are
+drawn from generators seeded by ``(seed, e)`` and ``(seed, s)``, and every other RNG state is in
+the checkpoint. The run directory also receives ``eval.json`` from ``otcl eval``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..probes import knn_accuracy
+from ..run import EpochTrainer, load_checkpoint, pick_device
+from .config import Config, resolve
+from .data import Augment, ImageData, load_dataset
+from .features import split_features
+from .models import Encoder, build_encoder
+
+__all__ = ["SSLTrainer", "load_run", "load_data", "make_augment", "make_model"]
+
+
+def make_augment(cfg: Config, data: ImageData) -> Augment:
+    """The run's augmentation (and, as ``.plain``, its evaluation preprocessing)."""
+    d = cfg.data
+    return Augment(
+        d.image_size,
+        crop_scale=d.crop_scale,  # type: ignore[arg-type]
+        flip_p=d.flip_p,  # type: ignore[arg-type]
+        jitter=d.jitter,  # type: ignore[arg-type]
+        jitter_p=d.jitter_p,  # type: ignore[arg-type]
+        gray_p=d.gray_p,  # type: ignore[arg-type]
+        rotate=d.rotate,  # type: ignore[arg-type]
+        mean=data.mean,
+        std=data.std,
+    )
+
+
+def make_model(cfg: Config, data: ImageData) -> Encoder:
+    """The run's encoder (backbone + projection head) for ``data``'s image shape."""
+    m = cfg.model
+    return build_encoder(
+        m.arch,  # type: ignore[arg-type]
+        data.image_shape[0],
+        width=m.width or 32,
+        head_hidden=m.head_hidden,  # type: ignore[arg-type]
+        head_out=m.head_out,  # type: ignore[arg-type]
+        head_bn=m.head_bn,
+    )
+
+
+def load_data(cfg: Config, progress: bool = True) -> ImageData:
+    """The dataset named by ``cfg.data``."""
+    d = cfg.data
+    return load_dataset(
+        d.dataset,
+        d.data_dir,
+        download=d.download,
+        skip_corrupt=d.skip_corrupt,
+        image_size=d.image_size,
+        cache_dir=d.cache_dir,
+        unlabeled=d.unlabeled,
+        progress=progress,
+    )
+
+
+class SSLTrainer(EpochTrainer):
+    """Trains an image encoder on two augmented views per image; :meth:`fit` -> summary.
+
+    Args:
+        cfg: the configuration (dataset presets are applied here).
+        out: run directory (default ``cfg.train.out``, else ``runs/<loss>-<dataset>-s<seed>``).
+        data: an already loaded dataset (``otcl compare`` loads it once for all runs).
+        resume: continue from ``out/checkpoint.pt``.
+        log: where progress lines go (standard error by default).
+    """
+
+    throughput_unit = "views"
+    cfg: Config
+
+    def __init__(
+        self,
+        cfg: Config,
+        out: str | Path | None = None,
+        *,
+        data: ImageData | None = None,
+        resume: bool = False,
+        log: Any = None,
+    ) -> None:
+        self._given_data = data
+        super().__init__(cfg, out, resume=resume, log=log)
+
+    # -- hooks -----------------------------------------------------------------------------
+    def resolve_config(self, cfg: Config) -> Config:
+        return resolve(cfg)
+
+    def check_config(self) -> None:
+        super().check_config()
+        e = self.cfg.eval
+        if e.knn_k is None or e.knn_k < 1 or not e.knn_t > 0:
+            raise ValueError(f"eval: expected knn_k >= 1 and knn_t > 0, got {e.knn_k}, {e.knn_t}")
+
+    def default_out(self) -> str:
+        c = self.cfg
+        return f"runs/{c.loss.name}-{c.data.dataset}-s{c.train.seed}"
+
+    def build(self) -> None:
+        t = self.cfg.train
+        self.data = self._given_data
+        if self.data is None:
+            self.data = load_data(self.cfg, progress=t.progress)
+        self.images = self.data.ssl_images().to(self.device)
+        self.augment = make_augment(self.cfg, self.data).to(self.device)
+        self.model = make_model(self.cfg, self.data).to(self.device)
+        if t.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.loss_fn = self.build_loss()
+        n = self.images.shape[0]
+        self.batch_size = min(self.batch_size, n)
+        if self.batch_size < 2:
+            raise ValueError(f"train.batch_size: the dataset holds only {n} image(s)")
+        self.steps_per_epoch = n // self.batch_size
+
+    def compute_loss(self, epoch: int, step: int) -> torch.Tensor:
+        return self.loss_on(self.batch_indices(self.images.shape[0], epoch, step))
+
+    def loss_on(self, idx: torch.Tensor) -> torch.Tensor:
+        """The loss of the images ``idx`` under the augmentations of the current global step."""
+        x = self.images[idx.to(self.device, non_blocking=True)]
+        gen = self.step_generator("augment")
+        views = torch.cat([self.augment(x, gen), self.augment(x, gen)])
+        if self.cfg.train.channels_last:
+            views = views.contiguous(memory_format=torch.channels_last)
+        b = x.shape[0]
+        extra: dict[str, Any] = {}
+        with self.autocast():
+            z = self.forward_model(views)
+            if self.cfg.loss.dmm_mix == "input":  # the loss's hook: {} for every loss but DMM
+                extra = self.loss_fn.prepare_inputs(self.forward_model, views[:b], views[b:])
+        z = z.float()
+        return self.loss_fn(z[:b], z[b:], **extra)
+
+    def items_per_step(self) -> int:
+        return 2 * self.batch_size
+
+    def evaluate(self, final: bool) -> dict[str, float]:
+        every = self.cfg.eval.knn_every
+        if final or (every and self.epoch % every == 0):
+            return {"knn": self.knn()}
+        return {}
+
+    def summarize(self, summary: dict[str, Any]) -> dict[str, Any]:
+        c = self.cfg
+        head = {"loss_name": c.loss.name, "dataset": c.data.dataset}
+        return {**head, **summary, "knn_seconds": summary["eval_seconds"]}
+
+    # -- evaluation ------------------------------------------------------------------------
+    def knn(self) -> float:
+        """kNN accuracy (k, t from the config) of the current backbone on the test split."""
+        ftr, fte = split_features(
+            self.model,
+            self.data,
+            self.augment.plain,
+            batch_size=self.cfg.eval.batch_size,
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+            channels_last=self.cfg.train.channels_last,
+        )
+        e = self.cfg.eval
+        return knn_accuracy(
+            ftr, self.data.train_y, fte, self.data.test_y, self.data.num_classes, e.knn_k, e.knn_t
+        )
+
+
+def load_run(
+    run_dir: str | Path, device: str = "auto", data: ImageData | None = None
+) -> tuple[Config, Encoder, ImageData, Augment, dict[str, Any]]:
+    """Rebuild a run's config, trained encoder (eval mode), dataset and preprocessing."""
+    st = load_checkpoint(run_dir, map_location="cpu")
+    cfg = resolve(Config.from_dict(st["config"]))
+    if data is None:
+        data = load_data(cfg, progress=cfg.train.progress)
+    model = make_model(cfg, data)
+    model.load_state_dict(st["model"])
+    dev = pick_device(device)
+    model = model.to(dev).eval()
+    aug = make_augment(cfg, data).to(dev)
+    return cfg, model, data, aug, st

@@ -1,0 +1,123 @@
+"""The self-supervised image trainer: a run on digits, exact resume, evaluation, settings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from otcl.pipelines.config import apply_overrides
+from otcl.pipelines.run import CHECKPOINT, TrainingInterrupted, load_checkpoint
+from otcl.pipelines.ssl.evaluate import evaluate_run
+from otcl.pipelines.ssl.trainer import SSLTrainer, load_run
+
+
+def test_train_writes_run_and_eval(tmp_path, tiny_config):
+    out = tmp_path / "run"
+    summary = SSLTrainer(tiny_config(), out).fit()
+    for f in ("config.yaml", CHECKPOINT, "metrics.jsonl", "summary.json"):
+        assert (out / f).exists(), f
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in recs] == [1, 2, 3]
+    assert all(r["loss"] > 0 and r["views_per_s"] > 0 for r in recs)
+    assert 0 <= summary["knn"] <= 1 and "knn" in recs[-1]
+    assert summary["loss_name"] == "infonce" and summary["dataset"] == "digits"
+    st = load_checkpoint(out)
+    assert st["epoch"] == 3 and st["done"] and st["global_step"] == 9
+    res = evaluate_run(str(out), progress=False)
+    assert res["epoch"] == 3 and 0 < res["linear"] <= 1
+    assert res["knn"] == pytest.approx(summary["knn"])  # the same backbone, the same protocol
+    assert json.loads((out / "eval.json").read_text())["linear"] == res["linear"]
+    cfg, model, data, aug, _ = load_run(out)
+    assert not model.training and cfg.model.width == 4 and data.num_classes == 10
+
+
+def test_knn_monitor_every_n_epochs(tmp_path, tiny_config):
+    cfg = tiny_config(epochs=3)
+    cfg.eval.knn_every = 2
+    SSLTrainer(cfg, tmp_path / "run").fit()
+    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert ["knn" in r for r in recs] == [False, True, True]  # epoch 2 monitor, epoch 3 final
+
+
+@pytest.mark.parametrize("loss", ["infonce", "gca-uot"])
+def test_ctrl_c_mid_epoch_then_resume_gives_identical_weights(
+    tmp_path, loss, monkeypatch, tiny_config, weights, assert_same_weights
+):
+    cfg = tiny_config()
+    cfg.loss.name = loss
+    ref = SSLTrainer(cfg, tmp_path / "ref")
+    ref.fit()
+    orig = SSLTrainer.train_step
+
+    def interrupt_at_step_5(self, epoch, step):
+        if self.global_step == 5:  # epoch 2, step 2 of 3
+            raise KeyboardInterrupt
+        return orig(self, epoch, step)
+
+    monkeypatch.setattr(SSLTrainer, "train_step", interrupt_at_step_5)
+    with pytest.raises(TrainingInterrupted) as info:
+        SSLTrainer(cfg, tmp_path / "run").fit()
+    assert info.value.epoch == 1 and info.value.step == 2
+    assert load_checkpoint(tmp_path / "run")["global_step"] == 5
+    monkeypatch.setattr(SSLTrainer, "train_step", orig)
+    resumed = SSLTrainer(cfg, tmp_path / "run", resume=True)
+    resumed.fit()
+    assert_same_weights(weights(resumed.model), weights(ref.model))
+    recs = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ref_recs = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["loss"] for r in recs] == pytest.approx(
+        [json.loads(r)["loss"] for r in ref_recs], rel=1e-6
+    )
+
+
+def test_hard_kill_resumes_dmm_from_last_epoch_checkpoint(
+    tmp_path, monkeypatch, tiny_config, weights, assert_same_weights
+):
+    """DMM with random partners draws from the global RNG: its state must be in the checkpoint."""
+    cfg = tiny_config()
+    cfg.loss.name = "dmm"
+    cfg.loss.params = {"warmup": 0, "partner": "random"}
+    ref = SSLTrainer(cfg, tmp_path / "ref")
+    ref.fit()
+    orig = SSLTrainer.train_step
+
+    def crash(self, epoch, step):
+        if self.global_step == 7:  # epoch 3
+            raise RuntimeError("power cut")
+        return orig(self, epoch, step)
+
+    monkeypatch.setattr(SSLTrainer, "train_step", crash)
+    with pytest.raises(RuntimeError, match="power cut"):
+        SSLTrainer(cfg, tmp_path / "run").fit()
+    assert load_checkpoint(tmp_path / "run")["epoch"] == 2
+    monkeypatch.setattr(SSLTrainer, "train_step", orig)
+    resumed = SSLTrainer(cfg, tmp_path / "run", resume=True)
+    resumed.fit()
+    assert_same_weights(weights(resumed.model), weights(ref.model))
+
+
+def test_bf16_autocast_and_embedding_space_dmm_train(tmp_path, tiny_config):
+    """The GPU settings (bf16 autocast, channels_last) run on CPU too; DMM without re-encoding."""
+    cfg = tiny_config(amp="bf16", epochs=2)
+    cfg.loss.name = "dmm"
+    cfg.loss.params = {"base": "gca-uot", "warmup": 0}
+    cfg.loss.dmm_mix = "embedding"
+    summary = SSLTrainer(cfg, tmp_path / "run").fit()
+    assert summary["final_loss"] > 0 and 0 <= summary["knn"] <= 1
+
+
+@pytest.mark.parametrize(
+    "setting, match",
+    [
+        ("train.epochs=0", "train.epochs"),
+        ("optim.lr=-1", "optim.lr"),
+        ("loss.name=nope", "unknown loss 'nope'"),
+        ("eval.knn_k=0", "knn_k"),
+        ("data.dataset=mnist", "data.dataset"),
+        ("model.arch=vgg", "model.arch"),
+    ],
+)
+def test_trainer_bad_settings(tmp_path, setting, match, tiny_config):
+    with pytest.raises(ValueError, match=match):
+        SSLTrainer(apply_overrides(tiny_config(), [setting]), tmp_path / "run")

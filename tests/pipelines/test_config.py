@@ -1,0 +1,122 @@
+"""Generic config machinery: any top-level dataclass, YAML/TOML, overrides, type checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from otcl.pipelines.config import (
+    ConfigBase,
+    LossConfig,
+    RunConfig,
+    TrainConfig,
+    apply_overrides,
+    load_config,
+    parse_value,
+    save_config,
+)
+
+pytest.importorskip("yaml")
+
+
+@dataclass
+class ItemsConfig:
+    """A section a pipeline might add."""
+
+    dim: int = 32
+    tags: dict[str, str] = field(default_factory=dict)
+    split: tuple[float, float] = (0.8, 0.2)
+    name: str | None = None
+
+
+@dataclass
+class OtherConfig(ConfigBase):
+    """A top-level config of some other pipeline: shared sections plus its own."""
+
+    items: ItemsConfig = field(default_factory=ItemsConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def test_yaml_toml_overrides_and_save_round_trip(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("loss:\n  name: gca-uot\n  params: {rho: 0.5}\ntrain:\n  epochs: 7\n")
+    t = tmp_path / "c.toml"
+    t.write_text('[loss]\nname = "gca-uot"\n[loss.params]\nrho = 0.5\n[train]\nepochs = 7\n')
+    a, b = load_config(y, RunConfig), load_config(t, RunConfig)
+    assert a.to_dict() == b.to_dict()
+    assert a.loss.name == "gca-uot" and a.loss.params == {"rho": 0.5} and a.train.epochs == 7
+    c = apply_overrides(a, ["train.epochs=9", "loss.params.iters=20", "optim.lr=0.3"])
+    assert c.train.epochs == 9 and c.loss.params == {"rho": 0.5, "iters": 20}
+    assert c.optim.lr == 0.3
+    assert a.train.epochs == 7 and a.loss.params == {"rho": 0.5}  # overrides copy
+    save_config(c, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml", RunConfig) == c
+
+
+def test_any_top_level_dataclass(tmp_path):
+    cfg = apply_overrides(
+        OtherConfig(),
+        ["items.dim=64", "items.tags.genre=drama", "items.split=0.9,0.1", "items.name=ml"],
+    )
+    assert cfg.items.dim == 64 and cfg.items.tags == {"genre": "drama"}
+    assert cfg.items.split == (0.9, 0.1) and cfg.items.name == "ml"
+    save_config(cfg, tmp_path / "o.yaml")
+    assert load_config(tmp_path / "o.yaml", OtherConfig) == cfg
+    assert OtherConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown setting 'optim'"):
+        apply_overrides(OtherConfig(), ["optim.lr=1"])
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("train.epoch=3", "unknown setting 'train.epoch'"),
+        ("train.epochs=abc", "train.epochs: expected an integer"),
+        ("train.epochs=2.5", "train.epochs: expected an integer"),
+        ("train.compile=maybe", "train.compile: expected true or false"),
+        ("optim.lr=fast", "optim.lr: expected a number"),
+        ("optim.lr=true", "optim.lr: expected a number"),
+        ("train.seed=none", "train.seed: expected a value of type int"),
+        ("loss.params=3", "loss.params: expected a mapping"),
+        ("train=3", "'train' is a section"),
+        ("nonsense", "expected section.key=value"),
+    ],
+)
+def test_bad_overrides_name_the_setting(override, match):
+    with pytest.raises(ValueError, match=match):
+        apply_overrides(RunConfig(), [override])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        load_config(tmp_path / "none.yaml", RunConfig)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ValueError, match="cannot parse"):
+        load_config(bad, RunConfig)
+    (tmp_path / "c.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"\.yaml, \.yml or \.toml"):
+        load_config(tmp_path / "c.json", RunConfig)
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="mapping at the top"):
+        load_config(tmp_path / "list.yaml", RunConfig)
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("0.5", 0.5),
+        ("3", 3),
+        ("true", True),
+        ("off", False),
+        ("none", None),
+        ("[1, 2]", [1, 2]),
+        ("0.2,1", [0.2, 1]),
+        ("gca-uot", "gca-uot"),
+        ('"a,b"', "a,b"),
+    ],
+)
+def test_parse_value(text, value):
+    assert parse_value(text) == value

@@ -1,0 +1,265 @@
+"""The shared run machinery (otcl.pipelines.run) through a toy pipeline with no images.
+
+``Toy`` is the smallest complete :class:`EpochTrainer` subclass: a BatchNorm + dropout MLP on
+random vectors, two noisy views per sample, InfoNCE. Everything here holds for every pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from otcl.pipelines.run import (
+    CHECKPOINT,
+    EpochTrainer,
+    Progress,
+    TrainingDiverged,
+    TrainingInterrupted,
+    amp_dtype,
+    append_jsonl,
+    atomic_torch_save,
+    derive_seed,
+    load_checkpoint,
+    pick_device,
+    read_jsonl,
+    rng_state,
+    set_rng_state,
+)
+
+
+class Toy(EpochTrainer):
+    n = 96
+
+    def build(self) -> None:
+        g = torch.Generator().manual_seed(1)
+        self.x = torch.randn(self.n, 6, generator=g)
+        self.model = nn.Sequential(
+            nn.Linear(6, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Dropout(0.1), nn.Linear(12, 4)
+        )
+        self.loss_fn = self.build_loss()
+        self.steps_per_epoch = self.n // self.batch_size
+        self.evaluated: list[tuple[int, bool]] = []
+
+    def compute_loss(self, epoch: int, step: int) -> torch.Tensor:
+        x = self.x[self.batch_indices(self.n, epoch, step)]
+        noise = torch.randn(2, *x.shape, generator=self.step_generator("noise"))
+        z = self.model(torch.cat([x + 0.1 * noise[0], x + 0.1 * noise[1]]))
+        return self.loss_fn(z[: x.shape[0]], z[x.shape[0] :])
+
+    def evaluate(self, final: bool) -> dict[str, float]:
+        self.evaluated.append((self.epoch, final))
+        if not (final or self.epoch == 2):
+            return {}
+        self.model.eval()
+        with torch.no_grad():
+            spread = float(self.model(self.x).std())
+        self.model.train()
+        return {"spread": spread}
+
+
+def test_fit_writes_config_checkpoint_metrics_and_summary(tmp_path, toy_config):
+    out = tmp_path / "run"
+    tr = Toy(toy_config(), out)
+    assert tr.steps_per_epoch == 6 and tr.total_steps == 18
+    summary = tr.fit()
+    for f in ("config.yaml", CHECKPOINT, "metrics.jsonl", "summary.json"):
+        assert (out / f).is_file(), f
+    recs = read_jsonl(out / "metrics.jsonl")
+    assert [r["epoch"] for r in recs] == [1, 2, 3]
+    assert all(r["loss"] > 0 and r["samples_per_s"] > 0 for r in recs)
+    # end-of-epoch hook: epochs 1 and 2 (no metric at 1), then once with final=True
+    assert tr.evaluated == [(1, False), (2, False), (3, True)]
+    assert "spread" not in recs[0] and "spread" in recs[1] and "spread" in recs[2]
+    assert summary["spread"] == recs[2]["spread"] and summary["epochs"] == 3
+    assert json.loads((out / "summary.json").read_text()) == summary
+    st = load_checkpoint(out)
+    assert st["epoch"] == 3 and st["global_step"] == 18 and st["done"]
+    assert recs[-1]["lr"] < 1e-6  # cosine to ~0 at the last step
+
+
+def test_lr_schedule_warmup_then_cosine(tmp_path, toy_config):
+    cfg = toy_config(epochs=4)
+    cfg.optim.warmup_epochs = 1.0
+    tr = Toy(cfg, tmp_path / "run")  # 6 steps per epoch, 24 in all, 6 of warm-up
+    f = [tr.lr_factor(s) for s in range(24)]
+    assert f[:6] == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0])
+    assert f[6] == pytest.approx(1.0) and f[15] == pytest.approx(0.5 * (1 + np.cos(np.pi / 2)))
+    assert all(a >= b for a, b in zip(f[6:], f[7:], strict=False))
+    assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * 16 / 128 / 6)
+
+
+def test_ctrl_c_mid_epoch_then_resume_is_bit_identical(
+    tmp_path, toy_config, weights, assert_same_weights, monkeypatch
+):
+    ref = Toy(toy_config(), tmp_path / "ref")
+    ref.fit()
+    orig = Toy.compute_loss
+
+    def interrupt_at_step_8(self, epoch, step):
+        if self.global_step == 8:  # epoch 2, step 3 of 6
+            raise KeyboardInterrupt
+        return orig(self, epoch, step)
+
+    monkeypatch.setattr(Toy, "compute_loss", interrupt_at_step_8)
+    with pytest.raises(TrainingInterrupted) as info:
+        Toy(toy_config(), tmp_path / "run").fit()
+    assert (info.value.epoch, info.value.step, info.value.run_dir) == (1, 2, tmp_path / "run")
+    st = load_checkpoint(tmp_path / "run")
+    assert st["global_step"] == 8 and not st["done"]
+    monkeypatch.setattr(Toy, "compute_loss", orig)
+    resumed = Toy(toy_config(), tmp_path / "run", resume=True)
+    resumed.fit()
+    assert_same_weights(weights(resumed.model), weights(ref.model))
+    losses = [r["loss"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
+    assert losses == pytest.approx(
+        [r["loss"] for r in read_jsonl(tmp_path / "ref" / "metrics.jsonl")]
+    )
+
+
+def test_crash_resumes_from_last_checkpoint_and_trims_the_log(
+    tmp_path, toy_config, weights, assert_same_weights, monkeypatch
+):
+    """A crash (no handler) loses only the work since the last checkpoint; epochs logged after
+    it are redone, not duplicated."""
+    cfg = toy_config(checkpoint_every=2, epochs=4)
+    ref = Toy(cfg, tmp_path / "ref")
+    ref.fit()
+    orig = Toy.compute_loss
+
+    def crash(self, epoch, step):
+        if self.global_step == 20:  # epoch 4; last checkpoint after epoch 2, epoch 3 logged
+            raise RuntimeError("power cut")
+        return orig(self, epoch, step)
+
+    monkeypatch.setattr(Toy, "compute_loss", crash)
+    with pytest.raises(RuntimeError, match="power cut"):
+        Toy(cfg, tmp_path / "run").fit()
+    assert load_checkpoint(tmp_path / "run")["epoch"] == 2
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
+    monkeypatch.setattr(Toy, "compute_loss", orig)
+    resumed = Toy(cfg, tmp_path / "run", resume=True)
+    resumed.fit()
+    assert_same_weights(weights(resumed.model), weights(ref.model))
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_existing_run_is_never_overwritten(tmp_path, toy_config):
+    Toy(toy_config(epochs=1), tmp_path / "run").fit()
+    with pytest.raises(ValueError, match="--resume"):
+        Toy(toy_config(), tmp_path / "run")
+    with pytest.raises(ValueError, match="no checkpoint.pt"):
+        Toy(toy_config(), tmp_path / "other", resume=True)
+
+
+def test_diverging_run_stops_with_a_clear_error(tmp_path, toy_config, monkeypatch):
+    tr = Toy(toy_config(log_every=1), tmp_path / "run")
+    monkeypatch.setattr(Toy, "train_step", lambda self, e, s: torch.tensor(float("nan")))
+    with pytest.raises(TrainingDiverged, match="optim.lr"):
+        tr.fit()
+
+
+def test_build_must_set_the_model_loss_and_steps(tmp_path, toy_config):
+    class Incomplete(EpochTrainer):
+        def build(self):
+            self.model = nn.Linear(2, 2)
+
+    with pytest.raises(TypeError, match="self.loss_fn"):
+        Incomplete(toy_config(), tmp_path / "run")
+
+
+def test_extra_state_is_checkpointed(tmp_path, toy_config, monkeypatch):
+    monkeypatch.setattr(Toy, "extra_state", lambda self: {"memory": torch.arange(3)})
+    got = {}
+    monkeypatch.setattr(Toy, "load_extra_state", lambda self, st: got.update(st))
+    Toy(toy_config(epochs=1), tmp_path / "run").fit()
+    Toy(toy_config(epochs=2), tmp_path / "run", resume=True)
+    assert torch.equal(got["memory"], torch.arange(3))
+
+
+def test_plain_progress_lines_without_a_terminal(tmp_path, toy_config):
+    lines: list[str] = []
+    cfg = toy_config(epochs=20, progress=True, max_steps_per_epoch=1)
+    Toy(cfg, tmp_path / "run", log=lines.append).fit()
+    assert len(lines) == 10  # about ten lines per run, not one per epoch
+    assert lines[-1].startswith("infonce s0 epoch 20/20: loss ") and "samples/s" in lines[-1]
+    assert lines[0].startswith("infonce s0 epoch 2/20") and ", spread " in lines[0]
+    p = Progress(enabled=False, total=5, done=0, epochs=5, desc="x", log=lines.append)
+    p.epoch_line(5, 5, "never")
+    assert "never" not in lines
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    atomic_torch_save({"v": 1}, path)
+    real_save = torch.save
+
+    def broken_save(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_torch_save({"v": 2}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.load(path)["v"] == 1
+    assert os.listdir(tmp_path) == ["ck.pt"]  # no temporary file left behind
+
+
+def test_derive_seed_is_a_fixed_function():
+    """Batch orders and augmentations of saved runs depend on these values: never change them."""
+    assert derive_seed(0, "order", 1) == 251157608447473956
+    assert derive_seed(7, "augment", 123) == 7189642625134838860
+    assert derive_seed(0, "order", 1) != derive_seed(0, "order", 2) != derive_seed(1, "order", 1)
+
+
+def test_rng_state_round_trip():
+    state = rng_state()
+    a = (random.random(), np.random.rand(), torch.rand(()).item())
+    set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(()).item()) == a
+
+
+def test_jsonl_ignores_a_truncated_last_line(tmp_path):
+    p = tmp_path / "m.jsonl"
+    append_jsonl(p, {"epoch": 1})
+    with open(p, "a") as fh:
+        fh.write('{"epoch": 2, "lo')
+    assert read_jsonl(p) == [{"epoch": 1}]
+    assert read_jsonl(tmp_path / "missing.jsonl") == []
+
+
+def test_device_and_amp_errors_name_the_setting():
+    assert pick_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="device"):
+        pick_device("tpu")
+    assert amp_dtype("auto", torch.device("cpu")) is None
+    assert amp_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError, match="train.amp"):
+        amp_dtype("fp8", torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    "section, key, value, match",
+    [
+        ("train", "epochs", 0, "train.epochs"),
+        ("train", "batch_size", 1, "train.batch_size"),
+        ("optim", "lr", -1.0, "optim.lr"),
+        ("optim", "optimizer", "lamb", "optim.optimizer"),
+        ("optim", "schedule", "step", "optim.schedule"),
+        ("train", "checkpoint_every", 0, "train.checkpoint_every"),
+        ("loss", "dmm_mix", "latent", "loss.dmm_mix"),
+        ("train", "device", "tpu", "device"),
+        ("train", "amp", "fp8", "train.amp"),
+    ],
+)
+def test_bad_shared_settings_name_the_setting(tmp_path, toy_config, section, key, value, match):
+    cfg = toy_config()
+    setattr(getattr(cfg, section), key, value)
+    with pytest.raises(ValueError, match=match):
+        Toy(cfg, tmp_path / "run")
