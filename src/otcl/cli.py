@@ -24,7 +24,7 @@ from . import __version__
 __all__ = ["main", "build_parser", "PIPELINES"]
 
 #: modules whose ``add_parser(subparsers)`` adds a pipeline's subcommands
-PIPELINES: tuple[str, ...] = ("otcl.pipelines.ssl.cli",)
+PIPELINES: tuple[str, ...] = ("otcl.pipelines.ssl.cli", "otcl.pipelines.recsys.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

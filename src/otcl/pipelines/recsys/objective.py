@@ -30,7 +30,7 @@ from ...losses import build as build_loss
 from .data import NegativeSampler
 from .models import CMLTripletLoss, RecModel, bpr_loss
 
-__all__ = ["Objective", "ObjectiveSpec", "DMM_DEFAULTS"]
+__all__ = ["Objective", "ObjectiveSpec", "DMM_DEFAULTS", "make_loss"]
 
 #: DMM defaults of the official recommender code (CML) that apply to every recsys model
 DMM_DEFAULTS: dict[str, Any] = {"lam_range": (0.0, 0.5), "warmup": 30.0, "partner": "reverse"}
@@ -59,6 +59,41 @@ class ObjectiveSpec:
     margin: float = 1.5
 
 
+def make_loss(kind: str, spec: ObjectiveSpec) -> nn.Module | None:
+    """The loss module of a model ``kind`` under ``spec`` (None for MF's BPR); checks ``spec``."""
+    if spec.negatives < 0:
+        raise ValueError(f"negatives: expected an integer >= 0, got {spec.negatives!r}")
+    dmm_params = {**DMM_DEFAULTS, **spec.dmm_params}
+    if kind == "cml":
+        if spec.loss != "triplet" or spec.loss_params:
+            raise ValueError(
+                f"loss: the cml model trains with its min-triplet loss, got {spec.loss!r}"
+                + (f" with {sorted(spec.loss_params)}" if spec.loss_params else "")
+            )
+        if spec.negatives < 1:
+            raise ValueError("negatives: cml needs K >= 1 sampled negatives per pair")
+        base: nn.Module = CMLTripletLoss(spec.margin)
+        if not spec.dmm:
+            return base
+        dmm_params.setdefault("margin", spec.margin)
+        return build_loss("dmm", base=base, pair_loss="triplet", **dmm_params)
+    if kind == "two-tower":
+        if spec.loss in ("triplet", "bpr", "dmm"):
+            raise ValueError(
+                f"loss: the two-tower model trains with an otcl loss (e.g. infonce, gca-uot; "
+                f"DMM is the dmm switch), got {spec.loss!r}"
+            )
+        params = {**spec.loss_params, "layout": "cross"}
+        if spec.dmm:
+            return build_loss(
+                "dmm", base=spec.loss, base_params=params, pair_loss="hinge", **dmm_params
+            )
+        return build_loss(spec.loss, **params)
+    if spec.loss != "bpr" or spec.loss_params or spec.dmm:
+        raise ValueError("loss: the mf model trains with BPR only (no loss params, no dmm)")
+    return None
+
+
 class Objective(nn.Module):
     """The loss of a :class:`RecModel` on batches of positive pairs (see the module docstring).
 
@@ -73,40 +108,15 @@ class Objective(nn.Module):
         self.kind = model.kind
         self.spec = spec
         self.sampler = sampler
-        if spec.negatives < 0:
-            raise ValueError(f"negatives: expected an integer >= 0, got {spec.negatives!r}")
-        dmm_params = {**DMM_DEFAULTS, **spec.dmm_params}
-        if self.kind == "cml":
-            if spec.loss != "triplet" or spec.loss_params:
-                raise ValueError(
-                    f"loss: the cml model trains with its min-triplet loss, got {spec.loss!r}"
-                    + (f" with {sorted(spec.loss_params)}" if spec.loss_params else "")
-                )
-            if spec.negatives < 1:
-                raise ValueError("negatives: cml needs K >= 1 sampled negatives per pair")
-            base: nn.Module = CMLTripletLoss(spec.margin)
-            if spec.dmm:
-                dmm_params.setdefault("margin", spec.margin)
-                base = build_loss("dmm", base=base, pair_loss="triplet", **dmm_params)
-            self.loss = base
-        elif self.kind == "two-tower":
-            if spec.loss in ("triplet", "bpr"):
-                raise ValueError(
-                    f"loss: the two-tower model trains with an otcl loss (e.g. infonce, "
-                    f"gca-uot), got {spec.loss!r}"
-                )
-            params = {**spec.loss_params, "layout": "cross"}
-            if spec.dmm:
-                self.loss = build_loss(
-                    "dmm", base=spec.loss, base_params=params, pair_loss="hinge", **dmm_params
-                )
-            else:
-                self.loss = build_loss(spec.loss, **params)
-        else:
-            if spec.loss != "bpr" or spec.loss_params or spec.dmm:
-                raise ValueError("loss: the mf model trains with BPR only (no loss params, no dmm)")
-            self.loss = None
+        self.loss = make_loss(model.kind, spec)
         self.epoch = 0
+
+    @property
+    def temperature(self) -> float | None:
+        """The two-tower loss's temperature (that of DMM's base), None for the others."""
+        loss = getattr(self.loss, "base", self.loss)
+        t = getattr(loss, "temperature", None)
+        return None if t is None else float(t)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)

@@ -1,0 +1,396 @@
+"""``otcl recsys compare``: baselines, CML ±DMM and two-tower ±DMM over seeds, one table.
+
+Every method and seed is one run directory ``<out>/<method>/seed<k>``: trained methods are
+:class:`~otcl.pipelines.recsys.trainer.RecsysTrainer` runs (finished ones are reused, interrupted
+ones resumed from their checkpoint), the baselines without a training loop (popularity,
+``implicit``'s ALS and BPR) write their ``summary.json`` atomically. The split is the same for
+every run (``data.split_seed``); seeds change the model's initialisation and batches.
+
+Outputs: ``results.json`` (every number, per seed and mean ± std, the DMM deltas paired by seed,
+the robustness drops), ``table.md`` (printed too: nDCG and Recall at 10 and 20, HR@10, MAP@10)
+and ``recsys.png`` (nDCG@10 / Recall@10 with seed spread, and the robustness drops).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ... import __version__
+from ...losses import available
+from ..config import save_config
+from ..run import CHECKPOINT, SUMMARY, atomic_write_text, load_checkpoint
+from .baselines import IMPLICIT_MODELS, Popularity, fit_implicit, implicit_available
+from .config import DROP_VARIANTS, RecsysConfig, resolve
+from .data import Ratings, Split
+from .metrics import rank_metrics
+from .trainer import RecsysTrainer, load_data, validate
+
+__all__ = ["compare", "DEFAULT_METHODS", "parse_method", "format_table", "plot_results"]
+
+#: what ``otcl recsys compare`` runs when no methods are named
+DEFAULT_METHODS = (
+    "popularity",
+    "implicit-als",
+    "implicit-bpr",
+    "mf-bpr",
+    "cml",
+    "cml+dmm",
+    "tt-infonce",
+    "tt-infonce+dmm",
+    "tt-gca-uot",
+    "tt-gca-uot+dmm",
+)
+
+#: settings that may differ between a finished run and a new request without invalidating it
+_VOLATILE = {("train", "out"), ("train", "progress"), ("train", "device"), ("train", "threads")}
+
+#: columns of the printed table
+TABLE_METRICS = ("ndcg@10", "recall@10", "ndcg@20", "recall@20", "hr@10", "map@10")
+
+
+def parse_method(name: str) -> dict[str, Any]:
+    """``cml+dmm`` -> ``{"kind": "cml", "loss": "triplet", "dmm": True}`` (see DEFAULT_METHODS).
+
+    Names: ``popularity``, ``implicit-als``, ``implicit-bpr`` (baselines), ``mf-bpr``,
+    ``cml[+dmm]``, ``tt-<otcl loss>[+dmm]`` (two-tower).
+    """
+    base, dmm = (name[: -len("+dmm")], True) if name.endswith("+dmm") else (name, False)
+    if base == "popularity" and not dmm:
+        return {"baseline": "popularity"}
+    if base.startswith("implicit-") and base[len("implicit-") :] in IMPLICIT_MODELS and not dmm:
+        return {"baseline": base}
+    if base == "mf-bpr" and not dmm:
+        return {"kind": "mf", "loss": "bpr", "dmm": False}
+    if base == "cml":
+        return {"kind": "cml", "loss": "triplet", "dmm": dmm}
+    if base.startswith("tt-"):
+        loss = base[3:]
+        if loss not in available() or loss == "dmm":
+            raise ValueError(
+                f"methods: unknown loss {loss!r} in {name!r}; two-tower losses: "
+                f"{', '.join(n for n in available() if n != 'dmm')}"
+            )
+        return {"kind": "two-tower", "loss": loss, "dmm": dmm}
+    raise ValueError(
+        f"methods: unknown method {name!r}; expected popularity, implicit-als, implicit-bpr, "
+        "mf-bpr, cml, cml+dmm, tt-<loss>, tt-<loss>+dmm"
+    )
+
+
+def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
+    d = copy.deepcopy(cfg)
+    for sec, key in _VOLATILE:
+        d.get(sec, {}).pop(key, None)
+    return d
+
+
+def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    if not xs:
+        return float("nan"), float("nan")
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def method_config(
+    base: RecsysConfig, method: dict[str, Any], seed: int, loss_params
+) -> RecsysConfig:
+    """The resolved config of one trained method and seed."""
+    cfg = copy.deepcopy(base)
+    cfg.model.kind = method["kind"]
+    cfg.loss.name = method["loss"]
+    cfg.loss.params = (
+        dict(loss_params.get(method["loss"], {})) if method["kind"] == "two-tower" else {}
+    )
+    cfg.dmm.enabled = method["dmm"]
+    cfg.train.seed = seed
+    return resolve(cfg)
+
+
+def _train_one(
+    cfg: RecsysConfig, run_dir: Path, data: tuple[Ratings, Split], log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Train (or reuse / resume) one run; returns its summary."""
+    summary_path = run_dir / SUMMARY
+    ckpt = run_dir / CHECKPOINT
+    want = _comparable(cfg.to_dict())
+    if ckpt.exists():
+        st = load_checkpoint(ckpt)
+        if _comparable(st["config"]) != want:
+            raise ValueError(
+                f"out: {str(run_dir)!r} holds a run with other settings; use another --out "
+                "or remove that directory"
+            )
+        if st.get("done") and summary_path.exists():
+            log(f"reusing {run_dir}")
+            return json.loads(summary_path.read_text())
+        log(f"resuming {run_dir} at epoch {st['epoch']}")
+        return RecsysTrainer(cfg, run_dir, data=data, resume=True, log=log).fit()
+    return RecsysTrainer(cfg, run_dir, data=data, log=log).fit()
+
+
+def _baseline_one(
+    name: str, cfg: RecsysConfig, seed: int, run_dir: Path, s: Split, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Fit and evaluate a baseline (no training loop), reusing a finished result."""
+    path = run_dir / SUMMARY
+    if path.exists():
+        log(f"reusing {run_dir}")
+        return json.loads(path.read_text())
+    t0 = time.perf_counter()
+    if name == "popularity":
+        score = Popularity(s).scorer()
+    else:
+        threads = int(cfg.train.threads or 0)
+        score = fit_implicit(name[len("implicit-") :], s, seed=seed, threads=threads)
+    fit_seconds = time.perf_counter() - t0
+    e = cfg.eval
+    res = rank_metrics(
+        score,
+        (s.test_user, s.test_item),
+        (s.seen_user, s.seen_item),
+        s.n_users,
+        s.n_items,
+        ks=tuple(int(k) for k in e.ks),
+        users=e.users,
+        eval_users=s.test_users,
+        candidates=s.warm_items,
+        block=e.block,
+    )
+    summary = {
+        "model": name,
+        "seed": seed,
+        **{f"warm/{k}": v for k, v in res.items()},
+        "train_seconds": fit_seconds,
+        "otcl": __version__,
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(summary, indent=2))
+    return summary
+
+
+def compare(
+    cfg: RecsysConfig,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    seeds: int = 3,
+    out: str | Path = "runs/recsys-compare",
+    *,
+    loss_params: dict[str, dict[str, Any]] | None = None,
+    plot: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run every method with ``seeds`` seeds (``cfg.train.seed + 0..seeds-1``) and tabulate.
+
+    Args:
+        cfg: the shared configuration (data, eval, train settings; the model kind, loss and
+            DMM switch come from each method).
+        methods: names understood by :func:`parse_method`.
+        loss_params: per-loss parameters of the two-tower losses, ``{"gca-uot": {"rho": 0.5}}``.
+    Returns:
+        the content of ``results.json``.
+    """
+    log = log or (lambda s: print(s, file=sys.stderr))
+    if not methods:
+        raise ValueError("methods: expected at least one method, got none")
+    if seeds < 1:
+        raise ValueError(f"seeds: expected an integer >= 1, got {seeds!r}")
+    parsed = {m: parse_method(m) for m in methods}
+    loss_params = loss_params or {}
+    used = {p["loss"] for p in parsed.values() if p.get("kind") == "two-tower"}
+    stray = sorted(set(loss_params) - used)
+    if stray:
+        raise ValueError(f"loss_params: parameters given for losses not compared: {stray}")
+    skipped = {}
+    if not implicit_available():
+        for m, p in parsed.items():
+            if p.get("baseline", "").startswith("implicit-"):
+                skipped[m] = "the optional package implicit is not installed"
+    # every run's config is built (and checked) before anything is trained or written
+    configs = {
+        (m, k): method_config(cfg, p, cfg.train.seed + k, loss_params)
+        for m, p in parsed.items()
+        if "kind" in p
+        for k in range(seeds)
+    }
+    for c in configs.values():
+        validate(c)
+    out = Path(out)
+    data = load_data(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    log(f"otcl recsys compare: {data[0]!r}, {data[1]!r}; {len(methods)} methods x {seeds} seeds")
+    t_start = time.perf_counter()
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for m, p in parsed.items():
+        if m in skipped:
+            log(f"skipping {m}: {skipped[m]}")
+            continue
+        runs[m] = []
+        for k in range(seeds):
+            seed = cfg.train.seed + k
+            run_dir = out / m / f"seed{seed}"
+            if "baseline" in p:
+                runs[m].append(_baseline_one(p["baseline"], cfg, seed, run_dir, data[1], log))
+            else:
+                c = copy.deepcopy(configs[(m, k)])
+                c.train.out = str(run_dir)
+                runs[m].append(_train_one(c, run_dir, data, log))
+    results = aggregate(runs, skipped)
+    results.update(
+        {
+            "dataset": data[0].name,
+            "split": repr(data[1]),
+            "seeds": seeds,
+            "wall_seconds": time.perf_counter() - t_start,
+            "torch": torch.__version__,
+            "otcl": __version__,
+            "threads": torch.get_num_threads(),
+        }
+    )
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
+    table = format_table(results)
+    print(table)
+    atomic_write_text(out / "table.md", table + "\n")
+    if plot:
+        try:
+            log(f"plot: {plot_results(results, out)}")
+        except ImportError:
+            log("matplotlib is not installed: no plot (pip install 'otcl[train]')")
+    log(f"results: {out / 'results.json'}")
+    return results
+
+
+def aggregate(runs: dict[str, list[dict[str, Any]]], skipped: dict[str, str]) -> dict[str, Any]:
+    """Mean ± std per method, DMM deltas paired by seed, robustness drops."""
+    methods: dict[str, Any] = {}
+    for m, rs in runs.items():
+        keys = sorted({k for r in rs for k, v in r.items() if "/" in k and isinstance(v, float)})
+        stats = {}
+        for k in keys:
+            mean, std = _mean_std([r.get(k, float("nan")) for r in rs])
+            stats[k] = {"mean": mean, "std": std, "per_seed": [r.get(k) for r in rs]}
+        secs = _mean_std([r.get("train_seconds", float("nan")) for r in rs])
+        methods[m] = {"metrics": stats, "train_seconds": secs[0], "seeds": [r["seed"] for r in rs]}
+    deltas = {}
+    for m in runs:
+        if m.endswith("+dmm") and m[: -len("+dmm")] in runs:
+            base = m[: -len("+dmm")]
+            d = {}
+            for key in ("warm/recall@10", "warm/ndcg@10"):
+                a = [r.get(key) for r in runs[base]]
+                b = [r.get(key) for r in runs[m]]
+                diffs = [
+                    y - x for x, y in zip(a, b, strict=False) if x is not None and y is not None
+                ]
+                mean, std = _mean_std(diffs)
+                ref = _mean_std([x for x in a if x is not None])[0]
+                d[key] = {
+                    "delta": mean,
+                    "delta_std": std,
+                    "relative": mean / ref if ref else float("nan"),
+                    "per_seed": diffs,
+                }
+            deltas[m] = d
+    drops: dict[str, Any] = {}
+    for m, rs in runs.items():
+        for variant in (*DROP_VARIANTS, "cold"):
+            key = f"{variant}/ndcg@10"
+            if all(key in r for r in rs) and rs:
+                if variant == "cold":
+                    drops.setdefault(m, {})[variant] = _mean_std([r[key] for r in rs])[0]
+                else:
+                    diffs = [r["warm/ndcg@10"] - r[key] for r in rs]
+                    drops.setdefault(m, {})[variant] = _mean_std(diffs)[0]
+    return {"methods": methods, "dmm_delta": deltas, "robustness": drops, "skipped": skipped}
+
+
+def _fmt(stat: dict[str, float] | None) -> str:
+    if stat is None or math.isnan(stat["mean"]):
+        return "n/a"
+    return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Markdown tables: warm metrics, DMM deltas, robustness (nDCG@10)."""
+    lines = [
+        f"{results.get('dataset', '')}: mean ± std over {results.get('seeds', '?')} seeds "
+        "(users with a relevant test item)",
+        "",
+        "| method | " + " | ".join(TABLE_METRICS) + " | train s |",
+        "|---" * (len(TABLE_METRICS) + 2) + "|",
+    ]
+    for m, r in results["methods"].items():
+        cells = [_fmt(r["metrics"].get(f"warm/{k}")) for k in TABLE_METRICS]
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {r['train_seconds']:.1f} |")
+    for m, why in results.get("skipped", {}).items():
+        lines.append(f"| {m} | " + " | ".join(["absent"] * len(TABLE_METRICS)) + f" | {why} |")
+    if results.get("dmm_delta"):
+        lines += ["", "| DMM vs its base | Δ recall@10 | Δ ndcg@10 |", "|---|---|---|"]
+        for m, d in results["dmm_delta"].items():
+            cells = [
+                f"{d[k]['delta']:+.4f} ± {d[k]['delta_std']:.4f} ({100 * d[k]['relative']:+.1f}%)"
+                for k in ("warm/recall@10", "warm/ndcg@10")
+            ]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if results.get("robustness"):
+        cols = (*DROP_VARIANTS, "cold")
+        lines += [
+            "",
+            "| nDCG@10 drop (warm - variant); cold: nDCG@10 on cold items | "
+            + " | ".join(cols)
+            + " |",
+            "|---" * (len(cols) + 1) + "|",
+        ]
+        for m, d in results["robustness"].items():
+            cells = [f"{d[c]:.4f}" if c in d else "n/a" for c in cols]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_results(results: dict[str, Any], out: Path) -> Path:
+    """``recsys.png``: nDCG@10 and Recall@10 per method (error bars: seed std) and drops."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["methods"])
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    for ax, key in zip(axes[:2], ("warm/ndcg@10", "warm/recall@10"), strict=True):
+        stats = [results["methods"][n]["metrics"].get(key) for n in names]
+        means = [s["mean"] if s else 0.0 for s in stats]
+        stds = [s["std"] if s else 0.0 for s in stats]
+        colors = ["tab:orange" if n.endswith("+dmm") else "tab:blue" for n in names]
+        ax.bar(range(len(names)), means, yerr=stds, color=colors, capsize=3)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_title(key.split("/")[1] + " (orange: +DMM)")
+    rob = results.get("robustness", {})
+    ax = axes[2]
+    cols = list(DROP_VARIANTS)
+    width = 0.8 / max(1, len(cols))
+    rnames = list(rob)
+    for j, c in enumerate(cols):
+        ax.bar(
+            [i + j * width for i in range(len(rnames))],
+            [rob[n].get(c, 0.0) for n in rnames],
+            width=width,
+            label=c,
+        )
+    ax.set_xticks(range(len(rnames)), rnames, rotation=45, ha="right")
+    ax.set_title("nDCG@10 drop with item features removed")
+    if rnames:
+        ax.legend()
+    fig.tight_layout()
+    path = out / "recsys.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
