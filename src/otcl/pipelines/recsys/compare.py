@@ -244,7 +244,8 @@ def compare(
                 c = copy.deepcopy(configs[(m, k)])
                 c.train.out = str(run_dir)
                 runs[m].append(_train_one(c, run_dir, data, log))
-    results = aggregate(runs, skipped)
+    ks = [int(k) for k in cfg.eval.ks]
+    results = aggregate(runs, skipped, 10 if 10 in ks else max(ks))
     results.update(
         {
             "dataset": data[0].name,
@@ -269,15 +270,17 @@ def compare(
     return results
 
 
-def aggregate(runs: dict[str, list[dict[str, Any]]], skipped: dict[str, str]) -> dict[str, Any]:
-    """Mean ± std per method, DMM deltas paired by seed, robustness drops."""
+def aggregate(
+    runs: dict[str, list[dict[str, Any]]], skipped: dict[str, str], k: int = 10
+) -> dict[str, Any]:
+    """Mean ± std per method, DMM deltas paired by seed, robustness drops (at cut-off ``k``)."""
     methods: dict[str, Any] = {}
     for m, rs in runs.items():
-        keys = sorted({k for r in rs for k, v in r.items() if "/" in k and isinstance(v, float)})
+        names = sorted({n for r in rs for n, v in r.items() if "/" in n and isinstance(v, float)})
         stats = {}
-        for k in keys:
-            mean, std = _mean_std([r.get(k, float("nan")) for r in rs])
-            stats[k] = {"mean": mean, "std": std, "per_seed": [r.get(k) for r in rs]}
+        for name in names:
+            mean, std = _mean_std([r.get(name, float("nan")) for r in rs])
+            stats[name] = {"mean": mean, "std": std, "per_seed": [r.get(name) for r in rs]}
         secs = _mean_std([r.get("train_seconds", float("nan")) for r in rs])
         methods[m] = {"metrics": stats, "train_seconds": secs[0], "seeds": [r["seed"] for r in rs]}
     deltas = {}
@@ -285,7 +288,7 @@ def aggregate(runs: dict[str, list[dict[str, Any]]], skipped: dict[str, str]) ->
         if m.endswith("+dmm") and m[: -len("+dmm")] in runs:
             base = m[: -len("+dmm")]
             d = {}
-            for key in ("warm/recall@10", "warm/ndcg@10"):
+            for key in (f"warm/recall@{k}", f"warm/ndcg@{k}"):
                 a = [r.get(key) for r in runs[base]]
                 b = [r.get(key) for r in runs[m]]
                 diffs = [
@@ -303,14 +306,20 @@ def aggregate(runs: dict[str, list[dict[str, Any]]], skipped: dict[str, str]) ->
     drops: dict[str, Any] = {}
     for m, rs in runs.items():
         for variant in (*DROP_VARIANTS, "cold"):
-            key = f"{variant}/ndcg@10"
+            key = f"{variant}/ndcg@{k}"
             if all(key in r for r in rs) and rs:
                 if variant == "cold":
                     drops.setdefault(m, {})[variant] = _mean_std([r[key] for r in rs])[0]
                 else:
-                    diffs = [r["warm/ndcg@10"] - r[key] for r in rs]
+                    diffs = [r[f"warm/ndcg@{k}"] - r[key] for r in rs]
                     drops.setdefault(m, {})[variant] = _mean_std(diffs)[0]
-    return {"methods": methods, "dmm_delta": deltas, "robustness": drops, "skipped": skipped}
+    return {
+        "methods": methods,
+        "k": k,
+        "dmm_delta": deltas,
+        "robustness": drops,
+        "skipped": skipped,
+    }
 
 
 def _fmt(stat: dict[str, float] | None) -> str:
@@ -329,23 +338,24 @@ def format_table(results: dict[str, Any]) -> str:
         "|---" * (len(TABLE_METRICS) + 2) + "|",
     ]
     for m, r in results["methods"].items():
-        cells = [_fmt(r["metrics"].get(f"warm/{k}")) for k in TABLE_METRICS]
+        cells = [_fmt(r["metrics"].get(f"warm/{c}")) for c in TABLE_METRICS]
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {r['train_seconds']:.1f} |")
     for m, why in results.get("skipped", {}).items():
         lines.append(f"| {m} | " + " | ".join(["absent"] * len(TABLE_METRICS)) + f" | {why} |")
+    k = results.get("k", 10)
     if results.get("dmm_delta"):
-        lines += ["", "| DMM vs its base | Δ recall@10 | Δ ndcg@10 |", "|---|---|---|"]
+        lines += ["", f"| DMM vs its base | Δ recall@{k} | Δ ndcg@{k} |", "|---|---|---|"]
         for m, d in results["dmm_delta"].items():
             cells = [
-                f"{d[k]['delta']:+.4f} ± {d[k]['delta_std']:.4f} ({100 * d[k]['relative']:+.1f}%)"
-                for k in ("warm/recall@10", "warm/ndcg@10")
+                f"{d[c]['delta']:+.4f} ± {d[c]['delta_std']:.4f} ({100 * d[c]['relative']:+.1f}%)"
+                for c in (f"warm/recall@{k}", f"warm/ndcg@{k}")
             ]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if results.get("robustness"):
         cols = (*DROP_VARIANTS, "cold")
         lines += [
             "",
-            "| nDCG@10 drop (warm - variant); cold: nDCG@10 on cold items | "
+            f"| nDCG@{k} drop (warm - variant); cold: nDCG@{k} on cold items | "
             + " | ".join(cols)
             + " |",
             "|---" * (len(cols) + 1) + "|",

@@ -1,0 +1,87 @@
+"""``otcl recsys train`` / ``compare`` end to end on tiny data, and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from otcl.cli import main
+
+TINY = ["--dim", "8", "--epochs", "1", "--no-progress", "--set", "eval.ks=[1,5]"]
+
+
+def _one_line_error(capsys, argv, match):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("otcl: error: ") and match in err[0], err
+
+
+def test_train_and_resume(ml_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["recsys", "train", "--data-dir", str(ml_dir), "--dmm", "--out", str(out), *TINY]
+    assert main(argv) == 0
+    assert "cml/triplet+dmm s0: 1 epochs, ndcg@10" not in capsys.readouterr().out  # ks 1, 5
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dmm"] and "warm/ndcg@5" in summary
+    assert main(["recsys", "train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 2
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--data-dir", "{tmp}/missing"], "data: '{tmp}/missing' not found"),
+        (["--data-dir", "{tmp}/bad.csv", "--dataset", "csv"], "line 1: expected user_id"),
+        (["--data-dir", "{tmp}/range"], "item id 99 out of range"),
+        (["--data-dir", "{tmp}/low.csv"], "the test set of low is empty"),
+        (["--data-dir", "{ml}", "--set", "eval.ks=[1,500]"], "k: 500 is larger than"),
+        (["--data-dir", "{ml}", "--model", "two-tower", "--loss-param", "rho=2"], "rho:"),
+        (["--data-dir", "{ml}", "--model", "mf", "--dmm"], "dmm.enabled: not available"),
+    ],
+)
+def test_train_bad_input_is_one_line_and_writes_nothing(
+    ml_dir, make_ml, tmp_path, capsys, extra, match
+):
+    (tmp_path / "bad.csv").write_text("a;b;5\n")
+    (tmp_path / "low.csv").write_text("a,x,1\nb,y,2\na,y,5\nb,x,1\n")
+    (make_ml("range") / "u.data").write_text("1\t99\t5\t1\n")
+    fill = {"tmp": str(tmp_path), "ml": str(ml_dir)}
+    out = tmp_path / "out"
+    argv = ["recsys", "train", "--out", str(out), "--no-progress"]
+    _one_line_error(capsys, argv + [a.format(**fill) for a in extra], match.format(**fill))
+    assert not out.exists()
+
+
+def test_compare(ml_dir, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    methods = "popularity,implicit-als,mf-bpr,cml,cml+dmm,tt-infonce,tt-infonce+dmm"
+    argv = ["recsys", "compare", "--data-dir", str(ml_dir), "--out", str(out)]
+    argv += ["--methods", methods, "--seeds", "2", "--cold-items", "0.3", *TINY[:5]]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "ndcg@10" in printed and "recall@10" in printed and "DMM vs its base" in printed
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["dmm_delta"]) == {"cml+dmm", "tt-infonce+dmm"}
+    d = res["dmm_delta"]["cml+dmm"]["warm/ndcg@10"]
+    per_seed = [
+        res["methods"][m]["metrics"]["warm/ndcg@10"]["per_seed"] for m in ("cml", "cml+dmm")
+    ]
+    assert d["per_seed"] == pytest.approx([b - a for a, b in zip(*per_seed, strict=True)])
+    assert "cold" in res["robustness"]["tt-infonce"]
+    assert (out / "recsys.png").stat().st_size > 0
+    assert (out / "cml+dmm" / "seed1" / "checkpoint.pt").exists()
+    # a second call reuses every finished run
+    assert main(argv) == 0
+    assert capsys.readouterr().err.count("reusing") == 14
+
+
+def test_compare_bad_input(ml_dir, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    base = ["recsys", "compare", "--data-dir", str(ml_dir), "--out", str(out)]
+    _one_line_error(capsys, base + ["--methods", "cml,svd"], "unknown method 'svd'")
+    _one_line_error(capsys, base + ["--methods", "tt-nope"], "unknown loss 'nope'")
+    _one_line_error(
+        capsys, base + ["--methods", "cml", "--loss-param", "temperature=0.2"], "no two-tower"
+    )
+    assert not out.exists()
