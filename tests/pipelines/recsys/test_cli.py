@@ -85,3 +85,27 @@ def test_compare_bad_input(ml_dir, tmp_path, capsys):
         capsys, base + ["--methods", "cml", "--loss-param", "temperature=0.2"], "no two-tower"
     )
     assert not out.exists()
+
+
+def test_compare_in_parallel_gives_the_same_numbers(ml_dir, tmp_path, monkeypatch):
+    """The parallel path (worker function, result collection) against the sequential one.
+
+    Worker processes are replaced by one worker thread to keep the test fast (spawning
+    processes that import torch takes seconds each; concurrent threads would share torch's
+    global RNG, which processes do not).
+    """
+    import concurrent.futures
+
+    class ThreadPool(concurrent.futures.ThreadPoolExecutor):
+        def __init__(self, max_workers, mp_context=None):
+            assert max_workers == 2 and mp_context.get_start_method() == "spawn"
+            super().__init__(1)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", ThreadPool)
+    common = ["--data-dir", str(ml_dir), "--methods", "cml,cml+dmm", *TINY[:5], "--no-plot"]
+    for jobs in ("1", "2"):
+        out = tmp_path / f"j{jobs}"
+        assert main(["recsys", "compare", *common, "--out", str(out), "--jobs", jobs]) == 0
+    a, b = (json.loads((tmp_path / f"j{j}" / "results.json").read_text()) for j in "12")
+    for m in ("cml", "cml+dmm"):
+        assert a["methods"][m]["metrics"] == b["methods"][m]["metrics"], m

@@ -117,6 +117,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds per method (3)")
     p.add_argument("--out", default="runs/recsys-compare", metavar="DIR")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="runs trained at once, one process and one thread each (default: the CPU cores, "
+        "at most 2; 1 = one after the other in this process)",
+    )
     p.set_defaults(handler=cmd_compare, resume_hint="the same `otcl recsys compare` command")
     group.set_defaults(handler=None)
 
@@ -155,6 +162,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_jobs(cfg: Any) -> int:
+    """Parallel runs of ``compare`` on CPU: the cores, at most 2 (1 on an accelerator)."""
+    import os
+
+    if cfg.train.device not in ("auto", "cpu"):
+        return 1
+    import torch
+
+    if cfg.train.device == "auto" and torch.cuda.is_available():
+        return 1
+    return max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import DEFAULT_METHODS, compare
     from .config import RecsysConfig
@@ -178,5 +198,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     stray = sorted(set(specific) - set(per_loss))
     if stray:
         raise ValueError(f"--loss-param: parameters given for losses not compared: {stray}")
-    compare(cfg, methods, args.seeds, args.out, loss_params=per_loss, plot=not args.no_plot)
+    jobs = args.jobs if args.jobs is not None else default_jobs(cfg)
+    compare(
+        cfg,
+        methods,
+        args.seeds,
+        args.out,
+        loss_params=per_loss,
+        plot=not args.no_plot,
+        jobs=jobs,
+    )
     return 0

@@ -178,6 +178,49 @@ def _baseline_one(
     return summary
 
 
+def _worker(cfg_dict: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """One trained run in a worker process (the data is loaded once per process)."""
+    torch.set_num_threads(1)
+    cfg = RecsysConfig.from_dict(cfg_dict)
+    key = json.dumps(cfg_dict["data"], sort_keys=True)
+    if _WORKER_DATA.get("key") != key:
+        _WORKER_DATA.update(key=key, data=load_data(cfg))
+    tag = f"[{Path(run_dir).parent.name}/{Path(run_dir).name}]"
+    return _train_one(
+        cfg, Path(run_dir), _WORKER_DATA["data"], lambda s: print(f"{tag} {s}", file=sys.stderr)
+    )
+
+
+#: the ratings and split a worker process has loaded (one data set per comparison)
+_WORKER_DATA: dict[str, Any] = {}
+
+
+def _train_parallel(
+    pending: list[tuple[str, int, RecsysConfig, Path]], jobs: int, log: Callable[[str], None]
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Train ``pending`` runs in ``jobs`` processes; Ctrl-C: every worker saves its checkpoint."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    if not pending:
+        return done
+    log(f"training {len(pending)} runs in {jobs} processes")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {}
+        for m, k, c, run_dir in pending:
+            c = copy.deepcopy(c)
+            c.train.progress = False  # workers log plain lines, no bars
+            futures[(m, k)] = pool.submit(_worker, c.to_dict(), str(run_dir))
+        try:
+            for key, fut in futures.items():
+                done[key] = fut.result()
+        except KeyboardInterrupt:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return done
+
+
 def compare(
     cfg: RecsysConfig,
     methods: Sequence[str] = DEFAULT_METHODS,
@@ -186,6 +229,7 @@ def compare(
     *,
     loss_params: dict[str, dict[str, Any]] | None = None,
     plot: bool = True,
+    jobs: int = 1,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run every method with ``seeds`` seeds (``cfg.train.seed + 0..seeds-1``) and tabulate.
@@ -195,6 +239,9 @@ def compare(
             DMM switch come from each method).
         methods: names understood by :func:`parse_method`.
         loss_params: per-loss parameters of the two-tower losses, ``{"gca-uot": {"rho": 0.5}}``.
+        jobs: trained runs at once, each in its own process (one thread each; 1 = in this
+            process, one after the other). The runs are independent, so the results do not
+            depend on ``jobs``.
     Returns:
         the content of ``results.json``.
     """
@@ -203,6 +250,8 @@ def compare(
         raise ValueError("methods: expected at least one method, got none")
     if seeds < 1:
         raise ValueError(f"seeds: expected an integer >= 1, got {seeds!r}")
+    if jobs < 1:
+        raise ValueError(f"jobs: expected an integer >= 1, got {jobs!r}")
     parsed = {m: parse_method(m) for m in methods}
     loss_params = loss_params or {}
     used = {p["loss"] for p in parsed.values() if p.get("kind") == "two-tower"}
@@ -230,20 +279,27 @@ def compare(
     log(f"otcl recsys compare: {data[0]!r}, {data[1]!r}; {len(methods)} methods x {seeds} seeds")
     t_start = time.perf_counter()
     runs: dict[str, list[dict[str, Any]]] = {}
+    pending: list[tuple[str, int, RecsysConfig, Path]] = []
     for m, p in parsed.items():
         if m in skipped:
             log(f"skipping {m}: {skipped[m]}")
             continue
-        runs[m] = []
+        runs[m] = [{} for _ in range(seeds)]
         for k in range(seeds):
             seed = cfg.train.seed + k
             run_dir = out / m / f"seed{seed}"
             if "baseline" in p:
-                runs[m].append(_baseline_one(p["baseline"], cfg, seed, run_dir, data[1], log))
+                runs[m][k] = _baseline_one(p["baseline"], cfg, seed, run_dir, data[1], log)
             else:
                 c = copy.deepcopy(configs[(m, k)])
                 c.train.out = str(run_dir)
-                runs[m].append(_train_one(c, run_dir, data, log))
+                pending.append((m, k, c, run_dir))
+    if jobs == 1:
+        for m, k, c, run_dir in pending:
+            runs[m][k] = _train_one(c, run_dir, data, log)
+    else:
+        for (m, k), summary in _train_parallel(pending, jobs, log).items():
+            runs[m][k] = summary
     ks = [int(k) for k in cfg.eval.ks]
     results = aggregate(runs, skipped, 10 if 10 in ks else max(ks))
     results.update(
