@@ -57,7 +57,7 @@ def test_compare(ml_dir, tmp_path, capsys):
     out = tmp_path / "cmp"
     methods = "popularity,implicit-als,mf-bpr,cml,cml+dmm,tt-infonce,tt-infonce+dmm"
     argv = ["recsys", "compare", "--data-dir", str(ml_dir), "--out", str(out)]
-    argv += ["--methods", methods, "--seeds", "2", "--cold-items", "0.3", *TINY[:5]]
+    argv += ["--methods", methods, "--seeds", "2", "--cold-items", "0.3", *TINY[:5], "--jobs", "1"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "ndcg@10" in printed and "recall@10" in printed and "DMM vs its base" in printed

@@ -116,26 +116,37 @@ def method_config(
     return resolve(cfg)
 
 
+def _finished(cfg: RecsysConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The summary of a finished run of ``cfg`` in ``run_dir``; None if it must (re)start.
+
+    A checkpoint of other settings is an error (nothing is overwritten).
+    """
+    ckpt = run_dir / CHECKPOINT
+    if not ckpt.exists():
+        return None
+    st = load_checkpoint(ckpt)
+    if _comparable(st["config"]) != _comparable(cfg.to_dict()):
+        raise ValueError(
+            f"out: {str(run_dir)!r} holds a run with other settings; use another --out "
+            "or remove that directory"
+        )
+    if st.get("done") and (run_dir / SUMMARY).exists():
+        return json.loads((run_dir / SUMMARY).read_text())
+    return None
+
+
 def _train_one(
     cfg: RecsysConfig, run_dir: Path, data: tuple[Ratings, Split], log: Callable[[str], None]
 ) -> dict[str, Any]:
     """Train (or reuse / resume) one run; returns its summary."""
-    summary_path = run_dir / SUMMARY
-    ckpt = run_dir / CHECKPOINT
-    want = _comparable(cfg.to_dict())
-    if ckpt.exists():
-        st = load_checkpoint(ckpt)
-        if _comparable(st["config"]) != want:
-            raise ValueError(
-                f"out: {str(run_dir)!r} holds a run with other settings; use another --out "
-                "or remove that directory"
-            )
-        if st.get("done") and summary_path.exists():
-            log(f"reusing {run_dir}")
-            return json.loads(summary_path.read_text())
-        log(f"resuming {run_dir} at epoch {st['epoch']}")
-        return RecsysTrainer(cfg, run_dir, data=data, resume=True, log=log).fit()
-    return RecsysTrainer(cfg, run_dir, data=data, log=log).fit()
+    summary = _finished(cfg, run_dir)
+    if summary is not None:
+        log(f"reusing {run_dir}")
+        return summary
+    resume = (run_dir / CHECKPOINT).exists()
+    if resume:
+        log(f"resuming {run_dir}")
+    return RecsysTrainer(cfg, run_dir, data=data, resume=resume, log=log).fit()
 
 
 def _baseline_one(
@@ -293,7 +304,12 @@ def compare(
             else:
                 c = copy.deepcopy(configs[(m, k)])
                 c.train.out = str(run_dir)
-                pending.append((m, k, c, run_dir))
+                done = _finished(c, run_dir) if jobs > 1 else None
+                if done is not None:
+                    log(f"reusing {run_dir}")
+                    runs[m][k] = done
+                else:
+                    pending.append((m, k, c, run_dir))
     if jobs == 1:
         for m, k, c, run_dir in pending:
             runs[m][k] = _train_one(c, run_dir, data, log)
