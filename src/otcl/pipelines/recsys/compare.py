@@ -211,21 +211,30 @@ def _train_parallel(
 ) -> dict[tuple[str, int], dict[str, Any]]:
     """Train ``pending`` runs in ``jobs`` processes; Ctrl-C: every worker saves its checkpoint."""
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     done: dict[tuple[str, int], dict[str, Any]] = {}
     if not pending:
         return done
     log(f"training {len(pending)} runs in {jobs} processes")
+    t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         futures = {}
         for m, k, c, run_dir in pending:
             c = copy.deepcopy(c)
-            c.train.progress = False  # workers log plain lines, no bars
-            futures[(m, k)] = pool.submit(_worker, c.to_dict(), str(run_dir))
+            c.train.progress = False  # one line per finished run here instead of bars
+            futures[pool.submit(_worker, c.to_dict(), str(run_dir))] = (m, k, run_dir)
         try:
-            for key, fut in futures.items():
-                done[key] = fut.result()
+            for n, fut in enumerate(as_completed(futures), start=1):
+                m, k, run_dir = futures[fut]
+                done[(m, k)] = summary = fut.result()
+                score = summary.get("warm/ndcg@10")
+                note = "" if score is None else f", ndcg@10 {score:.4f}"
+                log(
+                    f"[{n}/{len(pending)}] {run_dir.parent.name}/{run_dir.name} done in "
+                    f"{summary.get('train_seconds', 0.0):.0f} s{note} "
+                    f"({time.perf_counter() - t0:.0f} s elapsed)"
+                )
         except KeyboardInterrupt:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
