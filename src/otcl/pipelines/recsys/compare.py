@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ from ... import __version__
 from ...losses import available
 from ..config import save_config
 from ..run import CHECKPOINT, SUMMARY, atomic_write_text, load_checkpoint
+from ..ssl.compare import _comparable, _mean_std  # same reuse rule and statistics as otcl compare
 from .baselines import IMPLICIT_MODELS, Popularity, fit_implicit, implicit_available
 from .config import DROP_VARIANTS, RecsysConfig, resolve
 from .data import Ratings, Split
@@ -50,9 +50,6 @@ DEFAULT_METHODS = (
     "tt-gca-uot",
     "tt-gca-uot+dmm",
 )
-
-#: settings that may differ between a finished run and a new request without invalidating it
-_VOLATILE = {("train", "out"), ("train", "progress"), ("train", "device"), ("train", "threads")}
 
 #: columns of the printed table
 TABLE_METRICS = ("ndcg@10", "recall@10", "ndcg@20", "recall@20", "hr@10", "map@10")
@@ -85,20 +82,6 @@ def parse_method(name: str) -> dict[str, Any]:
         f"methods: unknown method {name!r}; expected popularity, implicit-als, implicit-bpr, "
         "mf-bpr, cml, cml+dmm, tt-<loss>, tt-<loss>+dmm"
     )
-
-
-def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
-    d = copy.deepcopy(cfg)
-    for sec, key in _VOLATILE:
-        d.get(sec, {}).pop(key, None)
-    return d
-
-
-def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
-    xs = [x for x in xs if x is not None and not math.isnan(x)]
-    if not xs:
-        return float("nan"), float("nan")
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
 def method_config(
