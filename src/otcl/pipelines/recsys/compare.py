@@ -200,6 +200,12 @@ def _train_parallel(
     if not pending:
         return done
     log(f"training {len(pending)} runs in {jobs} processes")
+    # longest runs first (CML's K negatives, then OT losses), so no worker idles at the end
+    cost = {"cml": 0, "two-tower": 1, "mf": 3}
+    pending = sorted(
+        pending,
+        key=lambda r: cost[r[2].model.kind] + (r[2].loss.name == "infonce"),
+    )
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         futures = {}
