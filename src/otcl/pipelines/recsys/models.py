@@ -232,7 +232,8 @@ class Tower(nn.Module):
                 out = out + self.emb[name](x)
             elif kind == "bag":
                 n_tok = (x > 0).sum(1, keepdim=True).clamp(min=1)
-                out = out + self.emb[name](x).sum(1) / n_tok
+                bag = F.embedding_bag(x, self.emb[name].weight, mode="sum", padding_idx=0)
+                out = out + bag / n_tok
             elif kind == "multihot":
                 out = out + self.emb[name](x / x.sum(1, keepdim=True).clamp(min=1))
             else:
