@@ -64,7 +64,8 @@ def encode_titles(titles: tuple[str, ...] | list[str], batch_size: int = 256) ->
         model_dir = root / _MODEL
         if not (model_dir / "config.json").is_file():
             model_dir = Path(all_minilm_l6_v2.extract_model(str(root)))
-    encoder = SentenceTransformer(str(model_dir), device="cpu")
+    with contextlib.redirect_stderr(io.StringIO()):  # transformers' weight-loading bar
+        encoder = SentenceTransformer(str(model_dir), device="cpu")
     emb = encoder.encode(
         list(titles), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False
     ).astype(np.float32)
