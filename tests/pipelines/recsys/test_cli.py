@@ -109,3 +109,8 @@ def test_compare_in_parallel_gives_the_same_numbers(ml_dir, tmp_path, monkeypatc
     a, b = (json.loads((tmp_path / f"j{j}" / "results.json").read_text()) for j in "12")
     for m in ("cml", "cml+dmm"):
         assert a["methods"][m]["metrics"] == b["methods"][m]["metrics"], m
+
+
+def test_recsys_without_a_verb_prints_its_help(capsys):
+    assert main(["recsys"]) == 2
+    assert "otcl recsys [-h] COMMAND" in capsys.readouterr().out

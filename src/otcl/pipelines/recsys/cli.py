@@ -125,7 +125,7 @@ def add_parser(sub: Any) -> None:
         "at most 2; 1 = one after the other in this process)",
     )
     p.set_defaults(handler=cmd_compare, resume_hint="the same `otcl recsys compare` command")
-    group.set_defaults(handler=None)
+    group.set_defaults(handler=lambda args: group.print_help() or 2)
 
 
 def _flags(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
