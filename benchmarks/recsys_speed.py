@@ -34,7 +34,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import ROOT, machine, replace_section, versions  # noqa: E402
-
 from otcl.pipelines.recsys.config import RecsysConfig  # noqa: E402
 from otcl.pipelines.recsys.data import (  # noqa: E402
     AGE_BUCKETS,
@@ -67,9 +66,7 @@ def synthetic_ml1m(seed: int = 0) -> Ratings:
         keys = np.unique(np.concatenate([keys, u * N_ITEMS + i]))
     keys = rng.permutation(keys)[:N_RATINGS]
     words = [f"w{k}" for k in range(5000)]
-    titles = tuple(
-        " ".join(rng.choice(words, rng.integers(2, 7))) for _ in range(N_ITEMS)
-    )
+    titles = tuple(" ".join(rng.choice(words, rng.integers(2, 7))) for _ in range(N_ITEMS))
     genres = (rng.random((N_ITEMS, len(ML_GENRES) - 1)) < 0.12).astype(np.float32)
     return Ratings(
         name="synthetic-ml-1m",
@@ -146,7 +143,9 @@ def main() -> None:
     for threads in (int(t) for t in args.threads.split(",")):
         for loss in args.losses.split(","):
             secs, steps = epoch_seconds(data, s, loss, threads)
-            rows.append((f"two-tower `{loss}`, one epoch ({steps} steps of 512)", threads, secs, 30))
+            rows.append(
+                (f"two-tower `{loss}`, one epoch ({steps} steps of 512)", threads, secs, 30)
+            )
             print(rows[-1], flush=True)
     torch.set_num_threads(1)
     for kind in ("two-tower", "cml"):
