@@ -114,3 +114,28 @@ def test_compare_in_parallel_gives_the_same_numbers(ml_dir, tmp_path, monkeypatc
 def test_recsys_without_a_verb_prints_its_help(capsys):
     assert main(["recsys"]) == 2
     assert "otcl recsys [-h] COMMAND" in capsys.readouterr().out
+
+
+def test_interrupted_compare_resumes_to_the_same_numbers(ml_dir, tmp_path, capsys, monkeypatch):
+    from otcl.pipelines.recsys.trainer import RecsysTrainer
+
+    common = ["--data-dir", str(ml_dir), "--methods", "cml+dmm", "--seeds", "1", "--jobs", "1"]
+    common += ["--dim", "8", "--epochs", "2", "--no-progress", "--no-plot"]
+    assert main(["recsys", "compare", *common, "--out", str(tmp_path / "straight")]) == 0
+    original = RecsysTrainer.compute_loss
+    calls = {"n": 0}
+
+    def interrupt_once(self, epoch, step):
+        if epoch == 1 and step == 0 and calls["n"] == 0:
+            calls["n"] += 1
+            raise KeyboardInterrupt
+        return original(self, epoch, step)
+
+    monkeypatch.setattr(RecsysTrainer, "compute_loss", interrupt_once)
+    argv = ["recsys", "compare", *common, "--out", str(tmp_path / "cut")]
+    assert main(argv) == 130  # Ctrl-C: the run's checkpoint is saved
+    assert "to continue: the same `otcl recsys compare` command" in capsys.readouterr().err
+    assert main(argv) == 0
+    assert "resuming" in capsys.readouterr().err
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("straight", "cut"))
+    assert a["methods"]["cml+dmm"]["metrics"] == b["methods"]["cml+dmm"]["metrics"]
