@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -87,28 +88,55 @@ def test_compare_bad_input(ml_dir, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_compare_in_parallel_gives_the_same_numbers(ml_dir, tmp_path, monkeypatch):
-    """The parallel path (worker function, result collection) against the sequential one.
+class _InlineProcess:
+    """A stand-in for a worker process that runs its target when started (tests only:
+    starting real processes that import torch takes seconds each on a loaded 2-core machine)."""
 
-    Worker processes are replaced by one worker thread to keep the test fast (spawning
-    processes that import torch takes seconds each; concurrent threads would share torch's
-    global RNG, which processes do not).
-    """
-    import concurrent.futures
+    def __init__(self, target, args):
+        self.target, self.args, self.exitcode = target, args, None
+        self._r, self._w = os.pipe()
+        self.sentinel = self._r
 
-    class ThreadPool(concurrent.futures.ThreadPoolExecutor):
-        def __init__(self, max_workers, mp_context=None):
-            assert max_workers == 2 and mp_context.get_start_method() == "spawn"
-            super().__init__(1)
+    def start(self):
+        try:
+            self.target(*self.args)
+            self.exitcode = 0
+        except SystemExit as e:
+            self.exitcode = e.code
+        os.close(self._w)  # the sentinel becomes readable, as when a process ends
 
-    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", ThreadPool)
-    common = ["--data-dir", str(ml_dir), "--methods", "cml,cml+dmm", *TINY[:5], "--no-plot"]
-    for jobs in ("1", "2"):
-        out = tmp_path / f"j{jobs}"
-        assert main(["recsys", "compare", *common, "--out", str(out), "--jobs", jobs]) == 0
-    a, b = (json.loads((tmp_path / f"j{j}" / "results.json").read_text()) for j in "12")
-    for m in ("cml", "cml+dmm"):
-        assert a["methods"][m]["metrics"] == b["methods"][m]["metrics"], m
+    def is_alive(self):
+        return self.exitcode is None
+
+    def join(self):
+        pass
+
+
+def test_parallel_path_gives_the_same_numbers(ml_dir, tmp_path, monkeypatch):
+    """The scheduler of worker processes (start, wait, collect, order) against in-process runs."""
+    import multiprocessing
+
+    from otcl.pipelines.recsys import compare as C
+    from otcl.pipelines.recsys.config import RecsysConfig
+    from otcl.pipelines.recsys.trainer import load_data
+
+    class Context:
+        Process = staticmethod(lambda target, args: _InlineProcess(target, args))
+
+    monkeypatch.setattr(multiprocessing, "get_context", lambda method: Context)
+    cfg = RecsysConfig()
+    cfg.data.data_dir = str(ml_dir)
+    cfg.model.dim, cfg.train.epochs, cfg.train.progress = 8, 1, False
+    pending = []
+    for m in ("cml+dmm", "tt-infonce", "mf-bpr"):
+        c = C.method_config(cfg, C.parse_method(m), 0, {})
+        pending.append((m, 0, c, tmp_path / "par" / m))
+    par = C._train_parallel(pending, 2, lambda s: None)
+    data = load_data(cfg)
+    for m, _, c, _ in pending:
+        seq = C._train_one(c, tmp_path / "seq" / m, data, lambda s: None)
+        keys = [k for k in seq if k.startswith("warm/")]
+        assert {k: par[(m, 0)][k] for k in keys} == {k: seq[k] for k in keys}, m
 
 
 def test_recsys_without_a_verb_prints_its_help(capsys):

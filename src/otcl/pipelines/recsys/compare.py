@@ -27,7 +27,7 @@ import torch
 from ... import __version__
 from ...losses import available
 from ..config import save_config
-from ..run import CHECKPOINT, SUMMARY, atomic_write_text, load_checkpoint
+from ..run import CHECKPOINT, SUMMARY, TrainingInterrupted, atomic_write_text, load_checkpoint
 from ..ssl.compare import _comparable, _mean_std  # same reuse rule and statistics as otcl compare
 from .baselines import IMPLICIT_MODELS, Popularity, fit_implicit, implicit_available
 from .config import DROP_VARIANTS, RecsysConfig, resolve
@@ -172,61 +172,79 @@ def _baseline_one(
     return summary
 
 
-def _worker(cfg_dict: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    """One trained run in a worker process (the data is loaded once per process)."""
+def _worker(cfg_dict: dict[str, Any], run_dir: str) -> None:
+    """One trained run in a worker process; its result is the run's ``summary.json``.
+
+    Ctrl-C reaches the worker too: the trainer saves its checkpoint and the worker exits with
+    status 130 (the run resumes when the comparison is run again).
+    """
     torch.set_num_threads(1)
     cfg = RecsysConfig.from_dict(cfg_dict)
-    key = json.dumps(cfg_dict["data"], sort_keys=True)
-    if _WORKER_DATA.get("key") != key:
-        _WORKER_DATA.update(key=key, data=load_data(cfg))
     tag = f"[{Path(run_dir).parent.name}/{Path(run_dir).name}]"
-    return _train_one(
-        cfg, Path(run_dir), _WORKER_DATA["data"], lambda s: print(f"{tag} {s}", file=sys.stderr)
-    )
-
-
-#: the ratings and split a worker process has loaded (one data set per comparison)
-_WORKER_DATA: dict[str, Any] = {}
+    try:
+        _train_one(
+            cfg, Path(run_dir), load_data(cfg), lambda s: print(f"{tag} {s}", file=sys.stderr)
+        )
+    except (TrainingInterrupted, KeyboardInterrupt):
+        sys.exit(130)
 
 
 def _train_parallel(
-    pending: list[tuple[str, int, RecsysConfig, Path]], jobs: int, log: Callable[[str], None]
+    pending: list[tuple[str, int, RecsysConfig, Path]],
+    jobs: int,
+    log: Callable[[str], None],
+    start_method: str = "spawn",
 ) -> dict[tuple[str, int], dict[str, Any]]:
-    """Train ``pending`` runs in ``jobs`` processes; Ctrl-C: every worker saves its checkpoint."""
+    """Train ``pending`` runs, at most ``jobs`` processes at a time (one process per run;
+    ``spawn`` by default: a fresh interpreter, safe with torch's threads).
+
+    Each run is its own process, so no run starts after a Ctrl-C: the running ones save their
+    checkpoints and exit, this process waits for them and re-raises ``KeyboardInterrupt``.
+    """
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing.connection import wait
 
     done: dict[tuple[str, int], dict[str, Any]] = {}
     if not pending:
         return done
-    log(f"training {len(pending)} runs in {jobs} processes")
+    log(f"training {len(pending)} runs, {jobs} at a time in their own processes")
     # longest runs first (CML's K negatives, then OT losses), so no worker idles at the end
     cost = {"cml": 0, "two-tower": 1, "mf": 3}
-    pending = sorted(
-        pending,
-        key=lambda r: cost[r[2].model.kind] + (r[2].loss.name == "infonce"),
-    )
+    queue = sorted(pending, key=lambda r: cost[r[2].model.kind] + (r[2].loss.name == "infonce"))
+    ctx = mp.get_context(start_method)
+    running: dict[Any, tuple[str, int, Path]] = {}
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = {}
-        for m, k, c, run_dir in pending:
-            c = copy.deepcopy(c)
-            c.train.progress = False  # one line per finished run here instead of bars
-            futures[pool.submit(_worker, c.to_dict(), str(run_dir))] = (m, k, run_dir)
-        try:
-            for n, fut in enumerate(as_completed(futures), start=1):
-                m, k, run_dir = futures[fut]
-                done[(m, k)] = summary = fut.result()
+    failed: list[str] = []
+    try:
+        while (queue and not failed) or running:
+            while queue and not failed and len(running) < jobs:
+                m, k, c, run_dir = queue.pop(0)
+                c = copy.deepcopy(c)
+                c.train.progress = False  # one line per finished run here instead of bars
+                proc = ctx.Process(target=_worker, args=(c.to_dict(), str(run_dir)))
+                proc.start()
+                running[proc] = (m, k, run_dir)
+            wait([p.sentinel for p in running])
+            for proc in [p for p in running if not p.is_alive()]:
+                m, k, run_dir = running.pop(proc)
+                proc.join()
+                if proc.exitcode != 0:
+                    failed.append(f"{run_dir} (exit status {proc.exitcode})")
+                    continue
+                done[(m, k)] = summary = json.loads((run_dir / SUMMARY).read_text())
                 score = summary.get("warm/ndcg@10")
                 note = "" if score is None else f", ndcg@10 {score:.4f}"
                 log(
-                    f"[{n}/{len(pending)}] {run_dir.parent.name}/{run_dir.name} done in "
-                    f"{summary.get('train_seconds', 0.0):.0f} s{note} "
+                    f"[{len(done)}/{len(pending)}] {run_dir.parent.name}/{run_dir.name} done "
+                    f"in {summary.get('train_seconds', 0.0):.0f} s{note} "
                     f"({time.perf_counter() - t0:.0f} s elapsed)"
                 )
-        except KeyboardInterrupt:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+    except KeyboardInterrupt:
+        for proc in running:  # they got the Ctrl-C too: each saves its checkpoint
+            proc.join()
+        raise
+    if failed:
+        raise RuntimeError(f"compare: run(s) failed, see the errors above: {', '.join(failed)}")
     return done
 
 
