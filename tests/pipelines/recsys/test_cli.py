@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -88,42 +87,13 @@ def test_compare_bad_input(ml_dir, tmp_path, capsys):
     assert not out.exists()
 
 
-class _InlineProcess:
-    """A stand-in for a worker process that runs its target when started (tests only:
-    starting real processes that import torch takes seconds each on a loaded 2-core machine)."""
-
-    def __init__(self, target, args):
-        self.target, self.args, self.exitcode = target, args, None
-        self._r, self._w = os.pipe()
-        self.sentinel = self._r
-
-    def start(self):
-        try:
-            self.target(*self.args)
-            self.exitcode = 0
-        except SystemExit as e:
-            self.exitcode = e.code
-        os.close(self._w)  # the sentinel becomes readable, as when a process ends
-
-    def is_alive(self):
-        return self.exitcode is None
-
-    def join(self):
-        pass
-
-
-def test_parallel_path_gives_the_same_numbers(ml_dir, tmp_path, monkeypatch):
-    """The scheduler of worker processes (start, wait, collect, order) against in-process runs."""
-    import multiprocessing
-
+def test_parallel_workers_give_the_same_numbers(ml_dir, tmp_path):
+    """Runs trained by worker processes (forked here to start fast; spawned by default) equal
+    in-process runs; two workers share three runs."""
     from otcl.pipelines.recsys import compare as C
     from otcl.pipelines.recsys.config import RecsysConfig
     from otcl.pipelines.recsys.trainer import load_data
 
-    class Context:
-        Process = staticmethod(lambda target, args: _InlineProcess(target, args))
-
-    monkeypatch.setattr(multiprocessing, "get_context", lambda method: Context)
     cfg = RecsysConfig()
     cfg.data.data_dir = str(ml_dir)
     cfg.model.dim, cfg.train.epochs, cfg.train.progress = 8, 1, False
@@ -131,7 +101,7 @@ def test_parallel_path_gives_the_same_numbers(ml_dir, tmp_path, monkeypatch):
     for m in ("cml+dmm", "tt-infonce", "mf-bpr"):
         c = C.method_config(cfg, C.parse_method(m), 0, {})
         pending.append((m, 0, c, tmp_path / "par" / m))
-    par = C._train_parallel(pending, 2, lambda s: None)
+    par = C._train_parallel(pending, 2, lambda s: None, start_method="fork")
     data = load_data(cfg)
     for m, _, c, _ in pending:
         seq = C._train_one(c, tmp_path / "seq" / m, data, lambda s: None)

@@ -172,20 +172,31 @@ def _baseline_one(
     return summary
 
 
-def _worker(cfg_dict: dict[str, Any], run_dir: str) -> None:
-    """One trained run in a worker process; its result is the run's ``summary.json``.
+def _worker(conn: Any) -> None:
+    """A worker process: trains the runs it receives one at a time (the data loaded once).
 
-    Ctrl-C reaches the worker too: the trainer saves its checkpoint and the worker exits with
-    status 130 (the run resumes when the comparison is run again).
+    Each result is the run's ``summary.json``; the worker answers ``"done"``. Ctrl-C reaches
+    the worker too: a running trainer saves its checkpoint, and the worker exits with status
+    130 (the run resumes when the comparison is run again).
     """
     torch.set_num_threads(1)
-    cfg = RecsysConfig.from_dict(cfg_dict)
-    tag = f"[{Path(run_dir).parent.name}/{Path(run_dir).name}]"
+    loaded: tuple[str, Any] = ("", None)
     try:
-        _train_one(
-            cfg, Path(run_dir), load_data(cfg), lambda s: print(f"{tag} {s}", file=sys.stderr)
-        )
-    except (TrainingInterrupted, KeyboardInterrupt):
+        while True:
+            task = conn.recv()
+            if task is None:
+                return
+            cfg_dict, run_dir = task
+            cfg = RecsysConfig.from_dict(cfg_dict)
+            key = json.dumps(cfg_dict["data"], sort_keys=True)
+            if loaded[0] != key:
+                loaded = (key, load_data(cfg))
+            tag = f"[{Path(run_dir).parent.name}/{Path(run_dir).name}]"
+            _train_one(
+                cfg, Path(run_dir), loaded[1], lambda s, t=tag: print(f"{t} {s}", file=sys.stderr)
+            )
+            conn.send("done")
+    except (TrainingInterrupted, KeyboardInterrupt, EOFError):
         sys.exit(130)
 
 
@@ -195,11 +206,11 @@ def _train_parallel(
     log: Callable[[str], None],
     start_method: str = "spawn",
 ) -> dict[tuple[str, int], dict[str, Any]]:
-    """Train ``pending`` runs, at most ``jobs`` processes at a time (one process per run;
-    ``spawn`` by default: a fresh interpreter, safe with torch's threads).
+    """Train ``pending`` runs in ``jobs`` worker processes, each taking one run at a time.
 
-    Each run is its own process, so no run starts after a Ctrl-C: the running ones save their
-    checkpoints and exit, this process waits for them and re-raises ``KeyboardInterrupt``.
+    ``spawn`` by default (a fresh interpreter, safe with torch's threads). A run is handed to a
+    worker only when it is idle, so after a Ctrl-C no new run starts: the running ones save
+    their checkpoints, every worker exits, and ``KeyboardInterrupt`` is re-raised here.
     """
     import multiprocessing as mp
     from multiprocessing.connection import wait
@@ -207,29 +218,40 @@ def _train_parallel(
     done: dict[tuple[str, int], dict[str, Any]] = {}
     if not pending:
         return done
-    log(f"training {len(pending)} runs, {jobs} at a time in their own processes")
+    n_workers = min(jobs, len(pending))
+    log(f"training {len(pending)} runs in {n_workers} worker processes")
     # longest runs first (CML's K negatives, then OT losses), so no worker idles at the end
     cost = {"cml": 0, "two-tower": 1, "mf": 3}
     queue = sorted(pending, key=lambda r: cost[r[2].model.kind] + (r[2].loss.name == "infonce"))
     ctx = mp.get_context(start_method)
-    running: dict[Any, tuple[str, int, Path]] = {}
-    t0 = time.perf_counter()
+    workers = []
+    busy: dict[Any, tuple[str, int, Path]] = {}
     failed: list[str] = []
+    t0 = time.perf_counter()
+
+    def assign(conn: Any) -> None:
+        if queue and not failed:
+            m, k, c, run_dir = queue.pop(0)
+            c = copy.deepcopy(c)
+            c.train.progress = False  # one line per finished run here instead of bars
+            conn.send((c.to_dict(), str(run_dir)))
+            busy[conn] = (m, k, run_dir)
+
     try:
-        while (queue and not failed) or running:
-            while queue and not failed and len(running) < jobs:
-                m, k, c, run_dir = queue.pop(0)
-                c = copy.deepcopy(c)
-                c.train.progress = False  # one line per finished run here instead of bars
-                proc = ctx.Process(target=_worker, args=(c.to_dict(), str(run_dir)))
-                proc.start()
-                running[proc] = (m, k, run_dir)
-            wait([p.sentinel for p in running])
-            for proc in [p for p in running if not p.is_alive()]:
-                m, k, run_dir = running.pop(proc)
-                proc.join()
-                if proc.exitcode != 0:
-                    failed.append(f"{run_dir} (exit status {proc.exitcode})")
+        for _ in range(n_workers):
+            conn, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child,))
+            proc.start()
+            child.close()
+            workers.append((proc, conn))
+            assign(conn)
+        while busy:
+            for conn in wait(list(busy)):
+                m, k, run_dir = busy.pop(conn)
+                try:
+                    conn.recv()
+                except EOFError:  # the worker died; its error is above
+                    failed.append(str(run_dir))
                     continue
                 done[(m, k)] = summary = json.loads((run_dir / SUMMARY).read_text())
                 score = summary.get("warm/ndcg@10")
@@ -239,8 +261,13 @@ def _train_parallel(
                     f"in {summary.get('train_seconds', 0.0):.0f} s{note} "
                     f"({time.perf_counter() - t0:.0f} s elapsed)"
                 )
+                assign(conn)
+        for proc, conn in workers:
+            if proc.is_alive():
+                conn.send(None)
+            proc.join()
     except KeyboardInterrupt:
-        for proc in running:  # they got the Ctrl-C too: each saves its checkpoint
+        for proc, _ in workers:  # they got the Ctrl-C too: a running run saves its checkpoint
             proc.join()
         raise
     if failed:
