@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, replace_section, versions  # noqa: E402
+from otcl.losses import build  # noqa: E402
 from otcl.pipelines.config import parse_value  # noqa: E402
 from otcl.pipelines.ssl.config import Config, resolve  # noqa: E402
 from otcl.pipelines.ssl.data import ImageData  # noqa: E402
@@ -112,6 +113,15 @@ class OtclLoop:
         self.tr.global_step += 1
 
 
+def _applies(name: str, params: dict, **extra) -> bool:
+    """Whether ``extra`` are parameters of this loss as configured (strict parameters)."""
+    try:
+        build(name, **params, **extra)
+    except ValueError:
+        return False
+    return True
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -139,8 +149,6 @@ def main(argv=None) -> int:
     p.add_argument("--tmp", default="/tmp/otcl-train-speed")
     args = p.parse_args(argv)
 
-    from otcl.losses import parameters
-
     cfg = Config()
     cfg.data.dataset = args.dataset
     cfg.data.data_dir = args.data_dir
@@ -164,8 +172,8 @@ def main(argv=None) -> int:
         c = copy.deepcopy(cfg)
         c.loss.name = name
         c.loss.params = dict(shared)
-        if "iters" in parameters(name):
-            c.loss.params.setdefault("iters", args.iters)
+        if "iters" not in c.loss.params and _applies(name, c.loss.params, iters=args.iters):
+            c.loss.params["iters"] = args.iters
         loops[f"otcl:{name}"] = OtclLoop(c, data, Path(args.tmp) / f"{i}-{name}-{time.time_ns()}")
 
     print(f"{data!r}, batch {cfg.train.batch_size} pairs, device {device}", file=sys.stderr)

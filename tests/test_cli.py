@@ -32,7 +32,41 @@ def test_cli_losses_lists_every_loss_with_parameters(capsys):
     assert cli.main(["losses", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert set(info) == set(otcl.losses.available())
-    assert info["gca-uot"]["parameters"]["rho"] == 0.2
+    assert info["gca-uot"]["parameters"]["rho"] == {
+        "default": 0.2,
+        "applies_when": "constraint='unbalanced'",
+    }
+
+
+def test_cli_losses_name_lists_parameters_defaults_and_conditions(capsys):
+    assert cli.main(["losses", "gca-ince"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("gca-ince: GCA-INCE")
+    rho = next(line for line in lines if line.split()[0] == "rho")
+    assert "None" in rho and "only with constraint='unbalanced'" in rho
+    assert any(line.split()[:2] == ["iters", "10"] for line in lines[1:])
+    assert cli.main(["losses", "dmm", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["base"] == "infonce" and info["parameters"]["margin"]["default"] == 0.2
+    assert cli.main(["losses", "nope"]) == 2
+    assert "otcl: error: name: unknown loss 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--loss", "gca-ince", "--loss-param", "rho=5"], "rho: applies only to constraint="),
+        (["--loss", "infonce", "--loss-param", "q=0.3"], "q: applies only to the RINCE"),
+        (["--loss", "infonce", "--loss-param", "iters=99"], "iters: applies only to the iter"),
+        (["--loss", "ot-hard", "--loss-param", "kappa=2"], "kappa: applies only to cost='exp'"),
+    ],
+)
+def test_cli_loss_param_that_does_not_apply_is_one_error_line(argv, message, capsys, tmp_path):
+    code = cli.main(["train", *argv, "--epochs", "1", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("otcl: error: " + message), err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()  # refused before anything is written
 
 
 def test_every_registered_pipeline_adds_its_commands():

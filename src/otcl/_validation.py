@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -28,17 +29,49 @@ def _shape(x: torch.Tensor) -> str:
     return "(" + ", ".join(str(s) for s in x.shape) + ")"
 
 
-def check_finite(name: str, x: torch.Tensor) -> None:
-    """Raise if ``x`` holds NaN or Inf (one host sync)."""
-    if not bool(torch.isfinite(x).all()):
+def check_finite(
+    name: str, x: torch.Tensor, *, nonzero_rows: bool = False, shard: Any = None
+) -> None:
+    """Raise if ``x`` holds NaN or Inf, or (``nonzero_rows``) a row of zeros; one host sync.
+
+    A zero row has no direction: its cosine similarity is undefined. With ``shard`` (a
+    :class:`~otcl.ot.distributed.Shard`) every rank raises when any rank's ``x`` is bad, so that
+    no rank is left waiting in a collective.
+    """
+    finite = torch.isfinite(x).all()
+    ok = finite & (x.abs().amax(-1) > 0).all() if nonzero_rows else finite
+    if shard is not None:
+        bad = shard.max((~ok).to(torch.int32))
+        if not bool(bad):
+            return
+        if bool(ok):
+            raise ValueError(f"{name}: expected valid values on every rank, another rank's are not")
+    elif bool(ok):
+        return
+    if not bool(finite):
         n_bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name}: expected finite values, got {n_bad} NaN/Inf entries")
+    rows = (x.abs().amax(-1) == 0).nonzero().flatten().tolist()
+    raise ValueError(
+        f"{name}: expected rows of nonzero norm (a zero embedding has no direction, its cosine "
+        f"similarity is undefined), got zero rows at {rows[:5]}{' ...' if len(rows) > 5 else ''}"
+    )
 
 
 def check_embeddings(
-    z1: torch.Tensor, z2: torch.Tensor, *, min_batch: int = 2, check_values: bool = True
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    *,
+    min_batch: int = 2,
+    check_values: bool = True,
+    nonzero_rows: bool = False,
+    shard: Any = None,
 ) -> None:
-    """Check a pair of embedding batches ``z1``, ``z2`` of shape (N, d)."""
+    """Check a pair of embedding batches ``z1``, ``z2`` of shape (N, d).
+
+    ``check_values``: also refuse NaN/Inf entries and, with ``nonzero_rows`` (cosine
+    similarity), zero rows (one host sync per tensor).
+    """
     for name, z in (("z1", z1), ("z2", z2)):
         if not isinstance(z, torch.Tensor):
             raise ValueError(
@@ -62,12 +95,19 @@ def check_embeddings(
     if z1.shape[1] < 1:
         raise ValueError(f"z1: expected embedding dimension d >= 1, got {z1.shape[1]}")
     if check_values:
-        check_finite("z1", z1)
-        check_finite("z2", z2)
+        if shard is not None:
+            shard.check_same_shape("z1", z1)
+        check_finite("z1", z1, nonzero_rows=nonzero_rows, shard=shard)
+        check_finite("z2", z2, nonzero_rows=nonzero_rows, shard=shard)
 
 
 def check_negatives(
-    negatives: torch.Tensor | None, z1: torch.Tensor, *, check_values: bool = True
+    negatives: torch.Tensor | None,
+    z1: torch.Tensor,
+    *,
+    check_values: bool = True,
+    nonzero_rows: bool = False,
+    shard: Any = None,
 ) -> None:
     """Check extra candidates ``negatives`` (K, d) against the batch ``z1`` (N, d)."""
     if negatives is None:
@@ -89,7 +129,9 @@ def check_negatives(
     if negatives.shape[0] < 1:
         raise ValueError("negatives: expected at least one extra candidate (K >= 1), got K=0")
     if check_values:
-        check_finite("negatives", negatives)
+        if shard is not None:
+            shard.check_same_shape("negatives", negatives)
+        check_finite("negatives", negatives, nonzero_rows=nonzero_rows, shard=shard)
 
 
 def check_positive(name: str, value: float) -> float:
@@ -136,11 +178,18 @@ def check_choice(name: str, value: str, choices: Iterable[str]) -> str:
 
 
 def check_marginal(
-    name: str, m: torch.Tensor | None, batch_shape: torch.Size, n: int, *, like: torch.Tensor
+    name: str,
+    m: torch.Tensor | None,
+    batch_shape: torch.Size,
+    n: int,
+    *,
+    like: torch.Tensor,
+    check_values: bool = True,
 ) -> torch.Tensor | None:
     """Validate a marginal of length ``n`` (optionally batched) and return it on ``like``'s device.
 
-    Accepts shape (n,) or (*batch, n). Entries must be >= 0, finite, with a positive sum.
+    Accepts shape (n,) or (*batch, n). Entries must be >= 0, finite, with a positive sum
+    (``check_values=False`` skips these value checks and their host syncs).
     """
     if m is None:
         return None
@@ -152,6 +201,8 @@ def check_marginal(
         raise ValueError(
             f"{name}: expected shape ({n},) or {(*batch_shape, n)}, got shape {_shape(m)}"
         )
+    if not check_values:
+        return m.to(device=like.device, dtype=like.dtype)
     if not bool(torch.isfinite(m).all()):
         raise ValueError(f"{name}: expected finite entries, got NaN/Inf")
     if bool((m < 0).any()):

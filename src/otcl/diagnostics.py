@@ -22,10 +22,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ._validation import check_choice, check_embeddings, check_positive
-from .ot.geometry import LAYOUTS, layout_embeddings, negative_mask, positive_index
+from .ot.geometry import LAYOUTS, layout_embeddings, negative_mask, positive_index, unit_rows
 
 __all__ = [
     "alignment",
@@ -49,7 +48,7 @@ def alignment(z1: torch.Tensor, z2: torch.Tensor, alpha: float = 2.0) -> torch.T
     """
     check_embeddings(z1, z2, min_batch=1, check_values=False)
     check_positive("alpha", alpha)
-    d = (F.normalize(z1, dim=-1) - F.normalize(z2, dim=-1)).norm(dim=-1)
+    d = (unit_rows(z1) - unit_rows(z2)).norm(dim=-1)
     return d.pow(alpha).mean()
 
 
@@ -66,7 +65,7 @@ def uniformity(z: torch.Tensor, t: float = 2.0) -> torch.Tensor:
         shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
         raise ValueError(f"z: expected a (N, d) tensor with N >= 2, got {shape}")
     check_positive("t", t)
-    zn = F.normalize(z, dim=-1)
+    zn = unit_rows(z)
     sq = torch.pdist(zn).pow(2)
     return torch.logsumexp(-t * sq, dim=0) - torch.log(torch.tensor(float(sq.numel())))
 
@@ -149,7 +148,7 @@ def batch_diagnostics(
     lay = layout if layout is not None else _layout_of(loss)
     check_choice("layout", lay, LAYOUTS)
     n_pairs = z1.shape[0]
-    a, b = F.normalize(z1.float(), dim=-1), F.normalize(z2.float(), dim=-1)
+    a, b = unit_rows(z1.float()), unit_rows(z2.float())
     x, y = layout_embeddings(a, b, lay)
     sim = x @ y.T
     neg = negative_mask(n_pairs, lay, device=sim.device)

@@ -39,6 +39,8 @@ from typing import Any, ClassVar
 import torch
 
 from .._validation import check_choice, check_nonneg
+from ..ot.distributed import Shard
+from ..ot.geometry import Geometry
 from ..ot.sinkhorn import SinkhornOutput
 from .base import OTContrastiveLoss
 from .divergences import RowView
@@ -50,56 +52,63 @@ _RELAX = {"none": "balanced", "row": "rows", "both": "mass"}
 
 
 class _Uniformity(torch.autograd.Function):
-    r""":func:`uniformity_penalty` in one exp pass, with a closed-form backward.
+    r""":func:`uniformity_penalty` in log space, with a closed-form backward.
 
     With :math:`L = \mathrm{LSE}(\log P)`, :math:`L_- = \mathrm{LSE}_{\mathcal N}(\log P)`,
     :math:`\Sigma = \sum_{\mathcal N} \log P` and :math:`c = |\mathcal N|`:
     :math:`\log m = L_- - L - \log c` and the penalty is
-    :math:`e^{\log m}\,(c\log m - \Sigma + cL)`. Autograd through the formula keeps several
-    n x m temporaries and takes three exp passes; here one :math:`E = e^{\log P - \max}`
-    gives :math:`L`, :math:`L_-` and the gradient
-    :math:`E\,(k_1 1_{\mathcal N} + k_2) + k_3 1_{\mathcal N}`.
+    :math:`e^{\log m}\,(c\log m - \Sigma + cL)`. Both log-sum-exps are taken directly, so a plan
+    whose negative mass underflows (tiny temperatures: a near-permutation) gives the tiny true
+    value, not ``0 * inf``. With :math:`\hat P = e^{\log P - L}` and
+    :math:`\hat P_- = 1_{\mathcal N} e^{\log P - L_-}` the gradient is
+    :math:`\gamma \hat P_- + (mc - \gamma)\hat P - m 1_{\mathcal N}`,
+    :math:`\gamma = \partial\,\mathrm{pen}/\partial \log m = m(c\log m - \Sigma + cL + c)`
+    (0 with ``detach_mean``): no n x m temporaries kept but the log-plan itself.
     """
 
     @staticmethod
-    def forward(ctx, log_plan, negatives, detach_mean):
+    def forward(ctx, log_plan, negatives, detach_mean, shard):
         lp = log_plan.detach()
-        # float 0/1 weights: masked sums by multiplication (bool-float ops convert per pass)
-        w = negatives.to(lp.dtype)
         count = torch.count_nonzero(negatives).to(lp.dtype)
-        top = lp.amax()
-        shifted = lp - top
-        E = shifted.exp()
-        total = E.sum()
-        # sum of log P over the negatives, centred at the max (smaller rounding error);
-        # -inf entries (never negatives) -> 0 so that 0 * entry stays 0
-        neg_sum = shifted.nan_to_num_(neginf=0.0).mul_(w).sum()
-        neg_mass = torch.mul(E, w, out=shifted).sum()  # reuses the buffer
-        del shifted
-        log_m = neg_mass.log() - total.log() - count.log()
-        mean = log_m.exp()
-        bracket = count * log_m - neg_sum + count * total.log()
-        ctx.save_for_backward(E, w, total, neg_mass, count, mean, bracket)
-        ctx.detach_mean = detach_mean
+        neg = lp.masked_fill(~negatives, float("-inf"))
+        if shard is None:
+            total = torch.logsumexp(lp.flatten(), 0)
+            neg_total = torch.logsumexp(neg.flatten(), 0)
+        else:  # one rank's rows: the sums over rows are completed over the ranks
+            count = shard.sum(count)
+            total, neg_total = shard.logsumexp_all(lp), shard.logsumexp_all(neg)
+        neg_sum = neg.masked_fill_(~negatives, 0.0).sum()  # -inf entries are never negatives
+        if shard is not None:
+            neg_sum = shard.sum(neg_sum)
+        del neg
+        # no negatives at all (a target that covers every pair): the penalty is 0
+        has = count > 0
+        neg_total = torch.where(has, neg_total, torch.zeros_like(neg_total))
+        log_m = torch.where(has, neg_total - total - count.clamp_min(1).log(), 0.0)
+        mean = torch.where(has, log_m.exp(), 0.0)
+        bracket = torch.where(has, count * log_m - neg_sum + count * total, 0.0)
+        ctx.save_for_backward(lp, negatives, total, neg_total, count, mean, bracket)
+        ctx.detach_mean, ctx.shard = detach_mean, shard
         return mean * bracket
 
     @staticmethod
     def backward(ctx, grad):
-        E, w, total, neg_mass, count, mean, bracket = ctx.saved_tensors
-        # d/dlogP of log L: E / total; of L_-: 1_N E / neg_mass; of Sigma: 1_N
-        k2 = mean * count / total
-        k1 = torch.zeros_like(k2)
-        if not ctx.detach_mean:  # d log_m = dL_- - dL, times d pen / d log_m = mean (B + c)
-            c = mean * (bracket + count)
-            k1 = c / neg_mass
-            k2 = k2 - c / total
-        k1, k2, k3 = grad * k1, grad * k2, -grad * mean
-        out = torch.addcmul(k2, w, k1).mul_(E)  # E (k1 1_N + k2)
-        return out.addcmul_(w, k3), None, None  # + k3 1_N
+        lp, negatives, total, neg_total, count, mean, bracket = ctx.saved_tensors
+        if ctx.shard is not None:  # the (shared) penalty's gradient reaches every rank's rows
+            grad = ctx.shard.sum(grad)
+        gamma = torch.zeros_like(mean) if ctx.detach_mean else mean * (bracket + count)
+        out = (lp - total).exp_().mul_(grad * (mean * count - gamma))  # (mc - gamma) P-hat
+        neg_part = (lp - neg_total).exp_().mul_(grad * gamma).sub_(grad * mean)
+        out.add_(neg_part.masked_fill_(~negatives, 0.0))  # + 1_N (gamma P-hat_- - m)
+        return out, None, None, None
 
 
 def uniformity_penalty(
-    log_plan: torch.Tensor, negatives: torch.Tensor, *, detach_mean: bool = False
+    log_plan: torch.Tensor,
+    negatives: torch.Tensor,
+    *,
+    detach_mean: bool = False,
+    shard: Shard | None = None,
 ) -> torch.Tensor:
     r"""IOT's uniformity term :math:`\mathrm{KL}(\bar Q\|P)` over the ``negatives`` mask.
 
@@ -107,10 +116,13 @@ def uniformity_penalty(
         log_plan: (n, m) log P; normalised to total mass 1 inside.
         negatives: (n, m) bool, True on negative pairs (finite entries of ``log_plan``).
         detach_mean: treat the mean negative mass m as a constant.
+        shard: when ``log_plan`` holds one rank's rows of the global plan: the penalty of the
+            global plan, as this rank's share (:meth:`~otcl.ot.distributed.Shard.share`).
     Returns:
         scalar >= 0, zero iff every negative entry is equal.
     """
-    return _Uniformity.apply(log_plan, negatives, bool(detach_mean))
+    pen = _Uniformity.apply(log_plan, negatives, bool(detach_mean), shard)
+    return pen if shard is None else shard.share(pen)
 
 
 def _uniformity_reference(
@@ -127,7 +139,11 @@ def _uniformity_reference(
 
 
 def _uniformity_from_potentials(
-    out: SinkhornOutput, pos: torch.Tensor, rows: RowView, simclr: bool, detach_mean: bool
+    out: SinkhornOutput,
+    pos: torch.Tensor,
+    rows: RowView,
+    self_cols: torch.Tensor | None,
+    detach_mean: bool,
 ) -> torch.Tensor:
     r""":func:`uniformity_penalty` of the plan :math:`\log P = f + S + g` with the identity target,
     from the potentials and :math:`\mathrm{row\_lse}_i = \mathrm{LSE}_j(S_{ij}+g_j)`, without
@@ -139,8 +155,17 @@ def _uniformity_from_potentials(
     :math:`\sum_{\mathcal N}\log P = \sum_i d_i f_i + \sum_j d'_j g_j + \sum_{\mathcal N} S`
     (:math:`d, d'` the negatives per row / column): one masked sum over S (and its constant
     gradient) instead of the plan, its exp and their gradients. Scalars in float64.
+
+    ``self_cols``: the column of each row's self-pair when the self-pairs carry mass (simclr
+    layout with ``self_pair="max_cost"``; never negatives), else None (masked: no mass). When the output is one rank's rows (``out.shard``), every sum over rows is completed
+    over the ranks and the result is this rank's share of the global penalty.
     """
     S, f, g, lse = out.scores, out.f, out.g, rows.lse
+    shard = out.shard
+
+    def all_rows(x: torch.Tensor) -> torch.Tensor:  # a sum over the rows of every rank
+        return x if shard is None else shard.sum(x)
+
     n, m = S.shape
     dev, wide = S.device, torch.float64
     finite = S.detach() > float("-inf")
@@ -150,11 +175,10 @@ def _uniformity_from_potentials(
     # excluded entries X: (row, col, S + g at the entry); positives share the divergence's gather
     log_pos = rows.log_pos  # S_ip + g_p, shared with the divergence
     ex = [(torch.arange(n, device=dev), pos, log_pos.to(wide), log_pos - g[pos])]
-    if simclr:  # self-pairs are never negatives; only finite (unmasked) ones carry mass
-        diag = torch.arange(min(n, m), device=dev)
-        if bool(finite[diag, diag].any()):
-            s_d = S.diagonal()
-            ex.append((diag, diag, s_d.to(wide) + g64[diag], s_d))
+    if self_cols is not None:  # unmasked self-pairs (max_cost) are never negatives
+        own = torch.arange(n, device=dev)
+        s_d = S[own, self_cols]
+        ex.append((own, self_cols, s_d.to(wide) + g64[self_cols], s_d))
     ex_share = S.new_zeros((), dtype=wide)
     s_ex_sum = S.new_zeros((), dtype=wide)
     for r, c, lkv, s_val in ex:
@@ -165,15 +189,27 @@ def _uniformity_from_potentials(
         lp = torch.where(keep, f64[r] + lkv, torch.zeros_like(lkv))
         ex_share = ex_share + (lp.exp() * keep_w).sum()
         s_ex_sum = s_ex_sum + torch.where(keep, s_val, torch.zeros_like(s_val)).to(wide).sum()
-    count = deg_r.sum()
-    log_total = torch.logsumexp(f64 + lse.to(wide), dim=0)
-    ex_share = ex_share * (-log_total).exp()  # excluded share of the total mass
-    neg_s = _MaskedSum.apply(S, finite).to(wide) - s_ex_sum
-    neg_lp = (deg_r * f64).sum() + (deg_c * g64).sum() + neg_s  # sum of log P over negatives
-    log_m = torch.log1p(-ex_share) - count.log()
+    count = all_rows(deg_r.sum())
+    deg_c = all_rows(deg_c)
+    row_mass = f64 + lse.to(wide)
+    if shard is None:
+        log_total = torch.logsumexp(row_mass, dim=0)
+    else:
+        log_total = shard.logsumexp_all(row_mass.unsqueeze(-1))
+    ex_share = all_rows(ex_share) * (-log_total).exp()  # excluded share of the total mass
+    neg_s = all_rows(_MaskedSum.apply(S, finite).to(wide) - s_ex_sum)
+    # sum of log P over the negatives (g is shared: its term is counted once)
+    neg_lp = all_rows((deg_r * f64).sum()) + (deg_c * g64).sum() + neg_s
+    # the negatives' share 1 - ex_share; clamped where it is below float64's resolution
+    # (a near-permutation plan): the penalty is then ~0 and stays finite
+    neg_share = (1.0 - ex_share).clamp_min(torch.finfo(wide).tiny)
+    has = count > 0  # no negatives at all: the penalty is 0
+    log_m = torch.where(has, neg_share.log() - count.clamp_min(1).log(), 0.0)
     if detach_mean:
         log_m = log_m.detach()
-    return (log_m.exp() * (count * log_m - neg_lp + count * log_total)).to(S.dtype)
+    pen = torch.where(has, log_m.exp() * (count * log_m - neg_lp + count * log_total), 0.0)
+    pen = pen.to(S.dtype)
+    return pen if shard is None else shard.share(pen)
 
 
 class _MaskedSum(torch.autograd.Function):
@@ -205,7 +241,8 @@ class IOT(OTContrastiveLoss):
 
     Defaults from the public port: ``temperature=0.5``, ``iters=10``, cost 1 - cos.
     ``relax`` picks the constraint set: ``"none"`` (balanced, default), ``"row"`` (= InfoNCE),
-    ``"both"`` (total mass); ``constraint`` itself is therefore not a parameter of ``iot``.
+    ``"both"`` (total mass); ``constraint`` (the shared parameter) may name any set instead, but
+    not together with ``relax``.
     """
 
     defaults: ClassVar[Mapping[str, Any]] = {
@@ -222,16 +259,15 @@ class IOT(OTContrastiveLoss):
     @classmethod
     def derive(cls, settings: dict[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
         relax = check_choice("relax", settings["relax"], tuple(_RELAX))
+        if "constraint" in given:  # the shared parameter, instead of relax
+            if "relax" in given:
+                raise ValueError(
+                    f"constraint, relax: {cls.loss_name()} takes one of them (relax='none' | "
+                    f"'row' | 'both' names a constraint set), got both"
+                )
+            named = {v: k for k, v in _RELAX.items()}
+            return {**settings, "relax": named.get(settings["constraint"], "custom")}
         return {**settings, "constraint": _RELAX[relax]}
-
-    @classmethod
-    def inapplicable(cls, name: str, settings: Mapping[str, Any]) -> str | None:
-        if name == "constraint":
-            return (
-                f"{cls.loss_name()} picks its constraint with relax='none' (balanced), 'row' "
-                "(rows) or 'both' (mass)"
-            )
-        return super().inapplicable(name, settings)
 
     def configure(self, settings: Mapping[str, Any]) -> None:
         self.relax = settings["relax"]
@@ -287,21 +323,27 @@ class IOTUniformity(IOT):
         target: torch.Tensor | None,
         pos: torch.Tensor | None,
         rows: RowView | None,
-        simclr: bool,
+        geom: Geometry,
     ) -> torch.Tensor | None:
         if self.lam_uni == 0:
             return None
+        lp_rows = out.scores.shape[-2]
+        self_cols = None
+        if geom.layout == "simclr" and geom.mask is None:  # unmasked self-pairs (max_cost)
+            own = torch.arange(lp_rows, device=out.scores.device)
+            self_cols = own if geom.rows is None else geom.rows
         if rows is not None:
-            pen = _uniformity_from_potentials(out, pos, rows, simclr, self.detach_mean)
+            pen = _uniformity_from_potentials(out, pos, rows, self_cols, self.detach_mean)
             return self.lam_uni * pen
         lp = out.log_plan
-        n = lp.shape[-2]
         # negatives: finite entries (log P > -inf: not masked) minus positives and self-pairs
         negatives = lp.detach() > float("-inf")
+        own = torch.arange(lp_rows, device=lp.device)
         if target is None:
-            negatives[torch.arange(n, device=lp.device), pos] = False
+            negatives[own, pos] = False
         else:
             negatives &= target <= 0
-        if simclr:  # self-pairs are never negatives, even when not masked
-            negatives.fill_diagonal_(False)
-        return self.lam_uni * uniformity_penalty(lp, negatives, detach_mean=self.detach_mean)
+        if self_cols is not None:  # self-pairs are never negatives (masked ones: -inf above)
+            negatives[own, self_cols] = False
+        pen = uniformity_penalty(lp, negatives, detach_mean=self.detach_mean, shard=out.shard)
+        return self.lam_uni * pen

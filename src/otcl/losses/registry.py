@@ -10,6 +10,7 @@ __all__ = [
     "available",
     "build",
     "conditions",
+    "describe",
     "get",
     "inapplicable_params",
     "parameters",
@@ -60,6 +61,27 @@ def conditions(name: str) -> dict[str, str]:
     """Parameter -> when it applies, for the parameters of ``name`` that do not always apply."""
     cls = get(name)
     return dict(getattr(cls, "applies_when", {}))
+
+
+def describe(name: str) -> dict[str, object]:
+    """A loss's one-line summary and every parameter with its default and when it applies.
+
+    Returns:
+        ``{"name", "summary", "parameters": {param: {"default", "applies_when"}}, "base"}``;
+        ``applies_when`` is ``"always"`` or the condition (see ``ContrastiveLoss.applies_when``);
+        for a wrapper, ``base`` names its default base loss, whose parameters follow its own.
+    """
+    cls = get(name)
+    doc = (cls.__doc__ or "").strip().splitlines()
+    cond = conditions(name)
+    base = getattr(cls, "default_base", None)
+    if base is not None:
+        cond = {**conditions(base), **cond}
+    params = {
+        k: {"default": v, "applies_when": cond.get(k, "always")}
+        for k, v in parameters(name).items()
+    }
+    return {"name": name, "summary": doc[0] if doc else "", "parameters": params, "base": base}
 
 
 def inapplicable_params(name: str, params: dict[str, object]) -> dict[str, str]:

@@ -28,6 +28,7 @@ from .geometry import (
     pair_scores,
     positive_index,
     similarity,
+    unit_rows,
 )
 from .problem import CONSTRAINTS, Problem
 from .sinkhorn import BACKWARDS, DOMAINS, GRAD_MODES, Sinkhorn, SinkhornOutput, sinkhorn, solve
@@ -50,4 +51,5 @@ __all__ = [
     "similarity",
     "sinkhorn",
     "solve",
+    "unit_rows",
 ]

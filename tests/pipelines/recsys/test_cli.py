@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 
 from otcl.cli import main
 
 TINY = ["--dim", "8", "--epochs", "1", "--no-progress", "--set", "eval.ks=[1,5]"]
+
+
+def _nothing_written(out):
+    """No run file: at most the empty run directory (and its lock) the run machinery probes."""
+    return not out.exists() or {p.name for p in out.iterdir()} <= {".otcl.lock"}
 
 
 def _one_line_error(capsys, argv, match):
@@ -24,7 +31,10 @@ def test_train_and_resume(ml_dir, tmp_path, capsys):
     assert "cml/triplet+dmm s0: 1 epochs, ndcg@10" not in capsys.readouterr().out  # ks 1, 5
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dmm"] and "warm/ndcg@5" in summary
-    assert main(["recsys", "train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    again = ["recsys", "train", "--resume", str(out), "--epochs", "2", "--no-progress"]
+    assert main(again) == 2  # a longer run must be asked for
+    assert "pass --extend" in capsys.readouterr().err
+    assert main([*again, "--extend"]) == 0
     assert json.loads((out / "summary.json").read_text())["epochs"] == 2
 
 
@@ -50,7 +60,7 @@ def test_train_bad_input_is_one_line_and_writes_nothing(
     out = tmp_path / "out"
     argv = ["recsys", "train", "--out", str(out), "--no-progress"]
     _one_line_error(capsys, argv + [a.format(**fill) for a in extra], match.format(**fill))
-    assert not out.exists()
+    assert _nothing_written(out)
 
 
 def test_compare(ml_dir, tmp_path, capsys):
@@ -84,7 +94,7 @@ def test_compare_bad_input(ml_dir, tmp_path, capsys):
     _one_line_error(
         capsys, base + ["--methods", "cml", "--loss-param", "temperature=0.2"], "no two-tower"
     )
-    assert not out.exists()
+    assert _nothing_written(out)
 
 
 def test_parallel_workers_give_the_same_numbers(ml_dir, tmp_path):
@@ -118,7 +128,7 @@ def test_interrupted_compare_resumes_to_the_same_numbers(ml_dir, tmp_path, capsy
     from otcl.pipelines.recsys.trainer import RecsysTrainer
 
     common = ["--data-dir", str(ml_dir), "--methods", "cml+dmm", "--seeds", "1", "--jobs", "1"]
-    common += ["--dim", "8", "--epochs", "2", "--no-progress", "--no-plot"]
+    common += ["--dim", "8", "--epochs", "2", "--batch-size", "32", "--no-progress", "--no-plot"]
     assert main(["recsys", "compare", *common, "--out", str(tmp_path / "straight")]) == 0
     original = RecsysTrainer.compute_loss
     calls = {"n": 0}
@@ -126,7 +136,7 @@ def test_interrupted_compare_resumes_to_the_same_numbers(ml_dir, tmp_path, capsy
     def interrupt_once(self, epoch, step):
         if epoch == 1 and step == 0 and calls["n"] == 0:
             calls["n"] += 1
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, deferred to the step's end
         return original(self, epoch, step)
 
     monkeypatch.setattr(RecsysTrainer, "compute_loss", interrupt_once)

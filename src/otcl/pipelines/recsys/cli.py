@@ -152,7 +152,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = config_from_args(args, RecsysConfig, _flags(args))
     cfg.loss.params.update(shared)
     validate(cfg)
-    trainer = RecsysTrainer(cfg, args.out or args.resume, resume=bool(args.resume))
+    trainer = RecsysTrainer(
+        cfg, args.out or args.resume, resume=bool(args.resume), extend=bool(args.extend)
+    )
     summary = trainer.fit()
     ks = [
         k for k in ("warm/ndcg@10", "warm/recall@10", "warm/hr@10", "warm/map@10") if k in summary

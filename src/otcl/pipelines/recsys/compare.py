@@ -175,9 +175,10 @@ def _baseline_one(
 def _worker(conn: Any) -> None:
     """A worker process: trains the runs it receives one at a time (the data loaded once).
 
-    Each result is the run's ``summary.json``; the worker answers ``"done"``. Ctrl-C reaches
-    the worker too: a running trainer saves its checkpoint, and the worker exits with status
-    130 (the run resumes when the comparison is run again).
+    Each result is the run's ``summary.json``; the worker answers ``"done"``. Ctrl-C (or
+    SIGTERM) reaches the worker too: the running trainer saves its checkpoint at the end of the
+    step and the worker exits with status 130 (143); the run resumes when the comparison is
+    run again.
     """
     torch.set_num_threads(1)
     loaded: tuple[str, Any] = ("", None)
@@ -196,7 +197,9 @@ def _worker(conn: Any) -> None:
                 cfg, Path(run_dir), loaded[1], lambda s, t=tag: print(f"{t} {s}", file=sys.stderr)
             )
             conn.send("done")
-    except (TrainingInterrupted, KeyboardInterrupt, EOFError):
+    except TrainingInterrupted as e:
+        sys.exit(e.exit_status)
+    except (KeyboardInterrupt, EOFError):
         sys.exit(130)
 
 
@@ -268,6 +271,12 @@ def _train_parallel(
             proc.join()
     except KeyboardInterrupt:
         for proc, _ in workers:  # they got the Ctrl-C too: a running run saves its checkpoint
+            proc.join()
+        raise
+    except BaseException:  # SIGTERM or an error here: the workers checkpoint on SIGTERM too
+        for proc, _ in workers:
+            if proc.is_alive():
+                proc.terminate()
             proc.join()
         raise
     if failed:

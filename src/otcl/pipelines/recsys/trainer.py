@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..run import EpochTrainer, derive_seed, load_checkpoint
+from ..run import EpochTrainer, derive_seed, load_checkpoint, load_model_weights
 from .config import DROP_VARIANTS, RecsysConfig, check, parse_features, resolve
 from .data import NegativeSampler, Ratings, Split, load_ratings, split
 from .metrics import rank_metrics
@@ -168,24 +168,12 @@ class RecsysTrainer(EpochTrainer):
     Args:
         cfg: :class:`~otcl.pipelines.recsys.config.RecsysConfig` (presets applied here).
         out: run directory (default ``runs/recsys-<kind>-<loss>[-dmm]-s<seed>``).
+        resume: continue ``out`` from its checkpoint (``extend``: to more epochs).
         data: already loaded ``(ratings, split)`` (``otcl recsys compare`` loads them once).
-        resume: continue ``out`` from its checkpoint.
         log: where progress lines go.
     """
 
     throughput_unit = "pairs"
-
-    def __init__(
-        self,
-        cfg: RecsysConfig,
-        out: str | Path | None = None,
-        *,
-        data: tuple[Ratings, Split] | None = None,
-        resume: bool = False,
-        log=None,
-    ) -> None:
-        self._given = data
-        super().__init__(cfg, out, resume=resume, log=log)
 
     # -- hooks -----------------------------------------------------------------------------
     def resolve_config(self, cfg: RecsysConfig) -> RecsysConfig:
@@ -207,7 +195,8 @@ class RecsysTrainer(EpochTrainer):
 
     def build(self) -> None:
         c = self.cfg
-        self.data, self.split = self._given if self._given is not None else load_data(c)
+        given = self.given_data
+        self.data, self.split = given if given is not None else load_data(c)
         check_ks(c, self.split)
         self.model = build_recsys_model(c, self.data).to(self.device)
         sampler = NegativeSampler(
@@ -302,11 +291,11 @@ def load_run(
     run_dir: str | Path, device: str = "cpu"
 ) -> tuple[RecsysConfig, RecModel, Ratings, Split, torch.Tensor | None]:
     """Rebuild a run's config, model (eval mode), ratings, split and ranking prior."""
-    st = load_checkpoint(run_dir, map_location="cpu")
+    st = load_checkpoint(run_dir)
     cfg = resolve(RecsysConfig.from_dict(st["config"]))
     data, s = load_data(cfg)
     model = build_recsys_model(cfg, data)
-    model.load_state_dict(st["model"])
+    load_model_weights(model, st["model"], run_dir)
     loss = make_loss(cfg.model.kind, objective_spec(cfg))
     temperature = getattr(getattr(loss, "base", loss), "temperature", None)
     return cfg, model.to(device).eval(), data, s, ranking_prior(cfg, s, temperature)
