@@ -519,7 +519,8 @@ def plot_results(results: dict[str, Any], out: Path) -> Path:
             width=width,
             label=c,
         )
-    ax.set_xticks(range(len(rnames)), rnames, rotation=45, ha="right")
+    middle = width * (len(cols) - 1) / 2  # the centre of each method's group of bars
+    ax.set_xticks([i + middle for i in range(len(rnames))], rnames, rotation=45, ha="right")
     ax.set_title("nDCG@10 drop with item features removed")
     if rnames:
         ax.legend()
