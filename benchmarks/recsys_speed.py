@@ -50,13 +50,15 @@ from otcl.pipelines.recsys.trainer import RecsysTrainer  # noqa: E402
 N_USERS, N_ITEMS, N_RATINGS = 6040, 3706, 1_000_209
 #: how to read the table (from the runs recorded in docs/benchmarks.md)
 NOTE = (
-    "Reading: the targets hold on one thread per run, the presets' setting. With the cores "
-    "shared, a second torch thread made the epoch 3-4x slower (oversubscription: this run; a "
-    "CML step took 143 ms on 2 threads vs 37 ms on 1 in an earlier probe), which is why `otcl "
-    "recsys` runs one thread per run and parallelises over runs (`compare --jobs`). The epoch "
-    "is load-bound: earlier runs of this script at load 5.9 and 7.0 measured 33.6 s and 38.1 "
-    "s (over the target), and `gca-uot` 64.5 s at load 5.9 (its Sinkhorn iterations cost "
-    "about 2x InfoNCE per step, as in the loss benchmark above)."
+    "Reading: the targets hold on one thread per run, the presets' setting (the 1-thread rows "
+    "of this run ran first, while the load was still 1.5-3.5). A second torch thread is "
+    "slower on this shared 2-core machine: oversubscription (a CML step took 143 ms on 2 "
+    "threads vs 37 ms on 1 in an earlier probe), here compounded by other jobs that raised "
+    "the load to 6-7 during the 2-thread rows; hence `otcl recsys` runs one thread per run "
+    "and parallelises over runs (`compare --jobs`). The epoch is load-bound: earlier runs of "
+    "this script at load 5.9 and 7.0 measured 33.6 s and 38.1 s for `infonce` (over the "
+    "target) and 64.5 s for `gca-uot` (its Sinkhorn iterations cost about 2x InfoNCE per "
+    "step, as in the loss benchmark above)."
 )
 #: ML-1M's share of ratings 1..5
 RATING_P = (0.056, 0.108, 0.261, 0.349, 0.226)
