@@ -971,13 +971,17 @@ class EpochTrainer:
         ``range(n)`` that depends only on ``(seed, epoch)``: every sample once per epoch, the
         same order on resume and whatever the number of processes (rank r takes rows
         ``local_rows`` of the global batch; one process takes it whole)."""
+        return self.global_batch_indices(n, epoch, step)[self.local_rows]
+
+    def global_batch_indices(self, n: int, epoch: int, step: int) -> torch.Tensor:
+        """The whole global batch ``step`` (every rank gets the same): for a pipeline that draws
+        per-sample randomness for the global batch and keeps ``local_rows`` of it."""
         order = self._order_cache
         if order is None or order[0] != (n, epoch):
             g = torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, "order", epoch))
             order = ((n, epoch), torch.randperm(n, generator=g))
             self._order_cache = order
-        start = step * self.batch_size + self.local_rows.start
-        return order[1][start : start + self.local_batch_size]
+        return order[1][step * self.batch_size : (step + 1) * self.batch_size]
 
     _order_cache: tuple[tuple[int, int], torch.Tensor] | None = None
 
