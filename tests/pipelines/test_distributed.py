@@ -5,9 +5,10 @@ Two real ``torchrun`` launches are shared by the module (about 30 s on 2 free co
 * **A**, multi-node style (two agents, ``--nnodes 2 --nproc-per-node 1``, c10d rendezvous on
   localhost): ``otcl train`` that rank 1 interrupts by sending SIGINT to its own agent during
   global step 4 -- only rank 1 receives the signal, rank 0 must learn it from the stop flag;
-* **B**, one node (``--nproc-per-node 2``), four commands in one process group: the resume of
-  A, the same run from scratch, a batch that does not split over 2 processes, and
-  ``otcl multimodal train``.
+* **B**, one node (``--nproc-per-node 2``), six commands in one process group: the resume of
+  A, the same run from scratch, a batch that does not split over 2 processes,
+  ``otcl multimodal train``, and ``otcl recsys train`` for CML + DMM and for the two-tower
+  (gca-uot + DMM, extra negatives, ID dropout).
 
 The image runs use DMM over gca-uot with input-space mixing (the global-batch Sinkhorn, the
 per-step augmentation draws, DMM's lambda and partners from the global batch, two DDP forwards
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,6 +37,8 @@ from otcl.pipelines import distributed
 from otcl.pipelines.run import EpochTrainer, load_checkpoint, read_jsonl
 from otcl.pipelines.ssl.data import Augment
 
+from .recsys.conftest import write_ml100k
+
 ROOT = Path(__file__).resolve().parents[2]
 TOL = 1e-5  # max |w_2proc - w_1proc| (measured 3e-8)
 
@@ -45,6 +49,12 @@ IMAGE = [
     "--set", "train.deterministic=true", "--device", "cpu",
     "--loss", "dmm", "--loss-param", "base=gca-uot", "--loss-param", "warmup=0",
 ]  # fmt: skip
+RECSYS = [
+    "recsys", "train", "--no-progress", "--epochs", "2", "--batch-size", "64",
+    "--set", "train.max_steps_per_epoch=3", "--set", "train.deterministic=true",
+    "--device", "cpu", "--dmm",
+]  # fmt: skip
+TWO_TOWER = ["--model", "two-tower", "--loss", "gca-uot", "--negatives", "4"]
 MULTIMODAL = [
     "multimodal", "train", "--no-progress", "--epochs", "1", "--batch-size", "64",
     "--set", "train.max_steps_per_epoch=3", "--set", "train.deterministic=true",
@@ -102,7 +112,9 @@ def runs(tmp_path_factory):
     pytest.importorskip("sklearn")
     pytest.importorskip("yaml")
     tmp = tmp_path_factory.mktemp("ddp")
+    ml = str(write_ml100k(tmp / "ml", n_users=60, n_items=80, n_ratings=2000))
     a = _torchrun(tmp / "a", [[*IMAGE, "--out", str(tmp / "a" / "run")]], nnodes=2, signal_at="1:3")
+    shutil.copytree(tmp / "a" / "run", tmp / "a-copy")  # resumed by one process below
     b = _torchrun(
         tmp / "b",
         [
@@ -110,10 +122,12 @@ def runs(tmp_path_factory):
             [*IMAGE, "--out", str(tmp / "b" / "full")],
             [*IMAGE, "--batch-size", "33", "--out", str(tmp / "b" / "bad")],
             [*MULTIMODAL, "--out", str(tmp / "b" / "mm")],
+            [*RECSYS, "--data-dir", ml, "--out", str(tmp / "b" / "cml")],
+            [*RECSYS, *TWO_TOWER, "--data-dir", ml, "--out", str(tmp / "b" / "tt")],
         ],
         nnodes=1,
     )
-    return {"tmp": tmp, "a": a, "b": b}
+    return {"tmp": tmp, "a": a, "b": b, "ml": ml}
 
 
 def _one_process(args: list[str], out: Path) -> dict[str, torch.Tensor]:
@@ -164,6 +178,15 @@ def test_a_signal_on_one_rank_stops_every_rank_and_the_run_resumes_exactly(runs)
     assert losses == pytest.approx(ref, rel=1e-6)  # epoch means: float32 sums, regrouped
 
 
+def test_a_two_process_checkpoint_resumes_in_one_process(runs):
+    """The global batch does not depend on the number of processes: a run interrupted under
+    torchrun continues in one process (rank 0's RNG states) and ends as the 2-process run."""
+    tmp = runs["tmp"]
+    assert otcl(["train", "--resume", str(tmp / "a-copy"), "--no-progress"]) == 0
+    full = load_checkpoint(tmp / "b" / "full")["model"]
+    assert _max_diff(load_checkpoint(tmp / "a-copy")["model"], full) < TOL
+
+
 def test_a_batch_that_does_not_split_fails_on_every_rank_with_one_line(runs):
     b = runs["b"]
     assert [r[2]["rc"] for r in b] == [2, 2]
@@ -181,6 +204,16 @@ def test_multimodal_under_two_processes(runs, tmp_path):
     assert (mm / "robustness.json").is_file()
     ref = _one_process(MULTIMODAL, tmp_path / "one")
     assert _max_diff(load_checkpoint(mm)["model"], ref) < TOL
+
+
+@pytest.mark.parametrize("job,name,extra", [(4, "cml", []), (5, "tt", TWO_TOWER)])
+def test_recsys_under_two_processes(runs, tmp_path, job, name, extra):
+    """Every rank embeds the global batch (ID dropout, renormalisation and negatives of one
+    process) and takes its rows; CML's triplet and the two-tower's gca-uot, both under DMM."""
+    b = runs["b"]
+    assert [r[job]["rc"] for r in b] == [0, 0]
+    ref = _one_process([*RECSYS, *extra, "--data-dir", runs["ml"]], tmp_path / "one")
+    assert _max_diff(load_checkpoint(runs["tmp"] / "b" / name)["model"], ref) < TOL
 
 
 # -- in one process --------------------------------------------------------------------------
