@@ -5,10 +5,10 @@ Two real ``torchrun`` launches are shared by the module (about 30 s on 2 free co
 * **A**, multi-node style (two agents, ``--nnodes 2 --nproc-per-node 1``, c10d rendezvous on
   localhost): ``otcl train`` that rank 1 interrupts by sending SIGINT to its own agent during
   global step 4 -- only rank 1 receives the signal, rank 0 must learn it from the stop flag;
-* **B**, one node (``--nproc-per-node 2``), six commands in one process group: the resume of
+* **B**, one node (``--nproc-per-node 2``), eight commands in one process group: the resume of
   A, the same run from scratch, a batch that does not split over 2 processes,
-  ``otcl multimodal train``, and ``otcl recsys train`` for CML + DMM and for the two-tower
-  (gca-uot + DMM, extra negatives, ID dropout).
+  ``otcl multimodal train``, ``otcl recsys train`` for CML + DMM and for the two-tower
+  (gca-uot + DMM, extra negatives, ID dropout), and ``otcl compare`` twice (the second reuses).
 
 The image runs use DMM over gca-uot with input-space mixing (the global-batch Sinkhorn, the
 per-step augmentation draws, DMM's lambda and partners from the global batch, two DDP forwards
@@ -53,6 +53,10 @@ RECSYS = [
     "recsys", "train", "--no-progress", "--epochs", "2", "--batch-size", "64",
     "--set", "train.max_steps_per_epoch=3", "--set", "train.deterministic=true",
     "--device", "cpu", "--dmm",
+]  # fmt: skip
+COMPARE = [
+    "compare", "--losses", "gca-uot", "--seeds", "1", "--no-plot", *IMAGE[1:-6],
+    "--set", "eval.linear_epochs=2",
 ]  # fmt: skip
 TWO_TOWER = ["--model", "two-tower", "--loss", "gca-uot", "--negatives", "4"]
 MULTIMODAL = [
@@ -124,6 +128,8 @@ def runs(tmp_path_factory):
             [*MULTIMODAL, "--out", str(tmp / "b" / "mm")],
             [*RECSYS, "--data-dir", ml, "--out", str(tmp / "b" / "cml")],
             [*RECSYS, *TWO_TOWER, "--data-dir", ml, "--out", str(tmp / "b" / "tt")],
+            [*COMPARE, "--out", str(tmp / "b" / "cmp")],
+            [*COMPARE, "--out", str(tmp / "b" / "cmp")],
         ],
         nnodes=1,
     )
@@ -214,6 +220,18 @@ def test_recsys_under_two_processes(runs, tmp_path, job, name, extra):
     assert [r[job]["rc"] for r in b] == [0, 0]
     ref = _one_process([*RECSYS, *extra, "--data-dir", runs["ml"]], tmp_path / "one")
     assert _max_diff(load_checkpoint(runs["tmp"] / "b" / name)["model"], ref) < TOL
+
+
+def test_compare_under_two_processes(runs):
+    """Every rank trains each run, rank 0 evaluates and writes; a rerun reuses the run."""
+    b, cmp = runs["b"], runs["tmp"] / "b" / "cmp"
+    assert [r[j]["rc"] for r in b for j in (6, 7)] == [0, 0, 0, 0]
+    results = json.loads((cmp / "results.json").read_text())
+    assert [r["loss"] for r in results["rows"]] == ["gca-uot"]
+    assert (cmp / "gca-uot" / "seed0" / "eval.json").is_file()
+    assert b[0][6]["stdout"].count("| gca-uot | 1 |") == 1 and b[1][6]["stdout"] == ""
+    assert "finished earlier, reusing its results" in b[0][7]["stderr"]
+    assert "reusing" not in b[1][7]["stderr"]
 
 
 # -- in one process --------------------------------------------------------------------------

@@ -49,6 +49,7 @@ __all__ = [
     "main_then_broadcast",
     "local_main_first",
     "is_main",
+    "main_log",
     "has_batchnorm",
     "wrap_model",
     "DistributedModel",
@@ -170,6 +171,15 @@ def is_main() -> bool:
     """True on rank 0 and in a process without a process group."""
     s = current()
     return s is None or s.is_main
+
+
+def main_log(log: Callable[[str], None]) -> Callable[[str], None]:
+    """``log`` on rank 0 (and without a process group), a log that says nothing elsewhere."""
+    return log if is_main() else _quiet
+
+
+def _quiet(line: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def _several() -> Session | None:

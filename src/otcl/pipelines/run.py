@@ -147,6 +147,7 @@ from .distributed import (
     gather_objects,
     has_batchnorm,
     init_from_env,
+    main_log,
     mark_agreed,
     mean_over_ranks,
     wrap_model,
@@ -588,10 +589,6 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def _quiet(line: str) -> None:
-    """The log of ranks other than 0: nothing."""
-
-
 # -- the training loop ---------------------------------------------------------------------
 class EpochTrainer:
     """Trains ``cfg`` into ``out`` (or resumes it); :meth:`fit` returns the summary dict.
@@ -635,7 +632,7 @@ class EpochTrainer:
         self.world = 1 if self.session is None else self.session.world
         self.rank = 0 if self.session is None else self.session.rank
         self.is_main = self.rank == 0
-        self.log = (log or _stderr) if self.is_main else _quiet
+        self.log = main_log(log or _stderr)
         self._lock: RunLock | None = None
         try:
             with agreed():

@@ -34,7 +34,14 @@ import torch
 from ... import __version__
 from ...losses import available
 from ..config import save_config
-from ..distributed import agreed, is_main, local_main_first, main_then_broadcast
+from ..distributed import (
+    agreed,
+    broadcast,
+    is_main,
+    local_main_first,
+    main_log,
+    main_then_broadcast,
+)
 from ..run import CHECKPOINT, SUMMARY, atomic_write_text, load_checkpoint, pick_device
 from .config import MultimodalConfig, resolve
 from .trainer import ROBUSTNESS, MultimodalTrainer, load_data, variant_name
@@ -100,9 +107,7 @@ def compare(
     Returns:
         the content of ``results.json``.
     """
-    log = log or (lambda s: print(s, file=sys.stderr))
-    if not is_main():  # under torchrun rank 0 reports
-        log = _quiet
+    log = main_log(log or (lambda s: print(s, file=sys.stderr)))  # under torchrun: rank 0
     if not losses:
         raise ValueError("losses: expected at least one loss name, got none")
     unknown = [n for n in losses if n not in available() or n == "dmm"]
@@ -143,40 +148,23 @@ def compare(
             run_dir = out / variant / f"seed{run_cfg.train.seed}"
             run_cfg.train.out = str(run_dir)
             runs.append({"variant": variant, **_one_run(run_cfg, run_dir, data, log)})
-    return main_then_broadcast(
-        lambda: _report(base, names, runs, data, out, plot, log, time.perf_counter() - t0)
-    )
-
-
-def _quiet(line: str) -> None:
-    """The log of ranks other than 0."""
-
-
-def _report(
-    base: MultimodalConfig,
-    names: list[str],
-    runs: list[dict[str, Any]],
-    data,
-    out: Path,
-    plot: bool,
-    log: Callable[[str], None],
-    wall: float,
-) -> dict[str, Any]:
-    """Rank 0: aggregate the runs, write results.json, table.md and the plots."""
-    results = _aggregate(resolve(base), names, runs, data)
-    results["wall_seconds"] = wall
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
-    tables = format_tables(results)
-    print(tables)
-    atomic_write_text(out / "table.md", tables + "\n")
-    if plot:
-        try:
-            paths = plot_results(results, out)
-            log("plots: " + ", ".join(str(p) for p in paths))
-        except ImportError:
-            log("matplotlib is not installed: no plots (pip install 'otcl[train]')")
-    log(f"results: {out / 'results.json'} ({results['wall_seconds']:.0f} s)")
-    return results
+    results: dict[str, Any] = {}
+    with agreed():  # rank 0 writes and prints the results, the others wait
+        if is_main():
+            results = _aggregate(resolve(base), names, runs, data)
+            results["wall_seconds"] = time.perf_counter() - t0
+            atomic_write_text(out / "results.json", json.dumps(results, indent=2))
+            tables = format_tables(results)
+            print(tables)
+            atomic_write_text(out / "table.md", tables + "\n")
+            if plot:
+                try:
+                    paths = plot_results(results, out)
+                    log("plots: " + ", ".join(str(p) for p in paths))
+                except ImportError:
+                    log("matplotlib is not installed: no plots (pip install 'otcl[train]')")
+            log(f"results: {out / 'results.json'} ({results['wall_seconds']:.0f} s)")
+    return broadcast(results)
 
 
 def _state(cfg: MultimodalConfig, run_dir: Path) -> str:

@@ -29,7 +29,14 @@ from ... import __version__
 from ...losses import available
 from .._signals import deferred_signals
 from ..config import save_config
-from ..distributed import agreed, is_main, local_main_first, main_then_broadcast
+from ..distributed import (
+    agreed,
+    broadcast,
+    is_main,
+    local_main_first,
+    main_log,
+    main_then_broadcast,
+)
 from ..run import (
     CHECKPOINT,
     METRICS,
@@ -87,9 +94,7 @@ def compare(
     Returns:
         the content of ``results.json``.
     """
-    log = log or (lambda s: print(s, file=sys.stderr))
-    if not is_main():  # under torchrun rank 0 reports
-        log = _quiet
+    log = main_log(log or (lambda s: print(s, file=sys.stderr)))  # under torchrun: rank 0
     unknown = [name for name in losses if name not in available()]
     if unknown:
         raise ValueError(
@@ -119,10 +124,6 @@ def compare(
             lock.release()
 
 
-def _quiet(line: str) -> None:
-    """The log of ranks other than 0."""
-
-
 def _compare(
     base: Config,
     losses: Sequence[str],
@@ -149,36 +150,23 @@ def _compare(
             run_dir = out / name / f"seed{run_cfg.train.seed}"
             run_cfg.train.out = str(run_dir)
             runs.append(_one_run(run_cfg, run_dir, data, evaluate, log))
-    return main_then_broadcast(
-        lambda: _report(base, losses, runs, data, out, plot, log, time.perf_counter() - t_start)
-    )
-
-
-def _report(
-    base: Config,
-    losses: Sequence[str],
-    runs: list[dict[str, Any]],
-    data,
-    out: Path,
-    plot: bool,
-    log: Callable[[str], None],
-    wall: float,
-) -> dict[str, Any]:
-    """Rank 0: aggregate the runs, write results.json, table.md and the plots."""
-    results = _aggregate(base, losses, runs, data)
-    results["wall_seconds"] = wall
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
-    table = format_table(results)
-    print(table)
-    atomic_write_text(out / "table.md", table + "\n")
-    if plot:
-        try:
-            paths = plot_results(results, runs, out)
-            log("plots: " + ", ".join(str(p) for p in paths))
-        except ImportError:
-            log("matplotlib is not installed: no plots (pip install 'otcl[train]')")
-    log(f"results: {out / 'results.json'}")
-    return results
+    results: dict[str, Any] = {}
+    with agreed():  # rank 0 writes and prints the results, the others wait
+        if is_main():
+            results = _aggregate(base, losses, runs, data)
+            results["wall_seconds"] = time.perf_counter() - t_start
+            atomic_write_text(out / "results.json", json.dumps(results, indent=2))
+            table = format_table(results)
+            print(table)
+            atomic_write_text(out / "table.md", table + "\n")
+            if plot:
+                try:
+                    paths = plot_results(results, runs, out)
+                    log("plots: " + ", ".join(str(p) for p in paths))
+                except ImportError:
+                    log("matplotlib is not installed: no plots (pip install 'otcl[train]')")
+            log(f"results: {out / 'results.json'}")
+    return broadcast(results)
 
 
 def _state(cfg: Config, run_dir: Path, evaluate: bool) -> str:
