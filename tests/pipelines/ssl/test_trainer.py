@@ -107,6 +107,25 @@ def test_bf16_autocast_and_embedding_space_dmm_train(tmp_path, tiny_config):
     assert summary["final_loss"] > 0 and 0 <= summary["knn"] <= 1
 
 
+def test_loss_built_without_per_call_input_check_unless_set(tmp_path, tiny_config):
+    """No host sync per step from the loss's NaN/Inf check; the user's setting wins."""
+    cfg = tiny_config()
+    cfg.loss.name = "gca-uot"
+    assert SSLTrainer(cfg, tmp_path / "a").loss_fn.check_inputs is False
+    cfg.loss.params = {"check_inputs": True}
+    assert SSLTrainer(cfg, tmp_path / "b").loss_fn.check_inputs is True
+    assert "check_inputs" not in SSLTrainer(tiny_config(), tmp_path / "c").cfg.loss.params
+
+
+def test_nan_loss_still_stops_the_run_without_the_input_check(tmp_path, tiny_config):
+    from otcl.pipelines.run import TrainingDiverged
+
+    cfg = tiny_config(log_every=2)
+    cfg.optim.lr = 1e30  # the weights overflow after the first step
+    with pytest.raises(TrainingDiverged, match="loss became"):
+        SSLTrainer(cfg, tmp_path / "run").fit()
+
+
 @pytest.mark.parametrize(
     "setting, match",
     [

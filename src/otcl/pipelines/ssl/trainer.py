@@ -8,7 +8,10 @@
 Speed on a GPU: the decoded uint8 dataset is resident on the device, both views of a batch are
 augmented there in one batched call (:class:`otcl.pipelines.ssl.data.Augment`), the encoder runs in
 channels_last under bf16 autocast (optionally ``torch.compile``-d), the loss is computed in
-float32, and the host reads the loss back only every ``log_every`` steps.
+float32, and the host reads the loss back only every ``log_every`` steps. The loss is built with
+``check_inputs=False`` unless ``loss.params`` sets it: its per-call NaN/Inf check reads a value
+back to the host (a sync every step), and the loop's own finiteness check of the running loss,
+every ``log_every`` steps, already stops a diverging run.
 
 Reproducibility: the batch order of epoch ``e`` and the augmentations of global step ``s`` are
 drawn from generators seeded by ``(seed, e)`` and ``(seed, s)``, and every other RNG state is in
@@ -43,6 +46,9 @@ def make_augment(cfg: Config, data: ImageData) -> Augment:
         jitter_p=d.jitter_p,  # type: ignore[arg-type]
         gray_p=d.gray_p,  # type: ignore[arg-type]
         rotate=d.rotate,  # type: ignore[arg-type]
+        erase_p=d.erase_p,  # type: ignore[arg-type]
+        erase_scale=d.erase_scale,  # type: ignore[arg-type]
+        erase_ratio=d.erase_ratio,  # type: ignore[arg-type]
         mean=data.mean,
         std=data.std,
     )
@@ -103,6 +109,16 @@ class SSLTrainer(EpochTrainer):
         super().__init__(cfg, out, resume=resume, log=log)
 
     # -- hooks -----------------------------------------------------------------------------
+    def build_loss(self) -> torch.nn.Module:
+        """The configured loss, with ``check_inputs=False`` unless ``loss.params`` sets it (no
+        host sync per step; the loop checks the running loss every ``log_every`` steps)."""
+        from ...losses import build, parameters
+
+        params = dict(self.cfg.loss.params)
+        if "check_inputs" in parameters(self.cfg.loss.name):
+            params.setdefault("check_inputs", False)
+        return build(self.cfg.loss.name, **params).to(self.device)
+
     def resolve_config(self, cfg: Config) -> Config:
         return resolve(cfg)
 
