@@ -71,10 +71,15 @@ import otcl  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, replace_section, versions  # noqa: E402
 
-try:  # POT is an optional reference
-    import ot as pot
-except ImportError:  # pragma: no cover - depends on the environment
-    pot = None
+
+def _pot():
+    """POT (an optional reference), imported on first use (it takes seconds); None if absent."""
+    try:
+        import ot
+    except ImportError:  # pragma: no cover - depends on the environment
+        return None
+    return ot
+
 
 BASELINE = "infonce"
 NAIVE = "naive-unrolled"
@@ -123,7 +128,7 @@ def pot_forward(z1: torch.Tensor, z2: torch.Tensor, *, iters: int = 20) -> None:
         a = torch.full((n,), 1.0 / n, device=cost.device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pot.bregman.sinkhorn_log(a, a, cost, TEMPERATURE, numItermax=iters, stopThr=0.0)
+            _pot().bregman.sinkhorn_log(a, a, cost, TEMPERATURE, numItermax=iters, stopThr=0.0)
 
 
 @dataclass
@@ -155,7 +160,7 @@ def all_labels(iters: int) -> list[str]:
     labels = [BASELINE] + [n for n in names if n != BASELINE]
     labels += [f"{n}[implicit]" for n in names if _is_ot_coupling(_build(n, iters))]
     labels.append(NAIVE)
-    if pot is not None:
+    if _pot() is not None:
         labels.append(POT_NAME)
     return labels
 
@@ -164,7 +169,7 @@ def make_method(label: str, iters: int, device: str) -> Method:
     if label == NAIVE:
         return Method(label, lambda a, b: naive_unrolled_loss(a, b, iters=iters))
     if label == POT_NAME:
-        if pot is None:
+        if _pot() is None:
             raise ValueError("--losses: POT is not installed")
         return Method(label, lambda a, b: pot_forward(a, b, iters=iters), False, "forward only")
     m = re.fullmatch(r"([\w-]+)\[implicit\]", label)
@@ -499,6 +504,9 @@ def profile_kernels(method: Method, n: int, args, top: int = 10) -> dict:
 def render_profiles(profiles: dict) -> str:
     lines = []
     for lab, pr in profiles.items():
+        if "error" in pr:
+            lines += [f"Profile of `{lab}` failed: {pr['error']}", ""]
+            continue
         lines += [
             f"Top kernels of one `{lab}` call at N={pr['n']} ({pr['time'].replace('_', ' ')}, "
             f"{pr['total_ms']:.2f} ms in all):",
@@ -569,13 +577,14 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device available")
-    labels = all_labels(args.iters)
     if args.list:
-        print("\n".join(labels))
+        print("\n".join(all_labels(args.iters)))
         return 0
-    if args.losses:
+    if args.losses:  # (all_labels imports POT, which takes seconds)
         wanted = [s.strip() for s in args.losses.split(",") if s.strip()]
         labels = [BASELINE] + [w for w in wanted if w != BASELINE]
+    else:
+        labels = all_labels(args.iters)
     if args.memory_worker:
         methods = [make_method(lab, args.iters, args.device) for lab in labels]
         skip = set(filter(None, args.memory_no_warmup.split(",")))
@@ -619,7 +628,12 @@ def main(argv=None) -> int:
     if args.profile and results:
         n = max(results)
         for lab in [s.strip() for s in args.profile.split(",") if s.strip()]:
-            profiles[lab] = profile_kernels(make_method(lab, args.iters, args.device), n, args)
+            try:  # auxiliary: a failure here must not lose the timings
+                profiles[lab] = profile_kernels(make_method(lab, args.iters, args.device), n, args)
+            except Exception as e:
+                profiles[lab] = {"error": f"{type(e).__name__}: {e}", "n": n, "kernels": []}
+                print(f"profile {lab}: {profiles[lab]['error']}", file=sys.stderr)
+                continue
             print(f"profile {lab} at N={n}:", file=sys.stderr)
             for k in profiles[lab]["kernels"]:
                 print(f"  {k['ms']:9.3f} ms  {k['calls']:5d}x  {k['name'][:90]}", file=sys.stderr)

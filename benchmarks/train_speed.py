@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, replace_section, versions  # noqa: E402
-from otcl.pipelines.config import parse_value  # noqa: E402
+from otcl.pipelines.config import apply_overrides, parse_value  # noqa: E402
 from otcl.pipelines.ssl.config import Config, resolve  # noqa: E402
 from otcl.pipelines.ssl.data import ImageData  # noqa: E402
 from otcl.pipelines.ssl.trainer import SSLTrainer, load_data, make_augment, make_model  # noqa: E402
@@ -161,6 +161,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="docs/benchmarks.md", help="Markdown file ('-' = print only)")
     p.add_argument("--tmp", default="/tmp/otcl-train-speed")
     p.add_argument("--json", help="also write every number as JSON here")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="any config setting, as `otcl train --set` (e.g. model.arch=small-cnn)",
+    )
     args = p.parse_args(argv)
 
     from otcl.losses import inapplicable_params, parameters
@@ -175,7 +182,7 @@ def main(argv=None) -> int:
     cfg.model.head_hidden = args.head_hidden  # None = preset
     if args.batch_size:
         cfg.train.batch_size = args.batch_size
-    cfg = resolve(cfg)
+    cfg = resolve(apply_overrides(cfg, args.set))
     device = torch.device(args.device)
     if args.data_dir or args.dataset == "digits":
         data = load_data(cfg, progress=False)
