@@ -50,9 +50,7 @@ import io
 import json
 import math
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -62,6 +60,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _children import Child, end  # noqa: E402
+
+MODULE = Path(__file__).stem  # the workers run this module's main() (imported by name)
 
 LEDGER = "queue.json"
 LEDGER_FORMAT = 1
@@ -487,7 +489,7 @@ def measure_concurrency(
         (ctl / f"config-{i}.json").write_text(json.dumps(cfg))
         argv = ["bench", "--index", str(i), "--config", str(ctl / f"config-{i}.json")]
         argv += ["--control", str(ctl), "--warmup", str(warmup), "--timeout", str(budget_s)]
-        procs.append(Child(argv, ctl / f"bench-{i}.log"))
+        procs.append(Child("module", MODULE, argv, ctl / f"bench-{i}.log"))
     result: dict[str, Any] = {"levels": {}, "window_s": window_s, "status": "ok"}
     try:
         n = max(levels)
@@ -518,7 +520,7 @@ def measure_concurrency(
     finally:
         save_json(ctl / "phase.json", {"phase": -1, "quit": True, "active": []})
         for p in procs:
-            _finish_process(p, 10)
+            end(p, 10)
     result["procs"] = choose_procs(result)
     return result
 
@@ -540,96 +542,6 @@ def per_process_rate(measurement: dict[str, Any] | None, procs: int, fallback: f
     if "1" in levels:
         return levels["1"]["total_views_per_s"] / procs
     return fallback / procs
-
-
-# -- child processes -----------------------------------------------------------------------
-#: what a worker needs, imported once in the fork server (torch alone takes seconds to import;
-#: the optimizer's first use imports torch._dynamo, seconds more)
-PRELOAD = ("torch", "torch._dynamo", "otcl.pipelines.ssl.trainer", "otcl.pipelines.ssl.evaluate")
-_CONTEXT: Any = None
-
-
-def _context():
-    """A ``forkserver`` multiprocessing context: children fork from a server that has imported
-    :data:`PRELOAD` but never touched CUDA, so they start in a fraction of a second and may
-    each use the GPU (the server process is started fresh, from this process's environment)."""
-    global _CONTEXT
-    if _CONTEXT is None:
-        import multiprocessing as mp
-
-        _CONTEXT = mp.get_context("forkserver")
-        _CONTEXT.set_forkserver_preload([*PRELOAD, Path(__file__).stem])
-    return _CONTEXT
-
-
-def start_children_server() -> None:
-    """Start the fork server now (its imports take seconds), e.g. while other work runs."""
-    _context().Process(target=_noop).start()
-
-
-def _noop() -> None:
-    pass
-
-
-def _child_main(argv: list[str], log: str) -> None:
-    """Entry of a child: its own process group (so it can be ended with its compile workers),
-    output to ``log``, then :func:`main` with ``argv``."""
-    os.setsid()
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    code = main(argv)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    sys.exit(code)
-
-
-class Child:
-    """``main(argv)`` of this module in a child process (fork server), with ``Popen``'s
-    ``pid``, ``poll()``, ``wait(timeout)`` and ``returncode``."""
-
-    def __init__(self, argv: list[str], log: Path) -> None:
-        self.proc = _context().Process(target=_child_main, args=(argv, str(log)), daemon=False)
-        self.proc.start()
-        self.pid = self.proc.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self.proc.exitcode
-
-    def poll(self) -> int | None:
-        return self.proc.exitcode
-
-    def wait(self, timeout: float | None = None) -> int:
-        self.proc.join(timeout)
-        if self.proc.exitcode is None:
-            raise subprocess.TimeoutExpired("child", timeout or 0)
-        return self.proc.exitcode
-
-
-def _finish_process(p: Child | subprocess.Popen, grace_s: float) -> bool:
-    """Wait up to ``grace_s`` for ``p``, then end its process group; True if it was ended."""
-    try:
-        p.wait(timeout=grace_s)
-        return False
-    except subprocess.TimeoutExpired:
-        pass
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(p.pid, sig)  # the child and its compile workers
-        except ProcessLookupError:  # not (yet) a group leader, or gone
-            try:
-                os.kill(p.pid, sig)
-            except ProcessLookupError:
-                break
-        try:
-            p.wait(timeout=5)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    return True
 
 
 # -- the scheduler -------------------------------------------------------------------------
@@ -752,7 +664,7 @@ def run_section(
         argv += ["--stop-file", str(stop)]
         if stop_after_steps is not None:
             argv += ["--stop-after-steps", str(stop_after_steps)]
-        active[run["id"]] = (Child(argv, rdir / "worker.log"), None, time.time())
+        active[run["id"]] = (Child("module", MODULE, argv, rdir / "worker.log"), None, time.time())
         summary["started"].append(run["id"])
         log(f"accuracy: started {run['id']} ({run['status']}, epoch {run['epoch']})")
 
@@ -833,7 +745,7 @@ def run_section(
     if active:
         stop.write_text("stop\n")
         for rid, (p, _, _) in list(active.items()):
-            collect(rid, killed=_finish_process(p, max(1.0, t_end - time.time())))
+            collect(rid, killed=end(p, max(1.0, t_end - time.time())))
     ledger["overhead"] = overhead
     ledger["calls"].append({**call, "accuracy_s": time.time() - t0, "procs": procs})
     write_state(ledger, runs_dir, state_in, state_out, max_carry, log)
@@ -925,6 +837,9 @@ def main(argv=None) -> int:
     b.add_argument("--control", required=True)
     b.add_argument("--warmup", type=int, default=15)
     b.add_argument("--timeout", type=float, default=300)
+    d = sub.add_parser("prep", help="(internal) decode a dataset into the cache ($OTCL_CACHE)")
+    d.add_argument("--dataset", required=True)
+    d.add_argument("--data-dir")
     s = sub.add_parser("status", help="print a state folder's ledger")
     s.add_argument("state")
     args = p.parse_args(argv)
@@ -932,6 +847,11 @@ def main(argv=None) -> int:
         return worker_main(args)
     if args.cmd == "bench":
         return bench_main(args)
+    if args.cmd == "prep":
+        from otcl.pipelines.ssl.data import load_dataset
+
+        print(load_dataset(args.dataset, args.data_dir))
+        return 0
     ledger = load_ledger(Path(args.state))
     print("\n".join(status_lines(ledger)))
     return 0

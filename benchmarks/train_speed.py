@@ -202,6 +202,16 @@ def main(argv=None) -> int:
     print(f"{data!r}, batch {cfg.train.batch_size} pairs, device {device}", file=sys.stderr)
     first: dict[str, float] = {}
     warm: dict[str, float] = {}
+    rates: dict[str, list[float]] = {k: [] for k in loops}
+
+    def partial() -> None:  # what a run stopped early (a time budget) still reports
+        if args.json:
+            Path(args.json).write_text(
+                json.dumps(
+                    {"partial": True, "first_step_s": first, "warmup_s": warm, "rates": rates}
+                )
+            )
+
     for name, loop in loops.items():
         sync(device)
         t0 = time.perf_counter()
@@ -217,7 +227,7 @@ def main(argv=None) -> int:
             file=sys.stderr,
             flush=True,
         )
-    rates: dict[str, list[float]] = {k: [] for k in loops}
+        partial()
     for r in range(args.rounds):
         order = list(loops)
         order = order[r % len(order) :] + order[: r % len(order)]
@@ -228,6 +238,7 @@ def main(argv=None) -> int:
                 loops[name].step()
             sync(device)
             rates[name].append(2 * cfg.train.batch_size * args.block / (time.perf_counter() - t0))
+        partial()
     given = list(sys.argv[1:] if argv is None else argv)
     med = {k: statistics.median(v) for k, v in rates.items()}
     base = med.get("otcl:infonce", med["plain"])
