@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, replace_section, versions  # noqa: E402
+from otcl.losses import build  # noqa: E402
 from otcl.pipelines.config import apply_overrides, parse_value  # noqa: E402
 from otcl.pipelines.ssl.config import Config, resolve  # noqa: E402
 from otcl.pipelines.ssl.data import ImageData  # noqa: E402
@@ -135,6 +136,15 @@ def target_verdict(device: str, med: dict[str, float], batch: int) -> str:
     )
 
 
+def _applies(name: str, params: dict, **extra) -> bool:
+    """Whether ``extra`` are parameters of this loss as configured (strict parameters)."""
+    try:
+        build(name, **params, **extra)
+    except ValueError:
+        return False
+    return True
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -170,8 +180,6 @@ def main(argv=None) -> int:
     )
     args = p.parse_args(argv)
 
-    from otcl.losses import inapplicable_params, parameters
-
     cfg = Config()
     cfg.data.dataset = args.dataset
     cfg.data.data_dir = args.data_dir
@@ -195,8 +203,8 @@ def main(argv=None) -> int:
         c = copy.deepcopy(cfg)
         c.loss.name = name
         c.loss.params = dict(shared)
-        if "iters" in parameters(name) and not inapplicable_params(name, {"iters": args.iters}):
-            c.loss.params.setdefault("iters", args.iters)  # the losses with Sinkhorn iterations
+        if "iters" not in c.loss.params and _applies(name, c.loss.params, iters=args.iters):
+            c.loss.params["iters"] = args.iters
         loops[f"otcl:{name}"] = OtclLoop(c, data, Path(args.tmp) / f"{i}-{name}-{time.time_ns()}")
 
     print(f"{data!r}, batch {cfg.train.batch_size} pairs, device {device}", file=sys.stderr)

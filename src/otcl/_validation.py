@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -28,14 +29,24 @@ def _shape(x: torch.Tensor) -> str:
     return "(" + ", ".join(str(s) for s in x.shape) + ")"
 
 
-def check_finite(name: str, x: torch.Tensor, *, nonzero_rows: bool = False) -> None:
+def check_finite(
+    name: str, x: torch.Tensor, *, nonzero_rows: bool = False, shard: Any = None
+) -> None:
     """Raise if ``x`` holds NaN or Inf, or (``nonzero_rows``) a row of zeros; one host sync.
 
-    A zero row has no direction: its cosine similarity is undefined.
+    A zero row has no direction: its cosine similarity is undefined. With ``shard`` (a
+    :class:`~otcl.ot.distributed.Shard`) every rank raises when any rank's ``x`` is bad, so that
+    no rank is left waiting in a collective.
     """
     finite = torch.isfinite(x).all()
     ok = finite & (x.abs().amax(-1) > 0).all() if nonzero_rows else finite
-    if bool(ok):
+    if shard is not None:
+        bad = shard.max((~ok).to(torch.int32))
+        if not bool(bad):
+            return
+        if bool(ok):
+            raise ValueError(f"{name}: expected valid values on every rank, another rank's are not")
+    elif bool(ok):
         return
     if not bool(finite):
         n_bad = int((~torch.isfinite(x)).sum())
@@ -54,6 +65,7 @@ def check_embeddings(
     min_batch: int = 2,
     check_values: bool = True,
     nonzero_rows: bool = False,
+    shard: Any = None,
 ) -> None:
     """Check a pair of embedding batches ``z1``, ``z2`` of shape (N, d).
 
@@ -83,8 +95,10 @@ def check_embeddings(
     if z1.shape[1] < 1:
         raise ValueError(f"z1: expected embedding dimension d >= 1, got {z1.shape[1]}")
     if check_values:
-        check_finite("z1", z1, nonzero_rows=nonzero_rows)
-        check_finite("z2", z2, nonzero_rows=nonzero_rows)
+        if shard is not None:
+            shard.check_same_shape("z1", z1)
+        check_finite("z1", z1, nonzero_rows=nonzero_rows, shard=shard)
+        check_finite("z2", z2, nonzero_rows=nonzero_rows, shard=shard)
 
 
 def check_negatives(
@@ -93,6 +107,7 @@ def check_negatives(
     *,
     check_values: bool = True,
     nonzero_rows: bool = False,
+    shard: Any = None,
 ) -> None:
     """Check extra candidates ``negatives`` (K, d) against the batch ``z1`` (N, d)."""
     if negatives is None:
@@ -114,7 +129,9 @@ def check_negatives(
     if negatives.shape[0] < 1:
         raise ValueError("negatives: expected at least one extra candidate (K >= 1), got K=0")
     if check_values:
-        check_finite("negatives", negatives, nonzero_rows=nonzero_rows)
+        if shard is not None:
+            shard.check_same_shape("negatives", negatives)
+        check_finite("negatives", negatives, nonzero_rows=nonzero_rows, shard=shard)
 
 
 def check_positive(name: str, value: float) -> float:

@@ -6,8 +6,10 @@ line in :data:`PIPELINES`; the self-supervised image pipeline adds the top-level
 A subcommand sets ``handler`` (``args -> exit status``) and, if it trains, ``resume_hint``.
 
 Errors are handled here once for every pipeline: a user mistake (``ValueError``) ends with one
-line ``otcl: error: ...`` and exit status 2; Ctrl-C during training saves a checkpoint and prints
-the command that resumes it (exit 130); a diverging run says so (exit 1).
+line ``otcl: error: ...`` and exit status 2; Ctrl-C (SIGINT) or SIGTERM during training saves a
+checkpoint at the end of the current step and prints the command that resumes it (exit 130 or
+143), anywhere else it ends the command with one line; a diverging run says so (exit 1), and so
+does a write that fails (a full disk, exit 1).
 """
 
 from __future__ import annotations
@@ -16,15 +18,18 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from . import __version__
+from .pipelines._signals import deferred_signals
 
 __all__ = ["main", "build_parser", "PIPELINES"]
 
 #: modules whose ``add_parser(subparsers)`` adds a pipeline's subcommands
-PIPELINES: tuple[str, ...] = ("otcl.pipelines.ssl.cli",)
+PIPELINES: tuple[str, ...] = ("otcl.pipelines.ssl.cli", "otcl.pipelines.multimodal.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,9 +81,35 @@ def cmd_losses(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop (which defers it to a step boundary and saves)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the ``otcl`` command line; returns the exit status."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    try:
+        return _main(argv)
+    except _Terminated:
+        print("otcl: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except KeyboardInterrupt:
+        print("otcl: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    with deferred_signals():  # imports torch: Ctrl-C there waits for the import to finish
+        parser = build_parser()
+        args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:  # no command, or a pipeline group without its verb
         parser.print_help()
@@ -89,21 +120,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except TrainingInterrupted as e:
         hint = getattr(args, "resume_hint", "") or ""
-        again = hint.format(run=e.run_dir)
-        print(f"otcl: {e}; to continue: {again}", file=sys.stderr)
-        return 130
+        print(f"otcl: {e}; to continue: {hint.format(run=e.run_dir)}", file=sys.stderr)
+        return e.exit_status
     except TrainingDiverged as e:
         print(f"otcl: error: training diverged: {e}", file=sys.stderr)
         return 1
     except ValueError as e:  # user mistakes (DataError is a ValueError)
         print(f"otcl: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("otcl: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # e.g. `otcl losses | head`: the reader left, nothing to report
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the interpreter flushes it at exit)
         return 0
+    except OSError as e:  # the machine: a full disk, a file system gone read-only, ...
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"otcl: error: cannot write {where}{e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -44,8 +44,8 @@ def test_detach_mode_is_the_gradient_with_frozen_potentials(
     solve_fn = loss.solve
     frozen: list = []
 
-    def record(scores, bound):
-        out = solve_fn(scores, bound)
+    def record(geom, bound=None):
+        out = solve_fn(geom, bound)
         frozen.append((out.f.detach(), out.g.detach()))
         return out
 
@@ -54,7 +54,8 @@ def test_detach_mode_is_the_gradient_with_frozen_potentials(
     g_detach = torch.autograd.grad(loss(a, b), (a, b))
     calls = [0]
 
-    def replay(scores, bound):
+    def replay(geom, bound=None):
+        scores = geom.scores
         f, g = frozen[calls[0] % len(frozen)]
         calls[0] += 1
         zero = scores.new_zeros(())

@@ -347,7 +347,8 @@ def test_ot_hard_detach_is_the_gradient_with_frozen_potentials(layout, monkeypat
     assert len(frozen) == 1
 
     class Replay(otcl.ot.Sinkhorn):
-        def __call__(self, scores, problem=None, **kw):
+        def __call__(self, geom, problem=None, **kw):
+            scores = geom.scores
             f, g = frozen[0]
             zero = scores.new_zeros(())
             log_plan = f.unsqueeze(-1) + scores + g.unsqueeze(-2)

@@ -7,10 +7,7 @@ import pytest
 import torch
 from scipy.special import logsumexp
 
-from otcl.losses import (
-    build,
-    uniformity_penalty,
-)
+from otcl.losses import build, domain_target, uniformity_penalty
 from tests.conftest import np_cos_all, np_pos
 
 
@@ -51,3 +48,15 @@ def test_iot_relax_both_is_one_batch_partition_function(make_pairs):
     logp_row = logp - logsumexp(logp, axis=1, keepdims=True)  # row-normalised plan
     ref = -logp_row[np.arange(12), np_pos(6)].mean()
     assert float(build("iot", relax="both")(z1, z2)) == pytest.approx(ref, abs=1e-10)
+
+
+@pytest.mark.parametrize("layout", ["simclr", "cross"])
+def test_uniformity_without_negatives_is_zero(layout, make_pairs):
+    """A target that covers every pair leaves no negatives: the penalty is 0, not NaN."""
+    z1, z2 = make_pairs(n=6, d=3, seed=4)
+    z1.requires_grad_()
+    t = domain_target(torch.arange(6) % 3, 0.3, 0.1, layout=layout).double()
+    with_uni = build("iot-uni", layout=layout)(z1, z2, target=t)
+    (g,) = torch.autograd.grad(with_uni, z1)
+    torch.testing.assert_close(with_uni, build("iot", layout=layout)(z1, z2, target=t))
+    assert torch.isfinite(g).all()

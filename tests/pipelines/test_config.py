@@ -69,6 +69,17 @@ def test_any_top_level_dataclass(tmp_path):
         apply_overrides(OtherConfig(), ["optim.lr=1"])
 
 
+def test_text_settings_keep_the_text_as_typed():
+    """`--amp none` failed (`none` parsed to None); `cache_dir: off` in YAML became 'False'."""
+    cfg = apply_overrides(RunConfig(), ["train.amp=none", "loss.name=none", "train.out=null"])
+    assert cfg.train.amp == "none" and cfg.loss.name == "none" and cfg.train.out is None
+    assert RunConfig.from_dict({"train": {"amp": False}}).train.amp == "false"
+    with pytest.raises(ValueError, match="items.split: expected 2 numbers, got \\[0.5\\]"):
+        apply_overrides(OtherConfig(), ["items.split=0.5"])
+    with pytest.raises(ValueError, match="items.split: expected 2 numbers"):
+        OtherConfig.from_dict({"items": {"split": [0.1, 0.2, 0.7]}})
+
+
 @pytest.mark.parametrize(
     "override, match",
     [

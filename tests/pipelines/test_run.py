@@ -20,7 +20,6 @@ from otcl.pipelines.run import (
     EpochTrainer,
     Progress,
     TrainingDiverged,
-    TrainingInterrupted,
     amp_dtype,
     append_jsonl,
     atomic_torch_save,
@@ -94,34 +93,6 @@ def test_lr_schedule_warmup_then_cosine(tmp_path, toy_config):
     assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * 16 / 128 / 6)
 
 
-def test_ctrl_c_mid_epoch_then_resume_is_bit_identical(
-    tmp_path, toy_config, weights, assert_same_weights, monkeypatch
-):
-    ref = Toy(toy_config(), tmp_path / "ref")
-    ref.fit()
-    orig = Toy.compute_loss
-
-    def interrupt_at_step_8(self, epoch, step):
-        if self.global_step == 8:  # epoch 2, step 3 of 6
-            raise KeyboardInterrupt
-        return orig(self, epoch, step)
-
-    monkeypatch.setattr(Toy, "compute_loss", interrupt_at_step_8)
-    with pytest.raises(TrainingInterrupted) as info:
-        Toy(toy_config(), tmp_path / "run").fit()
-    assert (info.value.epoch, info.value.step, info.value.run_dir) == (1, 2, tmp_path / "run")
-    st = load_checkpoint(tmp_path / "run")
-    assert st["global_step"] == 8 and not st["done"]
-    monkeypatch.setattr(Toy, "compute_loss", orig)
-    resumed = Toy(toy_config(), tmp_path / "run", resume=True)
-    resumed.fit()
-    assert_same_weights(weights(resumed.model), weights(ref.model))
-    losses = [r["loss"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
-    assert losses == pytest.approx(
-        [r["loss"] for r in read_jsonl(tmp_path / "ref" / "metrics.jsonl")]
-    )
-
-
 def test_crash_resumes_from_last_checkpoint_and_trims_the_log(
     tmp_path, toy_config, weights, assert_same_weights, monkeypatch
 ):
@@ -178,7 +149,7 @@ def test_extra_state_is_checkpointed(tmp_path, toy_config, monkeypatch):
     got = {}
     monkeypatch.setattr(Toy, "load_extra_state", lambda self, st: got.update(st))
     Toy(toy_config(epochs=1), tmp_path / "run").fit()
-    Toy(toy_config(epochs=2), tmp_path / "run", resume=True)
+    Toy(toy_config(epochs=2), tmp_path / "run", resume=True, extend=True).close()
     assert torch.equal(got["memory"], torch.arange(3))
 
 
@@ -256,6 +227,10 @@ def test_device_and_amp_errors_name_the_setting():
         ("loss", "dmm_mix", "latent", "loss.dmm_mix"),
         ("train", "device", "tpu", "device"),
         ("train", "amp", "fp8", "train.amp"),
+        ("optim", "momentum", 2.0, r"optim.momentum: expected a number in \[0, 1\)"),
+        ("optim", "momentum", -1.0, r"optim.momentum: expected a number in \[0, 1\)"),
+        ("optim", "weight_decay", -1.0, "optim.weight_decay: expected a number >= 0"),
+        ("optim", "warmup_epochs", -1.0, "optim.warmup_epochs"),
     ],
 )
 def test_bad_shared_settings_name_the_setting(tmp_path, toy_config, section, key, value, match):
@@ -263,3 +238,55 @@ def test_bad_shared_settings_name_the_setting(tmp_path, toy_config, section, key
     setattr(getattr(cfg, section), key, value)
     with pytest.raises(ValueError, match=match):
         Toy(cfg, tmp_path / "run")
+
+
+def test_exploding_weights_are_a_divergence_not_a_usage_error(tmp_path, toy_config):
+    """lr 1e30: the loss's finiteness check on the embeddings fails at step 2; that is the run
+    diverging (TrainingDiverged, exit 1 in the CLI), not a ValueError (exit 2)."""
+    cfg = toy_config()
+    cfg.optim.lr = 1e30
+    with pytest.raises(TrainingDiverged, match=r"non-finite values at epoch 1, step 2 .*optim.lr"):
+        Toy(cfg, tmp_path / "run").fit()
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path, toy_config, monkeypatch):
+    tr = Toy(toy_config(epochs=2), tmp_path / "run")
+    orig = Toy.train_step
+
+    def poison(self, epoch, step):
+        loss = orig(self, epoch, step)
+        if epoch == 1 and step == self.steps_per_epoch - 1:  # NaN weights after a finite loss
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+        return loss
+
+    monkeypatch.setattr(Toy, "train_step", poison)
+    with pytest.raises(TrainingDiverged, match=r"weights became NaN/inf by step 12 \(epoch 2\)"):
+        tr.fit()
+    assert load_checkpoint(tmp_path / "run")["epoch"] == 1  # the last finite one
+
+
+def test_sgd_only_settings_with_adam_and_nesterov_without_momentum(tmp_path, toy_config):
+    cfg = toy_config()
+    cfg.optim.optimizer, cfg.optim.nesterov = "adam", True
+    with pytest.raises(ValueError, match="apply only to optim.optimizer=sgd"):
+        Toy(cfg, tmp_path / "run")
+    cfg = toy_config()
+    cfg.optim.momentum, cfg.optim.nesterov = 0.0, True
+    with pytest.raises(ValueError, match="optim.nesterov: needs optim.momentum > 0"):
+        Toy(cfg, tmp_path / "run")
+
+
+def test_the_subclass_contract_examples_run(monkeypatch, tmp_path):
+    """The docstring examples other pipelines copy from (run.py, config.py) work as written."""
+    import doctest
+    import tempfile
+
+    import otcl.pipelines.config
+    import otcl.pipelines.run
+
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: str(tmp_path))
+    for mod in (otcl.pipelines.run, otcl.pipelines.config):
+        result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+        assert result.attempted > 0 and result.failed == 0, mod.__name__

@@ -33,6 +33,7 @@ from .._validation import (
     check_positive,
     check_prob,
 )
+from ..ot.distributed import Shard, current_shard
 from ..ot.geometry import LAYOUTS, SIMILARITIES, Geometry, pair_scores
 from ..ot.problem import CONSTRAINTS, Problem
 from ..ot.sinkhorn import BACKWARDS, DOMAINS, GRAD_MODES, Sinkhorn, SinkhornOutput
@@ -92,6 +93,10 @@ class OTContrastiveLoss(ContrastiveLoss):
         clip_min: clamp cosine similarities from below (official GCA code: 1e-7); off by default.
         check_inputs: refuse NaN/Inf embeddings and, for cosine similarity, zero rows (one
             host sync per call; True).
+        gather_distributed: under ``torch.distributed`` with several ranks, couple the global
+            batch: every rank gathers the others' embeddings (with gradients) as columns and
+            keeps its own rows (:mod:`otcl.ot.distributed`); the value is the global loss and
+            each rank's embeddings get its exact gradient (False: each rank's local batch).
 
     Call:
         ``loss(z1, z2, labels=None, target=None, *, negatives=None) -> scalar``, with ``z1``,
@@ -124,6 +129,7 @@ class OTContrastiveLoss(ContrastiveLoss):
         "self_pair": "mask",
         "clip_min": None,
         "check_inputs": True,
+        "gather_distributed": False,
     }
     applies_when: ClassVar[Mapping[str, str]] = {
         "rho": "constraint='unbalanced'",
@@ -160,6 +166,7 @@ class OTContrastiveLoss(ContrastiveLoss):
         self_pair: str | None = None,
         clip_min: float | None = None,
         check_inputs: bool | None = None,
+        gather_distributed: bool | None = None,
         **params: Any,
     ) -> None:
         super().__init__()
@@ -182,6 +189,7 @@ class OTContrastiveLoss(ContrastiveLoss):
             self_pair=self_pair,
             clip_min=clip_min,
             check_inputs=check_inputs,
+            gather_distributed=gather_distributed,
             **params,
         )
         s = self.resolve_params(given)
@@ -207,6 +215,7 @@ class OTContrastiveLoss(ContrastiveLoss):
         self.self_pair = check_choice("self_pair", s["self_pair"], ("mask", "max_cost"))
         self.clip_min = None if s["clip_min"] is None else float(s["clip_min"])
         self.check_inputs = bool(s["check_inputs"])
+        self.gather_distributed = bool(s["gather_distributed"])
         self.configure(s)
 
     # -- parameters ------------------------------------------------------------------------
@@ -272,7 +281,11 @@ class OTContrastiveLoss(ContrastiveLoss):
         )
 
     def geometry(
-        self, z1: torch.Tensor, z2: torch.Tensor, negatives: torch.Tensor | None = None
+        self,
+        z1: torch.Tensor,
+        z2: torch.Tensor,
+        negatives: torch.Tensor | None = None,
+        shard: Shard | None = None,
     ) -> Geometry:
         """The scores of a batch (see :func:`otcl.ot.pair_scores`)."""
         return pair_scores(
@@ -284,20 +297,24 @@ class OTContrastiveLoss(ContrastiveLoss):
             self_pair=self.self_pair,
             clip_min=self.clip_min,
             negatives=negatives,
+            shard=shard,
         )
 
-    def solve(self, scores: torch.Tensor, bound: float | None) -> SinkhornOutput:
-        """The model plan :math:`P_\\theta` of a score matrix."""
-        n, m = scores.shape[-2:]
-        problem = self.problem(n, m, scores.device)
+    def solve(self, scores: torch.Tensor | Geometry, bound: float | None = None) -> SinkhornOutput:
+        """The model plan :math:`P_\\theta` of a score matrix (or of a geometry, whose rows may
+        be one rank's share of the global batch's)."""
+        S = scores.scores if isinstance(scores, Geometry) else scores
+        n = scores.n_rows if isinstance(scores, Geometry) else S.shape[-2]
+        m = S.shape[-1]
+        problem = self.problem(n, m, S.device)
         init = None
         if problem.constraint == "unbalanced":
             # start from v = b as the official GCA-UOT code (u = v = marginal); for balanced
             # problems the starting scale of v cancels after the first row update
-            log_b = torch.full((m,), -math.log(m), device=scores.device)
+            log_b = torch.full((m,), -math.log(m), device=S.device)
             if problem.b is not None:
                 log_b = problem.b.log()
-            init = (torch.zeros(n, device=scores.device), log_b)
+            init = (torch.zeros(S.shape[-2], device=S.device), log_b)
         out = self.solver()(scores, problem, bound=bound, init=init)
         if self.grad == "implicit" and problem.constraint == "balanced":
             out = self.symmetric_gauge(out)
@@ -343,11 +360,13 @@ class OTContrastiveLoss(ContrastiveLoss):
         target: torch.Tensor | None,
         pos: torch.Tensor | None,
         rows: RowView | None,
-        simclr: bool,
+        geom: Geometry,
     ) -> torch.Tensor | None:
         """Hook for additional terms (e.g. IOT's uniformity); None = nothing to add.
 
-        ``simclr`` says whether the rows are the simclr layout's (self-pairs on the diagonal).
+        ``geom`` is the direction's geometry (layout, and the global row indices when the rows
+        are one rank's share: a term over the whole plan then returns this rank's share, see
+        :mod:`otcl.ot.distributed`).
         """
         return None
 
@@ -362,29 +381,40 @@ class OTContrastiveLoss(ContrastiveLoss):
         Each solve computes its :class:`~otcl.losses.divergences.RowView` (vector-only path)
         or forms its log-plan once, and every term reads it.
         """
-        out = self.solve(geom.scores, geom.bound)
+        out = self.solve(geom)
         rows = divergences.row_view(out, target, pos)
         if rows is None:
             out = out.with_log_plan()
         value = self.divergence_value(out, target, pos, rows)
-        extra = self.extra_terms(out, target, pos, rows, geom.layout == "simclr")
+        extra = self.extra_terms(out, target, pos, rows, geom)
         return value if extra is None else value + extra
 
     # -- call ------------------------------------------------------------------------------
     def _check_call(
-        self, z1: torch.Tensor, z2: torch.Tensor, negatives: torch.Tensor | None
+        self,
+        z1: torch.Tensor,
+        z2: torch.Tensor,
+        negatives: torch.Tensor | None,
+        shard: Shard | None = None,
     ) -> None:
         cosine = self.similarity == "cosine"
-        check_embeddings(z1, z2, check_values=self.check_inputs, nonzero_rows=cosine)
-        check_negatives(negatives, z1, check_values=self.check_inputs, nonzero_rows=cosine)
+        kw = {"check_values": self.check_inputs, "nonzero_rows": cosine, "shard": shard}
+        check_embeddings(z1, z2, **kw)
+        check_negatives(negatives, z1, **kw)
+
+    def shard(self) -> Shard | None:
+        """This rank's share of the global batch (``gather_distributed`` under
+        ``torch.distributed`` with several ranks), else None."""
+        return current_shard() if self.gather_distributed else None
 
     def coupling(
         self, z1: torch.Tensor, z2: torch.Tensor, negatives: torch.Tensor | None = None
     ) -> SinkhornOutput:
-        """The model plan :math:`P_\\theta` of a batch (first direction; for diagnostics)."""
-        self._check_call(z1, z2, negatives)
-        geo = self.geometry(z1, z2, negatives)
-        return self.solve(geo.scores, geo.bound)
+        """The model plan :math:`P_\\theta` of a batch (first direction; for diagnostics; this
+        rank's rows with ``gather_distributed``)."""
+        shard = self.shard()
+        self._check_call(z1, z2, negatives, shard)
+        return self.solve(self.geometry(z1, z2, negatives, shard))
 
     def forward(
         self,
@@ -395,20 +425,21 @@ class OTContrastiveLoss(ContrastiveLoss):
         *,
         negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        self._check_call(z1, z2, negatives)
-        geo = self.geometry(z1, z2, negatives)
+        shard = self.shard()
+        self._check_call(z1, z2, negatives, shard)
+        if shard is not None and isinstance(labels, torch.Tensor) and labels.dim() == 1:
+            labels = shard.gather_constant(labels)  # the global batch's classes
+        geo = self.geometry(z1, z2, negatives, shard)
         dtype = torch.float64 if z1.dtype == torch.float64 else torch.float32
         tgt, pos = prepare_target(geo, labels, target, dtype)
         loss = self.direction_loss(geo, tgt, pos)
         if self.layout == "cross" and self.symmetric:
-            n = geo.n_pairs
-            tgt_t = None
-            if tgt is not None:
-                tgt_t = tgt[:, :n].transpose(0, 1)
-                tgt_t = tgt_t / tgt_t.sum(-1, keepdim=True)
-            pos_t = None if pos is None else pos[:n]
-            loss = 0.5 * (loss + self.direction_loss(geo.transposed(), tgt_t, pos_t))
-        return loss
+            # view-2 anchors against view 1 (the square block: extra candidates are no anchors)
+            rev = geo.transposed() if shard is None else self.geometry(z2, z1, None, shard)
+            target_t = None if target is None else target[:, : geo.n_pairs].transpose(0, 1)
+            tgt_t, pos_t = prepare_target(rev, labels, target_t, dtype)
+            loss = 0.5 * (loss + self.direction_loss(rev, tgt_t, pos_t))
+        return loss if shard is None else shard.total(loss)
 
     def extra_repr(self) -> str:
         keys = ["temperature", "layout", "constraint", "iters", "rho", "divergence"]

@@ -31,6 +31,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ..ot.distributed import Shard
 from ..ot.sinkhorn import SinkhornOutput
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "plan_rince",
     "rince",
     "rince_rows",
+    "row_mean",
     "row_view",
 ]
 
@@ -53,8 +55,17 @@ def _log_positive(log_p: torch.Tensor, target: torch.Tensor | None, pos: torch.T
     return torch.logsumexp(log_p + logt, dim=-1)
 
 
+def row_mean(values: torch.Tensor, rows_total: int | None = None) -> torch.Tensor:
+    """The mean over rows; with ``rows_total`` (a rank's share of the global rows), the sum of
+    these rows divided by the global count: this rank's share of the global mean."""
+    return values.mean() if rows_total is None else values.sum() / rows_total
+
+
 def cross_entropy(
-    log_plan: torch.Tensor, target: torch.Tensor | None = None, pos: torch.Tensor | None = None
+    log_plan: torch.Tensor,
+    target: torch.Tensor | None = None,
+    pos: torch.Tensor | None = None,
+    rows_total: int | None = None,
 ) -> torch.Tensor:
     """Soft-target cross-entropy of the row-normalised plan.
 
@@ -62,14 +73,18 @@ def cross_entropy(
         log_plan: (n, m) log P (``-inf`` allowed on excluded pairs).
         target: (n, m) row-normalised target, or None with ``pos``.
         pos: (n,) positive column per row (identity target).
+        rows_total: the global row count when these are one rank's rows (see :func:`row_mean`).
     Returns:
         scalar.
     """
     if target is None:  # fused log-softmax + NLL: the same value, ~3x faster fwd+bwd on CPU
-        return F.cross_entropy(log_plan.reshape(-1, log_plan.shape[-1]), pos.reshape(-1))
+        logits, labels = log_plan.reshape(-1, log_plan.shape[-1]), pos.reshape(-1)
+        if rows_total is None:
+            return F.cross_entropy(logits, labels)
+        return F.cross_entropy(logits, labels, reduction="sum") / rows_total
     log_p = log_plan - torch.logsumexp(log_plan, dim=-1, keepdim=True)
     safe = torch.where(target > 0, log_p, torch.zeros_like(log_p))
-    return -(target * safe).sum(-1).mean()
+    return row_mean(-(target * safe).sum(-1), rows_total)
 
 
 def rince(
@@ -79,16 +94,20 @@ def rince(
     *,
     q: float = 0.6,
     lam: float = 0.01,
+    rows_total: int | None = None,
+    shard: Shard | None = None,
 ) -> torch.Tensor:
     """RINCE on log (K v): see the module docstring. ``q`` in (0, 1], ``lam`` > 0.
 
     Args:
         log_kv: (n, m) :math:`\\log K_{ij} + \\log v_j` (= log P_ij - f_i).
+        rows_total, shard: for one rank's rows of a global batch (see :func:`rince_rows`).
     Returns:
         scalar.
     """
     log_pos = _log_positive(log_kv, target, pos)
-    return rince_rows(log_pos, torch.logsumexp(log_kv, dim=-1), q, lam)
+    lse = torch.logsumexp(log_kv, dim=-1)
+    return rince_rows(log_pos, lse, q, lam, rows_total=rows_total, shard=shard)
 
 
 #: largest exponent a RINCE term may reach unscaled, per dtype (e^60 ~ 1e26 in float32/bf16;
@@ -97,7 +116,15 @@ RINCE_MAX_EXPONENT = {torch.float64: 600.0}
 _RINCE_MAX_EXPONENT_DEFAULT = 60.0
 
 
-def rince_rows(log_pos: torch.Tensor, lse: torch.Tensor, q: float, lam: float) -> torch.Tensor:
+def rince_rows(
+    log_pos: torch.Tensor,
+    lse: torch.Tensor,
+    q: float,
+    lam: float,
+    *,
+    rows_total: int | None = None,
+    shard: Shard | None = None,
+) -> torch.Tensor:
     r"""Mean over rows of :math:`-e^{q\,\mathrm{lp}_i}/q + (\lambda e^{\mathrm{lse}_i})^q/q`,
     computed from its logarithms.
 
@@ -111,13 +138,19 @@ def rince_rows(log_pos: torch.Tensor, lse: torch.Tensor, q: float, lam: float) -
     :math:`e^{-(c^* - 60)}` (not differentiated): a finite value and the same descent direction
     (RINCE's relative weighting of the rows is kept; only the step size of that batch shrinks).
     Below the threshold, the value is exactly RINCE's.
+
+    With ``rows_total`` and ``shard`` these rows are one rank's share of a global batch: the
+    constant is taken over the global batch and the result is this rank's share of the mean
+    (:func:`row_mean`).
     """
     a = q * log_pos
     b = q * (lse + math.log(lam))
     limit = RINCE_MAX_EXPONENT.get(a.dtype, _RINCE_MAX_EXPONENT_DEFAULT)
     top = torch.maximum(a.detach().amax(), b.detach().amax())
+    if shard is not None:
+        top = shard.max(top)
     shift = (top - limit).clamp_min(0.0)  # 0 in the usual regime: exactly RINCE
-    return ((b - shift).exp() - (a - shift).exp()).mean() / q
+    return row_mean((b - shift).exp() - (a - shift).exp(), rows_total) / q
 
 
 class RowView(NamedTuple):
@@ -166,10 +199,9 @@ def plan_cross_entropy(
     """
     rows = row_view(out, target, pos) if rows is None else rows
     if rows is None:
-        return cross_entropy(out.log_plan, target, pos)
-    return (
-        rows.lse - rows.log_pos
-    ).mean()  # -log P-hat_{i,p(i)} = LSE_j(S_ij + g_j) - (S_ip + g_p)
+        return cross_entropy(out.log_plan, target, pos, out.rows_total)
+    # -log P-hat_{i,p(i)} = LSE_j(S_ij + g_j) - (S_ip + g_p)
+    return row_mean(rows.lse - rows.log_pos, out.rows_total)
 
 
 def plan_rince(
@@ -183,6 +215,7 @@ def plan_rince(
 ) -> torch.Tensor:
     """:func:`rince` on :math:`\\log(Kv) = \\log P - f` of a solver output, vector-only if possible."""
     rows = row_view(out, target, pos) if rows is None else rows
+    dist = {"rows_total": out.rows_total, "shard": out.shard}
     if rows is None:
-        return rince(out.log_plan - out.f.unsqueeze(-1), target, pos, q=q, lam=lam)
-    return rince_rows(rows.log_pos, rows.lse, q, lam)
+        return rince(out.log_plan - out.f.unsqueeze(-1), target, pos, q=q, lam=lam, **dist)
+    return rince_rows(rows.log_pos, rows.lse, q, lam, **dist)

@@ -47,7 +47,9 @@ import torch
 from torch import nn
 
 from .._validation import check_choice, check_embeddings, check_nonneg
+from ..ot.distributed import Shard, current_shard
 from ..ot.geometry import unit_rows
+from .divergences import row_mean
 from .mixing import PARTNERS, Mixed, draw_mix, first_tensor, mix
 from .pair_losses import PAIR_LOSSES, min_triplet, vse_hinge
 from .registry import register
@@ -267,14 +269,45 @@ class DMM(LossWrapper):
                 self._gen = torch.Generator()
             self._gen.set_state(torch.as_tensor(gen_state, dtype=torch.uint8, device="cpu"))
 
+    # -- distribution ----------------------------------------------------------------------
+    def shard(self) -> Shard | None:
+        """This rank's share of the global batch when the base loss gathers it
+        (``gather_distributed=True``: DMM's term then mixes and ranks over the global batch too).
+        """
+        return current_shard() if getattr(self.base, "gather_distributed", False) else None
+
+    def _own(self, batch: int, shard: Shard | None, device: Any) -> torch.Tensor | None:
+        if shard is None:
+            return None
+        return torch.arange(batch, device=device) + shard.rank * batch
+
     # -- mixing ----------------------------------------------------------------------------
     def sample(
         self, batch_size: int, device: torch.device | str | None = None
     ) -> tuple[float, torch.Tensor]:
-        """Draw this batch's ``(lam, perm)``: one :math:`\\lambda` and the partner permutation."""
-        return draw_mix(
-            batch_size, self.lam_range, self.partner, generator=self._gen, device=device
+        """Draw this batch's ``(lam, perm)``: one :math:`\\lambda` and the partner permutation.
+
+        With ``gather_distributed``, ``batch_size`` is this rank's and ``perm`` permutes the
+        global batch; every rank uses rank 0's draw (one broadcast).
+        """
+        shard = self.shard()
+        world = 1 if shard is None else shard.world
+        lam, perm = draw_mix(
+            batch_size * world, self.lam_range, self.partner, generator=self._gen, device=device
         )
+        if shard is not None:
+            lam = float(shard.broadcast(torch.tensor([lam], dtype=torch.float64, device=device)))
+            perm = shard.broadcast(perm)
+        return lam, perm
+
+    def _mix(self, x: Any, lam: float, perm: torch.Tensor, name: str, embeddings: bool) -> Any:
+        shard = self.shard()
+        if shard is None:
+            return mix(x, lam, perm, name=name)
+        first = first_tensor(x)
+        own = self._own(first.shape[0], shard, first.device)
+        gather = shard.gather if embeddings else shard.gather_constant  # grads for embeddings
+        return mix(x, lam, perm, name=name, gather=gather, own=own)
 
     def mix_embeddings(self, z1: torch.Tensor, z2: torch.Tensor | None = None) -> Mixed:
         """Embedding-space mixing :math:`\\tilde a = \\lambda z_1 + (1-\\lambda) z_1[\\pi]`."""
@@ -283,8 +316,8 @@ class DMM(LossWrapper):
         if self.both_views:
             if z2 is None:
                 raise ValueError("z2: expected view-2 embeddings with both_views=True, got None")
-            z2m = mix(z2, lam, perm, name="z2")
-        return Mixed(mix(z1, lam, perm, name="z1"), lam, perm, z2m)
+            z2m = self._mix(z2, lam, perm, "z2", embeddings=True)
+        return Mixed(self._mix(z1, lam, perm, "z1", embeddings=True), lam, perm, z2m)
 
     def mix_inputs(
         self,
@@ -314,7 +347,7 @@ class DMM(LossWrapper):
         if first is None:
             raise ValueError("x1: expected a tensor or a dict/list/tuple holding tensors")
         lam, perm = self.sample(first.shape[0], first.device)
-        xm = mix(x1, lam, perm, name="x1")
+        xm = self._mix(x1, lam, perm, "x1", embeddings=False)
         if per_modality:
             if not isinstance(xm, Mapping):
                 raise ValueError(
@@ -331,7 +364,7 @@ class DMM(LossWrapper):
         if self.both_views:
             if x2 is None:
                 raise ValueError("x2: expected view-2 inputs with both_views=True, got None")
-            z2m = encoder(mix(x2, lam, perm, name="x2"))
+            z2m = encoder(self._mix(x2, lam, perm, "x2", embeddings=False))
         return Mixed(z, lam, perm, z2m)
 
     def prepare_inputs(
@@ -359,10 +392,13 @@ class DMM(LossWrapper):
             return self._legacy_margin
         return lam * self.margin
 
-    def _repel(self, anchors: torch.Tensor, positives: torch.Tensor, lam: float) -> torch.Tensor:
+    def _repel(
+        self, anchors: torch.Tensor, positives: torch.Tensor, lam: float, shard: Shard | None
+    ) -> torch.Tensor:
         cap = 1.0 - (1.0 - lam) * self.margin
         cos = (unit_rows(anchors) * unit_rows(positives)).sum(-1)
-        return torch.relu(cos - cap).mean()
+        total = None if shard is None else cos.shape[0] * shard.world
+        return row_mean(torch.relu(cos - cap), total)
 
     def dmm_term(
         self,
@@ -374,10 +410,12 @@ class DMM(LossWrapper):
         """Unweighted DMM term of mixed anchors against their positives ``z2`` (B, d).
 
         ``z1`` (clean view 1) is needed only with ``both_views=True``; ``negatives`` are the
-        anchors' sampled negatives for the pair loss ((K, d) or (B, K, d)).
+        anchors' sampled negatives for the pair loss ((K, d) or (B, K, d)). With
+        ``gather_distributed`` (on the base loss), this rank's share of the global term.
         """
         margin = self.margin_for(mixed.lam)
         fn = PAIR_LOSSES[self.pair_loss]
+        shard = self.shard()
 
         def one(
             anchors: torch.Tensor, positives: torch.Tensor, neg: torch.Tensor | None
@@ -385,9 +423,9 @@ class DMM(LossWrapper):
             check_embeddings(anchors, positives, check_values=False)
             if anchors.dtype != positives.dtype:  # e.g. anchors encoded under autocast
                 anchors = anchors.to(positives.dtype)
-            val = fn(anchors, positives, margin, neg)
+            val = fn(anchors, positives, margin, neg, shard=shard)
             if self.repel_close_positives and self.repel_weight > 0:
-                val = val + self.repel_weight * self._repel(anchors, positives, mixed.lam)
+                val = val + self.repel_weight * self._repel(anchors, positives, mixed.lam, shard)
             return val
 
         zs = mixed.z if isinstance(mixed.z, list) else [mixed.z]
@@ -420,7 +458,9 @@ class DMM(LossWrapper):
             return loss
         if mixed is None:
             mixed = self.mix_embeddings(z1, z2)
-        return loss + w * self.dmm_term(mixed, z2, z1, negatives)
+        term = self.dmm_term(mixed, z2, z1, negatives)
+        shard = self.shard()
+        return loss + w * (term if shard is None else shard.total(term))
 
     def extra_repr(self) -> str:
         keys = ["margin", "lam_range", "warmup", "weight", "partner", "pair_loss", "epoch"]

@@ -56,9 +56,11 @@ from .._validation import (
     check_nonneg,
     check_positive,
 )
-from ..ot.geometry import LAYOUTS, SIMILARITIES, Geometry, layout_embeddings, pair_scores
+from ..ot.distributed import Shard, all_to_all_blocks, current_shard
+from ..ot.geometry import LAYOUTS, SIMILARITIES, Geometry, pair_scores
 from ..ot.sinkhorn import Sinkhorn, SinkhornOutput
 from .contrastive import ContrastiveLoss
+from .divergences import row_mean
 from .registry import register
 
 __all__ = ["HardNegativeLoss", "DCL", "HCL", "OTHard", "COSTS", "COUPLING_GRADS"]
@@ -99,6 +101,9 @@ class HardNegativeLoss(ContrastiveLoss):
         symmetric: in the ``"cross"`` layout average both directions (as ``infonce``; True).
         check_inputs: refuse NaN/Inf embeddings and, for cosine similarity, zero rows (one
             host sync per call; True).
+        gather_distributed: under ``torch.distributed``, the negatives (and ``ot-hard``'s
+            coupling) of the global batch, each rank keeping its own anchors
+            (:mod:`otcl.ot.distributed`); False: each rank's local batch.
 
     Call:
         ``loss(z1, z2, labels=None, target=None, *, negatives=None) -> scalar`` with ``z1``,
@@ -115,6 +120,7 @@ class HardNegativeLoss(ContrastiveLoss):
         "similarity": "cosine",
         "symmetric": True,
         "check_inputs": True,
+        "gather_distributed": False,
     }
     applies_when: ClassVar[Mapping[str, str]] = {"symmetric": "layout='cross'"}
 
@@ -127,6 +133,7 @@ class HardNegativeLoss(ContrastiveLoss):
         similarity: str | None = None,
         symmetric: bool | None = None,
         check_inputs: bool | None = None,
+        gather_distributed: bool | None = None,
         **params: Any,
     ) -> None:
         super().__init__()
@@ -138,6 +145,7 @@ class HardNegativeLoss(ContrastiveLoss):
                 similarity=similarity,
                 symmetric=symmetric,
                 check_inputs=check_inputs,
+                gather_distributed=gather_distributed,
                 **params,
             )
         )
@@ -147,6 +155,7 @@ class HardNegativeLoss(ContrastiveLoss):
         self.similarity = check_choice("similarity", s["similarity"], SIMILARITIES)
         self.symmetric = bool(s["symmetric"])
         self.check_inputs = bool(s["check_inputs"])
+        self.gather_distributed = bool(s["gather_distributed"])
         self.configure(s)
 
     def configure(self, settings: Mapping[str, Any]) -> None:
@@ -163,7 +172,11 @@ class HardNegativeLoss(ContrastiveLoss):
 
     # -- parts -----------------------------------------------------------------------------
     def geometry(
-        self, z1: torch.Tensor, z2: torch.Tensor, negatives: torch.Tensor | None = None
+        self,
+        z1: torch.Tensor,
+        z2: torch.Tensor,
+        negatives: torch.Tensor | None = None,
+        shard: Shard | None = None,
     ) -> Geometry:
         """Similarities of the batch (float32 under autocast / half inputs), layout and masks."""
         geo = pair_scores(
@@ -173,6 +186,7 @@ class HardNegativeLoss(ContrastiveLoss):
             layout=self.layout,
             similarity_kind=self.similarity,
             negatives=negatives,
+            shard=shard,
         )
         if geo.sim.dtype in (torch.float16, torch.bfloat16):
             sim = geo.sim.float()  # the estimator runs in float32
@@ -188,18 +202,13 @@ class HardNegativeLoss(ContrastiveLoss):
         self,
         geom: Geometry,
         neg: torch.Tensor,
-        z: tuple[torch.Tensor, torch.Tensor],
+        rev: tuple[Geometry, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-weights of the first direction and, in the symmetric cross layout, of the
-        second (rows = view-2 anchors, the square block), from one computation where possible.
-
-        ``z`` are the anchors' and candidates' embeddings (rows, columns) of the first direction.
-        """
+        second (``rev``: its geometry and negatives; rows = view-2 anchors, the square block),
+        from one computation where possible."""
         log_w = self.log_weights(geom, neg)
-        if not (self.layout == "cross" and self.symmetric):
-            return log_w, None
-        n = geom.n_pairs
-        return log_w, self.log_weights(geom.transposed(), neg[:, :n].transpose(0, 1))
+        return log_w, (None if rev is None else self.log_weights(*rev))
 
     def _row_losses(
         self, sim: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, log_w: torch.Tensor
@@ -240,10 +249,12 @@ class HardNegativeLoss(ContrastiveLoss):
         labels: torch.Tensor | None,
         target: torch.Tensor | None,
         negatives: torch.Tensor | None,
+        shard: Shard | None = None,
     ) -> None:
         cosine = self.similarity == "cosine"
-        check_embeddings(z1, z2, check_values=self.check_inputs, nonzero_rows=cosine)
-        check_negatives(negatives, z1, check_values=self.check_inputs, nonzero_rows=cosine)
+        kw = {"check_values": self.check_inputs, "nonzero_rows": cosine, "shard": shard}
+        check_embeddings(z1, z2, **kw)
+        check_negatives(negatives, z1, **kw)
         if target is not None:
             raise ValueError(
                 f"target: custom target plans are not supported by {type(self).__name__}; "
@@ -273,10 +284,20 @@ class HardNegativeLoss(ContrastiveLoss):
         z2: torch.Tensor,
         labels: torch.Tensor | None,
         negatives: torch.Tensor | None,
-    ) -> tuple[Geometry, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        geo = self.geometry(z1, z2, negatives)
-        z = layout_embeddings(z1, z2, self.layout, negatives)
-        return geo, geo.negatives(labels), z
+        reverse: bool = False,
+    ) -> tuple[Geometry, torch.Tensor, tuple[Geometry, torch.Tensor] | None, torch.Tensor | None]:
+        """The checked batch: its geometry and negatives, those of the reverse direction (the
+        symmetric cross layout, when ``reverse``) and the (global) labels."""
+        shard = current_shard() if self.gather_distributed else None
+        self._check_call(z1, z2, labels, None, negatives, shard)
+        if shard is not None and labels is not None:
+            labels = shard.gather_constant(labels)
+        geo = self.geometry(z1, z2, negatives, shard)
+        rev = None
+        if reverse and self.layout == "cross" and self.symmetric:
+            g_rev = geo.transposed() if shard is None else self.geometry(z2, z1, None, shard)
+            rev = (g_rev, g_rev.negatives(labels))
+        return geo, geo.negatives(labels), rev, labels
 
     # -- public ----------------------------------------------------------------------------
     def negative_weights(
@@ -292,8 +313,7 @@ class HardNegativeLoss(ContrastiveLoss):
             ``(weights, neg_mask)``: (n, m) weights (zero off the negatives, rows sum to 1) of
             the first direction, and the (n, m) bool mask of the negatives.
         """
-        self._check_call(z1, z2, labels, None, negatives)
-        geo, neg, z = self._prepare(z1, z2, labels, negatives)
+        geo, neg, _, _ = self._prepare(z1, z2, labels, negatives)
         return self.log_weights(geo, neg).exp(), neg
 
     def forward(
@@ -305,17 +325,17 @@ class HardNegativeLoss(ContrastiveLoss):
         *,
         negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        self._check_call(z1, z2, labels, target, negatives)
-        geo, neg, z = self._prepare(z1, z2, labels, negatives)
-        log_w, log_w_t = self.log_weight_pair(geo, neg, z)
-        pos = geo.pos
-        loss = self._row_losses(geo.sim, pos, neg, log_w).mean()
-        if log_w_t is not None:
-            n = geo.n_pairs
-            neg_t = neg[:, :n].transpose(0, 1)
-            sim_t = geo.sim[:, :n].transpose(0, 1)
-            loss = 0.5 * (loss + self._row_losses(sim_t, pos[:n], neg_t, log_w_t).mean())
-        return loss
+        if target is not None:
+            self._check_call(z1, z2, labels, target, negatives)  # the one-line error for target
+        geo, neg, rev, _ = self._prepare(z1, z2, labels, negatives, reverse=True)
+        log_w, log_w_t = self.log_weight_pair(geo, neg, rev)
+        rows_total = None if geo.shard is None else geo.n_rows  # a rank's share of the mean
+        loss = row_mean(self._row_losses(geo.sim, geo.pos, neg, log_w), rows_total)
+        if rev is not None:
+            g_rev, neg_t = rev
+            rows = self._row_losses(g_rev.sim, g_rev.pos, neg_t, log_w_t)
+            loss = 0.5 * (loss + row_mean(rows, rows_total and g_rev.n_rows))
+        return loss if geo.shard is None else geo.shard.total(loss)
 
     def extra_repr(self) -> str:
         keys = ["temperature", "tau_plus", "layout", "similarity"]
@@ -508,31 +528,34 @@ class OTHard(HardNegativeLoss):
         top = 4.0 if self.cost == "sqeuclidean" else math.exp(4.0 - self.kappa)
         return top / self.eps
 
-    def solve_coupling(
-        self, geom: Geometry, neg: torch.Tensor, z: tuple[torch.Tensor, torch.Tensor]
-    ) -> SinkhornOutput:
+    def solve_coupling(self, geom: Geometry, neg: torch.Tensor) -> SinkhornOutput:
         """The entropic OT coupling of a batch's geometry (uniform marginals, zero off ``neg``).
 
         A pure function of its arguments: the same batch gives the same coupling whatever was
-        solved before.
+        solved before. With a sharded geometry, this rank's rows of the global coupling.
         """
         sim = geom.sim
-        if not bool(neg.any()):  # e.g. one class only: nothing to couple (one host sync)
+        anything = neg.any()
+        if geom.shard is not None:
+            anything = geom.shard.max(anything.to(torch.int32))
+        if not bool(anything):  # e.g. one class only: nothing to couple (one host sync)
             zero_n, zero_m = sim.new_zeros(sim.shape[0]), sim.new_zeros(sim.shape[1])
             empty = torch.full_like(sim, float("-inf"))
             zero = sim.new_zeros(())
             return SinkhornOutput(zero_n, zero_m, empty, 0, True, zero, zero, stored_log_plan=empty)
 
-        def scores() -> torch.Tensor:
-            c = self.cost_matrix(sim, z[0], z[1])
-            return torch.where(neg, -c / self.eps, torch.full_like(c, float("-inf")))
+        def scores() -> Geometry:
+            c = self.cost_matrix(sim, geom.x, geom.y)
+            s = torch.where(neg, -c / self.eps, torch.full_like(c, float("-inf")))
+            return geom.replace(scores=s, bound=self._bound(), mask=None)
 
         solver = Sinkhorn(iters=self.iters, tol=self.tol or None)
         if self.coupling_grad == "none":
             with torch.no_grad():
-                out = solver.replace(grad="detach")(scores().detach(), bound=self._bound())
+                g = scores()
+                out = solver.replace(grad="detach")(g.replace(scores=g.scores.detach()))
                 return out.replace(stored_log_plan=out.log_plan.detach())
-        return solver.replace(grad=self.coupling_grad)(scores(), bound=self._bound())
+        return solver.replace(grad=self.coupling_grad)(scores())
 
     def coupling(
         self,
@@ -541,10 +564,10 @@ class OTHard(HardNegativeLoss):
         labels: torch.Tensor | None = None,
         negatives: torch.Tensor | None = None,
     ) -> SinkhornOutput:
-        """The entropic OT coupling of a batch (uniform marginals; zero on excluded pairs)."""
-        self._check_call(z1, z2, labels, None, negatives)
-        geo, neg, z = self._prepare(z1, z2, labels, negatives)
-        return self.solve_coupling(geo, neg, z)
+        """The entropic OT coupling of a batch (uniform marginals; zero on excluded pairs; this
+        rank's rows with ``gather_distributed``)."""
+        geo, neg, _, _ = self._prepare(z1, z2, labels, negatives)
+        return self.solve_coupling(geo, neg)
 
     def log_weights(self, geom: Geometry, neg: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError  # the coupling needs the embeddings: see log_weight_pair
@@ -553,15 +576,28 @@ class OTHard(HardNegativeLoss):
         self,
         geom: Geometry,
         neg: torch.Tensor,
-        z: tuple[torch.Tensor, torch.Tensor],
+        rev: tuple[Geometry, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         # one solve; the coupling of the transposed problem is the transposed coupling
-        log_plan = self.solve_coupling(geom, neg, z).log_plan
+        log_plan = self.solve_coupling(geom, neg).log_plan
         log_w = _row_normalise(log_plan, neg)
-        if not (self.layout == "cross" and self.symmetric):
+        if rev is None:
             return log_w, None
         n = geom.n_pairs
-        return log_w, _row_normalise(log_plan[:, :n].transpose(0, 1), neg[:, :n].transpose(0, 1))
+        square = log_plan[:, :n]
+        shard = geom.shard
+        if shard is None:
+            cols = square.transpose(0, 1)
+        else:  # this rank's view-2 anchors are columns of every rank's rows: exchange blocks
+            k = square.shape[0]
+            blocks = [square[:, r * k : (r + 1) * k] for r in range(shard.world)]
+            if square.requires_grad:
+                got = all_to_all_blocks(blocks, shard.group)
+            else:
+                got = [torch.empty_like(b) for b in blocks]
+                torch.distributed.all_to_all(got, [b.contiguous() for b in blocks], shard.group)
+            cols = torch.cat(got, dim=0).transpose(0, 1)  # (own view-2 anchors, all view 1)
+        return log_w, _row_normalise(cols, rev[1])
 
     def negative_weights(
         self,
@@ -570,9 +606,8 @@ class OTHard(HardNegativeLoss):
         labels: torch.Tensor | None = None,
         negatives: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check_call(z1, z2, labels, None, negatives)
-        geo, neg, z = self._prepare(z1, z2, labels, negatives)
-        return self.log_weight_pair(geo, neg, z)[0].exp(), neg
+        geo, neg, _, _ = self._prepare(z1, z2, labels, negatives)
+        return self.log_weight_pair(geo, neg, None)[0].exp(), neg
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (

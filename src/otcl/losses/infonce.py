@@ -17,9 +17,9 @@ with :math:`p(i) = i \pm N` in the ``simclr`` layout (self-pair excluded: NT-Xen
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..ot.geometry import Geometry
+from . import divergences
 from .base import OTContrastiveLoss
 from .registry import register
 
@@ -59,9 +59,6 @@ class InfoNCE(OTContrastiveLoss):
         ):
             scores = geom.scores
             logits = scores if scores.dtype == torch.float64 else scores.float()
-            if target is None:
-                return F.cross_entropy(logits, pos)
-            log_p = torch.log_softmax(logits, dim=-1)
-            safe = torch.where(target > 0, log_p, torch.zeros_like(log_p))
-            return -(target * safe).sum(-1).mean()
+            rows_total = None if geom.shard is None else geom.n_rows  # a rank's share
+            return divergences.cross_entropy(logits, target, pos, rows_total)
         return super().direction_loss(geom, target, pos)

@@ -39,6 +39,8 @@ from typing import Any, ClassVar
 import torch
 
 from .._validation import check_choice, check_nonneg
+from ..ot.distributed import Shard
+from ..ot.geometry import Geometry
 from ..ot.sinkhorn import SinkhornOutput
 from .base import OTContrastiveLoss
 from .divergences import RowView
@@ -65,33 +67,48 @@ class _Uniformity(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, log_plan, negatives, detach_mean):
+    def forward(ctx, log_plan, negatives, detach_mean, shard):
         lp = log_plan.detach()
         count = torch.count_nonzero(negatives).to(lp.dtype)
-        total = torch.logsumexp(lp.flatten(), 0)
         neg = lp.masked_fill(~negatives, float("-inf"))
-        neg_total = torch.logsumexp(neg.flatten(), 0)
+        if shard is None:
+            total = torch.logsumexp(lp.flatten(), 0)
+            neg_total = torch.logsumexp(neg.flatten(), 0)
+        else:  # one rank's rows: the sums over rows are completed over the ranks
+            count = shard.sum(count)
+            total, neg_total = shard.logsumexp_all(lp), shard.logsumexp_all(neg)
         neg_sum = neg.masked_fill_(~negatives, 0.0).sum()  # -inf entries are never negatives
+        if shard is not None:
+            neg_sum = shard.sum(neg_sum)
         del neg
-        log_m = neg_total - total - count.log()
-        mean = log_m.exp()
-        bracket = count * log_m - neg_sum + count * total
+        # no negatives at all (a target that covers every pair): the penalty is 0
+        has = count > 0
+        neg_total = torch.where(has, neg_total, torch.zeros_like(neg_total))
+        log_m = torch.where(has, neg_total - total - count.clamp_min(1).log(), 0.0)
+        mean = torch.where(has, log_m.exp(), 0.0)
+        bracket = torch.where(has, count * log_m - neg_sum + count * total, 0.0)
         ctx.save_for_backward(lp, negatives, total, neg_total, count, mean, bracket)
-        ctx.detach_mean = detach_mean
+        ctx.detach_mean, ctx.shard = detach_mean, shard
         return mean * bracket
 
     @staticmethod
     def backward(ctx, grad):
         lp, negatives, total, neg_total, count, mean, bracket = ctx.saved_tensors
+        if ctx.shard is not None:  # the (shared) penalty's gradient reaches every rank's rows
+            grad = ctx.shard.sum(grad)
         gamma = torch.zeros_like(mean) if ctx.detach_mean else mean * (bracket + count)
         out = (lp - total).exp_().mul_(grad * (mean * count - gamma))  # (mc - gamma) P-hat
         neg_part = (lp - neg_total).exp_().mul_(grad * gamma).sub_(grad * mean)
         out.add_(neg_part.masked_fill_(~negatives, 0.0))  # + 1_N (gamma P-hat_- - m)
-        return out, None, None
+        return out, None, None, None
 
 
 def uniformity_penalty(
-    log_plan: torch.Tensor, negatives: torch.Tensor, *, detach_mean: bool = False
+    log_plan: torch.Tensor,
+    negatives: torch.Tensor,
+    *,
+    detach_mean: bool = False,
+    shard: Shard | None = None,
 ) -> torch.Tensor:
     r"""IOT's uniformity term :math:`\mathrm{KL}(\bar Q\|P)` over the ``negatives`` mask.
 
@@ -99,10 +116,13 @@ def uniformity_penalty(
         log_plan: (n, m) log P; normalised to total mass 1 inside.
         negatives: (n, m) bool, True on negative pairs (finite entries of ``log_plan``).
         detach_mean: treat the mean negative mass m as a constant.
+        shard: when ``log_plan`` holds one rank's rows of the global plan: the penalty of the
+            global plan, as this rank's share (:meth:`~otcl.ot.distributed.Shard.share`).
     Returns:
         scalar >= 0, zero iff every negative entry is equal.
     """
-    return _Uniformity.apply(log_plan, negatives, bool(detach_mean))
+    pen = _Uniformity.apply(log_plan, negatives, bool(detach_mean), shard)
+    return pen if shard is None else shard.share(pen)
 
 
 def _uniformity_reference(
@@ -119,7 +139,11 @@ def _uniformity_reference(
 
 
 def _uniformity_from_potentials(
-    out: SinkhornOutput, pos: torch.Tensor, rows: RowView, simclr: bool, detach_mean: bool
+    out: SinkhornOutput,
+    pos: torch.Tensor,
+    rows: RowView,
+    self_cols: torch.Tensor | None,
+    detach_mean: bool,
 ) -> torch.Tensor:
     r""":func:`uniformity_penalty` of the plan :math:`\log P = f + S + g` with the identity target,
     from the potentials and :math:`\mathrm{row\_lse}_i = \mathrm{LSE}_j(S_{ij}+g_j)`, without
@@ -131,8 +155,17 @@ def _uniformity_from_potentials(
     :math:`\sum_{\mathcal N}\log P = \sum_i d_i f_i + \sum_j d'_j g_j + \sum_{\mathcal N} S`
     (:math:`d, d'` the negatives per row / column): one masked sum over S (and its constant
     gradient) instead of the plan, its exp and their gradients. Scalars in float64.
+
+    ``self_cols``: the column of each row's self-pair (simclr layout; never a negative), else
+    None. When the output is one rank's rows (``out.shard``), every sum over rows is completed
+    over the ranks and the result is this rank's share of the global penalty.
     """
     S, f, g, lse = out.scores, out.f, out.g, rows.lse
+    shard = out.shard
+
+    def all_rows(x: torch.Tensor) -> torch.Tensor:  # a sum over the rows of every rank
+        return x if shard is None else shard.sum(x)
+
     n, m = S.shape
     dev, wide = S.device, torch.float64
     finite = S.detach() > float("-inf")
@@ -142,11 +175,14 @@ def _uniformity_from_potentials(
     # excluded entries X: (row, col, S + g at the entry); positives share the divergence's gather
     log_pos = rows.log_pos  # S_ip + g_p, shared with the divergence
     ex = [(torch.arange(n, device=dev), pos, log_pos.to(wide), log_pos - g[pos])]
-    if simclr:  # self-pairs are never negatives; only finite (unmasked) ones carry mass
-        diag = torch.arange(min(n, m), device=dev)
-        if bool(finite[diag, diag].any()):
-            s_d = S.diagonal()
-            ex.append((diag, diag, s_d.to(wide) + g64[diag], s_d))
+    if self_cols is not None:  # self-pairs are never negatives; only unmasked ones carry mass
+        own = torch.arange(n, device=dev)
+        unmasked = finite[own, self_cols].any()
+        if shard is not None:
+            unmasked = shard.max(unmasked.to(torch.int32))
+        if bool(unmasked):
+            s_d = S[own, self_cols]
+            ex.append((own, self_cols, s_d.to(wide) + g64[self_cols], s_d))
     ex_share = S.new_zeros((), dtype=wide)
     s_ex_sum = S.new_zeros((), dtype=wide)
     for r, c, lkv, s_val in ex:
@@ -157,18 +193,27 @@ def _uniformity_from_potentials(
         lp = torch.where(keep, f64[r] + lkv, torch.zeros_like(lkv))
         ex_share = ex_share + (lp.exp() * keep_w).sum()
         s_ex_sum = s_ex_sum + torch.where(keep, s_val, torch.zeros_like(s_val)).to(wide).sum()
-    count = deg_r.sum()
-    log_total = torch.logsumexp(f64 + lse.to(wide), dim=0)
-    ex_share = ex_share * (-log_total).exp()  # excluded share of the total mass
-    neg_s = _MaskedSum.apply(S, finite).to(wide) - s_ex_sum
-    neg_lp = (deg_r * f64).sum() + (deg_c * g64).sum() + neg_s  # sum of log P over negatives
+    count = all_rows(deg_r.sum())
+    deg_c = all_rows(deg_c)
+    row_mass = f64 + lse.to(wide)
+    if shard is None:
+        log_total = torch.logsumexp(row_mass, dim=0)
+    else:
+        log_total = shard.logsumexp_all(row_mass.unsqueeze(-1))
+    ex_share = all_rows(ex_share) * (-log_total).exp()  # excluded share of the total mass
+    neg_s = all_rows(_MaskedSum.apply(S, finite).to(wide) - s_ex_sum)
+    # sum of log P over the negatives (g is shared: its term is counted once)
+    neg_lp = all_rows((deg_r * f64).sum()) + (deg_c * g64).sum() + neg_s
     # the negatives' share 1 - ex_share; clamped where it is below float64's resolution
     # (a near-permutation plan): the penalty is then ~0 and stays finite
     neg_share = (1.0 - ex_share).clamp_min(torch.finfo(wide).tiny)
-    log_m = neg_share.log() - count.log()
+    has = count > 0  # no negatives at all: the penalty is 0
+    log_m = torch.where(has, neg_share.log() - count.clamp_min(1).log(), 0.0)
     if detach_mean:
         log_m = log_m.detach()
-    return (log_m.exp() * (count * log_m - neg_lp + count * log_total)).to(S.dtype)
+    pen = torch.where(has, log_m.exp() * (count * log_m - neg_lp + count * log_total), 0.0)
+    pen = pen.to(S.dtype)
+    return pen if shard is None else shard.share(pen)
 
 
 class _MaskedSum(torch.autograd.Function):
@@ -282,21 +327,27 @@ class IOTUniformity(IOT):
         target: torch.Tensor | None,
         pos: torch.Tensor | None,
         rows: RowView | None,
-        simclr: bool,
+        geom: Geometry,
     ) -> torch.Tensor | None:
         if self.lam_uni == 0:
             return None
+        lp_rows = out.scores.shape[-2]
+        self_cols = None
+        if geom.layout == "simclr":  # each row's self-pair column
+            own = torch.arange(lp_rows, device=out.scores.device)
+            self_cols = own if geom.rows is None else geom.rows
         if rows is not None:
-            pen = _uniformity_from_potentials(out, pos, rows, simclr, self.detach_mean)
+            pen = _uniformity_from_potentials(out, pos, rows, self_cols, self.detach_mean)
             return self.lam_uni * pen
         lp = out.log_plan
-        n = lp.shape[-2]
         # negatives: finite entries (log P > -inf: not masked) minus positives and self-pairs
         negatives = lp.detach() > float("-inf")
+        own = torch.arange(lp_rows, device=lp.device)
         if target is None:
-            negatives[torch.arange(n, device=lp.device), pos] = False
+            negatives[own, pos] = False
         else:
             negatives &= target <= 0
-        if simclr:  # self-pairs are never negatives, even when not masked
-            negatives.fill_diagonal_(False)
-        return self.lam_uni * uniformity_penalty(lp, negatives, detach_mean=self.detach_mean)
+        if self_cols is not None:  # self-pairs are never negatives, even when not masked
+            negatives[own, self_cols] = False
+        pen = uniformity_penalty(lp, negatives, detach_mean=self.detach_mean, shard=out.shard)
+        return self.lam_uni * pen

@@ -8,7 +8,7 @@ the result of one batch from the mixing step to the loss.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,12 +78,24 @@ def first_tensor(x: Any) -> torch.Tensor | None:
     return None
 
 
-def mix(x: Any, lam: float, perm: torch.Tensor, *, name: str = "x") -> Any:
+def mix(
+    x: Any,
+    lam: float,
+    perm: torch.Tensor,
+    *,
+    name: str = "x",
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    own: torch.Tensor | None = None,
+) -> Any:
     r"""Mixup of a batch with its partners: :math:`\lambda x + (1-\lambda) x[\pi]`.
 
     ``x`` is a floating tensor (B, ...), or a dict / list / tuple of them (one entry per
     modality, mixed with the same :math:`\lambda, \pi`); ``None`` entries (missing modalities)
     stay ``None``. Integer tensors (ids) cannot be mixed in input space: mix their embeddings.
+
+    With ``gather`` (this rank's batch -> the global batch) and ``own`` (the global index of
+    this rank's samples), ``perm`` is a permutation of the global batch and the partners come
+    from any rank: :math:`\lambda x + (1-\lambda)\,\mathrm{gather}(x)[\pi(\mathrm{own})]`.
     """
     if x is None:
         return None
@@ -93,15 +105,20 @@ def mix(x: Any, lam: float, perm: torch.Tensor, *, name: str = "x") -> Any:
                 f"{name}: expected floating-point inputs to mix, got dtype {x.dtype} "
                 "(ids cannot be mixed in input space; mix their embeddings instead)"
             )
-        if x.shape[0] != perm.numel():
+        expected = perm.numel() if own is None else own.numel()
+        if x.shape[0] != expected:
             raise ValueError(
-                f"{name}: expected a batch of {perm.numel()} samples, got shape {tuple(x.shape)}"
+                f"{name}: expected a batch of {expected} samples, got shape {tuple(x.shape)}"
             )
-        return lam * x + (1.0 - lam) * x[perm.to(x.device)]
+        perm = perm.to(x.device)
+        if gather is None:
+            return lam * x + (1.0 - lam) * x[perm]
+        return lam * x + (1.0 - lam) * gather(x)[perm[own.to(x.device)]]
+    kw = {"gather": gather, "own": own}
     if isinstance(x, Mapping):
-        return {k: mix(v, lam, perm, name=f"{name}[{k!r}]") for k, v in x.items()}
+        return {k: mix(v, lam, perm, name=f"{name}[{k!r}]", **kw) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return type(x)(mix(v, lam, perm, name=f"{name}[{i}]") for i, v in enumerate(x))
+        return type(x)(mix(v, lam, perm, name=f"{name}[{i}]", **kw) for i, v in enumerate(x))
     raise ValueError(
         f"{name}: expected a tensor or a dict/list/tuple of tensors, got {type(x).__name__}"
     )

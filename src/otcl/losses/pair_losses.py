@@ -17,9 +17,17 @@ from collections.abc import Callable
 
 import torch
 
+from ..ot.distributed import Shard
 from ..ot.geometry import unit_rows
+from .divergences import row_mean
 
 __all__ = ["PAIR_LOSSES", "min_triplet", "vse_hinge"]
+
+
+def _own(anchors: torch.Tensor, shard: Shard | None) -> torch.Tensor:
+    """The global index of each anchor (this rank's share when sharded)."""
+    own = torch.arange(anchors.shape[0], device=anchors.device)
+    return own if shard is None else own + shard.rank * anchors.shape[0]
 
 
 def _negatives_of(
@@ -44,6 +52,7 @@ def vse_hinge(
     positives: torch.Tensor,
     margin: float,
     negatives: torch.Tensor | None = None,
+    shard: Shard | None = None,
 ) -> torch.Tensor:
     r"""VSE-style hinge summed over all negatives (COOT / GMC ``ContrastiveLoss``).
 
@@ -61,23 +70,33 @@ def vse_hinge(
         anchors: (B, d). positives: (B, d), row i is the positive of anchor i.
         margin: m >= 0.
         negatives: optional (K, d) or (B, K, d) sampled negatives of the anchors.
+        shard: this rank's share of a global batch (``gather_distributed``): the anchors and
+            positives are this rank's, the sums run over the global batch, and the result is
+            this rank's share of the global value (:mod:`otcl.ot.distributed`).
     Returns:
         scalar.
     """
-    a, b = unit_rows(anchors), unit_rows(positives)
-    s = a @ b.transpose(0, 1)
-    diag = s.diagonal()
-    off = ~torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
-    cost_s = torch.relu(margin + s - diag.unsqueeze(1)) * off
-    cost_im = torch.relu(margin + s - diag.unsqueeze(0)) * off
-    total = cost_s.sum() + cost_im.sum()
+    if shard is not None and negatives is not None and negatives.dim() == 2:
+        negatives = shard.gather(negatives)  # shared negatives: every rank's
     neg = _negatives_of(anchors, negatives)
+    own = _own(anchors, shard)
+    rows = torch.arange(anchors.shape[0], device=anchors.device)
+    a = unit_rows(anchors)
+    b = unit_rows(positives if shard is None else shard.gather(positives))
+    s = a @ b.transpose(0, 1)  # (own anchors, all positives)
+    diag = s[rows, own]
+    diag_all = diag if shard is None else shard.gather(diag)
+    off = torch.ones_like(s, dtype=torch.bool)
+    off[rows, own] = False
+    cost_s = torch.relu(margin + s - diag.unsqueeze(1)) * off
+    cost_im = torch.relu(margin + s - diag_all.unsqueeze(0)) * off
+    total = cost_s.sum() + cost_im.sum()
     k = 0
     if neg is not None:
         k = neg.shape[1]
         s_neg = torch.einsum("bd,bkd->bk", a, unit_rows(neg.to(a.dtype)))
         total = total + torch.relu(margin + s_neg - diag.unsqueeze(1)).sum()
-    return total / (s.shape[0] * (s.shape[1] + k))
+    return total / (s.shape[1] * (s.shape[1] + k))
 
 
 def min_triplet(
@@ -85,6 +104,7 @@ def min_triplet(
     positives: torch.Tensor,
     margin: float,
     negatives: torch.Tensor | None = None,
+    shard: Shard | None = None,
 ) -> torch.Tensor:
     r"""CML's min-triplet hinge on plain (not squared) Euclidean distances.
 
@@ -100,21 +120,26 @@ def min_triplet(
         anchors: (B, d). positives: (B, d).
         margin: m >= 0.
         negatives: optional (K, d) or (B, K, d).
+        shard: this rank's share of a global batch (see :func:`vse_hinge`).
     Returns:
         scalar.
     """
+    if shard is not None and negatives is not None and negatives.dim() == 2:
+        negatives = shard.gather(negatives)
     d_pos = (anchors - positives).norm(dim=-1)
     neg = _negatives_of(anchors, negatives)
     if neg is None:
-        d = torch.cdist(anchors, positives)
-        eye = torch.eye(d.shape[0], dtype=torch.bool, device=d.device)
-        hardest = d.masked_fill(eye, float("inf")).min(dim=-1).values
+        d = torch.cdist(anchors, positives if shard is None else shard.gather(positives))
+        cols = torch.arange(d.shape[1], device=d.device)
+        own = cols.unsqueeze(0) == _own(anchors, shard).unsqueeze(1)  # the anchor's positive
+        hardest = d.masked_fill(own, float("inf")).min(dim=-1).values
     else:
         hardest = (anchors.unsqueeze(1) - neg.to(anchors.dtype)).norm(dim=-1).min(dim=-1).values
-    return torch.relu(margin + d_pos - hardest).mean()
+    total = None if shard is None else anchors.shape[0] * shard.world
+    return row_mean(torch.relu(margin + d_pos - hardest), total)
 
 
-#: ``pair_loss=`` name -> function ``(anchors, positives, margin, negatives=None) -> scalar``
+#: ``pair_loss=`` name -> ``(anchors, positives, margin, negatives=None, shard=None) -> scalar``
 PAIR_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "hinge": vse_hinge,
     "triplet": min_triplet,

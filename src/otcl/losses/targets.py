@@ -36,14 +36,21 @@ def identity_target(
 
 
 def label_target(
-    labels: torch.Tensor, layout: str = "simclr", dtype: torch.dtype = torch.float32
+    labels: torch.Tensor,
+    layout: str = "simclr",
+    dtype: torch.dtype = torch.float32,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Row-normalised same-label target; ``labels`` is (N,) with one label per sample."""
+    """Row-normalised same-label target; ``labels`` is (N,) with one label per sample.
+
+    ``rows``: only these rows (global indices; one rank's share), else all n rows.
+    """
     check_choice("layout", layout, LAYOUTS)
     y = _expand(labels, layout)
-    t = (y.unsqueeze(0) == y.unsqueeze(1)).to(dtype)
-    if layout == "simclr":
-        t.fill_diagonal_(0.0)
+    rows = torch.arange(y.numel(), device=y.device) if rows is None else rows
+    t = (y[rows].unsqueeze(1) == y.unsqueeze(0)).to(dtype)
+    if layout == "simclr":  # no self-pairs
+        t[torch.arange(rows.numel(), device=y.device), rows] = 0.0
     return t / t.sum(-1, keepdim=True)
 
 
@@ -79,16 +86,20 @@ def prepare_target(
 
     Args:
         geom: the batch's :class:`~otcl.ot.Geometry` (layout, N, extra candidate columns K).
-        labels: (N,) integer classes or None.
-        target: (n, n + K) non-negative target plan or None.
+        labels: (N,) integer classes or None (the global batch's when sharded).
+        target: (n, n + K) non-negative target plan or None; a joint plan: each direction
+            normalises its rows (the reverse direction of the ``cross`` layout its transpose).
+            When the geometry is one rank's rows (``gather_distributed``), the global plan, of
+            which this rank takes its rows.
         dtype: dtype of the returned target.
     Returns:
         ``(None, pos)`` for the identity target (so losses can take the fast gather path),
         else ``(target, None)`` with an (n, n + K) row-normalised target whose extra columns
-        (never positives) are zero.
+        (never positives) are zero (this rank's rows when sharded).
     """
     n_pairs, layout, device = geom.n_pairs, geom.layout, geom.scores.device
-    n, m = geom.scores.shape[-2:]
+    m = geom.scores.shape[-1]
+    n = geom.n_rows
     if labels is not None and target is not None:
         raise ValueError("labels, target: expected at most one of them, got both")
     if labels is not None:
@@ -97,9 +108,9 @@ def prepare_target(
             raise ValueError(f"labels: expected a 1-D tensor of length N={n_pairs}, got {shape}")
         if labels.is_floating_point():
             raise ValueError(f"labels: expected integer class labels, got dtype {labels.dtype}")
-        t = label_target(labels.to(device), layout, dtype)
+        t = label_target(labels.to(device), layout, dtype, geom.rows)
         if m > n:
-            t = torch.cat([t, t.new_zeros(n, m - n)], dim=1)
+            t = torch.cat([t, t.new_zeros(t.shape[0], m - n)], dim=1)
         return t, None
     if target is not None:
         if not isinstance(target, torch.Tensor) or tuple(target.shape) != (n, m):
@@ -122,5 +133,6 @@ def prepare_target(
             raise ValueError(
                 "target: expected every row to have positive mass (each anchor needs a positive)"
             )
-        return t / rows, None
+        t = t / rows
+        return (t if geom.rows is None else t[geom.rows]), None
     return None, geom.pos

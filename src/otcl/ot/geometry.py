@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .._validation import check_choice
+from .distributed import Shard
 
 __all__ = [
     "Geometry",
@@ -153,7 +154,7 @@ def layout_embeddings(
 
 @dataclass(frozen=True, eq=False)
 class Geometry:
-    """Scores of a contrastive batch and its layout (immutable).
+    """Scores of a contrastive batch, its layout and its point clouds (immutable).
 
     Attributes:
         scores: (n, m) log-kernel S; masked entries are ``-inf``.
@@ -161,10 +162,15 @@ class Geometry:
             (``1/eps`` for cosine); ``None`` otherwise. Lets the solver pick the exp domain.
         sim: (n, m) raw similarities before masking.
         layout: ``"simclr"`` or ``"cross"``.
-        n_pairs: N, the pairs of the batch.
+        n_pairs: N, the pairs of the (global) batch.
         n_extra: K, extra candidate columns (``negatives=``) after the batch's own.
         mask: (n, m) bool, True where a pair is excluded from the coupling (masked self-pairs of
             the simclr layout), or None.
+        x: (n, d) the rows' embeddings (anchors), y: (m, d) the columns' (candidates).
+        shard: with ``gather_distributed``, this rank's :class:`~otcl.ot.distributed.Shard`: the
+            rows are this rank's share of the global rows, the columns are global; None for a
+            single process.
+        rows: (n,) the global index of each row when sharded (None: rows 0..n-1).
     """
 
     scores: torch.Tensor
@@ -174,37 +180,66 @@ class Geometry:
     n_pairs: int = 0
     n_extra: int = 0
     mask: torch.Tensor | None = None
+    x: torch.Tensor | None = None
+    y: torch.Tensor | None = None
+    shard: Shard | None = None
+    rows: torch.Tensor | None = None
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of the global problem (2N or N)."""
+        return 2 * self.n_pairs if self.layout == "simclr" else self.n_pairs
 
     @property
     def pos(self) -> torch.Tensor:
         """(n,) column of each row's positive."""
-        return positive_index(self.n_pairs, self.layout, self.scores.device)
+        pos = positive_index(self.n_pairs, self.layout, self.scores.device)
+        return pos if self.rows is None else pos[self.rows]
 
     def negatives(self, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """(n, m) bool mask of the negatives (see :func:`negative_mask`)."""
-        return negative_mask(
-            self.n_pairs,
-            self.layout,
-            labels=labels,
-            n_extra=self.n_extra,
-            device=self.scores.device,
-        )
+        """(n, m) bool mask of the negatives (see :func:`negative_mask`); ``labels`` are the
+        (global) batch's."""
+        if self.rows is None:
+            return negative_mask(
+                self.n_pairs,
+                self.layout,
+                labels=labels,
+                n_extra=self.n_extra,
+                device=self.scores.device,
+            )
+        n, m = self.scores.shape[-2:]
+        cols = torch.arange(m, device=self.scores.device)
+        mask = cols.unsqueeze(0) != self.pos.unsqueeze(1)
+        if self.layout == "simclr":
+            mask &= cols.unsqueeze(0) != self.rows.unsqueeze(1)
+        if labels is not None:
+            y = torch.cat([labels, labels]) if self.layout == "simclr" else labels
+            y = y.to(self.scores.device)
+            own = y.numel()
+            mask[:, :own] &= y[self.rows].unsqueeze(1) != y.unsqueeze(0)
+        return mask
 
     def transposed(self) -> Geometry:
         """The cross layout seen from view 2: rows = view-2 anchors, columns = view 1.
 
         Extra candidates have no positive, so they are not anchors: the square block only.
+        (Sharded geometries hold only their own rows; the reverse direction is built from the
+        embeddings instead, see :func:`pair_scores`.)
         """
         if self.layout != "cross":
             raise ValueError(
                 f"layout: transposed() applies to the 'cross' layout, got {self.layout!r}"
             )
+        if self.shard is not None:
+            raise ValueError("shard: a sharded geometry holds only its rows; build the reverse")
         n = self.n_pairs
         return self.replace(
             scores=self.scores[:, :n].transpose(0, 1),
             sim=self.sim[:, :n].transpose(0, 1),
             n_extra=0,
             mask=None if self.mask is None else self.mask[:, :n].transpose(0, 1),
+            x=None if self.y is None else self.y[:n],
+            y=self.x,
         )
 
     def replace(self, **changes: Any) -> Geometry:
@@ -222,11 +257,12 @@ def pair_scores(
     self_pair: str = "mask",
     clip_min: float | None = None,
     negatives: torch.Tensor | None = None,
+    shard: Shard | None = None,
 ) -> Geometry:
     """Score matrix of a two-view batch.
 
     Args:
-        z1, z2: (N, d) embeddings of the two views.
+        z1, z2: (N, d) embeddings of the two views (this rank's, with ``shard``).
         temperature: eps > 0; scores are sim / eps.
         layout: ``"simclr"`` (2N x 2N) or ``"cross"`` (N x N).
         similarity_kind: ``"cosine"`` or ``"dot"``.
@@ -234,11 +270,28 @@ def pair_scores(
             official GCA/IOT code does: the self-pair keeps the mass of the farthest negative).
         clip_min: clamp similarities from below (the official GCA code uses 1e-7), None = no clip.
         negatives: (K, d) extra candidates appended as columns (never positives), or None.
+        shard: gather every rank's embeddings (with gradients) as the columns and keep this
+            rank's rows (:mod:`otcl.ot.distributed`); None = one process.
     Returns:
-        :class:`Geometry` with (n, n + K) scores, n = 2N (simclr) or N (cross).
+        :class:`Geometry` with (n, n + K) scores, n = 2N (simclr) or N (cross); with ``shard``,
+        this rank's rows of the global (2 N W) x (2 N W + K W) or (N W) x (N W + K W) scores.
     """
     check_choice("self_pair", self_pair, ("mask", "max_cost"))
-    x, y = layout_embeddings(z1, z2, layout, negatives)
+    rows = None
+    if shard is None:
+        x, y = layout_embeddings(z1, z2, layout, negatives)
+        n_pairs = z1.shape[0]
+        n_extra = 0 if negatives is None else negatives.shape[0]
+    else:
+        check_choice("layout", layout, LAYOUTS)
+        g1, g2 = shard.gather(z1), shard.gather(z2)
+        gn = None if negatives is None else shard.gather(negatives)
+        x = torch.cat([z1, z2]) if layout == "simclr" else z1
+        _, y = layout_embeddings(g1, g2, layout, gn)
+        n_local, n_pairs = z1.shape[0], g1.shape[0]
+        n_extra = 0 if gn is None else gn.shape[0]
+        own = torch.arange(n_local, device=z1.device) + shard.rank * n_local
+        rows = torch.cat([own, own + n_pairs]) if layout == "simclr" else own
     sim = similarity(x, y, similarity_kind)
     if clip_min is not None:
         sim = sim.clamp(min=clip_min)
@@ -246,11 +299,17 @@ def pair_scores(
     mask = None
     if layout == "simclr":
         n, m = scores.shape
-        mask = torch.eye(n, m, dtype=torch.bool, device=scores.device)
+        if rows is None:
+            mask = torch.eye(n, m, dtype=torch.bool, device=scores.device)
+        else:
+            cols = torch.arange(m, device=scores.device)
+            mask = cols.unsqueeze(0) == rows.unsqueeze(1)
         if self_pair == "mask":
             scores = scores.masked_fill(mask, float("-inf"))
         else:
             lowest = scores.detach().min()
+            if shard is not None:
+                lowest = -shard.max(-lowest)
             scores = torch.where(mask, lowest, scores)
             mask = None
     bound = 1.0 / temperature if similarity_kind == "cosine" else None
@@ -259,7 +318,11 @@ def pair_scores(
         bound=bound,
         sim=sim,
         layout=layout,
-        n_pairs=z1.shape[0],
-        n_extra=0 if negatives is None else negatives.shape[0],
+        n_pairs=n_pairs,
+        n_extra=n_extra,
         mask=mask,
+        x=x,
+        y=y,
+        shard=shard,
+        rows=rows,
     )

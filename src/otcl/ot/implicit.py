@@ -52,6 +52,8 @@ from __future__ import annotations
 
 import torch
 
+from .distributed import Shard
+
 __all__ = ["implicit_potentials", "solve_adjoint"]
 
 
@@ -73,6 +75,7 @@ def solve_adjoint(
     tol: float | None = None,
     max_iter: int = 500,
     marginals: tuple[torch.Tensor, torch.Tensor] | None = None,
+    shard: Shard | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     r"""Solve :math:`H x = (\tau_a \bar f, \tau_b \bar g)` by preconditioned conjugate gradient.
 
@@ -83,18 +86,26 @@ def solve_adjoint(
         ta, tb: scaling exponents in (0, 1].
         tol: relative residual tolerance (default 1e-6 in fp32, 1e-12 in fp64).
         max_iter: maximum CG steps.
-        marginals: ``(P.sum(-1), P.sum(-2))`` if already computed.
+        marginals: ``(P.sum(-1), P.sum(-2))`` if already computed (the column sums global).
+        shard: this rank's share when ``P`` holds only this rank's rows of the global plan
+            (``rhs_f`` local, ``rhs_g`` the global adjoint of the shared column potential):
+            the products with :math:`P^\top` and the dot products are summed over ranks.
     Returns:
         ``(x_f, x_g, steps)``; in the balanced case (ta = tb = 1) the solution orthogonal to
         the gauge direction :math:`(\mathbf 1, -\mathbf 1)`.
     """
     tol = _default_tol(P.dtype) if tol is None else tol
-    n, m = P.shape[-2], P.shape[-1]
-    r, c = (P.sum(-1), P.sum(-2)) if marginals is None else marginals
+
+    def rows_sum(x: torch.Tensor) -> torch.Tensor:  # a sum over the rows of every rank
+        return x if shard is None else shard.sum(x)
+
+    n = P.shape[-2] * (1 if shard is None else shard.world)
+    m = P.shape[-1]
+    r, c = (P.sum(-1), rows_sum(P.sum(-2))) if marginals is None else marginals
     bf, bg = ta * rhs_f, tb * rhs_g
     balanced = ta == 1.0 and tb == 1.0
     if balanced:  # consistent right-hand side: remove the component along (1, -1)
-        k = (bf.sum(-1, keepdim=True) - bg.sum(-1, keepdim=True)) / (n + m)
+        k = (rows_sum(bf.sum(-1, keepdim=True)) - bg.sum(-1, keepdim=True)) / (n + m)
         bf, bg = bf - k, bg + k
     tt = ta * tb
     df, dg = ta * r, tb * c
@@ -104,11 +115,11 @@ def solve_adjoint(
 
     def hmul(xf: torch.Tensor, xg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pxg = (P @ xg.unsqueeze(-1)).squeeze(-1)
-        ptxf = (xf.unsqueeze(-2) @ P).squeeze(-2)
+        ptxf = rows_sum((xf.unsqueeze(-2) @ P).squeeze(-2))
         return df * xf + tt * pxg, tt * ptxf + dg * xg
 
     def dot(af, ag, bf_, bg_):
-        return (af * bf_).sum(-1) + (ag * bg_).sum(-1)
+        return rows_sum((af * bf_).sum(-1)) + (ag * bg_).sum(-1)
 
     xf, xg = torch.zeros_like(bf), torch.zeros_like(bg)
     rf, rg = bf, bg
@@ -135,7 +146,7 @@ def solve_adjoint(
         pf = zf + beta.unsqueeze(-1) * pf
         pg = zg + beta.unsqueeze(-1) * pg
     if balanced:
-        k = (xf.sum(-1, keepdim=True) - xg.sum(-1, keepdim=True)) / (n + m)
+        k = (rows_sum(xf.sum(-1, keepdim=True)) - xg.sum(-1, keepdim=True)) / (n + m)
         xf, xg = xf - k, xg + k
     return xf, xg, steps
 
@@ -144,9 +155,9 @@ class _ImplicitSinkhorn(torch.autograd.Function):
     """Identity on (f, g) in the forward; adjoint solve at the fixed point in the backward."""
 
     @staticmethod
-    def forward(ctx, S, log_a, log_b, f, g, ta, tb, tol, max_iter, kernel):
+    def forward(ctx, S, log_a, log_b, f, g, ta, tb, tol, max_iter, kernel, shard):
         ctx.ta, ctx.tb, ctx.tol, ctx.max_iter = ta, tb, tol, max_iter
-        ctx.kernel = kernel
+        ctx.kernel, ctx.shard = kernel, shard
         # with the kernel, S itself is not needed again (and need not stay alive)
         ctx.save_for_backward(S if kernel is None else None, log_a, log_b, f, g)
         return f.clone(), g.clone()
@@ -159,14 +170,27 @@ class _ImplicitSinkhorn(torch.autograd.Function):
             grad_f = torch.zeros_like(f)
         if grad_g is None:
             grad_g = torch.zeros_like(g)
+        shard = ctx.shard
+        world = 1 if shard is None else shard.world
+        if shard is not None:  # g is shared: its adjoint is the sum of every rank's
+            grad_g = shard.sum(grad_g)
         with torch.no_grad():
             if ctx.kernel is not None:  # P = diag(u) K diag(v): no exp pass
                 P = torch.mul(ctx.kernel, f.exp().unsqueeze(-1)).mul_(g.exp().unsqueeze(-2))
             else:
                 P = (f.unsqueeze(-1) + S).add_(g.unsqueeze(-2)).exp_()
-            r, c = P.sum(-1), P.sum(-2)
+            r = P.sum(-1)
+            c = P.sum(-2) if shard is None else shard.sum(P.sum(-2))
             xf, xg, _ = solve_adjoint(
-                P, grad_f, grad_g, ta, tb, tol=ctx.tol, max_iter=ctx.max_iter, marginals=(r, c)
+                P,
+                grad_f,
+                grad_g,
+                ta,
+                tb,
+                tol=ctx.tol,
+                max_iter=ctx.max_iter,
+                marginals=(r, c),
+                shard=shard,
             )
             grad_S = grad_la = grad_lb = None
             gla, glb = ta * r * xf, tb * c * xg
@@ -175,16 +199,21 @@ class _ImplicitSinkhorn(torch.autograd.Function):
                 # marginals. Complete it as the iterations do (the last update matches the
                 # columns): scaling a leaves the plan unchanged, scaling b by e^k moves g by k.
                 a, b = log_a.exp().expand_as(gla), log_b.exp().expand_as(glb)
-                gla = gla - gla.sum(-1, keepdim=True) * a / a.sum(-1, keepdim=True)
+                a_sum, gla_sum = a.sum(-1, keepdim=True), gla.sum(-1, keepdim=True)
+                if shard is not None:
+                    a_sum, gla_sum = shard.sum(a_sum), shard.sum(gla_sum)
+                gla = gla - gla_sum * a / a_sum
                 excess = grad_g.sum(-1, keepdim=True) - glb.sum(-1, keepdim=True)
                 glb = glb + excess * b / b.sum(-1, keepdim=True)
+            # the shared inputs' gradients (log b) are returned as equal shares over ranks
+            glb = glb / world
             if ctx.needs_input_grad[1]:
                 grad_la = _sum_to(gla, log_a)
             if ctx.needs_input_grad[2]:
                 grad_lb = _sum_to(glb, log_b)
             if ctx.needs_input_grad[0]:
                 grad_S = P.mul_(-(ta * xf).unsqueeze(-1) - (tb * xg).unsqueeze(-2))
-        return grad_S, grad_la, grad_lb, None, None, None, None, None, None, None
+        return grad_S, grad_la, grad_lb, None, None, None, None, None, None, None, None
 
 
 def implicit_potentials(
@@ -199,6 +228,7 @@ def implicit_potentials(
     tol: float | None = None,
     max_iter: int = 500,
     kernel: torch.Tensor | None = None,
+    shard: Shard | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Attach implicit gradients to converged potentials.
 
@@ -212,6 +242,7 @@ def implicit_potentials(
         kernel: :math:`K = e^S` if already computed (exp-domain solve): the backward then forms
             the plan as :math:`\operatorname{diag}(e^f) K \operatorname{diag}(e^g)`, without an
             exp pass over S.
+        shard: this rank's share of a row-sharded problem (:mod:`otcl.ot.distributed`).
     Returns:
         ``(f, g)`` with the same values, differentiable w.r.t. ``S``, ``log_a``, ``log_b``
         through the fixed-point equations (see the module docstring). Semi-relaxed problems
@@ -223,5 +254,7 @@ def implicit_potentials(
     if tb == 0:  # rows only: f = ta (log a - LSE_j(S + g)), g fixed
         return ta * (log_a - torch.logsumexp(S + g.unsqueeze(-2), dim=-1)), g
     if ta == 0:  # columns only
-        return f, tb * (log_b - torch.logsumexp(S + f.unsqueeze(-1), dim=-2))
-    return _ImplicitSinkhorn.apply(S, log_a, log_b, f, g, ta, tb, tol, max_iter, kernel)
+        col = S + f.unsqueeze(-1)
+        lse = torch.logsumexp(col, dim=-2) if shard is None else shard.logsumexp_rows(col)
+        return f, tb * (log_b - lse)
+    return _ImplicitSinkhorn.apply(S, log_a, log_b, f, g, ta, tb, tol, max_iter, kernel, shard)

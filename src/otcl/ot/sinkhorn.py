@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from .._validation import check_choice, check_int_at_least, check_marginal, check_nonneg
+from .distributed import Shard
 from .geometry import Geometry
 from .implicit import implicit_potentials
 from .problem import Problem
@@ -74,6 +75,10 @@ class SinkhornOutput:
             the plan are ``f + row_lse``; divergences use it to skip the n x m plan.
         stored_log_plan: the (..., n, m) log-plan when the solver formed it, else None; read
             :attr:`log_plan` instead.
+        shard: this rank's :class:`~otcl.ot.distributed.Shard` when the rows are a share of the
+            global problem's (``gather_distributed``), else None; ``f``, ``row_lse``, ``scores``
+            and the plan are then this rank's rows, ``g`` is global.
+        rows_total: the global problem's row count when sharded (None: ``f.shape[-1]``).
     """
 
     f: torch.Tensor
@@ -86,6 +91,8 @@ class SinkhornOutput:
     domain: str = "log"
     row_lse: torch.Tensor | None = None
     stored_log_plan: torch.Tensor | None = field(default=None, repr=False)
+    shard: Shard | None = field(default=None, repr=False)
+    rows_total: int | None = None
 
     @property
     def log_plan(self) -> torch.Tensor:
@@ -128,17 +135,38 @@ def _log_marginal(m: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.T
     return m.log()
 
 
-def _choose_domain(domain: str, scores: torch.Tensor, bound: float | None) -> str:
+def _choose_domain(
+    domain: str, scores: torch.Tensor, bound: float | None, shard: Shard | None = None
+) -> str:
     if domain != "auto":
         return domain
     if bound is None:
         finite = scores.detach()
         finite = finite[torch.isfinite(finite)]
-        bound = float(finite.abs().max()) if finite.numel() else 0.0
+        top = finite.abs().max() if finite.numel() else finite.new_zeros(())
+        bound = float(top if shard is None else shard.max(top))
     return "exp" if bound <= EXP_SAFE_BOUND else "log"
 
 
-def _log_iterate(S, log_a, log_b, ta, tb, f, g, iters, tol, check_every, trace=None):
+def _col_lse(x: torch.Tensor, shard: Shard | None) -> torch.Tensor:
+    """LSE over the rows (dim -2) of every rank."""
+    return torch.logsumexp(x, dim=-2) if shard is None else shard.logsumexp_rows(x)
+
+
+def _col_sum(x: torch.Tensor, shard: Shard | None) -> torch.Tensor:
+    """Column sums (already over the local rows) completed over every rank."""
+    return x if shard is None else shard.sum(x)
+
+
+def _moved(f, f_prev, g, g_prev, shard: Shard | None) -> float:
+    """sup-norm move of the potentials (one host sync; one all-reduce when sharded)."""
+    df = (f - f_prev).abs().amax(dim=-1).max().detach()
+    if shard is not None:
+        df = shard.max(df)
+    return float(torch.maximum(df, (g - g_prev).abs().amax(dim=-1).max().detach()))
+
+
+def _log_iterate(S, log_a, log_b, ta, tb, f, g, iters, tol, check_every, trace=None, shard=None):
     # ``trace`` (a dict, no-grad use only) receives every potential and log-sum-exp for the
     # recomputing backward of :class:`_FusedLogSinkhorn`.
     if trace is not None:
@@ -151,7 +179,7 @@ def _log_iterate(S, log_a, log_b, ta, tb, f, g, iters, tol, check_every, trace=N
             lr = torch.logsumexp(S + g.unsqueeze(-2), dim=-1)
             f = ta * (log_a - lr)
         if tb > 0:
-            lc = torch.logsumexp(S + f.unsqueeze(-1), dim=-2)
+            lc = _col_lse(S + f.unsqueeze(-1), shard)
             g = tb * (log_b - lc)
         if trace is not None:
             trace["f"].append(f)
@@ -163,16 +191,13 @@ def _log_iterate(S, log_a, log_b, ta, tb, f, g, iters, tol, check_every, trace=N
             converged = True
             break
         if tol is not None and (n_done % check_every == 0 or n_done == iters):
-            delta = torch.maximum(
-                (f - f_prev).abs().amax(dim=-1), (g - g_prev).abs().amax(dim=-1)
-            ).max()
-            if float(delta.detach()) < tol:
+            if _moved(f, f_prev, g, g_prev, shard) < tol:
                 converged = True
                 break
     return f, g, n_done, converged
 
 
-def _exp_iterate(S, log_a, log_b, ta, tb, f, g, iters, tol, check_every, trace=None):
+def _exp_iterate(S, log_a, log_b, ta, tb, f, g, iters, tol, check_every, trace=None, shard=None):
     # u = (a / K v)^ta, v = (b / K^T u)^tb in the exp domain: one matvec per update, no exp/log
     # of the n x m matrix inside the loop. Safe because |S| <= EXP_SAFE_BOUND.
     # ``trace`` (a dict, no-grad use only) receives K and every iterate for a hand-written
@@ -191,7 +216,7 @@ def _exp_iterate(S, log_a, log_b, ta, tb, f, g, iters, tol, check_every, trace=N
             Kv = (K @ v.unsqueeze(-1)).squeeze(-1).clamp_min(tiny)
             u = a / Kv if ta == 1.0 else (a / Kv).pow(ta)
         if tb > 0:
-            Ktu = (u.unsqueeze(-2) @ K).squeeze(-2).clamp_min(tiny)
+            Ktu = _col_sum((u.unsqueeze(-2) @ K).squeeze(-2), shard).clamp_min(tiny)
             v = b / Ktu if tb == 1.0 else (b / Ktu).pow(tb)
         if trace is not None:
             trace["u"].append(u)
@@ -203,11 +228,7 @@ def _exp_iterate(S, log_a, log_b, ta, tb, f, g, iters, tol, check_every, trace=N
             converged = True
             break
         if tol is not None and (n_done % check_every == 0 or n_done == iters):
-            delta = torch.maximum(
-                (u.log() - u_prev.log()).abs().amax(dim=-1),
-                (v.log() - v_prev.log()).abs().amax(dim=-1),
-            ).max()
-            if float(delta.detach()) < tol:
+            if _moved(u.log(), u_prev.log(), v.log(), v_prev.log(), shard) < tol:
                 converged = True
                 break
     return u.log(), v.log(), n_done, converged
@@ -254,10 +275,10 @@ class _FusedExpSinkhorn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, S, log_a, log_b, f0, g0, ta, tb, iters, tol, check_every, info):
+    def forward(ctx, S, log_a, log_b, f0, g0, ta, tb, iters, tol, check_every, info, shard):
         trace: dict = {}
         f, g, n_done, conv = _exp_iterate(
-            S, log_a, log_b, ta, tb, f0, g0, iters, tol, check_every, trace
+            S, log_a, log_b, ta, tb, f0, g0, iters, tol, check_every, trace, shard
         )
         info["n_iters"], info["converged"] = n_done, conv
         K = trace["K"]
@@ -266,8 +287,8 @@ class _FusedExpSinkhorn(torch.autograd.Function):
         u, v = trace["u"][-1], trace["v"][-1]
         kv = (K @ v.unsqueeze(-1)).squeeze(-1)
         info["row_sum"] = u * kv
-        info["col_sum"] = v * (u.unsqueeze(-2) @ K).squeeze(-2)
-        ctx.ta, ctx.tb, ctx.n_done = ta, tb, n_done
+        info["col_sum"] = v * _col_sum((u.unsqueeze(-2) @ K).squeeze(-2), shard)
+        ctx.ta, ctx.tb, ctx.n_done, ctx.shard = ta, tb, n_done, shard
         ctx.vecs = (trace["u"], trace["v"], trace["r"], trace["c"], kv)
         ctx.save_for_backward(K, log_a, log_b, f0, g0)
         return f, g, kv.log()
@@ -290,8 +311,9 @@ class _FusedExpSinkhorn(torch.autograd.Function):
         lb_bar = torch.zeros_like(gb)
         for t in range(ctx.n_done, 0, -1):
             if tb > 0:  # g_t = tb (log b - log c_t), c_t = K^T u_t
-                c = cs[t - 1]
-                beta = torch.where(c > tiny, -tb * gb / c, torch.zeros_like(c))
+                c = cs[t - 1]  # (sharded: g is shared, its adjoint is the sum over ranks)
+                gb_all = _col_sum(gb, ctx.shard)
+                beta = torch.where(c > tiny, -tb * gb_all / c, torch.zeros_like(c))
                 lb_bar = lb_bar + tb * gb
                 fb = fb + us[t] * (K @ beta.unsqueeze(-1)).squeeze(-1)
                 left.append(us[t])
@@ -313,7 +335,7 @@ class _FusedExpSinkhorn(torch.autograd.Function):
         grads = [grad_S]
         for i, (val, like) in enumerate(((la_bar, log_a), (lb_bar, log_b), (fb, f0), (gb, g0))):
             grads.append(_sum_to(val, like) if ctx.needs_input_grad[i + 1] else None)
-        return (*grads, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None)
 
 
 class _RowLSE(torch.autograd.Function):
@@ -360,13 +382,13 @@ class _FusedLogSinkhorn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, S, log_a, log_b, f0, g0, ta, tb, iters, tol, check_every, info):
+    def forward(ctx, S, log_a, log_b, f0, g0, ta, tb, iters, tol, check_every, info, shard):
         trace: dict = {}
         f, g, n_done, conv = _log_iterate(
-            S, log_a, log_b, ta, tb, f0, g0, iters, tol, check_every, trace
+            S, log_a, log_b, ta, tb, f0, g0, iters, tol, check_every, trace, shard
         )
         info["n_iters"], info["converged"] = n_done, conv
-        ctx.ta, ctx.tb, ctx.n_done = ta, tb, n_done
+        ctx.ta, ctx.tb, ctx.n_done, ctx.shard = ta, tb, n_done, shard
         ctx.vecs = (trace["f"], trace["g"], trace["lr"], trace["lc"])
         ctx.save_for_backward(S, log_a, log_b, f0, g0)
         log_plan = (f.unsqueeze(-1) + S).add_(g.unsqueeze(-2))
@@ -391,7 +413,7 @@ class _FusedLogSinkhorn(torch.autograd.Function):
         buf = torch.empty_like(S)
         for t in range(ctx.n_done, 0, -1):
             if tb > 0:  # g_t = tb (log b - LSE_i(S_ij + f_t,i))
-                beta = -tb * gb
+                beta = -tb * _col_sum(gb, ctx.shard)
                 lb_bar = lb_bar + tb * gb
                 torch.add(S, fs[t].unsqueeze(-1), out=buf)
                 buf.sub_(lcs[t - 1].unsqueeze(-2)).exp_()  # column softmax
@@ -411,7 +433,7 @@ class _FusedLogSinkhorn(torch.autograd.Function):
         grads = [grad_S]
         for i, (val, like) in enumerate(((la_bar, log_a), (lb_bar, log_b), (fb, f0), (gb, g0))):
             grads.append(_sum_to(val, like) if ctx.needs_input_grad[i + 1] else None)
-        return (*grads, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None)
 
 
 BACKWARDS = ("fused", "autograd")
@@ -491,17 +513,19 @@ class Sinkhorn:
         Returns:
             :class:`SinkhornOutput`.
         """
+        shard = rows = None
         if isinstance(scores, Geometry):
             bound = scores.bound if bound is None else bound
+            shard, rows = scores.shard, scores.rows
             scores = scores.scores
         problem = Problem() if problem is None else problem
         if not isinstance(problem, Problem):
             raise ValueError(f"problem: expected an otcl.ot.Problem, got {type(problem).__name__}")
         _check_scores_shape(scores)
-        _check_scores_values(scores)
+        _check_scores_values(scores, shard)
         if problem.mass is not None:
-            return _mass_plan(scores, problem.mass)
-        return self._iterate(scores, problem, bound, init)
+            return _mass_plan(scores, problem.mass, shard)
+        return self._iterate(scores, problem, bound, init, shard, rows)
 
     def _iterate(
         self,
@@ -509,15 +533,21 @@ class Sinkhorn:
         problem: Problem,
         bound: float | None,
         init: tuple[torch.Tensor, torch.Tensor] | None,
+        shard: Shard | None = None,
+        rows: torch.Tensor | None = None,
     ) -> SinkhornOutput:
         iters, tol, check_every, grad = self.iters, self.tol, self.check_every, self.grad
         fused = self.backward == "fused"
         with torch.autocast(device_type=scores.device.type, enabled=False):
             S = scores if scores.dtype == torch.float64 else scores.float()
             batch, n, m = S.shape[:-2], S.shape[-2], S.shape[-1]
-            a = check_marginal("a", problem.a, batch, n, like=S)
+            # sharded: the rows are this rank's share of the global rows (a is global)
+            n_all = n if shard is None else n * shard.world  # equal shares (gathered)
+            a = check_marginal("a", problem.a, batch, n_all, like=S)
             b = check_marginal("b", problem.b, batch, m, like=S)
-            log_a = _log_marginal(a, n, S)
+            if a is not None and rows is not None:
+                a = a[..., rows]
+            log_a = _log_marginal(a, n_all, S)[..., :n] if a is None else a.log()
             log_b = _log_marginal(b, m, S)
             ta, tb = problem.tau_a, problem.tau_b
             if init is not None:
@@ -525,15 +555,16 @@ class Sinkhorn:
             else:
                 f0 = torch.zeros((*batch, n), dtype=S.dtype, device=S.device)
                 g0 = torch.zeros((*batch, m), dtype=S.dtype, device=S.device)
-            dom = _choose_domain(self.domain, S, bound)
+            dom = _choose_domain(self.domain, S, bound, shard)
             loop = (log_a, log_b, ta, tb, f0, g0, iters, tol, check_every)
+            extra = (None, shard)  # (trace, shard) of the iterate functions
             sums = None  # (row sums, column sums) of the plan when known without an n x m pass
             row_lse = None
             log_plan = None
 
             if grad == "unrolled" and fused:
                 info: dict = {}
-                fused_args = (S, log_a, log_b, f0, g0, ta, tb, iters, tol, check_every, info)
+                fused_args = (S, log_a, log_b, f0, g0, ta, tb, iters, tol, check_every, info, shard)
                 if dom == "exp":
                     f, g, row_lse = _FusedExpSinkhorn.apply(*fused_args)
                     sums = info["row_sum"], info["col_sum"]
@@ -542,21 +573,24 @@ class Sinkhorn:
                 n_done, conv = info["n_iters"], info["converged"]
             elif grad == "unrolled":  # the reference: autograd through the loop
                 iterate = _exp_iterate if dom == "exp" else _log_iterate
-                f, g, n_done, conv = iterate(S, *loop)
+                f, g, n_done, conv = iterate(S, *loop, *extra)
             else:
                 with torch.no_grad():
                     if dom == "exp":
                         trace: dict = {}
-                        f, g, n_done, conv = _exp_iterate(S.detach(), *loop, trace)
+                        f, g, n_done, conv = _exp_iterate(S.detach(), *loop, trace, shard)
                         K, u, v = trace["K"], trace["u"][-1], trace["v"][-1]
                         kv = (K @ v.unsqueeze(-1)).squeeze(-1)
-                        sums = (u * kv, v * (u.unsqueeze(-2) @ K).squeeze(-2))
+                        col = _col_sum((u.unsqueeze(-2) @ K).squeeze(-2), shard)
+                        sums = (u * kv, v * col)
                         del trace
                     else:
-                        f, g, n_done, conv = _log_iterate(S.detach(), *loop)
+                        f, g, n_done, conv = _log_iterate(S.detach(), *loop, *extra)
                 kernel = K if dom == "exp" and fused else None
                 if grad == "implicit":
-                    f, g = implicit_potentials(S, log_a, log_b, ta, tb, f, g, kernel=kernel)
+                    f, g = implicit_potentials(
+                        S, log_a, log_b, ta, tb, f, g, kernel=kernel, shard=shard
+                    )
                 if kernel is not None:  # K is kept for the divergences' row_lse = log K v
                     row_lse = _RowLSE.apply(S, g, kernel, v, kv)
             if log_plan is None and sums is None:  # else formed on access
@@ -564,12 +598,23 @@ class Sinkhorn:
             with torch.no_grad():
                 if sums is None:
                     P = log_plan.detach().exp()
-                    sums = P.sum(-1), P.sum(-2)
+                    sums = P.sum(-1), _col_sum(P.sum(-2), shard)
                     del P
-                row_err = (sums[0].detach() - log_a.exp()).abs().sum(-1)
+                row_err = _col_sum((sums[0].detach() - log_a.exp()).abs().sum(-1), shard)
                 col_err = (sums[1].detach() - log_b.exp()).abs().sum(-1)
         return SinkhornOutput(
-            f, g, S, n_done, conv, row_err, col_err, dom, row_lse=row_lse, stored_log_plan=log_plan
+            f,
+            g,
+            S,
+            n_done,
+            conv,
+            row_err,
+            col_err,
+            dom,
+            row_lse=row_lse,
+            stored_log_plan=log_plan,
+            shard=shard,
+            rows_total=None if shard is None else n_all,
         )
 
 
@@ -627,8 +672,11 @@ def _check_scores_shape(scores: torch.Tensor) -> None:
         raise ValueError(f"scores: expected n, m >= 1, got shape {tuple(scores.shape)}")
 
 
-def _check_scores_values(scores: torch.Tensor) -> None:
-    top = float(scores.detach().amax())  # NaN if any entry is NaN: one pass, one sync
+def _check_scores_values(scores: torch.Tensor, shard: Shard | None = None) -> None:
+    top = scores.detach().amax()  # NaN if any entry is NaN: one pass, one sync
+    if shard is not None:  # every rank decides alike (a raise on one rank only would hang)
+        top = shard.max(torch.nan_to_num(top, nan=math.inf))
+    top = float(top)
     if math.isnan(top) or top == math.inf:
         raise ValueError("scores: expected finite values or -inf (excluded pairs), got NaN/+inf")
 
@@ -658,13 +706,19 @@ def solve(
     return Sinkhorn(**options)(scores, problem, bound=bound, init=init)
 
 
-def _mass_plan(scores: torch.Tensor, mass: float) -> SinkhornOutput:
+def _mass_plan(scores: torch.Tensor, mass: float, shard: Shard | None = None) -> SinkhornOutput:
     r"""Closed form of the total-mass problem: :math:`\log P = S - \mathrm{LSE}(S) + \log m`."""
     with torch.autocast(device_type=scores.device.type, enabled=False):
         S = scores if scores.dtype == torch.float64 else scores.float()
-        lse = torch.logsumexp(S.flatten(-2), dim=-1)
+        if shard is None:
+            lse = torch.logsumexp(S.flatten(-2), dim=-1)
+        else:
+            lse = shard.logsumexp_all(S)
         f = (math.log(mass) - lse).unsqueeze(-1).expand(*S.shape[:-1])
         g = torch.zeros(S.shape[:-2] + S.shape[-1:], dtype=S.dtype, device=S.device)
         zero = torch.zeros(S.shape[:-2], dtype=S.dtype, device=S.device)
         log_plan = S + f.unsqueeze(-1)
-    return SinkhornOutput(f, g, S, 1, True, zero, zero, "log", stored_log_plan=log_plan)
+    rows = None if shard is None else S.shape[-2] * shard.world
+    return SinkhornOutput(
+        f, g, S, 1, True, zero, zero, "log", stored_log_plan=log_plan, shard=shard, rows_total=rows
+    )

@@ -80,13 +80,18 @@ def add_run_options(p: argparse.ArgumentParser, *, single_loss: bool) -> argpars
 
 
 def add_train_options(p: argparse.ArgumentParser, default_out: str) -> None:
-    """``--out``, ``--resume`` of a single-run training command."""
+    """``--out``, ``--resume``, ``--extend`` of a single-run training command."""
     p.add_argument("--out", metavar="DIR", help=f"run directory (default {default_out})")
     p.add_argument(
         "--resume",
         metavar="DIR",
-        help="continue the run in DIR from its last checkpoint (its saved config is used; "
-        "flags given here override it, e.g. --epochs to extend)",
+        help="continue the run in DIR from its last checkpoint with its saved config (settings "
+        "that would change what the run is are refused)",
+    )
+    p.add_argument(
+        "--extend",
+        action="store_true",
+        help="with --resume and --epochs N: train the run to N epochs (more than it was set up for)",
     )
 
 
@@ -150,7 +155,7 @@ def run_train(
 ) -> tuple[EpochTrainer, dict[str, Any]]:
     """``train`` / ``train --resume``: the config from the flags (or the run), then fit.
 
-    ``make_trainer(cfg, out, resume=...)`` builds the pipeline's trainer.
+    ``make_trainer(cfg, out, resume=..., extend=...)`` builds the pipeline's trainer.
     """
     shared, _ = loss_params(args.loss_param, per_loss=False)
     if args.resume:
@@ -166,5 +171,5 @@ def run_train(
         out = args.out
     cfg.loss.params.update(shared)  # type: ignore[attr-defined]
     check_loss_params(cfg.loss.name, cfg.loss.params)  # type: ignore[attr-defined]
-    trainer = make_trainer(cfg, out, resume=bool(args.resume))
+    trainer = make_trainer(cfg, out, resume=bool(args.resume), extend=bool(args.extend))
     return trainer, trainer.fit()

@@ -169,12 +169,14 @@ def _coerce(name: str, value: Any, ftype: Any) -> Any:
     if "tuple" in ann:
         if isinstance(value, (int, float)):
             value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{name}: expected a list of numbers, got {value!r}")
+        arity = _tuple_arity(ann)
+        what = f"{arity} numbers" if arity else "a list of numbers"
+        if not isinstance(value, (list, tuple)) or (arity and len(value) != arity):
+            raise ValueError(f"{name}: expected {what}, got {value!r}")
         try:
             return tuple(float(v) for v in value)
         except (TypeError, ValueError):
-            raise ValueError(f"{name}: expected a list of numbers, got {value!r}") from None
+            raise ValueError(f"{name}: expected {what}, got {value!r}") from None
     if ann.startswith("bool"):
         if isinstance(value, bool):
             return value
@@ -190,8 +192,31 @@ def _coerce(name: str, value: Any, ftype: Any) -> Any:
             raise ValueError(f"{name}: expected a number, got {value!r}")
         return float(value)
     if ann.startswith("str"):
+        if isinstance(value, bool):  # YAML 1.1 reads off/no/yes as booleans
+            return "true" if value else "false"
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"{name}: expected a string, got {value!r}")
         return value if isinstance(value, str) else str(value)
     return value
+
+
+def _tuple_arity(ann: str) -> int | None:
+    """2 for ``tuple[float, float] | None``; None for ``tuple[float, ...]``."""
+    inner = ann[ann.index("tuple[") + 6 :].split("]", 1)[0]
+    return None if "..." in inner else len(inner.split(","))
+
+
+def _field_type(cfg: Any, parts: list[str]) -> str | None:
+    """The annotation of the setting ``parts`` (e.g. ``["train", "amp"]``), None if unknown."""
+    obj: Any = cfg
+    for p in parts[:-1]:
+        if not dataclasses.is_dataclass(obj) or not hasattr(obj, p):
+            return None
+        obj = getattr(obj, p)
+    if not dataclasses.is_dataclass(obj):
+        return None
+    f = {f.name: f for f in fields(obj)}.get(parts[-1])
+    return None if f is None else str(f.type)
 
 
 def _merge(obj: Any, d: dict[str, Any], prefix: str) -> None:
@@ -218,7 +243,9 @@ def apply_overrides(cfg: C, overrides: list[str]) -> C:
     """A copy of ``cfg`` with ``section.key=value`` strings applied.
 
     A setting that is a mapping takes single entries: ``loss.params.temperature=0.2`` sets one
-    loss parameter. Values are parsed by :func:`parse_value` and checked against the field type.
+    loss parameter. Values are parsed by :func:`parse_value` and checked against the field type,
+    except that a text setting keeps the text as typed (``train.amp=none`` is the string
+    ``"none"``); ``null`` unsets an optional one.
     """
     cfg = copy.deepcopy(cfg)
     for item in overrides:
@@ -226,7 +253,12 @@ def apply_overrides(cfg: C, overrides: list[str]) -> C:
             raise ValueError(f"--set: expected section.key=value, got {item!r}")
         path, raw = item.split("=", 1)
         parts = [p.strip() for p in path.strip().split(".")]
-        value = parse_value(raw)
+        ann = _field_type(cfg, parts)
+        if ann is not None and ann.startswith("str"):  # text as typed: `none` is a string
+            text = raw.strip()
+            value = None if text.lower() == "null" and "None" in ann else text
+        else:
+            value = parse_value(raw)
         if _set_mapping_entry(cfg, parts, value):
             continue
         nested: Any = value

@@ -5,13 +5,13 @@ A *run* is one output directory::
     run/config.yaml      the resolved configuration (everything needed to rebuild the run)
     run/checkpoint.pt    model, optimizer, scheduler, AMP scaler, loss state, RNG states,
                          epoch/step (written atomically every ``train.checkpoint_every``
-                         epochs, at the end, and on Ctrl-C)
+                         epochs, at the end, and on Ctrl-C or SIGTERM)
     run/metrics.jsonl    one JSON record per epoch (loss, lr, seconds, throughput, metrics)
     run/summary.json     written when training completes
 
 :class:`EpochTrainer` owns all of it -- run directory, resolved config, atomic checkpoints,
-exact resume, the metrics log, progress, seeds, device and autocast, Ctrl-C, divergence -- and a
-pipeline only says what one step computes.
+exact resume, the metrics log, progress, seeds, device and autocast, signals, locking,
+divergence -- and a pipeline only says what one step computes.
 
 Subclass contract
 -----------------
@@ -41,13 +41,21 @@ The config is any dataclass with the shared sections ``train`` (:class:`~otcl.pi
 TrainConfig`), ``optim`` (:class:`~otcl.pipelines.config.OptimConfig`) and ``loss``
 (:class:`~otcl.pipelines.config.LossConfig`), e.g. :class:`~otcl.pipelines.config.RunConfig`.
 
-The base guarantees: a new run never overwrites an existing one (``resume=True`` continues it);
-``config.yaml`` is written before the first step; checkpoints are written atomically (temp file,
-fsync, rename); resuming from any checkpoint -- an epoch end, the end, or a Ctrl-C mid-epoch --
-continues exactly as the uninterrupted run (bit-identical weights on CPU with
-``train.deterministic``), and the metrics log is cut back to the checkpoint; the loss is read back
-to the host only every ``train.log_every`` steps; a non-finite loss stops the run with
-:class:`TrainingDiverged`; Ctrl-C saves and raises :class:`TrainingInterrupted`.
+The base guarantees (docs/reliability.md lists the test of each):
+
+* the run directory is created and probed before ``build()`` loads any data, and locked
+  (:class:`RunLock`): one writer at a time; a new run never overwrites a checkpoint;
+* ``config.yaml`` is written before the first step; checkpoints are written atomically (temp
+  file, fsync, rename) in a format read with ``torch.load(weights_only=True)`` and a SHA-256
+  check (:func:`save_checkpoint`, :func:`load_checkpoint`), never with NaN/inf weights;
+* resuming from any checkpoint -- an epoch end, the end, or a signal mid-epoch -- continues
+  exactly as the uninterrupted run (bit-identical weights on CPU with ``train.deterministic``);
+  the metrics log is cut back to the checkpoint; a resume may not change what the run is
+  (:attr:`EpochTrainer.resume_may_change`; ``train.epochs`` grows only with ``extend``);
+* SIGINT and SIGTERM during :meth:`EpochTrainer.fit` are deferred to the end of the current
+  step, then the run saves and raises :class:`TrainingInterrupted` (a second signal aborts);
+* the loss is read back to the host only every ``train.log_every`` steps; a non-finite loss,
+  embedding or weight stops the run with :class:`TrainingDiverged`.
 
 Example:
     >>> import torch
@@ -65,7 +73,8 @@ Example:
     ...         return self.loss_fn(self.model(x), self.model(x + 0.1 * noise))
     >>> cfg = RunConfig()
     >>> cfg.train.epochs, cfg.train.batch_size, cfg.optim.lr, cfg.train.progress = 2, 16, 0.1, False
-    >>>     >>> summary = Toy(cfg, tempfile.mkdtemp() + "/run").fit()
+    >>> import tempfile
+    >>> summary = Toy(cfg, tempfile.mkdtemp() + "/run").fit()
     >>> summary["epochs"]
     2
 """
@@ -74,17 +83,27 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import math
 import os
+import pickle
 import random
+import signal
+import socket
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 import torch
@@ -96,10 +115,12 @@ from ._files import (
     atomic_torch_save,
     atomic_write_bytes,
     atomic_write_text,
+    check_writable,
     read_jsonl,
     write_jsonl,
 )
-from .config import save_config
+from ._signals import DeferredSignals
+from .config import OptimConfig, save_config
 
 __all__ = [
     "CHECKPOINT",
@@ -111,6 +132,9 @@ __all__ = [
     "TrainingInterrupted",
     "TrainingDiverged",
     "Progress",
+    "RunLock",
+    "prepare_run_dir",
+    "check_writable",
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_torch_save",
@@ -118,6 +142,9 @@ __all__ = [
     "read_jsonl",
     "write_jsonl",
     "load_checkpoint",
+    "check_finite_weights",
+    "load_model_weights",
+    "save_checkpoint",
     "pick_device",
     "amp_dtype",
     "derive_seed",
@@ -130,7 +157,7 @@ CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 
 
 # -- devices -------------------------------------------------------------------------------
@@ -176,10 +203,19 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every global RNG state (Python, NumPy, torch CPU and CUDA)."""
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+    """Every global RNG state (Python, NumPy, torch CPU and CUDA) as tensors, lists and numbers
+    (what a ``weights_only`` load accepts)."""
+    version, key, gauss = random.getstate()
+    kind, mt, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [int(version), list(key), gauss],
+        "numpy": {
+            "kind": str(kind),
+            "key": torch.from_numpy(np.asarray(mt, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -188,33 +224,246 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the states returned by :func:`rng_state`."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    """Restore the states returned by :func:`rng_state` (or stored by checkpoint format 1:
+    Python's tuple and NumPy's own tuple)."""
+    version, key, gauss = state["python"]
+    random.setstate((int(version), tuple(int(k) for k in key), gauss))
+    npst = state["numpy"]
+    if isinstance(npst, dict):
+        key = npst["key"].cpu().numpy().astype(np.uint32)
+        npst = (npst["kind"], key, npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
+    np.random.set_state(npst)
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 # -- checkpoints ---------------------------------------------------------------------------
-def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a run's checkpoint (``path`` is the file or its run directory).
+#: checkpoint formats this version reads: 1 (otcl 0.1 before the pipelines moved) and 2
+READABLE_FORMATS = (1, 2)
+_REQUIRED_KEYS = {"format", "config", "model", "epoch", "step_in_epoch", "global_step", "rng"}
+
+
+def check_finite_weights(weights: dict[str, Any], where: str | os.PathLike[str]) -> None:
+    """Raise ``ValueError`` if a floating tensor of ``weights`` (a state dict) holds NaN/inf:
+    such a model evaluates to chance level without any other sign of trouble."""
+    floats = {k: v for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point()}
+    bad = [k for k, v in floats.items() if not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise ValueError(
+            f"run: the checkpoint in {str(where)!r} holds NaN/inf weights ({bad[0]}{more}): the "
+            "run diverged; train it again with a lower optim.lr"
+        )
+
+
+def load_model_weights(
+    model: torch.nn.Module, weights: dict[str, Any], where: str | os.PathLike[str]
+) -> None:
+    """Load a checkpoint's model state into ``model``: NaN/inf weights and a state that does not
+    fit the model are each one ``ValueError`` naming the run (``where``)."""
+    check_finite_weights(weights, where)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ValueError(
+            f"run: the checkpoint in {str(where)!r} does not fit its model: {_first_line(e)}"
+        ) from None
+
+
+def _format1_globals() -> list[tuple[Any, str]]:
+    """The only globals a format-1 checkpoint needs beyond tensors: NumPy's RNG-state array
+    (under the module names NumPy 1 and 2 pickle it with)."""
+    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
+    u32 = type(np.dtype(np.uint32))
+    return [
+        (np.dtype, "numpy.dtype"),
+        (np.ndarray, "numpy.ndarray"),
+        (u32, f"numpy.dtypes.{u32.__name__}"),
+        (reconstruct, "numpy.core.multiarray._reconstruct"),
+        (reconstruct, "numpy._core.multiarray._reconstruct"),
+    ]
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write ``state`` (tensors, numbers, strings, lists, dicts) as a checkpoint, atomically.
+
+    The file is a ``torch.save`` of ``{"format": 2, "otcl_version", "sha256", "payload"}``:
+    ``payload`` holds the ``torch.save`` bytes of ``state`` (a uint8 tensor) and ``sha256``
+    their digest.
+    """
+    buf = io.BytesIO()
+    torch.save({**state, "format": CHECKPOINT_FORMAT}, buf)
+    payload = buf.getvalue()
+    outer = {
+        "format": CHECKPOINT_FORMAT,
+        "otcl_version": __version__,
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
+    }
+    atomic_torch_save(outer, path)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _safe_load(source: Any, where: str) -> Any:
+    """``torch.load(weights_only=True)`` onto the CPU. A file that needs other globals is
+    refused before anything in it runs, except a format-1 file's NumPy RNG-state array."""
+    try:
+        with warnings.catch_warnings():  # a bare pickle's protocol warning says nothing useful
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass
+    except Exception as e:
+        raise ValueError(f"run: cannot read checkpoint {where!r}: {_first_line(e)}") from None
+    if hasattr(source, "seek"):
+        source.seek(0)
+    try:  # lists the pickle's globals without loading it
+        needed = set(torch.serialization.get_unsafe_globals_in_checkpoint(source))
+    except Exception:
+        needed = set()
+    allowed = _format1_globals()
+    refused = sorted(needed - {name for _, name in allowed})
+    if refused or not needed:
+        what = ", ".join(refused) if refused else "objects other than tensors"
+        raise ValueError(
+            f"run: refusing to load {where!r}: not an otcl checkpoint, it references {what} "
+            "(nothing in it was run)"
+        )
+    if hasattr(source, "seek"):
+        source.seek(0)
+    with torch.serialization.safe_globals(allowed):
+        try:
+            return torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"run: cannot read checkpoint {where!r}: {_first_line(e)}") from None
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a run's checkpoint (``path``: the file or its run directory) onto the CPU.
+
+    Safe on untrusted files: only tensors, numbers, strings and containers are unpickled
+    (``weights_only=True``), and format 2 verifies the payload's SHA-256 first. Format-1 files
+    (otcl 0.1) may also hold NumPy's RNG-state array, which is allowed for them alone.
+
+    Returns:
+        the state dict written by :meth:`EpochTrainer.state` (``"format"``: 1 or 2).
 
     Raises:
-        ValueError: no checkpoint there, or a file that is not an otcl checkpoint.
+        ValueError: no checkpoint there, a damaged file, a newer format, or a file that is not
+            an otcl checkpoint (any pickle that would run code is refused unloaded).
     """
     p = Path(path)
     if p.is_dir():
         p = p / CHECKPOINT
-    if not p.exists():
+    if not p.is_file():
         raise ValueError(f"run: expected a run directory holding {CHECKPOINT}, got {str(path)!r}")
-    try:
-        st = torch.load(p, map_location=map_location, weights_only=False)
-    except Exception as e:
-        raise ValueError(f"run: cannot read checkpoint {str(p)!r}: {e}") from None
-    if not isinstance(st, dict) or st.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"run: {str(p)!r} is not an otcl checkpoint (format {CHECKPOINT_FORMAT})")
+    st = _safe_load(p, str(p))
+    fmt = st.get("format") if isinstance(st, dict) else None
+    if isinstance(fmt, int) and fmt > max(READABLE_FORMATS):
+        raise ValueError(
+            f"run: {str(p)!r} has checkpoint format {fmt} (otcl {st.get('otcl_version', '?')}); "
+            f"otcl {__version__} reads formats {', '.join(map(str, READABLE_FORMATS))}: "
+            "upgrade otcl"
+        )
+    if fmt == 2:
+        payload, digest = st.get("payload"), st.get("sha256")
+        if not (
+            isinstance(payload, torch.Tensor)
+            and payload.dtype == torch.uint8
+            and payload.dim() == 1
+            and isinstance(digest, str)
+        ):
+            raise ValueError(f"run: {str(p)!r} is not an otcl checkpoint (no payload)")
+        payload = payload.numpy().tobytes()
+        if hashlib.sha256(payload).hexdigest() != digest:
+            raise ValueError(f"run: {str(p)!r} is damaged (its payload fails the SHA-256 check)")
+        st = _safe_load(io.BytesIO(payload), str(p))
+        fmt = st.get("format") if isinstance(st, dict) else None
+    if fmt not in READABLE_FORMATS or not _REQUIRED_KEYS <= set(st):
+        raise ValueError(f"run: {str(p)!r} is not an otcl checkpoint")
     return st
+
+
+# -- run directories ----------------------------------------------------------------------
+LOCK = ".otcl.lock"
+
+
+def prepare_run_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` (and its parents) and check that files can be written in it.
+
+    Raises:
+        ValueError: one line naming the directory and the cause (an existing file, no such
+            place, permissions, a read-only file system, a full disk).
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"out: {str(p)!r} exists and is not a directory; choose another --out")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        check_writable(p)
+    except OSError as e:
+        raise ValueError(f"out: cannot write in {str(p)!r}: {e.strerror or e}") from None
+    return p
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held by the one process that writes it.
+
+    ``fcntl.flock`` on ``<dir>/.otcl.lock`` (released by the kernel if the process dies, so a
+    stale lock file never blocks anyone); the file records the holder's pid and host for the
+    error message. Where ``fcntl`` does not exist (Windows) no lock is taken.
+
+    Raises:
+        ValueError: another process (or another trainer in this one) holds the lock.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+        self.path = Path(run_dir) / LOCK
+        try:
+            self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ValueError(f"out: cannot write in {str(run_dir)!r}: {e.strerror}") from None
+        if fcntl is None:
+            return
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self._fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self._fd)
+            self._fd = None
+            raise ValueError(
+                f"out: {str(run_dir)!r} is being written by another otcl process ({holder}); "
+                "wait for it to finish, or choose another --out"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+
+    def release(self) -> None:
+        """Give the lock back (idempotent)."""
+        if self._fd is not None:
+            if fcntl is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists kept whole)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 # -- progress ------------------------------------------------------------------------------
@@ -270,11 +519,24 @@ class Progress:
 
 # -- errors --------------------------------------------------------------------------------
 class TrainingInterrupted(Exception):
-    """Raised after Ctrl-C once the checkpoint is safely written."""
+    """Raised after SIGINT (Ctrl-C) or SIGTERM once the checkpoint is safely written.
 
-    def __init__(self, path: Path, epoch: int, step: int) -> None:
-        super().__init__(f"interrupted at epoch {epoch}, step {step}; checkpoint saved to {path}")
-        self.path, self.epoch, self.step = path, epoch, step
+    Attributes:
+        path: the checkpoint; ``run_dir``: its directory.
+        epoch, step: epochs completed and steps of the current epoch completed.
+        signum: the signal (``exit_status`` = 128 + signum: 130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, path: Path, epoch: int, step: int, signum: int = signal.SIGINT) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"interrupted by {name} at epoch {epoch}, step {step}; checkpoint saved to {path}"
+        )
+        self.path, self.epoch, self.step, self.signum = path, epoch, step, int(signum)
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
 
     @property
     def run_dir(self) -> Path:
@@ -286,6 +548,10 @@ class TrainingDiverged(RuntimeError):
 
 
 _BASE_KEYS = ("epoch", "loss", "lr", "seconds")
+
+
+class _StopRequested(Exception):
+    """A deferred SIGINT/SIGTERM reached a step boundary."""
 
 
 def _stderr(line: str) -> None:
@@ -303,6 +569,9 @@ class EpochTrainer:
         out: run directory (default ``cfg.train.out``, else :meth:`default_out`).
         resume: continue from ``out/checkpoint.pt``; without it an existing checkpoint in
             ``out`` is an error (nothing is overwritten silently).
+        extend: with ``resume``, allow a larger ``train.epochs`` than the run's.
+        data: an already loaded dataset, kept as :attr:`given_data` for :meth:`build` to use
+            instead of loading it (``compare`` loads it once for all its runs).
         log: where progress lines go (standard error by default).
     """
 
@@ -319,8 +588,11 @@ class EpochTrainer:
         out: str | Path | None = None,
         *,
         resume: bool = False,
+        extend: bool = False,
+        data: Any = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
+        self.given_data = data
         self.cfg = self.resolve_config(cfg)
         self.check_config()
         t = self.cfg.train
@@ -329,6 +601,18 @@ class EpochTrainer:
         self.out = Path(out)
         t.out = str(self.out)
         self.log = log or _stderr
+        if extend and not resume:
+            raise ValueError("--extend: only with --resume (it lengthens an existing run)")
+        prepare_run_dir(self.out)  # a bad --out fails here, before any data is loaded
+        self._lock: RunLock | None = RunLock(self.out)
+        try:
+            self._setup(resume, extend)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, resume: bool, extend: bool) -> None:
+        t = self.cfg.train
         ckpt = self.out / CHECKPOINT
         if ckpt.exists() and not resume:
             raise ValueError(
@@ -337,6 +621,9 @@ class EpochTrainer:
             )
         if resume and not ckpt.exists():
             raise ValueError(f"resume: no {CHECKPOINT} in {str(self.out)!r} to resume from")
+        st = load_checkpoint(ckpt) if resume else None
+        if st is not None:
+            self._check_resume(st, extend)  # before the data loads
         if t.threads:
             torch.set_num_threads(int(t.threads))
         self.device = pick_device(t.device)
@@ -379,8 +666,62 @@ class EpochTrainer:
         self.epoch_seconds = 0.0  # time spent in the current epoch before a resume
         self._running = torch.zeros((), device=self.device)
         self._running_count = 0
-        if resume:
-            self.restore(load_checkpoint(ckpt, map_location=self.device))
+        self.resumed = st is not None
+        if st is not None:
+            self.restore(st)
+
+    def close(self) -> None:
+        """Release the run directory's lock (:meth:`fit` does it when it returns)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    #: settings a resumed run may change: where and how it runs, not what it computes
+    resume_may_change: tuple[str, ...] = (
+        "train.out",
+        "train.progress",
+        "train.device",
+        "train.threads",
+        "train.log_every",
+        "train.checkpoint_every",
+        "train.compile",
+        "train.deterministic",
+    )
+
+    def _check_resume(self, st: dict[str, Any], extend: bool) -> None:
+        """Refuse settings that would change what the saved run is (``train.epochs`` only
+        grows, and only with ``extend``)."""
+        saved = _flat(self.resolve_config(type(self.cfg).from_dict(st["config"])).to_dict())
+        now = _flat(self.cfg.to_dict())
+        allowed = self.resume_may_change
+        changed = sorted(
+            k
+            for k in saved.keys() | now.keys()
+            if saved.get(k) != now.get(k)
+            and not any(k == a or k.startswith(a + ".") for a in allowed)
+        )
+        old, new = saved.get("train.epochs"), now.get("train.epochs")
+        if extend and not (isinstance(old, int) and isinstance(new, int) and new > old):
+            raise ValueError(
+                f"--extend: expected --epochs larger than the run's {old} epochs, got {new}"
+            )
+        if "train.epochs" in changed and extend:
+            changed.remove("train.epochs")
+            self.log(
+                f"{self.out}: extending the run from {old} to {new} epochs; the learning-rate "
+                "schedule is recomputed for the new length (recorded in config.yaml)"
+            )
+        if changed == ["train.epochs"]:
+            raise ValueError(
+                f"train.epochs: the run in {str(self.out)!r} is set up for {old} epochs, got "
+                f"{new}; to train it longer pass --extend with --epochs N (N > {old})"
+            )
+        if changed:
+            diffs = "; ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+            raise ValueError(
+                f"resume: these settings differ from the run in {str(self.out)!r} and would "
+                f"change what it is: {diffs}; drop them, or start a new run with another --out"
+            )
 
     # -- hooks a pipeline overrides --------------------------------------------------------
     def resolve_config(self, cfg: Any) -> Any:
@@ -400,10 +741,31 @@ class EpochTrainer:
             raise ValueError(f"optim.optimizer: expected sgd, adam or adamw, got {o.optimizer!r}")
         if o.schedule not in ("cosine", "constant"):
             raise ValueError(f"optim.schedule: expected cosine or constant, got {o.schedule!r}")
-        if t.checkpoint_every < 1:
+        if not 0.0 <= o.momentum < 1.0:
+            raise ValueError(f"optim.momentum: expected a number in [0, 1), got {o.momentum!r}")
+        if o.optimizer != "sgd" and (o.nesterov or o.momentum != OptimConfig.momentum):
             raise ValueError(
-                f"train.checkpoint_every: expected an integer >= 1, got {t.checkpoint_every!r}"
+                f"optim.momentum / optim.nesterov: apply only to optim.optimizer=sgd, got "
+                f"{o.optimizer!r} (Adam's moments are fixed)"
             )
+        if o.nesterov and o.momentum == 0:
+            raise ValueError("optim.nesterov: needs optim.momentum > 0, got 0")
+        if o.weight_decay is not None and not o.weight_decay >= 0:
+            raise ValueError(f"optim.weight_decay: expected a number >= 0, got {o.weight_decay!r}")
+        if not o.warmup_epochs >= 0:
+            raise ValueError(
+                f"optim.warmup_epochs: expected a number >= 0, got {o.warmup_epochs!r}"
+            )
+        for name in ("checkpoint_every", "log_every"):
+            if getattr(t, name) < 1:
+                raise ValueError(
+                    f"train.{name}: expected an integer >= 1, got {getattr(t, name)!r}"
+                )
+        for name in ("max_steps_per_epoch", "threads"):
+            if getattr(t, name) is not None and getattr(t, name) < 1:
+                raise ValueError(
+                    f"train.{name}: expected an integer >= 1 or none, got {getattr(t, name)!r}"
+                )
         loss = getattr(self.cfg, "loss", None)
         if loss is not None and loss.dmm_mix not in ("input", "embedding"):
             raise ValueError(f"loss.dmm_mix: expected input or embedding, got {loss.dmm_mix!r}")
@@ -539,7 +901,6 @@ class EpochTrainer:
         """Everything a resume needs, as written to ``checkpoint.pt``."""
         self._fold_running_loss()
         st = {
-            "format": CHECKPOINT_FORMAT,
             "otcl_version": __version__,
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
@@ -560,15 +921,30 @@ class EpochTrainer:
             st["pipeline"] = extra
         return st
 
+    def _finite_state(self) -> bool:
+        """Whether every parameter and buffer of the model is finite (one host sync)."""
+        tensors = [v for v in self.model.state_dict().values() if v.is_floating_point()]
+        return all(bool(torch.isfinite(v).all()) for v in tensors)
+
     def save(self) -> Path:
-        """Write the checkpoint atomically; returns its path."""
+        """Write the checkpoint atomically; returns its path.
+
+        Raises:
+            TrainingDiverged: the weights are no longer finite (the last good checkpoint stays).
+        """
+        if not self._finite_state():
+            epoch = self.epoch + (1 if self.step_in_epoch else 0)
+            raise TrainingDiverged(
+                f"the weights became NaN/inf by step {self.global_step} (epoch {epoch}); the "
+                "last finite checkpoint is kept; lower optim.lr or raise the loss temperature"
+            )
         path = self.out / CHECKPOINT
-        atomic_torch_save(self.state(), path)
+        save_checkpoint(self.state(), path)
         return path
 
     def restore(self, st: dict[str, Any]) -> None:
         """Load a checkpoint's state (see :meth:`state`) into this trainer."""
-        self.model.load_state_dict(st["model"])
+        load_model_weights(self.model, st["model"], self.out)
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.scaler.load_state_dict(st["scaler"])
@@ -589,7 +965,27 @@ class EpochTrainer:
         """Train to ``train.epochs``; returns the summary (also written to ``summary.json``)."""
         t = self.cfg.train
         epochs = int(t.epochs)
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self._lock is None:
+            self._lock = RunLock(self.out)
+        try:
+            return self._fit(epochs)
+        finally:
+            self.close()
+
+    #: files a run writes besides its checkpoint and config (removed when a run starts afresh)
+    outputs: tuple[str, ...] = (METRICS, SUMMARY)
+
+    def _fit(self, epochs: int) -> dict[str, Any]:
+        t = self.cfg.train
+        if not self.resumed and self.global_step == 0:
+            stale = [f for f in self.outputs if (self.out / f).exists()]
+            if stale:  # left by a run killed before its first checkpoint
+                self.log(
+                    f"{self.out}: removing {', '.join(stale)} of an earlier run that saved no "
+                    "checkpoint; starting afresh"
+                )
+                for f in stale:
+                    (self.out / f).unlink()
         save_config(self.cfg, self.out / CONFIG)
         progress = Progress(
             enabled=t.progress,
@@ -600,16 +996,28 @@ class EpochTrainer:
             log=self.log,
         )
         self.model.train()
-        try:
-            while self.epoch < epochs:
-                self._run_epoch(progress)
-        except KeyboardInterrupt:
-            progress.close()
-            path = self.save()
-            raise TrainingInterrupted(path, self.epoch, self.step_in_epoch) from None
-        finally:
-            progress.close()
+        with DeferredSignals() as signals:
+            self._signals = signals
+            try:
+                while self.epoch < epochs:
+                    self._run_epoch(progress)
+            except _StopRequested:
+                progress.close()
+                path = self.save()
+                raise TrainingInterrupted(
+                    path, self.epoch, self.step_in_epoch, signals.received or signal.SIGINT
+                ) from None
+            finally:
+                progress.close()
+                self._signals = None
         return self._finish()
+
+    _signals: DeferredSignals | None = None
+
+    def _check_stop(self) -> None:
+        """At a step boundary: stop if a SIGINT/SIGTERM arrived during the last step."""
+        if self._signals is not None and self._signals.received is not None:
+            raise _StopRequested
 
     def _run_epoch(self, progress: Progress) -> None:
         t = self.cfg.train
@@ -617,7 +1025,16 @@ class EpochTrainer:
         self.start_epoch(self.epoch)
         start = time.perf_counter()
         for step in range(self.step_in_epoch, self.steps_per_epoch):
-            loss = self.train_step(self.epoch, step)
+            self._check_stop()
+            try:
+                loss = self.train_step(self.epoch, step)
+            except ValueError as e:  # a loss's input check on embeddings gone NaN/inf
+                if self.global_step > 0 and ("finite" in str(e) or not self._finite_state()):
+                    raise TrainingDiverged(
+                        f"non-finite values at epoch {self.epoch + 1}, step {step + 1} "
+                        f"({_first_line(e)}); lower optim.lr or raise the loss temperature"
+                    ) from None
+                raise
             self._running += loss
             self._running_count += 1
             self.global_step += 1
@@ -627,7 +1044,7 @@ class EpochTrainer:
                 self._fold_running_loss()  # the only host sync of the loop
                 if not math.isfinite(self.epoch_loss[0]):
                     raise TrainingDiverged(
-                        f"loss became {self.epoch_loss[0]} at epoch {self.epoch + 1}, step "
+                        f"the loss became {self.epoch_loss[0]} by epoch {self.epoch + 1}, step "
                         f"{step + 1}; lower optim.lr or raise the loss temperature"
                     )
                 postfix = {

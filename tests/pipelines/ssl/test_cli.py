@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 
 import pytest
 
@@ -20,8 +23,12 @@ def test_cli_train_resume_eval(tmp_path, capsys, tiny_args):
     assert "gca-uot: 2 epochs" in capsys.readouterr().out
     cfg = load_config(tmp_path / "run" / "config.yaml", Config)
     assert cfg.loss.params == {"rho": 0.5} and cfg.train.epochs == 2
-    # extend the finished run by one epoch
-    assert cli.main(["train", "--resume", out, "--epochs", "3", "--no-progress"]) == 0
+    # extend the finished run by one epoch (explicitly: --epochs alone is refused)
+    assert cli.main(["train", "--resume", out, "--epochs", "3"]) == 2
+    assert "pass --extend" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", out, "--epochs", "3", "--extend", "--no-progress"]) == 0
+    assert "extending the run from 2 to 3 epochs" in capsys.readouterr().err
+    assert load_config(tmp_path / "run" / "config.yaml", Config).train.epochs == 3
     assert load_checkpoint(out)["epoch"] == 3
     assert cli.main(["eval", out, "--no-progress", "--linear-epochs", "2"]) == 0
     assert "linear probe" in capsys.readouterr().out
@@ -70,20 +77,40 @@ def test_cli_resume_refuses_config_and_other_out(tmp_path, capsys, tiny_args):
     assert "--out: not allowed with --resume" in capsys.readouterr().err
 
 
-def test_cli_ctrl_c_saves_and_says_how_to_resume(tmp_path, capsys, monkeypatch, tiny_args):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_cli_signal_saves_and_says_how_to_resume(tmp_path, capsys, monkeypatch, tiny_args, signum):
+    """Ctrl-C, or SIGTERM (what a cluster sends before it kills a job), during step 2."""
     orig = SSLTrainer.train_step
 
     def interrupt(self, epoch, step):
         if self.global_step == 1:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)
         return orig(self, epoch, step)
 
     monkeypatch.setattr(SSLTrainer, "train_step", interrupt)
     out = str(tmp_path / "run")
-    assert cli.main(["train", "--out", out, *tiny_args]) == 130
+    assert cli.main(["train", "--out", out, *tiny_args]) == 128 + signum  # 130 / 143
     err = capsys.readouterr().err
+    name = signal.Signals(signum).name
+    assert err.startswith(f"otcl: interrupted by {name} at epoch 1, step 0")  # epoch 1 finished
     assert f"to continue: otcl train --resume {out}" in err
-    assert load_checkpoint(out)["global_step"] == 1
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert load_checkpoint(out)["global_step"] == 2
     monkeypatch.setattr(SSLTrainer, "train_step", orig)
     assert cli.main(["train", "--resume", out, "--no-progress"]) == 0
     assert load_checkpoint(out)["done"]
+
+
+def test_cli_sigterm_outside_training_is_one_line(tmp_path, capsys, monkeypatch, tiny_args):
+    import otcl.pipelines.ssl.trainer as trainer_module
+
+    def terminated_while_loading(cfg, progress=True):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)  # the handler runs here
+        raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(trainer_module, "load_data", terminated_while_loading)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["train", "--out", str(tmp_path / "run"), *tiny_args]) == 143
+    assert capsys.readouterr().err == "otcl: terminated\n"
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -298,3 +298,31 @@ def test_torchvision_missing_names_the_alternatives(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision.datasets", None)
     with pytest.raises(DataError, match=r"otcl\[vision\].*--data-dir"):
         load_dataset("cifar100")
+
+
+@pytest.mark.parametrize("off", ["none", "off", "false", "no", ""])
+def test_cache_dir_none_or_off_writes_no_cache(tmp_path, monkeypatch, off):
+    """`--set data.cache_dir=none` used to write the default cache, `=off` a folder `False/`."""
+    from otcl.pipelines.config import apply_overrides
+    from otcl.pipelines.ssl.config import Config
+
+    root = _write_folder(tmp_path / "data")
+    default_cache = tmp_path / "default-cache"
+    monkeypatch.setenv("OTCL_CACHE", str(default_cache))
+    monkeypatch.chdir(tmp_path)
+    cfg = apply_overrides(Config(), [f"data.cache_dir={off}"])
+    assert cfg.data.cache_dir == off  # the text as typed, not None or False
+    load_image_folder(root, cache_dir=cfg.data.cache_dir)
+    assert not default_cache.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no `False/`, `off/`
+    load_image_folder(root, cache_dir=None)  # None = the default location
+    assert len(list(default_cache.glob("*.npz"))) == 1
+
+
+def test_missing_data_dir_file_is_named(tmp_path):
+    """--dataset cifar10 --data-dir missing.tar.gz blamed a missing torchvision."""
+    missing = tmp_path / "missing.tar.gz"
+    with pytest.raises(DataError, match=r"data_dir: '.*missing.tar.gz' does not exist"):
+        load_dataset("cifar10", missing)
+    with pytest.raises(DataError, match=r"does not exist"):
+        load_dataset("cifar10", tmp_path / "nowhere", download=False)

@@ -41,7 +41,8 @@ def test_old_run_evaluates(old_run, capsys):
 
 
 def test_old_run_resumes_and_extends(old_run, capsys):
-    assert cli.main(["train", "--resume", str(old_run), "--epochs", "3", "--no-progress"]) == 0
+    argv = ["train", "--resume", str(old_run), "--epochs", "3", "--extend", "--no-progress"]
+    assert cli.main(argv) == 0
     assert "infonce: 3 epochs" in capsys.readouterr().out
     st = load_checkpoint(old_run)
     assert st["epoch"] == 3 and st["global_step"] == 6 and st["done"]
@@ -50,3 +51,4 @@ def test_old_run_resumes_and_extends(old_run, capsys):
     # the old code, resumed the same way, logged this epoch-3 loss
     assert recs[2]["loss"] == pytest.approx(3.932817220687866, rel=1e-4)
     assert cli.main(["eval", str(old_run), "--no-progress"]) == 0
+    assert load_checkpoint(old_run)["format"] == 2  # its next checkpoint is in the safe format

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
+import torch
 
 from otcl.pipelines.config import apply_overrides
 from otcl.pipelines.run import CHECKPOINT, TrainingInterrupted, load_checkpoint
@@ -51,15 +54,16 @@ def test_ctrl_c_mid_epoch_then_resume_gives_identical_weights(
     orig = SSLTrainer.train_step
 
     def interrupt_at_step_5(self, epoch, step):
-        if self.global_step == 5:  # epoch 2, step 2 of 3
-            raise KeyboardInterrupt
+        if self.global_step == 5:  # a real Ctrl-C in epoch 2, step 3 of 3
+            os.kill(os.getpid(), signal.SIGINT)
         return orig(self, epoch, step)
 
     monkeypatch.setattr(SSLTrainer, "train_step", interrupt_at_step_5)
     with pytest.raises(TrainingInterrupted) as info:
         SSLTrainer(cfg, tmp_path / "run").fit()
-    assert info.value.epoch == 1 and info.value.step == 2
-    assert load_checkpoint(tmp_path / "run")["global_step"] == 5
+    # the step finished, then the run stopped at the next boundary (the start of epoch 3)
+    assert (info.value.epoch, info.value.step, info.value.exit_status) == (2, 0, 130)
+    assert load_checkpoint(tmp_path / "run")["global_step"] == 6
     monkeypatch.setattr(SSLTrainer, "train_step", orig)
     resumed = SSLTrainer(cfg, tmp_path / "run", resume=True)
     resumed.fit()
@@ -140,3 +144,30 @@ def test_nan_loss_still_stops_the_run_without_the_input_check(tmp_path, tiny_con
 def test_trainer_bad_settings(tmp_path, setting, match, tiny_config):
     with pytest.raises(ValueError, match=match):
         SSLTrainer(apply_overrides(tiny_config(), [setting]), tmp_path / "run")
+
+
+def test_nan_weights_in_a_checkpoint_are_refused_by_eval_and_resume(tmp_path, tiny_config):
+    """A NaN model evaluates to chance level (10 %) without complaint: refuse it instead."""
+    from otcl.pipelines.run import CHECKPOINT, save_checkpoint
+
+    out = tmp_path / "run"
+    SSLTrainer(tiny_config(epochs=1), out).fit()
+    st = load_checkpoint(out)
+    st["model"]["backbone.net.0.0.weight"].fill_(float("nan"))
+    save_checkpoint(st, out / CHECKPOINT)
+    with pytest.raises(ValueError, match=r"NaN/inf weights \(backbone.net.0.0.weight\)"):
+        evaluate_run(out, progress=False)
+    with pytest.raises(ValueError, match="NaN/inf weights"):
+        SSLTrainer(tiny_config(epochs=1), out, resume=True)
+
+
+def test_a_checkpoint_of_another_model_is_one_error(tmp_path, tiny_config):
+    from otcl.pipelines.run import CHECKPOINT, save_checkpoint
+
+    out = tmp_path / "run"
+    SSLTrainer(tiny_config(epochs=1), out).fit()
+    st = load_checkpoint(out)
+    st["model"]["backbone.net.0.0.weight"] = torch.zeros(3, 3)
+    save_checkpoint(st, out / CHECKPOINT)
+    with pytest.raises(ValueError, match="does not fit its model"):
+        SSLTrainer(tiny_config(epochs=1), out, resume=True)

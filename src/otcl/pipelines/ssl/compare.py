@@ -23,8 +23,18 @@ import torch
 
 from ... import __version__
 from ...losses import available
+from .._signals import deferred_signals
 from ..config import save_config
-from ..run import CHECKPOINT, METRICS, SUMMARY, atomic_write_text, load_checkpoint, read_jsonl
+from ..run import (
+    CHECKPOINT,
+    METRICS,
+    SUMMARY,
+    RunLock,
+    atomic_write_text,
+    load_checkpoint,
+    prepare_run_dir,
+    read_jsonl,
+)
 from .config import Config, resolve
 from .evaluate import evaluate_run
 from .trainer import SSLTrainer, load_data
@@ -90,8 +100,24 @@ def compare(
     base = resolve(cfg)
     if base.eval.knn_every == 0:  # kNN curves for the plot, about 10 points per run
         base.eval.knn_every = max(1, int(base.train.epochs or 1) // 10)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_run_dir(out)  # a bad --out fails before the data loads
+    lock = RunLock(out)  # one comparison writes a directory at a time
+    try:
+        return _compare(base, losses, seeds, out, loss_params, evaluate, plot, log)
+    finally:
+        lock.release()
+
+
+def _compare(
+    base: Config,
+    losses: Sequence[str],
+    seeds: int,
+    out: Path,
+    loss_params: dict[str, dict[str, Any]],
+    evaluate: bool,
+    plot: bool,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     save_config(base, out / "config.yaml")
     data = load_data(base, progress=base.train.progress)
     log(f"otcl compare: {data!r}; losses {', '.join(losses)}; {seeds} seed(s); out {out}")
@@ -111,7 +137,7 @@ def compare(
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     table = format_table(results)
     print(table)
-    (out / "table.md").write_text(table + "\n")
+    atomic_write_text(out / "table.md", table + "\n")
     if plot:
         try:
             paths = plot_results(results, runs, out)
@@ -233,10 +259,11 @@ def format_table(results: dict[str, Any]) -> str:
 
 def plot_results(results: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> list[Path]:
     """``accuracy.png`` (bars with std error bars) and ``curves.png`` (per-epoch curves)."""
-    import matplotlib
+    with deferred_signals():
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
     rows = results["rows"]
     names = [r["loss"] for r in rows]

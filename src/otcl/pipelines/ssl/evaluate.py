@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..probes import knn_accuracy, linear_probe
-from ..run import amp_dtype, atomic_write_text
+from ..run import amp_dtype, atomic_write_text, check_writable
 from .data import ImageData
 from .features import split_features
 from .trainer import load_run
@@ -37,6 +37,13 @@ def evaluate_run(
 
     Settings default to the run's ``eval`` config section.
     """
+    if write and Path(run_dir).is_dir():  # fail before the data loads, not after the evaluation
+        try:
+            check_writable(run_dir)
+        except OSError as e:
+            raise ValueError(
+                f"run: cannot write eval.json in {str(run_dir)!r}: {e.strerror}"
+            ) from None
     cfg, model, data, aug, st = load_run(run_dir, device=device, data=data)
     e = cfg.eval
     k = e.knn_k if knn_k is None else knn_k

@@ -16,7 +16,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["BasicBlock", "ResNet18", "SmallCNN", "ProjectionHead", "Encoder", "build_encoder"]
+__all__ = [
+    "ARCHS",
+    "BasicBlock",
+    "ResNet18",
+    "SmallCNN",
+    "ProjectionHead",
+    "Encoder",
+    "build_encoder",
+]
 
 
 class BasicBlock(nn.Module):

