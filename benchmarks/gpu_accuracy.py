@@ -50,8 +50,10 @@ import io
 import json
 import math
 import os
+import signal
 import statistics
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -273,7 +275,9 @@ def compact_checkpoint(run_dir: Path) -> bytes:
     """The run's checkpoint (and its config and metrics log) in the compact carry form."""
     import torch
 
-    st = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    from otcl.pipelines.run import load_checkpoint
+
+    st = load_checkpoint(run_dir)
     st["model"] = {k: _pack_weight(v) for k, v in st["model"].items()}
     for s in st["optimizer"].get("state", {}).values():
         if "momentum_buffer" in s:
@@ -292,9 +296,9 @@ def expand_checkpoint(blob: bytes, run_dir: Path) -> dict[str, Any]:
     ``run_dir`` from a compact blob; returns the checkpoint's state."""
     import torch
 
-    from otcl.pipelines.run import atomic_torch_save
+    from otcl.pipelines.run import save_checkpoint
 
-    data = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
+    data = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     if not isinstance(data, dict) or data.get("format") != COMPACT_FORMAT:
         raise ValueError("compact checkpoint: unknown format")
     st = data["state"]
@@ -305,7 +309,7 @@ def expand_checkpoint(blob: bytes, run_dir: Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     for name, text in data["files"].items():
         (run_dir / name).write_text(text)
-    atomic_torch_save(st, run_dir / "checkpoint.pt")
+    save_checkpoint(st, run_dir / "checkpoint.pt")
     return st
 
 
@@ -348,18 +352,34 @@ def worker_main(args: argparse.Namespace) -> int:
         run_dir = Path(cfg.train.out)
         marks: dict[str, float] = {}
         stop_after = args.stop_after_steps
+        # Stopping goes through the run machinery's own path: a SIGTERM inside fit() is deferred
+        # to the end of the current step, then the checkpoint is written (exact resume). This
+        # handler only keeps a SIGTERM outside fit() (loading, evaluating) from killing us.
+        stopping = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+
+        def request_stop() -> None:
+            if not stopping.is_set():
+                stopping.set()
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        def watch() -> None:  # the scheduler's STOP file -> one SIGTERM
+            while not stopping.is_set():
+                if stop_file.exists():
+                    request_stop()
+                    return
+                time.sleep(0.2)
 
         class Worker(SSLTrainer):
             steps_here = 0
 
             def train_step(self, epoch: int, step: int) -> torch.Tensor:
-                # at a step boundary only: the interrupt path writes an exact checkpoint
-                if stop_file.exists() or (stop_after is not None and self.steps_here >= stop_after):
-                    raise KeyboardInterrupt
                 loss = super().train_step(epoch, step)
                 self.steps_here += 1
                 if self.steps_here == 1:
                     marks["first_step"] = time.time()
+                if stop_after is not None and self.steps_here == stop_after:
+                    request_stop()  # (tests) as if the deadline came now
                 return loss
 
         resume = (run_dir / "checkpoint.pt").exists()
@@ -368,12 +388,17 @@ def worker_main(args: argparse.Namespace) -> int:
         report.update(
             epoch=tr.epoch, global_step=tr.global_step, total_steps=tr.total_steps, resumed=resume
         )
+        threading.Thread(target=watch, daemon=True).start()
         t_train = time.time()
         status = "trained"
-        try:
-            tr.fit()  # a run trained in an earlier call only writes its summary here
-        except TrainingInterrupted:
-            status = "stopped"
+        if stopping.is_set() or stop_file.exists():
+            status = "stopped"  # the deadline came while loading: nothing trained here
+            tr.close()
+        else:
+            try:
+                tr.fit()  # a run trained in an earlier call only writes its summary here
+            except TrainingInterrupted:
+                status = "stopped"
         t_done = time.time()
         # throughput of this call: the epochs it completed, without the first (compilation)
         recs = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] > epoch0]
@@ -386,7 +411,7 @@ def worker_main(args: argparse.Namespace) -> int:
             train_s=t_done - t_train,
             views_per_s=statistics.median(rates[1:] or rates) if rates else None,
         )
-        if status == "trained" and not stop_file.exists():
+        if status == "trained" and not stopping.is_set():
             t0 = time.time()
             res = evaluate_run(run_dir, device=cfg.train.device, data=tr.data, progress=False)
             report["eval_s"] = time.time() - t0
@@ -683,9 +708,9 @@ def run_section(
                 rep = {"status": "stopped", "note": "ended at the deadline"}
                 ck = rdir / "checkpoint.pt"
                 if ck.exists():
-                    import torch
+                    from otcl.pipelines.run import load_checkpoint
 
-                    st = torch.load(ck, map_location="cpu", weights_only=False)
+                    st = load_checkpoint(ck)
                     rep.update(epoch=st["epoch"], global_step=st["global_step"])
                     rep["status"] = "trained" if st.get("done") else "stopped"
         if rid in expanded and rep.get("steps_here"):

@@ -82,9 +82,9 @@ class Suite:
         self.logs = self.work / "logs"
         self.logs.mkdir()
         if self.dry:  # the CIFAR-10 path on a tiny archive made here
-            self.data = str(make_tiny_cifar(self.work / "tiny-cifar10.tar.gz"))
+            self.data = stable_path(make_tiny_cifar(self.work / "tiny-cifar10.tar.gz"))
         else:
-            self.data = str(Path(args.data).resolve())
+            self.data = stable_path(Path(args.data).resolve())
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = os.pathsep.join(
             [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -200,6 +200,19 @@ class Suite:
                 if p.is_file() and _keep_in_logs(p):
                     tar.add(p, arcname=str(p.relative_to(self.work)))
         os.replace(tmp, self.out / "logs.tar.gz")
+
+
+def stable_path(data: Path) -> str:
+    """A path to ``data`` that is the same in every call: a run's config holds its data path,
+    and a resumed run may not change it (the checkout may lie elsewhere on the next machine)."""
+    link = Path(tempfile.gettempdir()) / "otcl-gpu-suite" / data.name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    if data.exists():
+        link.symlink_to(data.resolve())
+        return str(link)
+    return str(data)  # missing: the sections report it
 
 
 def make_tiny_cifar(path: Path, per_class: int = 12, test_per_class: int = 3) -> Path:

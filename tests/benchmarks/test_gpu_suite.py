@@ -165,11 +165,13 @@ def run_dir(tmp_path_factory):
 
 
 def test_compact_checkpoint_roundtrip(run_dir, tmp_path, acc):
-    full = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    from otcl.pipelines.run import load_checkpoint
+
+    full = load_checkpoint(run_dir)
     blob = acc.compact_checkpoint(run_dir)
-    assert len(blob) < 0.6 * (run_dir / "checkpoint.pt").stat().st_size
+    assert len(blob) < 0.6 * (run_dir / "checkpoint.pt").stat().st_size  # (small tensors: ~1/2)
     st = acc.expand_checkpoint(blob, tmp_path / "run")
-    again = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    again = load_checkpoint(tmp_path / "run")
     packed = 0
     for k, v in full["model"].items():
         w = again["model"][k]
@@ -191,7 +193,7 @@ def test_compact_checkpoint_roundtrip(run_dir, tmp_path, acc):
         assert (tmp_path / "run" / name).read_text() == (run_dir / name).read_text()
     # compacting the expanded checkpoint changes nothing more (bf16 and int8 are fixed points)
     acc.expand_checkpoint(acc.compact_checkpoint(tmp_path / "run"), tmp_path / "run2")
-    third = torch.load(tmp_path / "run2" / "checkpoint.pt", weights_only=False)
+    third = load_checkpoint(tmp_path / "run2")
     for k, v in again["model"].items():
         assert torch.equal(third["model"][k], v)
 
