@@ -10,9 +10,9 @@ One device call (at most 10 minutes; this suite plans for ``--budget-s`` = 540 s
    the compile time.
 3. ``syncs`` -- ``graph_breaks.py`` on CUDA: graph breaks and device syncs of each loss and of
    a trainer step (``torch.cuda.set_sync_debug_mode``).
-4. ``multigpu`` -- issue 13's check: a world-size-1 NCCL ``torchrun`` training next to the
-   single-process one, once ``otcl train`` initialises torch.distributed; until then "not
-   available".
+4. ``multigpu`` -- issue 13's check on one GPU: the global-batch losses under ``torchrun``
+   (NCCL) with 1 and 2 ranks, and a world-size-1 ``torchrun`` training next to the
+   single-process one once ``otcl train`` runs under torchrun (until then "not available").
 5. ``accuracy`` -- the rest of the budget: the CIFAR-10 protocol (``gpu_accuracy.py``), resumed
    from ``--resume-from`` and carried on in ``$OUT/state``.
 
@@ -347,26 +347,55 @@ def section_syncs(s: Suite, budget: float) -> dict[str, Any]:
 
 def distributed_ready() -> str | None:
     """None when ``otcl train`` initialises torch.distributed under torchrun (issue 13), else
-    why the multi-GPU check cannot run yet."""
+    why the training check cannot run yet."""
     if os.environ.get("OTCL_GPU_SUITE_FORCE_MULTIGPU") == "1":  # tests exercise the path
         return None
     for path in (ROOT / "src" / "otcl" / "pipelines").rglob("*.py"):
-        if "init_process_group" in path.read_text():
+        text = path.read_text()
+        if "init_process_group" in text or "DistributedDataParallel" in text:
             return None
-    return (
-        "not available: otcl train does not initialise torch.distributed yet (issue 13); this "
-        "section runs a world-size-1 NCCL torchrun training once it does"
-    )
+    return "not available: otcl train does not run under torchrun yet (issue 13)"
+
+
+def _torchrun(nproc: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone"] + [
+        "--nproc-per-node",
+        str(nproc),
+    ]
 
 
 def section_multigpu(s: Suite, budget: float) -> dict[str, Any]:
+    """Issue 13 on one GPU: the global-batch losses under torchrun (NCCL) with 1 and 2 ranks,
+    and -- once otcl train supports it -- a world-size-1 torchrun training next to the
+    single-process one."""
     t0 = time.time()
+    entry: dict[str, Any] = {"loss_checks": {}, "training": {}}
+    states = []
+    for nproc in (1,) if s.dry else (1, 2):  # (a dry run: the launcher and one rank)
+        js = s.work / f"distributed_loss_{nproc}.json"
+        cmd = [*_torchrun(nproc), str(BENCH / "distributed_loss_check.py"), "--json", str(js)]
+        if s.dry:
+            cmd += ["--device", "cpu", "--pairs", "32", "--dim", "16", "--repeats", "2"]
+            cmd += ["--losses", "gca-uot"]
+        else:
+            cmd += ["--device", "cuda", "--pairs", "4096", "--dim", "128"]
+        r = s.run(f"multigpu-loss-{nproc}", cmd, min(40.0, budget - (time.time() - t0)))
+        r["result"] = _read_json(js)
+        entry["loss_checks"][str(nproc)] = r
+        states.append(f"losses, {nproc} rank(s): {r['status']}")
     why = distributed_ready()
     if why:
-        return {"status": why, "seconds": time.time() - t0}
-    why = s.wait_data(budget)
+        entry["training"] = {"status": why}
+        states.append(f"training: {why}")
+        entry["status"] = "; ".join(states)
+        entry["seconds"] = time.time() - t0
+        return entry
+    why = s.wait_data(budget - (time.time() - t0))
     if why:
-        return {"status": f"skipped: {why}", "seconds": time.time() - t0}
+        states.append(f"training: skipped: {why}")
+        entry["status"] = "; ".join(states)
+        entry["seconds"] = time.time() - t0
+        return entry
     common = ["train", "--epochs", "2", "--no-progress", "--dataset", "cifar10"]
     common += ["--data-dir", s.data]
     if s.dry:
@@ -376,24 +405,26 @@ def section_multigpu(s: Suite, budget: float) -> dict[str, Any]:
         common += ["--device", "cuda", "--compile", "--set", "train.max_steps_per_epoch=60"]
     runs = {
         "single": [sys.executable, "-m", "otcl.cli"],
-        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        + ["--nproc-per-node", "1", "-m", "otcl.cli"],
+        "torchrun": [*_torchrun(1), "-m", "otcl.cli"],
     }
-    entry: dict[str, Any] = {"status": "ok", "runs": {}}
+    tr: dict[str, Any] = {"runs": {}}
     for i, (name, prefix) in enumerate(runs.items()):
         out = s.work / "multigpu" / name
         left = budget - (time.time() - t0)
         r = s.run(f"multigpu-{name}", [*prefix, *common, "--out", str(out)], left / (2 - i))
         r["summary"] = _read_json(out / "summary.json")
-        entry["runs"][name] = r
-        if r["status"] != "ok":
-            entry["status"] = f"{name}: {r['status']}"
-    rates = {k: (v["summary"] or {}).get("views_per_s") for k, v in entry["runs"].items()}
-    entry["views_per_s"] = rates
-    log = (s.logs / "multigpu-torchrun.log").read_text() if entry["runs"] else ""
-    entry["backend_seen"] = [b for b in ("nccl", "gloo") if b in log.lower()]
+        tr["runs"][name] = r
+    rates = {k: (v["summary"] or {}).get("views_per_s") for k, v in tr["runs"].items()}
+    tr["views_per_s"] = rates
+    log = s.logs / "multigpu-torchrun.log"
+    tr["backend_seen"] = [b for b in ("nccl", "gloo") if b in log.read_text().lower()]
     if all(rates.values()):
-        entry["torchrun_vs_single"] = rates["torchrun"] / rates["single"]
+        tr["torchrun_vs_single"] = rates["torchrun"] / rates["single"]
+    bad = [f"{k}: {v['status']}" for k, v in tr["runs"].items() if v["status"] != "ok"]
+    tr["status"] = "; ".join(bad) or "ok"
+    entry["training"] = tr
+    states.append(f"training: {tr['status']}")
+    entry["status"] = "; ".join(states)
     entry["seconds"] = time.time() - t0
     return entry
 
@@ -430,60 +461,89 @@ def section_accuracy(s: Suite, budget: float) -> dict[str, Any]:
 
 
 # -- the summary for people ----------------------------------------------------------------
-def render_summary(summary: dict[str, Any]) -> str:
-    lines = [
-        f"# GPU suite, {summary['date']}",
-        "",
-        f"- device: {summary.get('gpu') or 'no GPU (dry run)' if summary['dry_run'] else summary.get('gpu')}",
-        f"- commit: {summary.get('commit') or 'unknown (pass --commit)'}; python {summary['python']}",
-        f"- budget {summary['budget_s']:.0f} s, wall {summary.get('wall_s', 0):.0f} s"
-        + (", DRY RUN (CPU, tiny sizes)" if summary["dry_run"] else ""),
-        f"- data preparation: {summary.get('data_prep_s', float('nan')):.1f} s",
-        "",
-        "| section | status | seconds | budget |",
-        "|---|---|---:|---:|",
-    ]
+def status_table(summary: dict[str, Any]) -> list[str]:
+    """The sections' status, time and budget as a Markdown table."""
+    lines = ["| section | status | seconds | budget |", "|---|---|---:|---:|"]
     for name, e in summary["sections"].items():
         b = e.get("budget_s")
-        lines.append(
-            f"| {name} | {e['status']} | {e.get('seconds', 0):.1f} | {'' if b is None else f'{b:.0f}'} |"
-        )
+        budget = "" if b is None else f"{b:.0f}"
+        lines.append(f"| {name} | {e['status']} | {e.get('seconds', 0):.1f} | {budget} |")
+    return lines
+
+
+def finding_lines(summary: dict[str, Any], level: str = "##") -> list[str]:
+    """Every section's headline figures in Markdown (the suite's summary.md and record_gpu.py's
+    ``gpu_suite:cuda`` section): the targets, graph breaks and syncs, multi-GPU, concurrency."""
     secs = summary["sections"]
+    lines: list[str] = []
     loss = (secs.get("loss") or {}).get("result") or {}
     if loss.get("target"):
-        lines += ["", "## Loss speed", "", *loss["target"]]
+        lines += ["", f"{level} Loss speed", "", *loss["target"]]
     train = (secs.get("train") or {}).get("result") or {}
     if train.get("methods"):
-        lines += ["", "## Training throughput", ""]
+        lines += ["", f"{level} Training throughput", ""]
         for k, v in train["methods"].items():
             comp = v.get("compile_s")
             lines.append(
-                f"- {k}: {v['views_per_s']:,.0f} views/s"
-                + (f", compile {comp:.1f} s" if comp is not None else "")
+                f"- {k}: {v['views_per_s']:,.0f} views/s; first step {v['first_step_s']:.1f} s"
+                + (f", of which compilation {comp:.1f} s" if comp is not None else "")
             )
         if train.get("target"):
             lines += ["", train["target"]]
     syncs = (secs.get("syncs") or {}).get("markdown")
     if syncs:
-        lines += ["", "## Graph breaks and syncs", "", syncs.strip()]
+        lines += ["", f"{level} Graph breaks and device syncs", "", syncs.strip()]
     mg = secs.get("multigpu")
     if mg:
-        lines += ["", "## Multi-GPU (issue 13)", "", f"- {mg['status']}"]
-        if mg.get("views_per_s"):
-            lines.append(f"- views/s: {mg['views_per_s']}, backend seen: {mg.get('backend_seen')}")
-    acc = secs.get("accuracy")
-    if acc and acc.get("ledger"):
-        conc = acc.get("concurrency") or {}
-        lines += ["", "## Accuracy protocol", ""]
-        if conc.get("levels"):
-            lines.append(
-                "- concurrency: "
-                + ", ".join(
-                    f"{k} proc(s) {v['total_views_per_s']:,.0f} views/s"
-                    for k, v in conc["levels"].items()
+        lines += ["", f"{level} Multi-GPU (issue 13)", "", f"- {mg['status']}"]
+        for nproc, r in (mg.get("loss_checks") or {}).items():
+            res = r.get("result") or {}
+            for name, row in (res.get("losses") or {}).items():
+                agree = f", values agree: {row['agree']}" if "agree" in row else ""
+                lines.append(
+                    f"- {name}, {nproc} rank(s), {res.get('backend')}, N={res.get('n')}: local "
+                    f"{row['local_ms']:.2f} ms, gather_distributed {row['gathered_ms']:.2f} ms"
+                    f"{agree}"
                 )
-                + f" -> {acc.get('procs')} process(es)"
+        tr = mg.get("training") or {}
+        if tr.get("views_per_s"):
+            ratio = tr.get("torchrun_vs_single")
+            lines.append(
+                f"- training views/s: single process {tr['views_per_s'].get('single')}, torchrun "
+                f"world size 1 {tr['views_per_s'].get('torchrun')}"
+                + (f" ({ratio:.3f}x)" if ratio else "")
+                + f"; backend named in the log: {', '.join(tr.get('backend_seen') or []) or '-'}"
             )
+    acc = secs.get("accuracy") or {}
+    conc = acc.get("concurrency") or {}
+    if conc.get("levels"):
+        lines += ["", f"{level} Concurrent trainings on the one GPU", ""]
+        lines += ["| processes | views/s in total | per process |", "|---:|---:|---|"]
+        for k, v in conc["levels"].items():
+            per = ", ".join(f"{x:,.0f}" for x in v["per_process"])
+            lines.append(f"| {k} | {v['total_views_per_s']:,.0f} | {per} |")
+        lines += ["", f"Chosen: {conc.get('procs')} process(es) at a time ({conc.get('status')})."]
+    return lines
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    gpu = summary.get("gpu") or ("no GPU (dry run)" if summary["dry_run"] else "unknown")
+    lines = [
+        f"# GPU suite, {summary['date']}",
+        "",
+        f"- device: {gpu}",
+        f"- commit: {summary.get('commit') or 'unknown (pass --commit)'}; "
+        f"python {summary['python']}",
+        f"- budget {summary['budget_s']:.0f} s, wall {summary.get('wall_s', 0):.0f} s"
+        + (", DRY RUN (CPU, tiny sizes)" if summary["dry_run"] else ""),
+        f"- data preparation: {summary.get('data_prep_s', float('nan')):.1f} s",
+        "",
+        *status_table(summary),
+        *finding_lines(summary),
+    ]
+    acc = summary["sections"].get("accuracy") or {}
+    if acc.get("ledger"):
+        lines += ["", "## Accuracy protocol", ""]
         lines += [f"- started {acc.get('started')}, finished {acc.get('finished')}", "", "```"]
         lines += acc["ledger"] + ["```"]
     return "\n".join(lines)

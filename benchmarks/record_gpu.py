@@ -13,7 +13,9 @@ folder (the ``run`` tool's ``files_at``): ``summary.json``, ``summary.md``, ``lo
   run finished so far, over all calls) next to the published numbers.
 
 A section whose status is not ``ok`` keeps what the page already holds (a failed call never
-erases figures); ``--commit`` names the measured commit when the call did not pass it.
+erases figures); ``--commit`` names the measured commit when the call did not pass it. The
+ledger is also copied to ``benchmarks/gpu-ledger.json`` (commit it: a session in a fresh
+checkout resumes the protocol from it, docs/gpu.md).
 
 Usage::
 
@@ -33,6 +35,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 from _report import replace_section  # noqa: E402
+from gpu_suite import finding_lines, status_table  # noqa: E402
 
 #: published CIFAR-10 numbers the protocol is compared with (issue 14)
 PUBLISHED_LINEAR = {  # GCA (Chen et al., NeurIPS 2024), fine-tuned encoder, best test epoch
@@ -73,7 +76,6 @@ def _with_provenance(markdown: str, line: str) -> str:
 
 
 def suite_section(summary: dict[str, Any], commit: str | None) -> str:
-    secs = summary["sections"]
     lines = [
         "## GPU suite (issue 14)",
         "",
@@ -82,53 +84,9 @@ def suite_section(summary: dict[str, Any], commit: str | None) -> str:
         f"{summary.get('wall_s', 0):.0f} s; data preparation "
         f"{summary.get('data_prep_s', float('nan')):.1f} s",
         "",
-        "| section | status | seconds | budget |",
-        "|---|---|---:|---:|",
+        *status_table(summary),
+        *finding_lines(summary, level="###"),
     ]
-    for name, e in secs.items():
-        b = e.get("budget_s")
-        lines.append(
-            f"| {name} | {e['status']} | {e.get('seconds', 0):.1f} | "
-            f"{'' if b is None else f'{b:.0f}'} |"
-        )
-    loss = (secs.get("loss") or {}).get("result") or {}
-    if loss.get("target"):
-        lines += ["", "Loss speed (section `loss_speed:cuda` above):", "", *loss["target"]]
-    train = (secs.get("train") or {}).get("result") or {}
-    if train.get("methods"):
-        lines += ["", "Training throughput (section `train_speed:cuda` above):", ""]
-        for k, v in train["methods"].items():
-            comp = v.get("compile_s")
-            lines.append(
-                f"- {k}: {v['views_per_s']:,.0f} views/s"
-                + (f"; compile {comp:.1f} s" if comp is not None else "")
-                + f"; first step {v['first_step_s']:.1f} s"
-            )
-        if train.get("target"):
-            lines += ["", train["target"]]
-    syncs = (secs.get("syncs") or {}).get("markdown")
-    if syncs:
-        lines += ["", "### Graph breaks and device syncs", "", syncs.strip()]
-    mg = secs.get("multigpu")
-    if mg:
-        lines += ["", "### Multi-GPU (issue 13)", "", f"- {mg['status']}"]
-        if mg.get("views_per_s"):
-            ratio = mg.get("torchrun_vs_single")
-            lines.append(
-                f"- views/s: single process {mg['views_per_s'].get('single')}, torchrun world "
-                f"size 1 {mg['views_per_s'].get('torchrun')}"
-                + (f" ({ratio:.3f}x)" if ratio else "")
-                + f"; backend named in the log: {', '.join(mg.get('backend_seen') or []) or '-'}"
-            )
-    acc = secs.get("accuracy") or {}
-    conc = acc.get("concurrency") or {}
-    if conc.get("levels"):
-        lines += ["", "### Concurrent trainings on the one GPU (section 3)", ""]
-        lines += ["| processes | views/s in total | per process |", "|---:|---:|---|"]
-        for k, v in conc["levels"].items():
-            per = ", ".join(f"{x:,.0f}" for x in v["per_process"])
-            lines.append(f"| {k} | {v['total_views_per_s']:,.0f} | {per} |")
-        lines += ["", f"Chosen: {conc.get('procs')} process(es) at a time ({conc.get('status')})."]
     return "\n".join(lines)
 
 
@@ -196,6 +154,11 @@ def main(argv=None) -> int:
     p.add_argument("folder", help="the call's files (summary.json, state/queue.json)")
     p.add_argument("--docs", default=str(ROOT / "docs"), help="the docs folder to update")
     p.add_argument("--commit", help="the measured commit, if the call did not name it")
+    p.add_argument(
+        "--ledger-copy",
+        default=str(BENCH / "gpu-ledger.json"),
+        help="where to copy state/queue.json, to be committed (default benchmarks/gpu-ledger.json)",
+    )
     p.add_argument("--allow-dry-run", action="store_true", help="record a dry run (tests)")
     args = p.parse_args(argv)
     folder, docs = Path(args.folder), Path(args.docs)
@@ -222,6 +185,8 @@ def main(argv=None) -> int:
         body = accuracy_section(ledger, summary, args.commit)
         replace_section(results, "gpu_accuracy", body, header=RESULTS_HEADER)
         written.append(f"{results}: gpu_accuracy")
+        Path(args.ledger_copy).write_text(ledger_path.read_text())
+        written.append(f"the ledger -> {args.ledger_copy}")
     print("recorded: " + "; ".join(written))
     return 0
 

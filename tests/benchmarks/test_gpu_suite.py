@@ -68,7 +68,10 @@ def test_dry_run_writes_every_section_in_at_most_eight_files(calls):
     assert list(secs) == ["loss", "train", "syncs", "multigpu", "accuracy"]
     for name in ("loss", "train", "syncs", "accuracy"):
         assert secs[name]["status"] == "ok", (name, secs[name]["status"])
-    assert secs["multigpu"]["status"].startswith("not available")
+    mg = secs["multigpu"]
+    assert mg["status"].startswith("losses, 1 rank(s): ok") and "not available" in mg["status"]
+    dist = mg["loss_checks"]["1"]["result"]
+    assert dist["world_size"] == 1 and dist["losses"]["gca-uot"]["agree"]
     assert summary["dry_run"] and summary["commit"] == "test"
     # each section's numbers, parsed
     loss = secs["loss"]["result"]
@@ -126,13 +129,15 @@ def test_record_gpu_writes_its_sections_only(calls, tmp_path):
     (docs / "benchmarks.md").write_text(before)
     with pytest.raises(SystemExit, match="dry run"):
         record.main([str(calls[1]), "--docs", str(docs)])
-    record.main([str(calls[0]), "--docs", str(docs), "--allow-dry-run"])  # loss, train, ...
-    record.main([str(calls[1]), "--docs", str(docs), "--allow-dry-run"])  # ... then accuracy
+    copy = ["--ledger-copy", str(tmp_path / "ledger.json"), "--allow-dry-run"]
+    record.main([str(calls[0]), "--docs", str(docs), *copy])  # loss, train, ...
+    record.main([str(calls[1]), "--docs", str(docs), *copy])  # ... then accuracy
     text = (docs / "benchmarks.md").read_text()
     assert text.startswith(before)  # everything else kept
     for key in ("loss_speed:cuda", "train_speed:cuda", "gpu_suite:cuda"):
         assert f"<!-- {key}:begin -->" in text
     assert "otcl:gca-uot" in text and "commit test" in text
+    assert json.loads((tmp_path / "ledger.json").read_text())["runs"][0]["status"] == "done"
     res = (docs / "results.md").read_text()
     assert "| infonce | 1 / 1 |" in res and "| gca-uot | 1 / 1 |" in res and "92.61" in res
 
@@ -247,6 +252,21 @@ def test_concurrency_choice_and_recipe_guard(acc, tmp_path):
             state_in=tmp_path, state_out=tmp_path / "out", work=tmp_path / "w", budget_s=5,
             data_dir=None, dry_run=True, call={},
         )  # fmt: skip
+
+
+def test_a_ledger_without_its_checkpoint_starts_that_run_again(acc, tmp_path):
+    """A fresh checkout has the committed ledger but not the carried parts."""
+    ledger = acc.new_ledger(acc.recipe(True), acc.DRY_PROTOCOL)
+    ledger["runs"][0].update(status="partial", epoch=1, global_step=3, parts=1)
+    acc.save_json(tmp_path / "queue.json", ledger)
+    summary = acc.run_section(
+        state_in=tmp_path, state_out=tmp_path / "out", work=tmp_path / "w", budget_s=0.5,
+        data_dir=None, dry_run=True, call={"id": "t"}, procs=1, log=lambda s: None,
+    )  # fmt: skip
+    assert summary["started"] == []  # no time to start anything
+    run = acc.load_ledger(tmp_path / "out")["runs"][0]
+    assert run["status"] == "pending" and run["global_step"] == 0
+    assert "unreadable" in run["notes"][0]
 
 
 def test_suite_arguments_and_wrapper(acc, monkeypatch):
