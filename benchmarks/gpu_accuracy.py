@@ -758,7 +758,10 @@ def run_section(
             break
         # fill free slots while the carry rule allows
         for run in candidates():
-            if len(active) >= procs or time.time() + overhead["startup_s"] > deadline:
+            min_train = (
+                2.0 if dry_run else 60.0
+            )  # a start must buy some training, not only compiling
+            if len(active) >= procs or time.time() + overhead["startup_s"] + min_train > deadline:
                 break
             ids = list(active) + [run["id"]]
             if predicted_unfinished(ids, len(ids)) > max_carry:

@@ -95,9 +95,15 @@ class Suite:
         budgets = dict(DRY_BUDGETS if self.dry else BUDGETS)
         for item in args.section_budget:
             name, _, sec = item.partition("=")
-            if name not in budgets:
-                raise SystemExit(f"--section-budget: expected one of {', '.join(budgets)}")
-            budgets[name] = float(sec)
+            try:
+                budgets[name] = float(sec) if name in budgets else float("nan")
+            except ValueError:
+                budgets[name] = float("nan")
+            if not budgets[name] > 0:
+                raise SystemExit(
+                    f"--section-budget: expected NAME=SECONDS with NAME one of "
+                    f"{', '.join(BUDGETS)}, got {item!r}"
+                )
         self.budgets = budgets
         self.summary: dict[str, Any] = {
             "format": SUMMARY_FORMAT,

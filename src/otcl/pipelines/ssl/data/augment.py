@@ -77,6 +77,15 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     return v.unsqueeze(1) - (v * s).unsqueeze(1) * t
 
 
+def _range(name: str, values: Sequence[float], fraction: bool = False) -> tuple[float, float]:
+    """``(lo, hi)`` with ``0 < lo <= hi`` (and ``hi <= 1`` for a ``fraction``), else ValueError."""
+    lo, hi = (float(v) for v in values)
+    if not (0 < lo <= hi and (hi <= 1 or not fraction)):
+        bound = " <= 1" if fraction else ""
+        raise ValueError(f"{name}: expected 0 < lo <= hi{bound}, got {tuple(values)}")
+    return lo, hi
+
+
 def _uniform(lo: float, hi: float, n: int, gen, device) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
 
@@ -124,23 +133,15 @@ class Augment(nn.Module):
         erase_value: float = 0.0,
     ) -> None:
         super().__init__()
-        lo, hi = (float(v) for v in crop_scale)
-        if not (0 < lo <= hi <= 1):
-            raise ValueError(f"crop_scale: expected 0 < lo <= hi <= 1, got {tuple(crop_scale)}")
-        rlo, rhi = (float(v) for v in crop_ratio)
-        if not (0 < rlo <= rhi):
-            raise ValueError(f"crop_ratio: expected 0 < lo <= hi, got {tuple(crop_ratio)}")
+        lo, hi = _range("crop_scale", crop_scale, fraction=True)
+        rlo, rhi = _range("crop_ratio", crop_ratio)
         if len(jitter) != 4 or any(float(j) < 0 for j in jitter) or float(jitter[3]) > 0.5:
             raise ValueError(
                 "jitter: expected 4 strengths >= 0 (brightness, contrast, saturation, hue <= 0.5), "
                 f"got {tuple(jitter)}"
             )
-        elo, ehi = (float(v) for v in erase_scale)
-        if not (0 < elo <= ehi <= 1):
-            raise ValueError(f"erase_scale: expected 0 < lo <= hi <= 1, got {tuple(erase_scale)}")
-        erlo, erhi = (float(v) for v in erase_ratio)
-        if not (0 < erlo <= erhi):
-            raise ValueError(f"erase_ratio: expected 0 < lo <= hi, got {tuple(erase_ratio)}")
+        elo, ehi = _range("erase_scale", erase_scale, fraction=True)
+        erlo, erhi = _range("erase_ratio", erase_ratio)
         if not math.isfinite(float(erase_value)):
             raise ValueError(f"erase_value: expected a finite number, got {erase_value!r}")
         probs = (("flip_p", flip_p), ("jitter_p", jitter_p), ("gray_p", gray_p))
