@@ -178,11 +178,18 @@ def check_choice(name: str, value: str, choices: Iterable[str]) -> str:
 
 
 def check_marginal(
-    name: str, m: torch.Tensor | None, batch_shape: torch.Size, n: int, *, like: torch.Tensor
+    name: str,
+    m: torch.Tensor | None,
+    batch_shape: torch.Size,
+    n: int,
+    *,
+    like: torch.Tensor,
+    check_values: bool = True,
 ) -> torch.Tensor | None:
     """Validate a marginal of length ``n`` (optionally batched) and return it on ``like``'s device.
 
-    Accepts shape (n,) or (*batch, n). Entries must be >= 0, finite, with a positive sum.
+    Accepts shape (n,) or (*batch, n). Entries must be >= 0, finite, with a positive sum
+    (``check_values=False`` skips these value checks and their host syncs).
     """
     if m is None:
         return None
@@ -194,6 +201,8 @@ def check_marginal(
         raise ValueError(
             f"{name}: expected shape ({n},) or {(*batch_shape, n)}, got shape {_shape(m)}"
         )
+    if not check_values:
+        return m.to(device=like.device, dtype=like.dtype)
     if not bool(torch.isfinite(m).all()):
         raise ValueError(f"{name}: expected finite entries, got NaN/Inf")
     if bool((m < 0).any()):

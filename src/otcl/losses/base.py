@@ -278,6 +278,7 @@ class OTContrastiveLoss(ContrastiveLoss):
             grad=self.grad,
             domain=self.domain,
             backward=self.backward,
+            check_values=self.check_inputs,  # the scores come from checked (or trusted) inputs
         )
 
     def geometry(

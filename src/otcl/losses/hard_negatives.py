@@ -203,6 +203,7 @@ class HardNegativeLoss(ContrastiveLoss):
         geom: Geometry,
         neg: torch.Tensor,
         rev: tuple[Geometry, torch.Tensor] | None,
+        labels_given: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-weights of the first direction and, in the symmetric cross layout, of the
         second (``rev``: its geometry and negatives; rows = view-2 anchors, the square block),
@@ -328,7 +329,7 @@ class HardNegativeLoss(ContrastiveLoss):
         if target is not None:
             self._check_call(z1, z2, labels, target, negatives)  # the one-line error for target
         geo, neg, rev, _ = self._prepare(z1, z2, labels, negatives, reverse=True)
-        log_w, log_w_t = self.log_weight_pair(geo, neg, rev)
+        log_w, log_w_t = self.log_weight_pair(geo, neg, rev, labels is not None)
         rows_total = None if geo.shard is None else geo.n_rows  # a rank's share of the mean
         loss = row_mean(self._row_losses(geo.sim, geo.pos, neg, log_w), rows_total)
         if rev is not None:
@@ -528,17 +529,24 @@ class OTHard(HardNegativeLoss):
         top = 4.0 if self.cost == "sqeuclidean" else math.exp(4.0 - self.kappa)
         return top / self.eps
 
-    def solve_coupling(self, geom: Geometry, neg: torch.Tensor) -> SinkhornOutput:
+    def solve_coupling(
+        self, geom: Geometry, neg: torch.Tensor, labels_given: bool = True
+    ) -> SinkhornOutput:
         """The entropic OT coupling of a batch's geometry (uniform marginals, zero off ``neg``).
 
         A pure function of its arguments: the same batch gives the same coupling whatever was
         solved before. With a sharded geometry, this rank's rows of the global coupling.
+        ``labels_given=False`` asserts that every anchor has negatives (no labels removed any):
+        it saves the one host sync of the empty check.
         """
         sim = geom.sim
-        anything = neg.any()
-        if geom.shard is not None:
-            anything = geom.shard.max(anything.to(torch.int32))
-        if not bool(anything):  # e.g. one class only: nothing to couple (one host sync)
+        empty = False
+        if labels_given:  # only labels can leave no negative at all (one host sync)
+            anything = neg.any()
+            if geom.shard is not None:
+                anything = geom.shard.max(anything.to(torch.int32))
+            empty = not bool(anything)
+        if empty:  # e.g. one class only: nothing to couple
             zero_n, zero_m = sim.new_zeros(sim.shape[0]), sim.new_zeros(sim.shape[1])
             empty = torch.full_like(sim, float("-inf"))
             zero = sim.new_zeros(())
@@ -549,7 +557,7 @@ class OTHard(HardNegativeLoss):
             s = torch.where(neg, -c / self.eps, torch.full_like(c, float("-inf")))
             return geom.replace(scores=s, bound=self._bound(), mask=None)
 
-        solver = Sinkhorn(iters=self.iters, tol=self.tol or None)
+        solver = Sinkhorn(iters=self.iters, tol=self.tol or None, check_values=self.check_inputs)
         if self.coupling_grad == "none":
             with torch.no_grad():
                 g = scores()
@@ -577,9 +585,10 @@ class OTHard(HardNegativeLoss):
         geom: Geometry,
         neg: torch.Tensor,
         rev: tuple[Geometry, torch.Tensor] | None,
+        labels_given: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         # one solve; the coupling of the transposed problem is the transposed coupling
-        log_plan = self.solve_coupling(geom, neg).log_plan
+        log_plan = self.solve_coupling(geom, neg, labels_given).log_plan
         log_w = _row_normalise(log_plan, neg)
         if rev is None:
             return log_w, None

@@ -156,8 +156,8 @@ def _uniformity_from_potentials(
     (:math:`d, d'` the negatives per row / column): one masked sum over S (and its constant
     gradient) instead of the plan, its exp and their gradients. Scalars in float64.
 
-    ``self_cols``: the column of each row's self-pair (simclr layout; never a negative), else
-    None. When the output is one rank's rows (``out.shard``), every sum over rows is completed
+    ``self_cols``: the column of each row's self-pair when the self-pairs carry mass (simclr
+    layout with ``self_pair="max_cost"``; never negatives), else None (masked: no mass). When the output is one rank's rows (``out.shard``), every sum over rows is completed
     over the ranks and the result is this rank's share of the global penalty.
     """
     S, f, g, lse = out.scores, out.f, out.g, rows.lse
@@ -175,14 +175,10 @@ def _uniformity_from_potentials(
     # excluded entries X: (row, col, S + g at the entry); positives share the divergence's gather
     log_pos = rows.log_pos  # S_ip + g_p, shared with the divergence
     ex = [(torch.arange(n, device=dev), pos, log_pos.to(wide), log_pos - g[pos])]
-    if self_cols is not None:  # self-pairs are never negatives; only unmasked ones carry mass
+    if self_cols is not None:  # unmasked self-pairs (max_cost) are never negatives
         own = torch.arange(n, device=dev)
-        unmasked = finite[own, self_cols].any()
-        if shard is not None:
-            unmasked = shard.max(unmasked.to(torch.int32))
-        if bool(unmasked):
-            s_d = S[own, self_cols]
-            ex.append((own, self_cols, s_d.to(wide) + g64[self_cols], s_d))
+        s_d = S[own, self_cols]
+        ex.append((own, self_cols, s_d.to(wide) + g64[self_cols], s_d))
     ex_share = S.new_zeros((), dtype=wide)
     s_ex_sum = S.new_zeros((), dtype=wide)
     for r, c, lkv, s_val in ex:
@@ -245,7 +241,8 @@ class IOT(OTContrastiveLoss):
 
     Defaults from the public port: ``temperature=0.5``, ``iters=10``, cost 1 - cos.
     ``relax`` picks the constraint set: ``"none"`` (balanced, default), ``"row"`` (= InfoNCE),
-    ``"both"`` (total mass); ``constraint`` itself is therefore not a parameter of ``iot``.
+    ``"both"`` (total mass); ``constraint`` (the shared parameter) may name any set instead, but
+    not together with ``relax``.
     """
 
     defaults: ClassVar[Mapping[str, Any]] = {
@@ -262,16 +259,15 @@ class IOT(OTContrastiveLoss):
     @classmethod
     def derive(cls, settings: dict[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
         relax = check_choice("relax", settings["relax"], tuple(_RELAX))
+        if "constraint" in given:  # the shared parameter, instead of relax
+            if "relax" in given:
+                raise ValueError(
+                    f"constraint, relax: {cls.loss_name()} takes one of them (relax='none' | "
+                    f"'row' | 'both' names a constraint set), got both"
+                )
+            named = {v: k for k, v in _RELAX.items()}
+            return {**settings, "relax": named.get(settings["constraint"], "custom")}
         return {**settings, "constraint": _RELAX[relax]}
-
-    @classmethod
-    def inapplicable(cls, name: str, settings: Mapping[str, Any]) -> str | None:
-        if name == "constraint":
-            return (
-                f"{cls.loss_name()} picks its constraint with relax='none' (balanced), 'row' "
-                "(rows) or 'both' (mass)"
-            )
-        return super().inapplicable(name, settings)
 
     def configure(self, settings: Mapping[str, Any]) -> None:
         self.relax = settings["relax"]
@@ -333,7 +329,7 @@ class IOTUniformity(IOT):
             return None
         lp_rows = out.scores.shape[-2]
         self_cols = None
-        if geom.layout == "simclr":  # each row's self-pair column
+        if geom.layout == "simclr" and geom.mask is None:  # unmasked self-pairs (max_cost)
             own = torch.arange(lp_rows, device=out.scores.device)
             self_cols = own if geom.rows is None else geom.rows
         if rows is not None:
@@ -347,7 +343,7 @@ class IOTUniformity(IOT):
             negatives[own, pos] = False
         else:
             negatives &= target <= 0
-        if self_cols is not None:  # self-pairs are never negatives, even when not masked
+        if self_cols is not None:  # self-pairs are never negatives (masked ones: -inf above)
             negatives[own, self_cols] = False
         pen = uniformity_penalty(lp, negatives, detach_mean=self.detach_mean, shard=out.shard)
         return self.lam_uni * pen

@@ -280,21 +280,23 @@ class _FusedExpSinkhorn(torch.autograd.Function):
         f, g, n_done, conv = _exp_iterate(
             S, log_a, log_b, ta, tb, f0, g0, iters, tol, check_every, trace, shard
         )
-        info["n_iters"], info["converged"] = n_done, conv
+        if info is not None:  # only with a tolerance (a data-dependent iteration count)
+            info["n_iters"], info["converged"] = n_done, conv
         K = trace["K"]
         # marginals of the final plan P = diag(u) K diag(v), from two matrix-vector products;
         # the row one, K v, is also the output row_lse = log K v = LSE_j(S_ij + g_j)
         u, v = trace["u"][-1], trace["v"][-1]
         kv = (K @ v.unsqueeze(-1)).squeeze(-1)
-        info["row_sum"] = u * kv
-        info["col_sum"] = v * _col_sum((u.unsqueeze(-2) @ K).squeeze(-2), shard)
+        row_sum = u * kv
+        col_sum = v * _col_sum((u.unsqueeze(-2) @ K).squeeze(-2), shard)
         ctx.ta, ctx.tb, ctx.n_done, ctx.shard = ta, tb, n_done, shard
         ctx.vecs = (trace["u"], trace["v"], trace["r"], trace["c"], kv)
         ctx.save_for_backward(K, log_a, log_b, f0, g0)
-        return f, g, kv.log()
+        ctx.mark_non_differentiable(row_sum, col_sum)
+        return f, g, kv.log(), row_sum, col_sum
 
     @staticmethod
-    def backward(ctx, grad_f, grad_g, grad_lse):
+    def backward(ctx, grad_f, grad_g, grad_lse, _grad_row_sum, _grad_col_sum):
         K, log_a, log_b, f0, g0 = ctx.saved_tensors
         us, vs, rs, cs, kv = ctx.vecs
         ta, tb = ctx.ta, ctx.tb
@@ -387,7 +389,8 @@ class _FusedLogSinkhorn(torch.autograd.Function):
         f, g, n_done, conv = _log_iterate(
             S, log_a, log_b, ta, tb, f0, g0, iters, tol, check_every, trace, shard
         )
-        info["n_iters"], info["converged"] = n_done, conv
+        if info is not None:  # only with a tolerance (a data-dependent iteration count)
+            info["n_iters"], info["converged"] = n_done, conv
         ctx.ta, ctx.tb, ctx.n_done, ctx.shard = ta, tb, n_done, shard
         ctx.vecs = (trace["f"], trace["g"], trace["lr"], trace["lc"])
         ctx.save_for_backward(S, log_a, log_b, f0, g0)
@@ -462,6 +465,10 @@ class Sinkhorn:
         backward: how ``grad="unrolled"`` is differentiated: ``"fused"`` (default: hand-written
             backward of the same iterations, :math:`O(nm)` memory) or ``"autograd"`` (autograd
             through the loop, :math:`O(\text{iters}\cdot nm)` memory: the reference).
+        check_values: check the scores for NaN/+inf and the marginals' values (each check is a
+            host sync); ``False`` for a training step whose inputs are known good (otcl's losses
+            pass their ``check_inputs``). With no check and no ``tol`` a solve syncs nothing
+            and compiles (``torch.compile``) into one graph.
 
     Example:
         >>> import torch
@@ -477,6 +484,7 @@ class Sinkhorn:
     grad: str = "unrolled"
     domain: str = "auto"
     backward: str = "fused"
+    check_values: bool = True
 
     def __post_init__(self) -> None:
         check_int_at_least("iters", self.iters, 1)
@@ -522,7 +530,8 @@ class Sinkhorn:
         if not isinstance(problem, Problem):
             raise ValueError(f"problem: expected an otcl.ot.Problem, got {type(problem).__name__}")
         _check_scores_shape(scores)
-        _check_scores_values(scores, shard)
+        if self.check_values:
+            _check_scores_values(scores, shard)
         if problem.mass is not None:
             return _mass_plan(scores, problem.mass, shard)
         return self._iterate(scores, problem, bound, init, shard, rows)
@@ -543,8 +552,9 @@ class Sinkhorn:
             batch, n, m = S.shape[:-2], S.shape[-2], S.shape[-1]
             # sharded: the rows are this rank's share of the global rows (a is global)
             n_all = n if shard is None else n * shard.world  # equal shares (gathered)
-            a = check_marginal("a", problem.a, batch, n_all, like=S)
-            b = check_marginal("b", problem.b, batch, m, like=S)
+            cv = self.check_values
+            a = check_marginal("a", problem.a, batch, n_all, like=S, check_values=cv)
+            b = check_marginal("b", problem.b, batch, m, like=S, check_values=cv)
             if a is not None and rows is not None:
                 a = a[..., rows]
             log_a = _log_marginal(a, n_all, S)[..., :n] if a is None else a.log()
@@ -563,14 +573,19 @@ class Sinkhorn:
             log_plan = None
 
             if grad == "unrolled" and fused:
-                info: dict = {}
+                # without a tolerance the iteration count is known: no side channel (compiles)
+                info: dict | None = {} if tol is not None else None
                 fused_args = (S, log_a, log_b, f0, g0, ta, tb, iters, tol, check_every, info, shard)
                 if dom == "exp":
-                    f, g, row_lse = _FusedExpSinkhorn.apply(*fused_args)
-                    sums = info["row_sum"], info["col_sum"]
+                    f, g, row_lse, row_sum, col_sum = _FusedExpSinkhorn.apply(*fused_args)
+                    sums = row_sum, col_sum
                 else:
                     f, g, log_plan = _FusedLogSinkhorn.apply(*fused_args)
-                n_done, conv = info["n_iters"], info["converged"]
+                if info is not None:
+                    n_done, conv = info["n_iters"], info["converged"]
+                else:  # a free side: one update is exact (see the iterate functions)
+                    closed = ta == 0 or tb == 0
+                    n_done, conv = (1 if closed else iters), closed
             elif grad == "unrolled":  # the reference: autograd through the loop
                 iterate = _exp_iterate if dom == "exp" else _log_iterate
                 f, g, n_done, conv = iterate(S, *loop, *extra)
