@@ -644,10 +644,13 @@ def run_section(
             m_budget = min(120.0 if not dry_run else 60.0, 0.5 * left)
             levels = (1, 2) if dry_run else (1, 2, 4)
             window = 0.3 if dry_run else 8.0
-            ledger["concurrency"] = measure_concurrency(
+            measured = measure_concurrency(
                 rec, work, data_dir, levels, window, 1 if dry_run else 15, m_budget, log
             )
-            ledger["concurrency"]["call"] = call.get("id")
+            measured["call"] = call.get("id")
+            summary["concurrency_attempt"] = measured
+            if measured["status"] == "ok":  # else measured again in a later call
+                ledger["concurrency"] = measured
         procs = choose_procs(ledger.get("concurrency"))
     summary["procs"] = procs
     summary["views_per_s_per_process"] = per_process_rate(

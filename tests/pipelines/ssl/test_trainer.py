@@ -121,6 +121,27 @@ def test_loss_built_without_per_call_input_check_unless_set(tmp_path, tiny_confi
     assert "check_inputs" not in SSLTrainer(tiny_config(), tmp_path / "c").cfg.loss.params
 
 
+def test_compiled_loss_trains_the_same_weights(
+    tmp_path, monkeypatch, tiny_config, weights, assert_same_weights
+):
+    """train.compile_loss runs the step's loss through torch.compile (here dynamo's graph
+    capture with the eager backend: the plumbing, in seconds; inductor's kernels are for GPUs)."""
+    import functools
+
+    import torch
+
+    cfg = tiny_config(epochs=1)
+    cfg.loss.name = "gca-uot"
+    ref = SSLTrainer(cfg, tmp_path / "ref")
+    ref.fit()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    cfg.train.compile_loss = True
+    tr = SSLTrainer(cfg, tmp_path / "run")
+    assert tr.loss_call is not tr.loss_fn
+    tr.fit()
+    assert_same_weights(weights(tr.model), weights(ref.model))
+
+
 def test_nan_loss_still_stops_the_run_without_the_input_check(tmp_path, tiny_config):
     from otcl.pipelines.run import TrainingDiverged
 

@@ -70,9 +70,12 @@ class ModelConfig:
 
 @dataclass
 class ImageTrainConfig(TrainConfig):
-    """The shared training-loop settings plus ``channels_last`` (image tensors)."""
+    """The shared training-loop settings plus ``channels_last`` (image tensors) and
+    ``compile_loss`` (``torch.compile`` the loss too: every loss compiles into one graph without
+    host syncs except with a solver tolerance and DMM's host-drawn mixing weight)."""
 
     channels_last: bool = True
+    compile_loss: bool = False
 
 
 @dataclass

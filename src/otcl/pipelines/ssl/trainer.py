@@ -149,6 +149,7 @@ class SSLTrainer(EpochTrainer):
     resume_may_change = (
         *EpochTrainer.resume_may_change,
         "train.channels_last",
+        "train.compile_loss",
         "data.data_dir",  # the same dataset, moved
         "data.cache_dir",
         "data.download",
@@ -189,6 +190,9 @@ class SSLTrainer(EpochTrainer):
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = self.build_loss()
+        #: what a step calls: the loss, compiled with ``train.compile_loss`` (``loss_fn`` stays
+        #: the module: its state, hooks and parameters)
+        self.loss_call = torch.compile(self.loss_fn) if t.compile_loss else self.loss_fn
         n = self.images.shape[0]
         if self.batch_size > n:  # never clamped silently: config.yaml must say what ran
             raise ValueError(
@@ -214,7 +218,7 @@ class SSLTrainer(EpochTrainer):
             if self.cfg.loss.dmm_mix == "input":  # the loss's hook: {} for every loss but DMM
                 extra = self.loss_fn.prepare_inputs(self.forward_model, views[:b], views[b:])
         z = z.float()
-        return self.loss_fn(z[:b], z[b:], **extra)
+        return self.loss_call(z[:b], z[b:], **extra)
 
     def items_per_step(self) -> int:
         return 2 * self.batch_size
