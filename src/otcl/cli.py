@@ -29,7 +29,11 @@ from .pipelines._signals import deferred_signals
 __all__ = ["main", "build_parser", "PIPELINES"]
 
 #: modules whose ``add_parser(subparsers)`` adds a pipeline's subcommands
-PIPELINES: tuple[str, ...] = ("otcl.pipelines.ssl.cli", "otcl.pipelines.multimodal.cli")
+PIPELINES: tuple[str, ...] = (
+    "otcl.pipelines.ssl.cli",
+    "otcl.pipelines.multimodal.cli",
+    "otcl.pipelines.recsys.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,717 @@
+r"""Implicit-feedback data for ``otcl recsys``: MovieLens 100K / 1M, Amazon-style CSV, splits.
+
+Sources (:func:`load_ratings`):
+
+* ``ml-100k`` / ``ml-1m`` from a local directory as GroupLens ships it (``u.data``, ``u.item``,
+  ``u.user`` or ``ratings.dat``, ``movies.dat``, ``users.dat``), or downloaded from GroupLens into a
+  cache (:func:`download_movielens`, MD5-checked, never bundled: the MovieLens terms forbid
+  redistribution);
+* a CSV file ``user_id,item_id,rating[,timestamp]`` (Amazon-review style, header optional, ids
+  any strings), without side features.
+
+Ids are re-indexed to ``0..n-1`` (``Ratings.user_ids`` / ``item_ids`` keep the original ones).
+MovieLens comes with side features: users (age bucket, gender, occupation), items (genres
+multi-hot, release year, title).
+
+Splits (:func:`split`), all seeded and returning an immutable :class:`Split`:
+
+* ``dmm`` (default; the protocol of DMM's recommender code): ratings >= ``threshold`` (4) are
+  positives; a random 75/25 split over **all** ratings; the model trains on the positive training
+  pairs; each user ranks every item without a training rating; relevant = test pairs rated >=
+  ``threshold``.
+* ``temporal``: per user, the latest positive rating (by timestamp, ties by position in the file)
+  is the test item; every other rating of the user is training data. Users with fewer than two
+  positives keep everything in training and are not evaluated.
+
+Either split can hold out a fraction of the items entirely (``cold_items``): their ratings are
+removed from training and from the warm ranking, and kept as a cold-start test (users rank the
+cold items only, from the items' features).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "Ratings",
+    "UserFeatures",
+    "ItemFeatures",
+    "Split",
+    "MOVIELENS",
+    "SPLITS",
+    "load_ratings",
+    "load_movielens_dir",
+    "load_ratings_csv",
+    "download_movielens",
+    "split",
+    "hash_tokens",
+    "tokenize",
+    "NegativeSampler",
+]
+
+#: GroupLens archives: url and the MD5 that GroupLens publishes next to each archive
+MOVIELENS = {
+    "ml-100k": (
+        "https://files.grouplens.org/datasets/movielens/ml-100k.zip",
+        "0e33842e24a9c977be4e0107933c0723",
+    ),
+    "ml-1m": (
+        "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
+        "c4d9eecfca2ab87c1945afe126590906",
+    ),
+}
+
+SPLITS = ("dmm", "temporal")
+
+#: MovieLens-1M age buckets (lower bounds); ML-100K's exact ages are bucketed the same way
+AGE_BUCKETS = (1, 18, 25, 35, 45, 50, 56)
+
+ML_GENRES = (
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
+
+
+@dataclass(frozen=True)
+class UserFeatures:
+    """Categorical user features, one code per user (0 = unknown).
+
+    Attributes:
+        age: (n_users,) age bucket in ``1..len(AGE_BUCKETS)``.
+        gender: (n_users,) 1 = F, 2 = M.
+        occupation: (n_users,) occupation code in ``1..n_occupations``.
+        vocab: number of codes of each field (including the 0 = unknown code).
+    """
+
+    age: np.ndarray
+    gender: np.ndarray
+    occupation: np.ndarray
+    vocab: dict[str, int]
+
+    def codes(self) -> dict[str, np.ndarray]:
+        return {"age": self.age, "gender": self.gender, "occupation": self.occupation}
+
+
+@dataclass(frozen=True)
+class ItemFeatures:
+    """Item side information.
+
+    Attributes:
+        genres: (n_items, G) float32 multi-hot.
+        genre_names: the G genre names.
+        year: (n_items,) release year (0 = unknown).
+        titles: the n_items titles (without the trailing ``(year)``).
+    """
+
+    genres: np.ndarray
+    genre_names: tuple[str, ...]
+    year: np.ndarray
+    titles: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Ratings:
+    """All ratings of a data set, with contiguous ids.
+
+    Attributes:
+        name: ``ml-100k``, ``ml-1m`` or the CSV file name.
+        user, item: (R,) int64 indices in ``[0, n_users)`` / ``[0, n_items)``.
+        rating: (R,) float32.
+        timestamp: (R,) int64 or None (CSV without a timestamp column).
+        user_ids, item_ids: original id of each index (strings).
+        user_features, item_features: side information (MovieLens) or None.
+    """
+
+    name: str
+    user: np.ndarray
+    item: np.ndarray
+    rating: np.ndarray
+    timestamp: np.ndarray | None
+    n_users: int
+    n_items: int
+    user_ids: tuple[str, ...]
+    item_ids: tuple[str, ...]
+    user_features: UserFeatures | None = None
+    item_features: ItemFeatures | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Ratings({self.name}: {len(self.user):,} ratings, {self.n_users:,} users, "
+            f"{self.n_items:,} items)"
+        )
+
+
+@dataclass(frozen=True)
+class Split:
+    """One train/test split (index arrays; all int64).
+
+    Attributes:
+        protocol: ``dmm`` or ``temporal``.
+        train_user, train_item: positive training pairs (what the models learn from).
+        seen_user, seen_item: every training rating (excluded from the ranking).
+        test_user, test_item: relevant test pairs (rated >= threshold) on warm items.
+        test_users: users with at least one test rating on a warm item (the denominator of the
+            ``users="all"`` convention).
+        cold_items: items held out of training entirely (empty without ``cold_items``).
+        cold_user, cold_item: relevant pairs on cold items.
+        cold_users: users with at least one rating of a cold item.
+    """
+
+    protocol: str
+    n_users: int
+    n_items: int
+    train_user: np.ndarray
+    train_item: np.ndarray
+    seen_user: np.ndarray
+    seen_item: np.ndarray
+    test_user: np.ndarray
+    test_item: np.ndarray
+    test_users: np.ndarray
+    cold_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    cold_user: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    cold_item: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    cold_users: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def warm_items(self) -> np.ndarray:
+        """(n_items,) bool: items that are not held out."""
+        mask = np.ones(self.n_items, dtype=bool)
+        mask[self.cold_items] = False
+        return mask
+
+    def __repr__(self) -> str:
+        return (
+            f"Split({self.protocol}: {len(self.train_user):,} train positives, "
+            f"{len(self.test_user):,} test positives, {len(self.cold_items):,} cold items)"
+        )
+
+
+# -- reading -------------------------------------------------------------------------------
+def _reindex(raw: list[str], name: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    keys, idx = np.unique(np.asarray(raw, dtype=object).astype(str), return_inverse=True)
+    return idx.astype(np.int64), tuple(keys.tolist())
+
+
+def _check_ratings(rating: np.ndarray, path: Path) -> None:
+    if not np.all(np.isfinite(rating)):
+        raise ValueError(f"data: {str(path)!r} holds non-finite ratings")
+
+
+def load_ratings_csv(path: str | os.PathLike[str], *, name: str | None = None) -> Ratings:
+    """Read ``user_id,item_id,rating[,timestamp]`` rows (a header line is detected and skipped)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"data: ratings file {str(p)!r} not found")
+    users: list[str] = []
+    items: list[str] = []
+    ratings: list[float] = []
+    stamps: list[int] = []
+    with open(p, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh)
+        for lineno, row in enumerate(reader, start=1):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) not in (3, 4):
+                raise ValueError(
+                    f"data: {str(p)!r} line {lineno}: expected user_id,item_id,rating"
+                    f"[,timestamp], got {len(row)} field(s)"
+                )
+            try:
+                r = float(row[2])
+                t = int(float(row[3])) if len(row) == 4 else None
+            except ValueError:
+                if lineno == 1 and not users:  # header
+                    continue
+                raise ValueError(
+                    f"data: {str(p)!r} line {lineno}: rating/timestamp is not a number: {row!r}"
+                ) from None
+            if (t is None) != (not stamps) and users:
+                raise ValueError(
+                    f"data: {str(p)!r} line {lineno}: some rows have a timestamp and some not"
+                )
+            users.append(row[0].strip())
+            items.append(row[1].strip())
+            ratings.append(r)
+            if t is not None:
+                stamps.append(t)
+    if not users:
+        raise ValueError(f"data: {str(p)!r} holds no ratings")
+    u, uids = _reindex(users, "user")
+    i, iids = _reindex(items, "item")
+    rating = np.asarray(ratings, dtype=np.float32)
+    _check_ratings(rating, p)
+    return Ratings(
+        name=name or p.stem,
+        user=u,
+        item=i,
+        rating=rating,
+        timestamp=np.asarray(stamps, dtype=np.int64) if stamps else None,
+        n_users=len(uids),
+        n_items=len(iids),
+        user_ids=uids,
+        item_ids=iids,
+    )
+
+
+def _read_table(path: Path, sep: str, ncols: int | tuple[int, ...]) -> list[list[str]]:
+    """Rows of a GroupLens file (latin-1), each checked for its number of fields."""
+    want = (ncols,) if isinstance(ncols, int) else ncols
+    rows = []
+    try:
+        text = path.read_bytes().decode("latin-1")
+    except OSError as e:
+        raise ValueError(f"data: cannot read {str(path)!r}: {e}") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split(sep)
+        if len(parts) not in want:
+            raise ValueError(
+                f"data: {str(path)!r} line {lineno} is malformed: expected "
+                f"{' or '.join(map(str, want))} fields separated by {sep!r}, got {len(parts)}"
+            )
+        rows.append(parts)
+    if not rows:
+        raise ValueError(f"data: {str(path)!r} is empty")
+    return rows
+
+
+def _ints(rows: list[list[str]], col: int, path: Path, what: str) -> np.ndarray:
+    try:
+        return np.asarray([int(r[col]) for r in rows], dtype=np.int64)
+    except ValueError:
+        bad = next(r for r in rows if not r[col].strip().lstrip("-").isdigit())
+        raise ValueError(f"data: {str(path)!r}: {what} is not an integer in row {bad!r}") from None
+
+
+def _age_bucket(age: np.ndarray) -> np.ndarray:
+    return np.searchsorted(np.asarray(AGE_BUCKETS), age, side="right").astype(np.int64)
+
+
+_YEAR = re.compile(r"\((\d{4})\)\s*$")
+
+
+def _title_year(title: str) -> tuple[str, int]:
+    m = _YEAR.search(title)
+    if m is None:
+        return title.strip(), 0
+    return title[: m.start()].strip(), int(m.group(1))
+
+
+def _index_of(ids: np.ndarray, known: np.ndarray, path: Path, what: str) -> np.ndarray:
+    """Positions of ``ids`` in the sorted ``known`` ids; unknown ids are an error."""
+    pos = np.searchsorted(known, ids)
+    pos_c = np.minimum(pos, len(known) - 1)
+    bad = known[pos_c] != ids
+    if bad.any():
+        raise ValueError(
+            f"data: {str(path)!r}: {what} id {int(ids[bad][0])} out of range "
+            f"({int(bad.sum())} rating(s) refer to {what}s absent from the {what} file; "
+            f"valid ids {int(known.min())}..{int(known.max())})"
+        )
+    return pos_c.astype(np.int64)
+
+
+def load_movielens_dir(path: str | os.PathLike[str]) -> Ratings:
+    """Read MovieLens 100K (``u.data``) or 1M (``ratings.dat``) from a GroupLens directory."""
+    d = Path(path)
+    if (d / "u.data").is_file():
+        return _load_ml100k(d)
+    if (d / "ratings.dat").is_file():
+        return _load_ml1m(d)
+    if d.is_dir():
+        raise ValueError(
+            f"data: {str(d)!r} holds neither u.data (MovieLens 100K) nor ratings.dat "
+            "(MovieLens 1M); pass the unzipped GroupLens folder or a CSV file"
+        )
+    raise ValueError(f"data: {str(d)!r} not found")
+
+
+def _need(d: Path, name: str) -> Path:
+    p = d / name
+    if not p.is_file():
+        raise ValueError(f"data: {str(p)!r} not found (the GroupLens folder is incomplete)")
+    return p
+
+
+def _assemble(
+    name: str,
+    rows_r: list[list[str]],
+    p_r: Path,
+    user_rows: list[list[str]],
+    p_u: Path,
+    item_rows: list[list[str]],
+    p_i: Path,
+    users: UserFeatures,
+    genres: np.ndarray,
+    genre_names: tuple[str, ...],
+    titles: list[str],
+) -> Ratings:
+    uid = _ints(user_rows, 0, p_u, "user id")
+    iid = _ints(item_rows, 0, p_i, "item id")
+    uo, io = np.argsort(uid, kind="stable"), np.argsort(iid, kind="stable")
+    if len(np.unique(uid)) != len(uid) or len(np.unique(iid)) != len(iid):
+        raise ValueError(f"data: duplicate user or item ids in {str(p_u)!r} / {str(p_i)!r}")
+    ru = _index_of(_ints(rows_r, 0, p_r, "user id"), uid[uo], p_r, "user")
+    ri = _index_of(_ints(rows_r, 1, p_r, "item id"), iid[io], p_r, "item")
+    try:
+        rating = np.asarray([float(r[2]) for r in rows_r], dtype=np.float32)
+    except ValueError:
+        raise ValueError(f"data: {str(p_r)!r}: a rating is not a number") from None
+    _check_ratings(rating, p_r)
+    stamps = _ints(rows_r, 3, p_r, "timestamp")
+    split_titles = [_title_year(titles[k]) for k in io]
+    feats_u = UserFeatures(
+        age=users.age[uo],
+        gender=users.gender[uo],
+        occupation=users.occupation[uo],
+        vocab=users.vocab,
+    )
+    feats_i = ItemFeatures(
+        genres=genres[io],
+        genre_names=genre_names,
+        year=np.asarray([y for _, y in split_titles], dtype=np.int64),
+        titles=tuple(t for t, _ in split_titles),
+    )
+    return Ratings(
+        name=name,
+        user=ru,
+        item=ri,
+        rating=rating,
+        timestamp=stamps,
+        n_users=len(uid),
+        n_items=len(iid),
+        user_ids=tuple(str(x) for x in uid[uo]),
+        item_ids=tuple(str(x) for x in iid[io]),
+        user_features=feats_u,
+        item_features=feats_i,
+    )
+
+
+def _codes(values: list[str]) -> tuple[np.ndarray, int]:
+    keys, idx = np.unique(np.asarray(values, dtype=str), return_inverse=True)
+    return idx.astype(np.int64) + 1, len(keys) + 1
+
+
+def _load_ml100k(d: Path) -> Ratings:
+    p_r, p_u, p_i = _need(d, "u.data"), _need(d, "u.user"), _need(d, "u.item")
+    rows_r = _read_table(p_r, "\t", 4)
+    user_rows = _read_table(p_u, "|", 5)
+    item_rows = _read_table(p_i, "|", 24)
+    age = _age_bucket(_ints(user_rows, 1, p_u, "age"))
+    gender = np.asarray([{"F": 1, "M": 2}.get(r[2].strip(), 0) for r in user_rows], dtype=np.int64)
+    occ, n_occ = _codes([r[3].strip() for r in user_rows])
+    users = UserFeatures(
+        age, gender, occ, {"age": len(AGE_BUCKETS) + 1, "gender": 3, "occupation": n_occ}
+    )
+    try:
+        genres = np.asarray([[float(v) for v in r[5:24]] for r in item_rows], dtype=np.float32)
+    except ValueError:
+        raise ValueError(f"data: {str(p_i)!r}: a genre flag is not 0/1") from None
+    titles = [r[1] for r in item_rows]
+    return _assemble(
+        "ml-100k", rows_r, p_r, user_rows, p_u, item_rows, p_i, users, genres, ML_GENRES, titles
+    )
+
+
+def _load_ml1m(d: Path) -> Ratings:
+    p_r, p_u, p_i = _need(d, "ratings.dat"), _need(d, "users.dat"), _need(d, "movies.dat")
+    rows_r = _read_table(p_r, "::", 4)
+    user_rows = _read_table(p_u, "::", 5)
+    item_rows = _read_table(p_i, "::", 3)
+    age = _age_bucket(_ints(user_rows, 2, p_u, "age"))
+    gender = np.asarray([{"F": 1, "M": 2}.get(r[1].strip(), 0) for r in user_rows], dtype=np.int64)
+    occ = _ints(user_rows, 3, p_u, "occupation") + 1
+    users = UserFeatures(
+        age, gender, occ, {"age": len(AGE_BUCKETS) + 1, "gender": 3, "occupation": 22}
+    )
+    names = ML_GENRES[1:]
+    col = {g: k for k, g in enumerate(names)}
+    genres = np.zeros((len(item_rows), len(names)), dtype=np.float32)
+    for n, r in enumerate(item_rows):
+        for g in r[2].strip().split("|"):
+            if g in col:
+                genres[n, col[g]] = 1.0
+    titles = [r[1] for r in item_rows]
+    return _assemble(
+        "ml-1m", rows_r, p_r, user_rows, p_u, item_rows, p_i, users, genres, names, titles
+    )
+
+
+# -- download ------------------------------------------------------------------------------
+def default_cache_dir() -> Path:
+    base = os.environ.get("OTCL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "otcl"
+    )
+    return Path(base) / "movielens"
+
+
+def download_movielens(
+    name: str, cache_dir: str | os.PathLike[str] | None = None, *, url: str | None = None
+) -> Path:
+    """Download and unzip a GroupLens MovieLens archive (once); returns its folder.
+
+    The archive is checked against GroupLens's published MD5 before anything is unpacked, and
+    unpacked into a temporary folder renamed into place, so a failed or interrupted download
+    leaves nothing half-written in the cache.
+    """
+    if name not in MOVIELENS:
+        raise ValueError(f"dataset: expected one of {', '.join(MOVIELENS)}, got {name!r}")
+    src, md5 = MOVIELENS[name]
+    src = url or src
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = root / name
+    if (target / ("u.data" if name == "ml-100k" else "ratings.dat")).is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    try:
+        archive = tmp / f"{name}.zip"
+        try:
+            with urllib.request.urlopen(src, timeout=60) as resp, open(archive, "wb") as fh:
+                shutil.copyfileobj(resp, fh)
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            reason = getattr(e, "reason", e)
+            raise ValueError(
+                f"data: cannot download {name} from {src} ({reason}); without internet, "
+                f"download {name}.zip elsewhere, unzip it and pass --data-dir to the folder"
+            ) from None
+        got = hashlib.md5(archive.read_bytes()).hexdigest()
+        if got != md5:
+            raise ValueError(
+                f"data: checksum mismatch for {src}: MD5 {got}, expected {md5} (corrupt or "
+                "changed download; nothing was kept)"
+            )
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(tmp / "unzipped")
+        inner = tmp / "unzipped" / name
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(inner, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_ratings(
+    dataset: str = "ml-100k",
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    download: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Ratings:
+    """Load a data set: a MovieLens folder or CSV file at ``data_dir``, else a cached download.
+
+    Args:
+        dataset: ``ml-100k``, ``ml-1m`` or ``csv`` (``data_dir`` is then the CSV file).
+        data_dir: a GroupLens folder (``u.data`` / ``ratings.dat`` inside) or a CSV file.
+        download: download ``ml-100k`` / ``ml-1m`` into ``cache_dir`` if ``data_dir`` is None.
+    """
+    if data_dir is not None:
+        p = Path(data_dir)
+        if p.is_file():
+            return load_ratings_csv(p)
+        if dataset == "csv":
+            raise ValueError(f"data: expected a CSV file for dataset csv, got {str(p)!r}")
+        return load_movielens_dir(p)
+    if dataset == "csv":
+        raise ValueError("data_dir: dataset csv needs the path of the CSV file (--data-dir FILE)")
+    if dataset not in MOVIELENS:
+        raise ValueError(f"dataset: expected ml-100k, ml-1m or csv, got {dataset!r}")
+    if not download:
+        raise ValueError(f"data_dir: no local copy of {dataset} given and download is off")
+    return load_movielens_dir(download_movielens(dataset, cache_dir))
+
+
+# -- text ------------------------------------------------------------------------------------
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased alphanumeric words of a title."""
+    return _TOKEN.findall(text.lower())
+
+
+def hash_tokens(texts: tuple[str, ...] | list[str], buckets: int, max_len: int = 16) -> np.ndarray:
+    """Hashed bag of words: (n, max_len) int64 token ids in ``1..buckets`` (0 = padding).
+
+    Each word maps to ``1 + crc32(word) % buckets`` (stable across processes and platforms).
+    """
+    if buckets < 1:
+        raise ValueError(f"buckets: expected an integer >= 1, got {buckets!r}")
+    out = np.zeros((len(texts), max_len), dtype=np.int64)
+    for n, t in enumerate(texts):
+        ids = [1 + zlib.crc32(w.encode()) % buckets for w in tokenize(t)[:max_len]]
+        out[n, : len(ids)] = ids
+    return out
+
+
+# -- splits ----------------------------------------------------------------------------------
+def _unique_users(u: np.ndarray) -> np.ndarray:
+    return np.unique(u).astype(np.int64)
+
+
+def split(
+    data: Ratings,
+    protocol: str = "dmm",
+    *,
+    seed: int = 1000,
+    test_frac: float = 0.25,
+    threshold: float = 4.0,
+    cold_items: float = 0.0,
+) -> Split:
+    """Train/test split of ``data`` (see the module docstring for the protocols).
+
+    Args:
+        protocol: ``dmm`` (random split over all ratings) or ``temporal`` (leave-last-out).
+        seed: seed of the random split and of the cold-item draw (DMM's code: 1000).
+        test_frac: test fraction of the ``dmm`` split (0.25).
+        threshold: ratings >= threshold are positives (4).
+        cold_items: fraction of items held out of training entirely, in [0, 1).
+    Returns:
+        :class:`Split`.
+    """
+    if protocol not in SPLITS:
+        raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got {protocol!r}")
+    if not 0.0 < test_frac < 1.0:
+        raise ValueError(f"test_frac: expected a fraction in (0, 1), got {test_frac!r}")
+    if not 0.0 <= cold_items < 1.0:
+        raise ValueError(f"cold_items: expected a fraction in [0, 1), got {cold_items!r}")
+    rng = np.random.default_rng(seed)
+    n_r = len(data.user)
+    pos = data.rating >= threshold
+    if protocol == "dmm":
+        is_test = np.zeros(n_r, dtype=bool)
+        is_test[rng.permutation(n_r)[: int(round(test_frac * n_r))]] = True
+    else:
+        if data.timestamp is None:
+            raise ValueError("split: temporal needs timestamps; the ratings have none")
+        is_test = np.zeros(n_r, dtype=bool)
+        idx = np.flatnonzero(pos)
+        # latest positive per user: sort by (user, time, position), take each user's last
+        order = np.lexsort((idx, data.timestamp[idx], data.user[idx]))
+        su = data.user[idx][order]
+        last = np.flatnonzero(np.r_[su[1:] != su[:-1], True])
+        first = np.r_[0, last[:-1] + 1]
+        keep = (last - first) >= 1  # at least two positives: one to train on
+        is_test[idx[order][last[keep]]] = True
+    cold = np.zeros(0, dtype=np.int64)
+    is_cold = np.zeros(n_r, dtype=bool)
+    if cold_items > 0:
+        n_cold = int(round(cold_items * data.n_items))
+        cold = np.sort(rng.permutation(data.n_items)[:n_cold]).astype(np.int64)
+        cold_mask = np.zeros(data.n_items, dtype=bool)
+        cold_mask[cold] = True
+        is_cold = cold_mask[data.item]
+    train = ~is_test & ~is_cold
+    test = is_test & ~is_cold
+    out = Split(
+        protocol=protocol,
+        n_users=data.n_users,
+        n_items=data.n_items,
+        train_user=data.user[train & pos],
+        train_item=data.item[train & pos],
+        seen_user=data.user[train],
+        seen_item=data.item[train],
+        test_user=data.user[test & pos],
+        test_item=data.item[test & pos],
+        test_users=_unique_users(data.user[test]),
+        cold_items=cold,
+        cold_user=data.user[is_cold & pos],
+        cold_item=data.item[is_cold & pos],
+        cold_users=_unique_users(data.user[is_cold]),
+    )
+    if len(out.train_user) == 0:
+        raise ValueError(
+            f"data: no positive training pairs (ratings >= {threshold}) in {data.name}"
+        )
+    if len(out.test_user) == 0:
+        raise ValueError(
+            f"data: the test set of {data.name} is empty (no test rating >= {threshold} "
+            f"under the {protocol} split)"
+        )
+    return out
+
+
+# -- negative sampling -------------------------------------------------------------------------
+class NegativeSampler:
+    """Uniform negatives per user that exclude the user's positive training items.
+
+    Membership is a binary search of ``user * n_items + item`` in the sorted positive keys;
+    rejected draws are redrawn (vectorised) until none is left.
+
+    Args:
+        user, item: (P,) positive training pairs.
+        n_items: number of items; ``allowed`` (n_items,) bool restricts the draws (e.g. to the
+            warm items).
+    """
+
+    def __init__(
+        self,
+        user: np.ndarray,
+        item: np.ndarray,
+        n_items: int,
+        allowed: np.ndarray | None = None,
+    ) -> None:
+        import torch
+
+        self._torch = torch
+        self.n_items = int(n_items)
+        self.keys = torch.from_numpy(
+            np.unique(np.asarray(user, dtype=np.int64) * self.n_items + np.asarray(item))
+        )
+        pool = np.arange(self.n_items) if allowed is None else np.flatnonzero(allowed)
+        self.pool = torch.from_numpy(pool.astype(np.int64))
+        counts = np.bincount(np.asarray(user, dtype=np.int64))
+        if len(counts) and counts.max() >= len(pool):
+            u = int(np.argmax(counts))
+            raise ValueError(
+                f"negatives: user {u} has a positive for every candidate item; nothing to sample"
+            )
+
+    def __call__(self, users, k: int, generator=None, max_rounds: int = 100):
+        """(B,) user indices -> (B, k) item indices that are not positives of each user."""
+        torch = self._torch
+        draw = torch.randint(len(self.pool), (users.shape[0], k), generator=generator)
+        items = self.pool[draw]
+        base = users.unsqueeze(1) * self.n_items
+        for _ in range(max_rounds):
+            key = base + items
+            pos = torch.searchsorted(self.keys, key).clamp(max=len(self.keys) - 1)
+            bad = self.keys[pos] == key
+            n_bad = int(bad.sum())
+            if n_bad == 0:
+                return items
+            redraw = torch.randint(len(self.pool), (n_bad,), generator=generator)
+            items[bad] = self.pool[redraw]
+        raise RuntimeError("negatives: rejection sampling did not finish")  # pragma: no cover

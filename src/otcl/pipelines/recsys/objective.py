@@ -1,0 +1,155 @@
+r"""The training objective of one recommendation model: which loss, which negatives, ±DMM.
+
+One step on a batch of positive training pairs :math:`(u_i, v^+_i)`:
+
+* ``cml``: K negatives per pair drawn uniformly among the items that are not training
+  positives of :math:`u_i`; :class:`~otcl.pipelines.recsys.models.CMLTripletLoss`
+  ``(z_u, z_{v^+}, negatives=(B, K, d))``. With DMM: ``otcl.losses.DMM(base=that loss,
+  pair_loss="triplet")``, which mixes users in embedding space and applies the min-triplet
+  hinge of the mixed user against the user's own positive and negatives (DMM's CML recipe).
+* ``two-tower``: any otcl loss in the ``cross`` layout, users x items, in-batch negatives; with
+  ``extra_negatives = K > 0``, K items drawn uniformly are appended as extra columns
+  (``negatives=(K, d)``). With DMM: ``build("dmm", base=<loss>, pair_loss="hinge")``.
+* ``mf``: BPR with one negative per pair (excluding the user's training positives).
+
+DMM defaults are those of DMM's recommender code where they apply: users mixed with
+:math:`\lambda \sim U(0, 0.5)` and the reversed batch as partner, ramp-up :math:`e/(e+30)`, margin
+1.5 for CML's Euclidean triplet; the hinge on cosines of the two-tower keeps otcl's 0.2. The
+margin is :math:`\lambda m` at every step (the official code's cumulative margin is a bug).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...losses import build as build_loss
+from .data import NegativeSampler
+from .models import CMLTripletLoss, RecModel, bpr_loss
+
+__all__ = ["Objective", "ObjectiveSpec", "DMM_DEFAULTS", "make_loss"]
+
+#: DMM defaults of the official recommender code (CML) that apply to every recsys model
+DMM_DEFAULTS: dict[str, Any] = {"lam_range": (0.0, 0.5), "warmup": 30.0, "partner": "reverse"}
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """What the model is trained with.
+
+    Attributes:
+        loss: for ``two-tower`` an otcl loss name (``infonce``, ``gca-uot``, ...); ``cml`` and
+            ``mf`` have their own (``triplet``, ``bpr``).
+        loss_params: parameters of the otcl loss (``layout="cross"`` is implied).
+        dmm: wrap the loss in DMM.
+        dmm_params: DMM parameters over :data:`DMM_DEFAULTS` (and ``margin``: 1.5 for CML).
+        negatives: K sampled negatives per pair (CML, default 10) or extra shared negatives
+            per batch (two-tower, default 0).
+        margin: CML's triplet margin (1.5).
+    """
+
+    loss: str = "triplet"
+    loss_params: dict[str, Any] = field(default_factory=dict)
+    dmm: bool = False
+    dmm_params: dict[str, Any] = field(default_factory=dict)
+    negatives: int = 10
+    margin: float = 1.5
+
+
+def make_loss(kind: str, spec: ObjectiveSpec) -> nn.Module | None:
+    """The loss module of a model ``kind`` under ``spec`` (None for MF's BPR); checks ``spec``."""
+    if spec.negatives < 0:
+        raise ValueError(f"negatives: expected an integer >= 0, got {spec.negatives!r}")
+    dmm_params = {**DMM_DEFAULTS, **spec.dmm_params}
+    if kind == "cml":
+        if spec.loss != "triplet" or spec.loss_params:
+            raise ValueError(
+                f"loss: the cml model trains with its min-triplet loss, got {spec.loss!r}"
+                + (f" with {sorted(spec.loss_params)}" if spec.loss_params else "")
+            )
+        if spec.negatives < 1:
+            raise ValueError("negatives: cml needs K >= 1 sampled negatives per pair")
+        base: nn.Module = CMLTripletLoss(spec.margin)
+        if not spec.dmm:
+            return base
+        dmm_params.setdefault("margin", spec.margin)
+        return build_loss("dmm", base=base, pair_loss="triplet", **dmm_params)
+    if kind == "two-tower":
+        if spec.loss in ("triplet", "bpr", "dmm"):
+            raise ValueError(
+                f"loss: the two-tower model trains with an otcl loss (e.g. infonce, gca-uot; "
+                f"DMM is the dmm switch), got {spec.loss!r}"
+            )
+        params = {**spec.loss_params, "layout": "cross"}
+        if spec.dmm:
+            return build_loss(
+                "dmm", base=spec.loss, base_params=params, pair_loss="hinge", **dmm_params
+            )
+        return build_loss(spec.loss, **params)
+    if spec.loss != "bpr" or spec.loss_params or spec.dmm:
+        raise ValueError("loss: the mf model trains with BPR only (no loss params, no dmm)")
+    return None
+
+
+class Objective(nn.Module):
+    """The loss of a :class:`RecModel` on batches of positive pairs (see the module docstring).
+
+    Args:
+        model: the model (its ``kind`` picks the recipe).
+        spec: :class:`ObjectiveSpec`.
+        sampler: negatives excluding each user's training positives.
+    """
+
+    def __init__(self, model: RecModel, spec: ObjectiveSpec, sampler: NegativeSampler) -> None:
+        super().__init__()
+        self.kind = model.kind
+        self.spec = spec
+        self.sampler = sampler
+        self.loss = make_loss(model.kind, spec)
+        self.epoch = 0
+
+    @property
+    def temperature(self) -> float | None:
+        """The two-tower loss's temperature (that of DMM's base), None for the others."""
+        loss = getattr(self.loss, "base", self.loss)
+        t = getattr(loss, "temperature", None)
+        return None if t is None else float(t)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.loss, "set_epoch"):
+            self.loss.set_epoch(epoch)
+
+    def forward(
+        self,
+        model: RecModel,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Loss of the batch of positive pairs ``(users, items)`` (both (B,) int64)."""
+        dev = users.device
+        b = users.shape[0]
+        if self.kind == "two-tower":
+            k = self.spec.negatives
+            zu = model.users(users)
+            if k > 0:
+                extra = self.sampler.pool[
+                    torch.randint(len(self.sampler.pool), (k,), generator=generator)
+                ].to(dev)
+                zi = model.items(torch.cat([items, extra]))
+                return self.loss(zu, zi[:b], negatives=zi[b:])
+            return self.loss(zu, model.items(items))
+        k = self.spec.negatives if self.kind == "cml" else 1
+        neg = self.sampler(users.cpu(), k, generator).to(dev)
+        zu = model.users(users)
+        zi = model.items(torch.cat([items, neg.flatten()]))
+        zp, zn = zi[:b], zi[b:].view(b, k, -1)
+        if self.kind == "cml":
+            return self.loss(zu, zp, negatives=zn)
+        s_pos = (zu * zp).sum(-1)
+        s_neg = torch.einsum("bd,bkd->bk", zu, zn)
+        return bpr_loss(s_pos, s_neg)

@@ -1,0 +1,301 @@
+"""``otcl recsys train``: one recommendation model, on the shared run machinery.
+
+:class:`RecsysTrainer` subclasses :class:`otcl.pipelines.run.EpochTrainer` (run directory,
+``config.yaml``, atomic checkpoints, exact resume, ``metrics.jsonl``, progress, seeds, Ctrl-C)
+and only says what a step is -- a batch of positive training pairs in a ``(seed, epoch)``
+permutation, negatives drawn from a generator seeded by ``(seed, step)``, the model's
+:class:`~otcl.pipelines.recsys.objective.Objective` -- and how a model is evaluated:
+
+* ``warm``: every user ranks every warm item without a training rating (Recall, nDCG,
+  HitRatio, MAP at ``eval.ks``);
+* ``no-title``, ``no-genres``, ``no-text-genres``: the same with those item features removed
+  (models with item features);
+* ``cold``: users rank the held-out cold items, scored from their features alone.
+
+Metrics land in ``metrics.jsonl`` (every ``eval.every`` epochs and at the end) and in
+``summary.json`` as ``<variant>/<metric>@<k>`` (``warm/ndcg@10``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..run import EpochTrainer, derive_seed, load_checkpoint, load_model_weights
+from .config import DROP_VARIANTS, RecsysConfig, check, parse_features, resolve
+from .data import NegativeSampler, Ratings, Split, load_ratings, split
+from .metrics import rank_metrics
+from .models import RecModel, build_model, popularity_prior
+from .objective import Objective, ObjectiveSpec, make_loss
+from .text import encode_titles
+
+__all__ = [
+    "RecsysTrainer",
+    "load_data",
+    "evaluate_model",
+    "load_run",
+    "dmm_params",
+    "objective_spec",
+    "validate",
+]
+
+
+def load_data(cfg: RecsysConfig) -> tuple[Ratings, Split]:
+    """The ratings and the split of ``cfg.data``."""
+    d = cfg.data
+    data = load_ratings(d.dataset, d.data_dir, download=d.download, cache_dir=d.cache_dir)
+    s = split(
+        data,
+        d.split,
+        seed=d.split_seed,
+        test_frac=d.test_frac,
+        threshold=d.threshold,
+        cold_items=d.cold_items,
+    )
+    return data, s
+
+
+def dmm_params(cfg: RecsysConfig) -> dict[str, Any]:
+    """DMM's parameters for this run (see :class:`~otcl.pipelines.recsys.config.RecsysDMMConfig`)."""
+    dm = cfg.dmm
+    warmup = dm.warmup if dm.warmup is not None else 0.15 * int(cfg.train.epochs)
+    out: dict[str, Any] = {
+        "lam_range": tuple(dm.lam_range),
+        "warmup": warmup,
+        "weight": dm.weight,
+        "partner": dm.partner,
+        "legacy_cumulative_margin": dm.legacy_cumulative_margin,
+        "seed": derive_seed(cfg.train.seed, "dmm"),
+    }
+    if dm.margin is not None:
+        out["margin"] = dm.margin
+    return out
+
+
+def objective_spec(cfg: RecsysConfig) -> ObjectiveSpec:
+    """What a resolved ``cfg`` trains its model with."""
+    c = cfg
+    return ObjectiveSpec(
+        loss=c.loss.name,
+        loss_params=dict(c.loss.params),
+        dmm=c.dmm.enabled,
+        dmm_params=dmm_params(c) if c.dmm.enabled else {},
+        negatives=int(c.model.negatives),
+        margin=c.model.margin,
+    )
+
+
+def check_ks(cfg: RecsysConfig, s: Split) -> None:
+    """Every k of ``eval.ks`` must fit the warm candidate items (checked before training)."""
+    n_warm = int(s.warm_items.sum())
+    k = max(int(k) for k in cfg.eval.ks)
+    if k > n_warm:
+        raise ValueError(
+            f"k: {k} is larger than the number of candidate items ({n_warm}); lower eval.ks"
+        )
+
+
+def validate(cfg: RecsysConfig) -> RecsysConfig:
+    """Resolve and check ``cfg`` without loading data (settings, loss and its parameters)."""
+    c = resolve(cfg)
+    check(c)
+    make_loss(c.model.kind, objective_spec(c))
+    return c
+
+
+def evaluate_model(
+    model: RecModel,
+    s: Split,
+    cfg: RecsysConfig,
+    *,
+    device: torch.device | str = "cpu",
+    robustness: bool = True,
+    prior: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Ranking metrics of ``model`` on ``s`` (see the module docstring for the variants).
+
+    ``prior`` (n_items,): added to the scores (the two-tower's popularity correction).
+    """
+    e = cfg.eval
+    ks = tuple(int(k) for k in e.ks)
+    common = {"ks": ks, "users": e.users, "block": e.block, "device": device}
+    warm = s.warm_items
+    out: dict[str, float] = {}
+
+    def put(prefix: str, res: dict[str, float]) -> None:
+        out.update({f"{prefix}/{k}": v for k, v in res.items()})
+
+    exclude = (s.seen_user, s.seen_item)
+    variants: list[tuple[str, tuple[str, ...]]] = [("warm", ())]
+    if robustness:
+        variants += [(n, f) for n, f in DROP_VARIANTS.items() if set(f) <= set(model.item.names)]
+    for name, drop in variants:
+        put(
+            name,
+            rank_metrics(
+                model.scorer(drop, prior=prior),
+                (s.test_user, s.test_item),
+                exclude,
+                s.n_users,
+                s.n_items,
+                eval_users=s.test_users,
+                candidates=warm,
+                **common,
+            ),
+        )
+    if robustness and len(s.cold_items) and model.item.names and len(s.cold_user):
+        put(
+            "cold",
+            rank_metrics(
+                model.scorer(item_drop_mask=torch.from_numpy(~warm), prior=prior),
+                (s.cold_user, s.cold_item),
+                exclude,
+                s.n_users,
+                s.n_items,
+                eval_users=s.cold_users,
+                candidates=~warm,
+                **{**common, "ks": tuple(k for k in ks if k <= len(s.cold_items)) or (1,)},
+            ),
+        )
+    return out
+
+
+class RecsysTrainer(EpochTrainer):
+    """Trains one recommendation model (``cfg.model.kind``) into a run directory.
+
+    Args:
+        cfg: :class:`~otcl.pipelines.recsys.config.RecsysConfig` (presets applied here).
+        out: run directory (default ``runs/recsys-<kind>-<loss>[-dmm]-s<seed>``).
+        resume: continue ``out`` from its checkpoint (``extend``: to more epochs).
+        data: already loaded ``(ratings, split)`` (``otcl recsys compare`` loads them once).
+        log: where progress lines go.
+    """
+
+    throughput_unit = "pairs"
+
+    # -- hooks -----------------------------------------------------------------------------
+    def resolve_config(self, cfg: RecsysConfig) -> RecsysConfig:
+        return resolve(cfg)
+
+    def check_config(self) -> None:
+        super().check_config()
+        check(self.cfg)
+
+    def default_out(self) -> str:
+        c = self.cfg
+        dmm = "-dmm" if c.dmm.enabled else ""
+        return f"runs/recsys-{c.model.kind}-{c.loss.name}{dmm}-s{c.train.seed}"
+
+    @property
+    def tag(self) -> str:
+        c = self.cfg
+        return f"{c.model.kind}/{c.loss.name}{'+dmm' if c.dmm.enabled else ''} s{c.train.seed}"
+
+    def build(self) -> None:
+        c = self.cfg
+        given = self.given_data
+        self.data, self.split = given if given is not None else load_data(c)
+        check_ks(c, self.split)
+        self.model = build_recsys_model(c, self.data).to(self.device)
+        sampler = NegativeSampler(
+            self.split.train_user, self.split.train_item, self.data.n_items, self.split.warm_items
+        )
+        self.loss_fn = Objective(self.model, objective_spec(c), sampler).to(self.device)
+        self.prior = ranking_prior(c, self.split, self.loss_fn.temperature)
+        self.pairs_user = torch.from_numpy(self.split.train_user).to(self.device)
+        self.pairs_item = torch.from_numpy(self.split.train_item).to(self.device)
+        n = len(self.pairs_user)
+        self.batch_size = min(self.batch_size, n)
+        if self.batch_size < 2:
+            raise ValueError(f"data: only {n} positive training pair(s); need at least 2")
+        self.steps_per_epoch = n // self.batch_size
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The shared optimizer; Adam/AdamW fused (one kernel per step: the embedding tables are
+        the whole model and a CPU step is mostly the optimizer's passes over them)."""
+        opt = super().build_optimizer()
+        if not isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)):
+            return opt
+        keep = ("params", "lr", "weight_decay", "betas", "eps")
+        groups = [{k: v for k, v in g.items() if k in keep} for g in opt.param_groups]
+        try:
+            return type(opt)(groups, fused=True)
+        except (RuntimeError, ValueError):  # a device/dtype without the fused kernel
+            return opt
+
+    def compute_loss(self, epoch: int, step: int) -> torch.Tensor:
+        idx = self.batch_indices(len(self.pairs_user), epoch, step).to(self.device)
+        gen = self.step_generator("negatives", device="cpu")
+        return self.loss_fn(self.model, self.pairs_user[idx], self.pairs_item[idx], gen)
+
+    def evaluate(self, final: bool) -> dict[str, float]:
+        e = self.cfg.eval
+        if not final and not (e.every and self.epoch % e.every == 0):
+            return {}
+        res = evaluate_model(
+            self.model,
+            self.split,
+            self.cfg,
+            device=self.device,
+            robustness=final and e.robustness,
+            prior=self.prior,
+        )
+        self.model.train()
+        return res
+
+    def summarize(self, summary: dict[str, Any]) -> dict[str, Any]:
+        c = self.cfg
+        return {
+            "model": c.model.kind,
+            "loss": c.loss.name,
+            "dmm": c.dmm.enabled,
+            "dataset": self.data.name,
+            "split": repr(self.split),
+            **summary,
+        }
+
+
+def ranking_prior(cfg: RecsysConfig, s: Split, temperature: float | None) -> torch.Tensor | None:
+    """The two-tower's popularity correction of ``cfg`` (None when off or not a two-tower)."""
+    strength = float(cfg.model.pop_correction or 0.0)
+    if cfg.model.kind != "two-tower" or strength == 0.0 or temperature is None:
+        return None
+    return popularity_prior(s.train_item, s.n_items, strength, temperature)
+
+
+def build_recsys_model(cfg: RecsysConfig, data: Ratings) -> RecModel:
+    """The model of ``cfg.model`` for ``data`` (sentence-encoder titles if ``text=minilm``)."""
+    m = cfg.model
+    feats = parse_features(
+        m.features, data.user_features is not None, data.item_features is not None
+    )
+    text = None
+    if "title" in feats and m.text == "minilm":
+        if data.item_features is None:
+            raise ValueError(f"model.features: {data.name} has no item titles")
+        text = encode_titles(data.item_features.titles)
+    return build_model(
+        m.kind,
+        data,
+        dim=int(m.dim),
+        features=feats,
+        title_buckets=m.title_buckets,
+        text_embeddings=text,
+        id_dropout=float(m.id_dropout) if feats else 0.0,
+    )
+
+
+def load_run(
+    run_dir: str | Path, device: str = "cpu"
+) -> tuple[RecsysConfig, RecModel, Ratings, Split, torch.Tensor | None]:
+    """Rebuild a run's config, model (eval mode), ratings, split and ranking prior."""
+    st = load_checkpoint(run_dir)
+    cfg = resolve(RecsysConfig.from_dict(st["config"]))
+    data, s = load_data(cfg)
+    model = build_recsys_model(cfg, data)
+    load_model_weights(model, st["model"], run_dir)
+    loss = make_loss(cfg.model.kind, objective_spec(cfg))
+    temperature = getattr(getattr(loss, "base", loss), "temperature", None)
+    return cfg, model.to(device).eval(), data, s, ranking_prior(cfg, s, temperature)

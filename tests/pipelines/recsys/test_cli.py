@@ -1,0 +1,149 @@
+"""``otcl recsys train`` / ``compare`` end to end on tiny data, and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from otcl.cli import main
+
+TINY = ["--dim", "8", "--epochs", "1", "--no-progress", "--set", "eval.ks=[1,5]"]
+
+
+def _nothing_written(out):
+    """No run file: at most the empty run directory (and its lock) the run machinery probes."""
+    return not out.exists() or {p.name for p in out.iterdir()} <= {".otcl.lock"}
+
+
+def _one_line_error(capsys, argv, match):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("otcl: error: ") and match in err[0], err
+
+
+def test_train_and_resume(ml_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["recsys", "train", "--data-dir", str(ml_dir), "--dmm", "--out", str(out), *TINY]
+    assert main(argv) == 0
+    assert "cml/triplet+dmm s0: 1 epochs, ndcg@10" not in capsys.readouterr().out  # ks 1, 5
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dmm"] and "warm/ndcg@5" in summary
+    again = ["recsys", "train", "--resume", str(out), "--epochs", "2", "--no-progress"]
+    assert main(again) == 2  # a longer run must be asked for
+    assert "pass --extend" in capsys.readouterr().err
+    assert main([*again, "--extend"]) == 0
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 2
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--data-dir", "{tmp}/missing"], "data: '{tmp}/missing' not found"),
+        (["--data-dir", "{tmp}/bad.csv", "--dataset", "csv"], "line 1: expected user_id"),
+        (["--data-dir", "{tmp}/range"], "item id 99 out of range"),
+        (["--data-dir", "{tmp}/low.csv"], "the test set of low is empty"),
+        (["--data-dir", "{ml}", "--set", "eval.ks=[1,500]"], "k: 500 is larger than"),
+        (["--data-dir", "{ml}", "--model", "two-tower", "--loss-param", "rho=2"], "rho:"),
+        (["--data-dir", "{ml}", "--model", "mf", "--dmm"], "dmm.enabled: not available"),
+    ],
+)
+def test_train_bad_input_is_one_line_and_writes_nothing(
+    ml_dir, make_ml, tmp_path, capsys, extra, match
+):
+    (tmp_path / "bad.csv").write_text("a;b;5\n")
+    (tmp_path / "low.csv").write_text("a,x,1\nb,y,2\na,y,5\nb,x,1\n")
+    (make_ml("range") / "u.data").write_text("1\t99\t5\t1\n")
+    fill = {"tmp": str(tmp_path), "ml": str(ml_dir)}
+    out = tmp_path / "out"
+    argv = ["recsys", "train", "--out", str(out), "--no-progress"]
+    _one_line_error(capsys, argv + [a.format(**fill) for a in extra], match.format(**fill))
+    assert _nothing_written(out)
+
+
+def test_compare(ml_dir, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    methods = "popularity,implicit-als,mf-bpr,cml,cml+dmm,tt-infonce,tt-infonce+dmm"
+    argv = ["recsys", "compare", "--data-dir", str(ml_dir), "--out", str(out)]
+    argv += ["--methods", methods, "--seeds", "2", "--cold-items", "0.3", *TINY[:5], "--jobs", "1"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "ndcg@10" in printed and "recall@10" in printed and "DMM vs its base" in printed
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["dmm_delta"]) == {"cml+dmm", "tt-infonce+dmm"}
+    d = res["dmm_delta"]["cml+dmm"]["warm/ndcg@10"]
+    per_seed = [
+        res["methods"][m]["metrics"]["warm/ndcg@10"]["per_seed"] for m in ("cml", "cml+dmm")
+    ]
+    assert d["per_seed"] == pytest.approx([b - a for a, b in zip(*per_seed, strict=True)])
+    assert "cold" in res["robustness"]["tt-infonce"]
+    assert (out / "recsys.png").stat().st_size > 0
+    assert (out / "cml+dmm" / "seed1" / "checkpoint.pt").exists()
+    # a second call reuses every finished run
+    assert main(argv) == 0
+    assert capsys.readouterr().err.count("reusing") == 14
+
+
+def test_compare_bad_input(ml_dir, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    base = ["recsys", "compare", "--data-dir", str(ml_dir), "--out", str(out)]
+    _one_line_error(capsys, base + ["--methods", "cml,svd"], "unknown method 'svd'")
+    _one_line_error(capsys, base + ["--methods", "tt-nope"], "unknown loss 'nope'")
+    _one_line_error(
+        capsys, base + ["--methods", "cml", "--loss-param", "temperature=0.2"], "no two-tower"
+    )
+    assert _nothing_written(out)
+
+
+def test_parallel_workers_give_the_same_numbers(ml_dir, tmp_path):
+    """Runs trained by worker processes (forked here to start fast; spawned by default) equal
+    in-process runs; two workers share three runs."""
+    from otcl.pipelines.recsys import compare as C
+    from otcl.pipelines.recsys.config import RecsysConfig
+    from otcl.pipelines.recsys.trainer import load_data
+
+    cfg = RecsysConfig()
+    cfg.data.data_dir = str(ml_dir)
+    cfg.model.dim, cfg.train.epochs, cfg.train.progress = 8, 1, False
+    pending = []
+    for m in ("cml+dmm", "tt-infonce", "mf-bpr"):
+        c = C.method_config(cfg, C.parse_method(m), 0, {})
+        pending.append((m, 0, c, tmp_path / "par" / m))
+    par = C._train_parallel(pending, 2, lambda s: None, start_method="fork")
+    data = load_data(cfg)
+    for m, _, c, _ in pending:
+        seq = C._train_one(c, tmp_path / "seq" / m, data, lambda s: None)
+        keys = [k for k in seq if k.startswith("warm/")]
+        assert {k: par[(m, 0)][k] for k in keys} == {k: seq[k] for k in keys}, m
+
+
+def test_recsys_without_a_verb_prints_its_help(capsys):
+    assert main(["recsys"]) == 2
+    assert "otcl recsys [-h] COMMAND" in capsys.readouterr().out
+
+
+def test_interrupted_compare_resumes_to_the_same_numbers(ml_dir, tmp_path, capsys, monkeypatch):
+    from otcl.pipelines.recsys.trainer import RecsysTrainer
+
+    common = ["--data-dir", str(ml_dir), "--methods", "cml+dmm", "--seeds", "1", "--jobs", "1"]
+    common += ["--dim", "8", "--epochs", "2", "--batch-size", "32", "--no-progress", "--no-plot"]
+    assert main(["recsys", "compare", *common, "--out", str(tmp_path / "straight")]) == 0
+    original = RecsysTrainer.compute_loss
+    calls = {"n": 0}
+
+    def interrupt_once(self, epoch, step):
+        if epoch == 1 and step == 0 and calls["n"] == 0:
+            calls["n"] += 1
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, deferred to the step's end
+        return original(self, epoch, step)
+
+    monkeypatch.setattr(RecsysTrainer, "compute_loss", interrupt_once)
+    argv = ["recsys", "compare", *common, "--out", str(tmp_path / "cut")]
+    assert main(argv) == 130  # Ctrl-C: the run's checkpoint is saved
+    assert "to continue: the same `otcl recsys compare` command" in capsys.readouterr().err
+    assert main(argv) == 0
+    assert "resuming" in capsys.readouterr().err
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("straight", "cut"))
+    assert a["methods"]["cml+dmm"]["metrics"] == b["methods"]["cml+dmm"]["metrics"]

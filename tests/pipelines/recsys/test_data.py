@@ -1,0 +1,199 @@
+"""Loading (MovieLens folders, CSV, download), splits and negative sampling on tiny data."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from otcl.pipelines.recsys import data as D
+from otcl.pipelines.recsys.data import (
+    NegativeSampler,
+    hash_tokens,
+    load_ratings,
+    load_ratings_csv,
+    split,
+)
+
+
+def test_ml100k_folder(ml_dir):
+    r = load_ratings("ml-100k", ml_dir)
+    raw = np.loadtxt(ml_dir / "u.data", dtype=np.int64)
+    assert (len(r.user), r.n_users, r.n_items) == (600, 30, 40)
+    # contiguous ids follow the sorted original ids; ratings stay with their pair
+    assert [r.user_ids[u] for u in r.user[:5]] == [str(x) for x in raw[:5, 0]]
+    assert [r.item_ids[i] for i in r.item[:5]] == [str(x) for x in raw[:5, 1]]
+    np.testing.assert_array_equal(r.rating, raw[:, 2])
+    np.testing.assert_array_equal(r.timestamp, raw[:, 3])
+    f = r.item_features
+    assert f.genres.shape == (40, 19) and f.titles[0] == "Movie 1 story" and f.year[0] == 1951
+    assert r.user_features.gender[0] == 1 and r.user_features.age.min() >= 1
+
+
+def test_ml1m_folder(tmp_path):
+    d = tmp_path / "ml-1m"
+    d.mkdir()
+    (d / "ratings.dat").write_text(
+        "1::10::5::978300760\n2::20::3::978302109\n1::20::4::978301968\n"
+    )
+    (d / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n")
+    (d / "movies.dat").write_bytes(
+        "10::GoldenEye (1995)::Action|Adventure|Thriller\n20::Café (2000)::Drama\n".encode(
+            "latin-1"
+        )
+    )
+    r = load_ratings("ml-1m", d)
+    assert (r.n_users, r.n_items, len(r.user)) == (2, 2, 3)
+    f = r.item_features
+    assert f.titles == ("GoldenEye", "Café") and list(f.year) == [1995, 2000]
+    assert f.genres[0].sum() == 3 and f.genres[1, f.genre_names.index("Drama")] == 1
+    assert list(r.user_features.age) == [1, 7] and list(r.user_features.occupation) == [11, 17]
+
+
+def test_csv_with_and_without_header(tmp_path):
+    p = tmp_path / "r.csv"
+    p.write_text("user_id,item_id,rating\nA,x,5\nB,x,3\nA,y,4\n")
+    r = load_ratings_csv(p)
+    assert (r.n_users, r.n_items, r.timestamp) == (2, 2, None)
+    assert r.user_ids == ("A", "B") and list(r.user) == [0, 1, 0]
+    q = tmp_path / "q.csv"
+    q.write_text("A,x,5,10\nB,x,3,11\n")
+    assert list(load_ratings("csv", q).timestamp) == [10, 11]
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("A,x,5\nB,x\n", "line 2: expected user_id,item_id,rating"),
+        ("A,x,5\nB,x,good\n", "line 2: rating/timestamp is not a number"),
+        ("user,item,rating\n", "holds no ratings"),
+        ("A,x,5,1\nB,x,4\n", "some rows have a timestamp and some not"),
+    ],
+)
+def test_malformed_csv(tmp_path, text, match):
+    p = tmp_path / "bad.csv"
+    p.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_ratings_csv(p)
+
+
+def test_bad_movielens_folders(tmp_path, ml_dir, make_ml):
+    with pytest.raises(ValueError, match="not found"):
+        load_ratings("ml-100k", tmp_path / "missing")
+    with pytest.raises(ValueError, match="holds neither u.data"):
+        load_ratings("ml-100k", tmp_path)
+    bad = make_ml("bad")
+    (bad / "u.data").write_text("1\t2\t3\n")
+    with pytest.raises(ValueError, match=r"u.data' line 1 is malformed: expected 4 fields"):
+        load_ratings("ml-100k", bad)
+    (bad / "u.data").write_text("1\t99\t3\t5\n")
+    with pytest.raises(ValueError, match="item id 99 out of range"):
+        load_ratings("ml-100k", bad)
+    (bad / "u.data").write_text("1\tx\t3\t5\n")
+    with pytest.raises(ValueError, match="item id is not an integer"):
+        load_ratings("ml-100k", bad)
+    (ml_dir / "u.item").unlink()
+    with pytest.raises(ValueError, match="u.item' not found"):
+        load_ratings("ml-100k", ml_dir)
+
+
+def _zip_of(folder: Path, name: str) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for f in folder.iterdir():
+            zf.write(f, f"{name}/{f.name}")
+    return buf.getvalue()
+
+
+def test_download_checks_md5_and_caches(tmp_path, ml_dir, monkeypatch):
+    blob = _zip_of(ml_dir, "ml-100k")
+    archive = tmp_path / "ml-100k.zip"
+    archive.write_bytes(blob)
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        D.download_movielens("ml-100k", cache, url=archive.as_uri())
+    assert [p.name for p in cache.iterdir()] == []  # nothing half-written
+    monkeypatch.setitem(D.MOVIELENS, "ml-100k", (archive.as_uri(), hashlib.md5(blob).hexdigest()))
+    r = load_ratings("ml-100k", cache_dir=cache)
+    assert len(r.user) == 600
+    archive.unlink()  # cached: no second download
+    assert len(load_ratings("ml-100k", cache_dir=cache).user) == 600
+
+
+def test_download_offline_error(tmp_path):
+    with pytest.raises(ValueError, match="cannot download ml-1m .* pass --data-dir"):
+        D.download_movielens("ml-1m", tmp_path, url=(tmp_path / "nowhere.zip").as_uri())
+    assert not (tmp_path / "ml-1m").exists()
+
+
+def test_dmm_split(ml_dir):
+    r = load_ratings("ml-100k", ml_dir)
+    s = split(r, seed=3)
+    key = lambda u, i: set(zip(u.tolist(), i.tolist(), strict=True))  # noqa: E731
+    pos = r.rating >= 4
+    seen, test = key(s.seen_user, s.seen_item), key(s.test_user, s.test_item)
+    assert len(seen) == 600 - 150 and not seen & test
+    assert key(s.train_user, s.train_item) <= seen
+    assert seen | key(r.user[~pos], r.item[~pos]) | test == key(r.user, r.item)
+    assert split(r, seed=3).test_item.tolist() == s.test_item.tolist()
+    assert split(r, seed=4).test_item.tolist() != s.test_item.tolist()
+
+
+def test_temporal_split_holds_out_each_users_latest_positive(ml_dir):
+    r = load_ratings("ml-100k", ml_dir)
+    s = split(r, "temporal")
+    for u, i in zip(s.test_user, s.test_item, strict=True):
+        mine = (r.user == u) & (r.rating >= 4)
+        latest = r.item[mine][np.argmax(r.timestamp[mine])]
+        assert i == latest and mine.sum() >= 2
+    assert len(np.unique(s.test_user)) == len(s.test_user)
+    assert len(s.seen_user) + len(s.test_user) == len(r.user)
+
+
+def test_cold_items_are_held_out_of_training(ml_dir):
+    r = load_ratings("ml-100k", ml_dir)
+    s = split(r, cold_items=0.25)
+    assert len(s.cold_items) == 10
+    assert not np.isin(s.seen_item, s.cold_items).any()
+    assert not np.isin(s.test_item, s.cold_items).any()
+    assert np.isin(s.cold_item, s.cold_items).all() and len(s.cold_item) > 0
+    assert s.warm_items.sum() == 30
+
+
+def test_split_errors(ml_dir, tmp_path):
+    r = load_ratings("ml-100k", ml_dir)
+    with pytest.raises(ValueError, match="split: expected one of dmm, temporal"):
+        split(r, "random")
+    with pytest.raises(ValueError, match="cold_items: expected a fraction"):
+        split(r, cold_items=1.0)
+    p = tmp_path / "low.csv"
+    p.write_text("a,x,1\nb,y,2\na,y,5\n")
+    with pytest.raises(ValueError, match="the test set of low is empty"):
+        split(load_ratings_csv(p), test_frac=0.3)
+    with pytest.raises(ValueError, match="temporal needs timestamps"):
+        split(load_ratings_csv(p), "temporal")
+
+
+def test_negative_sampler_excludes_positives():
+    user = np.array([0, 0, 0, 1, 1])
+    item = np.array([0, 1, 2, 3, 4])
+    allowed = np.ones(6, bool)
+    allowed[5] = False
+    ns = NegativeSampler(user, item, 6, allowed)
+    neg = ns(torch.tensor([0, 1] * 50), 7, torch.Generator().manual_seed(0))
+    assert neg.shape == (100, 7)
+    assert set(neg[::2].flatten().tolist()) == {3, 4}
+    assert set(neg[1::2].flatten().tolist()) == {0, 1, 2}
+    with pytest.raises(ValueError, match="user 0 has a positive for every candidate item"):
+        NegativeSampler(np.zeros(3, np.int64), np.arange(3), 3)
+
+
+def test_hashed_titles_are_stable():
+    ids = hash_tokens(["The Matrix", "matrix!", ""], buckets=50, max_len=3)
+    assert ids[0, 1] == ids[1, 0] and ids[0, 2] == 0 and (ids[2] == 0).all()
+    assert ids.max() <= 50 and ids[0, 0] >= 1

@@ -1,0 +1,86 @@
+"""RecsysTrainer on the shared run machinery: a run's files, exact resume, early bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from otcl.pipelines.recsys.config import RecsysConfig
+from otcl.pipelines.recsys.trainer import RecsysTrainer, load_run
+
+
+@pytest.fixture
+def tiny(ml_dir):
+    def make(kind="cml", **sets) -> RecsysConfig:
+        cfg = RecsysConfig()
+        cfg.data.data_dir = str(ml_dir)
+        cfg.data.cold_items = 0.2
+        cfg.model.kind = kind
+        cfg.model.dim = 8
+        cfg.train.epochs = 2
+        cfg.train.batch_size = 32
+        cfg.train.progress = False
+        cfg.train.deterministic = True
+        cfg.train.checkpoint_every = 1
+        cfg.eval.ks = (1, 5)
+        for key, value in sets.items():
+            section, name = key.split("__")
+            setattr(getattr(cfg, section), name, value)
+        return cfg
+
+    return make
+
+
+def test_run_directory_and_metrics(tiny, tmp_path):
+    cfg = tiny("two-tower", dmm__enabled=True, eval__every=1)
+    summary = RecsysTrainer(cfg, tmp_path / "run").fit()
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.yaml", "checkpoint.pt", "metrics.jsonl", "summary.json"} <= files
+    for key in ("warm/ndcg@5", "warm/recall@5", "no-title/ndcg@5", "cold/ndcg@1"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert len(records) == 2 and "warm/ndcg@5" in records[0]
+    assert summary["model"] == "two-tower" and summary["dmm"] is True
+    cfg2, model, _, _, prior = load_run(tmp_path / "run")
+    assert prior is not None and cfg2.loss.params["temperature"] == 0.3
+    assert model.item.names == ("genres", "year", "title")
+
+
+@pytest.mark.parametrize(
+    "kind, sets",
+    [
+        ("cml", {"dmm__enabled": True, "dmm__warmup": 0.5}),
+        ("two-tower", {"dmm__enabled": True, "model__negatives": 4}),
+        ("mf", {}),
+    ],
+)
+def test_resume_is_exact(tiny, tmp_path, kind, sets):
+    full = RecsysTrainer(tiny(kind, **sets), tmp_path / "full")
+    full.fit()
+    half = RecsysTrainer(tiny(kind, train__epochs=1, **sets), tmp_path / "half")
+    half.fit()
+    resumed = RecsysTrainer(tiny(kind, **sets), tmp_path / "half", resume=True, extend=True)
+    resumed.fit()
+    for (name, a), b in zip(
+        full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize(
+    "sets, match",
+    [
+        ({"eval__ks": (1, 100)}, "k: 100 is larger than the number of candidate items"),
+        ({"data__threshold": 9.0}, "no positive training pairs"),
+        ({"model__features": "colour"}, "features: unknown colour"),
+        ({"loss__name": "gca-uot"}, "loss: the cml model trains with its min-triplet loss"),
+        ({"model__pop_correction": 1.0}, "model.pop_correction: applies only to the two-tower"),
+    ],
+)
+def test_bad_settings_fail_before_anything_is_written(tiny, tmp_path, sets, match):
+    with pytest.raises(ValueError, match=match):
+        RecsysTrainer(tiny(**sets), tmp_path / "run").fit()
+    out = tmp_path / "run"  # at most the probed, empty run directory and its lock
+    assert not out.exists() or {p.name for p in out.iterdir()} <= {".otcl.lock"}
