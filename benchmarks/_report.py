@@ -40,11 +40,11 @@ def versions() -> str:
     """Python, torch, numpy, POT and otcl versions and the git commit of the checkout."""
     import otcl
 
-    try:
-        import ot
+    try:  # the installed version, without importing POT (seconds)
+        from importlib.metadata import PackageNotFoundError, version
 
-        pot = f"POT {ot.__version__}"
-    except ImportError:
+        pot = f"POT {version('POT')}"
+    except PackageNotFoundError:
         pot = "POT not installed"
     parts = [
         f"python {platform.python_version()}",

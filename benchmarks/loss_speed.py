@@ -25,7 +25,10 @@ operating system; it counts pages actually touched by the call (tensors, autogra
 library workspaces), not the inputs.
 
 The results go to a section of ``docs/benchmarks.md`` named after the device; rerunning on
-another device replaces only that device's section.
+another device replaces only that device's section. ``--json`` also writes every number as JSON
+(rewritten after each N, so a run stopped early keeps the sizes it finished); ``--profile``
+lists the kernels that take the time in one call of the named methods at the largest N;
+``--dtype bf16`` feeds bf16 embeddings (what a bf16-autocast encoder produces).
 
 Usage::
 
@@ -33,6 +36,8 @@ Usage::
     python benchmarks/loss_speed.py --sizes 256,1024,4096
     python benchmarks/loss_speed.py --device cuda        # N = 256, 1024, 4096, 8192
     python benchmarks/loss_speed.py --quick --out /tmp/bench.md
+    python benchmarks/loss_speed.py --device cuda --sizes 4096,8192 --dtype bf16 \
+        --json loss.json --profile infonce,gca-uot
 """
 
 from __future__ import annotations
@@ -66,10 +71,15 @@ import otcl  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, replace_section, versions  # noqa: E402
 
-try:  # POT is an optional reference
-    import ot as pot
-except ImportError:  # pragma: no cover - depends on the environment
-    pot = None
+
+def _pot():
+    """POT (an optional reference), imported on first use (it takes seconds); None if absent."""
+    try:
+        import ot
+    except ImportError:  # pragma: no cover - depends on the environment
+        return None
+    return ot
+
 
 BASELINE = "infonce"
 NAIVE = "naive-unrolled"
@@ -118,7 +128,7 @@ def pot_forward(z1: torch.Tensor, z2: torch.Tensor, *, iters: int = 20) -> None:
         a = torch.full((n,), 1.0 / n, device=cost.device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pot.bregman.sinkhorn_log(a, a, cost, TEMPERATURE, numItermax=iters, stopThr=0.0)
+            _pot().bregman.sinkhorn_log(a, a, cost, TEMPERATURE, numItermax=iters, stopThr=0.0)
 
 
 @dataclass
@@ -150,7 +160,7 @@ def all_labels(iters: int) -> list[str]:
     labels = [BASELINE] + [n for n in names if n != BASELINE]
     labels += [f"{n}[implicit]" for n in names if _is_ot_coupling(_build(n, iters))]
     labels.append(NAIVE)
-    if pot is not None:
+    if _pot() is not None:
         labels.append(POT_NAME)
     return labels
 
@@ -159,7 +169,7 @@ def make_method(label: str, iters: int, device: str) -> Method:
     if label == NAIVE:
         return Method(label, lambda a, b: naive_unrolled_loss(a, b, iters=iters))
     if label == POT_NAME:
-        if pot is None:
+        if _pot() is None:
             raise ValueError("--losses: POT is not installed")
         return Method(label, lambda a, b: pot_forward(a, b, iters=iters), False, "forward only")
     m = re.fullmatch(r"([\w-]+)\[implicit\]", label)
@@ -179,10 +189,15 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _inputs(n: int, dim: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def _inputs(
+    n: int, dim: int, device: str, dtype: str = "fp32"
+) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(n)
-    z1 = torch.randn(n, dim, generator=g).to(device).requires_grad_()
-    z2 = torch.randn(n, dim, generator=g).to(device).requires_grad_()
+    z1 = torch.randn(n, dim, generator=g).to(device, DTYPES[dtype]).requires_grad_()
+    z2 = torch.randn(n, dim, generator=g).to(device, DTYPES[dtype]).requires_grad_()
     return z1, z2
 
 
@@ -225,11 +240,11 @@ def default_repeats(n: int, device: str) -> int:
     return 21 if n <= 256 else 15 if n <= 1024 else 7
 
 
-def time_methods(methods, n, dim, device, repeats, warmup, slow_s):
+def time_methods(methods, n, dim, device, repeats, warmup, slow_s, dtype="fp32"):
     """Interleaved timings ``{label: [seconds]}`` and the set of slow labels: a method whose
     warm-up call took more than ``slow_s`` seconds (the naive reference at large N) is timed in
     the first ``min(3, repeats)`` rounds only."""
-    z1, z2 = _inputs(n, dim, device)
+    z1, z2 = _inputs(n, dim, device, dtype)
     slow = set()
     for m in methods:
         for _ in range(warmup):
@@ -253,9 +268,9 @@ def _proc_kib(key: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {key}")
 
 
-def peak_memory_here(methods, n, dim, device, no_warmup=()) -> dict[str, int]:
+def peak_memory_here(methods, n, dim, device, no_warmup=(), dtype="fp32") -> dict[str, int]:
     """Peak extra bytes of one call of each method, in this process."""
-    z1, z2 = _inputs(n, dim, device)
+    z1, z2 = _inputs(n, dim, device, dtype)
     peaks = {}
     for m in methods:
         # warm-up: lazy initialisation is not the method's memory (always for the first one)
@@ -285,9 +300,10 @@ def peak_memory(labels, n, args, slow=()) -> dict[str, int]:
     """Peak memory per method; the ``slow`` ones are measured without a warm-up call."""
     if args.device == "cuda":
         methods = [make_method(lab, args.iters, args.device) for lab in labels]
-        return peak_memory_here(methods, n, args.dim, args.device, slow)
+        return peak_memory_here(methods, n, args.dim, args.device, slow, args.dtype)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", "--device", "cpu"]
     cmd += ["--sizes", str(n), "--dim", str(args.dim), "--iters", str(args.iters)]
+    cmd += ["--dtype", args.dtype]
     cmd += ["--losses", ",".join(labels), "--threads", str(torch.get_num_threads())]
     if slow:
         cmd += ["--memory-no-warmup", ",".join(slow)]
@@ -350,7 +366,8 @@ def render(device: str, results: dict, labels: list[str], notes: dict, meta: dic
         f"- versions: {meta['versions']}",
         f"- command: `{meta['command']}`",
         f"- setup: d={meta['dim']}, {meta['iters']} Sinkhorn iterations, temperature "
-        f"{TEMPERATURE}, simclr layout (2N x 2N score matrix), fp32; {meta['warmup']} warm-up "
+        f"{TEMPERATURE}, simclr layout (2N x 2N score matrix), {meta.get('dtype', 'fp32')} "
+        f"embeddings (the losses compute in float32); {meta['warmup']} warm-up "
         f"call(s) per method, then interleaved repeats ({meta['repeats']}; †: warm-up call "
         f"over {meta['slow_s']:g} s, timed in the first 3 repeats only)",
         "",
@@ -434,6 +451,76 @@ def update_doc(path: Path, device: str, section: str) -> None:
             replace_section(path, f"loss_speed:{dev}", PLACEHOLDER[dev], header=HEADER, keep=True)
 
 
+# -- machine-readable output and kernel profiles -------------------------------------------
+def write_json(path: Path, args, results, labels, used_repeats, profiles=None) -> None:
+    """Every number of the run so far (rewritten after each N; atomic rename)."""
+    data = {
+        "device": args.device,
+        "machine": machine(args.device),
+        "versions": versions(),
+        "dtype": args.dtype,
+        "dim": args.dim,
+        "iters": args.iters,
+        "repeats": {str(n): r for n, r in used_repeats.items()},
+        "labels": labels,
+        "results": {
+            str(n): {
+                "time_s": r["time"],
+                "mem_bytes": r["mem"],
+                "skipped": r["skipped"],
+                "slow": sorted(r["slow"]),
+            }
+            for n, r in results.items()
+        },
+        "target": interpret(args.device, results, labels),
+        "profiles": profiles or {},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def profile_kernels(method: Method, n: int, args, top: int = 10) -> dict:
+    """The ``top`` operators/kernels by self time in one call (after a warm-up call)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    z1, z2 = _inputs(n, args.dim, args.device, args.dtype)
+    _call(method, z1, z2)
+    _sync(args.device)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+    with profile(activities=acts) as prof:
+        _call(method, z1, z2)
+        _sync(args.device)
+    attr = "self_device_time_total" if args.device == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, attr, 0) > 0]
+    events.sort(key=lambda e: getattr(e, attr), reverse=True)
+    total = sum(getattr(e, attr) for e in events)
+    kernels = [
+        {"name": e.key, "ms": getattr(e, attr) / 1e3, "calls": int(e.count)} for e in events[:top]
+    ]
+    return {"n": n, "total_ms": total / 1e3, "time": attr, "kernels": kernels}
+
+
+def render_profiles(profiles: dict) -> str:
+    lines = []
+    for lab, pr in profiles.items():
+        if "error" in pr:
+            lines += [f"Profile of `{lab}` failed: {pr['error']}", ""]
+            continue
+        lines += [
+            f"Top kernels of one `{lab}` call at N={pr['n']} ({pr['time'].replace('_', ' ')}, "
+            f"{pr['total_ms']:.2f} ms in all):",
+            "",
+            "| kernel / operator | ms | calls |",
+            "|---|---:|---:|",
+        ]
+        for k in pr["kernels"]:
+            name = k["name"].replace("|", "/")[:100]
+            lines.append(f"| `{name}` | {k['ms']:.3f} | {k['calls']} |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
 # -- main ----------------------------------------------------------------------------------
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -461,6 +548,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     p.add_argument("--quick", action="store_true", help="N=256 only, 3 repeats (smoke test)")
     p.add_argument("--list", action="store_true", help="list the method names and exit")
+    p.add_argument(
+        "--dtype",
+        choices=tuple(DTYPES),
+        default="fp32",
+        help="dtype of the input embeddings (default fp32; bf16 = a bf16-autocast encoder's)",
+    )
+    p.add_argument("--json", help="also write every number as JSON here (after each N)")
+    p.add_argument(
+        "--profile",
+        default="",
+        help="comma-separated methods: list the top kernels of one call of each at the largest N",
+    )
     p.add_argument("--memory-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--memory-no-warmup", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -478,17 +577,19 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device available")
-    labels = all_labels(args.iters)
     if args.list:
-        print("\n".join(labels))
+        print("\n".join(all_labels(args.iters)))
         return 0
-    if args.losses:
+    if args.losses:  # (all_labels imports POT, which takes seconds)
         wanted = [s.strip() for s in args.losses.split(",") if s.strip()]
         labels = [BASELINE] + [w for w in wanted if w != BASELINE]
+    else:
+        labels = all_labels(args.iters)
     if args.memory_worker:
         methods = [make_method(lab, args.iters, args.device) for lab in labels]
         skip = set(filter(None, args.memory_no_warmup.split(",")))
-        print(json.dumps(peak_memory_here(methods, args.sizes[0], args.dim, args.device, skip)))
+        peaks = peak_memory_here(methods, args.sizes[0], args.dim, args.device, skip, args.dtype)
+        print(json.dumps(peaks))
         return 0
 
     notes = {}
@@ -507,7 +608,7 @@ def main(argv=None) -> int:
         repeats = args.repeats or default_repeats(n, args.device)
         used_repeats[n] = repeats
         times, slow = time_methods(
-            methods, n, args.dim, args.device, repeats, args.warmup, args.slow
+            methods, n, args.dim, args.device, repeats, args.warmup, args.slow, args.dtype
         )
         med = {lab: statistics.median(ts) for lab, ts in times.items()}
         mem = {}
@@ -521,6 +622,23 @@ def main(argv=None) -> int:
                 mm = f"  {mem[lab] / 2**20:8.1f} MiB" if lab in mem else ""
                 print(f"  {lab:24s} {med[lab] * 1e3:9.2f} ms {med[lab] / base:6.2f}x{mm}")
         sys.stdout.flush()
+        if args.json:
+            write_json(Path(args.json), args, results, labels, used_repeats)
+    profiles = {}
+    if args.profile and results:
+        n = max(results)
+        for lab in [s.strip() for s in args.profile.split(",") if s.strip()]:
+            try:  # auxiliary: a failure here must not lose the timings
+                profiles[lab] = profile_kernels(make_method(lab, args.iters, args.device), n, args)
+            except Exception as e:
+                profiles[lab] = {"error": f"{type(e).__name__}: {e}", "n": n, "kernels": []}
+                print(f"profile {lab}: {profiles[lab]['error']}", file=sys.stderr)
+                continue
+            print(f"profile {lab} at N={n}:", file=sys.stderr)
+            for k in profiles[lab]["kernels"]:
+                print(f"  {k['ms']:9.3f} ms  {k['calls']:5d}x  {k['name'][:90]}", file=sys.stderr)
+        if args.json:
+            write_json(Path(args.json), args, results, labels, used_repeats, profiles)
 
     given = sys.argv[1:] if argv is None else argv
     meta = {
@@ -533,8 +651,11 @@ def main(argv=None) -> int:
         "repeats": ", ".join(f"{r} at N={n}" for n, r in used_repeats.items()),
         "slow_s": args.slow,
         "warmup": args.warmup,
+        "dtype": args.dtype,
     }
     section = render(args.device, results, labels, notes, meta)
+    if profiles:
+        section += "\n\n" + render_profiles(profiles)
     if args.no_write:
         print(section)
     else:

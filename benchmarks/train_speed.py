@@ -11,7 +11,9 @@ views, encoder forward/backward under autocast, loss, optimizer step) for
 
 Steps are timed in rounds of ``--block`` steps per method, round-robin, after ``--warmup``
 steps each (compilation, cudnn autotuning); the table gives the median views/s over rounds and
-the ratio to ``otcl:infonce``. Results go to a device-named section of ``docs/benchmarks.md``.
+the ratio to ``otcl:infonce``, and the first step's time (with ``--compile``: the compilation of
+the encoder's forward and backward, minus one ordinary step, is the compile time). Results go to
+a device-named section of ``docs/benchmarks.md``; ``--json`` writes every number as JSON too.
 
 Usage::
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import sys
 import time
@@ -34,7 +37,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, replace_section, versions  # noqa: E402
 from otcl.losses import build  # noqa: E402
-from otcl.pipelines.config import parse_value  # noqa: E402
+from otcl.pipelines.config import apply_overrides, parse_value  # noqa: E402
 from otcl.pipelines.ssl.config import Config, resolve  # noqa: E402
 from otcl.pipelines.ssl.data import ImageData  # noqa: E402
 from otcl.pipelines.ssl.trainer import SSLTrainer, load_data, make_augment, make_model  # noqa: E402
@@ -113,6 +116,30 @@ class OtclLoop:
         self.tr.global_step += 1
 
 
+#: issue 14's throughput target on one H100: InfoNCE views/s, and gca-uot's allowed shortfall
+TARGET_VIEWS_PER_S = 42_000
+TARGET_GCA_UOT_GAP = 0.10
+
+
+def target_verdict(device: str, med: dict[str, float], batch: int) -> str:
+    """The target line (CUDA, batch 512, both otcl:infonce and otcl:gca-uot measured), else ''."""
+    if device != "cuda" or batch != 512 or not {"otcl:infonce", "otcl:gca-uot"} <= set(med):
+        return ""
+    inf, uot = med["otcl:infonce"], med["otcl:gca-uot"]
+    ok_inf = inf >= TARGET_VIEWS_PER_S
+    ok_uot = uot >= (1 - TARGET_GCA_UOT_GAP) * inf
+    text = (
+        f"Target (>= {TARGET_VIEWS_PER_S:,} views/s for infonce, gca-uot within "
+        f"{TARGET_GCA_UOT_GAP:.0%}): infonce {inf:,.0f} views/s, "
+        f"**{'met' if ok_inf else 'missed'}** ({inf / TARGET_VIEWS_PER_S:.2f}x the target); "
+        f"gca-uot at {uot / inf:.3f}x infonce, **{'met' if ok_uot else 'missed'}**"
+    )
+    compiled = med.get("otcl:gca-uot+compiled-loss")
+    if compiled:
+        text += f" (with its loss compiled too: {compiled / inf:.3f}x)"
+    return text + "."
+
+
 def _applies(name: str, params: dict, **extra) -> bool:
     """Whether ``extra`` are parameters of this loss as configured (strict parameters)."""
     try:
@@ -137,6 +164,12 @@ def main(argv=None) -> int:
     )
     p.add_argument("--data-dir", help="ImageFolder/.tar.gz; default: synthetic images")
     p.add_argument("--losses", default="infonce,gca-uot", help="comma-separated loss names")
+    p.add_argument(
+        "--compile-loss-for",
+        default="",
+        metavar="A,B",
+        help="also time these losses with train.compile_loss (the loss torch.compile-d too)",
+    )
     p.add_argument("--loss-param", action="append", default=[], help="KEY=VALUE for every loss")
     p.add_argument("--batch-size", type=int, help="default: the preset's (512)")
     p.add_argument("--iters", type=int, default=10, help="Sinkhorn iterations of OT losses")
@@ -147,6 +180,14 @@ def main(argv=None) -> int:
     p.add_argument("--head-hidden", type=int, help="projection width (default: the preset)")
     p.add_argument("--out", default="docs/benchmarks.md", help="Markdown file ('-' = print only)")
     p.add_argument("--tmp", default="/tmp/otcl-train-speed")
+    p.add_argument("--json", help="also write every number as JSON here")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="any config setting, as `otcl train --set` (e.g. model.arch=small-cnn)",
+    )
     args = p.parse_args(argv)
 
     cfg = Config()
@@ -159,7 +200,7 @@ def main(argv=None) -> int:
     cfg.model.head_hidden = args.head_hidden  # None = preset
     if args.batch_size:
         cfg.train.batch_size = args.batch_size
-    cfg = resolve(cfg)
+    cfg = resolve(apply_overrides(cfg, args.set))
     device = torch.device(args.device)
     if args.data_dir or args.dataset == "digits":
         data = load_data(cfg, progress=False)
@@ -175,15 +216,41 @@ def main(argv=None) -> int:
         if "iters" not in c.loss.params and _applies(name, c.loss.params, iters=args.iters):
             c.loss.params["iters"] = args.iters
         loops[f"otcl:{name}"] = OtclLoop(c, data, Path(args.tmp) / f"{i}-{name}-{time.time_ns()}")
+        if name in args.compile_loss_for.split(","):  # the same step, the loss compiled too
+            c = copy.deepcopy(c)
+            c.train.compile_loss = True
+            out = Path(args.tmp) / f"{i}-{name}-cl-{time.time_ns()}"
+            loops[f"otcl:{name}+compiled-loss"] = OtclLoop(c, data, out)
 
     print(f"{data!r}, batch {cfg.train.batch_size} pairs, device {device}", file=sys.stderr)
+    first: dict[str, float] = {}
+    warm: dict[str, float] = {}
+    rates: dict[str, list[float]] = {k: [] for k in loops}
+
+    def partial() -> None:  # what a run stopped early (a time budget) still reports
+        if args.json:
+            Path(args.json).write_text(
+                json.dumps(
+                    {"partial": True, "first_step_s": first, "warmup_s": warm, "rates": rates}
+                )
+            )
+
     for name, loop in loops.items():
+        sync(device)
         t0 = time.perf_counter()
-        for _ in range(args.warmup):
+        loop.step()  # with --compile: tracing and compiling the encoder's forward and backward
+        sync(device)
+        first[name] = time.perf_counter() - t0
+        for _ in range(args.warmup - 1):
             loop.step()
         sync(device)
-        print(f"warm-up {name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    rates: dict[str, list[float]] = {k: [] for k in loops}
+        warm[name] = time.perf_counter() - t0
+        print(
+            f"warm-up {name}: {warm[name]:.1f} s (first step {first[name]:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+        partial()
     for r in range(args.rounds):
         order = list(loops)
         order = order[r % len(order) :] + order[: r % len(order)]
@@ -194,10 +261,14 @@ def main(argv=None) -> int:
                 loops[name].step()
             sync(device)
             rates[name].append(2 * cfg.train.batch_size * args.block / (time.perf_counter() - t0))
+        partial()
+    given = list(sys.argv[1:] if argv is None else argv)
     med = {k: statistics.median(v) for k, v in rates.items()}
     base = med.get("otcl:infonce", med["plain"])
+    views_per_step = 2 * cfg.train.batch_size
+    compile_s = {k: max(0.0, first[k] - views_per_step / med[k]) for k in loops}
     lines = [
-        f"`{' '.join(['python', 'benchmarks/train_speed.py', *(argv or sys.argv[1:])])}`",
+        f"`{' '.join(['python', 'benchmarks/train_speed.py', *given])}`",
         "",
         f"Data: {data!r}; model {cfg.model.arch}, head {cfg.model.head_hidden}-{cfg.model.head_out}; "
         f"batch {cfg.train.batch_size} pairs ({2 * cfg.train.batch_size} views/step); "
@@ -205,12 +276,59 @@ def main(argv=None) -> int:
         f"{'bf16' if device.type == 'cuda' else 'off'}; compile {args.compile}; "
         f"median of {args.rounds} rounds x {args.block} steps after {args.warmup} warm-up steps.",
         "",
-        "| method | views/s (median) | min-max over rounds | vs otcl:infonce |",
-        "|---|---|---|---|",
+        "| method | views/s (median) | min-max over rounds | vs otcl:infonce | first step, s |",
+        "|---|---|---|---|---|",
     ]
     for k, v in rates.items():
-        lines.append(f"| {k} | {med[k]:,.0f} | {min(v):,.0f}-{max(v):,.0f} | {med[k] / base:.3f} |")
+        lines.append(
+            f"| {k} | {med[k]:,.0f} | {min(v):,.0f}-{max(v):,.0f} | {med[k] / base:.3f} | "
+            f"{first[k]:.1f} |"
+        )
+    verdict = target_verdict(device.type, med, cfg.train.batch_size)
+    if args.compile:
+        lines += [
+            "",
+            "Compile time (first step minus one ordinary step): "
+            + ", ".join(f"{k} {compile_s[k]:.1f} s" for k in loops)
+            + " (later compiles of the same encoder reuse the FX graph cache of the first).",
+        ]
+    if verdict:
+        lines += ["", verdict]
     table = "\n".join(lines)
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "device": device.type,
+                    "machine": machine(device.type),
+                    "versions": versions(),
+                    "command": " ".join(["python", "benchmarks/train_speed.py", *given]),
+                    "data": repr(data),
+                    "arch": cfg.model.arch,
+                    "batch_size": cfg.train.batch_size,
+                    "views_per_step": views_per_step,
+                    "compile": args.compile,
+                    "amp": "bf16" if device.type == "cuda" else "off",
+                    "iters": args.iters,
+                    "warmup": args.warmup,
+                    "block": args.block,
+                    "rounds": args.rounds,
+                    "methods": {
+                        k: {
+                            "views_per_s": med[k],
+                            "rounds": rates[k],
+                            "vs_infonce": med[k] / base,
+                            "first_step_s": first[k],
+                            "warmup_s": warm[k],
+                            "compile_s": compile_s[k] if args.compile else None,
+                        }
+                        for k in loops
+                    },
+                    "target": verdict,
+                },
+                indent=2,
+            )
+        )
     print(table)
     if args.out != "-":
         section = (

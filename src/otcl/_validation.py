@@ -15,6 +15,7 @@ import torch
 __all__ = [
     "check_embeddings",
     "check_finite",
+    "flat_negatives",
     "check_negatives",
     "check_marginal",
     "check_positive",
@@ -109,29 +110,40 @@ def check_negatives(
     nonzero_rows: bool = False,
     shard: Any = None,
 ) -> None:
-    """Check extra candidates ``negatives`` (K, d) against the batch ``z1`` (N, d)."""
+    """Check extra candidates ``negatives`` against the batch ``z1`` (N, d): (K, d) shared, or
+    (N, K, d) per anchor."""
     if negatives is None:
         return
-    if not isinstance(negatives, torch.Tensor) or negatives.dim() != 2:
+    n, d = z1.shape
+    if not isinstance(negatives, torch.Tensor) or negatives.dim() not in (2, 3):
         shape = (
             _shape(negatives) if isinstance(negatives, torch.Tensor) else type(negatives).__name__
         )
-        raise ValueError(f"negatives: expected a 2-D tensor of shape (K, d), got {shape}")
+        raise ValueError(
+            f"negatives: expected a tensor of shape (K, d) or ({n}, K, d), got {shape}"
+        )
     if not negatives.is_floating_point():
         raise ValueError(
             f"negatives: expected a floating-point tensor, got dtype {negatives.dtype}"
         )
-    if negatives.shape[1] != z1.shape[1]:
+    if negatives.shape[-1] != d or (negatives.dim() == 3 and negatives.shape[0] != n):
         raise ValueError(
-            f"negatives: expected shape (K, {z1.shape[1]}) (the embeddings' d), "
+            f"negatives: expected shape (K, {d}) or ({n}, K, {d}) (the embeddings' N and d), "
             f"got {_shape(negatives)}"
         )
-    if negatives.shape[0] < 1:
+    if negatives.shape[-2] < 1:
         raise ValueError("negatives: expected at least one extra candidate (K >= 1), got K=0")
     if check_values:
         if shard is not None:
             shard.check_same_shape("negatives", negatives)
         check_finite("negatives", negatives, nonzero_rows=nonzero_rows, shard=shard)
+
+
+def flat_negatives(negatives: torch.Tensor | None) -> torch.Tensor | None:
+    """Per-anchor negatives (N, K, d) as N K shared candidates (N K, d); (K, d) unchanged."""
+    if negatives is None or negatives.dim() == 2:
+        return negatives
+    return negatives.reshape(-1, negatives.shape[-1])
 
 
 def check_positive(name: str, value: float) -> float:

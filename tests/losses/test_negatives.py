@@ -105,8 +105,9 @@ def test_every_loss_takes_negatives_with_finite_gradients(name, layout):
 @pytest.mark.parametrize(
     "bad,match",
     [
-        (torch.randn(3, 5), r"negatives: expected shape \(K, 4\)"),
-        (torch.randn(3), r"negatives: expected a 2-D tensor of shape \(K, d\)"),
+        (torch.randn(3, 5), r"negatives: expected shape \(K, 4\) or \(4, K, 4\)"),
+        (torch.randn(3), r"negatives: expected a tensor of shape \(K, d\) or \(4, K, d\)"),
+        (torch.randn(3, 2, 4), r"negatives: expected shape \(K, 4\) or \(4, K, 4\)"),
         (torch.zeros(3, 4, dtype=torch.long), "negatives: expected a floating-point tensor"),
         (torch.full((3, 4), float("nan")), "negatives: expected finite values"),
         (torch.randn(0, 4), r"negatives: expected at least one extra candidate"),
@@ -166,3 +167,14 @@ def test_vse_hinge_with_negatives_equals_loop():
             total += torch.relu(m + sn[i, k] - s[i, i])
     torch.testing.assert_close(vse_hinge(a, p, m, n), total / (4 * 6))
     torch.testing.assert_close(vse_hinge(a, p, m), vse_hinge(a, p, m, None))
+
+
+@pytest.mark.parametrize("name", ["infonce", "gca-uot", "hcl"])
+def test_per_anchor_negatives_are_their_flattened_columns(name, make_pairs):
+    """(N, K, d) per-anchor negatives = the N K candidates as shared columns."""
+    z1, z2 = make_pairs(n=4, d=3, seed=12)
+    per = torch.randn(4, 2, 3, dtype=z1.dtype)
+    loss = build(name, layout="cross")
+    torch.testing.assert_close(
+        loss(z1, z2, negatives=per), loss(z1, z2, negatives=per.reshape(8, 3))
+    )

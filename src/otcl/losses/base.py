@@ -32,6 +32,7 @@ from .._validation import (
     check_nonneg,
     check_positive,
     check_prob,
+    flat_negatives,
 )
 from ..ot.distributed import Shard, current_shard
 from ..ot.geometry import LAYOUTS, SIMILARITIES, Geometry, pair_scores
@@ -102,7 +103,9 @@ class OTContrastiveLoss(ContrastiveLoss):
         ``loss(z1, z2, labels=None, target=None, *, negatives=None) -> scalar``, with ``z1``,
         ``z2`` (N, d), ``labels`` (N,) integer classes (supervised positives), ``target`` (n, m)
         a custom non-negative target plan (n = 2N for simclr, N for cross; m = n + K), and
-        ``negatives`` (K, d) extra candidates appended as columns (never positives).
+        ``negatives`` (K, d) extra candidates appended as columns (never positives), or
+        (N, K, d) per anchor (e.g. a recommender's sampled items per user), which are appended
+        as N K shared columns.
 
     Example:
         >>> import torch
@@ -415,7 +418,7 @@ class OTContrastiveLoss(ContrastiveLoss):
         rank's rows with ``gather_distributed``)."""
         shard = self.shard()
         self._check_call(z1, z2, negatives, shard)
-        return self.solve(self.geometry(z1, z2, negatives, shard))
+        return self.solve(self.geometry(z1, z2, flat_negatives(negatives), shard))
 
     def forward(
         self,
@@ -428,6 +431,7 @@ class OTContrastiveLoss(ContrastiveLoss):
     ) -> torch.Tensor:
         shard = self.shard()
         self._check_call(z1, z2, negatives, shard)
+        negatives = flat_negatives(negatives)
         if shard is not None and isinstance(labels, torch.Tensor) and labels.dim() == 1:
             labels = shard.gather_constant(labels)  # the global batch's classes
         geo = self.geometry(z1, z2, negatives, shard)

@@ -111,8 +111,9 @@ class DMM(LossWrapper):
         ``dmm(z1, z2, labels=None, target=None, *, mixed=None, negatives=None)``; without
         ``mixed`` the anchors are mixed in embedding space, ``mixed`` from :meth:`mix_inputs`
         (or the :meth:`prepare_inputs` hook) uses input-space mixing. ``labels``/``target`` go to
-        the base loss only; ``negatives`` (sampled negatives: (K, d), or (B, K, d) per anchor
-        for the pair loss) go to both.
+        the base loss only; ``negatives`` (sampled negatives: (K, d) shared, or (B, K, d) per
+        anchor) go to both as given (otcl's losses take a per-anchor set as B K shared extra
+        candidates; the pair losses take each anchor's own).
 
     Example:
         >>> import torch, otcl
@@ -449,10 +450,7 @@ class DMM(LossWrapper):
         mixed: Mixed | None = None,
         negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        base_neg = negatives if negatives is None or negatives.dim() == 2 else None
-        if negatives is not None and base_neg is None:  # per-anchor sets: flatten for the base
-            base_neg = negatives.reshape(-1, negatives.shape[-1])
-        loss = self.base_loss(z1, z2, labels, target, base_neg)
+        loss = self.base_loss(z1, z2, labels, target, negatives)  # as given: (K, d) or (B, K, d)
         w = self.current_weight
         if w == 0.0:
             return loss

@@ -55,6 +55,7 @@ from .._validation import (
     check_negatives,
     check_nonneg,
     check_positive,
+    flat_negatives,
 )
 from ..ot.distributed import Shard, all_to_all_blocks, current_shard
 from ..ot.geometry import LAYOUTS, SIMILARITIES, Geometry, pair_scores
@@ -291,6 +292,7 @@ class HardNegativeLoss(ContrastiveLoss):
         symmetric cross layout, when ``reverse``) and the (global) labels."""
         shard = current_shard() if self.gather_distributed else None
         self._check_call(z1, z2, labels, None, negatives, shard)
+        negatives = flat_negatives(negatives)
         if shard is not None and labels is not None:
             labels = shard.gather_constant(labels)
         geo = self.geometry(z1, z2, negatives, shard)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -81,9 +82,10 @@ def test_compare(ml_dir, tmp_path, capsys):
     assert "cold" in res["robustness"]["tt-infonce"]
     assert (out / "recsys.png").stat().st_size > 0
     assert (out / "cml+dmm" / "seed1" / "checkpoint.pt").exists()
-    # a second call reuses every finished run
+    # a second call reuses every finished run (implicit-als has none without the extra)
     assert main(argv) == 0
-    assert capsys.readouterr().err.count("reusing") == 14
+    runs = 14 if importlib.util.find_spec("implicit") is not None else 12
+    assert capsys.readouterr().err.count("reusing") == runs
 
 
 def test_compare_bad_input(ml_dir, tmp_path, capsys):

@@ -177,8 +177,9 @@ def test_dmm_wraps_cml_with_each_users_own_negatives():
     mixed = lam * u + (1 - lam) * u.flip(0)
     ref = base(u, p, negatives=n) + min_triplet(mixed, p, lam * 1.5, n)
     torch.testing.assert_close(dmm(u, p, negatives=n), ref)
-    # DMM hands the base its per-anchor sets flattened anchor-major: the same value
-    torch.testing.assert_close(base(u, p, negatives=n.reshape(18, 4)), base(u, p, negatives=n))
+    # DMM hands the base the per-anchor sets as given; a flattened set is refused
+    with pytest.raises(ValueError, match=r"negatives: expected shape \(6, K, 4\)"):
+        base(u, p, negatives=n.reshape(18, 4))
 
 
 @pytest.mark.parametrize("kind, loss", [("cml", "triplet"), ("two-tower", "infonce")])

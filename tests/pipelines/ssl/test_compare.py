@@ -34,3 +34,22 @@ def test_cli_compare_writes_table_plots_and_reuses_runs(tmp_path, capsys, tiny_a
     # the same directory with other settings is refused instead of mixing results
     assert cli.main([*argv, "--epochs", "3"]) == 2
     assert "different configuration" in capsys.readouterr().err
+
+
+def test_runs_saved_before_a_new_setting_are_still_reused(tmp_path, capsys, tiny_args):
+    """A run whose config predates a setting (here random erasing, data.erase_*) compares equal
+    to today's request: the missing setting takes its preset, as on --resume."""
+    from otcl.pipelines.run import load_checkpoint, save_checkpoint
+
+    out = tmp_path / "cmp"
+    argv = ["compare", "--losses", "infonce", "--seeds", "1", "--no-plot", "--out", str(out)]
+    argv += tiny_args
+    assert cli.main(argv) == 0
+    ckpt = out / "infonce" / "seed0" / CHECKPOINT
+    st = load_checkpoint(ckpt)
+    for key in ("erase_p", "erase_scale", "erase_ratio"):
+        del st["config"]["data"][key]
+    save_checkpoint(st, ckpt)
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    assert "reusing" in capsys.readouterr().err

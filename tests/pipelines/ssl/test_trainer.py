@@ -111,6 +111,46 @@ def test_bf16_autocast_and_embedding_space_dmm_train(tmp_path, tiny_config):
     assert summary["final_loss"] > 0 and 0 <= summary["knn"] <= 1
 
 
+def test_loss_built_without_per_call_input_check_unless_set(tmp_path, tiny_config):
+    """No host sync per step from the loss's NaN/Inf check; the user's setting wins."""
+    cfg = tiny_config()
+    cfg.loss.name = "gca-uot"
+    assert SSLTrainer(cfg, tmp_path / "a").loss_fn.check_inputs is False
+    cfg.loss.params = {"check_inputs": True}
+    assert SSLTrainer(cfg, tmp_path / "b").loss_fn.check_inputs is True
+    assert "check_inputs" not in SSLTrainer(tiny_config(), tmp_path / "c").cfg.loss.params
+
+
+def test_compiled_loss_trains_the_same_weights(
+    tmp_path, monkeypatch, tiny_config, weights, assert_same_weights
+):
+    """train.compile_loss runs the step's loss through torch.compile (here dynamo's graph
+    capture with the eager backend: the plumbing, in seconds; inductor's kernels are for GPUs)."""
+    import functools
+
+    import torch
+
+    cfg = tiny_config(epochs=1)
+    cfg.loss.name = "gca-uot"
+    ref = SSLTrainer(cfg, tmp_path / "ref")
+    ref.fit()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    cfg.train.compile_loss = True
+    tr = SSLTrainer(cfg, tmp_path / "run")
+    assert tr.loss_call is not tr.loss_fn
+    tr.fit()
+    assert_same_weights(weights(tr.model), weights(ref.model))
+
+
+def test_nan_loss_still_stops_the_run_without_the_input_check(tmp_path, tiny_config):
+    from otcl.pipelines.run import TrainingDiverged
+
+    cfg = tiny_config(log_every=2)
+    cfg.optim.lr = 1e30  # the weights overflow after the first step
+    with pytest.raises(TrainingDiverged, match="loss became"):
+        SSLTrainer(cfg, tmp_path / "run").fit()
+
+
 @pytest.mark.parametrize(
     "setting, match",
     [

@@ -393,9 +393,8 @@ class CMLTripletLoss(ContrastiveLoss):
 
     Call:
         ``loss(z1, z2, negatives=neg)`` with users ``z1`` (B, d), their positives ``z2`` (B, d)
-        and ``negatives`` sampled for each user (excluding its training positives): (B, K, d),
-        or (B*K, d) holding the same sets anchor-major -- the form in which
-        :class:`otcl.losses.DMM` hands per-anchor negatives to its base loss.
+        and ``negatives`` sampled for each user (excluding its training positives): (B, K, d)
+        (:class:`otcl.losses.DMM` hands them to its base loss as given).
     """
 
     defaults = {"margin": 1.5, "gather_distributed": False}
@@ -425,12 +424,9 @@ class CMLTripletLoss(ContrastiveLoss):
                 f"z1, z2: expected two (B, d) tensors, got {tuple(z1.shape)}, {tuple(z2.shape)}"
             )
         b, d = z1.shape
-        if negatives.dim() == 2 and negatives.shape[1] == d and negatives.shape[0] % b == 0:
-            negatives = negatives.view(b, -1, d)
         if negatives.dim() != 3 or negatives.shape[0] != b or negatives.shape[2] != d:
             raise ValueError(
-                f"negatives: expected shape ({b}, K, {d}) or ({b}*K, {d}), got "
-                f"{tuple(negatives.shape)}"
+                f"negatives: expected shape ({b}, K, {d}), got {tuple(negatives.shape)}"
             )
         shard = current_shard() if self.gather_distributed else None
         share = min_triplet(z1, z2, self.margin, negatives, shard)

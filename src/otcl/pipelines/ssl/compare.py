@@ -175,7 +175,9 @@ def _state(cfg: Config, run_dir: Path, evaluate: bool) -> str:
     if not ckpt.exists():
         return "new"
     st = load_checkpoint(ckpt)
-    if _comparable(st["config"]) != _comparable(resolve(cfg).to_dict()):
+    # the saved config resolved as today (a setting added since then takes its preset)
+    saved = resolve(Config.from_dict(st["config"])).to_dict()
+    if _comparable(saved) != _comparable(resolve(cfg).to_dict()):
         raise ValueError(
             f"out: {str(run_dir)!r} holds a run with a different configuration; "
             "choose another --out (or delete that run)"

@@ -35,7 +35,8 @@ class DataConfig:
     ``cifar100``, ``stl10``, ``svhn`` (torchvision) or ``imagefolder``. ``data_dir``: an ImageFolder
     directory (``train/<class>/*``, ``test/<class>/*``) or a ``.tar``/``.tar.gz`` of one, used
     instead of the torchvision download when given; for torchvision datasets without it, the
-    download root. Augmentation fields left ``None`` take the dataset preset.
+    download root. Augmentation fields left ``None`` take the dataset preset; random erasing
+    (``erase_p``, ``erase_scale``, ``erase_ratio``) is off in every preset.
     """
 
     dataset: str = "digits"
@@ -51,6 +52,9 @@ class DataConfig:
     jitter_p: float | None = None
     gray_p: float | None = None
     rotate: float | None = None
+    erase_p: float | None = None
+    erase_scale: tuple[float, float] | None = None
+    erase_ratio: tuple[float, float] | None = None
 
 
 @dataclass
@@ -72,9 +76,12 @@ class ModelConfig:
 
 @dataclass
 class ImageTrainConfig(TrainConfig):
-    """The shared training-loop settings plus ``channels_last`` (image tensors)."""
+    """The shared training-loop settings plus ``channels_last`` (image tensors) and
+    ``compile_loss`` (``torch.compile`` the loss too: every loss compiles into one graph without
+    host syncs except with a solver tolerance and DMM's host-drawn mixing weight)."""
 
     channels_last: bool = True
+    compile_loss: bool = False
 
 
 @dataclass
@@ -104,6 +111,9 @@ class Config(ConfigBase):
 
 
 # -- dataset presets -----------------------------------------------------------------------
+#: random erasing is off in every preset; when turned on (``data.erase_p``), torchvision's ranges
+_NO_ERASE = {"erase_p": 0.0, "erase_scale": (0.02, 0.33), "erase_ratio": (0.3, 3.3)}
+
 _CIFAR = {
     "data": {
         "crop_scale": (0.08, 1.0),
@@ -112,6 +122,7 @@ _CIFAR = {
         "jitter_p": 0.8,
         "gray_p": 0.2,
         "rotate": 0.0,
+        **_NO_ERASE,
     },
     "model": {"arch": "resnet18", "head_hidden": 512, "head_out": 128},
     "optim": {"lr": 0.06, "weight_decay": 5e-4},
@@ -130,6 +141,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "jitter_p": 0.8,
             "gray_p": 0.0,
             "rotate": 15.0,
+            **_NO_ERASE,
         },
         "model": {"arch": "small-cnn", "width": 16, "head_hidden": 128, "head_out": 32},
         "optim": {"lr": 0.1, "weight_decay": 5e-4},

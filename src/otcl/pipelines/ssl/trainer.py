@@ -8,7 +8,10 @@
 Speed on a GPU: the decoded uint8 dataset is resident on the device, both views of a batch are
 augmented there in one batched call (:class:`otcl.pipelines.ssl.data.Augment`), the encoder runs in
 channels_last under bf16 autocast (optionally ``torch.compile``-d), the loss is computed in
-float32, and the host reads the loss back only every ``log_every`` steps.
+float32, and the host reads the loss back only every ``log_every`` steps. The loss is built with
+``check_inputs=False`` unless ``loss.params`` sets it: its per-call NaN/Inf check reads a value
+back to the host (a sync every step), and the loop's own finiteness check of the running loss,
+every ``log_every`` steps, already stops a diverging run.
 
 Reproducibility: the batch order of epoch ``e`` and the augmentations of global step ``s`` are
 drawn from generators seeded by ``(seed, e)`` and ``(seed, s)``, and every other RNG state is in
@@ -57,6 +60,9 @@ def make_augment(cfg: Config, data: ImageData) -> Augment:
         jitter_p=d.jitter_p,  # type: ignore[arg-type]
         gray_p=d.gray_p,  # type: ignore[arg-type]
         rotate=d.rotate,  # type: ignore[arg-type]
+        erase_p=d.erase_p,  # type: ignore[arg-type]
+        erase_scale=d.erase_scale,  # type: ignore[arg-type]
+        erase_ratio=d.erase_ratio,  # type: ignore[arg-type]
         mean=data.mean,
         std=data.std,
     )
@@ -152,6 +158,7 @@ class SSLTrainer(EpochTrainer):
     resume_may_change = (
         *EpochTrainer.resume_may_change,
         "train.channels_last",
+        "train.compile_loss",
         "data.data_dir",  # the same dataset, moved
         "data.cache_dir",
         "data.download",
@@ -160,6 +167,16 @@ class SSLTrainer(EpochTrainer):
     cfg: Config
 
     # -- hooks -----------------------------------------------------------------------------
+    def build_loss(self) -> torch.nn.Module:
+        """The configured loss, with ``check_inputs=False`` unless ``loss.params`` sets it (no
+        host sync per step; the loop checks the running loss every ``log_every`` steps)."""
+        from ...losses import build, parameters
+
+        params = self.loss_params(self.cfg.loss.params)  # the global batch under torchrun
+        if "check_inputs" in parameters(self.cfg.loss.name):
+            params.setdefault("check_inputs", False)
+        return build(self.cfg.loss.name, **params).to(self.device)
+
     def resolve_config(self, cfg: Config) -> Config:
         return resolve(cfg)
 
@@ -184,6 +201,9 @@ class SSLTrainer(EpochTrainer):
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = self.build_loss()
+        #: what a step calls: the loss, compiled with ``train.compile_loss`` (``loss_fn`` stays
+        #: the module: its state, hooks and parameters)
+        self.loss_call = torch.compile(self.loss_fn) if t.compile_loss else self.loss_fn
         n = self.images.shape[0]
         if self.batch_size > n:  # never clamped silently: config.yaml must say what ran
             raise ValueError(
@@ -212,7 +232,7 @@ class SSLTrainer(EpochTrainer):
             if self.cfg.loss.dmm_mix == "input":  # the loss's hook: {} for every loss but DMM
                 extra = self.loss_fn.prepare_inputs(self.forward_model, views[:b], views[b:])
         z = z.float()
-        return self.loss_fn(z[:b], z[b:], **extra)
+        return self.loss_call(z[:b], z[b:], **extra)
 
     def items_per_step(self) -> int:
         return 2 * self.batch_size

@@ -9,12 +9,18 @@ per-sample random parameters from a ``torch.Generator`` on that device and appli
 2. colour jitter with probability ``jitter_p``: brightness, contrast, saturation (factors
    uniform in :math:`[1-s, 1+s]`) and hue (shift uniform in :math:`[-h, h]`, in HSV);
 3. grayscale with probability ``gray_p``;
-4. normalisation with the dataset's mean and std.
+4. normalisation with the dataset's mean and std;
+5. random erasing with probability ``erase_p`` (off by default): one rectangle per image, of
+   area fraction uniform in ``erase_scale`` and aspect ratio log-uniform in ``erase_ratio``, set
+   to ``erase_value`` after normalisation (0: the dataset's mean colour), as torchvision's
+   ``RandomErasing`` placed after ``Normalize``.
 
 Differences from torchvision's per-image transforms, all deliberate for speed and all small:
 a crop whose sampled width or height exceeds the image is clamped to the image (torchvision
 re-draws up to 10 times, then falls back to a centre crop); the jitter operations run in the
-fixed order brightness, contrast, saturation, hue (torchvision shuffles the order per image).
+fixed order brightness, contrast, saturation, hue (torchvision shuffles the order per image);
+an erasing rectangle larger than the image is clamped to it (torchvision re-draws up to 10
+times, then erases nothing).
 """
 
 from __future__ import annotations
@@ -71,6 +77,15 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     return v.unsqueeze(1) - (v * s).unsqueeze(1) * t
 
 
+def _range(name: str, values: Sequence[float], fraction: bool = False) -> tuple[float, float]:
+    """``(lo, hi)`` with ``0 < lo <= hi`` (and ``hi <= 1`` for a ``fraction``), else ValueError."""
+    lo, hi = (float(v) for v in values)
+    if not (0 < lo <= hi and (hi <= 1 or not fraction)):
+        bound = " <= 1" if fraction else ""
+        raise ValueError(f"{name}: expected 0 < lo <= hi{bound}, got {tuple(values)}")
+    return lo, hi
+
+
 class _Draws:
     """Uniform draws for the rows ``offset .. offset + n`` of a batch of ``total``: each call
     draws ``total`` numbers and keeps those rows, so that a shard of a batch gets exactly the
@@ -105,7 +120,12 @@ class Augment(nn.Module):
         jitter_p: probability of applying the colour jitter to an image.
         gray_p: probability of converting an image to grayscale (kept with C channels).
         rotate: maximum absolute rotation in degrees (0 = none).
-        mean, std: per-channel normalisation applied last.
+        mean, std: per-channel normalisation.
+        erase_p: probability of erasing one random rectangle of an image (0 = never; then no
+            random numbers are drawn for it, so the other augmentations are unchanged).
+        erase_scale: range of the rectangle's area as a fraction of the image.
+        erase_ratio: range of the rectangle's aspect ratio (width / height), log-uniform.
+        erase_value: the erased pixels' value after normalisation (0 = the mean colour).
 
     Call:
         ``aug(x, generator=None, shard=None) -> (B, C, size, size)`` float32, ``x`` (B, C, H, W)
@@ -128,20 +148,25 @@ class Augment(nn.Module):
         rotate: float = 0.0,
         mean: Sequence[float] = (0.5,),
         std: Sequence[float] = (0.5,),
+        erase_p: float = 0.0,
+        erase_scale: Sequence[float] = (0.02, 0.33),
+        erase_ratio: Sequence[float] = (0.3, 3.3),
+        erase_value: float = 0.0,
     ) -> None:
         super().__init__()
-        lo, hi = (float(v) for v in crop_scale)
-        if not (0 < lo <= hi <= 1):
-            raise ValueError(f"crop_scale: expected 0 < lo <= hi <= 1, got {tuple(crop_scale)}")
-        rlo, rhi = (float(v) for v in crop_ratio)
-        if not (0 < rlo <= rhi):
-            raise ValueError(f"crop_ratio: expected 0 < lo <= hi, got {tuple(crop_ratio)}")
+        lo, hi = _range("crop_scale", crop_scale, fraction=True)
+        rlo, rhi = _range("crop_ratio", crop_ratio)
         if len(jitter) != 4 or any(float(j) < 0 for j in jitter) or float(jitter[3]) > 0.5:
             raise ValueError(
                 "jitter: expected 4 strengths >= 0 (brightness, contrast, saturation, hue <= 0.5), "
                 f"got {tuple(jitter)}"
             )
-        for name, p in (("flip_p", flip_p), ("jitter_p", jitter_p), ("gray_p", gray_p)):
+        elo, ehi = _range("erase_scale", erase_scale, fraction=True)
+        erlo, erhi = _range("erase_ratio", erase_ratio)
+        if not math.isfinite(float(erase_value)):
+            raise ValueError(f"erase_value: expected a finite number, got {erase_value!r}")
+        probs = (("flip_p", flip_p), ("jitter_p", jitter_p), ("gray_p", gray_p))
+        for name, p in (*probs, ("erase_p", erase_p)):
             if not (0.0 <= float(p) <= 1.0):
                 raise ValueError(f"{name}: expected a probability in [0, 1], got {p!r}")
         if len(mean) != len(std) or any(float(s) <= 0 for s in std):
@@ -156,6 +181,10 @@ class Augment(nn.Module):
         self.jitter_p = float(jitter_p)
         self.gray_p = float(gray_p)
         self.rotate = float(rotate)
+        self.erase_p = float(erase_p)
+        self.erase_scale = (elo, ehi)
+        self.erase_log_ratio = (math.log(erlo), math.log(erhi))
+        self.erase_value = float(erase_value)
         self.register_buffer("mean", torch.tensor([float(m) for m in mean]), persistent=False)
         self.register_buffer("std", torch.tensor([float(s) for s in std]), persistent=False)
 
@@ -226,6 +255,32 @@ class Augment(nn.Module):
             raise ValueError(f"x: expected {mean.numel()} channels for this normalisation, got {c}")
         return (x - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
 
+    def erase(self, x: torch.Tensor, gen, shard: tuple[int, int] | None = None) -> torch.Tensor:
+        """Random erasing (with probability ``erase_p``) of one rectangle per image.
+
+        The rectangle covers the pixels whose centres fall inside it: its area fraction is drawn
+        from ``erase_scale``, its aspect ratio log-uniformly from ``erase_ratio`` (both sides
+        clamped to the image), its position uniformly among those inside the image.
+        """
+        if self.erase_p <= 0:
+            return x
+        b, _, h, w = x.shape
+        dev = x.device
+        draw = _Draws(b, gen, dev, shard)
+        on = draw.rand() < self.erase_p
+        area = draw.uniform(*self.erase_scale)
+        ratio = torch.exp(draw.uniform(*self.erase_log_ratio))
+        eh = torch.sqrt(area / ratio).clamp(max=1.0)  # fractions of the side
+        ew = torch.sqrt(area * ratio).clamp(max=1.0)
+        y0 = (1.0 - eh) * draw.rand()
+        x0 = (1.0 - ew) * draw.rand()
+        ys = (torch.arange(h, device=dev, dtype=x.dtype) + 0.5) / h  # pixel centres
+        xs = (torch.arange(w, device=dev, dtype=x.dtype) + 0.5) / w
+        in_y = (ys >= y0[:, None]) & (ys < (y0 + eh)[:, None])  # (B, H)
+        in_x = (xs >= x0[:, None]) & (xs < (x0 + ew)[:, None])  # (B, W)
+        mask = on[:, None, None] & in_y[:, :, None] & in_x[:, None, :]
+        return x.masked_fill(mask[:, None], self.erase_value)
+
     # -- call ------------------------------------------------------------------------------
     @torch.no_grad()
     def forward(
@@ -244,7 +299,7 @@ class Augment(nn.Module):
             xf, grid, mode="bilinear", padding_mode="reflection", align_corners=False
         )
         xf = self.color(xf, generator, shard)
-        return self.normalize(xf)
+        return self.erase(self.normalize(xf), generator, shard)
 
     def plain(self, x: torch.Tensor) -> torch.Tensor:
         """The un-augmented, normalised view (evaluation), resized to ``size`` if needed."""
@@ -257,5 +312,5 @@ class Augment(nn.Module):
         return (
             f"size={self.size}, crop_scale={self.crop_scale}, flip_p={self.flip_p}, "
             f"jitter={self.jitter}, jitter_p={self.jitter_p}, gray_p={self.gray_p}, "
-            f"rotate={self.rotate}"
+            f"rotate={self.rotate}, erase_p={self.erase_p}, erase_scale={self.erase_scale}"
         )
