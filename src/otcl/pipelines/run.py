@@ -707,6 +707,11 @@ class EpochTrainer:
         if self.session is not None:  # right after the agreement: every rank is here
             self._dm = wrap_model(self.model, self.device, compile=bool(t.compile))
             self.forward_model = self._dm
+            self.log(
+                f"{self.tag}: torchrun, {self.world} process(es), backend "
+                f"{torch.distributed.get_backend()}, {self.device.type}; global batch "
+                f"{self.batch_size} = {self.world} x {self.local_batch_size}"
+            )
         elif t.compile:
             self.forward_model = torch.compile(self.model)
         self.optimizer = self.build_optimizer()
