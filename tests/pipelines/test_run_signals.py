@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -96,7 +97,14 @@ def _otcl(*argv: str) -> subprocess.Popen:
 def test_ctrl_c_during_start_up_prints_one_line(tmp_path):
     """Ctrl-C while otcl is still importing or loading data: no traceback."""
     proc = _otcl("train", "--out", str(tmp_path / "run"), "--epochs", "2000", "--no-progress")
-    time.sleep(0.3)  # python is up, torch is still being imported
+    # wait until torch is being imported (its library mapped): otcl's main() is running then.
+    # (A signal during the interpreter's own start-up is Python's to report, whatever the CLI.)
+    maps = Path(f"/proc/{proc.pid}/maps")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if not maps.exists() or "libtorch" in maps.read_text(errors="replace"):
+            break
+        time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
