@@ -59,6 +59,7 @@ def main() -> None:
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(results, f, indent=1)
     distributed.shutdown()
+    sys.exit(max(r["rc"] for r in results))  # as `otcl` would: torchrun sees a failure
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 Two real ``torchrun`` launches are shared by the module (about 30 s on 2 free cores):
 
 * **A**, multi-node style (two agents, ``--nnodes 2 --nproc-per-node 1``, c10d rendezvous on
-  localhost): ``otcl train`` that rank 1 interrupts by sending SIGINT to its own agent during
-  global step 4 -- only rank 1 receives the signal, rank 0 must learn it from the stop flag;
+  localhost): ``otcl train`` that rank 1 interrupts by sending SIGINT to its own
+  agent during global step 4 -- only rank 1 receives the signal, rank 0 must learn it from the
+  stop flag;
 * **B**, one node (``--nproc-per-node 2``), eight commands in one process group: the resume of
   A, the same run from scratch, a batch that does not split over 2 processes,
   ``otcl multimodal train``, ``otcl recsys train`` for CML + DMM and for the two-tower
@@ -26,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,28 +81,37 @@ def _torchrun(out: Path, jobs: list[list[str]], *, nnodes: int, signal_at: str =
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OTCL_TEST_SIGNAL": signal_at}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     port = _free_port()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes),
-           "--nproc-per-node", str(2 // nnodes), "--rdzv-backend", "c10d",
-           "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", out.name,
-           "-m", "tests.pipelines._torchrun_worker", str(out), *map(json.dumps, jobs)]  # fmt: skip
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes),
+                "--nproc-per-node", str(2 // nnodes)]  # fmt: skip
+    worker = ["-m", "tests.pipelines._torchrun_worker", str(out), *map(json.dumps, jobs)]
     logs = [out / f"agent{n}.log" for n in range(nnodes)]  # files: a full pipe would block
     agents = []
+    where = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "t"]
     for log in logs:
         with open(log, "wb") as f:
             agents.append(
-                subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+                subprocess.Popen(
+                    [*launcher, *where, *worker],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                )
             )
-    try:
-        for a in agents:
-            a.wait(timeout=300)
+    results = [out / f"rank{r}.json" for r in range(2)]
+    deadline = time.monotonic() + 300
+    try:  # the workers' results are what counts; torchrun's own shutdown may linger
+        while any(a.poll() is None for a in agents) and time.monotonic() < deadline:
+            if all(f.is_file() for f in results):
+                deadline = min(deadline, time.monotonic() + 30)
+            time.sleep(0.2)
     finally:
         for a in agents:
             if a.poll() is None:
                 a.kill()
                 a.wait()
     ranks = []
-    for r in range(2):
-        f = out / f"rank{r}.json"
+    for r, f in enumerate(results):
         said = "\n".join(log.read_text(errors="replace") for log in logs)[-3000:]
         assert f.is_file(), f"rank {r} wrote no results; torchrun said:\n{said}"
         ranks.append(json.loads(f.read_text()))
