@@ -136,7 +136,7 @@ def test_pipeline_presets_can_set_shared_defaults(monkeypatch):
     mine = apply_overrides(MultimodalConfig(), ["optim.optimizer=sgd"])
     assert mm_resolve(mine).optim.optimizer == "sgd"
     r = recsys_resolve(RecsysConfig())
-    assert (r.optim.optimizer, r.optim.schedule) == ("adam", "constant")
+    assert (r.optim.optimizer, r.optim.schedule, r.optim.fused) == ("adam", "constant", True)
 
 
 @pytest.mark.parametrize(

@@ -113,7 +113,10 @@ class OptimConfig(Section):
     """SGD with momentum, Adam or AdamW; ``lr`` is per 128 samples (scaled by batch_size / 128).
 
     The schedule is stepped per iteration: linear warm-up over ``warmup_epochs``, then cosine to
-    zero at the last step (or constant).
+    zero at the last step (or constant). ``fused``: torch's fused implementation of the
+    optimizer (one kernel per step instead of a pass per operation: the step of a model made of
+    large embedding tables runs ~2x faster on a CPU); the same update up to rounding. Where this
+    torch or device has none, the run says so and uses the default implementation.
     """
 
     optimizer: str = "sgd"
@@ -123,6 +126,7 @@ class OptimConfig(Section):
     nesterov: bool = False
     warmup_epochs: float = 0.0
     schedule: str = "cosine"  # "cosine" | "constant"
+    fused: bool = False
 
 
 @dataclass

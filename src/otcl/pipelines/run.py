@@ -829,7 +829,8 @@ class EpochTrainer:
         return build(self.cfg.loss.name, **self.cfg.loss.params).to(self.device)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        """``optim`` over ``self.model``: lr x batch/128, weight decay on weights (ndim > 1)."""
+        """``optim`` over ``self.model``: lr x batch/128, weight decay on weights (ndim > 1),
+        torch's fused implementation with ``optim.fused`` where this torch and device have one."""
         o = self.cfg.optim
         lr = float(o.lr) * self.batch_size / 128.0
         decay, no_decay = [], []
@@ -840,10 +841,21 @@ class EpochTrainer:
             {"params": decay, "weight_decay": float(o.weight_decay or 0.0)},
             {"params": no_decay, "weight_decay": 0.0},
         ]
+        kwargs: dict[str, Any] = {"lr": lr}
         if o.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov)
-        cls = torch.optim.Adam if o.optimizer == "adam" else torch.optim.AdamW
-        return cls(groups, lr=lr)
+            cls: type[torch.optim.Optimizer] = torch.optim.SGD
+            kwargs.update(momentum=o.momentum, nesterov=o.nesterov)
+        else:
+            cls = torch.optim.Adam if o.optimizer == "adam" else torch.optim.AdamW
+        if o.fused:
+            try:
+                return cls(groups, fused=True, **kwargs)
+            except (RuntimeError, TypeError, ValueError) as e:  # no fused kernel here
+                self.log(
+                    f"optim.fused: torch {torch.__version__} has no fused {o.optimizer} for "
+                    f"{self.device.type} ({_first_line(e)}); using the default implementation"
+                )
+        return cls(groups, **kwargs)
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of the base learning rate at global step ``step`` (warm-up, cosine)."""

@@ -127,14 +127,15 @@ class RecsysEvalConfig(Section):
 @dataclass
 class RecsysConfig(ConfigBase):
     """Everything that defines one recommendation run (``loss.name`` empty: the model's default
-    loss; ``optim``: Adam at a constant rate, as DMM's recommender code)."""
+    loss; ``optim``: Adam at a constant rate, as DMM's recommender code, fused: the embedding
+    tables are the whole model and a CPU step is mostly the optimizer's passes over them)."""
 
     data: RecsysDataConfig = field(default_factory=RecsysDataConfig)
     model: RecsysModelConfig = field(default_factory=RecsysModelConfig)
     loss: LossConfig = field(default_factory=lambda: LossConfig(name=""))
     dmm: RecsysDMMConfig = field(default_factory=RecsysDMMConfig)
     optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(optimizer="adam", schedule="constant")
+        default_factory=lambda: OptimConfig(optimizer="adam", schedule="constant", fused=True)
     )
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: RecsysEvalConfig = field(default_factory=RecsysEvalConfig)

@@ -212,19 +212,6 @@ class RecsysTrainer(EpochTrainer):
             raise ValueError(f"data: only {n} positive training pair(s); need at least 2")
         self.steps_per_epoch = n // self.batch_size
 
-    def build_optimizer(self) -> torch.optim.Optimizer:
-        """The shared optimizer; Adam/AdamW fused (one kernel per step: the embedding tables are
-        the whole model and a CPU step is mostly the optimizer's passes over them)."""
-        opt = super().build_optimizer()
-        if not isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)):
-            return opt
-        keep = ("params", "lr", "weight_decay", "betas", "eps")
-        groups = [{k: v for k, v in g.items() if k in keep} for g in opt.param_groups]
-        try:
-            return type(opt)(groups, fused=True)
-        except (RuntimeError, ValueError):  # a device/dtype without the fused kernel
-            return opt
-
     def compute_loss(self, epoch: int, step: int) -> torch.Tensor:
         idx = self.batch_indices(len(self.pairs_user), epoch, step).to(self.device)
         gen = self.step_generator("negatives", device="cpu")
