@@ -87,6 +87,29 @@ def test_linear_probe_option_is_the_shared_linear_probe(make_data):
         make_probe(cfg, data)
 
 
+def test_linear_probe_is_trained_once_for_every_subset(make_data, monkeypatch):
+    """``eval.probe=linear`` trains one probe on the full training representation and scores
+    every subset of present modalities and every noisy copy with it."""
+    from otcl.pipelines.multimodal import trainer as T
+    from otcl.pipelines.probes import fit_linear_probe
+
+    data = make_data()
+    cfg = resolve(mm_config())
+    cfg.eval.probe, cfg.eval.linear_epochs = "linear", 3
+    model = T.make_model(cfg, data)
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return fit_linear_probe(*args, **kwargs)
+
+    monkeypatch.setattr(T, "fit_linear_probe", counted)
+    report = T.evaluate_run_model(cfg, model, data)
+    assert calls == [(data.num_train, cfg.model.latent)]
+    assert len(report["subsets"]) == 7 and report["noise"]
+    assert all(0.0 <= r["metrics"]["accuracy"] <= 1.0 for r in report["subsets"])
+
+
 def test_resume_with_dmm_is_exact(tmp_path, make_data):
     """DMM's lambda draws and the batch order continue exactly after an interruption."""
     data = make_data()

@@ -96,7 +96,8 @@ class ObjectiveConfig(Section):
 class EvalConfig(Section):
     """Probe, missing modalities and noise (see :mod:`otcl.pipelines.multimodal.robustness`).
 
-    ``probe``: ``knn`` (classes, default), ``linear`` (classes; trained once per subset) or
+    ``probe``: ``knn`` (classes, default), ``linear`` (classes; trained once, on the joint
+    representation of the training set with every modality present, and scored on every subset) or
     ``ridge`` (real-valued targets, default for them). ``every``: evaluate the full-modality
     probe every N epochs during training (0 = at the end only).
     """

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..probes import knn_predict, linear_probe
+from ..probes import fit_linear_probe, knn_predict
 from ..run import (
     EpochTrainer,
     atomic_write_text,
@@ -134,13 +134,8 @@ def make_probe(cfg: MultimodalConfig, data: MultimodalData, seed: int = 0) -> Pr
         )
 
     def linear(ftr: torch.Tensor, ytr: torch.Tensor, yte: torch.Tensor):
-        def score(fte: torch.Tensor) -> dict[str, float]:
-            r = linear_probe(
-                ftr, ytr, fte, yte, c, epochs=e.linear_epochs, lr=e.linear_lr, seed=seed
-            )
-            return {"accuracy": r.test_accuracy}
-
-        return score
+        clf = fit_linear_probe(ftr, ytr, c, epochs=e.linear_epochs, lr=e.linear_lr, seed=seed)
+        return lambda fte: {"accuracy": clf.accuracy(fte, yte)}  # one probe for every subset
 
     return linear
 
