@@ -164,20 +164,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def default_jobs(cfg: Any) -> int:
-    """Parallel runs of ``compare`` on CPU: the cores, at most 2 (1 on an accelerator)."""
-    import os
-
-    if cfg.train.device not in ("auto", "cpu"):
-        return 1
-    import torch
-
-    if cfg.train.device == "auto" and torch.cuda.is_available():
-        return 1
-    return max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
+    from ..compare import default_jobs
     from .compare import DEFAULT_METHODS, compare
     from .config import RecsysConfig
 
@@ -200,7 +188,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     stray = sorted(set(specific) - set(per_loss))
     if stray:
         raise ValueError(f"--loss-param: parameters given for losses not compared: {stray}")
-    jobs = args.jobs if args.jobs is not None else default_jobs(cfg)
+    jobs = args.jobs if args.jobs is not None else default_jobs(cfg.train.device)
     compare(
         cfg,
         methods,
