@@ -156,6 +156,11 @@ def test_compare_variants_table_and_reuse(tmp_path, make_data, monkeypatch):
     assert sum("reusing" in line for line in logs) == 4
     with pytest.raises(ValueError, match="DMM is --dmm"):
         compare(cfg, ["dmm"], out=tmp_path / "x")
+    # DMM's per_modality has no effect here (every modality is mixed on its own): refused
+    # before anything is written
+    with pytest.raises(ValueError, match="loss.params.per_modality: does not apply"):
+        compare(cfg, ["infonce"], out=tmp_path / "y", loss_params={"dmm": {"per_modality": True}})
+    assert not (tmp_path / "y").exists()
     cfg.train.epochs = 2
     with pytest.raises(ValueError, match="different configuration"):
         compare(cfg, ["infonce"], seeds=1, out=tmp_path / "cmp", log=lambda s: None)
@@ -207,6 +212,7 @@ def test_cli_train_eval_compare(tmp_path, capsys):
         ("--patches 8", "data.patches: does not apply to dataset 'npz'"),
         ("--set eval.ridge_alpha=2", "eval.ridge_alpha: does not apply to the knn probe"),
         ("--set model.image_arch=mlp", "model.image_arch: does not apply to the modalities"),
+        ("--loss dmm --loss-param per_modality=false", "per_modality: does not apply to the mul"),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, capsys, extra, match):

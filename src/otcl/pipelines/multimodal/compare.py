@@ -43,7 +43,7 @@ from ..compare import (
 )
 from ..config import save_config
 from ..run import SUMMARY, pick_device
-from .config import MultimodalConfig, resolve
+from .config import MultimodalConfig, check, resolve
 from .trainer import ROBUSTNESS, MultimodalTrainer, load_data, variant_name
 
 __all__ = [
@@ -124,25 +124,27 @@ def compare(
     loss_params = loss_params or {}
     check_request(losses, seeds, loss_params, [*losses, *(["dmm"] if dmm != "off" else [])])
     base = copy.deepcopy(cfg)
+    variants: dict[str, list[MultimodalConfig]] = {}  # variant -> the config of each seed
+    for loss, params in _variants(losses, dmm, loss_params):
+        for k in range(seeds):
+            run_cfg = copy.deepcopy(base)
+            run_cfg.loss.name = loss
+            run_cfg.loss.params = {**base.loss.params, **params}
+            run_cfg.train.seed = base.train.seed + k
+            run_cfg = resolve(run_cfg)
+            check(run_cfg)  # every run's settings, before anything is written or trained
+            variants.setdefault(variant_name(run_cfg), []).append(run_cfg)
     with comparison_dir(out) as out:
         save_config(resolve(base), out / "config.yaml")
         data = load_data(resolve(base))
-        names: list[str] = []
-        grid: list[Run] = []
-        for loss, params in _variants(losses, dmm, loss_params):
-            for k in range(seeds):
-                run_cfg = copy.deepcopy(base)
-                run_cfg.loss.name = loss
-                run_cfg.loss.params = {**base.loss.params, **params}
-                run_cfg.train.seed = base.train.seed + k
-                run_cfg = resolve(run_cfg)
-                variant = variant_name(run_cfg)
-                if variant not in names:
-                    names.append(variant)
-                    log(f"otcl multimodal compare: {variant} ({seeds} seeds) on {data!r}")
-                grid.append(make_run(variant, run_cfg, out))
         t0 = time.perf_counter()
-        train_runs(MultimodalRunner(), grid, data, log=log)
+        grid: list[Run] = []
+        for variant, configs in variants.items():
+            log(f"otcl multimodal compare: {variant} ({seeds} seeds) on {data!r}")
+            runs = [make_run(variant, c, out) for c in configs]
+            train_runs(MultimodalRunner(), runs, data, log=log)
+            grid += runs
+        names = list(variants)
         runs = [_record(run) for run in grid]
         results = _aggregate(resolve(base), names, runs, data)
         results["wall_seconds"] = time.perf_counter() - t0

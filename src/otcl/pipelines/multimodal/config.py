@@ -235,6 +235,11 @@ def check(cfg: MultimodalConfig) -> None:
             raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
     if cfg.eval.probe is not None and cfg.eval.probe not in PROBES:
         raise ValueError(f"eval.probe: expected one of {', '.join(PROBES)}, got {cfg.eval.probe!r}")
+    if "per_modality" in cfg.loss.params:
+        raise ValueError(
+            "loss.params.per_modality: does not apply to the multimodal pipeline (its DMM "
+            "objective always mixes every modality on its own); leave it unset"
+        )
     if cfg.train.compile:
         raise ValueError(
             "train.compile: not supported by the multimodal pipeline (its encoders are called "
