@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -203,27 +204,13 @@ def linear_probe(
     test_features: torch.Tensor,
     test_labels: torch.Tensor,
     num_classes: int,
-    *,
-    epochs: int = 100,
-    lr: float = 0.1,
-    batch_size: int = 512,
-    weight_decay: float = 0.0,
-    seed: int = 0,
-    progress: bool = False,
+    **options: Any,
 ) -> LinearProbeResult:
-    """Train a linear classifier on frozen features (:func:`fit_linear_probe`); report its
-    accuracy on the test set after the last epoch, and the classifier itself."""
-    clf = fit_linear_probe(
-        train_features,
-        train_labels,
-        num_classes,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        weight_decay=weight_decay,
-        seed=seed,
-        progress=progress,
-    )
+    """Train a linear classifier on frozen features (:func:`fit_linear_probe`, whose keyword
+    arguments ``options`` are: ``epochs``, ``lr``, ``batch_size``, ``weight_decay``, ``seed``,
+    ``progress``); report its accuracy on the test set after the last epoch, and the classifier
+    itself."""
+    clf = fit_linear_probe(train_features, train_labels, num_classes, **options)
     return LinearProbeResult(
         clf.accuracy(test_features, test_labels), clf.train_accuracy, clf.history, clf
     )

@@ -144,6 +144,8 @@ __all__ = [
     "load_checkpoint",
     "check_finite_weights",
     "load_model_weights",
+    "open_run",
+    "restore_model",
     "save_checkpoint",
     "pick_device",
     "amp_dtype",
@@ -269,6 +271,32 @@ def load_model_weights(
         raise ValueError(
             f"run: the checkpoint in {str(where)!r} does not fit its model: {_first_line(e)}"
         ) from None
+
+
+def open_run(
+    run_dir: str | os.PathLike[str], config_cls: Any, resolve: Callable[[Any], Any]
+) -> tuple[Any, dict[str, Any]]:
+    """A finished or interrupted run's config (``resolve(config_cls.from_dict(saved))``: a
+    setting added since the run was saved takes its preset) and checkpoint state.
+
+    NaN/inf weights are refused here, before a pipeline loads any data for the run.
+    """
+    st = load_checkpoint(run_dir)
+    check_finite_weights(st["model"], run_dir)
+    return resolve(config_cls.from_dict(st["config"])), st
+
+
+def restore_model(
+    model: nn.Module,
+    st: dict[str, Any],
+    run_dir: str | os.PathLike[str],
+    device: torch.device | str = "auto",
+) -> nn.Module:
+    """``model`` with the weights of the checkpoint state ``st`` (:func:`load_model_weights`),
+    on ``device`` (``"auto"``: :func:`pick_device`), in eval mode."""
+    load_model_weights(model, st["model"], run_dir)
+    dev = pick_device(device) if isinstance(device, str) else device
+    return model.to(dev).eval()
 
 
 def _format1_globals() -> list[tuple[Any, str]]:

@@ -26,14 +26,7 @@ from typing import Any
 import torch
 
 from ..probes import fit_linear_probe, knn_predict
-from ..run import (
-    EpochTrainer,
-    atomic_write_text,
-    check_finite_weights,
-    load_checkpoint,
-    load_model_weights,
-    pick_device,
-)
+from ..run import EpochTrainer, atomic_write_text, open_run, restore_model
 from .config import EvalConfig, MultimodalConfig, check, check_applies, modality_names, resolve
 from .data import MultimodalData, load_multimodal
 from .models import MultimodalModel, build_model
@@ -245,14 +238,10 @@ def load_run(
     run_dir: str | Path, device: str = "auto", data: MultimodalData | None = None
 ) -> tuple[MultimodalConfig, MultimodalModel, MultimodalData, dict[str, Any]]:
     """Rebuild a run's config, trained model (eval mode) and dataset."""
-    st = load_checkpoint(run_dir)
-    check_finite_weights(st["model"], run_dir)  # before the data loads
-    cfg = resolve(MultimodalConfig.from_dict(st["config"]))
+    cfg, st = open_run(run_dir, MultimodalConfig, resolve)
     if data is None:
         data = load_data(cfg)
-    model = make_model(cfg, data)
-    load_model_weights(model, st["model"], run_dir)
-    return cfg, model.to(pick_device(device)).eval(), data, st
+    return cfg, restore_model(make_model(cfg, data), st, run_dir, device), data, st
 
 
 def evaluate_run(

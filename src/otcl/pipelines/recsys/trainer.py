@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..run import EpochTrainer, derive_seed, load_checkpoint, load_model_weights
+from ..run import EpochTrainer, derive_seed, open_run, restore_model
 from .config import DROP_VARIANTS, RecsysConfig, check, parse_features, resolve
 from .data import NegativeSampler, Ratings, Split, load_ratings, split
 from .metrics import rank_metrics
@@ -278,11 +278,9 @@ def load_run(
     run_dir: str | Path, device: str = "cpu"
 ) -> tuple[RecsysConfig, RecModel, Ratings, Split, torch.Tensor | None]:
     """Rebuild a run's config, model (eval mode), ratings, split and ranking prior."""
-    st = load_checkpoint(run_dir)
-    cfg = resolve(RecsysConfig.from_dict(st["config"]))
+    cfg, st = open_run(run_dir, RecsysConfig, resolve)
     data, s = load_data(cfg)
-    model = build_recsys_model(cfg, data)
-    load_model_weights(model, st["model"], run_dir)
+    model = restore_model(build_recsys_model(cfg, data), st, run_dir, device)
     loss = make_loss(cfg.model.kind, objective_spec(cfg))
     temperature = getattr(getattr(loss, "base", loss), "temperature", None)
-    return cfg, model.to(device).eval(), data, s, ranking_prior(cfg, s, temperature)
+    return cfg, model, data, s, ranking_prior(cfg, s, temperature)
