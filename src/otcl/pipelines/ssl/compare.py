@@ -31,7 +31,7 @@ from ..compare import (
     mean_std,
     pyplot,
     stderr_log,
-    train_runs,
+    train_run,
     write_outputs,
 )
 from ..config import save_config
@@ -125,8 +125,9 @@ def _compare(
             grid.append(make_run(name, run_cfg, out))
     t_start = time.perf_counter()
     runs = []
-    for run in grid:  # one at a time, so that each run's numbers show as it finishes
-        train_runs(SSLRunner(evaluate), [run], data, log=log)
+    runner = SSLRunner(evaluate)
+    for run in grid:  # each run's numbers show as it finishes
+        train_run(runner, run, data, log)
         runs.append(_record(run, evaluate, log))
     results = _aggregate(base, losses, runs, data)
     results["wall_seconds"] = time.perf_counter() - t_start
