@@ -13,7 +13,6 @@ import copy
 import json
 import math
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,43 +22,48 @@ import torch
 
 from ... import __version__
 from ...losses import available
-from .._signals import deferred_signals
-from ..config import save_config
-from ..run import (
-    CHECKPOINT,
-    METRICS,
-    SUMMARY,
-    RunLock,
-    atomic_write_text,
-    load_checkpoint,
-    prepare_run_dir,
-    read_jsonl,
+from ..compare import (
+    Run,
+    Runner,
+    check_request,
+    comparison_dir,
+    make_run,
+    mean_std,
+    pyplot,
+    stderr_log,
+    train_run,
+    write_outputs,
 )
+from ..config import save_config
+from ..run import METRICS, SUMMARY, read_jsonl
 from .config import Config, resolve
 from .evaluate import evaluate_run
 from .trainer import SSLTrainer, load_data
 
-__all__ = ["compare", "DEFAULT_LOSSES", "format_table", "plot_results"]
+__all__ = ["compare", "DEFAULT_LOSSES", "format_table", "plot_results", "SSLRunner"]
 
 #: the losses ``otcl compare`` runs when none are named
 DEFAULT_LOSSES = ("infonce", "iot-uni", "gca-ince", "gca-rince", "gca-uot", "hcl", "ot-hard", "dmm")
 
-#: settings that may differ between a finished run and a new request without invalidating it
-_VOLATILE = {("train", "out"), ("train", "progress"), ("train", "device"), ("train", "threads")}
 
+class SSLRunner(Runner):
+    """The runs of ``otcl compare``: :class:`SSLTrainer`, then ``otcl eval`` (``eval.json``)."""
 
-def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
-    d = copy.deepcopy(cfg)
-    for sec, key in _VOLATILE:
-        d.get(sec, {}).pop(key, None)
-    return d
+    config_cls = Config
+    trainer_cls = SSLTrainer
+    resolve = staticmethod(resolve)
 
+    def __init__(self, evaluate: bool = True) -> None:
+        self.evaluate = evaluate
+        self.needs = ("eval.json",) if evaluate else ()
 
-def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
-    xs = [x for x in xs if x is not None and not math.isnan(x)]
-    if not xs:
-        return float("nan"), float("nan")
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+    def load_data(self, cfg: Config) -> Any:
+        return load_data(cfg, progress=cfg.train.progress)
+
+    def finish(self, run: Run, data: Any) -> None:
+        if self.evaluate:
+            c = run.cfg.train
+            evaluate_run(str(run.dir), device=c.device, data=data, progress=c.progress)
 
 
 def compare(
@@ -82,30 +86,20 @@ def compare(
     Returns:
         the content of ``results.json``.
     """
-    log = log or (lambda s: print(s, file=sys.stderr))
+    log = log or stderr_log
     unknown = [name for name in losses if name not in available()]
     if unknown:
         raise ValueError(
             f"losses: unknown loss(es) {', '.join(unknown)}; expected names from: "
             f"{', '.join(available())}"
         )
-    if not losses:
-        raise ValueError("losses: expected at least one loss name, got none")
-    if seeds < 1:
-        raise ValueError(f"seeds: expected an integer >= 1, got {seeds!r}")
     loss_params = loss_params or {}
-    stray = sorted(set(loss_params) - set(losses))
-    if stray:
-        raise ValueError(f"loss_params: parameters given for losses not compared: {stray}")
+    check_request(losses, seeds, loss_params, losses)
     base = resolve(cfg)
     if base.eval.knn_every == 0:  # kNN curves for the plot, about 10 points per run
         base.eval.knn_every = max(1, int(base.train.epochs or 1) // 10)
-    out = prepare_run_dir(out)  # a bad --out fails before the data loads
-    lock = RunLock(out)  # one comparison writes a directory at a time
-    try:
+    with comparison_dir(out) as out:  # a bad --out fails before the data loads
         return _compare(base, losses, seeds, out, loss_params, evaluate, plot, log)
-    finally:
-        lock.release()
 
 
 def _compare(
@@ -121,74 +115,49 @@ def _compare(
     save_config(base, out / "config.yaml")
     data = load_data(base, progress=base.train.progress)
     log(f"otcl compare: {data!r}; losses {', '.join(losses)}; {seeds} seed(s); out {out}")
-    runs: list[dict[str, Any]] = []
-    t_start = time.perf_counter()
+    grid: list[Run] = []
     for name in losses:
         for k in range(seeds):
             run_cfg = copy.deepcopy(base)
             run_cfg.loss.name = name
             run_cfg.loss.params = {**base.loss.params, **loss_params.get(name, {})}
             run_cfg.train.seed = base.train.seed + k
-            run_dir = out / name / f"seed{run_cfg.train.seed}"
-            run_cfg.train.out = str(run_dir)
-            runs.append(_one_run(run_cfg, run_dir, data, evaluate, log))
+            grid.append(make_run(name, run_cfg, out))
+    t_start = time.perf_counter()
+    runs = []
+    runner = SSLRunner(evaluate)
+    for run in grid:  # each run's numbers show as it finishes
+        train_run(runner, run, data, log)
+        runs.append(_record(run, evaluate, log))
     results = _aggregate(base, losses, runs, data)
     results["wall_seconds"] = time.perf_counter() - t_start
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
-    table = format_table(results)
-    print(table)
-    atomic_write_text(out / "table.md", table + "\n")
-    if plot:
-        try:
-            paths = plot_results(results, runs, out)
-            log("plots: " + ", ".join(str(p) for p in paths))
-        except ImportError:
-            log("matplotlib is not installed: no plots (pip install 'otcl[train]')")
-    log(f"results: {out / 'results.json'}")
+    write_outputs(
+        out,
+        results,
+        format_table(results),
+        plot=(lambda: plot_results(results, runs, out)) if plot else None,
+        log=log,
+    )
     return results
 
 
-def _one_run(
-    cfg: Config, run_dir: Path, data, evaluate: bool, log: Callable[[str], None]
-) -> dict[str, Any]:
-    ckpt = run_dir / CHECKPOINT
-    summary_path, eval_path = run_dir / SUMMARY, run_dir / "eval.json"
-    resume = False
-    if ckpt.exists():
-        st = load_checkpoint(ckpt)
-        # the saved config resolved as today (a setting added since then takes its preset)
-        saved = resolve(Config.from_dict(st["config"])).to_dict()
-        if _comparable(saved) != _comparable(resolve(cfg).to_dict()):
-            raise ValueError(
-                f"out: {str(run_dir)!r} holds a run with a different configuration; "
-                "choose another --out (or delete that run)"
-            )
-        resume = True
-    if resume and summary_path.exists() and (eval_path.exists() or not evaluate):
-        log(f"{run_dir}: finished earlier, reusing its results")
-    else:
-        if resume:
-            log(f"{run_dir}: resuming")
-        SSLTrainer(cfg, run_dir, data=data, resume=resume, log=log).fit()
-        if evaluate:
-            evaluate_run(
-                str(run_dir), device=cfg.train.device, data=data, progress=cfg.train.progress
-            )
-    summary = json.loads(summary_path.read_text())
-    ev = json.loads(eval_path.read_text()) if evaluate else {}
+def _record(run: Run, evaluate: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """The numbers of a finished run (its summary, ``eval.json`` and metrics log)."""
+    summary = json.loads((run.dir / SUMMARY).read_text())
+    ev = json.loads((run.dir / "eval.json").read_text()) if evaluate else {}
     rec = {
-        "loss": cfg.loss.name,
-        "seed": cfg.train.seed,
-        "dir": str(run_dir),
+        "loss": run.method,
+        "seed": run.seed,
+        "dir": str(run.dir),
         "knn": ev.get("knn", summary.get("knn")),
         "linear": ev.get("linear"),
         "seconds_per_epoch": summary.get("seconds_per_epoch"),
         "views_per_s": summary.get("views_per_s"),
         "final_loss": summary.get("final_loss"),
-        "metrics": read_jsonl(run_dir / METRICS),
+        "metrics": read_jsonl(run.dir / METRICS),
     }
     lin = "" if rec["linear"] is None else f", linear {rec['linear']:.4f}"
-    log(f"{cfg.loss.name} seed {cfg.train.seed}: kNN {rec['knn']:.4f}{lin}")
+    log(f"{run.method} seed {run.seed}: kNN {rec['knn']:.4f}{lin}")
     return rec
 
 
@@ -196,8 +165,8 @@ def _aggregate(base: Config, losses, runs, data) -> dict[str, Any]:
     rows = []
     for name in losses:
         rs = [r for r in runs if r["loss"] == name]
-        knn = _mean_std([r["knn"] for r in rs])
-        lin = _mean_std([r["linear"] for r in rs if r["linear"] is not None])
+        knn = mean_std([r["knn"] for r in rs])
+        lin = mean_std([r["linear"] for r in rs if r["linear"] is not None])
         spe = [r["seconds_per_epoch"] for r in rs if r["seconds_per_epoch"] is not None]
         rows.append(
             {
@@ -261,12 +230,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 def plot_results(results: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> list[Path]:
     """``accuracy.png`` (bars with std error bars) and ``curves.png`` (per-epoch curves)."""
-    with deferred_signals():
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = results["rows"]
     names = [r["loss"] for r in rows]
     x = list(range(len(names)))
