@@ -41,3 +41,29 @@ def test_linear_probe_separable_data():
     assert res.history[-1]["epoch"] == 20
     with pytest.raises(ValueError, match="epochs"):
         linear_probe(x, y, x, y, 4, epochs=0)
+
+
+def test_linear_probe_returns_the_classifier_it_scored():
+    """The result carries the trained probe: scoring the test set with it gives the reported
+    accuracy, and it scores other sets without training again (bit-identical to a second
+    probe trained on the same features with the same seed)."""
+    from otcl.pipelines.probes import fit_linear_probe
+
+    g = torch.Generator().manual_seed(1)
+    centers = torch.randn(3, 8, generator=g) * 2
+    y = torch.arange(120) % 3
+    x = centers[y] + 1.5 * torch.randn(120, 8, generator=g)
+    res = linear_probe(x[:80], y[:80], x[80:], y[80:], 3, epochs=6, batch_size=16, seed=4)
+    clf = res.classifier
+    assert clf.accuracy(x[80:], y[80:]) == res.test_accuracy
+    assert clf.accuracy(x[:80], y[:80]) == res.train_accuracy
+    assert clf.history == res.history
+    # the prediction is argmax of the standardised features through the layer
+    ref = ((x[80:] - x[:80].mean(0)) / x[:80].std(0)) @ clf.linear.weight.T + clf.linear.bias
+    torch.testing.assert_close(clf.logits(x[80:]), ref)
+    assert torch.equal(clf.predict(x[80:]), clf.logits(x[80:]).argmax(1))
+    other, y_other = x[80:100] + 0.5, y[80:100]
+    again = fit_linear_probe(x[:80], y[:80], 3, epochs=6, batch_size=16, seed=4)
+    assert torch.equal(again.logits(other), clf.logits(other))
+    r = linear_probe(x[:80], y[:80], other, y_other, 3, epochs=6, batch_size=16, seed=4)
+    assert r.test_accuracy == clf.accuracy(other, y_other)

@@ -290,3 +290,47 @@ def test_the_subclass_contract_examples_run(monkeypatch, tmp_path):
     for mod in (otcl.pipelines.run, otcl.pipelines.config):
         result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0, mod.__name__
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_fused_optimizer_is_the_same_update(tmp_path, toy_config, optimizer):
+    """``optim.fused``: torch's fused implementation (one kernel per step) makes the same
+    updates as the default one up to rounding, with the shared builder's lr scaling and weight
+    decay groups; every pipeline gets it from there."""
+    models = {}
+    for fused in (False, True):
+        cfg = toy_config(epochs=1)
+        cfg.optim.optimizer, cfg.optim.fused, cfg.optim.weight_decay = optimizer, fused, 0.1
+        t = Toy(cfg, tmp_path / f"{optimizer}-{fused}")
+        assert t.optimizer.defaults.get("fused") is (True if fused else None)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(5):  # the same gradients into both
+            for p in t.model.parameters():
+                p.grad = torch.randn(p.shape, generator=g)
+            t.optimizer.step()
+        models[fused] = t.model.state_dict()
+        t.close()
+    for k, v in models[False].items():
+        torch.testing.assert_close(models[True][k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_fused_optimizer_falls_back_with_a_line(tmp_path, toy_config, monkeypatch):
+    """A torch or device without the fused kernel: the default implementation, said once."""
+    real = torch.optim.Adam
+
+    class NoFused(real):
+        def __init__(self, params, fused=None, **kw):
+            if fused:
+                raise RuntimeError("`fused=True` requires all the params to be on cuda")
+            super().__init__(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "Adam", NoFused)
+    cfg = toy_config(epochs=1)
+    cfg.optim.optimizer, cfg.optim.fused, cfg.optim.lr = "adam", True, 0.01
+    lines: list[str] = []
+    t = Toy(cfg, tmp_path / "r", log=lines.append)
+    assert not t.optimizer.defaults.get("fused")
+    assert [x for x in lines if x.startswith("optim.fused: torch")] == [
+        f"optim.fused: torch {torch.__version__} has no fused adam for cpu (`fused=True` "
+        "requires all the params to be on cuda); using the default implementation"
+    ]

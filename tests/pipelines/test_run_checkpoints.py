@@ -174,3 +174,28 @@ def test_format1_checkpoint_loads_with_numpy_arrays_only(tmp_path):
     assert st["format"] == 1 and st["epoch"] == 2 and isinstance(st["rng"]["numpy"], tuple)
     set_rng_state(st["rng"])  # the old tuple layout restores
     assert not os.path.exists(tmp_path / "pwned")
+
+
+def test_open_run_and_restore_model(tmp_path):
+    """What every pipeline's ``load_run`` does: the saved config resolved as today, NaN/inf
+    weights refused before any data is loaded, the weights into a fresh model in eval mode."""
+    from otcl.pipelines.config import RunConfig, apply_presets
+    from otcl.pipelines.run import open_run, restore_model
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout(0.5))
+    st = {**_good_state(), "config": {"train": {"epochs": 1}}, "model": model.state_dict()}
+    save_checkpoint(st, tmp_path / CHECKPOINT)
+    cfg, loaded = open_run(tmp_path, RunConfig, lambda c: apply_presets(c, {"optim": {"lr": 2.0}}))
+    assert cfg.train.epochs == 1 and cfg.optim.lr == 2.0  # not in the file: the preset's
+    fresh = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout(0.5))
+    out = restore_model(fresh, loaded, tmp_path, "cpu")
+    assert out is fresh and not out.training
+    assert all(torch.equal(a, b) for a, b in zip(out.state_dict().values(),
+                                                 model.state_dict().values(), strict=True))  # fmt: skip
+    bad = {k: v.clone() for k, v in model.state_dict().items()}
+    bad["0.weight"][0, 0] = float("nan")
+    save_checkpoint({**st, "model": bad}, tmp_path / CHECKPOINT)
+    with pytest.raises(ValueError, match="holds NaN/inf weights \\(0.weight\\)"):
+        open_run(tmp_path, RunConfig, lambda c: c)
+    with pytest.raises(ValueError, match="does not fit its model"):
+        restore_model(torch.nn.Linear(4, 2), loaded, tmp_path)

@@ -24,7 +24,10 @@ __all__ = [
     "COMMON_FLAGS",
     "add_run_options",
     "add_train_options",
+    "add_compare_options",
     "config_from_args",
+    "compare_config",
+    "name_list",
     "loss_params",
     "check_loss_params",
     "run_train",
@@ -97,6 +100,25 @@ def add_train_options(p: argparse.ArgumentParser, default_out: str) -> None:
     )
 
 
+def add_compare_options(
+    p: argparse.ArgumentParser, *, names: str, names_help: str, per: str, default_out: str
+) -> None:
+    """The options of a ``compare`` command besides the run settings: ``--<names>`` (a
+    comma-separated list, e.g. ``--losses``; ``names_help`` states its default), ``--seeds``,
+    ``--out`` and ``--no-plot``."""
+    p.add_argument(f"--{names}", metavar="A,B,...", help=names_help)
+    p.add_argument("--seeds", type=int, default=3, metavar="N", help=f"seeds per {per} (default 3)")
+    p.add_argument("--out", default=default_out, metavar="DIR", help=f"default {default_out}")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG plots")
+
+
+def name_list(text: str | None, default: Sequence[str]) -> list[str]:
+    """``"a, b,"`` -> ``["a", "b"]``; no text -> ``default``."""
+    if not text:
+        return list(default)
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
 def _flag_overrides(args: argparse.Namespace, flags: Sequence[tuple[str, str]]) -> list[str]:
     """The named flags the user gave, as ``section.key=value`` overrides."""
     out = []
@@ -149,15 +171,43 @@ def check_loss_params(name: str, params: dict[str, Any]) -> None:
     build(name, **params)
 
 
+def compare_config(
+    args: argparse.Namespace,
+    cls: type[C],
+    flags: Sequence[tuple[str, str]],
+    losses: Sequence[str],
+    *,
+    checked: Callable[[str], bool] = lambda name: True,
+) -> tuple[C, dict[str, dict[str, Any]]]:
+    """The config of a ``compare`` command and its per-loss parameters.
+
+    ``--loss-param KEY=VALUE`` goes into ``loss.params`` (every loss), ``LOSS:KEY=VALUE`` stays
+    with its loss (returned); each compared loss that ``checked`` accepts is built once with
+    its parameters, so an unknown parameter fails before anything runs.
+    """
+    cfg = config_from_args(args, cls, flags)
+    shared, specific = loss_params(args.loss_param, per_loss=True)
+    cfg.loss.params.update(shared)  # type: ignore[attr-defined]
+    for name in losses:
+        if checked(name):
+            check_loss_params(name, {**cfg.loss.params, **specific.get(name, {})})  # type: ignore[attr-defined]
+    return cfg, specific
+
+
 def run_train(
     args: argparse.Namespace,
     cls: type[C],
     make_trainer: Callable[..., EpochTrainer],
     flags: Sequence[tuple[str, str]] = (),
+    *,
+    validate: Callable[[C], object] | None = None,
 ) -> tuple[EpochTrainer, dict[str, Any]]:
     """``train`` / ``train --resume``: the config from the flags (or the run), then fit.
 
     ``make_trainer(cfg, out, resume=..., extend=...)`` builds the pipeline's trainer.
+    ``validate(cfg)`` raises ``ValueError`` for a config that cannot train, before the trainer
+    touches the run directory (default: build ``loss.name`` with ``loss.params``, for a
+    pipeline that trains with an otcl loss; a pipeline with losses of its own passes its check).
     """
     shared, _ = loss_params(args.loss_param, per_loss=False)
     if args.resume:
@@ -173,6 +223,9 @@ def run_train(
         cfg = config_from_args(args, cls, flags)
         out = args.out
     cfg.loss.params.update(shared)  # type: ignore[attr-defined]
-    check_loss_params(cfg.loss.name, cfg.loss.params)  # type: ignore[attr-defined]
+    if validate is None:
+        check_loss_params(cfg.loss.name, cfg.loss.params)  # type: ignore[attr-defined]
+    else:
+        validate(cfg)
     trainer = make_trainer(cfg, out, resume=bool(args.resume), extend=bool(args.extend))
     return trainer, trainer.fit()

@@ -6,7 +6,8 @@ r"""Probes of frozen representations, shared by the pipelines: weighted kNN and 
 * **Linear probe**: a linear classifier on frozen features, standardised with the train
   statistics, trained with SGD (momentum 0.9, cosine learning rate). The reported accuracy is the
   test accuracy **after the final epoch** -- never the best epoch on the test set (the GCA code's
-  pitfall).
+  pitfall). :func:`linear_probe` returns the trained :class:`LinearClassifier` too, and
+  :func:`fit_linear_probe` trains one without a test set, to score several test sets with.
 
 Both take feature tensors, so any pipeline (images, text, audio) can use them on whatever its
 encoder produces.
@@ -16,12 +17,20 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["knn_predict", "knn_accuracy", "linear_probe", "LinearProbeResult"]
+__all__ = [
+    "knn_predict",
+    "knn_accuracy",
+    "linear_probe",
+    "fit_linear_probe",
+    "LinearClassifier",
+    "LinearProbeResult",
+]
 
 
 @torch.no_grad()
@@ -78,20 +87,57 @@ def knn_accuracy(
     return (pred.cpu() == test_labels.cpu()).float().mean().item()
 
 
-@dataclass
+@dataclass(frozen=True)
+class LinearClassifier:
+    r"""A trained linear probe: standardise with the train statistics, then one linear layer,
+    :math:`\hat y = \arg\max_c\, (W ((x - \mu) / \sigma) + b)_c`.
+
+    Attributes:
+        linear: the ``nn.Linear(D, C)`` layer (on the train features' device).
+        mean, std: (1, D) train-feature statistics.
+        train_accuracy: accuracy on the training features after the final epoch.
+        history: ``{"epoch", "loss"}`` about ten times per run (and after the last epoch).
+
+    One probe scores any number of test sets -- e.g. the joint representation of every subset
+    of present modalities -- without training again.
+    """
+
+    linear: nn.Linear
+    mean: torch.Tensor
+    std: torch.Tensor
+    train_accuracy: float
+    history: list[dict[str, float]]
+
+    @torch.no_grad()
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Class scores (M, C) of features (M, D)."""
+        x = (features.to(self.mean.device) - self.mean) / self.std
+        return self.linear(x)
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        """Predicted classes (M,) of features (M, D)."""
+        return self.logits(features).argmax(1)
+
+    def accuracy(self, features: torch.Tensor, labels: torch.Tensor) -> float:
+        """Top-1 accuracy on ``features`` (M, D) with ``labels`` (M,)."""
+        pred = self.predict(features)
+        return (pred == labels.to(pred.device)).float().mean().item()
+
+
+@dataclass(frozen=True)
 class LinearProbeResult:
-    """Final-epoch test accuracy, the final train accuracy and the per-epoch history."""
+    """Final-epoch test accuracy, the final train accuracy, the per-epoch history and the
+    trained probe (``classifier``: score other test sets with it)."""
 
     test_accuracy: float
     train_accuracy: float
     history: list[dict[str, float]]
+    classifier: LinearClassifier
 
 
-def linear_probe(
+def fit_linear_probe(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
-    test_features: torch.Tensor,
-    test_labels: torch.Tensor,
     num_classes: int,
     *,
     epochs: int = 100,
@@ -100,16 +146,20 @@ def linear_probe(
     weight_decay: float = 0.0,
     seed: int = 0,
     progress: bool = False,
-) -> LinearProbeResult:
-    """Train a linear classifier on frozen features; report the accuracy after the last epoch."""
+) -> LinearClassifier:
+    """Train a linear classifier on frozen features (N, D) with labels (N,) in [0, C).
+
+    Features are standardised with their own mean and std; SGD (momentum 0.9) with a cosine
+    learning rate over ``epochs``, minibatches of ``batch_size`` in an order drawn from
+    ``seed``. Nothing is selected on a test set: the probe is the one after the last epoch.
+    """
     if epochs < 1:
         raise ValueError(f"epochs: expected an integer >= 1, got {epochs!r}")
     dev = train_features.device
     mean = train_features.mean(0, keepdim=True)
     std = train_features.std(0, keepdim=True).clamp_min(1e-6)
     xtr = (train_features - mean) / std
-    xte = (test_features.to(dev) - mean) / std
-    ytr, yte = train_labels.to(dev), test_labels.to(dev)
+    ytr = train_labels.to(dev)
     gen = torch.Generator().manual_seed(seed)
     clf = nn.Linear(xtr.shape[1], num_classes).to(dev)
     with torch.no_grad():
@@ -142,7 +192,25 @@ def linear_probe(
             total += loss.detach() * idx.numel()
         if epoch == epochs - 1 or (epoch + 1) % max(1, epochs // 10) == 0:
             history.append({"epoch": epoch + 1, "loss": float(total) / n})
+    clf.requires_grad_(False)
     with torch.no_grad():
-        test_acc = (clf(xte).argmax(1) == yte).float().mean().item()
         train_acc = (clf(xtr).argmax(1) == ytr).float().mean().item()
-    return LinearProbeResult(test_acc, train_acc, history)
+    return LinearClassifier(clf, mean, std, train_acc, history)
+
+
+def linear_probe(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    **options: Any,
+) -> LinearProbeResult:
+    """Train a linear classifier on frozen features (:func:`fit_linear_probe`, whose keyword
+    arguments ``options`` are: ``epochs``, ``lr``, ``batch_size``, ``weight_decay``, ``seed``,
+    ``progress``); report its accuracy on the test set after the last epoch, and the classifier
+    itself."""
+    clf = fit_linear_probe(train_features, train_labels, num_classes, **options)
+    return LinearProbeResult(
+        clf.accuracy(test_features, test_labels), clf.train_accuracy, clf.history, clf
+    )

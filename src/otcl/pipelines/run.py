@@ -175,6 +175,8 @@ __all__ = [
     "load_checkpoint",
     "check_finite_weights",
     "load_model_weights",
+    "open_run",
+    "restore_model",
     "save_checkpoint",
     "pick_device",
     "amp_dtype",
@@ -300,6 +302,32 @@ def load_model_weights(
         raise ValueError(
             f"run: the checkpoint in {str(where)!r} does not fit its model: {_first_line(e)}"
         ) from None
+
+
+def open_run(
+    run_dir: str | os.PathLike[str], config_cls: Any, resolve: Callable[[Any], Any]
+) -> tuple[Any, dict[str, Any]]:
+    """A finished or interrupted run's config (``resolve(config_cls.from_dict(saved))``: a
+    setting added since the run was saved takes its preset) and checkpoint state.
+
+    NaN/inf weights are refused here, before a pipeline loads any data for the run.
+    """
+    st = load_checkpoint(run_dir)
+    check_finite_weights(st["model"], run_dir)
+    return resolve(config_cls.from_dict(st["config"])), st
+
+
+def restore_model(
+    model: nn.Module,
+    st: dict[str, Any],
+    run_dir: str | os.PathLike[str],
+    device: torch.device | str = "auto",
+) -> nn.Module:
+    """``model`` with the weights of the checkpoint state ``st`` (:func:`load_model_weights`),
+    on ``device`` (``"auto"``: :func:`pick_device`), in eval mode."""
+    load_model_weights(model, st["model"], run_dir)
+    dev = pick_device(device) if isinstance(device, str) else device
+    return model.to(dev).eval()
 
 
 def _format1_globals() -> list[tuple[Any, str]]:
@@ -941,7 +969,8 @@ class EpochTrainer:
         return build(self.cfg.loss.name, **self.loss_params(self.cfg.loss.params)).to(self.device)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        """``optim`` over ``self.model``: lr x batch/128, weight decay on weights (ndim > 1)."""
+        """``optim`` over ``self.model``: lr x batch/128, weight decay on weights (ndim > 1),
+        torch's fused implementation with ``optim.fused`` where this torch and device have one."""
         o = self.cfg.optim
         lr = float(o.lr) * self.batch_size / 128.0
         decay, no_decay = [], []
@@ -952,10 +981,21 @@ class EpochTrainer:
             {"params": decay, "weight_decay": float(o.weight_decay or 0.0)},
             {"params": no_decay, "weight_decay": 0.0},
         ]
+        kwargs: dict[str, Any] = {"lr": lr}
         if o.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov)
-        cls = torch.optim.Adam if o.optimizer == "adam" else torch.optim.AdamW
-        return cls(groups, lr=lr)
+            cls: type[torch.optim.Optimizer] = torch.optim.SGD
+            kwargs.update(momentum=o.momentum, nesterov=o.nesterov)
+        else:
+            cls = torch.optim.Adam if o.optimizer == "adam" else torch.optim.AdamW
+        if o.fused:
+            try:
+                return cls(groups, fused=True, **kwargs)
+            except (RuntimeError, TypeError, ValueError) as e:  # no fused kernel here
+                self.log(
+                    f"optim.fused: torch {torch.__version__} has no fused {o.optimizer} for "
+                    f"{self.device.type} ({_first_line(e)}); using the default implementation"
+                )
+        return cls(groups, **kwargs)
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of the base learning rate at global step ``step`` (warm-up, cosine)."""

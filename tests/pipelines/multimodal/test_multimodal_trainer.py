@@ -87,6 +87,29 @@ def test_linear_probe_option_is_the_shared_linear_probe(make_data):
         make_probe(cfg, data)
 
 
+def test_linear_probe_is_trained_once_for_every_subset(make_data, monkeypatch):
+    """``eval.probe=linear`` trains one probe on the full training representation and scores
+    every subset of present modalities and every noisy copy with it."""
+    from otcl.pipelines.multimodal import trainer as T
+    from otcl.pipelines.probes import fit_linear_probe
+
+    data = make_data()
+    cfg = resolve(mm_config())
+    cfg.eval.probe, cfg.eval.linear_epochs = "linear", 3
+    model = T.make_model(cfg, data)
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return fit_linear_probe(*args, **kwargs)
+
+    monkeypatch.setattr(T, "fit_linear_probe", counted)
+    report = T.evaluate_run_model(cfg, model, data)
+    assert calls == [(data.num_train, cfg.model.latent)]
+    assert len(report["subsets"]) == 7 and report["noise"]
+    assert all(0.0 <= r["metrics"]["accuracy"] <= 1.0 for r in report["subsets"])
+
+
 def test_resume_with_dmm_is_exact(tmp_path, make_data):
     """DMM's lambda draws and the batch order continue exactly after an interruption."""
     data = make_data()
@@ -133,6 +156,11 @@ def test_compare_variants_table_and_reuse(tmp_path, make_data, monkeypatch):
     assert sum("reusing" in line for line in logs) == 4
     with pytest.raises(ValueError, match="DMM is --dmm"):
         compare(cfg, ["dmm"], out=tmp_path / "x")
+    # DMM's per_modality has no effect here (every modality is mixed on its own): refused
+    # before anything is written
+    with pytest.raises(ValueError, match="loss.params.per_modality: does not apply"):
+        compare(cfg, ["infonce"], out=tmp_path / "y", loss_params={"dmm": {"per_modality": True}})
+    assert not (tmp_path / "y").exists()
     cfg.train.epochs = 2
     with pytest.raises(ValueError, match="different configuration"):
         compare(cfg, ["infonce"], seeds=1, out=tmp_path / "cmp", log=lambda s: None)
@@ -184,6 +212,7 @@ def test_cli_train_eval_compare(tmp_path, capsys):
         ("--patches 8", "data.patches: does not apply to dataset 'npz'"),
         ("--set eval.ridge_alpha=2", "eval.ridge_alpha: does not apply to the knn probe"),
         ("--set model.image_arch=mlp", "model.image_arch: does not apply to the modalities"),
+        ("--loss dmm --loss-param per_modality=false", "per_modality: does not apply to the mul"),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, capsys, extra, match):

@@ -102,6 +102,7 @@ def test_compare_bad_input(ml_dir, tmp_path, capsys):
 def test_parallel_workers_give_the_same_numbers(ml_dir, tmp_path):
     """Runs trained by worker processes (forked here to start fast; spawned by default) equal
     in-process runs; two workers share three runs."""
+    from otcl.pipelines.compare import make_run, train_runs
     from otcl.pipelines.recsys import compare as C
     from otcl.pipelines.recsys.config import RecsysConfig
     from otcl.pipelines.recsys.trainer import load_data
@@ -109,16 +110,19 @@ def test_parallel_workers_give_the_same_numbers(ml_dir, tmp_path):
     cfg = RecsysConfig()
     cfg.data.data_dir = str(ml_dir)
     cfg.model.dim, cfg.train.epochs, cfg.train.progress = 8, 1, False
-    pending = []
-    for m in ("cml+dmm", "tt-infonce", "mf-bpr"):
-        c = C.method_config(cfg, C.parse_method(m), 0, {})
-        pending.append((m, 0, c, tmp_path / "par" / m))
-    par = C._train_parallel(pending, 2, lambda s: None, start_method="fork")
-    data = load_data(cfg)
-    for m, _, c, _ in pending:
-        seq = C._train_one(c, tmp_path / "seq" / m, data, lambda s: None)
+    runs = {}
+    for where in ("par", "seq"):
+        runs[where] = [
+            make_run(m, C.method_config(cfg, C.parse_method(m), 0, {}), tmp_path / where)
+            for m in ("cml+dmm", "tt-infonce", "mf-bpr")
+        ]
+    train_runs(C.RecsysRunner(), runs["par"], None, jobs=2, log=lambda s: None,
+               start_method="fork")  # fmt: skip
+    train_runs(C.RecsysRunner(), runs["seq"], load_data(cfg), log=lambda s: None)
+    for a, b in zip(runs["par"], runs["seq"], strict=True):
+        par, seq = (json.loads((r.dir / "summary.json").read_text()) for r in (a, b))
         keys = [k for k in seq if k.startswith("warm/")]
-        assert {k: par[(m, 0)][k] for k in keys} == {k: seq[k] for k in keys}, m
+        assert keys and {k: par[k] for k in keys} == {k: seq[k] for k in keys}, a.method
 
 
 def test_recsys_without_a_verb_prints_its_help(capsys):

@@ -6,11 +6,11 @@ import argparse
 from typing import Any
 
 from ..commands import (
+    add_compare_options,
     add_run_options,
     add_train_options,
-    check_loss_params,
-    config_from_args,
-    loss_params,
+    compare_config,
+    name_list,
     run_train,
 )
 
@@ -122,13 +122,16 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_options(add_run_options(p, single_loss=False))
-    p.add_argument("--losses", metavar="A,B", help="loss names (default: infonce,gca-uot)")
+    add_compare_options(
+        p,
+        names="losses",
+        names_help="loss names (default: infonce,gca-uot)",
+        per="variant",
+        default_out="runs/mm-compare",
+    )
     p.add_argument(
         "--dmm", choices=("both", "on", "off"), default="both", help="with/without DMM (both)"
     )
-    p.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds per variant (3)")
-    p.add_argument("--out", default="runs/mm-compare", metavar="DIR", help="runs/mm-compare")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG plots")
     p.set_defaults(
         handler=cmd_compare,
         distributed=True,
@@ -192,15 +195,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import DEFAULT_LOSSES, compare
     from .config import MultimodalConfig
 
-    cfg = config_from_args(args, MultimodalConfig, FLAGS)
-    shared, specific = loss_params(args.loss_param, per_loss=True)
-    cfg.loss.params.update(shared)
-    losses = (
-        [s.strip() for s in args.losses.split(",") if s.strip()] if args.losses else DEFAULT_LOSSES
+    losses = name_list(args.losses, DEFAULT_LOSSES)
+    # "dmm" is refused by compare (it is the --dmm switch)
+    cfg, specific = compare_config(
+        args, MultimodalConfig, FLAGS, losses, checked=lambda name: name != "dmm"
     )
-    for name in losses:
-        if name != "dmm":
-            check_loss_params(name, {**cfg.loss.params, **specific.get(name, {})})
     compare(
         cfg,
         losses,

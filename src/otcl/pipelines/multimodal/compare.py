@@ -23,7 +23,6 @@ import copy
 import json
 import math
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,42 +32,50 @@ import torch
 
 from ... import __version__
 from ...losses import available
-from ..config import save_config
-from ..distributed import (
-    agreed,
-    broadcast,
-    is_main,
-    local_main_first,
-    main_log,
-    main_then_broadcast,
+from ..compare import (
+    Run,
+    Runner,
+    check_request,
+    comparison_dir,
+    make_run,
+    pyplot,
+    seed_stats,
+    stderr_log,
+    train_runs,
+    write_outputs,
 )
-from ..run import CHECKPOINT, SUMMARY, atomic_write_text, load_checkpoint, pick_device
-from .config import MultimodalConfig, resolve
+from ..config import save_config
+from ..distributed import agreed, broadcast, is_main, local_main_first, main_log
+from ..run import SUMMARY, pick_device
+from .config import MultimodalConfig, check, resolve
 from .trainer import ROBUSTNESS, MultimodalTrainer, load_data, variant_name
 
-__all__ = ["compare", "DEFAULT_LOSSES", "DMM_CHOICES", "format_tables", "plot_results"]
+__all__ = [
+    "compare",
+    "DEFAULT_LOSSES",
+    "DMM_CHOICES",
+    "format_tables",
+    "plot_results",
+    "MultimodalRunner",
+]
 
 #: the losses compared when none are named: the InfoNCE baseline and an OT coupling
 DEFAULT_LOSSES = ("infonce", "gca-uot")
 #: ``both``: each loss with and without DMM; ``on``: with only; ``off``: without only
 DMM_CHOICES = ("both", "off", "on")
 
-#: settings that may differ between a finished run and a new request without invalidating it
-_VOLATILE = (("train", "out"), ("train", "progress"), ("train", "device"), ("train", "threads"))
 
+class MultimodalRunner(Runner):
+    """The runs of ``otcl multimodal compare``: a :class:`MultimodalTrainer` run evaluates
+    itself into ``robustness.json`` after its last epoch."""
 
-def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
-    d = copy.deepcopy(cfg)
-    for sec, key in _VOLATILE:
-        d.get(sec, {}).pop(key, None)
-    return d
+    config_cls = MultimodalConfig
+    trainer_cls = MultimodalTrainer
+    needs = (ROBUSTNESS,)
+    resolve = staticmethod(resolve)
 
-
-def _mean_std(xs: Sequence[float | None]) -> dict[str, float]:
-    v = [x for x in xs if x is not None and not math.isnan(x)]
-    if not v:
-        return {"mean": float("nan"), "std": float("nan")}
-    return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
+    def load_data(self, cfg: MultimodalConfig) -> Any:
+        return load_data(cfg)
 
 
 def _variants(
@@ -107,7 +114,7 @@ def compare(
     Returns:
         the content of ``results.json``.
     """
-    log = main_log(log or (lambda s: print(s, file=sys.stderr)))  # under torchrun: rank 0
+    log = main_log(log or stderr_log)  # under torchrun: rank 0
     if not losses:
         raise ValueError("losses: expected at least one loss name, got none")
     unknown = [n for n in losses if n not in available() or n == "dmm"]
@@ -118,22 +125,10 @@ def compare(
         )
     if dmm not in DMM_CHOICES:
         raise ValueError(f"dmm: expected one of {', '.join(DMM_CHOICES)}, got {dmm!r}")
-    if seeds < 1:
-        raise ValueError(f"seeds: expected an integer >= 1, got {seeds!r}")
     loss_params = loss_params or {}
-    stray = sorted(set(loss_params) - set(losses) - ({"dmm"} if dmm != "off" else set()))
-    if stray:
-        raise ValueError(f"loss_params: parameters given for losses not compared: {stray}")
+    check_request(losses, seeds, loss_params, [*losses, *(["dmm"] if dmm != "off" else [])])
     base = copy.deepcopy(cfg)
-    out = Path(out)
-    with agreed():
-        if is_main():
-            out.mkdir(parents=True, exist_ok=True)
-            save_config(resolve(base), out / "config.yaml")
-    data = local_main_first(lambda: load_data(resolve(base)))
-    names: list[str] = []
-    runs: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
+    variants: dict[str, list[MultimodalConfig]] = {}  # variant -> the config of each seed
     for loss, params in _variants(losses, dmm, loss_params):
         for k in range(seeds):
             run_cfg = copy.deepcopy(base)
@@ -141,60 +136,48 @@ def compare(
             run_cfg.loss.params = {**base.loss.params, **params}
             run_cfg.train.seed = base.train.seed + k
             run_cfg = resolve(run_cfg)
-            variant = variant_name(run_cfg)
-            if variant not in names:
-                names.append(variant)
-                log(f"otcl multimodal compare: {variant} ({seeds} seeds) on {data!r}")
-            run_dir = out / variant / f"seed{run_cfg.train.seed}"
-            run_cfg.train.out = str(run_dir)
-            runs.append({"variant": variant, **_one_run(run_cfg, run_dir, data, log)})
-    results: dict[str, Any] = {}
-    with agreed():  # rank 0 writes and prints the results, the others wait
-        if is_main():
-            results = _aggregate(resolve(base), names, runs, data)
-            results["wall_seconds"] = time.perf_counter() - t0
-            atomic_write_text(out / "results.json", json.dumps(results, indent=2))
-            tables = format_tables(results)
-            print(tables)
-            atomic_write_text(out / "table.md", tables + "\n")
-            if plot:
-                try:
-                    paths = plot_results(results, out)
-                    log("plots: " + ", ".join(str(p) for p in paths))
-                except ImportError:
-                    log("matplotlib is not installed: no plots (pip install 'otcl[train]')")
-            log(f"results: {out / 'results.json'} ({results['wall_seconds']:.0f} s)")
-    return broadcast(results)
+            check(run_cfg)  # every run's settings, before anything is written or trained
+            variants.setdefault(variant_name(run_cfg), []).append(run_cfg)
+    with comparison_dir(out) as out:
+        with agreed():
+            if is_main():
+                save_config(resolve(base), out / "config.yaml")
+        data = local_main_first(lambda: load_data(resolve(base)))
+        t0 = time.perf_counter()
+        grid: list[Run] = []
+        for variant, configs in variants.items():
+            log(f"otcl multimodal compare: {variant} ({seeds} seeds) on {data!r}")
+            runs = [make_run(variant, c, out) for c in configs]
+            train_runs(MultimodalRunner(), runs, data, log=log)
+            grid += runs
+        names = list(variants)
+        results: dict[str, Any] = {}
+        with agreed():  # rank 0 reads the runs back and writes the results
+            if is_main():
+                runs = [_record(run) for run in grid]
+                results = _aggregate(resolve(base), names, runs, data)
+                results["wall_seconds"] = time.perf_counter() - t0
+                write_outputs(
+                    out,
+                    results,
+                    format_tables(results),
+                    plot=(lambda: plot_results(results, out)) if plot else None,
+                    log=log,
+                )
+        return broadcast(results)
 
 
-def _state(cfg: MultimodalConfig, run_dir: Path) -> str:
-    """``"new"``, ``"resume"`` or ``"done"``: what to do with ``run_dir`` (read by rank 0)."""
-    if not (run_dir / CHECKPOINT).exists():
-        return "new"
-    st = load_checkpoint(run_dir)
-    if _comparable(st["config"]) != _comparable(cfg.to_dict()):
-        raise ValueError(
-            f"out: {str(run_dir)!r} holds a run with a different configuration; choose "
-            "another --out (or delete that run)"
-        )
-    done = (run_dir / SUMMARY).exists() and (run_dir / ROBUSTNESS).exists()
-    return "done" if done else "resume"
-
-
-def _one_run(cfg: MultimodalConfig, run_dir: Path, data, log) -> dict[str, Any]:
-    """Train (every rank) and read back (rank 0; {} on the others) one run."""
-    state = main_then_broadcast(lambda: _state(cfg, run_dir))
-    if state == "done":
-        log(f"{run_dir}: finished earlier, reusing its results")
-    else:
-        if state == "resume":
-            log(f"{run_dir}: resuming")
-        MultimodalTrainer(cfg, run_dir, data=data, resume=state == "resume", log=log).fit()
-    if not is_main():
-        return {}
-    summary = json.loads((run_dir / SUMMARY).read_text())
-    report = json.loads((run_dir / ROBUSTNESS).read_text())
-    return {"seed": cfg.train.seed, "dir": str(run_dir), "summary": summary, "report": report}
+def _record(run: Run) -> dict[str, Any]:
+    """A finished run's summary and robustness report."""
+    summary = json.loads((run.dir / SUMMARY).read_text())
+    report = json.loads((run.dir / ROBUSTNESS).read_text())
+    return {
+        "variant": run.method,
+        "seed": run.seed,
+        "dir": str(run.dir),
+        "summary": summary,
+        "report": report,
+    }
 
 
 def _primary(task: str | None) -> str | None:
@@ -211,23 +194,23 @@ def _aggregate(base: MultimodalConfig, names: list[str], runs, data) -> dict[str
         sums = [r["summary"] for r in rs]
         keys = [k for k in sums[0] if k.startswith(("full_", "missing_"))]
         keys += ["R@1", "R@10", "medR", "seconds_per_epoch"]
-        summary = {k: _mean_std([s.get(k) for s in sums]) for k in keys}
+        summary = {k: seed_stats([s.get(k) for s in sums]) for k in keys}
         subset_rows = []
         for i, row in enumerate(reps[0]["subsets"]):
             entry: dict[str, Any] = {"name": row["name"], "present": row["present"]}
             for k in row["metrics"]:
-                entry[k] = _mean_std([rep["subsets"][i]["metrics"][k] for rep in reps])
+                entry[k] = seed_stats([rep["subsets"][i]["metrics"][k] for rep in reps])
             if "retrieval" in row:
-                entry["retrieve_missing_R@1"] = _mean_std(
+                entry["retrieve_missing_R@1"] = seed_stats(
                     [rep["subsets"][i]["retrieval"]["R@1"] for rep in reps]
                 )
             subset_rows.append(entry)
         pairs = {
-            p: {k: _mean_std([rep["retrieval"][p][k] for rep in reps]) for k in m}
+            p: {k: seed_stats([rep["retrieval"][p][k] for rep in reps]) for k in m}
             for p, m in reps[0]["retrieval"].items()
         }
         recall = {
-            k: _mean_std(
+            k: seed_stats(
                 [statistics.fmean(v[k] for v in rep["retrieval"].values()) for rep in reps]
             )
             for k in ("R@1", "R@5", "R@10")
@@ -235,9 +218,9 @@ def _aggregate(base: MultimodalConfig, names: list[str], runs, data) -> dict[str
         noise = []
         for i, row in enumerate(reps[0]["noise"]):
             entry = {"snr_db": row["snr_db"], "noisy": row["noisy"]}
-            entry["mean_R@1"] = _mean_std([rep["noise"][i]["mean_R@1"] for rep in reps])
+            entry["mean_R@1"] = seed_stats([rep["noise"][i]["mean_R@1"] for rep in reps])
             if primary and primary in row["metrics"]:
-                entry[primary] = _mean_std([rep["noise"][i]["metrics"][primary] for rep in reps])
+                entry[primary] = seed_stats([rep["noise"][i]["metrics"][primary] for rep in reps])
             noise.append(entry)
         variants.append(
             {
@@ -332,10 +315,7 @@ def format_tables(results: dict[str, Any]) -> str:
 
 def plot_results(results: dict[str, Any], out: Path) -> list[Path]:
     """``robustness.png`` and ``retrieval.png`` (see the module docstring)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     vs = results["variants"]
     primary = results["primary_metric"]

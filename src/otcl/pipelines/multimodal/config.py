@@ -4,7 +4,8 @@ Every setting of ``otcl multimodal train`` / ``compare`` lives in :class:`Multim
 (saved as ``config.yaml`` in each run). The generic machinery (files, ``section.key=value``
 overrides, the shared ``loss`` / ``optim`` / ``train`` sections) is :mod:`otcl.pipelines.config`;
 this module adds the ``data``, ``model``, ``objective`` and ``eval`` sections and the dataset
-presets that fill the settings left ``None``.
+presets that fill the settings the user did not set (Adam is this pipeline's optimizer unless
+set, as GMC's).
 
 Loss defaults for this pipeline (applied by :func:`resolve` unless set): ``layout="cross"``
 (an N x N modality-vs-modality score matrix, CLIP-style), ``temperature=0.3`` (GMC), and for
@@ -13,11 +14,19 @@ Loss defaults for this pipeline (applied by :func:`resolve` unless set): ``layou
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import ConfigBase, LossConfig, OptimConfig, TrainConfig
+from ..config import (
+    ConfigBase,
+    LossConfig,
+    OptimConfig,
+    Preset,
+    Section,
+    TrainConfig,
+    apply_presets,
+    preset_for,
+)
 from .data import DATASETS
 from .models import FUSIONS, IMAGE_ARCHS, SEQ_ARCHS
 from .objectives import DMM_MIX, OBJECTIVES
@@ -29,7 +38,6 @@ __all__ = [
     "ModelConfig",
     "ObjectiveConfig",
     "EvalConfig",
-    "MultimodalOptimConfig",
     "PRESETS",
     "LOSS_DEFAULTS",
     "PROBES",
@@ -41,7 +49,7 @@ PROBES = ("knn", "linear", "ridge")
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     """Which dataset and how it is read (see :mod:`otcl.pipelines.multimodal.data`).
 
     ``dataset``: ``digits`` (default, bundled), ``mnist``, ``cifar10``, ``cifar100``, ``svhn``,
@@ -66,7 +74,7 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
     """Encoders (one per modality) -> ``hidden`` -> shared head -> ``latent``; fusion."""
 
     hidden: int | None = None
@@ -78,17 +86,18 @@ class ModelConfig:
 
 
 @dataclass
-class ObjectiveConfig:
+class ObjectiveConfig(Section):
     """What is aligned: ``kind`` = ``joint`` (GMC), ``pairwise`` or ``both``."""
 
     kind: str = "joint"
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Section):
     """Probe, missing modalities and noise (see :mod:`otcl.pipelines.multimodal.robustness`).
 
-    ``probe``: ``knn`` (classes, default), ``linear`` (classes; trained once per subset) or
+    ``probe``: ``knn`` (classes, default), ``linear`` (classes; trained once, on the joint
+    representation of the training set with every modality present, and scored on every subset) or
     ``ridge`` (real-valued targets, default for them). ``every``: evaluate the full-modality
     probe every N epochs during training (0 = at the end only).
     """
@@ -106,13 +115,6 @@ class EvalConfig:
 
 
 @dataclass
-class MultimodalOptimConfig(OptimConfig):
-    """The shared optimizer settings with Adam as the default (GMC trains with Adam)."""
-
-    optimizer: str = "adam"
-
-
-@dataclass
 class MultimodalConfig(ConfigBase):
     """Everything that defines a multimodal run."""
 
@@ -120,7 +122,8 @@ class MultimodalConfig(ConfigBase):
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    optim: MultimodalOptimConfig = field(default_factory=MultimodalOptimConfig)
+    #: the shared optimizer settings with Adam as the default (GMC trains with Adam)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(optimizer="adam"))
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -136,7 +139,7 @@ _VECTORS = {
     "train": {"epochs": 50, "batch_size": 128},
 }
 
-#: dataset -> settings used where the config leaves ``None``. Adam with GMC's learning rate
+#: dataset -> settings used where the user set none. Adam with GMC's learning rate
 #: (1e-3 at batch 128; ``optim.lr`` is per 128 samples); digits: 4 x 4 patches through an MLP,
 #: 30 epochs and one CPU thread (tiny matrices: a second thread costs more than it gives, ~10x
 #: on a loaded 2-core machine), so that ``otcl multimodal compare`` runs in minutes on a CPU;
@@ -168,25 +171,16 @@ LOSS_DEFAULTS: dict[str, Any] = {"layout": "cross", "temperature": 0.3}
 DMM_DEFAULTS: dict[str, Any] = {"warmup": 12.0}
 
 
+#: what every dataset's preset builds on
+FALLBACK: Preset = {"model": {"image_arch": "cnn"}}
+
+
 def resolve(cfg: MultimodalConfig) -> MultimodalConfig:
-    """Fill the ``None`` fields from the dataset preset and the loss defaults; a new config."""
-    cfg = copy.deepcopy(cfg)
-    if cfg.data.dataset not in PRESETS:
-        raise ValueError(
-            f"data.dataset: expected one of {', '.join(DATASETS)}, got {cfg.data.dataset!r}"
-        )
-    for section, values in PRESETS[cfg.data.dataset].items():
-        sec = getattr(cfg, section)
-        for k, v in values.items():
-            if getattr(sec, k) is None:
-                setattr(sec, k, copy.deepcopy(v))
-    if cfg.model.image_arch is None:
-        cfg.model.image_arch = "cnn"
-    params = dict(LOSS_DEFAULTS)
-    if cfg.loss.name == "dmm":
-        params.update(DMM_DEFAULTS)
-    cfg.loss.params = {**params, **cfg.loss.params}
-    return cfg
+    """The settings the user did not set from the dataset preset, and the loss defaults under
+    the user's loss parameters; returns a new config."""
+    preset = preset_for(PRESETS, "data.dataset", cfg.data.dataset, DATASETS)
+    params = {**LOSS_DEFAULTS, **(DMM_DEFAULTS if cfg.loss.name == "dmm" else {})}
+    return apply_presets(cfg, FALLBACK, preset, {"loss": {"params": params}})
 
 
 _IMAGE_SETS = ("digits", "mnist", "cifar10", "cifar100", "svhn", "imagefolder")
@@ -241,6 +235,11 @@ def check(cfg: MultimodalConfig) -> None:
             raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
     if cfg.eval.probe is not None and cfg.eval.probe not in PROBES:
         raise ValueError(f"eval.probe: expected one of {', '.join(PROBES)}, got {cfg.eval.probe!r}")
+    if "per_modality" in cfg.loss.params:
+        raise ValueError(
+            "loss.params.per_modality: does not apply to the multimodal pipeline (its DMM "
+            "objective always mixes every modality on its own); leave it unset"
+        )
     if cfg.train.compile:
         raise ValueError(
             "train.compile: not supported by the multimodal pipeline (its encoders are called "

@@ -26,15 +26,8 @@ from typing import Any
 import torch
 
 from ..distributed import local_main_first
-from ..probes import knn_predict, linear_probe
-from ..run import (
-    EpochTrainer,
-    atomic_write_text,
-    check_finite_weights,
-    load_checkpoint,
-    load_model_weights,
-    pick_device,
-)
+from ..probes import fit_linear_probe, knn_predict
+from ..run import EpochTrainer, atomic_write_text, open_run, restore_model
 from .config import EvalConfig, MultimodalConfig, check, check_applies, modality_names, resolve
 from .data import MultimodalData, load_multimodal
 from .models import MultimodalModel, build_model
@@ -135,13 +128,8 @@ def make_probe(cfg: MultimodalConfig, data: MultimodalData, seed: int = 0) -> Pr
         )
 
     def linear(ftr: torch.Tensor, ytr: torch.Tensor, yte: torch.Tensor):
-        def score(fte: torch.Tensor) -> dict[str, float]:
-            r = linear_probe(
-                ftr, ytr, fte, yte, c, epochs=e.linear_epochs, lr=e.linear_lr, seed=seed
-            )
-            return {"accuracy": r.test_accuracy}
-
-        return score
+        clf = fit_linear_probe(ftr, ytr, c, epochs=e.linear_epochs, lr=e.linear_lr, seed=seed)
+        return lambda fte: {"accuracy": clf.accuracy(fte, yte)}  # one probe for every subset
 
     return linear
 
@@ -253,14 +241,10 @@ def load_run(
     run_dir: str | Path, device: str = "auto", data: MultimodalData | None = None
 ) -> tuple[MultimodalConfig, MultimodalModel, MultimodalData, dict[str, Any]]:
     """Rebuild a run's config, trained model (eval mode) and dataset."""
-    st = load_checkpoint(run_dir)
-    check_finite_weights(st["model"], run_dir)  # before the data loads
-    cfg = resolve(MultimodalConfig.from_dict(st["config"]))
+    cfg, st = open_run(run_dir, MultimodalConfig, resolve)
     if data is None:
         data = load_data(cfg)
-    model = make_model(cfg, data)
-    load_model_weights(model, st["model"], run_dir)
-    return cfg, model.to(pick_device(device)).eval(), data, st
+    return cfg, restore_model(make_model(cfg, data), st, run_dir, device), data, st
 
 
 def evaluate_run(

@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..commands import add_run_options, add_train_options, config_from_args, loss_params
-from ..config import from_dict
-from ..run import load_checkpoint
+from ..commands import (
+    add_compare_options,
+    add_run_options,
+    add_train_options,
+    config_from_args,
+    loss_params,
+    name_list,
+    run_train,
+)
 
 __all__ = ["add_parser"]
 
@@ -110,15 +116,14 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_options(add_run_options(p, single_loss=False), single=False)
-    p.add_argument(
-        "--methods",
-        metavar="A,B,...",
-        help="default: popularity,implicit-als,implicit-bpr,mf-bpr,cml,cml+dmm,tt-infonce,"
+    add_compare_options(
+        p,
+        names="methods",
+        names_help="default: popularity,implicit-als,implicit-bpr,mf-bpr,cml,cml+dmm,tt-infonce,"
         "tt-infonce+dmm,tt-gca-uot,tt-gca-uot+dmm (tt-<loss>: two-tower with any otcl loss)",
+        per="method",
+        default_out="runs/recsys-compare",
     )
-    p.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds per method (3)")
-    p.add_argument("--out", default="runs/recsys-compare", metavar="DIR")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
     p.add_argument(
         "--jobs",
         type=int,
@@ -141,23 +146,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import RecsysConfig
     from .trainer import RecsysTrainer, validate
 
-    shared, _ = loss_params(args.loss_param, per_loss=False)
-    if args.resume:
-        if args.out and args.out != args.resume:
-            raise ValueError(
-                "--out: not allowed with --resume (the run continues in its directory)"
-            )
-        st = load_checkpoint(args.resume)
-        base = from_dict(RecsysConfig, st["config"])
-        cfg = config_from_args(args, RecsysConfig, _flags(args), base=base)
-    else:
-        cfg = config_from_args(args, RecsysConfig, _flags(args))
-    cfg.loss.params.update(shared)
-    validate(cfg)
-    trainer = RecsysTrainer(
-        cfg, args.out or args.resume, resume=bool(args.resume), extend=bool(args.extend)
-    )
-    summary = trainer.fit()
+    # its cml and mf models train with losses of their own: checked by validate, not built
+    trainer, summary = run_train(args, RecsysConfig, RecsysTrainer, _flags(args), validate=validate)
     ks = [
         k for k in ("warm/ndcg@10", "warm/recall@10", "warm/hr@10", "warm/map@10") if k in summary
     ]
@@ -166,20 +156,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def default_jobs(cfg: Any) -> int:
-    """Parallel runs of ``compare`` on CPU: the cores, at most 2 (1 on an accelerator)."""
-    import os
-
-    if cfg.train.device not in ("auto", "cpu"):
-        return 1
-    import torch
-
-    if cfg.train.device == "auto" and torch.cuda.is_available():
-        return 1
-    return max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
+    from ..compare import default_jobs
     from .compare import DEFAULT_METHODS, compare
     from .config import RecsysConfig
 
@@ -187,11 +165,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.cold_items is None and not any(s.startswith("data.cold_items") for s in args.set):
         cfg.data.cold_items = 0.1
     shared, specific = loss_params(args.loss_param, per_loss=True)
-    methods = (
-        [s.strip() for s in args.methods.split(",") if s.strip()]
-        if args.methods
-        else list(DEFAULT_METHODS)
-    )
+    methods = name_list(args.methods, DEFAULT_METHODS)
     per_loss = {}
     for m in methods:
         if m.startswith("tt-"):
@@ -202,7 +176,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     stray = sorted(set(specific) - set(per_loss))
     if stray:
         raise ValueError(f"--loss-param: parameters given for losses not compared: {stray}")
-    jobs = args.jobs if args.jobs is not None else default_jobs(cfg)
+    jobs = args.jobs if args.jobs is not None else default_jobs(cfg.train.device)
     compare(
         cfg,
         methods,

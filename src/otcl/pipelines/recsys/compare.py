@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,16 +25,38 @@ import torch
 
 from ... import __version__
 from ...losses import available
+from ..compare import (
+    Run,
+    Runner,
+    check_request,
+    comparison_dir,
+    make_run,
+    mean_std,
+    paired_delta,
+    pyplot,
+    reuse_line,
+    stderr_log,
+    train_runs,
+    write_outputs,
+)
 from ..config import save_config
-from ..run import CHECKPOINT, SUMMARY, TrainingInterrupted, atomic_write_text, load_checkpoint
-from ..ssl.compare import _comparable, _mean_std  # same reuse rule and statistics as otcl compare
+from ..run import SUMMARY, atomic_write_text
 from .baselines import IMPLICIT_MODELS, Popularity, fit_implicit, implicit_available
 from .config import DROP_VARIANTS, RecsysConfig, resolve
-from .data import Ratings, Split
+from .data import Split
 from .metrics import rank_metrics
 from .trainer import RecsysTrainer, load_data, validate
 
-__all__ = ["compare", "DEFAULT_METHODS", "parse_method", "format_table", "plot_results"]
+__all__ = [
+    "compare",
+    "DEFAULT_METHODS",
+    "parse_method",
+    "method_config",
+    "aggregate",
+    "format_table",
+    "plot_results",
+    "RecsysRunner",
+]
 
 #: what ``otcl recsys compare`` runs when no methods are named
 DEFAULT_METHODS = (
@@ -99,37 +120,25 @@ def method_config(
     return resolve(cfg)
 
 
-def _finished(cfg: RecsysConfig, run_dir: Path) -> dict[str, Any] | None:
-    """The summary of a finished run of ``cfg`` in ``run_dir``; None if it must (re)start.
+class RecsysRunner(Runner):
+    """The trained runs of ``otcl recsys compare`` (:class:`RecsysTrainer`; the baselines have
+    no training loop and no checkpoint)."""
 
-    A checkpoint of other settings is an error (nothing is overwritten).
-    """
-    ckpt = run_dir / CHECKPOINT
-    if not ckpt.exists():
-        return None
-    st = load_checkpoint(ckpt)
-    if _comparable(st["config"]) != _comparable(cfg.to_dict()):
-        raise ValueError(
-            f"out: {str(run_dir)!r} holds a run with other settings; use another --out "
-            "or remove that directory"
-        )
-    if st.get("done") and (run_dir / SUMMARY).exists():
-        return json.loads((run_dir / SUMMARY).read_text())
-    return None
+    config_cls = RecsysConfig
+    trainer_cls = RecsysTrainer
+    resolve = staticmethod(resolve)
 
+    def load_data(self, cfg: RecsysConfig) -> Any:
+        return load_data(cfg)
 
-def _train_one(
-    cfg: RecsysConfig, run_dir: Path, data: tuple[Ratings, Split], log: Callable[[str], None]
-) -> dict[str, Any]:
-    """Train (or reuse / resume) one run; returns its summary."""
-    summary = _finished(cfg, run_dir)
-    if summary is not None:
-        log(f"reusing {run_dir}")
-        return summary
-    resume = (run_dir / CHECKPOINT).exists()
-    if resume:
-        log(f"resuming {run_dir}")
-    return RecsysTrainer(cfg, run_dir, data=data, resume=resume, log=log).fit()
+    def describe(self, summary: dict[str, Any]) -> str:
+        score = summary.get("warm/ndcg@10")
+        return "" if score is None else f", ndcg@10 {score:.4f}"
+
+    def cost(self, run: Run) -> float:
+        """CML's K negatives first, then the two-tower's OT losses, then InfoNCE, then MF."""
+        c = run.cfg
+        return -({"cml": 0, "two-tower": 1, "mf": 3}[c.model.kind] + (c.loss.name == "infonce"))
 
 
 def _baseline_one(
@@ -138,7 +147,7 @@ def _baseline_one(
     """Fit and evaluate a baseline (no training loop), reusing a finished result."""
     path = run_dir / SUMMARY
     if path.exists():
-        log(f"reusing {run_dir}")
+        log(reuse_line(run_dir))
         return json.loads(path.read_text())
     t0 = time.perf_counter()
     if name == "popularity":
@@ -172,118 +181,6 @@ def _baseline_one(
     return summary
 
 
-def _worker(conn: Any) -> None:
-    """A worker process: trains the runs it receives one at a time (the data loaded once).
-
-    Each result is the run's ``summary.json``; the worker answers ``"done"``. Ctrl-C (or
-    SIGTERM) reaches the worker too: the running trainer saves its checkpoint at the end of the
-    step and the worker exits with status 130 (143); the run resumes when the comparison is
-    run again.
-    """
-    torch.set_num_threads(1)
-    loaded: tuple[str, Any] = ("", None)
-    try:
-        while True:
-            task = conn.recv()
-            if task is None:
-                return
-            cfg_dict, run_dir = task
-            cfg = RecsysConfig.from_dict(cfg_dict)
-            key = json.dumps(cfg_dict["data"], sort_keys=True)
-            if loaded[0] != key:
-                loaded = (key, load_data(cfg))
-            tag = f"[{Path(run_dir).parent.name}/{Path(run_dir).name}]"
-            _train_one(
-                cfg, Path(run_dir), loaded[1], lambda s, t=tag: print(f"{t} {s}", file=sys.stderr)
-            )
-            conn.send("done")
-    except TrainingInterrupted as e:
-        sys.exit(e.exit_status)
-    except (KeyboardInterrupt, EOFError):
-        sys.exit(130)
-
-
-def _train_parallel(
-    pending: list[tuple[str, int, RecsysConfig, Path]],
-    jobs: int,
-    log: Callable[[str], None],
-    start_method: str = "spawn",
-) -> dict[tuple[str, int], dict[str, Any]]:
-    """Train ``pending`` runs in ``jobs`` worker processes, each taking one run at a time.
-
-    ``spawn`` by default (a fresh interpreter, safe with torch's threads). A run is handed to a
-    worker only when it is idle, so after a Ctrl-C no new run starts: the running ones save
-    their checkpoints, every worker exits, and ``KeyboardInterrupt`` is re-raised here.
-    """
-    import multiprocessing as mp
-    from multiprocessing.connection import wait
-
-    done: dict[tuple[str, int], dict[str, Any]] = {}
-    if not pending:
-        return done
-    n_workers = min(jobs, len(pending))
-    log(f"training {len(pending)} runs in {n_workers} worker processes")
-    # longest runs first (CML's K negatives, then OT losses), so no worker idles at the end
-    cost = {"cml": 0, "two-tower": 1, "mf": 3}
-    queue = sorted(pending, key=lambda r: cost[r[2].model.kind] + (r[2].loss.name == "infonce"))
-    ctx = mp.get_context(start_method)
-    workers = []
-    busy: dict[Any, tuple[str, int, Path]] = {}
-    failed: list[str] = []
-    t0 = time.perf_counter()
-
-    def assign(conn: Any) -> None:
-        if queue and not failed:
-            m, k, c, run_dir = queue.pop(0)
-            c = copy.deepcopy(c)
-            c.train.progress = False  # one line per finished run here instead of bars
-            conn.send((c.to_dict(), str(run_dir)))
-            busy[conn] = (m, k, run_dir)
-
-    try:
-        for _ in range(n_workers):
-            conn, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child,))
-            proc.start()
-            child.close()
-            workers.append((proc, conn))
-            assign(conn)
-        while busy:
-            for conn in wait(list(busy)):
-                m, k, run_dir = busy.pop(conn)
-                try:
-                    conn.recv()
-                except EOFError:  # the worker died; its error is above
-                    failed.append(str(run_dir))
-                    continue
-                done[(m, k)] = summary = json.loads((run_dir / SUMMARY).read_text())
-                score = summary.get("warm/ndcg@10")
-                note = "" if score is None else f", ndcg@10 {score:.4f}"
-                log(
-                    f"[{len(done)}/{len(pending)}] {run_dir.parent.name}/{run_dir.name} done "
-                    f"in {summary.get('train_seconds', 0.0):.0f} s{note} "
-                    f"({time.perf_counter() - t0:.0f} s elapsed)"
-                )
-                assign(conn)
-        for proc, conn in workers:
-            if proc.is_alive():
-                conn.send(None)
-            proc.join()
-    except KeyboardInterrupt:
-        for proc, _ in workers:  # they got the Ctrl-C too: a running run saves its checkpoint
-            proc.join()
-        raise
-    except BaseException:  # SIGTERM or an error here: the workers checkpoint on SIGTERM too
-        for proc, _ in workers:
-            if proc.is_alive():
-                proc.terminate()
-            proc.join()
-        raise
-    if failed:
-        raise RuntimeError(f"compare: run(s) failed, see the errors above: {', '.join(failed)}")
-    return done
-
-
 def compare(
     cfg: RecsysConfig,
     methods: Sequence[str] = DEFAULT_METHODS,
@@ -308,19 +205,15 @@ def compare(
     Returns:
         the content of ``results.json``.
     """
-    log = log or (lambda s: print(s, file=sys.stderr))
-    if not methods:
-        raise ValueError("methods: expected at least one method, got none")
-    if seeds < 1:
-        raise ValueError(f"seeds: expected an integer >= 1, got {seeds!r}")
+    log = log or stderr_log
     if jobs < 1:
         raise ValueError(f"jobs: expected an integer >= 1, got {jobs!r}")
+    if not methods:
+        raise ValueError("methods: expected at least one method, got none")
     parsed = {m: parse_method(m) for m in methods}
     loss_params = loss_params or {}
     used = {p["loss"] for p in parsed.values() if p.get("kind") == "two-tower"}
-    stray = sorted(set(loss_params) - used)
-    if stray:
-        raise ValueError(f"loss_params: parameters given for losses not compared: {stray}")
+    check_request(methods, seeds, loss_params, used, what="methods", item="method")
     skipped = {}
     if not implicit_available():
         for m, p in parsed.items():
@@ -335,62 +228,51 @@ def compare(
     }
     for c in configs.values():
         validate(c)
-    out = Path(out)
-    data = load_data(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    log(f"otcl recsys compare: {data[0]!r}, {data[1]!r}; {len(methods)} methods x {seeds} seeds")
-    t_start = time.perf_counter()
-    runs: dict[str, list[dict[str, Any]]] = {}
-    pending: list[tuple[str, int, RecsysConfig, Path]] = []
-    for m, p in parsed.items():
-        if m in skipped:
-            log(f"skipping {m}: {skipped[m]}")
-            continue
-        runs[m] = [{} for _ in range(seeds)]
-        for k in range(seeds):
-            seed = cfg.train.seed + k
-            run_dir = out / m / f"seed{seed}"
-            if "baseline" in p:
-                runs[m][k] = _baseline_one(p["baseline"], cfg, seed, run_dir, data[1], log)
-            else:
-                c = copy.deepcopy(configs[(m, k)])
-                c.train.out = str(run_dir)
-                done = _finished(c, run_dir) if jobs > 1 else None
-                if done is not None:
-                    log(f"reusing {run_dir}")
-                    runs[m][k] = done
+    with comparison_dir(out) as out:
+        data = load_data(cfg)
+        save_config(cfg, out / "config.yaml")
+        n = len(methods)
+        log(f"otcl recsys compare: {data[0]!r}, {data[1]!r}; {n} methods x {seeds} seeds")
+        t_start = time.perf_counter()
+        runs: dict[str, list[dict[str, Any]]] = {}
+        trained: list[Run] = []
+        for m, p in parsed.items():
+            if m in skipped:
+                log(f"skipping {m}: {skipped[m]}")
+                continue
+            runs[m] = [{} for _ in range(seeds)]
+            for k in range(seeds):
+                seed = cfg.train.seed + k
+                if "baseline" in p:
+                    run_dir = out / m / f"seed{seed}"
+                    runs[m][k] = _baseline_one(p["baseline"], cfg, seed, run_dir, data[1], log)
                 else:
-                    pending.append((m, k, c, run_dir))
-    if jobs == 1:
-        for m, k, c, run_dir in pending:
-            runs[m][k] = _train_one(c, run_dir, data, log)
-    else:
-        for (m, k), summary in _train_parallel(pending, jobs, log).items():
-            runs[m][k] = summary
-    ks = [int(k) for k in cfg.eval.ks]
-    results = aggregate(runs, skipped, 10 if 10 in ks else max(ks))
-    results.update(
-        {
-            "dataset": data[0].name,
-            "split": repr(data[1]),
-            "seeds": seeds,
-            "wall_seconds": time.perf_counter() - t_start,
-            "torch": torch.__version__,
-            "otcl": __version__,
-            "threads": torch.get_num_threads(),
-        }
-    )
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
-    table = format_table(results)
-    print(table)
-    atomic_write_text(out / "table.md", table + "\n")
-    if plot:
-        try:
-            log(f"plot: {plot_results(results, out)}")
-        except ImportError:
-            log("matplotlib is not installed: no plot (pip install 'otcl[train]')")
-    log(f"results: {out / 'results.json'}")
+                    trained.append(make_run(m, configs[(m, k)], out))
+        train_runs(RecsysRunner(), trained, data, jobs=jobs, log=log)
+        for run in trained:
+            runs[run.method][run.seed - cfg.train.seed] = json.loads(
+                (run.dir / SUMMARY).read_text()
+            )
+        ks = [int(k) for k in cfg.eval.ks]
+        results = aggregate(runs, skipped, 10 if 10 in ks else max(ks))
+        results.update(
+            {
+                "dataset": data[0].name,
+                "split": repr(data[1]),
+                "seeds": seeds,
+                "wall_seconds": time.perf_counter() - t_start,
+                "torch": torch.__version__,
+                "otcl": __version__,
+                "threads": torch.get_num_threads(),
+            }
+        )
+        write_outputs(
+            out,
+            results,
+            format_table(results),
+            plot=(lambda: [plot_results(results, out)]) if plot else None,
+            log=log,
+        )
     return results
 
 
@@ -403,40 +285,28 @@ def aggregate(
         names = sorted({n for r in rs for n, v in r.items() if "/" in n and isinstance(v, float)})
         stats = {}
         for name in names:
-            mean, std = _mean_std([r.get(name, float("nan")) for r in rs])
+            mean, std = mean_std([r.get(name, float("nan")) for r in rs])
             stats[name] = {"mean": mean, "std": std, "per_seed": [r.get(name) for r in rs]}
-        secs = _mean_std([r.get("train_seconds", float("nan")) for r in rs])
+        secs = mean_std([r.get("train_seconds", float("nan")) for r in rs])
         methods[m] = {"metrics": stats, "train_seconds": secs[0], "seeds": [r["seed"] for r in rs]}
     deltas = {}
     for m in runs:
         if m.endswith("+dmm") and m[: -len("+dmm")] in runs:
             base = m[: -len("+dmm")]
-            d = {}
-            for key in (f"warm/recall@{k}", f"warm/ndcg@{k}"):
-                a = [r.get(key) for r in runs[base]]
-                b = [r.get(key) for r in runs[m]]
-                diffs = [
-                    y - x for x, y in zip(a, b, strict=False) if x is not None and y is not None
-                ]
-                mean, std = _mean_std(diffs)
-                ref = _mean_std([x for x in a if x is not None])[0]
-                d[key] = {
-                    "delta": mean,
-                    "delta_std": std,
-                    "relative": mean / ref if ref else float("nan"),
-                    "per_seed": diffs,
-                }
-            deltas[m] = d
+            deltas[m] = {
+                key: paired_delta([r.get(key) for r in runs[base]], [r.get(key) for r in runs[m]])
+                for key in (f"warm/recall@{k}", f"warm/ndcg@{k}")
+            }
     drops: dict[str, Any] = {}
     for m, rs in runs.items():
         for variant in (*DROP_VARIANTS, "cold"):
             key = f"{variant}/ndcg@{k}"
             if all(key in r for r in rs) and rs:
                 if variant == "cold":
-                    drops.setdefault(m, {})[variant] = _mean_std([r[key] for r in rs])[0]
+                    drops.setdefault(m, {})[variant] = mean_std([r[key] for r in rs])[0]
                 else:
                     diffs = [r[f"warm/ndcg@{k}"] - r[key] for r in rs]
-                    drops.setdefault(m, {})[variant] = _mean_std(diffs)[0]
+                    drops.setdefault(m, {})[variant] = mean_std(diffs)[0]
     return {
         "methods": methods,
         "k": k,
@@ -492,10 +362,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 def plot_results(results: dict[str, Any], out: Path) -> Path:
     """``recsys.png``: nDCG@10 and Recall@10 per method (error bars: seed std) and drops."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(results["methods"])
     fig, axes = plt.subplots(1, 3, figsize=(17, 5))

@@ -2,16 +2,23 @@
 
 Built on the shared config machinery (:mod:`otcl.pipelines.config`): YAML/TOML files,
 ``--set section.key=value``, the resolved config saved as ``config.yaml`` in every run. Settings
-left ``None`` take the preset of the model kind (:data:`PRESETS`).
+the user did not set take the preset of the model kind (:data:`PRESETS`).
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import ConfigBase, LossConfig, OptimConfig, TrainConfig
+from ..config import (
+    ConfigBase,
+    LossConfig,
+    OptimConfig,
+    Section,
+    TrainConfig,
+    apply_presets,
+    preset_for,
+)
 from .data import MOVIELENS, SPLITS
 from .metrics import USER_CONVENTIONS
 from .models import ITEM_FEATURES, MODELS, USER_FEATURES
@@ -37,7 +44,7 @@ DROP_VARIANTS = {
 
 
 @dataclass
-class RecsysDataConfig:
+class RecsysDataConfig(Section):
     """Ratings and the split.
 
     ``dataset``: ``ml-100k``, ``ml-1m`` (downloaded into ``cache_dir`` unless ``data_dir`` is a
@@ -59,7 +66,7 @@ class RecsysDataConfig:
 
 
 @dataclass
-class RecsysModelConfig:
+class RecsysModelConfig(Section):
     """The model: ``kind`` ``cml`` | ``two-tower`` | ``mf``.
 
     ``features``: comma-separated side features (``age,gender,occupation`` for users,
@@ -83,7 +90,7 @@ class RecsysModelConfig:
 
 
 @dataclass
-class RecsysDMMConfig:
+class RecsysDMMConfig(Section):
     """Dynamic mixed margin around the model's loss (users mixed in embedding space).
 
     Defaults of DMM's recommender code: ``lam_range`` (0, 0.5), the reversed batch as partner,
@@ -101,7 +108,7 @@ class RecsysDMMConfig:
 
 
 @dataclass
-class RecsysEvalConfig:
+class RecsysEvalConfig(Section):
     """Full ranking of all candidate items.
 
     ``users``: ``positive`` (average over users with a relevant test item) or ``all`` (DMM's
@@ -120,20 +127,21 @@ class RecsysEvalConfig:
 @dataclass
 class RecsysConfig(ConfigBase):
     """Everything that defines one recommendation run (``loss.name`` empty: the model's default
-    loss; ``optim``: Adam at a constant rate, as DMM's recommender code)."""
+    loss; ``optim``: Adam at a constant rate, as DMM's recommender code, fused: the embedding
+    tables are the whole model and a CPU step is mostly the optimizer's passes over them)."""
 
     data: RecsysDataConfig = field(default_factory=RecsysDataConfig)
     model: RecsysModelConfig = field(default_factory=RecsysModelConfig)
     loss: LossConfig = field(default_factory=lambda: LossConfig(name=""))
     dmm: RecsysDMMConfig = field(default_factory=RecsysDMMConfig)
     optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(optimizer="adam", schedule="constant")
+        default_factory=lambda: OptimConfig(optimizer="adam", schedule="constant", fused=True)
     )
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: RecsysEvalConfig = field(default_factory=RecsysEvalConfig)
 
 
-#: model kind -> settings used where the config leaves ``None``: CML as DMM's recommender code
+#: model kind -> settings used where the user set none: CML as DMM's recommender code
 #: (dim 256, K = 10, batch 256, Adam) but at twice its rate (1e-3 per 128 samples = 2e-3) and 6
 #: epochs instead of 200, so that `otcl recsys compare` fits 10 minutes of a 2-core CPU; the
 #: two-tower and MF settings were picked on ML-100K. One thread per run: the steps are small
@@ -174,7 +182,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-#: the loss each model kind trains with by default
+#: the loss each model kind trains with unless the user names one
 DEFAULT_LOSS = {"cml": "triplet", "two-tower": "infonce", "mf": "bpr"}
 
 #: two-tower loss parameters used unless set (cosine scores of sparse feedback want a sharper
@@ -192,22 +200,14 @@ def parse_features(text: str | None, has_users: bool, has_items: bool) -> tuple[
 
 
 def resolve(cfg: RecsysConfig) -> RecsysConfig:
-    """Fill the ``None`` settings from the preset of ``model.kind``; returns a new config."""
-    cfg = copy.deepcopy(cfg)
+    """The settings the user did not set from the preset of ``model.kind`` (the kind's loss,
+    and for the two-tower its loss parameters under the user's); returns a new config."""
     kind = cfg.model.kind
-    if kind not in MODELS:
-        raise ValueError(f"model.kind: expected one of {', '.join(MODELS)}, got {kind!r}")
-    for section, values in PRESETS[kind].items():
-        sec = getattr(cfg, section)
-        for k, v in values.items():
-            if getattr(sec, k) is None:
-                setattr(sec, k, copy.deepcopy(v))
-    if not cfg.loss.name:
-        cfg.loss.name = DEFAULT_LOSS[kind]
+    preset = preset_for(PRESETS, "model.kind", kind, MODELS)
+    loss: dict[str, Any] = {"name": DEFAULT_LOSS[kind]}
     if kind == "two-tower":
-        for k, v in TWO_TOWER_LOSS_PARAMS.items():
-            cfg.loss.params.setdefault(k, v)
-    return cfg
+        loss["params"] = TWO_TOWER_LOSS_PARAMS
+    return apply_presets(cfg, preset, {"loss": loss})
 
 
 def check(cfg: RecsysConfig) -> None:

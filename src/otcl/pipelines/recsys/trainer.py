@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..distributed import local_main_first
-from ..run import EpochTrainer, derive_seed, load_checkpoint, load_model_weights
+from ..run import EpochTrainer, derive_seed, open_run, restore_model
 from .config import DROP_VARIANTS, RecsysConfig, check, parse_features, resolve
 from .data import NegativeSampler, Ratings, Split, load_ratings, split
 from .metrics import rank_metrics
@@ -224,19 +224,6 @@ class RecsysTrainer(EpochTrainer):
             raise ValueError(f"data: only {n} positive training pair(s); need at least 2")
         self.steps_per_epoch = n // self.batch_size
 
-    def build_optimizer(self) -> torch.optim.Optimizer:
-        """The shared optimizer; Adam/AdamW fused (one kernel per step: the embedding tables are
-        the whole model and a CPU step is mostly the optimizer's passes over them)."""
-        opt = super().build_optimizer()
-        if not isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)):
-            return opt
-        keep = ("params", "lr", "weight_decay", "betas", "eps")
-        groups = [{k: v for k, v in g.items() if k in keep} for g in opt.param_groups]
-        try:
-            return type(opt)(groups, fused=True)
-        except (RuntimeError, ValueError):  # a device/dtype without the fused kernel
-            return opt
-
     def compute_loss(self, epoch: int, step: int) -> torch.Tensor:
         # the global batch on every rank (its negatives drawn as in one process); the
         # objective keeps this rank's rows of it
@@ -307,11 +294,9 @@ def load_run(
     run_dir: str | Path, device: str = "cpu"
 ) -> tuple[RecsysConfig, RecModel, Ratings, Split, torch.Tensor | None]:
     """Rebuild a run's config, model (eval mode), ratings, split and ranking prior."""
-    st = load_checkpoint(run_dir)
-    cfg = resolve(RecsysConfig.from_dict(st["config"]))
+    cfg, st = open_run(run_dir, RecsysConfig, resolve)
     data, s = load_data(cfg)
-    model = build_recsys_model(cfg, data)
-    load_model_weights(model, st["model"], run_dir)
+    model = restore_model(build_recsys_model(cfg, data), st, run_dir, device)
     loss = make_loss(cfg.model.kind, objective_spec(cfg))
     temperature = getattr(getattr(loss, "base", loss), "temperature", None)
-    return cfg, model.to(device).eval(), data, s, ranking_prior(cfg, s, temperature)
+    return cfg, model, data, s, ranking_prior(cfg, s, temperature)

@@ -6,11 +6,11 @@ import argparse
 from typing import Any
 
 from ..commands import (
+    add_compare_options,
     add_run_options,
     add_train_options,
-    check_loss_params,
-    config_from_args,
-    loss_params,
+    compare_config,
+    name_list,
     run_train,
 )
 
@@ -101,15 +101,14 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_data_options(add_run_options(p, single_loss=False))
-    p.add_argument(
-        "--losses",
-        metavar="A,B,...",
-        help="comma-separated loss names (default: infonce,iot-uni,gca-ince,gca-rince,gca-uot,"
-        "hcl,ot-hard,dmm)",
+    add_compare_options(
+        p,
+        names="losses",
+        names_help="comma-separated loss names (default: infonce,iot-uni,gca-ince,gca-rince,"
+        "gca-uot,hcl,ot-hard,dmm)",
+        per="loss",
+        default_out="runs/compare",
     )
-    p.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds per loss (default 3)")
-    p.add_argument("--out", default="runs/compare", metavar="DIR", help="default runs/compare")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG plots")
     p.set_defaults(
         handler=cmd_compare,
         distributed=True,
@@ -165,14 +164,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import DEFAULT_LOSSES, compare
     from .config import Config
 
-    cfg = config_from_args(args, Config, FLAGS)
-    shared, specific = loss_params(args.loss_param, per_loss=True)
-    cfg.loss.params.update(shared)
-    losses = (
-        [s.strip() for s in args.losses.split(",") if s.strip()] if args.losses else DEFAULT_LOSSES
-    )
-    for name in losses:
-        if name in available():
-            check_loss_params(name, {**cfg.loss.params, **specific.get(name, {})})
+    losses = name_list(args.losses, DEFAULT_LOSSES)
+    # an unknown loss is named by compare, with the choices
+    cfg, specific = compare_config(args, Config, FLAGS, losses, checked=available().__contains__)
     compare(cfg, losses, args.seeds, args.out, loss_params=specific, plot=not args.no_plot)
     return 0

@@ -6,9 +6,8 @@ comparison restarts where it stopped. The table gives mean +- std over seeds; ``
 holds every number, ``accuracy.png`` the accuracies with error bars and ``curves.png`` the
 training curves (normalised loss and kNN accuracy per epoch).
 
-Under ``torchrun`` every run is trained by all the processes (the global batch split over them,
-see :mod:`otcl.pipelines.run`); rank 0 decides which runs to reuse or resume, evaluates them
-and writes the table, results and plots.
+Under ``torchrun`` every run is trained by all the processes (the global batch split over them);
+rank 0 decides which runs to reuse or resume, evaluates them and writes the results.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import copy
 import json
 import math
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,51 +25,49 @@ import torch
 
 from ... import __version__
 from ...losses import available
-from .._signals import deferred_signals
+from ..compare import (
+    Run,
+    Runner,
+    check_request,
+    comparison_dir,
+    make_run,
+    mean_std,
+    pyplot,
+    stderr_log,
+    train_run,
+    write_outputs,
+)
 from ..config import save_config
-from ..distributed import (
-    agreed,
-    broadcast,
-    is_main,
-    local_main_first,
-    main_log,
-    main_then_broadcast,
-)
-from ..run import (
-    CHECKPOINT,
-    METRICS,
-    SUMMARY,
-    RunLock,
-    atomic_write_text,
-    load_checkpoint,
-    prepare_run_dir,
-    read_jsonl,
-)
+from ..distributed import agreed, broadcast, is_main, local_main_first, main_log
+from ..run import METRICS, SUMMARY, read_jsonl
 from .config import Config, resolve
 from .evaluate import evaluate_run
 from .trainer import SSLTrainer, load_data
 
-__all__ = ["compare", "DEFAULT_LOSSES", "format_table", "plot_results"]
+__all__ = ["compare", "DEFAULT_LOSSES", "format_table", "plot_results", "SSLRunner"]
 
 #: the losses ``otcl compare`` runs when none are named
 DEFAULT_LOSSES = ("infonce", "iot-uni", "gca-ince", "gca-rince", "gca-uot", "hcl", "ot-hard", "dmm")
 
-#: settings that may differ between a finished run and a new request without invalidating it
-_VOLATILE = {("train", "out"), ("train", "progress"), ("train", "device"), ("train", "threads")}
 
+class SSLRunner(Runner):
+    """The runs of ``otcl compare``: :class:`SSLTrainer`, then ``otcl eval`` (``eval.json``)."""
 
-def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
-    d = copy.deepcopy(cfg)
-    for sec, key in _VOLATILE:
-        d.get(sec, {}).pop(key, None)
-    return d
+    config_cls = Config
+    trainer_cls = SSLTrainer
+    resolve = staticmethod(resolve)
 
+    def __init__(self, evaluate: bool = True) -> None:
+        self.evaluate = evaluate
+        self.needs = ("eval.json",) if evaluate else ()
 
-def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
-    xs = [x for x in xs if x is not None and not math.isnan(x)]
-    if not xs:
-        return float("nan"), float("nan")
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+    def load_data(self, cfg: Config) -> Any:
+        return load_data(cfg, progress=cfg.train.progress)
+
+    def finish(self, run: Run, data: Any) -> None:
+        if self.evaluate:
+            c = run.cfg.train
+            evaluate_run(str(run.dir), device=c.device, data=data, progress=c.progress)
 
 
 def compare(
@@ -94,34 +90,20 @@ def compare(
     Returns:
         the content of ``results.json``.
     """
-    log = main_log(log or (lambda s: print(s, file=sys.stderr)))  # under torchrun: rank 0
+    log = main_log(log or stderr_log)  # under torchrun: rank 0
     unknown = [name for name in losses if name not in available()]
     if unknown:
         raise ValueError(
             f"losses: unknown loss(es) {', '.join(unknown)}; expected names from: "
             f"{', '.join(available())}"
         )
-    if not losses:
-        raise ValueError("losses: expected at least one loss name, got none")
-    if seeds < 1:
-        raise ValueError(f"seeds: expected an integer >= 1, got {seeds!r}")
     loss_params = loss_params or {}
-    stray = sorted(set(loss_params) - set(losses))
-    if stray:
-        raise ValueError(f"loss_params: parameters given for losses not compared: {stray}")
+    check_request(losses, seeds, loss_params, losses)
     base = resolve(cfg)
     if base.eval.knn_every == 0:  # kNN curves for the plot, about 10 points per run
         base.eval.knn_every = max(1, int(base.train.epochs or 1) // 10)
-    lock = None
-    with agreed():
-        if is_main():
-            out = prepare_run_dir(out)  # a bad --out fails before the data loads
-            lock = RunLock(out)  # one comparison writes a directory at a time
-    try:
-        return _compare(base, losses, seeds, Path(out), loss_params, evaluate, plot, log)
-    finally:
-        if lock is not None:
-            lock.release()
+    with comparison_dir(out) as out:  # a bad --out fails before the data loads
+        return _compare(base, losses, seeds, out, loss_params, evaluate, plot, log)
 
 
 def _compare(
@@ -139,87 +121,53 @@ def _compare(
             save_config(base, out / "config.yaml")
     data = local_main_first(lambda: load_data(base, progress=base.train.progress and is_main()))
     log(f"otcl compare: {data!r}; losses {', '.join(losses)}; {seeds} seed(s); out {out}")
-    runs: list[dict[str, Any]] = []
-    t_start = time.perf_counter()
+    grid: list[Run] = []
     for name in losses:
         for k in range(seeds):
             run_cfg = copy.deepcopy(base)
             run_cfg.loss.name = name
             run_cfg.loss.params = {**base.loss.params, **loss_params.get(name, {})}
             run_cfg.train.seed = base.train.seed + k
-            run_dir = out / name / f"seed{run_cfg.train.seed}"
-            run_cfg.train.out = str(run_dir)
-            runs.append(_one_run(run_cfg, run_dir, data, evaluate, log))
+            grid.append(make_run(name, run_cfg, out))
+    t_start = time.perf_counter()
+    runs = []
+    runner = SSLRunner(evaluate)
+    for run in grid:  # each run's numbers show as it finishes
+        train_run(runner, run, data, log)
+        if is_main():
+            runs.append(_record(run, evaluate, log))
     results: dict[str, Any] = {}
-    with agreed():  # rank 0 writes and prints the results, the others wait
+    with agreed():  # rank 0 writes the results, the others wait for them
         if is_main():
             results = _aggregate(base, losses, runs, data)
             results["wall_seconds"] = time.perf_counter() - t_start
-            atomic_write_text(out / "results.json", json.dumps(results, indent=2))
-            table = format_table(results)
-            print(table)
-            atomic_write_text(out / "table.md", table + "\n")
-            if plot:
-                try:
-                    paths = plot_results(results, runs, out)
-                    log("plots: " + ", ".join(str(p) for p in paths))
-                except ImportError:
-                    log("matplotlib is not installed: no plots (pip install 'otcl[train]')")
-            log(f"results: {out / 'results.json'}")
+            write_outputs(
+                out,
+                results,
+                format_table(results),
+                plot=(lambda: plot_results(results, runs, out)) if plot else None,
+                log=log,
+            )
     return broadcast(results)
 
 
-def _state(cfg: Config, run_dir: Path, evaluate: bool) -> str:
-    """``"new"``, ``"resume"`` or ``"done"``: what to do with ``run_dir`` (read by rank 0)."""
-    ckpt = run_dir / CHECKPOINT
-    if not ckpt.exists():
-        return "new"
-    st = load_checkpoint(ckpt)
-    # the saved config resolved as today (a setting added since then takes its preset)
-    saved = resolve(Config.from_dict(st["config"])).to_dict()
-    if _comparable(saved) != _comparable(resolve(cfg).to_dict()):
-        raise ValueError(
-            f"out: {str(run_dir)!r} holds a run with a different configuration; "
-            "choose another --out (or delete that run)"
-        )
-    done = (run_dir / SUMMARY).exists() and ((run_dir / "eval.json").exists() or not evaluate)
-    return "done" if done else "resume"
-
-
-def _one_run(
-    cfg: Config, run_dir: Path, data, evaluate: bool, log: Callable[[str], None]
-) -> dict[str, Any] | None:
-    """Train (every rank), evaluate and read back (rank 0; None on the others) one run."""
-    summary_path, eval_path = run_dir / SUMMARY, run_dir / "eval.json"
-    state = main_then_broadcast(lambda: _state(cfg, run_dir, evaluate))
-    if state == "done":
-        log(f"{run_dir}: finished earlier, reusing its results")
-    else:
-        if state == "resume":
-            log(f"{run_dir}: resuming")
-        SSLTrainer(cfg, run_dir, data=data, resume=state == "resume", log=log).fit()
-        with agreed():
-            if evaluate and is_main():
-                evaluate_run(
-                    str(run_dir), device=cfg.train.device, data=data, progress=cfg.train.progress
-                )
-    if not is_main():
-        return None
-    summary = json.loads(summary_path.read_text())
-    ev = json.loads(eval_path.read_text()) if evaluate else {}
+def _record(run: Run, evaluate: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """The numbers of a finished run (its summary, ``eval.json`` and metrics log)."""
+    summary = json.loads((run.dir / SUMMARY).read_text())
+    ev = json.loads((run.dir / "eval.json").read_text()) if evaluate else {}
     rec = {
-        "loss": cfg.loss.name,
-        "seed": cfg.train.seed,
-        "dir": str(run_dir),
+        "loss": run.method,
+        "seed": run.seed,
+        "dir": str(run.dir),
         "knn": ev.get("knn", summary.get("knn")),
         "linear": ev.get("linear"),
         "seconds_per_epoch": summary.get("seconds_per_epoch"),
         "views_per_s": summary.get("views_per_s"),
         "final_loss": summary.get("final_loss"),
-        "metrics": read_jsonl(run_dir / METRICS),
+        "metrics": read_jsonl(run.dir / METRICS),
     }
     lin = "" if rec["linear"] is None else f", linear {rec['linear']:.4f}"
-    log(f"{cfg.loss.name} seed {cfg.train.seed}: kNN {rec['knn']:.4f}{lin}")
+    log(f"{run.method} seed {run.seed}: kNN {rec['knn']:.4f}{lin}")
     return rec
 
 
@@ -227,8 +175,8 @@ def _aggregate(base: Config, losses, runs, data) -> dict[str, Any]:
     rows = []
     for name in losses:
         rs = [r for r in runs if r["loss"] == name]
-        knn = _mean_std([r["knn"] for r in rs])
-        lin = _mean_std([r["linear"] for r in rs if r["linear"] is not None])
+        knn = mean_std([r["knn"] for r in rs])
+        lin = mean_std([r["linear"] for r in rs if r["linear"] is not None])
         spe = [r["seconds_per_epoch"] for r in rs if r["seconds_per_epoch"] is not None]
         rows.append(
             {
@@ -292,12 +240,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 def plot_results(results: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> list[Path]:
     """``accuracy.png`` (bars with std error bars) and ``curves.png`` (per-epoch curves)."""
-    with deferred_signals():
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = results["rows"]
     names = [r["loss"] for r in rows]
     x = list(range(len(names)))

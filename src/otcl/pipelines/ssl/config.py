@@ -3,18 +3,27 @@
 Every setting of ``otcl train`` / ``otcl compare`` lives in :class:`Config`; the resolved config is
 saved as ``config.yaml`` next to a run's checkpoints so ``otcl eval`` and ``--resume`` rebuild the
 exact same run. Dataset presets (:data:`PRESETS`) fill in the settings that depend on the data
-(model, augmentations, batch size, learning rate, epochs) unless the user set them explicitly.
+(model, augmentations, batch size, learning rate, epochs) unless the user set them explicitly
+(:func:`otcl.pipelines.config.apply_presets`).
 The generic machinery (files, overrides, the shared ``loss``/``optim``/``train`` sections) is
 :mod:`otcl.pipelines.config`.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import ConfigBase, LossConfig, OptimConfig, TrainConfig
+from ..config import (
+    ConfigBase,
+    LossConfig,
+    OptimConfig,
+    Preset,
+    Section,
+    TrainConfig,
+    apply_presets,
+    preset_for,
+)
 
 __all__ = [
     "Config",
@@ -28,7 +37,7 @@ __all__ = [
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     """Where the images come from and how they are augmented.
 
     ``dataset``: ``digits`` (scikit-learn's bundled 8x8 digits, no download), ``cifar10``,
@@ -58,7 +67,7 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
     """Encoder = backbone + projection head (``head_hidden`` 0 = linear head).
 
     ``norm``: the backbone's normalisation, ``batch`` | ``group`` | ``none`` (GroupNorm and none
@@ -85,7 +94,7 @@ class ImageTrainConfig(TrainConfig):
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Section):
     """kNN (InstDisc-style weighted votes) and the frozen linear probe."""
 
     knn_k: int | None = None  # preset: 200 (20 for the 1347-image digits)
@@ -130,8 +139,8 @@ _CIFAR = {
     "eval": {"knn_k": 200},
 }
 
-#: dataset -> settings used where the config leaves ``None`` (lightly's CIFAR SimCLR recipe for
-#: the image datasets; a small CNN and gentle augmentations for the 8x8 digits).
+#: dataset -> settings used where the user set none (lightly's CIFAR SimCLR recipe for the image
+#: datasets; a small CNN and gentle augmentations for the 8x8 digits).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "digits": {
         "data": {
@@ -156,18 +165,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+#: what every dataset's preset builds on
+FALLBACK: Preset = {"model": {"width": 32}}
+
+
 def resolve(cfg: Config) -> Config:
-    """Fill the ``None`` fields from the dataset preset; returns a new config."""
-    cfg = copy.deepcopy(cfg)
-    if cfg.data.dataset not in PRESETS:
-        raise ValueError(
-            f"data.dataset: expected one of {', '.join(sorted(PRESETS))}, got {cfg.data.dataset!r}"
-        )
-    for section, values in PRESETS[cfg.data.dataset].items():
-        sec = getattr(cfg, section)
-        for k, v in values.items():
-            if getattr(sec, k) is None:
-                setattr(sec, k, copy.deepcopy(v))
-    if cfg.model.width is None:
-        cfg.model.width = 32
-    return cfg
+    """The settings the user did not set from the dataset preset; returns a new config."""
+    return apply_presets(cfg, FALLBACK, preset_for(PRESETS, "data.dataset", cfg.data.dataset))

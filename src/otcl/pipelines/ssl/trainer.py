@@ -32,15 +32,7 @@ import torch
 
 from ..distributed import local_main_first
 from ..probes import knn_accuracy
-from ..run import (
-    METRICS,
-    SUMMARY,
-    EpochTrainer,
-    check_finite_weights,
-    load_checkpoint,
-    load_model_weights,
-    pick_device,
-)
+from ..run import METRICS, SUMMARY, EpochTrainer, open_run, pick_device, restore_model
 from .config import Config, resolve
 from .data import Augment, ImageData, load_dataset
 from .features import split_features
@@ -270,14 +262,10 @@ def load_run(
     run_dir: str | Path, device: str = "auto", data: ImageData | None = None
 ) -> tuple[Config, Encoder, ImageData, Augment, dict[str, Any]]:
     """Rebuild a run's config, trained encoder (eval mode), dataset and preprocessing."""
-    st = load_checkpoint(run_dir)
-    check_finite_weights(st["model"], run_dir)  # before the data loads
-    cfg = resolve(Config.from_dict(st["config"]))
+    cfg, st = open_run(run_dir, Config, resolve)
     if data is None:
         data = load_data(cfg, progress=cfg.train.progress)
-    model = make_model(cfg, data)
-    load_model_weights(model, st["model"], run_dir)
     dev = pick_device(device)
-    model = model.to(dev).eval()
+    model = restore_model(make_model(cfg, data), st, run_dir, dev)
     aug = make_augment(cfg, data).to(dev)
     return cfg, model, data, aug, st
