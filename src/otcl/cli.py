@@ -10,6 +10,11 @@ line ``otcl: error: ...`` and exit status 2; Ctrl-C (SIGINT) or SIGTERM during t
 checkpoint at the end of the current step and prints the command that resumes it (exit 130 or
 143), anywhere else it ends the command with one line; a diverging run says so (exit 1), and so
 does a write that fails (a full disk, exit 1).
+
+Under ``torchrun`` the command joins the process group first (:mod:`otcl.pipelines.distributed`)
+and leaves it at the end. Rank 0 prints the results; an error ends every rank with the same exit
+status and is printed once, by the rank where it happened. Only the commands that set
+``distributed=True`` (training, comparisons) run with several processes; the others refuse.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from contextlib import redirect_stdout
 
 from . import __version__
 from .pipelines._signals import deferred_signals
@@ -118,16 +124,53 @@ def _main(argv: Sequence[str] | None) -> int:
     if handler is None:  # no command, or a pipeline group without its verb
         parser.print_help()
         return 2
+    from .pipelines import distributed
+
+    if not distributed.launched():
+        return _run(args, handler, main_rank=True)
+    joined = not distributed.current()  # leave the group at the end only if we joined it
+    try:
+        session = distributed.init_from_env()
+        main_rank = session is None or session.is_main
+        try:
+            return _run(args, handler, main_rank, session)
+        except KeyboardInterrupt as e:
+            if not main_rank:  # one line, from rank 0
+                return 128 + (signal.SIGTERM if isinstance(e, _Terminated) else signal.SIGINT)
+            raise
+    finally:
+        if joined:
+            distributed.shutdown()
+
+
+def _run(args: argparse.Namespace, handler, main_rank: bool, session=None) -> int:
+    """``handler(args)`` with the errors turned into one line and an exit status."""
+    from .pipelines.distributed import PeerFailure, agreed
     from .pipelines.run import TrainingDiverged, TrainingInterrupted
 
+    quiet = not main_rank
     try:
-        return handler(args)
+        with agreed():
+            if session is not None and session.world > 1 and not getattr(args, "distributed", 0):
+                raise ValueError(
+                    f"{' '.join(a for a in (args.command, getattr(args, 'verb', None)) if a)}: "
+                    "runs in one process; start it without torchrun (training and comparisons "
+                    "run under torchrun)"
+                )
+            if quiet:  # the results are printed by rank 0
+                with open(os.devnull, "w") as sink, redirect_stdout(sink):
+                    return handler(args)
+            return handler(args)
+    except PeerFailure as e:  # another rank failed and printed why
+        return e.status
     except TrainingInterrupted as e:
-        hint = getattr(args, "resume_hint", "") or ""
-        print(f"otcl: {e}; to continue: {hint.format(run=e.run_dir)}", file=sys.stderr)
+        if not quiet:
+            hint = getattr(args, "resume_hint", "") or ""
+            print(f"otcl: {e}; to continue: {hint.format(run=e.run_dir)}", file=sys.stderr)
         return e.exit_status
     except TrainingDiverged as e:
-        print(f"otcl: error: training diverged: {e}", file=sys.stderr)
+        if not quiet:
+            print(f"otcl: error: training diverged: {e}", file=sys.stderr)
         return 1
     except ValueError as e:  # user mistakes (DataError is a ValueError)
         print(f"otcl: error: {e}", file=sys.stderr)

@@ -69,7 +69,9 @@ def test_dry_run_writes_every_section_in_at_most_eight_files(calls):
     for name in ("loss", "train", "syncs", "accuracy"):
         assert secs[name]["status"] == "ok", (name, secs[name]["status"])
     mg = secs["multigpu"]
-    assert mg["status"].startswith("losses, 1 rank(s): ok") and "not available" in mg["status"]
+    assert mg["status"] == "losses, 1 rank(s): ok; training: ok"  # otcl train under torchrun
+    rates = mg["training"]["views_per_s"]
+    assert rates["single"] > 0 and rates["torchrun"] > 0 and mg["training"]["backend_seen"]
     dist = mg["loss_checks"]["1"]["result"]
     assert dist["world_size"] == 1 and dist["losses"]["gca-uot"]["agree"]
     assert summary["dry_run"] and summary["commit"] == "test"

@@ -5,7 +5,8 @@ helpers, so ``otcl train`` and ``otcl <pipeline> train`` accept the same run opt
 (``--config``, ``--set``, ``--loss``, ``--loss-param``, ``--epochs``, ``--resume``, ...) with the
 same meaning. Each subcommand sets ``handler`` (a function ``args -> exit status``) and, when it
 trains, ``resume_hint`` (``"otcl train --resume {run}"``: what :func:`otcl.cli.main` prints after
-Ctrl-C) with ``parser.set_defaults``.
+Ctrl-C) and ``distributed=True`` (it runs under ``torchrun``: every rank runs the handler, the
+shared run machinery splits the work) with ``parser.set_defaults``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from .config import apply_overrides, from_dict, load_config, parse_value
+from .distributed import main_then_broadcast
 from .run import EpochTrainer, load_checkpoint
 
 __all__ = [
@@ -213,8 +215,9 @@ def run_train(
             raise ValueError(
                 "--out: not allowed with --resume (the run continues in its directory)"
             )
-        st = load_checkpoint(args.resume)
-        cfg = config_from_args(args, cls, flags, base=from_dict(cls, st["config"]))
+        # rank 0 reads it (under torchrun the run directory may be on its node only)
+        saved = main_then_broadcast(lambda: load_checkpoint(args.resume)["config"])
+        cfg = config_from_args(args, cls, flags, base=from_dict(cls, saved))
         out = args.resume
     else:
         cfg = config_from_args(args, cls, flags)

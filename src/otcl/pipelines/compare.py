@@ -20,6 +20,12 @@ every pipeline does the same way lives here:
 The pipeline keeps what is its own: which methods, how a run's numbers are read back, the
 table and the plots.
 
+Under ``torchrun`` (:mod:`otcl.pipelines.distributed`) every process takes part in every run
+(the run's global batch split over them); rank 0 alone holds the output directory, decides
+whether a run is new, to resume or finished (:func:`train_run` sends its answer to the others),
+runs :meth:`Runner.finish` (the evaluation) and reads back and writes the results. Runs are
+trained one after the other then (worker processes do not mix with torchrun).
+
 Example:
     >>> mean_std([0.5, 0.7, None, float("nan")])
     (0.6, 0.14142135623730948)
@@ -43,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from ._signals import deferred_signals
+from .distributed import agreed, current, is_main, launched, main_then_broadcast
 from .run import (
     CHECKPOINT,
     SUMMARY,
@@ -185,8 +192,12 @@ def run_state(runner: Runner, run: Run) -> str:
 
 
 def train_run(runner: Runner, run: Run, data: Any, log: Log = stderr_log) -> str:
-    """Reuse, resume or train ``run`` (then :meth:`Runner.finish`); returns its state before."""
-    state = run_state(runner, run)
+    """Reuse, resume or train ``run`` (then :meth:`Runner.finish`); returns its state before.
+
+    Under torchrun rank 0 reads the state (the others may not see the run directory), every
+    rank trains, and rank 0 alone finishes the run while the others wait.
+    """
+    state = main_then_broadcast(lambda: run_state(runner, run))
     if state == "finished":
         log(reuse_line(run.dir))
         return state
@@ -194,7 +205,9 @@ def train_run(runner: Runner, run: Run, data: Any, log: Log = stderr_log) -> str
         log(f"{run.dir}: resuming")
     trainer = runner.trainer_cls(run.cfg, run.dir, data=data, resume=state == "resume", log=log)
     trainer.fit()
-    runner.finish(run, data)
+    with agreed():
+        if is_main():
+            runner.finish(run, data)
     return state
 
 
@@ -223,6 +236,12 @@ def train_runs(
     """
     if jobs < 1:
         raise ValueError(f"jobs: expected an integer >= 1, got {jobs!r}")
+    session = current()
+    if jobs > 1 and session is not None and session.world > 1:
+        raise ValueError(
+            f"jobs: {jobs} worker processes do not mix with torchrun (its processes train each "
+            "run together); use --jobs 1"
+        )
     if jobs == 1:
         for run in runs:
             train_run(runner, run, data, log)
@@ -239,7 +258,7 @@ def train_runs(
 def default_jobs(device: str) -> int:
     """Worker processes of a comparison on ``train.device``: the CPU cores this process may
     use, at most 2 (small runs gain little from more on a shared machine); 1 on an accelerator."""
-    if device not in ("auto", "cpu"):
+    if device not in ("auto", "cpu") or launched():  # torchrun: the processes share each run
         return 1
     import torch
 
@@ -416,13 +435,17 @@ def paired_delta(base: Sequence[float | None], other: Sequence[float | None]) ->
 @contextmanager
 def comparison_dir(out: str | os.PathLike[str]) -> Iterator[Path]:
     """Create ``out`` (a bad one fails before any data loads) and hold its lock: one comparison
-    writes a directory at a time."""
-    path = prepare_run_dir(out)
-    lock = RunLock(path)
+    writes a directory at a time (under torchrun: rank 0 does)."""
+    path, lock = Path(out), None
+    with agreed():
+        if is_main():
+            path = prepare_run_dir(out)
+            lock = RunLock(path)
     try:
         yield path
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def pyplot() -> Any:

@@ -11,7 +11,7 @@ A *run* is one output directory::
 
 :class:`EpochTrainer` owns all of it -- run directory, resolved config, atomic checkpoints,
 exact resume, the metrics log, progress, seeds, device and autocast, signals, locking,
-divergence -- and a pipeline only says what one step computes.
+divergence, and training under ``torchrun`` -- and a pipeline only says what one step computes.
 
 Subclass contract
 -----------------
@@ -25,7 +25,9 @@ Override (required):
 * :meth:`EpochTrainer.compute_loss` ``(epoch, step) -> loss`` -- the scalar loss (with its
   graph) of step ``step`` of epoch ``epoch``. Draw the batch and any randomness from
   ``(seed, epoch, step)`` with :meth:`batch_indices` and :meth:`step_generator` (never from a
-  generator carried across steps): that is what makes a resumed run identical.
+  generator carried across steps): that is what makes a resumed run identical. Call the model
+  through ``self.forward_model`` (``self.forward_model(x)``, or any method of the model's own,
+  ``self.forward_model.encode(x)``): under torchrun that is DistributedDataParallel.
   Or override :meth:`EpochTrainer.train_step` ``(epoch, step) -> detached loss`` for full
   control of the update (then call :meth:`optimize` yourself).
 
@@ -36,6 +38,17 @@ Override (optional): :meth:`resolve_config` (presets), :meth:`check_config` (cal
 :meth:`extra_state` / :meth:`load_extra_state` (the pipeline's own state to checkpoint),
 :meth:`summarize` (fields added to ``summary.json``), ``throughput_unit`` and
 :meth:`items_per_step` (the ``<unit>_per_s`` column), :attr:`tag` (the log-line prefix).
+
+Under ``torchrun`` (:mod:`otcl.pipelines.distributed`) the base does the distributed work:
+``cfg.train.batch_size`` stays the **global** batch; :meth:`batch_indices` returns this rank's
+``local_batch_size`` rows (``self.local_rows`` of the global batch); the model is wrapped in
+DistributedDataParallel (SyncBatchNorm on CUDA); :meth:`build_loss` adds
+``gather_distributed=True``, and the loss is multiplied by the world size before backward when
+it couples the global batch (:meth:`loss_is_global`); rank 0 alone writes files, logs and
+evaluates. All a pipeline adds is how its batch is sharded: randomness drawn per sample must be
+drawn for the global batch and sliced with ``self.local_rows`` (e.g. the image augmentations),
+so that every sample gets the draw it gets in one process. Data loads go through
+:func:`otcl.pipelines.distributed.local_main_first` (a node's first process downloads first).
 
 The config is any dataclass with the shared sections ``train`` (:class:`~otcl.pipelines.config.
 TrainConfig`), ``optim`` (:class:`~otcl.pipelines.config.OptimConfig`) and ``loss``
@@ -55,7 +68,11 @@ The base guarantees (docs/reliability.md lists the test of each):
 * SIGINT and SIGTERM during :meth:`EpochTrainer.fit` are deferred to the end of the current
   step, then the run saves and raises :class:`TrainingInterrupted` (a second signal aborts);
 * the loss is read back to the host only every ``train.log_every`` steps; a non-finite loss,
-  embedding or weight stops the run with :class:`TrainingDiverged`.
+  embedding or weight stops the run with :class:`TrainingDiverged`;
+* under ``torchrun``: the same training as one process on the same global batch (up to float
+  rounding, without BatchNorm on CPU); one checkpoint, written by rank 0, that every rank
+  resumes from (per-rank RNG states included); a signal to any rank stops every rank at the same
+  step boundary; a setting that fails on any rank fails on every rank, printed once.
 
 Example:
     >>> import torch
@@ -70,7 +87,8 @@ Example:
     ...     def compute_loss(self, epoch, step):
     ...         x = self.x[self.batch_indices(64, epoch, step)]
     ...         noise = torch.randn(x.shape, generator=self.step_generator("noise"))
-    ...         return self.loss_fn(self.model(x), self.model(x + 0.1 * noise))
+    ...         z = self.forward_model(torch.cat([x, x + 0.1 * noise]))
+    ...         return self.loss_fn(z[: len(x)], z[len(x) :])
     >>> cfg = RunConfig()
     >>> cfg.train.epochs, cfg.train.batch_size, cfg.optim.lr, cfg.train.progress = 2, 16, 0.1, False
     >>> import tempfile
@@ -121,6 +139,19 @@ from ._files import (
 )
 from ._signals import DeferredSignals
 from .config import OptimConfig, save_config
+from .distributed import (
+    DistributedModel,
+    agreed,
+    any_signal,
+    broadcast,
+    gather_objects,
+    has_batchnorm,
+    init_from_env,
+    main_log,
+    mark_agreed,
+    mean_over_ranks,
+    wrap_model,
+)
 
 __all__ = [
     "CHECKPOINT",
@@ -609,6 +640,10 @@ class EpochTrainer:
     model: nn.Module
     loss_fn: nn.Module
     steps_per_epoch: int
+    #: the loss is multiplied by this before backward (see :meth:`loss_is_global`)
+    loss_scale: int = 1
+    _loss_global: bool = False
+    _dm: DistributedModel | None = None
 
     def __init__(
         self,
@@ -621,19 +656,26 @@ class EpochTrainer:
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.given_data = data
-        self.cfg = self.resolve_config(cfg)
-        self.check_config()
-        t = self.cfg.train
-        if out is None:
-            out = t.out if t.out is not None else self.default_out()
-        self.out = Path(out)
-        t.out = str(self.out)
-        self.log = log or _stderr
-        if extend and not resume:
-            raise ValueError("--extend: only with --resume (it lengthens an existing run)")
-        prepare_run_dir(self.out)  # a bad --out fails here, before any data is loaded
-        self._lock: RunLock | None = RunLock(self.out)
+        self.session = init_from_env()  # torchrun's process group (None: one process)
+        self.world = 1 if self.session is None else self.session.world
+        self.rank = 0 if self.session is None else self.session.rank
+        self.is_main = self.rank == 0
+        self.log = main_log(log or _stderr)
+        self._lock: RunLock | None = None
         try:
+            with agreed():
+                self.cfg = self.resolve_config(cfg)
+                self.check_config()
+                t = self.cfg.train
+                if out is None:
+                    out = t.out if t.out is not None else self.default_out()
+                self.out = Path(out)
+                t.out = str(self.out)
+                if extend and not resume:
+                    raise ValueError("--extend: only with --resume (it lengthens an existing run)")
+                if self.is_main:  # a bad --out fails here, before any data is loaded
+                    prepare_run_dir(self.out)
+                    self._lock = RunLock(self.out)
             self._setup(resume, extend)
         except BaseException:
             self.close()
@@ -642,43 +684,64 @@ class EpochTrainer:
     def _setup(self, resume: bool, extend: bool) -> None:
         t = self.cfg.train
         ckpt = self.out / CHECKPOINT
-        if ckpt.exists() and not resume:
-            raise ValueError(
-                f"out: {str(self.out)!r} already holds a checkpoint; pass --resume to continue "
-                "it, or choose another --out"
+        st = None
+        with agreed():  # rank 0 alone sees the run directory (it may be on its node only)
+            if self.is_main:
+                if ckpt.exists() and not resume:
+                    raise ValueError(
+                        f"out: {str(self.out)!r} already holds a checkpoint; pass --resume to "
+                        "continue it, or choose another --out"
+                    )
+                if resume and not ckpt.exists():
+                    raise ValueError(f"resume: no {CHECKPOINT} in {str(self.out)!r} to resume from")
+                st = load_checkpoint(ckpt) if resume else None
+                if st is not None:
+                    self._check_resume(st, extend)  # before the data loads
+        st = broadcast(st)  # every rank restores rank 0's checkpoint
+        with agreed():
+            if t.threads:
+                torch.set_num_threads(int(t.threads))
+            self.device = pick_device(t.device)
+            if self.session is not None:
+                self.device = self.session.device(self.device)  # cuda -> cuda:LOCAL_RANK
+            self.amp_dtype = amp_dtype(t.amp, self.device)
+            if t.deterministic:
+                torch.use_deterministic_algorithms(True, warn_only=True)
+                torch.backends.cudnn.benchmark = False
+            elif self.device.type == "cuda":
+                torch.backends.cudnn.benchmark = True
+                torch.backends.cuda.matmul.allow_tf32 = True
+                torch.backends.cudnn.allow_tf32 = True
+            self.batch_size = int(t.batch_size)
+            seed_everything(t.seed)
+            self.build()
+            for attr in ("model", "loss_fn", "steps_per_epoch"):
+                if not hasattr(self, attr):
+                    raise TypeError(f"{type(self).__name__}.build() must set self.{attr}")
+            steps = int(self.steps_per_epoch)
+            if t.max_steps_per_epoch:
+                steps = min(steps, int(t.max_steps_per_epoch))
+            if steps < 1:
+                raise ValueError(f"train.batch_size: {self.batch_size} leaves no step in an epoch")
+            self.steps_per_epoch = steps
+            self.total_steps = steps * int(t.epochs)
+            self._shard_batch()
+            self._loss_global = self.world > 1 and self.loss_is_global()
+            self.loss_scale = self.world if self._loss_global else 1
+            if self.session is not None:
+                self._prepare_distributed_model()
+        self.forward_model: Any = self.model
+        self._dm = None
+        if self.session is not None:  # right after the agreement: every rank is here
+            self._dm = wrap_model(self.model, self.device, compile=bool(t.compile))
+            self.forward_model = self._dm
+            self.log(
+                f"{self.tag}: torchrun, {self.world} process(es), backend "
+                f"{torch.distributed.get_backend()}, {self.device.type}; global batch "
+                f"{self.batch_size} = {self.world} x {self.local_batch_size}"
             )
-        if resume and not ckpt.exists():
-            raise ValueError(f"resume: no {CHECKPOINT} in {str(self.out)!r} to resume from")
-        st = load_checkpoint(ckpt) if resume else None
-        if st is not None:
-            self._check_resume(st, extend)  # before the data loads
-        if t.threads:
-            torch.set_num_threads(int(t.threads))
-        self.device = pick_device(t.device)
-        self.amp_dtype = amp_dtype(t.amp, self.device)
-        if t.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-        elif self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        self.batch_size = int(t.batch_size)
-        seed_everything(t.seed)
-        self.build()
-        for attr in ("model", "loss_fn", "steps_per_epoch"):
-            if not hasattr(self, attr):
-                raise TypeError(f"{type(self).__name__}.build() must set self.{attr}")
-        steps = int(self.steps_per_epoch)
-        if t.max_steps_per_epoch:
-            steps = min(steps, int(t.max_steps_per_epoch))
-        if steps < 1:
-            raise ValueError(f"train.batch_size: {self.batch_size} leaves no step in an epoch")
-        self.steps_per_epoch = steps
-        self.total_steps = steps * int(t.epochs)
-        self.forward_model: nn.Module = self.model
-        if t.compile:
-            self.forward_model = torch.compile(self.model)  # type: ignore[assignment]
+        elif t.compile:
+            self.forward_model = torch.compile(self.model)
         self.optimizer = self.build_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         scaler_cls = getattr(torch.amp, "GradScaler", None)
@@ -696,7 +759,37 @@ class EpochTrainer:
         self._running_count = 0
         self.resumed = st is not None
         if st is not None:
-            self.restore(st)
+            with agreed():
+                self.restore(st)
+
+    def _shard_batch(self) -> None:
+        """Split the global batch ``self.batch_size`` over the ranks (``local_batch_size`` rows
+        each, this rank's ``local_rows`` of it)."""
+        b, w = self.batch_size, self.world
+        if b % w:
+            lower = b - b % w
+            raise ValueError(
+                f"train.batch_size: {b} is the global batch, split evenly over the {w} "
+                f"processes of torchrun; use a multiple of {w} (e.g. {lower if lower else w})"
+            )
+        #: rows per rank; ``local_rows``: this rank's rows of each global batch
+        self.local_batch_size = b // w
+        self.local_rows = slice(self.rank * (b // w), (self.rank + 1) * (b // w))
+
+    def _prepare_distributed_model(self) -> None:
+        """SyncBatchNorm on CUDA (BatchNorm statistics over the global batch); a warning on CPU,
+        where BatchNorm stays per process (SyncBatchNorm needs CUDA)."""
+        if self.world == 1 or not has_batchnorm(self.model):
+            return
+        if self.device.type == "cuda":
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.log(f"{self.tag}: BatchNorm -> SyncBatchNorm (statistics of the global batch)")
+        else:
+            self.log(
+                f"{self.tag}: warning: BatchNorm statistics are each process's own on "
+                f"{self.device.type} (SyncBatchNorm needs CUDA): the run differs from one "
+                "process; a model without BatchNorm trains identically"
+            )
 
     def close(self) -> None:
         """Release the run directory's lock (:meth:`fit` does it when it returns)."""
@@ -849,12 +942,31 @@ class EpochTrainer:
         loss = getattr(self.cfg, "loss", None)
         return f"{loss.name} s{self.cfg.train.seed}" if loss is not None else "train"
 
+    def loss_is_global(self) -> bool:
+        """Whether the loss couples the global batch (``gather_distributed``): every rank then
+        returns the global value and back-propagates its share, so the trainer multiplies it by
+        the world size before backward (DDP averages gradients). A loss that is a mean over this
+        rank's rows (e.g. a per-sample triplet loss) is not: DDP's average is already the
+        gradient of the global mean."""
+        modules = getattr(self.loss_fn, "modules", None)
+        return modules is not None and any(
+            getattr(m, "gather_distributed", False) for m in modules()
+        )
+
     # -- helpers for subclasses ------------------------------------------------------------
+    def loss_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Parameters of an otcl loss for this run: under torchrun ``gather_distributed=True``
+        is added (negatives and couplings from the global batch) unless ``params`` sets it."""
+        if self.session is None or "gather_distributed" in params:
+            return dict(params)
+        return {**params, "gather_distributed": True}
+
     def build_loss(self) -> nn.Module:
-        """``otcl.losses.build(cfg.loss.name, **cfg.loss.params)`` on the run's device."""
+        """``otcl.losses.build(cfg.loss.name, **cfg.loss.params)`` on the run's device (with
+        :meth:`loss_params`: the global batch under torchrun)."""
         from ..losses import build
 
-        return build(self.cfg.loss.name, **self.cfg.loss.params).to(self.device)
+        return build(self.cfg.loss.name, **self.loss_params(self.cfg.loss.params)).to(self.device)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """``optim`` over ``self.model``: lr x batch/128, weight decay on weights (ndim > 1),
@@ -897,8 +1009,15 @@ class EpochTrainer:
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / span)))
 
     def batch_indices(self, n: int, epoch: int, step: int) -> torch.Tensor:
-        """Indices (CPU, int64) of batch ``step`` in a permutation of ``range(n)`` that depends
-        only on ``(seed, epoch)``: every sample once per epoch, the same order on resume."""
+        """Indices (CPU, int64) of this rank's rows of batch ``step`` in a permutation of
+        ``range(n)`` that depends only on ``(seed, epoch)``: every sample once per epoch, the
+        same order on resume and whatever the number of processes (rank r takes rows
+        ``local_rows`` of the global batch; one process takes it whole)."""
+        return self.global_batch_indices(n, epoch, step)[self.local_rows]
+
+    def global_batch_indices(self, n: int, epoch: int, step: int) -> torch.Tensor:
+        """The whole global batch ``step`` (every rank gets the same): for a pipeline that draws
+        per-sample randomness for the global batch and keeps ``local_rows`` of it."""
         order = self._order_cache
         if order is None or order[0] != (n, epoch):
             g = torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, "order", epoch))
@@ -921,8 +1040,19 @@ class EpochTrainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def optimize(self, loss: torch.Tensor) -> None:
-        """Backward (scaled under fp16), optimizer step, scheduler step."""
+        """Backward (scaled under fp16, times :attr:`loss_scale` under torchrun), optimizer
+        step, scheduler step."""
+        if self._dm is not None and self._dm.forwards == 0:
+            raise mark_agreed(
+                RuntimeError(
+                    f"{type(self).__name__}: the step never called self.forward_model; under "
+                    "torchrun the model must be called through it (DistributedDataParallel "
+                    "all-reduces the gradients only then)"
+                )
+            )
         self.optimizer.zero_grad(set_to_none=True)
+        if self.loss_scale != 1:
+            loss = loss * self.loss_scale
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -932,6 +1062,8 @@ class EpochTrainer:
     def _fold_running_loss(self) -> None:
         """Add the on-device running loss of the last steps to the epoch's sum (host sync)."""
         if self._running_count:
+            if self.world > 1 and not self._loss_global:  # each rank's own loss: their mean
+                mean_over_ranks(self._running)
             self.epoch_loss[0] += float(self._running)
             self.epoch_loss[1] += self._running_count
             self._running.zero_()
@@ -979,7 +1111,13 @@ class EpochTrainer:
                 "last finite checkpoint is kept; lower optim.lr or raise the loss temperature"
             )
         path = self.out / CHECKPOINT
-        save_checkpoint(self.state(), path)
+        st = self.state()
+        if self.world > 1:  # every rank's RNG states, restored rank by rank
+            st["rng_ranks"] = gather_objects(st["rng"])
+            st["world_size"] = self.world
+        with agreed():  # the others wait until rank 0 has written it
+            if self.is_main:
+                save_checkpoint(st, path)
         return path
 
     def restore(self, st: dict[str, Any]) -> None:
@@ -995,17 +1133,19 @@ class EpochTrainer:
         self.epoch_loss = [float(st["epoch_loss"][0]), int(st["epoch_loss"][1])]
         self.epoch_seconds = float(st.get("epoch_seconds", 0.0))
         self.load_extra_state(st.get("pipeline", {}))
-        set_rng_state(st["rng"])
-        # the metrics log may hold epochs finished after this checkpoint: they will be redone
-        log = self.out / METRICS
-        write_jsonl(log, [r for r in read_jsonl(log) if r.get("epoch", 0) <= self.epoch])
+        ranks = st.get("rng_ranks")
+        same_world = isinstance(ranks, list) and len(ranks) == self.world
+        set_rng_state(ranks[self.rank] if same_world else st["rng"])
+        if self.is_main:  # the log may hold epochs finished after the checkpoint: redone
+            log = self.out / METRICS
+            write_jsonl(log, [r for r in read_jsonl(log) if r.get("epoch", 0) <= self.epoch])
 
     # -- training --------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         """Train to ``train.epochs``; returns the summary (also written to ``summary.json``)."""
         t = self.cfg.train
         epochs = int(t.epochs)
-        if self._lock is None:
+        if self._lock is None and self.is_main:
             self._lock = RunLock(self.out)
         try:
             return self._fit(epochs)
@@ -1017,18 +1157,11 @@ class EpochTrainer:
 
     def _fit(self, epochs: int) -> dict[str, Any]:
         t = self.cfg.train
-        if not self.resumed and self.global_step == 0:
-            stale = [f for f in self.outputs if (self.out / f).exists()]
-            if stale:  # left by a run killed before its first checkpoint
-                self.log(
-                    f"{self.out}: removing {', '.join(stale)} of an earlier run that saved no "
-                    "checkpoint; starting afresh"
-                )
-                for f in stale:
-                    (self.out / f).unlink()
-        save_config(self.cfg, self.out / CONFIG)
+        with agreed():
+            if self.is_main:
+                self._start_files()
         progress = Progress(
-            enabled=t.progress,
+            enabled=t.progress and self.is_main,
             total=self.total_steps,
             done=self.global_step,
             epochs=epochs,
@@ -1044,19 +1177,43 @@ class EpochTrainer:
             except _StopRequested:
                 progress.close()
                 path = self.save()
-                raise TrainingInterrupted(
-                    path, self.epoch, self.step_in_epoch, signals.received or signal.SIGINT
+                raise mark_agreed(
+                    TrainingInterrupted(
+                        path, self.epoch, self.step_in_epoch, self._stop_signal or signal.SIGINT
+                    )
                 ) from None
+            except Exception as e:  # the other ranks may be inside a step: no exchange
+                mark_agreed(e)
+                raise
             finally:
                 progress.close()
                 self._signals = None
         return self._finish()
 
+    def _start_files(self) -> None:
+        """Rank 0, before the first step: clear a run that saved no checkpoint, write the config."""
+        if not self.resumed and self.global_step == 0:
+            stale = [f for f in self.outputs if (self.out / f).exists()]
+            if stale:  # left by a run killed before its first checkpoint
+                self.log(
+                    f"{self.out}: removing {', '.join(stale)} of an earlier run that saved no "
+                    "checkpoint; starting afresh"
+                )
+                for f in stale:
+                    (self.out / f).unlink()
+        save_config(self.cfg, self.out / CONFIG)
+
     _signals: DeferredSignals | None = None
+    _stop_signal: int | None = None
 
     def _check_stop(self) -> None:
-        """At a step boundary: stop if a SIGINT/SIGTERM arrived during the last step."""
-        if self._signals is not None and self._signals.received is not None:
+        """At a step boundary: stop if a SIGINT/SIGTERM arrived during the last step -- on any
+        rank under torchrun (one all-reduce of the signal number), so that all stop here."""
+        received = self._signals.received if self._signals is not None else None
+        if self.world > 1:
+            received = any_signal(received) or None
+        if received is not None:
+            self._stop_signal = received
             raise _StopRequested
 
     def _run_epoch(self, progress: Progress) -> None:
@@ -1066,6 +1223,8 @@ class EpochTrainer:
         start = time.perf_counter()
         for step in range(self.step_in_epoch, self.steps_per_epoch):
             self._check_stop()
+            if self._dm is not None:
+                self._dm.forwards = 0
             try:
                 loss = self.train_step(self.epoch, step)
             except ValueError as e:  # a loss's input check on embeddings gone NaN/inf
@@ -1104,27 +1263,37 @@ class EpochTrainer:
             "seconds": seconds,
             f"{unit}_per_s": self.items_per_step() * self.steps_per_epoch / max(seconds, 1e-9),
         }
-        if self.epoch < epochs:  # the last epoch's metrics come from the final evaluation
-            record.update(self.evaluate(final=False))
         self.step_in_epoch = 0
         self.epoch_loss = [0.0, 0]
         self.epoch_seconds = 0.0
-        append_jsonl(self.out / METRICS, record)
-        extras = "".join(
-            f", {k} {v:.4f}"
-            for k, v in record.items()
-            if k not in _BASE_KEYS and not k.endswith("_per_s")
-        )
-        progress.epoch_line(
-            self.epoch,
-            epochs,
-            f"{self.tag} epoch {self.epoch}/{epochs}: loss {record['loss']:.4f}, "
-            f"{seconds:.2f} s, {record[f'{unit}_per_s']:.0f} {unit}/s{extras}",
-        )
+        with agreed():  # evaluation and files: rank 0 (the others wait here)
+            if self.is_main:
+                if self.epoch < epochs:  # the last epoch's metrics: the final evaluation
+                    record.update(self.evaluate(final=False))
+                append_jsonl(self.out / METRICS, record)
+                extras = "".join(
+                    f", {k} {v:.4f}"
+                    for k, v in record.items()
+                    if k not in _BASE_KEYS and not k.endswith("_per_s")
+                )
+                progress.epoch_line(
+                    self.epoch,
+                    epochs,
+                    f"{self.tag} epoch {self.epoch}/{epochs}: loss {record['loss']:.4f}, "
+                    f"{seconds:.2f} s, {record[f'{unit}_per_s']:.0f} {unit}/s{extras}",
+                )
         if self.epoch % t.checkpoint_every == 0 or self.epoch >= epochs:
             self.save()
 
     def _finish(self) -> dict[str, Any]:
+        """The final evaluation and ``summary.json`` on rank 0; the summary on every rank."""
+        summary = None
+        with agreed():
+            if self.is_main:
+                summary = self._summary()
+        return broadcast(summary)  # type: ignore[return-value]
+
+    def _summary(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         final = self.evaluate(final=True)
         eval_seconds = time.perf_counter() - t0
@@ -1149,6 +1318,8 @@ class EpochTrainer:
             "torch": torch.__version__,
             "otcl": __version__,
         }
+        if self.session is not None:
+            summary["world_size"] = self.world
         summary = self.summarize(summary)
         atomic_write_text(self.out / SUMMARY, json.dumps(summary, indent=2))
         return summary

@@ -92,7 +92,9 @@ def add_parser(sub: Any) -> None:
     )
     _add_options(add_run_options(p, single_loss=True))
     add_train_options(p, "runs/mm-<loss>-<dataset>-s<seed>")
-    p.set_defaults(handler=cmd_train, resume_hint="otcl multimodal train --resume {run}")
+    p.set_defaults(
+        handler=cmd_train, distributed=True, resume_hint="otcl multimodal train --resume {run}"
+    )
 
     p = verbs.add_parser(
         "eval",
@@ -131,7 +133,9 @@ def add_parser(sub: Any) -> None:
         "--dmm", choices=("both", "on", "off"), default="both", help="with/without DMM (both)"
     )
     p.set_defaults(
-        handler=cmd_compare, resume_hint="run the same `otcl multimodal compare` command again"
+        handler=cmd_compare,
+        distributed=True,
+        resume_hint="run the same `otcl multimodal compare` command again",
     )
 
 

@@ -12,6 +12,9 @@ interrupted ones resumed, so a killed comparison restarts where it stopped. Outp
 * ``robustness.png`` -- the probe metric per missing-modality subset (retrieval R@1 of the missing
   part when the data has no labels), one bar per variant, std error bars;
 * ``retrieval.png`` -- pairwise cross-modal R@1 / R@5 / R@10 per variant, std error bars.
+
+Under ``torchrun`` every run is trained by all the processes (the global batch split over them);
+rank 0 decides which runs to reuse or resume and writes the tables, results and plots.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from ..compare import (
     write_outputs,
 )
 from ..config import save_config
+from ..distributed import agreed, broadcast, is_main, local_main_first, main_log
 from ..run import SUMMARY, pick_device
 from .config import MultimodalConfig, check, resolve
 from .trainer import ROBUSTNESS, MultimodalTrainer, load_data, variant_name
@@ -110,7 +114,7 @@ def compare(
     Returns:
         the content of ``results.json``.
     """
-    log = log or stderr_log
+    log = main_log(log or stderr_log)  # under torchrun: rank 0
     if not losses:
         raise ValueError("losses: expected at least one loss name, got none")
     unknown = [n for n in losses if n not in available() or n == "dmm"]
@@ -135,8 +139,10 @@ def compare(
             check(run_cfg)  # every run's settings, before anything is written or trained
             variants.setdefault(variant_name(run_cfg), []).append(run_cfg)
     with comparison_dir(out) as out:
-        save_config(resolve(base), out / "config.yaml")
-        data = load_data(resolve(base))
+        with agreed():
+            if is_main():
+                save_config(resolve(base), out / "config.yaml")
+        data = local_main_first(lambda: load_data(resolve(base)))
         t0 = time.perf_counter()
         grid: list[Run] = []
         for variant, configs in variants.items():
@@ -145,17 +151,20 @@ def compare(
             train_runs(MultimodalRunner(), runs, data, log=log)
             grid += runs
         names = list(variants)
-        runs = [_record(run) for run in grid]
-        results = _aggregate(resolve(base), names, runs, data)
-        results["wall_seconds"] = time.perf_counter() - t0
-        write_outputs(
-            out,
-            results,
-            format_tables(results),
-            plot=(lambda: plot_results(results, out)) if plot else None,
-            log=log,
-        )
-    return results
+        results: dict[str, Any] = {}
+        with agreed():  # rank 0 reads the runs back and writes the results
+            if is_main():
+                runs = [_record(run) for run in grid]
+                results = _aggregate(resolve(base), names, runs, data)
+                results["wall_seconds"] = time.perf_counter() - t0
+                write_outputs(
+                    out,
+                    results,
+                    format_tables(results),
+                    plot=(lambda: plot_results(results, out)) if plot else None,
+                    log=log,
+                )
+        return broadcast(results)
 
 
 def _record(run: Run) -> dict[str, Any]:

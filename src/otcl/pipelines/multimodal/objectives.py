@@ -136,12 +136,20 @@ class MultimodalObjective:
         joint: torch.Tensor,
     ) -> torch.Tensor:
         dmm: Any = self.loss
+        shard = dmm.shard()  # the global batch under torchrun (gather_distributed)
         if self.dmm_mix == "input":
             with self.autocast():  # one latent per modality, each encoded alone
                 mixed = dmm.mix_inputs(model, x, per_modality=True)
         else:
-            lam, perm = dmm.sample(joint.shape[0], joint.device)
-            mixed = Mixed([mix(v, lam, perm, name=f"z[{m!r}]") for m, v in z.items()], lam, perm)
+            b = joint.shape[0]
+            lam, perm = dmm.sample(b, joint.device)  # perm: of the global batch
+            glob: dict[str, Any] = {}
+            if shard is not None:  # partners from any rank, with gradients
+                own = torch.arange(b, device=joint.device) + shard.rank * b
+                glob = {"gather": shard.gather, "own": own}
+            mixed = Mixed(
+                [mix(v, lam, perm, name=f"z[{m!r}]", **glob) for m, v in z.items()], lam, perm
+            )
         zt = {m: v.float() for m, v in zip(z, mixed.z, strict=True)}
         groups: list[tuple[list[torch.Tensor], torch.Tensor]] = []
         if self.objective in ("joint", "both"):
@@ -150,7 +158,9 @@ class MultimodalObjective:
             for b in z:
                 groups.append(([zt[a] for a in z if a != b], z[b]))
         vals = [dmm.dmm_term(Mixed(anchors, mixed.lam, mixed.perm), pos) for anchors, pos in groups]
-        return sum(vals) / len(vals)  # type: ignore[return-value]
+        term = sum(vals) / len(vals)
+        # under torchrun each term is this rank's share: the global value, this share's gradient
+        return term if shard is None else shard.total(term)  # type: ignore[return-value]
 
     def __call__(
         self, model: MultimodalModel, x: Mapping[str, torch.Tensor | None]

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..distributed import local_main_first
 from ..probes import fit_linear_probe, knn_predict
 from ..run import EpochTrainer, atomic_write_text, open_run, restore_model
 from .config import EvalConfig, MultimodalConfig, check, check_applies, modality_names, resolve
@@ -181,7 +182,9 @@ class MultimodalTrainer(EpochTrainer):
         return f"{variant_name(self.cfg)} s{self.cfg.train.seed}"
 
     def build(self) -> None:
-        self.data = self.given_data if self.given_data is not None else load_data(self.cfg)
+        self.data = self.given_data
+        if self.data is None:  # under torchrun: each node's first process downloads first
+            self.data = local_main_first(lambda: load_data(self.cfg))
         make_probe(self.cfg, self.data)  # a probe setting that does not fit fails before training
         self.train_x = {m: v.to(self.device) for m, v in self.data.train.items()}
         self.model = make_model(self.cfg, self.data).to(self.device)

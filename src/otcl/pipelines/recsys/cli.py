@@ -101,7 +101,9 @@ def add_parser(sub: Any) -> None:
     )
     _add_options(add_run_options(p, single_loss=True), single=True)
     add_train_options(p, "runs/recsys-<model>-<loss>[-dmm]-s<seed>")
-    p.set_defaults(handler=cmd_train, resume_hint="otcl recsys train --resume {run}")
+    p.set_defaults(
+        handler=cmd_train, distributed=True, resume_hint="otcl recsys train --resume {run}"
+    )
 
     p = verbs.add_parser(
         "compare",

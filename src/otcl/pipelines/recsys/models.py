@@ -37,6 +37,7 @@ from torch import nn
 
 from ...losses.contrastive import ContrastiveLoss
 from ...losses.pair_losses import min_triplet
+from ...ot.distributed import current_shard
 from .data import Ratings, hash_tokens
 
 __all__ = [
@@ -385,6 +386,10 @@ class CMLTripletLoss(ContrastiveLoss):
 
     Args:
         margin: m >= 0 (official: 1.5).
+        gather_distributed: under ``torch.distributed`` with several ranks, return the mean over
+            the global batch (each pair's hinge is its own: nothing is gathered) and
+            back-propagate this rank's share, as every otcl loss with this flag; DMM wrapping it
+            then mixes over the global batch too.
 
     Call:
         ``loss(z1, z2, negatives=neg)`` with users ``z1`` (B, d), their positives ``z2`` (B, d)
@@ -392,13 +397,14 @@ class CMLTripletLoss(ContrastiveLoss):
         (:class:`otcl.losses.DMM` hands them to its base loss as given).
     """
 
-    defaults = {"margin": 1.5}
+    defaults = {"margin": 1.5, "gather_distributed": False}
 
-    def __init__(self, margin: float = 1.5) -> None:
+    def __init__(self, margin: float = 1.5, gather_distributed: bool = False) -> None:
         super().__init__()
         if not margin >= 0:
             raise ValueError(f"margin: expected a number >= 0, got {margin!r}")
         self.margin = float(margin)
+        self.gather_distributed = bool(gather_distributed)
 
     def forward(
         self,
@@ -422,7 +428,9 @@ class CMLTripletLoss(ContrastiveLoss):
             raise ValueError(
                 f"negatives: expected shape ({b}, K, {d}), got {tuple(negatives.shape)}"
             )
-        return min_triplet(z1, z2, self.margin, negatives)
+        shard = current_shard() if self.gather_distributed else None
+        share = min_triplet(z1, z2, self.margin, negatives, shard)
+        return share if shard is None else shard.total(share)
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}"

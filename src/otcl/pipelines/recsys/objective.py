@@ -12,6 +12,11 @@ One step on a batch of positive training pairs :math:`(u_i, v^+_i)`:
   (``negatives=(K, d)``). With DMM: ``build("dmm", base=<loss>, pair_loss="hinge")``.
 * ``mf``: BPR with one negative per pair (excluding the user's training positives).
 
+Under ``torchrun`` (:meth:`Objective.forward` with ``part``) every rank embeds the global batch
+-- embedding lookups are cheap, and the ID dropout masks, the in-place renormalisation of the
+looked-up rows and the sampled negatives are then exactly those of one process -- and computes
+the loss of its own rows; the losses couple the global batch (``gather_distributed``).
+
 DMM defaults are those of DMM's recommender code where they apply: users mixed with
 :math:`\lambda \sim U(0, 0.5)` and the reversed batch as partner, ramp-up :math:`e/(e+30)`, margin
 1.5 for CML's Euclidean triplet; the hinge on cosines of the two-tower keeps otcl's 0.2. The
@@ -32,6 +37,17 @@ from .models import CMLTripletLoss, RecModel, bpr_loss
 
 __all__ = ["Objective", "ObjectiveSpec", "DMM_DEFAULTS", "make_loss"]
 
+
+def _share(n: int, rank: int, world: int, what: str) -> slice:
+    """Rank ``rank``'s equal part of ``n`` rows."""
+    if n % world:
+        raise ValueError(
+            f"{what}: {n} does not split evenly over the {world} processes of torchrun; use a "
+            f"multiple of {world}"
+        )
+    return slice(rank * (n // world), (rank + 1) * (n // world))
+
+
 #: DMM defaults of the official recommender code (CML) that apply to every recsys model
 DMM_DEFAULTS: dict[str, Any] = {"lam_range": (0.0, 0.5), "warmup": 30.0, "partner": "reverse"}
 
@@ -49,6 +65,8 @@ class ObjectiveSpec:
         negatives: K sampled negatives per pair (CML, default 10) or extra shared negatives
             per batch (two-tower, default 0).
         margin: CML's triplet margin (1.5).
+        gather_distributed: the loss couples the global batch of all ranks (set by the trainer
+            under torchrun; a ``gather_distributed`` in ``loss_params`` takes precedence).
     """
 
     loss: str = "triplet"
@@ -57,6 +75,7 @@ class ObjectiveSpec:
     dmm_params: dict[str, Any] = field(default_factory=dict)
     negatives: int = 10
     margin: float = 1.5
+    gather_distributed: bool = False
 
 
 def make_loss(kind: str, spec: ObjectiveSpec) -> nn.Module | None:
@@ -72,7 +91,7 @@ def make_loss(kind: str, spec: ObjectiveSpec) -> nn.Module | None:
             )
         if spec.negatives < 1:
             raise ValueError("negatives: cml needs K >= 1 sampled negatives per pair")
-        base: nn.Module = CMLTripletLoss(spec.margin)
+        base: nn.Module = CMLTripletLoss(spec.margin, spec.gather_distributed)
         if not spec.dmm:
             return base
         dmm_params.setdefault("margin", spec.margin)
@@ -84,6 +103,8 @@ def make_loss(kind: str, spec: ObjectiveSpec) -> nn.Module | None:
                 f"DMM is the dmm switch), got {spec.loss!r}"
             )
         params = {**spec.loss_params, "layout": "cross"}
+        if spec.gather_distributed:
+            params.setdefault("gather_distributed", True)
         if spec.dmm:
             return build_loss(
                 "dmm", base=spec.loss, base_params=params, pair_loss="hinge", **dmm_params
@@ -129,25 +150,34 @@ class Objective(nn.Module):
         users: torch.Tensor,
         items: torch.Tensor,
         generator: torch.Generator | None = None,
+        part: tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        """Loss of the batch of positive pairs ``(users, items)`` (both (B,) int64)."""
+        """Loss of the batch of positive pairs ``(users, items)`` (both (B,) int64).
+
+        ``part=(r, w)``: ``users, items`` are the global batch and this is rank r's share of w
+        processes -- the embeddings and negatives of the whole batch (those of one process),
+        the loss of rows ``[r B/w, (r+1) B/w)`` (and of the two-tower's extra negatives, the
+        r-th of w equal parts: their union over the ranks is the step's K).
+        """
         dev = users.device
         b = users.shape[0]
+        rows = slice(None) if part is None else _share(b, *part, "the batch")
         if self.kind == "two-tower":
             k = self.spec.negatives
-            zu = model.users(users)
+            zu = model.users(users)[rows]
             if k > 0:
                 extra = self.sampler.pool[
                     torch.randint(len(self.sampler.pool), (k,), generator=generator)
                 ].to(dev)
                 zi = model.items(torch.cat([items, extra]))
-                return self.loss(zu, zi[:b], negatives=zi[b:])
-            return self.loss(zu, model.items(items))
+                neg = zi[b:] if part is None else zi[b:][_share(k, *part, "model.negatives")]
+                return self.loss(zu, zi[:b][rows], negatives=neg)
+            return self.loss(zu, model.items(items)[rows])
         k = self.spec.negatives if self.kind == "cml" else 1
         neg = self.sampler(users.cpu(), k, generator).to(dev)
-        zu = model.users(users)
+        zu = model.users(users)[rows]
         zi = model.items(torch.cat([items, neg.flatten()]))
-        zp, zn = zi[:b], zi[b:].view(b, k, -1)
+        zp, zn = zi[:b][rows], zi[b:].view(b, k, -1)[rows]
         if self.kind == "cml":
             return self.loss(zu, zp, negatives=zn)
         s_pos = (zu * zp).sum(-1)

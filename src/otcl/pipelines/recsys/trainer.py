@@ -18,11 +18,13 @@ Metrics land in ``metrics.jsonl`` (every ``eval.every`` epochs and at the end) a
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..distributed import local_main_first
 from ..run import EpochTrainer, derive_seed, open_run, restore_model
 from .config import DROP_VARIANTS, RecsysConfig, check, parse_features, resolve
 from .data import NegativeSampler, Ratings, Split, load_ratings, split
@@ -196,13 +198,23 @@ class RecsysTrainer(EpochTrainer):
     def build(self) -> None:
         c = self.cfg
         given = self.given_data
-        self.data, self.split = given if given is not None else load_data(c)
+        self.data, self.split = (
+            given if given is not None else local_main_first(lambda: load_data(c))
+        )
         check_ks(c, self.split)
         self.model = build_recsys_model(c, self.data).to(self.device)
         sampler = NegativeSampler(
             self.split.train_user, self.split.train_item, self.data.n_items, self.split.warm_items
         )
-        self.loss_fn = Objective(self.model, objective_spec(c), sampler).to(self.device)
+        spec = objective_spec(c)
+        if self.session is not None:  # the global batch (torchrun)
+            spec = replace(spec, gather_distributed=True)
+            if c.model.kind == "two-tower" and spec.negatives % self.world:
+                raise ValueError(
+                    f"model.negatives: the {spec.negatives} extra negatives of a step are split "
+                    f"over the {self.world} processes of torchrun; use a multiple of {self.world}"
+                )
+        self.loss_fn = Objective(self.model, spec, sampler).to(self.device)
         self.prior = ranking_prior(c, self.split, self.loss_fn.temperature)
         self.pairs_user = torch.from_numpy(self.split.train_user).to(self.device)
         self.pairs_item = torch.from_numpy(self.split.train_item).to(self.device)
@@ -213,9 +225,13 @@ class RecsysTrainer(EpochTrainer):
         self.steps_per_epoch = n // self.batch_size
 
     def compute_loss(self, epoch: int, step: int) -> torch.Tensor:
-        idx = self.batch_indices(len(self.pairs_user), epoch, step).to(self.device)
+        # the global batch on every rank (its negatives drawn as in one process); the
+        # objective keeps this rank's rows of it
+        idx = self.global_batch_indices(len(self.pairs_user), epoch, step).to(self.device)
         gen = self.step_generator("negatives", device="cpu")
-        return self.loss_fn(self.model, self.pairs_user[idx], self.pairs_item[idx], gen)
+        part = None if self.world == 1 else (self.rank, self.world)
+        users, items = self.pairs_user[idx], self.pairs_item[idx]
+        return self.loss_fn(self.forward_model, users, items, gen, part)
 
     def evaluate(self, final: bool) -> dict[str, float]:
         e = self.cfg.eval

@@ -73,7 +73,7 @@ def add_parser(sub: Any) -> None:
     _add_data_options(add_run_options(p, single_loss=True))
     add_train_options(p, "runs/<loss>-<dataset>-s<seed>")
     p.add_argument("--eval", action="store_true", help="run `otcl eval` on the run when done")
-    p.set_defaults(handler=cmd_train, resume_hint="otcl train --resume {run}")
+    p.set_defaults(handler=cmd_train, distributed=True, resume_hint="otcl train --resume {run}")
 
     p = sub.add_parser(
         "eval",
@@ -109,7 +109,11 @@ def add_parser(sub: Any) -> None:
         per="loss",
         default_out="runs/compare",
     )
-    p.set_defaults(handler=cmd_compare, resume_hint="run the same `otcl compare` command again")
+    p.set_defaults(
+        handler=cmd_compare,
+        distributed=True,
+        resume_hint="run the same `otcl compare` command again",
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -123,7 +127,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"kNN {summary['knn']:.4f}, {summary['seconds_per_epoch']:.2f} s/epoch, "
         f"{summary['views_per_s']:.0f} views/s -> {trainer.out}"
     )
-    if args.eval:
+    if args.eval and trainer.is_main:  # under torchrun: rank 0 evaluates
         from .evaluate import evaluate_run
 
         r = evaluate_run(

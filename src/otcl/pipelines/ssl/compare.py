@@ -5,6 +5,9 @@ linear probe); runs already finished are reused and interrupted ones resumed, so
 comparison restarts where it stopped. The table gives mean +- std over seeds; ``results.json``
 holds every number, ``accuracy.png`` the accuracies with error bars and ``curves.png`` the
 training curves (normalised loss and kNN accuracy per epoch).
+
+Under ``torchrun`` every run is trained by all the processes (the global batch split over them);
+rank 0 decides which runs to reuse or resume, evaluates them and writes the results.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from ..compare import (
     write_outputs,
 )
 from ..config import save_config
+from ..distributed import agreed, broadcast, is_main, local_main_first, main_log
 from ..run import METRICS, SUMMARY, read_jsonl
 from .config import Config, resolve
 from .evaluate import evaluate_run
@@ -86,7 +90,7 @@ def compare(
     Returns:
         the content of ``results.json``.
     """
-    log = log or stderr_log
+    log = main_log(log or stderr_log)  # under torchrun: rank 0
     unknown = [name for name in losses if name not in available()]
     if unknown:
         raise ValueError(
@@ -112,8 +116,10 @@ def _compare(
     plot: bool,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    save_config(base, out / "config.yaml")
-    data = load_data(base, progress=base.train.progress)
+    with agreed():
+        if is_main():
+            save_config(base, out / "config.yaml")
+    data = local_main_first(lambda: load_data(base, progress=base.train.progress and is_main()))
     log(f"otcl compare: {data!r}; losses {', '.join(losses)}; {seeds} seed(s); out {out}")
     grid: list[Run] = []
     for name in losses:
@@ -128,17 +134,21 @@ def _compare(
     runner = SSLRunner(evaluate)
     for run in grid:  # each run's numbers show as it finishes
         train_run(runner, run, data, log)
-        runs.append(_record(run, evaluate, log))
-    results = _aggregate(base, losses, runs, data)
-    results["wall_seconds"] = time.perf_counter() - t_start
-    write_outputs(
-        out,
-        results,
-        format_table(results),
-        plot=(lambda: plot_results(results, runs, out)) if plot else None,
-        log=log,
-    )
-    return results
+        if is_main():
+            runs.append(_record(run, evaluate, log))
+    results: dict[str, Any] = {}
+    with agreed():  # rank 0 writes the results, the others wait for them
+        if is_main():
+            results = _aggregate(base, losses, runs, data)
+            results["wall_seconds"] = time.perf_counter() - t_start
+            write_outputs(
+                out,
+                results,
+                format_table(results),
+                plot=(lambda: plot_results(results, runs, out)) if plot else None,
+                log=log,
+            )
+    return broadcast(results)
 
 
 def _record(run: Run, evaluate: bool, log: Callable[[str], None]) -> dict[str, Any]:

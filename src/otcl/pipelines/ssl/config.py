@@ -68,10 +68,16 @@ class DataConfig(Section):
 
 @dataclass
 class ModelConfig(Section):
-    """Encoder = backbone + projection head (``head_hidden`` 0 = linear head)."""
+    """Encoder = backbone + projection head (``head_hidden`` 0 = linear head).
+
+    ``norm``: the backbone's normalisation, ``batch`` | ``group`` | ``none`` (GroupNorm and none
+    are per sample: a run under torchrun on CPU then equals the one-process run, see
+    ``docs/distributed.md``); ``head_bn``: BatchNorm in the projection head.
+    """
 
     arch: str | None = None  # "small-cnn" | "resnet18" (preset)
     width: int | None = None  # small-cnn channels
+    norm: str = "batch"
     head_hidden: int | None = None
     head_out: int | None = None
     head_bn: bool = True

@@ -7,17 +7,26 @@
   is not installed; the layer layout and initialisation follow ``torchvision.models.resnet18``.
 * ``small-cnn``: three 3x3 conv-BN-ReLU blocks and global average pooling, for 8x8 digits.
 
+``norm`` picks the backbone's normalisation layers (:data:`NORMS`): ``batch`` (BatchNorm, the
+default), ``group`` (GroupNorm with gcd(C, 8) groups of the C channels: per sample, so a run
+split over processes equals the one-process run without SyncBatchNorm) or ``none`` (the
+convolutions then get a bias).
+
 The projection head is ``Linear(feat, hidden) -> BN -> ReLU -> Linear(hidden, out)`` (lightly's
 SimCLR head is 512-512-128; GCA's code uses 2048-128 without BN); ``hidden=0`` gives a linear head.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 __all__ = [
     "ARCHS",
+    "NORMS",
+    "norm_layer",
     "BasicBlock",
     "ResNet18",
     "SmallCNN",
@@ -27,20 +36,36 @@ __all__ = [
 ]
 
 
+#: normalisation layers of the backbones
+NORMS = ("batch", "group", "none")
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """``BatchNorm2d(C)``, ``GroupNorm(gcd(C, 8), C)`` or the identity, by ``kind`` (NORMS)."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(channels, 8), channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"model.norm: expected one of {', '.join(NORMS)}, got {kind!r}")
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+    def __init__(self, cin: int, cout: int, stride: int = 1, norm: str = "batch") -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        bias = norm == "none"
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=bias)
+        self.bn1 = norm_layer(norm, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=bias)
+        self.bn2 = norm_layer(norm, cout)
         self.relu = nn.ReLU(inplace=True)
         self.downsample: nn.Module | None = None
         if stride != 1 or cin != cout:
             self.downsample = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+                nn.Conv2d(cin, cout, 1, stride, bias=bias), norm_layer(norm, cout)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,18 +80,19 @@ class ResNet18(nn.Module):
 
     feature_dim = 512
 
-    def __init__(self, in_channels: int = 3, stem: str = "cifar") -> None:
+    def __init__(self, in_channels: int = 3, stem: str = "cifar", norm: str = "batch") -> None:
         super().__init__()
+        bias = norm == "none"
         if stem == "cifar":
             self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False),
-                nn.BatchNorm2d(64),
+                nn.Conv2d(in_channels, 64, 3, 1, 1, bias=bias),
+                norm_layer(norm, 64),
                 nn.ReLU(inplace=True),
             )
         elif stem == "imagenet":
             self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False),
-                nn.BatchNorm2d(64),
+                nn.Conv2d(in_channels, 64, 7, 2, 3, bias=bias),
+                norm_layer(norm, 64),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(3, 2, 1),
             )
@@ -74,14 +100,16 @@ class ResNet18(nn.Module):
             raise ValueError(f"stem: expected 'cifar' or 'imagenet', got {stem!r}")
         layers, cin = [], 64
         for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            layers.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
+            layers.append(
+                nn.Sequential(BasicBlock(cin, cout, stride, norm), BasicBlock(cout, cout, 1, norm))
+            )
             cin = cout
         self.layers = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
@@ -90,9 +118,9 @@ class ResNet18(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """Three conv-BN-ReLU blocks (width, 2 width, 4 width) and global average pooling."""
+    """Three conv-norm-ReLU blocks (width, 2 width, 4 width) and global average pooling."""
 
-    def __init__(self, in_channels: int = 1, width: int = 32) -> None:
+    def __init__(self, in_channels: int = 1, width: int = 32, norm: str = "batch") -> None:
         super().__init__()
         w = int(width)
         if w < 1:
@@ -100,7 +128,9 @@ class SmallCNN(nn.Module):
 
         def block(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)
+                nn.Conv2d(cin, cout, 3, 1, 1, bias=norm == "none"),
+                norm_layer(norm, cout),
+                nn.ReLU(True),
             )
 
         self.net = nn.Sequential(
@@ -165,14 +195,16 @@ def build_encoder(
     head_hidden: int = 512,
     head_out: int = 128,
     head_bn: bool = True,
+    norm: str = "batch",
 ) -> Encoder:
-    """Build an :class:`Encoder` by architecture name (one of :data:`ARCHS`)."""
+    """Build an :class:`Encoder` by architecture name (one of :data:`ARCHS`); ``norm``: the
+    backbone's normalisation (:data:`NORMS`)."""
     if arch == "small-cnn":
-        backbone: nn.Module = SmallCNN(in_channels, width)
+        backbone: nn.Module = SmallCNN(in_channels, width, norm)
     elif arch == "resnet18":
-        backbone = ResNet18(in_channels, stem="cifar")
+        backbone = ResNet18(in_channels, stem="cifar", norm=norm)
     elif arch == "resnet18-imagenet":
-        backbone = ResNet18(in_channels, stem="imagenet")
+        backbone = ResNet18(in_channels, stem="imagenet", norm=norm)
     else:
         raise ValueError(f"model.arch: expected one of {', '.join(ARCHS)}, got {arch!r}")
     dim = backbone.feature_dim  # type: ignore[attr-defined]

@@ -16,6 +16,11 @@ every ``log_every`` steps, already stops a diverging run.
 Reproducibility: the batch order of epoch ``e`` and the augmentations of global step ``s`` are
 drawn from generators seeded by ``(seed, e)`` and ``(seed, s)``, and every other RNG state is in
 the checkpoint. The run directory also receives ``eval.json`` from ``otcl eval``.
+
+Under ``torchrun`` each rank takes its rows of the global batch and the augmentation parameters
+of those rows (drawn for the whole batch), so a run equals the one-process run up to float
+rounding when the model has no BatchNorm (``model.norm=group`` or ``none`` with
+``model.head_bn=false``; on CUDA, BatchNorm becomes SyncBatchNorm).
 """
 
 from __future__ import annotations
@@ -25,12 +30,13 @@ from typing import Any
 
 import torch
 
+from ..distributed import local_main_first
 from ..probes import knn_accuracy
 from ..run import METRICS, SUMMARY, EpochTrainer, open_run, pick_device, restore_model
 from .config import Config, resolve
 from .data import Augment, ImageData, load_dataset
 from .features import split_features
-from .models import ARCHS, Encoder, build_encoder
+from .models import ARCHS, NORMS, Encoder, build_encoder
 
 __all__ = ["SSLTrainer", "load_run", "load_data", "make_augment", "make_model"]
 
@@ -64,6 +70,7 @@ def make_model(cfg: Config, data: ImageData) -> Encoder:
         head_hidden=m.head_hidden,  # type: ignore[arg-type]
         head_out=m.head_out,  # type: ignore[arg-type]
         head_bn=m.head_bn,
+        norm=m.norm,
     )
 
 
@@ -94,6 +101,8 @@ def check_image_config(cfg: Config) -> None:
         raise ValueError(f"data.{err}") from None
     if m.arch not in ARCHS:
         raise ValueError(f"model.arch: expected one of {', '.join(ARCHS)}, got {m.arch!r}")
+    if m.norm not in NORMS:
+        raise ValueError(f"model.norm: expected one of {', '.join(NORMS)}, got {m.norm!r}")
     for name, low in (("width", 1), ("head_hidden", 0), ("head_out", 1)):
         v = getattr(m, name)
         if v is not None and v < low:
@@ -155,7 +164,7 @@ class SSLTrainer(EpochTrainer):
         host sync per step; the loop checks the running loss every ``log_every`` steps)."""
         from ...losses import build, parameters
 
-        params = dict(self.cfg.loss.params)
+        params = self.loss_params(self.cfg.loss.params)  # the global batch under torchrun
         if "check_inputs" in parameters(self.cfg.loss.name):
             params.setdefault("check_inputs", False)
         return build(self.cfg.loss.name, **params).to(self.device)
@@ -174,8 +183,10 @@ class SSLTrainer(EpochTrainer):
     def build(self) -> None:
         t = self.cfg.train
         self.data = self.given_data
-        if self.data is None:
-            self.data = load_data(self.cfg, progress=t.progress)
+        if self.data is None:  # under torchrun: each node's first process downloads first
+            self.data = local_main_first(
+                lambda: load_data(self.cfg, progress=t.progress and self.is_main)
+            )
         self.images = self.data.ssl_images().to(self.device)
         self.augment = make_augment(self.cfg, self.data).to(self.device)
         self.model = make_model(self.cfg, self.data).to(self.device)
@@ -197,10 +208,13 @@ class SSLTrainer(EpochTrainer):
         return self.loss_on(self.batch_indices(self.images.shape[0], epoch, step))
 
     def loss_on(self, idx: torch.Tensor) -> torch.Tensor:
-        """The loss of the images ``idx`` under the augmentations of the current global step."""
+        """The loss of the images ``idx`` under the augmentations of the current global step
+        (under torchrun: ``idx`` is this rank's rows of the global batch, and the augmentation
+        draws are those of the global batch, so each image gets the draw of one process)."""
         x = self.images[idx.to(self.device, non_blocking=True)]
         gen = self.step_generator("augment")
-        views = torch.cat([self.augment(x, gen), self.augment(x, gen)])
+        shard = None if self.world == 1 else (self.local_rows.start, self.batch_size)
+        views = torch.cat([self.augment(x, gen, shard), self.augment(x, gen, shard)])
         if self.cfg.train.channels_last:
             views = views.contiguous(memory_format=torch.channels_last)
         b = x.shape[0]

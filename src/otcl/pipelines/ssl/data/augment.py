@@ -86,8 +86,26 @@ def _range(name: str, values: Sequence[float], fraction: bool = False) -> tuple[
     return lo, hi
 
 
-def _uniform(lo: float, hi: float, n: int, gen, device) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
+class _Draws:
+    """Uniform draws for the rows ``offset .. offset + n`` of a batch of ``total``: each call
+    draws ``total`` numbers and keeps those rows, so that a shard of a batch gets exactly the
+    draws its images get when the whole batch is augmented at once (one process)."""
+
+    def __init__(self, n: int, gen, device, shard: tuple[int, int] | None) -> None:
+        offset, total = (0, n) if shard is None else (int(shard[0]), int(shard[1]))
+        if offset < 0 or offset + n > total:
+            raise ValueError(
+                f"shard: expected (offset, total) with 0 <= offset and offset + {n} <= total, "
+                f"got {shard}"
+            )
+        self.rows = slice(offset, offset + n)
+        self.total, self.gen, self.device = total, gen, device
+
+    def rand(self) -> torch.Tensor:
+        return torch.rand(self.total, generator=self.gen, device=self.device)[self.rows]
+
+    def uniform(self, lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * self.rand()
 
 
 class Augment(nn.Module):
@@ -110,8 +128,11 @@ class Augment(nn.Module):
         erase_value: the erased pixels' value after normalisation (0 = the mean colour).
 
     Call:
-        ``aug(x, generator=None) -> (B, C, size, size)`` float32, ``x`` (B, C, H, W) uint8 (or
-        float in [0, 1]); ``generator`` on ``x.device`` makes the draw reproducible.
+        ``aug(x, generator=None, shard=None) -> (B, C, size, size)`` float32, ``x`` (B, C, H, W)
+        uint8 (or float in [0, 1]); ``generator`` on ``x.device`` makes the draw reproducible.
+        ``shard=(offset, total)``: ``x`` is rows ``offset .. offset + B`` of a batch of
+        ``total`` (one rank's share under torchrun); the parameters are drawn for the whole
+        batch and those rows kept, so each image is augmented as in one process.
     """
 
     def __init__(
@@ -168,19 +189,22 @@ class Augment(nn.Module):
         self.register_buffer("std", torch.tensor([float(s) for s in std]), persistent=False)
 
     # -- parts -----------------------------------------------------------------------------
-    def crop_grid(self, b: int, size: int, gen, device) -> torch.Tensor:
+    def crop_grid(
+        self, b: int, size: int, gen, device, shard: tuple[int, int] | None = None
+    ) -> torch.Tensor:
         """Sampling grids (B, size, size, 2) of random resized crops, flips and rotations."""
-        area = _uniform(*self.crop_scale, b, gen, device)
-        ratio = torch.exp(_uniform(*self.log_ratio, b, gen, device))
+        draw = _Draws(b, gen, device, shard)
+        area = draw.uniform(*self.crop_scale)
+        ratio = torch.exp(draw.uniform(*self.log_ratio))
         w = torch.sqrt(area * ratio).clamp(max=1.0)  # fractions of the side
         h = torch.sqrt(area / ratio).clamp(max=1.0)
-        cx = (1.0 - w) * (2.0 * torch.rand(b, generator=gen, device=device) - 1.0)
-        cy = (1.0 - h) * (2.0 * torch.rand(b, generator=gen, device=device) - 1.0)
-        flip = torch.rand(b, generator=gen, device=device) < self.flip_p
+        cx = (1.0 - w) * (2.0 * draw.rand() - 1.0)
+        cy = (1.0 - h) * (2.0 * draw.rand() - 1.0)
+        flip = draw.rand() < self.flip_p
         sx = torch.where(flip, -w, w)
         theta = torch.zeros(b, 2, 3, device=device)
         if self.rotate > 0:
-            ang = _uniform(-self.rotate, self.rotate, b, gen, device) * (math.pi / 180.0)
+            ang = draw.uniform(-self.rotate, self.rotate) * (math.pi / 180.0)
             cos, sin = torch.cos(ang), torch.sin(ang)
             theta[:, 0, 0], theta[:, 0, 1] = sx * cos, -h * sin
             theta[:, 1, 0], theta[:, 1, 1] = sx * sin, h * cos
@@ -189,17 +213,17 @@ class Augment(nn.Module):
         theta[:, 0, 2], theta[:, 1, 2] = cx, cy
         return F.affine_grid(theta, [b, 1, size, size], align_corners=False)
 
-    def color(self, x: torch.Tensor, gen) -> torch.Tensor:
+    def color(self, x: torch.Tensor, gen, shard: tuple[int, int] | None = None) -> torch.Tensor:
         """Colour jitter (with probability ``jitter_p``) and grayscale (``gray_p``), x in [0, 1]."""
         b, c = x.shape[:2]
-        dev = x.device
+        draw = _Draws(b, gen, x.device, shard)
         bri, con, sat, hue = self.jitter
         if self.jitter_p > 0 and any(v > 0 for v in self.jitter):
-            on = torch.rand(b, generator=gen, device=dev) < self.jitter_p
+            on = draw.rand() < self.jitter_p
             onf = on.float().view(b, 1, 1, 1)
 
             def factor(s: float) -> torch.Tensor:
-                f = _uniform(1.0 - s, 1.0 + s, b, gen, dev).clamp_min(0.0).view(b, 1, 1, 1)
+                f = draw.uniform(1.0 - s, 1.0 + s).clamp_min(0.0).view(b, 1, 1, 1)
                 return 1.0 + onf * (f - 1.0)  # identity for images without jitter
 
             if bri > 0:
@@ -213,12 +237,12 @@ class Augment(nn.Module):
                 f = factor(sat)
                 x = (f * x + (1.0 - f) * grayscale(x)).clamp_(0.0, 1.0)
             if c == 3 and hue > 0:
-                shift = _uniform(-hue, hue, b, gen, dev) * on.float()
+                shift = draw.uniform(-hue, hue) * on.float()
                 hsv = rgb_to_hsv(x)
                 hsv[:, 0] = (hsv[:, 0] + shift.view(b, 1, 1)) % 1.0
                 x = torch.where(on.view(b, 1, 1, 1), hsv_to_rgb(hsv), x)
         if c == 3 and self.gray_p > 0:
-            g = torch.rand(b, generator=gen, device=dev) < self.gray_p
+            g = draw.rand() < self.gray_p
             x = torch.where(g.view(b, 1, 1, 1), grayscale(x).expand_as(x), x)
         return x
 
@@ -231,7 +255,7 @@ class Augment(nn.Module):
             raise ValueError(f"x: expected {mean.numel()} channels for this normalisation, got {c}")
         return (x - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
 
-    def erase(self, x: torch.Tensor, gen) -> torch.Tensor:
+    def erase(self, x: torch.Tensor, gen, shard: tuple[int, int] | None = None) -> torch.Tensor:
         """Random erasing (with probability ``erase_p``) of one rectangle per image.
 
         The rectangle covers the pixels whose centres fall inside it: its area fraction is drawn
@@ -242,13 +266,14 @@ class Augment(nn.Module):
             return x
         b, _, h, w = x.shape
         dev = x.device
-        on = torch.rand(b, generator=gen, device=dev) < self.erase_p
-        area = _uniform(*self.erase_scale, b, gen, dev)
-        ratio = torch.exp(_uniform(*self.erase_log_ratio, b, gen, dev))
+        draw = _Draws(b, gen, dev, shard)
+        on = draw.rand() < self.erase_p
+        area = draw.uniform(*self.erase_scale)
+        ratio = torch.exp(draw.uniform(*self.erase_log_ratio))
         eh = torch.sqrt(area / ratio).clamp(max=1.0)  # fractions of the side
         ew = torch.sqrt(area * ratio).clamp(max=1.0)
-        y0 = (1.0 - eh) * torch.rand(b, generator=gen, device=dev)
-        x0 = (1.0 - ew) * torch.rand(b, generator=gen, device=dev)
+        y0 = (1.0 - eh) * draw.rand()
+        x0 = (1.0 - ew) * draw.rand()
         ys = (torch.arange(h, device=dev, dtype=x.dtype) + 0.5) / h  # pixel centres
         xs = (torch.arange(w, device=dev, dtype=x.dtype) + 0.5) / w
         in_y = (ys >= y0[:, None]) & (ys < (y0 + eh)[:, None])  # (B, H)
@@ -258,18 +283,23 @@ class Augment(nn.Module):
 
     # -- call ------------------------------------------------------------------------------
     @torch.no_grad()
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        shard: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"x: expected a batch (B, C, H, W), got shape {tuple(x.shape)}")
         b = x.shape[0]
         size = self.size or x.shape[-1]
         xf = to_float(x)
-        grid = self.crop_grid(b, size, generator, x.device)
+        grid = self.crop_grid(b, size, generator, x.device, shard)
         xf = F.grid_sample(
             xf, grid, mode="bilinear", padding_mode="reflection", align_corners=False
         )
-        xf = self.color(xf, generator)
-        return self.erase(self.normalize(xf), generator)
+        xf = self.color(xf, generator, shard)
+        return self.erase(self.normalize(xf), generator, shard)
 
     def plain(self, x: torch.Tensor) -> torch.Tensor:
         """The un-augmented, normalised view (evaluation), resized to ``size`` if needed."""
