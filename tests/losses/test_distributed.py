@@ -1,7 +1,8 @@
 """``gather_distributed=True`` with 2 gloo processes equals one process on the concatenated batch.
 
 Every registered loss, both layouts, identity / labels / custom targets, extra negatives, every
-solver path (exp and log domains, fused and autograd backward, implicit, detach) and DMM: the
+solver path (exp and log domains, fused and autograd backward, implicit, detach) and DMM (also
+its public pieces: sample, mix_with, dmm_term, total): the
 loss value on every rank equals the single-process loss of the global batch, and the gradient of
 every rank's embeddings equals the single-process gradient of its rows (float64, 1e-8).
 The two processes are started once for the whole module (a few seconds).
@@ -20,6 +21,7 @@ import torch.distributed as dist
 
 import otcl
 from otcl.losses import build
+from otcl.losses.mixing import Mixed
 
 WORLD = 2
 N_LOCAL = 4  # pairs per rank
@@ -81,6 +83,10 @@ def _cases():
     ]
     for i, (name, p) in enumerate(solver):
         out.append((f"{name}-solver{i}", name, p, "identity", False))
+    # DMM's public pieces as a pipeline calls them: sample, mix_with, dmm_term, total
+    out.append(
+        ("dmm-mix_with", "dmm", {"warmup": 0.0, "seed": 4, "partner": "random"}, "mix", False)
+    )
     return out
 
 
@@ -98,7 +104,12 @@ def _run(name, params, kind, with_neg, z1, z2, neg, labels, distributed):
         extra["target"] = _target(layout, WORLD * N_LOCAL)
     if with_neg:
         extra["negatives"] = neg.clone().requires_grad_()
-    val = loss_fn(a, b, **extra)
+    if kind == "mix":
+        lam, perm = loss_fn.sample(a.shape[0])
+        mixed = Mixed(loss_fn.mix_with(a, lam, perm, name="a"), lam, perm)
+        val = loss_fn.total(loss_fn.dmm_term(mixed, b))
+    else:
+        val = loss_fn(a, b, **extra)
     val.backward()
     grads = [a.grad, b.grad] + ([extra["negatives"].grad] if with_neg else [])
     return val.detach(), grads

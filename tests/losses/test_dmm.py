@@ -132,6 +132,23 @@ def test_embedding_mixing_reverse_and_random(make_pairs):
     assert m2.lam == m1.lam and torch.equal(m2.perm, m1.perm)  # seeded
 
 
+def test_mix_with_one_draw_for_several_tensors_and_total(make_pairs):
+    """sample + mix_with + dmm_term + total is the forward's DMM term, piece by piece."""
+    z1, z2 = make_pairs(dtype=torch.float64, noise=0.5, n=6)
+    dmm = DMM(partner="random", seed=5, warmup=0.0)
+    lam, perm = dmm.sample(6)
+    za, zb = dmm.mix_with(z1, lam, perm), dmm.mix_with({"m": z2, "n": None}, lam, perm)
+    torch.testing.assert_close(za, lam * z1 + (1 - lam) * z1[perm], rtol=0, atol=0)
+    torch.testing.assert_close(zb["m"], lam * z2 + (1 - lam) * z2[perm], rtol=0, atol=0)
+    assert zb["n"] is None
+    term = dmm.total(dmm.dmm_term(Mixed(za, lam, perm), z2))
+    ref = DMM(partner="random", seed=5, warmup=0.0)
+    expected = ref(z1, z2) - ref.base_loss(z1, z2)
+    torch.testing.assert_close(dmm.current_weight * term, expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="ids cannot be mixed"):
+        dmm.mix_with(torch.arange(6), lam, perm, embeddings=False)
+
+
 def test_mix_structures_and_missing_modality():
     perm = torch.tensor([2, 1, 0])
     x = {"text": torch.ones(3, 4) * torch.arange(3.0)[:, None], "audio": None}

@@ -301,14 +301,42 @@ class DMM(LossWrapper):
             perm = shard.broadcast(perm)
         return lam, perm
 
-    def _mix(self, x: Any, lam: float, perm: torch.Tensor, name: str, embeddings: bool) -> Any:
+    def mix_with(
+        self,
+        x: Any,
+        lam: float,
+        perm: torch.Tensor,
+        *,
+        name: str = "x",
+        embeddings: bool = True,
+    ) -> Any:
+        r"""Mix ``x`` with a given draw ``(lam, perm)`` from :meth:`sample`.
+
+        :math:`\lambda x + (1-\lambda) x_{\pi}` for a tensor (B, ...) or a dict/list of them
+        (:func:`~otcl.losses.mixing.mix`). With ``gather_distributed`` on the base loss, ``perm``
+        permutes the global batch and the partners come from any rank; ``embeddings=True``
+        gathers them with gradients (embeddings), ``False`` without (raw inputs). Use it to mix
+        several tensors (e.g. one embedding per modality) with one draw.
+        """
         shard = self.shard()
         if shard is None:
             return mix(x, lam, perm, name=name)
         first = first_tensor(x)
+        if first is None:
+            return mix(x, lam, perm, name=name)
         own = self._own(first.shape[0], shard, first.device)
         gather = shard.gather if embeddings else shard.gather_constant  # grads for embeddings
         return mix(x, lam, perm, name=name, gather=gather, own=own)
+
+    def total(self, term: torch.Tensor) -> torch.Tensor:
+        """The global value of a :meth:`dmm_term` (the identity without ``gather_distributed``).
+
+        Under ``gather_distributed`` each rank's :meth:`dmm_term` is its share of the global
+        term; this sums the shares over ranks, keeping this rank's share's gradient
+        (:meth:`~otcl.ot.distributed.Shard.total`). :meth:`forward` does this itself.
+        """
+        shard = self.shard()
+        return term if shard is None else shard.total(term)
 
     def mix_embeddings(self, z1: torch.Tensor, z2: torch.Tensor | None = None) -> Mixed:
         """Embedding-space mixing :math:`\\tilde a = \\lambda z_1 + (1-\\lambda) z_1[\\pi]`."""
@@ -317,8 +345,8 @@ class DMM(LossWrapper):
         if self.both_views:
             if z2 is None:
                 raise ValueError("z2: expected view-2 embeddings with both_views=True, got None")
-            z2m = self._mix(z2, lam, perm, "z2", embeddings=True)
-        return Mixed(self._mix(z1, lam, perm, "z1", embeddings=True), lam, perm, z2m)
+            z2m = self.mix_with(z2, lam, perm, name="z2")
+        return Mixed(self.mix_with(z1, lam, perm, name="z1"), lam, perm, z2m)
 
     def mix_inputs(
         self,
@@ -348,7 +376,7 @@ class DMM(LossWrapper):
         if first is None:
             raise ValueError("x1: expected a tensor or a dict/list/tuple holding tensors")
         lam, perm = self.sample(first.shape[0], first.device)
-        xm = self._mix(x1, lam, perm, "x1", embeddings=False)
+        xm = self.mix_with(x1, lam, perm, name="x1", embeddings=False)
         if per_modality:
             if not isinstance(xm, Mapping):
                 raise ValueError(
@@ -365,7 +393,7 @@ class DMM(LossWrapper):
         if self.both_views:
             if x2 is None:
                 raise ValueError("x2: expected view-2 inputs with both_views=True, got None")
-            z2m = encoder(self._mix(x2, lam, perm, "x2", embeddings=False))
+            z2m = encoder(self.mix_with(x2, lam, perm, name="x2", embeddings=False))
         return Mixed(z, lam, perm, z2m)
 
     def prepare_inputs(
@@ -412,7 +440,8 @@ class DMM(LossWrapper):
 
         ``z1`` (clean view 1) is needed only with ``both_views=True``; ``negatives`` are the
         anchors' sampled negatives for the pair loss ((K, d) or (B, K, d)). With
-        ``gather_distributed`` (on the base loss), this rank's share of the global term.
+        ``gather_distributed`` (on the base loss), this rank's share of the global term: wrap
+        it in :meth:`total` for the global value (:meth:`forward` does).
         """
         margin = self.margin_for(mixed.lam)
         fn = PAIR_LOSSES[self.pair_loss]
@@ -457,8 +486,7 @@ class DMM(LossWrapper):
         if mixed is None:
             mixed = self.mix_embeddings(z1, z2)
         term = self.dmm_term(mixed, z2, z1, negatives)
-        shard = self.shard()
-        return loss + w * (term if shard is None else shard.total(term))
+        return loss + w * self.total(term)
 
     def extra_repr(self) -> str:
         keys = ["margin", "lam_range", "warmup", "weight", "partner", "pair_loss", "epoch"]

@@ -42,7 +42,15 @@ __all__ = ["Shard", "current_shard", "gather", "all_reduce_sum", "all_to_all_blo
 
 
 def _backend_scatters(group: Any) -> bool:
-    return dist.get_backend(group) in ("nccl", "xccl")
+    # A combined backend reads e.g. "cpu:gloo,cuda:nccl": reduce-scatter is there for CUDA tensors.
+    backend = str(dist.get_backend(group))
+    return "nccl" in backend or "xccl" in backend
+
+
+# torch 2.13 renamed the single-tensor collectives (the old names warn); older releases only
+# have the old names.
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
 class _Gather(torch.autograd.Function):
@@ -53,7 +61,7 @@ class _Gather(torch.autograd.Function):
         ctx.group = group
         world = dist.get_world_size(group)
         out = x.new_empty((world * x.shape[0], *x.shape[1:]))
-        dist.all_gather_into_tensor(out, x.contiguous(), group=group)
+        _all_gather_single(out, x.contiguous(), group=group)
         return out
 
     @staticmethod
@@ -63,7 +71,7 @@ class _Gather(torch.autograd.Function):
         grad = grad.contiguous()
         if _backend_scatters(group):
             out = grad.new_empty((grad.shape[0] // world, *grad.shape[1:]))
-            dist.reduce_scatter_tensor(out, grad, group=group)
+            _reduce_scatter_single(out, grad, group=group)
             return out, None
         total = grad.clone()
         dist.all_reduce(total, group=group)
@@ -179,7 +187,7 @@ class Shard:
     def gather_constant(self, x: torch.Tensor) -> torch.Tensor:
         """All ranks' ``x`` along dim 0, without gradient (labels, raw inputs)."""
         out = x.new_empty((self.world * x.shape[0], *x.shape[1:]))
-        dist.all_gather_into_tensor(out, x.contiguous(), group=self.group)
+        _all_gather_single(out, x.contiguous(), group=self.group)
         return out
 
     def broadcast(self, x: torch.Tensor, src: int = 0) -> torch.Tensor:

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ...losses import DMM
-from ...losses.dmm import Mixed, mix
+from ...losses.dmm import Mixed
 from .models import MultimodalModel
 
 __all__ = ["MultimodalObjective", "OBJECTIVES", "DMM_MIX"]
@@ -136,19 +136,14 @@ class MultimodalObjective:
         joint: torch.Tensor,
     ) -> torch.Tensor:
         dmm: Any = self.loss
-        shard = dmm.shard()  # the global batch under torchrun (gather_distributed)
         if self.dmm_mix == "input":
             with self.autocast():  # one latent per modality, each encoded alone
                 mixed = dmm.mix_inputs(model, x, per_modality=True)
         else:
-            b = joint.shape[0]
-            lam, perm = dmm.sample(b, joint.device)  # perm: of the global batch
-            glob: dict[str, Any] = {}
-            if shard is not None:  # partners from any rank, with gradients
-                own = torch.arange(b, device=joint.device) + shard.rank * b
-                glob = {"gather": shard.gather, "own": own}
+            lam, perm = dmm.sample(joint.shape[0], joint.device)  # perm: of the global batch
+            # one draw for every modality; under torchrun the partners come from any rank
             mixed = Mixed(
-                [mix(v, lam, perm, name=f"z[{m!r}]", **glob) for m, v in z.items()], lam, perm
+                [dmm.mix_with(v, lam, perm, name=f"z[{m!r}]") for m, v in z.items()], lam, perm
             )
         zt = {m: v.float() for m, v in zip(z, mixed.z, strict=True)}
         groups: list[tuple[list[torch.Tensor], torch.Tensor]] = []
@@ -160,7 +155,7 @@ class MultimodalObjective:
         vals = [dmm.dmm_term(Mixed(anchors, mixed.lam, mixed.perm), pos) for anchors, pos in groups]
         term = sum(vals) / len(vals)
         # under torchrun each term is this rank's share: the global value, this share's gradient
-        return term if shard is None else shard.total(term)  # type: ignore[return-value]
+        return dmm.total(term)
 
     def __call__(
         self, model: MultimodalModel, x: Mapping[str, torch.Tensor | None]
