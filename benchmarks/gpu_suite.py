@@ -12,7 +12,7 @@ One device call (at most 10 minutes; this suite plans for ``--budget-s`` = 540 s
    a trainer step (``torch.cuda.set_sync_debug_mode``).
 4. ``multigpu`` -- issue 13's check on one GPU: the global-batch losses under ``torchrun``
    (NCCL) with 1 and 2 ranks, and a world-size-1 ``torchrun`` training next to the
-   single-process one once ``otcl train`` runs under torchrun (until then "not available").
+   single-process one.
 5. ``accuracy`` -- the rest of the budget: the CIFAR-10 protocol (``gpu_accuracy.py``), resumed
    from ``--resume-from`` and carried on in ``$OUT/state``.
 
@@ -351,18 +351,6 @@ def section_syncs(s: Suite, budget: float) -> dict[str, Any]:
     return entry
 
 
-def distributed_ready() -> str | None:
-    """None when ``otcl train`` initialises torch.distributed under torchrun (issue 13), else
-    why the training check cannot run yet."""
-    if os.environ.get("OTCL_GPU_SUITE_FORCE_MULTIGPU") == "1":  # tests exercise the path
-        return None
-    for path in (ROOT / "src" / "otcl" / "pipelines").rglob("*.py"):
-        text = path.read_text()
-        if "init_process_group" in text or "DistributedDataParallel" in text:
-            return None
-    return "not available: otcl train does not run under torchrun yet (issue 13)"
-
-
 def _torchrun(nproc: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone"] + [
         "--nproc-per-node",
@@ -372,8 +360,7 @@ def _torchrun(nproc: int) -> list[str]:
 
 def section_multigpu(s: Suite, budget: float) -> dict[str, Any]:
     """Issue 13 on one GPU: the global-batch losses under torchrun (NCCL) with 1 and 2 ranks,
-    and -- once otcl train supports it -- a world-size-1 torchrun training next to the
-    single-process one."""
+    and a world-size-1 torchrun training next to the single-process one."""
     t0 = time.time()
     entry: dict[str, Any] = {"loss_checks": {}, "training": {}}
     states = []
@@ -389,13 +376,6 @@ def section_multigpu(s: Suite, budget: float) -> dict[str, Any]:
         r["result"] = _read_json(js)
         entry["loss_checks"][str(nproc)] = r
         states.append(f"losses, {nproc} rank(s): {r['status']}")
-    why = distributed_ready()
-    if why:
-        entry["training"] = {"status": why}
-        states.append(f"training: {why}")
-        entry["status"] = "; ".join(states)
-        entry["seconds"] = time.time() - t0
-        return entry
     why = s.wait_data(budget - (time.time() - t0))
     if why:
         states.append(f"training: skipped: {why}")

@@ -278,7 +278,6 @@ def test_suite_arguments_and_wrapper(acc, monkeypatch):
         suite.parse_args(["--dry-run"])  # no --out, no $OUT
     with pytest.raises(SystemExit):
         suite.parse_args(["--out", "x", "--sections", "loss,bogus"])
-    assert suite.distributed_ready() is not None or True  # a string until issue 13 lands
     sh = BENCH / "gpu_suite.sh"
     assert subprocess.run(["bash", "-n", str(sh)]).returncode == 0
     verdict = _load("train_speed").target_verdict
