@@ -82,7 +82,7 @@ def _row_normalise(log_w: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     has = neg.any(-1, keepdim=True)
     lw = torch.where(neg, log_w, float("-inf"))
     lw = torch.where(has, lw, torch.zeros_like(lw))
-    lw = lw - torch.logsumexp(lw, dim=-1, keepdim=True)
+    lw = torch.log_softmax(lw, dim=-1)  # one fused kernel each way (logsumexp + sub is five)
     return torch.where(neg, lw, torch.full_like(lw, float("-inf")))
 
 
