@@ -213,11 +213,12 @@ class HardNegativeLoss(ContrastiveLoss):
         return log_w, (None if rev is None else self.log_weights(*rev))
 
     def _row_losses(
-        self, sim: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, log_w: torch.Tensor
+        self, logits: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, log_w: torch.Tensor
     ) -> torch.Tensor:
-        """Per-anchor loss (n,) from similarities, positives, negative mask and log-weights."""
+        """Per-anchor loss (n,) from the scores :math:`\\ell = s/t` (the geometry's: only
+        negatives and positives are read, so its masked self-pairs do not matter), positives,
+        negative mask and log-weights."""
         t = self.temperature
-        logits = sim / t
         log_pos = logits.gather(-1, pos.unsqueeze(-1)).squeeze(-1)
         count = neg.sum(-1).to(logits.dtype)
         has_neg = count > 0
@@ -333,10 +334,10 @@ class HardNegativeLoss(ContrastiveLoss):
         geo, neg, rev, _ = self._prepare(z1, z2, labels, negatives, reverse=True)
         log_w, log_w_t = self.log_weight_pair(geo, neg, rev, labels is not None)
         rows_total = None if geo.shard is None else geo.n_rows  # a rank's share of the mean
-        loss = row_mean(self._row_losses(geo.sim, geo.pos, neg, log_w), rows_total)
+        loss = row_mean(self._row_losses(geo.scores, geo.pos, neg, log_w), rows_total)
         if rev is not None:
             g_rev, neg_t = rev
-            rows = self._row_losses(g_rev.sim, g_rev.pos, neg_t, log_w_t)
+            rows = self._row_losses(g_rev.scores, g_rev.pos, neg_t, log_w_t)
             loss = 0.5 * (loss + row_mean(rows, rows_total and g_rev.n_rows))
         return loss if geo.shard is None else geo.shard.total(loss)
 
