@@ -318,7 +318,7 @@ class HardNegativeLoss(ContrastiveLoss):
             the first direction, and the (n, m) bool mask of the negatives.
         """
         geo, neg, _, _ = self._prepare(z1, z2, labels, negatives)
-        return self.log_weights(geo, neg).exp(), neg
+        return self.log_weight_pair(geo, neg, None)[0].exp(), neg
 
     def forward(
         self,
@@ -610,16 +610,6 @@ class OTHard(HardNegativeLoss):
                 torch.distributed.all_to_all(got, [b.contiguous() for b in blocks], shard.group)
             cols = torch.cat(got, dim=0).transpose(0, 1)  # (own view-2 anchors, all view 1)
         return log_w, _row_normalise(cols, rev[1])
-
-    def negative_weights(
-        self,
-        z1: torch.Tensor,
-        z2: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        negatives: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        geo, neg, _, _ = self._prepare(z1, z2, labels, negatives)
-        return self.log_weight_pair(geo, neg, None)[0].exp(), neg
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (
