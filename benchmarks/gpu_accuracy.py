@@ -275,7 +275,7 @@ def compact_checkpoint(run_dir: Path) -> bytes:
     """The run's checkpoint (and its config and metrics log) in the compact carry form."""
     import torch
 
-    from otcl.pipelines.run import load_checkpoint
+    from otcl.pipelines.engine.checkpoint import load_checkpoint
 
     st = load_checkpoint(run_dir)
     st["model"] = {k: _pack_weight(v) for k, v in st["model"].items()}
@@ -296,7 +296,7 @@ def expand_checkpoint(blob: bytes, run_dir: Path) -> dict[str, Any]:
     ``run_dir`` from a compact blob; returns the checkpoint's state."""
     import torch
 
-    from otcl.pipelines.run import save_checkpoint
+    from otcl.pipelines.engine.checkpoint import save_checkpoint
 
     data = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     if not isinstance(data, dict) or data.get("format") != COMPACT_FORMAT:
@@ -343,7 +343,8 @@ def worker_main(args: argparse.Namespace) -> int:
     try:
         import torch
 
-        from otcl.pipelines.run import TrainingInterrupted, read_jsonl
+        from otcl.pipelines.engine.stops import TrainingInterrupted
+        from otcl.pipelines.files import read_jsonl
         from otcl.pipelines.ssl.config import Config
         from otcl.pipelines.ssl.evaluate import evaluate_run
         from otcl.pipelines.ssl.trainer import SSLTrainer
@@ -711,7 +712,7 @@ def run_section(
                 rep = {"status": "stopped", "note": "ended at the deadline"}
                 ck = rdir / "checkpoint.pt"
                 if ck.exists():
-                    from otcl.pipelines.run import load_checkpoint
+                    from otcl.pipelines.engine.checkpoint import load_checkpoint
 
                     st = load_checkpoint(ck)
                     rep.update(epoch=st["epoch"], global_step=st["global_step"])

@@ -20,7 +20,7 @@ every pipeline does the same way lives here:
 The pipeline keeps what is its own: which methods, how a run's numbers are read back, the
 table and the plots.
 
-Under ``torchrun`` (:mod:`otcl.pipelines.distributed`) every process takes part in every run
+Under ``torchrun`` (:mod:`otcl.pipelines.engine.distributed`) every process takes part in every run
 (the run's global batch split over them); rank 0 alone holds the output directory, decides
 whether a run is new, to resume or finished (:func:`train_run` sends its answer to the others),
 runs :meth:`Runner.finish` (the evaluation) and reads back and writes the results. Runs are
@@ -48,18 +48,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._signals import deferred_signals
-from .distributed import agreed, current, is_main, launched, main_then_broadcast
-from .run import (
-    CHECKPOINT,
-    SUMMARY,
-    EpochTrainer,
-    RunLock,
-    TrainingInterrupted,
-    atomic_write_text,
-    load_checkpoint,
-    prepare_run_dir,
-)
+from .engine.checkpoint import load_checkpoint
+from .engine.distributed import agreed, current, is_main, launched, main_then_broadcast
+from .engine.rundir import CHECKPOINT, SUMMARY, RunLock, prepare_run_dir
+from .engine.signals import deferred_signals
+from .engine.stops import TrainingInterrupted
+from .engine.trainer import EpochTrainer
+from .files import atomic_write_text
 
 __all__ = [
     "VOLATILE",
@@ -133,7 +128,7 @@ class Runner:
 
     Attributes:
         config_cls: the pipeline's config class (``from_dict`` of a saved config).
-        trainer_cls: its :class:`~otcl.pipelines.run.EpochTrainer`, built as
+        trainer_cls: its :class:`~otcl.pipelines.engine.trainer.EpochTrainer`, built as
             ``trainer_cls(cfg, run_dir, data=data, resume=..., log=log)``.
         needs: files besides ``summary.json`` that a finished run holds (its evaluation).
     """
