@@ -93,15 +93,6 @@ DRY_PROTOCOL: tuple[tuple[str, int], ...] = (("infonce", 0), ("gca-uot", 0))
 LOSS_PARAMS: dict[str, dict[str, Any]] = {"dmm": {"base": "infonce"}}
 #: encoder passes per step relative to two views (DMM re-encodes the mixed view-1 batch)
 COST = {"dmm": 1.5}
-#: settings that may differ between calls without changing the protocol
-VOLATILE = (
-    ("data", "data_dir"),
-    ("data", "cache_dir"),
-    ("train", "out"),
-    ("train", "progress"),
-    ("train", "device"),
-    ("train", "threads"),
-)
 CIFAR10_TRAIN = 50_000
 #: per-run overheads assumed before any were measured: process start + data + compile, and eval
 DEFAULT_OVERHEAD = {
@@ -138,11 +129,14 @@ def recipe(dry_run: bool) -> dict[str, Any]:
 
 
 def comparable(cfg: dict[str, Any]) -> dict[str, Any]:
-    """``cfg`` without the :data:`VOLATILE` settings."""
-    d = copy.deepcopy(cfg)
-    for sec, key in VOLATILE:
-        d.get(sec, {}).pop(key, None)
-    return d
+    """``cfg`` without the settings that change neither a run nor its numbers: the image
+    trainer's ``volatile`` list (the one a resume and ``otcl compare`` use), less its
+    ``measures`` (the evaluation: the ledger holds measured numbers)."""
+    from otcl.pipelines.engine.identity import comparable as strip
+    from otcl.pipelines.engine.identity import unmeasured
+    from otcl.pipelines.ssl.trainer import SSLTrainer
+
+    return strip(cfg, unmeasured(SSLTrainer.volatile, SSLTrainer.measures))
 
 
 def run_config(

@@ -18,7 +18,6 @@ from otcl.pipelines.compare import (
     Run,
     Runner,
     check_request,
-    comparable,
     comparison_dir,
     make_run,
     mean_std,
@@ -30,6 +29,7 @@ from otcl.pipelines.compare import (
     write_outputs,
 )
 from otcl.pipelines.config import RunConfig, apply_presets
+from otcl.pipelines.engine.identity import comparable
 from otcl.pipelines.engine.rundir import CHECKPOINT, SUMMARY
 from otcl.pipelines.engine.stops import TrainingInterrupted
 from otcl.pipelines.engine.trainer import EpochTrainer

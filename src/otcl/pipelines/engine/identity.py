@@ -1,19 +1,19 @@
 """What a run *is*: its configuration, less the settings of where and how it executes.
 
-One list decides it for every reader. A setting named in a trainer's :attr:`volatile`
-(``EpochTrainer.volatile``: :data:`VOLATILE` plus a pipeline's own) may differ
+One list decides it for every reader: a trainer's ``volatile`` settings
+(``EpochTrainer.volatile``: :data:`VOLATILE` plus a pipeline's own). An entry names one setting
+(``"train.device"``) or a whole section (``"eval"``). Such a setting may differ
 
 * when a run is resumed (``--resume``: :func:`check_resume`),
-* when a comparison meets a run it made before (``compare``: reused or resumed, not refused),
+* when a comparison meets a run it made before (``compare``: reused or resumed),
 * when a time-budgeted benchmark meets its saved protocol,
 
-and every other difference is refused by all three. An entry names one setting
-(``"train.device"``) or a whole section (``"eval"``).
+and every other difference is refused by all three.
 
-Some of those settings do not change the training but do change the numbers a run reports
-(e.g. an image run's ``eval`` section): a trainer names them in :attr:`measures` as well. A
-resume measures the run again at its end, and so does a comparison, instead of reusing the
-numbers measured the other way (:func:`measured_differently`).
+Some of them do not change the training but do change the numbers a run reports (an image
+run's ``eval`` section): a trainer also names them in ``measures``. A resume measures the run
+again at its end, so it may change them; a comparison and a benchmark keep numbers already
+measured, so they refuse a difference there (:func:`unmeasured`: the entries they ignore).
 
 Example:
     >>> saved = {"train": {"seed": 0, "device": "cpu"}, "eval": {"k": 20}}
@@ -38,7 +38,6 @@ __all__ = [
     "covered",
     "changed",
     "comparable",
-    "measured_differently",
     "unmeasured",
     "check_resume",
 ]
@@ -95,16 +94,6 @@ def comparable(cfg: Mapping[str, Any], volatile: Iterable[str] = VOLATILE) -> di
         if isinstance(node, dict):
             node.pop(name, None)
     return d
-
-
-def measured_differently(
-    saved: Mapping[str, Any], now: Mapping[str, Any], measures: Iterable[str]
-) -> list[str]:
-    """The flat settings of ``measures`` (settings that change a run's reported numbers, not
-    its training) in which ``saved`` and ``now`` differ."""
-    measures = tuple(measures)
-    a, b = flat(saved), flat(now)
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and covered(k, measures))
 
 
 def unmeasured(volatile: Iterable[str], measures: Iterable[str]) -> tuple[str, ...]:

@@ -124,7 +124,7 @@ class EpochTrainer:
     #: or a benchmark ignores them when it meets the run again (:mod:`.identity`)
     volatile: tuple[str, ...] = identity.VOLATILE
     #: entries of :attr:`volatile` that change the numbers a run reports (not its training):
-    #: a run whose numbers were measured with other values is measured again, never reused
+    #: a resume may change them, but a comparison does not reuse numbers measured otherwise
     measures: tuple[str, ...] = ()
     #: files a run writes besides its checkpoint and config (removed when a run starts afresh)
     outputs: tuple[str, ...] = (METRICS, SUMMARY)

@@ -159,7 +159,7 @@ class SSLTrainer(EpochTrainer):
         "data.download",
         "eval",  # evaluation settings do not change the training
     )
-    measures = ("eval",)  # ... but they do change the numbers: measured again, never reused
+    measures = ("eval",)  # ... but they change the numbers: a comparison does not reuse them
     cfg: Config
 
     # -- hooks -----------------------------------------------------------------------------
