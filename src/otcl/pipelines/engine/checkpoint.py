@@ -228,6 +228,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 # -- a run's state ----------------------------------------------------------------------
+# ``tr`` below: a built :class:`~otcl.pipelines.engine.trainer.EpochTrainer` (not imported here:
+# the trainer imports this module).
 def _parts(tr: Any) -> dict[str, Any]:
     """The parts of a trainer whose ``state_dict`` a checkpoint holds, under their keys."""
     return {

@@ -53,7 +53,8 @@ def check_loop_counts(cfg: Any) -> None:
 
 
 def run_epochs(tr: Any) -> dict[str, Any]:
-    """Train ``tr`` to ``train.epochs``; returns the summary (every rank gets rank 0's).
+    """Train ``tr`` (a built :class:`~otcl.pipelines.engine.trainer.EpochTrainer`, which
+    imports this module) to ``train.epochs``; returns the summary (every rank gets rank 0's).
 
     Raises:
         TrainingInterrupted: a SIGINT/SIGTERM reached a step boundary (checkpoint written).
