@@ -95,15 +95,6 @@ DRY_PROTOCOL: tuple[tuple[str, int], ...] = (("infonce", 0), ("gca-uot", 0))
 LOSS_PARAMS: dict[str, dict[str, Any]] = {"dmm": {"base": "infonce"}}
 #: encoder passes per step relative to two views (DMM re-encodes the mixed view-1 batch)
 COST = {"dmm": 1.5}
-#: settings that may differ between calls without changing the protocol
-VOLATILE = (
-    ("data", "data_dir"),
-    ("data", "cache_dir"),
-    ("train", "out"),
-    ("train", "progress"),
-    ("train", "device"),
-    ("train", "threads"),
-)
 CIFAR10_TRAIN = 50_000
 #: per-run overheads assumed before any were measured: process start + data + compile, and eval
 DEFAULT_OVERHEAD = {
@@ -140,11 +131,14 @@ def recipe(dry_run: bool) -> dict[str, Any]:
 
 
 def comparable(cfg: dict[str, Any]) -> dict[str, Any]:
-    """``cfg`` without the :data:`VOLATILE` settings."""
-    d = copy.deepcopy(cfg)
-    for sec, key in VOLATILE:
-        d.get(sec, {}).pop(key, None)
-    return d
+    """``cfg`` without the settings that change neither a run nor its numbers: the image
+    trainer's ``volatile`` list (the one a resume and ``otcl compare`` use), less its
+    ``measures`` (the evaluation: the ledger holds measured numbers)."""
+    from otcl.pipelines.engine.identity import comparable as strip
+    from otcl.pipelines.engine.identity import unmeasured
+    from otcl.pipelines.ssl.trainer import SSLTrainer
+
+    return strip(cfg, unmeasured(SSLTrainer.volatile, SSLTrainer.measures))
 
 
 def run_config(
@@ -277,7 +271,7 @@ def compact_checkpoint(run_dir: Path) -> bytes:
     """The run's checkpoint (and its config and metrics log) in the compact carry form."""
     import torch
 
-    from otcl.pipelines.run import load_checkpoint
+    from otcl.pipelines.engine.checkpoint import load_checkpoint
 
     st = load_checkpoint(run_dir)
     st["model"] = {k: _pack_weight(v) for k, v in st["model"].items()}
@@ -298,7 +292,7 @@ def expand_checkpoint(blob: bytes, run_dir: Path) -> dict[str, Any]:
     ``run_dir`` from a compact blob; returns the checkpoint's state."""
     import torch
 
-    from otcl.pipelines.run import save_checkpoint
+    from otcl.pipelines.engine.checkpoint import save_checkpoint
 
     data = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     if not isinstance(data, dict) or data.get("format") != COMPACT_FORMAT:
@@ -345,7 +339,8 @@ def worker_main(args: argparse.Namespace) -> int:
     try:
         import torch
 
-        from otcl.pipelines.run import TrainingInterrupted, read_jsonl
+        from otcl.pipelines.engine.stops import TrainingInterrupted
+        from otcl.pipelines.files import read_jsonl
         from otcl.pipelines.ssl.config import Config
         from otcl.pipelines.ssl.evaluate import evaluate_run
         from otcl.pipelines.ssl.trainer import SSLTrainer
@@ -713,7 +708,7 @@ def run_section(
                 rep = {"status": "stopped", "note": "ended at the deadline"}
                 ck = rdir / "checkpoint.pt"
                 if ck.exists():
-                    from otcl.pipelines.run import load_checkpoint
+                    from otcl.pipelines.engine.checkpoint import load_checkpoint
 
                     st = load_checkpoint(ck)
                     rep.update(epoch=st["epoch"], global_step=st["global_step"])

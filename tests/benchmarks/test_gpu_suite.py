@@ -172,7 +172,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_compact_checkpoint_roundtrip(run_dir, tmp_path, acc):
-    from otcl.pipelines.run import load_checkpoint
+    from otcl.pipelines.engine.checkpoint import load_checkpoint
 
     full = load_checkpoint(run_dir)
     blob = acc.compact_checkpoint(run_dir)

@@ -35,8 +35,10 @@ import torch
 import torch.distributed as dist
 
 from otcl.cli import main as otcl
-from otcl.pipelines import distributed
-from otcl.pipelines.run import EpochTrainer, load_checkpoint, read_jsonl
+from otcl.pipelines.engine import distributed
+from otcl.pipelines.engine.checkpoint import load_checkpoint
+from otcl.pipelines.engine.trainer import EpochTrainer
+from otcl.pipelines.files import read_jsonl
 from otcl.pipelines.ssl.data import Augment
 
 from .recsys.conftest import write_ml100k

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from otcl import cli
+from otcl.pipelines.engine.rundir import CHECKPOINT
+from otcl.pipelines.engine.stops import TrainingInterrupted
 from otcl.pipelines.multimodal.compare import compare
 from otcl.pipelines.multimodal.config import MultimodalConfig, resolve
 from otcl.pipelines.multimodal.trainer import MultimodalTrainer, evaluate_run
-from otcl.pipelines.run import CHECKPOINT, TrainingInterrupted
 
 pytest.importorskip("yaml")
 

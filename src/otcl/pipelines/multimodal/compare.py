@@ -45,8 +45,9 @@ from ..compare import (
     write_outputs,
 )
 from ..config import save_config
-from ..distributed import agreed, broadcast, is_main, local_main_first, main_log
-from ..run import SUMMARY, pick_device
+from ..engine.distributed import agreed, broadcast, is_main, local_main_first, main_log
+from ..engine.rundir import SUMMARY
+from ..engine.runtime import pick_device
 from .config import MultimodalConfig, check, resolve
 from .trainer import ROBUSTNESS, MultimodalTrainer, load_data, variant_name
 

@@ -40,7 +40,8 @@ from ..compare import (
     write_outputs,
 )
 from ..config import save_config
-from ..run import SUMMARY, atomic_write_text
+from ..engine.rundir import SUMMARY
+from ..files import atomic_write_text
 from .baselines import IMPLICIT_MODELS, Popularity, fit_implicit, implicit_available
 from .config import DROP_VARIANTS, RecsysConfig, resolve
 from .data import Split

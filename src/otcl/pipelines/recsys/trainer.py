@@ -1,6 +1,6 @@
 """``otcl recsys train``: one recommendation model, on the shared run machinery.
 
-:class:`RecsysTrainer` subclasses :class:`otcl.pipelines.run.EpochTrainer` (run directory,
+:class:`RecsysTrainer` subclasses :class:`otcl.pipelines.engine.trainer.EpochTrainer` (run directory,
 ``config.yaml``, atomic checkpoints, exact resume, ``metrics.jsonl``, progress, seeds, Ctrl-C)
 and only says what a step is -- a batch of positive training pairs in a ``(seed, epoch)``
 permutation, negatives drawn from a generator seeded by ``(seed, step)``, the model's
@@ -24,8 +24,10 @@ from typing import Any
 
 import torch
 
-from ..distributed import local_main_first
-from ..run import EpochTrainer, derive_seed, open_run, restore_model
+from ..engine.checkpoint import open_run, restore_model
+from ..engine.distributed import local_main_first
+from ..engine.runtime import derive_seed
+from ..engine.trainer import EpochTrainer
 from .config import DROP_VARIANTS, RecsysConfig, check, parse_features, resolve
 from .data import NegativeSampler, Ratings, Split, load_ratings, split
 from .metrics import rank_metrics

@@ -38,8 +38,9 @@ from ..compare import (
     write_outputs,
 )
 from ..config import save_config
-from ..distributed import agreed, broadcast, is_main, local_main_first, main_log
-from ..run import METRICS, SUMMARY, read_jsonl
+from ..engine.distributed import agreed, broadcast, is_main, local_main_first, main_log
+from ..engine.rundir import METRICS, SUMMARY
+from ..files import read_jsonl
 from .config import Config, resolve
 from .evaluate import evaluate_run
 from .trainer import SSLTrainer, load_data

@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
+from ..engine.runtime import amp_dtype
+from ..files import atomic_write_text, check_writable
 from ..probes import knn_accuracy, linear_probe
-from ..run import amp_dtype, atomic_write_text, check_writable
 from .data import ImageData
 from .features import split_features
 from .trainer import load_run

@@ -1,6 +1,6 @@
 """Self-supervised (SimCLR-style) training of an image encoder with any otcl loss.
 
-:class:`SSLTrainer` is the engine of ``otcl train``: an :class:`otcl.pipelines.run.EpochTrainer`
+:class:`SSLTrainer` is the engine of ``otcl train``: an :class:`otcl.pipelines.engine.trainer.EpochTrainer`
 (run directory, checkpoints, exact resume, metrics log, progress -- see there) whose step is
 
     two augmented views of a batch -> encoder under autocast -> loss in float32 -> SGD step.
@@ -30,9 +30,12 @@ from typing import Any
 
 import torch
 
-from ..distributed import local_main_first
+from ..engine.checkpoint import open_run, restore_model
+from ..engine.distributed import local_main_first
+from ..engine.rundir import METRICS, SUMMARY
+from ..engine.runtime import pick_device
+from ..engine.trainer import EpochTrainer
 from ..probes import knn_accuracy
-from ..run import METRICS, SUMMARY, EpochTrainer, open_run, pick_device, restore_model
 from .config import Config, resolve
 from .data import Augment, ImageData, load_dataset
 from .features import split_features
@@ -147,8 +150,8 @@ class SSLTrainer(EpochTrainer):
 
     throughput_unit = "views"
     outputs = (METRICS, SUMMARY, "eval.json")
-    resume_may_change = (
-        *EpochTrainer.resume_may_change,
+    volatile = (
+        *EpochTrainer.volatile,
         "train.channels_last",
         "train.compile_loss",
         "data.data_dir",  # the same dataset, moved
@@ -156,6 +159,7 @@ class SSLTrainer(EpochTrainer):
         "data.download",
         "eval",  # evaluation settings do not change the training
     )
+    measures = ("eval",)  # ... but they change the numbers: a comparison does not reuse them
     cfg: Config
 
     # -- hooks -----------------------------------------------------------------------------
