@@ -37,7 +37,7 @@ import torch.distributed as dist
 from otcl.cli import main as otcl
 from otcl.pipelines import distributed
 from otcl.pipelines.run import EpochTrainer, load_checkpoint, read_jsonl
-from otcl.pipelines.ssl.data import Augment
+from otcl.pipelines.sources.images import Augment
 
 from .recsys.conftest import write_ml100k
 

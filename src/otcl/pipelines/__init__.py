@@ -3,7 +3,8 @@
 * :mod:`otcl.pipelines.run` -- the run machinery every pipeline shares (:class:`EpochTrainer`:
   run directory, checkpoints, exact resume, metrics, progress, seeds, signals).
 * :mod:`otcl.pipelines.config` -- config dataclasses, YAML/TOML files, ``section.key=value``.
-* :mod:`otcl.pipelines.probes` -- kNN and linear probes of frozen features.
+* :mod:`otcl.pipelines.sources` -- what every pipeline shares: image datasets and augmentations,
+  backbones, frozen features, probes.
 * :mod:`otcl.pipelines.commands` -- the command-line pieces the pipelines share.
 * :mod:`otcl.pipelines.compare` -- comparisons (methods x seeds) shared by the pipelines.
 * :mod:`otcl.pipelines.distributed` -- training under ``torchrun``: the process group, one

@@ -69,7 +69,7 @@ def test_bf16_autocast_encodes_in_bf16_and_aligns_in_float32(tmp_path, make_data
 
 def test_linear_probe_option_is_the_shared_linear_probe(make_data):
     from otcl.pipelines.multimodal.trainer import make_probe
-    from otcl.pipelines.probes import linear_probe
+    from otcl.pipelines.sources.probes import linear_probe
 
     data = make_data()
     cfg = mm_config()
@@ -91,7 +91,7 @@ def test_linear_probe_is_trained_once_for_every_subset(make_data, monkeypatch):
     """``eval.probe=linear`` trains one probe on the full training representation and scores
     every subset of present modalities and every noisy copy with it."""
     from otcl.pipelines.multimodal import trainer as T
-    from otcl.pipelines.probes import fit_linear_probe
+    from otcl.pipelines.sources.probes import fit_linear_probe
 
     data = make_data()
     cfg = resolve(mm_config())

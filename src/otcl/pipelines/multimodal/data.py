@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..ssl.data import DataError, load_dataset
+from ..sources.images import DataError, load_dataset
 
 __all__ = [
     "DataError",
@@ -294,7 +294,7 @@ def load_split_images(
     Args:
         dataset: ``digits`` (bundled, offline), or an image-pipeline dataset (``cifar10``,
             ``cifar100``, ``svhn``, ``imagefolder``; ``mnist`` through torchvision or an
-            ImageFolder copy) read by :func:`otcl.pipelines.ssl.data.load_dataset`.
+            ImageFolder copy) read by :func:`otcl.pipelines.sources.images.load_dataset`.
         data_dir: local ImageFolder directory / archive, or the torchvision download root.
         patches: number of patches k (2 = halves, 4 = quadrants, ...).
         max_train: keep only the first ``max_train`` training images (quick runs).
@@ -329,7 +329,7 @@ def load_split_images(
 
 def _mnist(data_dir: str | os.PathLike[str] | None, download: bool):
     """MNIST: an ImageFolder copy (``data_dir`` with ``train/``), else torchvision."""
-    from ..ssl.data import ImageData
+    from ..sources.images import ImageData
 
     if data_dir is not None and (Path(data_dir).is_file() or (Path(data_dir) / "train").is_dir()):
         img = load_dataset("imagefolder", data_dir)

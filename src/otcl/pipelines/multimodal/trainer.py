@@ -26,8 +26,8 @@ from typing import Any
 import torch
 
 from ..distributed import local_main_first
-from ..probes import fit_linear_probe, knn_predict
 from ..run import EpochTrainer, atomic_write_text, open_run, restore_model
+from ..sources.probes import fit_linear_probe, knn_predict
 from .config import EvalConfig, MultimodalConfig, check, check_applies, modality_names, resolve
 from .data import MultimodalData, load_multimodal
 from .models import MultimodalModel, build_model

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..._files import atomic_write_bytes
 from ..._signals import deferred_signals
-from ...run import atomic_write_bytes
 
 __all__ = ["ImageData", "DataError", "load_dataset", "load_image_folder", "DATASETS", "STATS"]
 
