@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from otcl.pipelines.recsys import text
+from otcl.pipelines.sources import text
 
 
 def test_missing_extra_is_a_clear_error(monkeypatch):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..run import atomic_write_bytes
+from .._files import atomic_write_bytes
 
 __all__ = ["encode_titles", "text_encoder_available"]
 
