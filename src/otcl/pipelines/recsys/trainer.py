@@ -26,7 +26,7 @@ import torch
 
 from ..distributed import local_main_first
 from ..run import EpochTrainer, derive_seed, open_run, restore_model
-from ..sources.text import encode_titles
+from ..sources.text import encode_sentences
 from .config import DROP_VARIANTS, RecsysConfig, check, parse_features, resolve
 from .data import NegativeSampler, Ratings, Split, load_ratings, split
 from .metrics import rank_metrics
@@ -278,7 +278,7 @@ def build_recsys_model(cfg: RecsysConfig, data: Ratings) -> RecModel:
     if "title" in feats and m.text == "minilm":
         if data.item_features is None:
             raise ValueError(f"model.features: {data.name} has no item titles")
-        text = encode_titles(data.item_features.titles)
+        text = encode_sentences(data.item_features.titles, setting="model.text")
     return build_model(
         m.kind,
         data,
