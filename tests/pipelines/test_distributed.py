@@ -39,7 +39,7 @@ from otcl.pipelines import distributed
 from otcl.pipelines.run import EpochTrainer, load_checkpoint, read_jsonl
 from otcl.pipelines.sources.images import Augment
 
-from .recsys.conftest import write_ml100k
+from .conftest import write_ml100k
 
 ROOT = Path(__file__).resolve().parents[2]
 TOL = 1e-5  # max |w_2proc - w_1proc| (measured 3e-8)

@@ -19,7 +19,7 @@ from ..config import (
     apply_presets,
     preset_for,
 )
-from .data import MOVIELENS, SPLITS
+from ..sources.movielens import MOVIELENS, SPLITS
 from .metrics import USER_CONVENTIONS
 from .models import ITEM_FEATURES, MODELS, USER_FEATURES
 

@@ -38,8 +38,8 @@ from torch import nn
 from ...losses.contrastive import ContrastiveLoss
 from ...losses.pair_losses import min_triplet
 from ...ot.distributed import current_shard
+from ..sources.movielens import Ratings
 from ..sources.text import hash_tokens
-from .data import Ratings
 
 __all__ = [
     "Tower",

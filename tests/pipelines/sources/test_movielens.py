@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from otcl.pipelines.recsys import data as D
-from otcl.pipelines.recsys.data import (
+from otcl.pipelines.sources import movielens as D
+from otcl.pipelines.sources.movielens import (
     NegativeSampler,
     load_ratings,
     load_ratings_csv,
