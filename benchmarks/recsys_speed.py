@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import ROOT, machine, replace_section, versions  # noqa: E402
 from otcl.pipelines.recsys.config import RecsysConfig  # noqa: E402
+from otcl.pipelines.recsys.data import split  # noqa: E402
 from otcl.pipelines.recsys.metrics import rank_metrics  # noqa: E402
 from otcl.pipelines.recsys.models import build_model  # noqa: E402
 from otcl.pipelines.recsys.trainer import RecsysTrainer  # noqa: E402
@@ -44,7 +45,6 @@ from otcl.pipelines.sources.movielens import (  # noqa: E402
     ItemFeatures,
     Ratings,
     UserFeatures,
-    split,
 )
 
 N_USERS, N_ITEMS, N_RATINGS = 6040, 3706, 1_000_209

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..sources.movielens import Split
+from .data import Split
 
 __all__ = ["Popularity", "fit_implicit", "implicit_available", "IMPLICIT_MODELS"]
 

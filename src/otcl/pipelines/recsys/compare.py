@@ -41,9 +41,9 @@ from ..compare import (
 )
 from ..config import save_config
 from ..run import SUMMARY, atomic_write_text
-from ..sources.movielens import Split
 from .baselines import IMPLICIT_MODELS, Popularity, fit_implicit, implicit_available
 from .config import DROP_VARIANTS, RecsysConfig, resolve
+from .data import Split
 from .metrics import rank_metrics
 from .trainer import RecsysTrainer, load_data, validate
 

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ...losses import build as build_loss
-from ..sources.movielens import NegativeSampler
+from .data import NegativeSampler
 from .models import CMLTripletLoss, RecModel, bpr_loss
 
 __all__ = ["Objective", "ObjectiveSpec", "DMM_DEFAULTS", "make_loss"]

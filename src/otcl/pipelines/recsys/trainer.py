@@ -26,9 +26,10 @@ import torch
 
 from ..distributed import local_main_first
 from ..run import EpochTrainer, derive_seed, open_run, restore_model
-from ..sources.movielens import NegativeSampler, Ratings, Split, load_ratings, split
+from ..sources.movielens import Ratings, load_ratings
 from ..sources.text import encode_sentences
 from .config import DROP_VARIANTS, RecsysConfig, check, parse_features, resolve
+from .data import NegativeSampler, Split, split
 from .metrics import rank_metrics
 from .models import RecModel, build_model, popularity_prior
 from .objective import Objective, ObjectiveSpec, make_loss
