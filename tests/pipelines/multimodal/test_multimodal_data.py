@@ -65,7 +65,7 @@ def _write_movielens(root, items, ratings):
 
 def test_movielens_items_as_three_modalities(tmp_path):
     items = [
-        (1, "Toy Story (1995)", "01-Jan-1995", {3, 4}),
+        (1, "Toy Story (1995)", "01-Jan-1997", {3, 4}),  # a re-release date: not the year
         (2, "GoldenEye (1995)", "01-Jan-1995", {1}),
         (3, "Café Society (1996)", "", {8}),  # latin-1 title, missing date
         (4, "Toy Soldiers (1991)", "01-Jan-1991", {1, 3}),
@@ -73,26 +73,28 @@ def test_movielens_items_as_three_modalities(tmp_path):
         (6, "Heat (1995)", "01-Jan-1995", {1}),
         (7, "Clerks (1994)", "01-Jan-1994", {5}),
         (8, "Fargo (1996)", "01-Jan-1996", {5, 6}),
+        (9, "unknown", "", {0}),  # no year
     ]
-    ratings = [(u, i, 5) for i in (1, 2, 3, 4, 6, 7, 8) for u in (1, 2, i + 2)]
+    ratings = [(u, i, 5) for i in (1, 2, 3, 4, 6, 7, 8, 9) for u in (1, 2, i + 2)]
     ratings += [(1, 5, 2), (3, 5, 3)]  # item 5: rated, never liked (rating < 4) -> dropped
     _write_movielens(tmp_path / "ml", items, ratings)
     d = load_movielens(tmp_path / "ml", text_dim=64, test_fraction=0.3, seed=1)
     assert d.modalities == ("title", "genre", "audience") and d.task is None
-    assert d.num_train + d.num_test == 7
-    assert d.shape("title") == (64,) and d.shape("genre") == (21,) and d.shape("audience") == (9,)
-    assert sorted(d.info["train_items"] + d.info["test_items"]) == [1, 2, 3, 4, 6, 7, 8]
-    all_users = sorted({u for u, _, _ in ratings})  # user 7 never rated: 9 users
+    assert d.num_train + d.num_test == 8
+    assert d.shape("title") == (64,) and d.shape("genre") == (21,) and d.shape("audience") == (10,)
+    assert sorted(d.info["train_items"] + d.info["test_items"]) == [1, 2, 3, 4, 6, 7, 8, 9]
+    all_users = sorted({u for u, _, _ in ratings})  # user 7 never rated: 10 users
     for split in ("train", "test"):
         x = d.train if split == "train" else d.test
         for r, i in enumerate(d.info[f"{split}_items"]):  # every row against its raw data
             _, title, date, genres = items[i - 1]
-            expect = torch.zeros(9)
+            expect = torch.zeros(10)
             expect[[all_users.index(u) for u in (1, 2, i + 2)]] = 1 / 3**0.5
             torch.testing.assert_close(x["audience"][r], expect)
             expect = hashed_bag_of_words([title.rsplit(" (", 1)[0]], 64)[0]
             torch.testing.assert_close(x["title"][r], expect)
-            year = [(int(date[-4:]) - 1900) / 100, 0.0] if date else [0.0, 1.0]  # missing flag
+            # the year of the title (not the date column), or the flag of an unknown year
+            year = [(int(title[-5:-1]) - 1900) / 100, 0.0] if title[-1] == ")" else [0.0, 1.0]
             expect = torch.tensor([float(g in genres) for g in range(19)] + year)
             torch.testing.assert_close(x["genre"][r], expect)
     with pytest.raises(DataError, match="u.item is missing"):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from otcl.pipelines.recsys.data import NegativeSampler, split
-from otcl.pipelines.sources.movielens import load_ratings, load_ratings_csv
+from otcl.pipelines.sources.movielens import load_ratings
+from otcl.pipelines.sources.ratings import load_ratings_csv
 
 
 def test_dmm_split(ml_dir):

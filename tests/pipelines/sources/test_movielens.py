@@ -11,10 +11,7 @@ import numpy as np
 import pytest
 
 from otcl.pipelines.sources import movielens as D
-from otcl.pipelines.sources.movielens import (
-    load_ratings,
-    load_ratings_csv,
-)
+from otcl.pipelines.sources.movielens import load_ratings, title_year
 
 
 def test_ml100k_folder(ml_dir):
@@ -49,33 +46,6 @@ def test_ml1m_folder(tmp_path):
     assert f.titles == ("GoldenEye", "Café") and list(f.year) == [1995, 2000]
     assert f.genres[0].sum() == 3 and f.genres[1, f.genre_names.index("Drama")] == 1
     assert list(r.user_features.age) == [1, 7] and list(r.user_features.occupation) == [11, 17]
-
-
-def test_csv_with_and_without_header(tmp_path):
-    p = tmp_path / "r.csv"
-    p.write_text("user_id,item_id,rating\nA,x,5\nB,x,3\nA,y,4\n")
-    r = load_ratings_csv(p)
-    assert (r.n_users, r.n_items, r.timestamp) == (2, 2, None)
-    assert r.user_ids == ("A", "B") and list(r.user) == [0, 1, 0]
-    q = tmp_path / "q.csv"
-    q.write_text("A,x,5,10\nB,x,3,11\n")
-    assert list(load_ratings("csv", q).timestamp) == [10, 11]
-
-
-@pytest.mark.parametrize(
-    "text, match",
-    [
-        ("A,x,5\nB,x\n", "line 2: expected user_id,item_id,rating"),
-        ("A,x,5\nB,x,good\n", "line 2: rating/timestamp is not a number"),
-        ("user,item,rating\n", "holds no ratings"),
-        ("A,x,5,1\nB,x,4\n", "some rows have a timestamp and some not"),
-    ],
-)
-def test_malformed_csv(tmp_path, text, match):
-    p = tmp_path / "bad.csv"
-    p.write_text(text)
-    with pytest.raises(ValueError, match=match):
-        load_ratings_csv(p)
 
 
 def test_bad_movielens_folders(tmp_path, ml_dir, make_ml):
@@ -125,3 +95,61 @@ def test_download_offline_error(tmp_path):
     with pytest.raises(ValueError, match="cannot download ml-1m .* pass --data-dir"):
         D.download_movielens("ml-1m", tmp_path, url=(tmp_path / "nowhere.zip").as_uri())
     assert not (tmp_path / "ml-1m").exists()
+
+
+@pytest.mark.parametrize(
+    "raw, title, year",
+    [
+        ("Se7en (1995)", "Se7en", 1995),
+        ("Toy Story (1995) ", "Toy Story", 1995),
+        (
+            "City of Lost Children, The (Cité des enfants perdus, La) (1995)",
+            "City of Lost Children, The (Cité des enfants perdus, La)",
+            1995,
+        ),
+        # ML-100K's item 1358: a note after the year
+        (
+            "Land Before Time III: The Time of the Great Giving (1995) (V)",
+            "Land Before Time III: The Time of the Great Giving (V)",
+            1995,
+        ),
+        ("Summer of (1969) (1995)", "Summer of (1969)", 1995),  # the last year wins
+        ("unknown", "unknown", 0),  # ML-100K's item 267
+        ("Summer of (1969) Love", "Summer of (1969) Love", 0),  # a year inside the title
+        ("1984 (1984)", "1984", 1984),
+        ("2001: A Space Odyssey", "2001: A Space Odyssey", 0),
+        ("Film (95)", "Film (95)", 0),
+    ],
+)
+def test_title_year(raw, title, year):
+    assert title_year(raw) == (title, year)
+
+
+def test_item_years_and_titles_come_from_the_titles(make_ml):
+    """The release-date column of u.item is not read: the title's year is the film's."""
+    root = make_ml("years", n_users=4, n_items=3, n_ratings=6)
+    rows = (root / "u.item").read_text(encoding="latin-1").splitlines()
+    titles = ["Taxi Driver (1976)", "unknown", "Land Before Time III (1995) (V)"]
+    rows = [
+        "|".join([r.split("|")[0], t, "16-Feb-1996", *r.split("|")[3:]])
+        for r, t in zip(rows, titles, strict=True)
+    ]
+    (root / "u.item").write_text("\n".join(rows) + "\n", encoding="latin-1")
+    itf = load_ratings("ml-100k", root).item_features
+    assert itf.year.tolist() == [1976, 0, 1995]
+    assert itf.titles == ("Taxi Driver", "unknown", "Land Before Time III (V)")
+
+
+def test_users_from_the_ratings_need_no_user_file(ml_dir):
+    full = load_ratings("ml-100k", ml_dir)
+    (ml_dir / "u.user").unlink()
+    with pytest.raises(ValueError, match="u.user' not found"):
+        load_ratings("ml-100k", ml_dir)
+    r = D.load_movielens_dir(ml_dir, users=False)
+    assert r.user_features is None and r.item_features is not None
+    rated = sorted({int(full.user_ids[u]) for u in full.user})
+    assert [int(x) for x in r.user_ids] == rated  # numeric order, only users with a rating
+    np.testing.assert_array_equal(
+        np.asarray(r.user_ids)[r.user], np.asarray(full.user_ids)[full.user]
+    )
+    np.testing.assert_array_equal(r.item, full.item)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ import torch
 
 from ..sources.common import DataError
 from ..sources.images import load_dataset
+from ..sources.movielens import load_movielens_dir
 from ..sources.text import encode_sentences, hashed_bag_of_words
 
 __all__ = [
@@ -364,7 +364,6 @@ def _mnist(data_dir: str | os.PathLike[str] | None, download: bool):
 
 
 # -- MovieLens items ------------------------------------------------------------------------
-_YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
 
 
 def load_movielens(
@@ -382,8 +381,9 @@ def load_movielens(
 
     * ``title``: the title without its year, as a hashed bag of words (``text="hash"``,
       ``text_dim`` buckets) or a sentence-transformer embedding (``text="minilm"``);
-    * ``genre``: the 19 genre flags + the release year, ``(year - 1900) / 100``, and a flag for a
-      missing date;
+    * ``genre``: the 19 genre flags + the release year, ``(year - 1900) / 100``, and a flag for an
+      unknown year (the year of the title, read by the reader every pipeline shares:
+      :func:`otcl.pipelines.sources.movielens.title_year`);
     * ``audience``: which users liked the item (rating >= ``like_threshold``), a multi-hot row
       over all users, L2-normalised.
 
@@ -400,45 +400,19 @@ def load_movielens(
                 f"data_dir: expected MovieLens 100K files (u.item, u.data) in {str(root)!r}; "
                 f"{p.name} is missing"
             )
-    ids, titles, genres = [], [], []
-    for ln, line in enumerate(item_path.read_text(encoding="latin-1").splitlines(), 1):
-        if not line.strip():
-            continue
-        f = line.split("|")
-        if len(f) != 24:
-            raise DataError(f"{item_path}:{ln}: expected 24 '|'-separated fields, got {len(f)}")
-        try:
-            ids.append(int(f[0]))
-            flags = [float(v) for v in f[5:24]]
-        except ValueError:
-            raise DataError(
-                f"{item_path}:{ln}: expected an integer id and 0/1 genre flags"
-            ) from None
-        m = re.search(r"(\d{4})$", f[2].strip())
-        year = float(m.group(1)) if m else None
-        titles.append(_YEAR.sub("", f[1]))
-        genres.append(
-            flags + [0.0 if year is None else (year - 1900.0) / 100.0, float(year is None)]
-        )
-    index = {iid: i for i, iid in enumerate(ids)}
-    try:
-        ratings = np.loadtxt(data_path, dtype=np.int64, ndmin=2)
-    except ValueError as e:
-        raise DataError(
-            f"{data_path}: cannot read 'user item rating timestamp' rows: {e}"
-        ) from None
-    if ratings.shape[1] != 4:
-        raise DataError(f"{data_path}: expected 4 columns, got {ratings.shape[1]}")
-    liked = ratings[ratings[:, 2] >= like_threshold]
-    unknown = sorted(set(liked[:, 1].tolist()) - set(index))
-    if unknown:
-        raise DataError(f"{data_path}: item id {unknown[0]} is not in {item_path.name}")
-    users = np.unique(ratings[:, 0])
-    uidx = {u: j for j, u in enumerate(users.tolist())}
-    aud = torch.zeros(len(ids), len(users))
-    rows = torch.tensor([index[i] for i in liked[:, 1].tolist()], dtype=torch.long)
-    cols = torch.tensor([uidx[u] for u in liked[:, 0].tolist()], dtype=torch.long)
-    aud[rows, cols] = 1.0
+    r = load_movielens_dir(root, users=False)  # items sorted by id, users = those who rated
+    itf = r.item_features
+    assert itf is not None  # a MovieLens folder always has its items' features
+    ids = [int(i) for i in r.item_ids]
+    titles = list(itf.titles)
+    known = itf.year > 0
+    genres = np.concatenate(
+        [itf.genres, np.where(known, (itf.year - 1900.0) / 100.0, 0.0)[:, None], ~known[:, None]],
+        axis=1,
+    )
+    liked = r.rating >= like_threshold
+    aud = torch.zeros(r.n_items, r.n_users)
+    aud[torch.from_numpy(r.item[liked]), torch.from_numpy(r.user[liked])] = 1.0
     keep = (aud.sum(1) >= min_likes).nonzero().flatten()
     if keep.numel() < 4:
         raise DataError(f"{data_path}: fewer than 4 items have >= {min_likes} like(s)")
@@ -450,7 +424,7 @@ def load_movielens(
         raise ValueError(f"text: expected 'hash' or 'minilm', got {text!r}")
     feats = {
         "title": title[keep],
-        "genre": torch.tensor(genres, dtype=torch.float32)[keep],
+        "genre": torch.as_tensor(genres, dtype=torch.float32)[keep],
         "audience": (aud / aud.norm(dim=1, keepdim=True).clamp_min(1e-12))[keep],
     }
     tr, te = split_rows(keep.numel(), test_fraction, seed)
@@ -463,7 +437,7 @@ def load_movielens(
         info={
             "train_items": [ids[i] for i in keep[tr].tolist()],
             "test_items": [ids[i] for i in keep[te].tolist()],
-            "users": len(users),
+            "users": r.n_users,
         },
     )
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..sources.movielens import Ratings
+from ..sources.ratings import Ratings
 
 __all__ = ["SPLITS", "Split", "split", "NegativeSampler"]
 

@@ -38,7 +38,7 @@ from torch import nn
 from ...losses.contrastive import ContrastiveLoss
 from ...losses.pair_losses import min_triplet
 from ...ot.distributed import current_shard
-from ..sources.movielens import Ratings
+from ..sources.ratings import Ratings
 from ..sources.text import hash_tokens
 
 __all__ = [

@@ -26,7 +26,8 @@ import torch
 
 from ..distributed import local_main_first
 from ..run import EpochTrainer, derive_seed, open_run, restore_model
-from ..sources.movielens import Ratings, load_ratings
+from ..sources.movielens import load_ratings
+from ..sources.ratings import Ratings
 from ..sources.text import encode_sentences
 from .config import DROP_VARIANTS, RecsysConfig, check, parse_features, resolve
 from .data import NegativeSampler, Split, split

@@ -1,4 +1,4 @@
-r"""Ratings read the same way for every pipeline: MovieLens 100K / 1M, Amazon-style CSV.
+r"""MovieLens as every pipeline reads it: GroupLens's 100K / 1M folders, the download, by name.
 
 Sources (:func:`load_ratings`):
 
@@ -6,19 +6,23 @@ Sources (:func:`load_ratings`):
   ``u.user`` or ``ratings.dat``, ``movies.dat``, ``users.dat``), or downloaded from GroupLens into a
   cache (:func:`download_movielens`, MD5-checked, never bundled: the MovieLens terms forbid
   redistribution);
-* a CSV file ``user_id,item_id,rating[,timestamp]`` (Amazon-review style, header optional, ids
-  any strings), without side features.
+* a CSV file ``user_id,item_id,rating[,timestamp]`` (:func:`otcl.pipelines.sources.ratings.
+  load_ratings_csv`), without side features.
 
-Ids are re-indexed to ``0..n-1`` (``Ratings.user_ids`` / ``item_ids`` keep the original ones).
-MovieLens comes with side features: users (age bucket, gender, occupation), items (genres
-multi-hot, release year, title).
+Both give :class:`~otcl.pipelines.sources.ratings.Ratings`, with MovieLens's side features:
+users (age bucket, gender, occupation), items (genres multi-hot, release year, title).
 
-The splits of the recommendation pipeline are in :mod:`otcl.pipelines.recsys.data`.
+**Release year** (:func:`title_year`, the one rule for every pipeline): the last ``(YYYY)`` of
+the title that is followed by nothing but parenthesised notes. ``"Se7en (1995)"`` -> 1995;
+``"City of Lost Children, The (Cité des enfants perdus, La) (1995)"`` -> 1995; ML-100K's
+``"Land Before Time III: ... (1995) (V)"`` -> 1995, title ``"Land Before Time III: ... (V)"``;
+a title without it (``"unknown"``), or with the year inside (``"Summer of (1969) Love"``), has
+year 0 (unknown) and is kept whole. ML-100K's *release date* column is not used: it is often a
+re-release (``Taxi Driver (1976)``: 16-Feb-1996), and ML-1M has none.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import re
@@ -27,19 +31,20 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .common import DataError, cache_root
+from .ratings import ItemFeatures, Ratings, UserFeatures, check_ratings, load_ratings_csv
+
 __all__ = [
-    "Ratings",
-    "UserFeatures",
-    "ItemFeatures",
     "MOVIELENS",
+    "AGE_BUCKETS",
+    "ML_GENRES",
+    "title_year",
     "load_ratings",
     "load_movielens_dir",
-    "load_ratings_csv",
     "download_movielens",
 ]
 
@@ -81,142 +86,6 @@ ML_GENRES = (
 )
 
 
-@dataclass(frozen=True)
-class UserFeatures:
-    """Categorical user features, one code per user (0 = unknown).
-
-    Attributes:
-        age: (n_users,) age bucket in ``1..len(AGE_BUCKETS)``.
-        gender: (n_users,) 1 = F, 2 = M.
-        occupation: (n_users,) occupation code in ``1..n_occupations``.
-        vocab: number of codes of each field (including the 0 = unknown code).
-    """
-
-    age: np.ndarray
-    gender: np.ndarray
-    occupation: np.ndarray
-    vocab: dict[str, int]
-
-    def codes(self) -> dict[str, np.ndarray]:
-        return {"age": self.age, "gender": self.gender, "occupation": self.occupation}
-
-
-@dataclass(frozen=True)
-class ItemFeatures:
-    """Item side information.
-
-    Attributes:
-        genres: (n_items, G) float32 multi-hot.
-        genre_names: the G genre names.
-        year: (n_items,) release year (0 = unknown).
-        titles: the n_items titles (without the trailing ``(year)``).
-    """
-
-    genres: np.ndarray
-    genre_names: tuple[str, ...]
-    year: np.ndarray
-    titles: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Ratings:
-    """All ratings of a data set, with contiguous ids.
-
-    Attributes:
-        name: ``ml-100k``, ``ml-1m`` or the CSV file name.
-        user, item: (R,) int64 indices in ``[0, n_users)`` / ``[0, n_items)``.
-        rating: (R,) float32.
-        timestamp: (R,) int64 or None (CSV without a timestamp column).
-        user_ids, item_ids: original id of each index (strings).
-        user_features, item_features: side information (MovieLens) or None.
-    """
-
-    name: str
-    user: np.ndarray
-    item: np.ndarray
-    rating: np.ndarray
-    timestamp: np.ndarray | None
-    n_users: int
-    n_items: int
-    user_ids: tuple[str, ...]
-    item_ids: tuple[str, ...]
-    user_features: UserFeatures | None = None
-    item_features: ItemFeatures | None = None
-
-    def __repr__(self) -> str:
-        return (
-            f"Ratings({self.name}: {len(self.user):,} ratings, {self.n_users:,} users, "
-            f"{self.n_items:,} items)"
-        )
-
-
-# -- reading -------------------------------------------------------------------------------
-def _reindex(raw: list[str], name: str) -> tuple[np.ndarray, tuple[str, ...]]:
-    keys, idx = np.unique(np.asarray(raw, dtype=object).astype(str), return_inverse=True)
-    return idx.astype(np.int64), tuple(keys.tolist())
-
-
-def _check_ratings(rating: np.ndarray, path: Path) -> None:
-    if not np.all(np.isfinite(rating)):
-        raise ValueError(f"data: {str(path)!r} holds non-finite ratings")
-
-
-def load_ratings_csv(path: str | os.PathLike[str], *, name: str | None = None) -> Ratings:
-    """Read ``user_id,item_id,rating[,timestamp]`` rows (a header line is detected and skipped)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"data: ratings file {str(p)!r} not found")
-    users: list[str] = []
-    items: list[str] = []
-    ratings: list[float] = []
-    stamps: list[int] = []
-    with open(p, newline="", encoding="utf-8", errors="replace") as fh:
-        reader = csv.reader(fh)
-        for lineno, row in enumerate(reader, start=1):
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) not in (3, 4):
-                raise ValueError(
-                    f"data: {str(p)!r} line {lineno}: expected user_id,item_id,rating"
-                    f"[,timestamp], got {len(row)} field(s)"
-                )
-            try:
-                r = float(row[2])
-                t = int(float(row[3])) if len(row) == 4 else None
-            except ValueError:
-                if lineno == 1 and not users:  # header
-                    continue
-                raise ValueError(
-                    f"data: {str(p)!r} line {lineno}: rating/timestamp is not a number: {row!r}"
-                ) from None
-            if (t is None) != (not stamps) and users:
-                raise ValueError(
-                    f"data: {str(p)!r} line {lineno}: some rows have a timestamp and some not"
-                )
-            users.append(row[0].strip())
-            items.append(row[1].strip())
-            ratings.append(r)
-            if t is not None:
-                stamps.append(t)
-    if not users:
-        raise ValueError(f"data: {str(p)!r} holds no ratings")
-    u, uids = _reindex(users, "user")
-    i, iids = _reindex(items, "item")
-    rating = np.asarray(ratings, dtype=np.float32)
-    _check_ratings(rating, p)
-    return Ratings(
-        name=name or p.stem,
-        user=u,
-        item=i,
-        rating=rating,
-        timestamp=np.asarray(stamps, dtype=np.int64) if stamps else None,
-        n_users=len(uids),
-        n_items=len(iids),
-        user_ids=uids,
-        item_ids=iids,
-    )
-
-
 def _read_table(path: Path, sep: str, ncols: int | tuple[int, ...]) -> list[list[str]]:
     """Rows of a GroupLens file (latin-1), each checked for its number of fields."""
     want = (ncols,) if isinstance(ncols, int) else ncols
@@ -224,19 +93,19 @@ def _read_table(path: Path, sep: str, ncols: int | tuple[int, ...]) -> list[list
     try:
         text = path.read_bytes().decode("latin-1")
     except OSError as e:
-        raise ValueError(f"data: cannot read {str(path)!r}: {e}") from None
+        raise DataError(f"data: cannot read {str(path)!r}: {e}") from None
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split(sep)
         if len(parts) not in want:
-            raise ValueError(
+            raise DataError(
                 f"data: {str(path)!r} line {lineno} is malformed: expected "
                 f"{' or '.join(map(str, want))} fields separated by {sep!r}, got {len(parts)}"
             )
         rows.append(parts)
     if not rows:
-        raise ValueError(f"data: {str(path)!r} is empty")
+        raise DataError(f"data: {str(path)!r} is empty")
     return rows
 
 
@@ -245,21 +114,24 @@ def _ints(rows: list[list[str]], col: int, path: Path, what: str) -> np.ndarray:
         return np.asarray([int(r[col]) for r in rows], dtype=np.int64)
     except ValueError:
         bad = next(r for r in rows if not r[col].strip().lstrip("-").isdigit())
-        raise ValueError(f"data: {str(path)!r}: {what} is not an integer in row {bad!r}") from None
+        raise DataError(f"data: {str(path)!r}: {what} is not an integer in row {bad!r}") from None
 
 
 def _age_bucket(age: np.ndarray) -> np.ndarray:
     return np.searchsorted(np.asarray(AGE_BUCKETS), age, side="right").astype(np.int64)
 
 
-_YEAR = re.compile(r"\((\d{4})\)\s*$")
+#: "(YYYY)" followed only by parenthesised notes such as "(V)" up to the end of the title
+_YEAR = re.compile(r"\s*\((\d{4})\)(?=(?:\s*\([^()]*\))*\s*$)")
 
 
-def _title_year(title: str) -> tuple[str, int]:
-    m = _YEAR.search(title)
-    if m is None:
+def title_year(title: str) -> tuple[str, int]:
+    """(title without its release year, the year or 0): see the module docstring."""
+    found = list(_YEAR.finditer(title))
+    if not found:
         return title.strip(), 0
-    return title[: m.start()].strip(), int(m.group(1))
+    m = found[-1]
+    return (title[: m.start()] + title[m.end() :]).strip(), int(m.group(1))
 
 
 def _index_of(ids: np.ndarray, known: np.ndarray, path: Path, what: str) -> np.ndarray:
@@ -268,7 +140,7 @@ def _index_of(ids: np.ndarray, known: np.ndarray, path: Path, what: str) -> np.n
     pos_c = np.minimum(pos, len(known) - 1)
     bad = known[pos_c] != ids
     if bad.any():
-        raise ValueError(
+        raise DataError(
             f"data: {str(path)!r}: {what} id {int(ids[bad][0])} out of range "
             f"({int(bad.sum())} rating(s) refer to {what}s absent from the {what} file; "
             f"valid ids {int(known.min())}..{int(known.max())})"
@@ -276,25 +148,32 @@ def _index_of(ids: np.ndarray, known: np.ndarray, path: Path, what: str) -> np.n
     return pos_c.astype(np.int64)
 
 
-def load_movielens_dir(path: str | os.PathLike[str]) -> Ratings:
-    """Read MovieLens 100K (``u.data``) or 1M (``ratings.dat``) from a GroupLens directory."""
+def load_movielens_dir(path: str | os.PathLike[str], *, users: bool = True) -> Ratings:
+    """Read MovieLens 100K (``u.data``) or 1M (``ratings.dat``) from a GroupLens directory.
+
+    Args:
+        path: the unzipped GroupLens folder.
+        users: read the user file (``u.user`` / ``users.dat``) for the users and their features;
+            ``False``: the users are those of the ratings (sorted by id), without features, and
+            the user file is not needed.
+    """
     d = Path(path)
     if (d / "u.data").is_file():
-        return _load_ml100k(d)
+        return _load_ml100k(d, users)
     if (d / "ratings.dat").is_file():
-        return _load_ml1m(d)
+        return _load_ml1m(d, users)
     if d.is_dir():
-        raise ValueError(
+        raise DataError(
             f"data: {str(d)!r} holds neither u.data (MovieLens 100K) nor ratings.dat "
             "(MovieLens 1M); pass the unzipped GroupLens folder or a CSV file"
         )
-    raise ValueError(f"data: {str(d)!r} not found")
+    raise DataError(f"data: {str(d)!r} not found")
 
 
 def _need(d: Path, name: str) -> Path:
     p = d / name
     if not p.is_file():
-        raise ValueError(f"data: {str(p)!r} not found (the GroupLens folder is incomplete)")
+        raise DataError(f"data: {str(p)!r} not found (the GroupLens folder is incomplete)")
     return p
 
 
@@ -302,35 +181,40 @@ def _assemble(
     name: str,
     rows_r: list[list[str]],
     p_r: Path,
-    user_rows: list[list[str]],
-    p_u: Path,
+    user_rows: list[list[str]] | None,
+    p_u: Path | None,
     item_rows: list[list[str]],
     p_i: Path,
-    users: UserFeatures,
+    users: UserFeatures | None,
     genres: np.ndarray,
     genre_names: tuple[str, ...],
     titles: list[str],
 ) -> Ratings:
-    uid = _ints(user_rows, 0, p_u, "user id")
+    raw_u = _ints(rows_r, 0, p_r, "user id")
+    uid = np.unique(raw_u) if user_rows is None else _ints(user_rows, 0, p_u, "user id")
     iid = _ints(item_rows, 0, p_i, "item id")
     uo, io = np.argsort(uid, kind="stable"), np.argsort(iid, kind="stable")
-    if len(np.unique(uid)) != len(uid) or len(np.unique(iid)) != len(iid):
-        raise ValueError(f"data: duplicate user or item ids in {str(p_u)!r} / {str(p_i)!r}")
-    ru = _index_of(_ints(rows_r, 0, p_r, "user id"), uid[uo], p_r, "user")
+    if len(np.unique(uid)) != len(uid):
+        raise DataError(f"data: duplicate user ids in {str(p_u)!r}")
+    if len(np.unique(iid)) != len(iid):
+        raise DataError(f"data: duplicate item ids in {str(p_i)!r}")
+    ru = _index_of(raw_u, uid[uo], p_r, "user")
     ri = _index_of(_ints(rows_r, 1, p_r, "item id"), iid[io], p_r, "item")
     try:
         rating = np.asarray([float(r[2]) for r in rows_r], dtype=np.float32)
     except ValueError:
-        raise ValueError(f"data: {str(p_r)!r}: a rating is not a number") from None
-    _check_ratings(rating, p_r)
+        raise DataError(f"data: {str(p_r)!r}: a rating is not a number") from None
+    check_ratings(rating, p_r)
     stamps = _ints(rows_r, 3, p_r, "timestamp")
-    split_titles = [_title_year(titles[k]) for k in io]
-    feats_u = UserFeatures(
-        age=users.age[uo],
-        gender=users.gender[uo],
-        occupation=users.occupation[uo],
-        vocab=users.vocab,
-    )
+    split_titles = [title_year(titles[k]) for k in io]
+    feats_u = None
+    if users is not None:
+        feats_u = UserFeatures(
+            age=users.age[uo],
+            gender=users.gender[uo],
+            occupation=users.occupation[uo],
+            vocab=users.vocab,
+        )
     feats_i = ItemFeatures(
         genres=genres[io],
         genre_names=genre_names,
@@ -357,38 +241,48 @@ def _codes(values: list[str]) -> tuple[np.ndarray, int]:
     return idx.astype(np.int64) + 1, len(keys) + 1
 
 
-def _load_ml100k(d: Path) -> Ratings:
-    p_r, p_u, p_i = _need(d, "u.data"), _need(d, "u.user"), _need(d, "u.item")
+def _load_ml100k(d: Path, with_users: bool) -> Ratings:
+    p_r, p_i = _need(d, "u.data"), _need(d, "u.item")
     rows_r = _read_table(p_r, "\t", 4)
-    user_rows = _read_table(p_u, "|", 5)
     item_rows = _read_table(p_i, "|", 24)
-    age = _age_bucket(_ints(user_rows, 1, p_u, "age"))
-    gender = np.asarray([{"F": 1, "M": 2}.get(r[2].strip(), 0) for r in user_rows], dtype=np.int64)
-    occ, n_occ = _codes([r[3].strip() for r in user_rows])
-    users = UserFeatures(
-        age, gender, occ, {"age": len(AGE_BUCKETS) + 1, "gender": 3, "occupation": n_occ}
-    )
+    p_u, user_rows, users = None, None, None
+    if with_users:
+        p_u = _need(d, "u.user")
+        user_rows = _read_table(p_u, "|", 5)
+        age = _age_bucket(_ints(user_rows, 1, p_u, "age"))
+        gender = np.asarray(
+            [{"F": 1, "M": 2}.get(r[2].strip(), 0) for r in user_rows], dtype=np.int64
+        )
+        occ, n_occ = _codes([r[3].strip() for r in user_rows])
+        users = UserFeatures(
+            age, gender, occ, {"age": len(AGE_BUCKETS) + 1, "gender": 3, "occupation": n_occ}
+        )
     try:
         genres = np.asarray([[float(v) for v in r[5:24]] for r in item_rows], dtype=np.float32)
     except ValueError:
-        raise ValueError(f"data: {str(p_i)!r}: a genre flag is not 0/1") from None
+        raise DataError(f"data: {str(p_i)!r}: a genre flag is not 0/1") from None
     titles = [r[1] for r in item_rows]
     return _assemble(
         "ml-100k", rows_r, p_r, user_rows, p_u, item_rows, p_i, users, genres, ML_GENRES, titles
     )
 
 
-def _load_ml1m(d: Path) -> Ratings:
-    p_r, p_u, p_i = _need(d, "ratings.dat"), _need(d, "users.dat"), _need(d, "movies.dat")
+def _load_ml1m(d: Path, with_users: bool) -> Ratings:
+    p_r, p_i = _need(d, "ratings.dat"), _need(d, "movies.dat")
     rows_r = _read_table(p_r, "::", 4)
-    user_rows = _read_table(p_u, "::", 5)
     item_rows = _read_table(p_i, "::", 3)
-    age = _age_bucket(_ints(user_rows, 2, p_u, "age"))
-    gender = np.asarray([{"F": 1, "M": 2}.get(r[1].strip(), 0) for r in user_rows], dtype=np.int64)
-    occ = _ints(user_rows, 3, p_u, "occupation") + 1
-    users = UserFeatures(
-        age, gender, occ, {"age": len(AGE_BUCKETS) + 1, "gender": 3, "occupation": 22}
-    )
+    p_u, user_rows, users = None, None, None
+    if with_users:
+        p_u = _need(d, "users.dat")
+        user_rows = _read_table(p_u, "::", 5)
+        age = _age_bucket(_ints(user_rows, 2, p_u, "age"))
+        gender = np.asarray(
+            [{"F": 1, "M": 2}.get(r[1].strip(), 0) for r in user_rows], dtype=np.int64
+        )
+        occ = _ints(user_rows, 3, p_u, "occupation") + 1
+        users = UserFeatures(
+            age, gender, occ, {"age": len(AGE_BUCKETS) + 1, "gender": 3, "occupation": 22}
+        )
     names = ML_GENRES[1:]
     col = {g: k for k, g in enumerate(names)}
     genres = np.zeros((len(item_rows), len(names)), dtype=np.float32)
@@ -404,10 +298,8 @@ def _load_ml1m(d: Path) -> Ratings:
 
 # -- download ------------------------------------------------------------------------------
 def default_cache_dir() -> Path:
-    base = os.environ.get("OTCL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "otcl"
-    )
-    return Path(base) / "movielens"
+    """Where downloads go: ``cache_root() / "movielens"``."""
+    return cache_root() / "movielens"
 
 
 def download_movielens(
@@ -436,13 +328,13 @@ def download_movielens(
                 shutil.copyfileobj(resp, fh)
         except (urllib.error.URLError, OSError, TimeoutError) as e:
             reason = getattr(e, "reason", e)
-            raise ValueError(
+            raise DataError(
                 f"data: cannot download {name} from {src} ({reason}); without internet, "
                 f"download {name}.zip elsewhere, unzip it and pass --data-dir to the folder"
             ) from None
         got = hashlib.md5(archive.read_bytes()).hexdigest()
         if got != md5:
-            raise ValueError(
+            raise DataError(
                 f"data: checksum mismatch for {src}: MD5 {got}, expected {md5} (corrupt or "
                 "changed download; nothing was kept)"
             )
@@ -476,7 +368,7 @@ def load_ratings(
         if p.is_file():
             return load_ratings_csv(p)
         if dataset == "csv":
-            raise ValueError(f"data: expected a CSV file for dataset csv, got {str(p)!r}")
+            raise DataError(f"data: expected a CSV file for dataset csv, got {str(p)!r}")
         return load_movielens_dir(p)
     if dataset == "csv":
         raise ValueError("data_dir: dataset csv needs the path of the CSV file (--data-dir FILE)")
