@@ -71,3 +71,18 @@ def test_negative_sampler_excludes_positives():
     assert set(neg[1::2].flatten().tolist()) == {0, 1, 2}
     with pytest.raises(ValueError, match="user 0 has a positive for every candidate item"):
         NegativeSampler(np.zeros(3, np.int64), np.arange(3), 3)
+
+
+def test_duplicated_rows_never_make_a_test_pair_a_training_pair(tmp_path, capsys):
+    """A pair rated twice could land in both halves of the random split: masked as seen (never
+    retrievable) while counted as relevant. The reader keeps one row per pair."""
+    rng = np.random.default_rng(1)
+    rows = [f"u{rng.integers(40)},i{rng.integers(60)},{rng.integers(1, 6)}" for _ in range(1500)]
+    p = tmp_path / "dup.csv"
+    p.write_text("\n".join(rows) + "\n")
+    r = load_ratings_csv(p)
+    assert r.duplicates > 300  # 1500 draws of 2400 pairs
+    s = split(r, "dmm", seed=0)
+    seen = set(zip(s.seen_user.tolist(), s.seen_item.tolist(), strict=True))
+    test = set(zip(s.test_user.tolist(), s.test_item.tolist(), strict=True))
+    assert test and not seen & test

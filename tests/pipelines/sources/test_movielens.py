@@ -153,3 +153,37 @@ def test_users_from_the_ratings_need_no_user_file(ml_dir):
         np.asarray(r.user_ids)[r.user], np.asarray(full.user_ids)[full.user]
     )
     np.testing.assert_array_equal(r.item, full.item)
+
+
+def test_movielens_ratings_outside_one_to_five_are_refused(ml_dir):
+    rows = (ml_dir / "u.data").read_text().splitlines()
+    for bad in ("7", "-3", "0"):
+        u, i, _, t = rows[4].split("\t")
+        lines = [*rows[:4], "\t".join([u, i, bad, t]), *rows[5:]]
+        (ml_dir / "u.data").write_text("\n".join(lines) + "\n")
+        with pytest.raises(
+            ValueError,
+            match=rf"u.data' line 5: rating {bad} is outside the scale 1..5 of MovieLens",
+        ):
+            load_ratings("ml-100k", ml_dir)
+
+
+def test_duplicated_u_data_rows_are_dropped(ml_dir, capsys):
+    clean = load_ratings("ml-100k", ml_dir)
+    rows = (ml_dir / "u.data").read_text().splitlines()
+    rng = np.random.default_rng(0)
+    extra = [rows[k] for k in rng.choice(len(rows), size=50, replace=False)]
+    # the copies come later in the file with an earlier timestamp: the originals are kept
+    extra = ["\t".join([*r.split("\t")[:2], "1", "1"]) for r in extra]
+    (ml_dir / "u.data").write_text("\n".join(rows + extra) + "\n")
+    r = load_ratings("ml-100k", ml_dir)
+    assert r.duplicates == 50 and "dropped 50 duplicate" in capsys.readouterr().err
+    for a in ("user", "item", "rating", "timestamp"):
+        np.testing.assert_array_equal(getattr(r, a), getattr(clean, a))
+
+
+def test_a_byte_order_mark_before_u_data_is_skipped(ml_dir):
+    clean = load_ratings("ml-100k", ml_dir)
+    p = ml_dir / "u.data"
+    p.write_bytes(b"\xef\xbb\xbf" + p.read_bytes())
+    np.testing.assert_array_equal(load_ratings("ml-100k", ml_dir).user, clean.user)

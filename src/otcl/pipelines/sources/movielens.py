@@ -36,12 +36,13 @@ from pathlib import Path
 import numpy as np
 
 from .common import DataError, cache_root
-from .ratings import ItemFeatures, Ratings, UserFeatures, check_ratings, load_ratings_csv
+from .ratings import ItemFeatures, Ratings, UserFeatures, load_ratings_csv, make_ratings
 
 __all__ = [
     "MOVIELENS",
     "AGE_BUCKETS",
     "ML_GENRES",
+    "ML_SCALE",
     "title_year",
     "load_ratings",
     "load_movielens_dir",
@@ -59,6 +60,9 @@ MOVIELENS = {
         "c4d9eecfca2ab87c1945afe126590906",
     ),
 }
+
+#: the rating scale of MovieLens 100K and 1M (whole stars)
+ML_SCALE = (1.0, 5.0)
 
 #: MovieLens-1M age buckets (lower bounds); ML-100K's exact ages are bucketed the same way
 AGE_BUCKETS = (1, 18, 25, 35, 45, 50, 56)
@@ -86,14 +90,19 @@ ML_GENRES = (
 )
 
 
-def _read_table(path: Path, sep: str, ncols: int | tuple[int, ...]) -> list[list[str]]:
-    """Rows of a GroupLens file (latin-1), each checked for its number of fields."""
+def _read_table(
+    path: Path, sep: str, ncols: int | tuple[int, ...]
+) -> tuple[list[list[str]], np.ndarray]:
+    """Rows of a GroupLens file (latin-1; a UTF-8 byte-order mark is skipped), each checked for
+    its number of fields, and the line number of each row."""
     want = (ncols,) if isinstance(ncols, int) else ncols
     rows = []
+    lines = []
     try:
         text = path.read_bytes().decode("latin-1")
     except OSError as e:
         raise DataError(f"data: cannot read {str(path)!r}: {e}") from None
+    text = text.removeprefix("\xef\xbb\xbf")
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -104,9 +113,10 @@ def _read_table(path: Path, sep: str, ncols: int | tuple[int, ...]) -> list[list
                 f"{' or '.join(map(str, want))} fields separated by {sep!r}, got {len(parts)}"
             )
         rows.append(parts)
+        lines.append(lineno)
     if not rows:
         raise DataError(f"data: {str(path)!r} is empty")
-    return rows
+    return rows, np.asarray(lines)
 
 
 def _ints(rows: list[list[str]], col: int, path: Path, what: str) -> np.ndarray:
@@ -180,6 +190,7 @@ def _need(d: Path, name: str) -> Path:
 def _assemble(
     name: str,
     rows_r: list[list[str]],
+    lines_r: np.ndarray,
     p_r: Path,
     user_rows: list[list[str]] | None,
     p_u: Path | None,
@@ -204,7 +215,6 @@ def _assemble(
         rating = np.asarray([float(r[2]) for r in rows_r], dtype=np.float32)
     except ValueError:
         raise DataError(f"data: {str(p_r)!r}: a rating is not a number") from None
-    check_ratings(rating, p_r)
     stamps = _ints(rows_r, 3, p_r, "timestamp")
     split_titles = [title_year(titles[k]) for k in io]
     feats_u = None
@@ -221,16 +231,18 @@ def _assemble(
         year=np.asarray([y for _, y in split_titles], dtype=np.int64),
         titles=tuple(t for t, _ in split_titles),
     )
-    return Ratings(
-        name=name,
-        user=ru,
-        item=ri,
-        rating=rating,
-        timestamp=stamps,
-        n_users=len(uid),
-        n_items=len(iid),
+    return make_ratings(
+        name,
+        p_r,
+        lines_r,
+        ru,
+        ri,
+        rating,
+        stamps,
         user_ids=tuple(str(x) for x in uid[uo]),
         item_ids=tuple(str(x) for x in iid[io]),
+        scale=ML_SCALE,
+        scale_name=" of MovieLens",
         user_features=feats_u,
         item_features=feats_i,
     )
@@ -243,12 +255,12 @@ def _codes(values: list[str]) -> tuple[np.ndarray, int]:
 
 def _load_ml100k(d: Path, with_users: bool) -> Ratings:
     p_r, p_i = _need(d, "u.data"), _need(d, "u.item")
-    rows_r = _read_table(p_r, "\t", 4)
-    item_rows = _read_table(p_i, "|", 24)
+    rows_r, lines_r = _read_table(p_r, "\t", 4)
+    item_rows, _ = _read_table(p_i, "|", 24)
     p_u, user_rows, users = None, None, None
     if with_users:
         p_u = _need(d, "u.user")
-        user_rows = _read_table(p_u, "|", 5)
+        user_rows, _ = _read_table(p_u, "|", 5)
         age = _age_bucket(_ints(user_rows, 1, p_u, "age"))
         gender = np.asarray(
             [{"F": 1, "M": 2}.get(r[2].strip(), 0) for r in user_rows], dtype=np.int64
@@ -263,18 +275,29 @@ def _load_ml100k(d: Path, with_users: bool) -> Ratings:
         raise DataError(f"data: {str(p_i)!r}: a genre flag is not 0/1") from None
     titles = [r[1] for r in item_rows]
     return _assemble(
-        "ml-100k", rows_r, p_r, user_rows, p_u, item_rows, p_i, users, genres, ML_GENRES, titles
+        "ml-100k",
+        rows_r,
+        lines_r,
+        p_r,
+        user_rows,
+        p_u,
+        item_rows,
+        p_i,
+        users,
+        genres,
+        ML_GENRES,
+        titles,
     )
 
 
 def _load_ml1m(d: Path, with_users: bool) -> Ratings:
     p_r, p_i = _need(d, "ratings.dat"), _need(d, "movies.dat")
-    rows_r = _read_table(p_r, "::", 4)
-    item_rows = _read_table(p_i, "::", 3)
+    rows_r, lines_r = _read_table(p_r, "::", 4)
+    item_rows, _ = _read_table(p_i, "::", 3)
     p_u, user_rows, users = None, None, None
     if with_users:
         p_u = _need(d, "users.dat")
-        user_rows = _read_table(p_u, "::", 5)
+        user_rows, _ = _read_table(p_u, "::", 5)
         age = _age_bucket(_ints(user_rows, 2, p_u, "age"))
         gender = np.asarray(
             [{"F": 1, "M": 2}.get(r[1].strip(), 0) for r in user_rows], dtype=np.int64
@@ -292,7 +315,7 @@ def _load_ml1m(d: Path, with_users: bool) -> Ratings:
                 genres[n, col[g]] = 1.0
     titles = [r[1] for r in item_rows]
     return _assemble(
-        "ml-1m", rows_r, p_r, user_rows, p_u, item_rows, p_i, users, genres, names, titles
+        "ml-1m", rows_r, lines_r, p_r, user_rows, p_u, item_rows, p_i, users, genres, names, titles
     )
 
 
@@ -355,6 +378,7 @@ def load_ratings(
     *,
     download: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
+    scale: tuple[float, float] | None = None,
 ) -> Ratings:
     """Load a data set: a MovieLens folder or CSV file at ``data_dir``, else a cached download.
 
@@ -362,11 +386,13 @@ def load_ratings(
         dataset: ``ml-100k``, ``ml-1m`` or ``csv`` (``data_dir`` is then the CSV file).
         data_dir: a GroupLens folder (``u.data`` / ``ratings.dat`` inside) or a CSV file.
         download: download ``ml-100k`` / ``ml-1m`` into ``cache_dir`` if ``data_dir`` is None.
+        scale: (lowest, highest) valid rating of a CSV file (MovieLens: always
+            :data:`ML_SCALE`).
     """
     if data_dir is not None:
         p = Path(data_dir)
         if p.is_file():
-            return load_ratings_csv(p)
+            return load_ratings_csv(p, scale=scale)
         if dataset == "csv":
             raise DataError(f"data: expected a CSV file for dataset csv, got {str(p)!r}")
         return load_movielens_dir(p)
