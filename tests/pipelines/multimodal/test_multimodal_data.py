@@ -216,6 +216,84 @@ def test_npz_bad_input(tmp_path):
         load_multimodal("npz")
 
 
+def test_npz_labels_need_one_value_per_sample(tmp_path):
+    x = {"a": np.zeros((8, 2)), "b": np.ones((8, 3))}
+    np.savez(tmp_path / "two.npz", **x, labels=np.zeros((8, 2), dtype=np.int64))
+    with pytest.raises(
+        DataError, match=r"two.npz: array 'labels' has shape \(8, 2\), expected one label per"
+    ):
+        load_npz(tmp_path / "two.npz")
+    np.savez(tmp_path / "col.npz", **x, labels=(np.arange(8) % 2)[:, None])  # (N, 1) is fine
+    d = load_npz(tmp_path / "col.npz", test_fraction=0.5)
+    assert d.num_classes == 2 and d.train_y.shape == (4,)
+
+
+def test_npz_modality_without_features_is_refused(tmp_path):
+    np.savez(tmp_path / "f.npz", a=np.zeros((8, 0)), b=np.ones((8, 3)))
+    with pytest.raises(
+        DataError, match=r"f.npz: array 'a' \(file\) has shape \(8, 0\): no features"
+    ):
+        load_npz(tmp_path / "f.npz")
+
+
+def test_npz_class_ids_are_renumbered_over_both_splits(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "d").mkdir()
+    # sparse ids: never a range(max + 1) of classes; one class only in test
+    for s, y in (("train", [0, 3, 3, 0, 5]), ("test", [5, 7, 0, 3])):
+        ys = np.asarray(y, dtype=np.int64) * 1_000_000_000
+        np.savez(tmp_path / "d" / f"{s}.npz", a=rng.normal(size=(len(y), 2)),
+                 b=rng.normal(size=(len(y), 2)), labels=ys)  # fmt: skip
+    d = load_npz(tmp_path / "d")
+    assert d.classes == ("0", "3000000000", "5000000000", "7000000000")
+    assert d.train_y.tolist() == [0, 1, 1, 0, 2] and d.test_y.tolist() == [2, 3, 0, 1]
+    # text labels: classes in sorted order, the same ids in both splits
+    for s, y in (
+        ("train", ["dog", "cat", "dog", "bird", "cat"]),
+        ("test", ["cat", "bird", "eel", "dog"]),
+    ):
+        np.savez(tmp_path / "d" / f"{s}.npz", a=rng.normal(size=(len(y), 2)),
+                 b=rng.normal(size=(len(y), 2)), labels=np.asarray(y))  # fmt: skip
+    d = load_npz(tmp_path / "d")
+    assert d.task == "classification" and d.classes == ("bird", "cat", "dog", "eel")
+    assert d.train_y.tolist() == [2, 1, 2, 0, 1] and d.test_y.tolist() == [1, 0, 3, 2]
+    np.savez(
+        tmp_path / "f.npz", a=np.zeros((6, 2)), b=np.ones((6, 2)), labels=np.array([1, -1] * 3)
+    )
+    with pytest.raises(DataError, match="f.npz: array 'labels' holds negative class ids"):
+        load_npz(tmp_path / "f.npz")
+
+
+def test_npz_that_is_not_an_archive_of_numbers_is_named(tmp_path):
+    (tmp_path / "t.npz").write_text("video,text,labels\n0.1,0.2,1\n")
+    with pytest.raises(
+        DataError,
+        match=r"t.npz: is a text file, not an .npz archive \(it starts with 'video,text,labels'\)",
+    ):
+        load_npz(tmp_path / "t.npz")
+    np.save(tmp_path / "one.npy", np.zeros((4, 2)))
+    (tmp_path / "one.npy").rename(tmp_path / "one.npz")
+    with pytest.raises(DataError, match=r"one.npz: is a single .npy array, not an .npz archive"):
+        load_npz(tmp_path / "one.npz")
+    (tmp_path / "e.npz").write_bytes(b"")
+    with pytest.raises(DataError, match=r"e.npz: is an empty file"):
+        load_npz(tmp_path / "e.npz")
+    (tmp_path / "b.npz").write_bytes(bytes(range(128, 256)))
+    with pytest.raises(DataError, match=r"b.npz: is not an .npz archive \(no zip header"):
+        load_npz(tmp_path / "b.npz")
+    obj = np.empty(6, dtype=object)
+    obj[:] = [{"k": i} for i in range(6)]
+    np.savez(tmp_path / "o.npz", a=np.zeros((6, 2)), b=np.ones((6, 2)), labels=obj)
+    with pytest.raises(
+        DataError, match=r"o.npz: array 'labels' is an array of Python objects"
+    ) as e:
+        load_npz(tmp_path / "o.npz")
+    assert "\n" not in str(e.value)
+    np.savez(tmp_path / "o2.npz", a=obj, b=np.ones((6, 2)))
+    with pytest.raises(DataError, match=r"o2.npz: array 'a' is an array of Python objects"):
+        load_npz(tmp_path / "o2.npz")
+
+
 def test_dataset_object_checks(make_data):
     d = make_data()
     with pytest.raises(DataError, match="different modalities"):

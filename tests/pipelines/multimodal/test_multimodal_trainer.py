@@ -224,6 +224,22 @@ def test_cli_errors_are_one_line(tmp_path, capsys, extra, match):
     assert not (tmp_path / "r" / CHECKPOINT).exists()  # refused before any training
 
 
+def test_cli_bad_npz_files_are_one_line(tmp_path, capsys):
+    (tmp_path / "t.npz").write_text("video,text\n1,2\n")
+    _one_line(capsys, _mm("train", tmp_path / "t.npz", f"--out {tmp_path / 'r'}"), "is a text file")
+    f = _npz(tmp_path)
+    z = dict(np.load(f))
+    np.savez(f, **{**z, "labels": np.stack([z["labels"], z["labels"]], 1)})
+    _one_line(capsys, _mm("train", f, f"--out {tmp_path / 'r'}"), "has shape (40, 2), expected one")
+    assert not (tmp_path / "r" / CHECKPOINT).exists()
+
+
+def _one_line(capsys, rc, match):
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("otcl: error:") and match in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
 def test_presets_and_loss_defaults():
     cfg = resolve(MultimodalConfig())
     assert cfg.model.image_arch == "mlp" and cfg.train.epochs == 30 and cfg.train.threads == 1

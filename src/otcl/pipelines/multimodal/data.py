@@ -113,6 +113,11 @@ def check_modalities(
             raise DataError(
                 f"{source}: array {name!r} ({split_name}) has dtype {x.dtype}, expected floats"
             )
+        if 0 in x.shape[1:]:
+            raise DataError(
+                f"{source}: array {name!r} ({split_name}) has shape {tuple(x.shape)}: no "
+                "features per sample"
+            )
         n = int(x.shape[0])
         if n_ref is None:
             n_ref, ref = n, name
@@ -535,8 +540,12 @@ def load_npz(
 
     ``path`` is one ``.npz`` file (split at random into train/test by ``test_fraction`` and
     ``seed``) or a folder with ``train.npz`` and ``test.npz``. ``modalities`` names the arrays
-    (default: every array except ``labels``); each is (N, D), (N, T, D) or (N, C, H, W). The
-    ``labels`` array, if present, gives integer classes or real-valued targets.
+    (default: every array except ``labels``); each is (N, D), (N, T, D) or (N, C, H, W), with no
+    axis of length 0. The ``labels`` array, if present, holds one label per sample ((N,) or
+    (N, 1)): real-valued targets, or classes (integers >= 0, booleans or strings), renumbered
+    ``0..K-1`` over both splits in sorted order (``classes`` keeps the original values).
+    A file that is not an .npz archive (a text file, a single ``.npy``), or an array of Python
+    objects, is one :class:`DataError` naming the file and what it is.
     """
     p = Path(path)
     if p.is_dir():
@@ -547,26 +556,18 @@ def load_npz(
                     f"data_dir: expected train.npz and test.npz in {str(p)!r}; {f.name} is missing"
                 )
         parts = {s: _read_npz(f, modalities, labels) for s, f in files.items()}
-        (xtr, ytr, src), (xte, yte, _) = parts["train"], parts["test"]
-        if (ytr is None) != (yte is None):
+        (xtr, ytr_raw, src), (xte, yte_raw, _) = parts["train"], parts["test"]
+        if (ytr_raw is None) != (yte_raw is None):
             raise DataError(f"{p}: array {labels!r} is in only one of train.npz / test.npz")
+        task, classes, ys = _targets([ytr_raw, yte_raw], f"{p}: array {labels!r}")
+        ytr, yte = ys
     else:
-        x, y, src = _read_npz(p, modalities, labels)
+        x, y_raw, src = _read_npz(p, modalities, labels)
+        task, classes, (y,) = _targets([y_raw], f"{src}: array {labels!r}")
         n = check_modalities(x, source=src, split_name="file", labels=y)
         tr, te = split_rows(n, test_fraction, seed)
         xtr, xte = {k: v[tr] for k, v in x.items()}, {k: v[te] for k, v in x.items()}
         ytr, yte = (None, None) if y is None else (y[tr], y[te])
-    task = None
-    classes: tuple[str, ...] = ()
-    if ytr is not None and yte is not None:
-        if ytr.is_floating_point():
-            task = "regression"
-        else:
-            task = "classification"
-            ytr, yte = ytr.long(), yte.long()
-            if int(min(ytr.min(), yte.min())) < 0:
-                raise DataError(f"{src}: array {labels!r} holds negative class ids")
-            classes = tuple(str(i) for i in range(int(max(ytr.max(), yte.max())) + 1))
     kinds = {}
     for k, v in xtr.items():
         if v.dim() not in _KIND_BY_NDIM:
@@ -588,17 +589,77 @@ def load_npz(
     )
 
 
+def _targets(
+    raw: list[np.ndarray | None], what: str
+) -> tuple[str | None, tuple[str, ...], list[torch.Tensor | None]]:
+    """(task, class names, labels as tensors) of the label arrays of the splits (all or none).
+
+    Real numbers are regression targets (float32). Integers, booleans and strings are classes,
+    renumbered ``0..K-1`` in sorted order over every split (sparse ids such as ``7e9`` never size
+    anything by their value); the names keep the original values. Negative integers are refused
+    (often a mark for "no label").
+    """
+    if raw[0] is None:
+        return None, (), [None] * len(raw)
+    kinds = {a.dtype.kind for a in raw}
+    if kinds <= {"f"}:
+        return "regression", (), [torch.from_numpy(a.astype(np.float32)) for a in raw]
+    if kinds & {"U", "S"} and not kinds <= {"U", "S"}:
+        raise DataError(f"{what} holds text in one split and numbers in another")
+    if kinds & {"f"}:
+        raise DataError(f"{what} holds real numbers in one split and integers in another")
+    if not kinds & {"U", "S"} and min((int(a.min()) for a in raw if a.size), default=0) < 0:
+        raise DataError(f"{what} holds negative class ids")
+    names = np.unique(np.concatenate(raw))
+    ids = [torch.from_numpy(np.searchsorted(names, a).astype(np.int64)) for a in raw]
+    text = [
+        v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in names.tolist()
+    ]
+    return "classification", tuple(text), ids
+
+
+def _not_an_npz(path: Path) -> str | None:
+    """What ``path`` is when it is not an .npz (zip) archive, else None."""
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return None
+    if not head:
+        return "an empty file"
+    if head.startswith(b"\x93NUMPY"):
+        return "a single .npy array, not an .npz archive of named arrays (save with numpy.savez)"
+    try:
+        first = head.decode("utf-8").splitlines()[0] if head.strip() else ""
+    except UnicodeDecodeError:
+        return "not an .npz archive (no zip header; save the arrays with numpy.savez)"
+    return (
+        f"a text file, not an .npz archive (it starts with {first[:40]!r}); save the arrays with "
+        "numpy.savez"
+    )
+
+
+def _array(z: Any, path: Path, name: str) -> np.ndarray:
+    try:
+        return z[name]
+    except ValueError:  # object arrays need pickle, which is never allowed here
+        raise DataError(
+            f"{path}: array {name!r} is an array of Python objects, expected numbers (or "
+            "strings for labels); save it with a numeric dtype"
+        ) from None
+
+
 def _read_npz(
     path: Path, modalities: Sequence[str] | None, labels: str | None
-) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, str]:
+) -> tuple[dict[str, torch.Tensor], np.ndarray | None, str]:
     if not path.is_file():
         raise DataError(f"data_dir: expected an .npz file, {str(path)!r} not found")
+    what = _not_an_npz(path)
+    if what is not None:
+        raise DataError(f"{path}: is {what}")
     try:
         z = np.load(path, allow_pickle=False)
     except Exception as e:
         raise DataError(f"{path}: cannot read as .npz ({type(e).__name__}: {e})") from None
-    if not hasattr(z, "files"):
-        raise DataError(f"{path}: expected an .npz archive of named arrays, got a single array")
     with z:
         names = list(modalities) if modalities else [k for k in z.files if k != labels]
         for k in names:
@@ -608,22 +669,23 @@ def _read_npz(
                 )
         x = {}
         for k in names:
-            a = z[k]
+            a = _array(z, path, k)
             if a.dtype.kind not in "fiub":
                 raise DataError(f"{path}: array {k!r} has dtype {a.dtype}, expected numbers")
             x[k] = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
         y = None
         if labels is not None and labels in z.files:
-            a = z[labels]
-            y = torch.from_numpy(
-                np.ascontiguousarray(a.reshape(a.shape[0], -1)[:, 0] if a.ndim > 1 else a)
-            )
-            if a.dtype.kind in "iub":
-                y = y.long()
-            elif a.dtype.kind == "f":
-                y = y.float()
-            else:
-                raise DataError(f"{path}: array {labels!r} has dtype {a.dtype}, expected numbers")
+            y = _array(z, path, labels)
+            if y.ndim == 0 or y.size != y.shape[0]:
+                raise DataError(
+                    f"{path}: array {labels!r} has shape {y.shape}, expected one label per "
+                    "sample: (N,) or (N, 1)"
+                )
+            if y.dtype.kind not in "iubfUS":
+                raise DataError(
+                    f"{path}: array {labels!r} has dtype {y.dtype}, expected numbers or strings"
+                )
+            y = np.ascontiguousarray(y.reshape(y.shape[0]))
     return x, y, str(path)
 
 
