@@ -789,7 +789,7 @@ def run_section(
 
 def _compact_size_estimate(rec: dict[str, Any]) -> int:
     """Bytes of one compact checkpoint of the recipe's model (3 bytes a parameter + 1 MiB)."""
-    from otcl.pipelines.ssl.models import build_encoder
+    from otcl.pipelines.sources.backbones import build_encoder
 
     m = rec["model"]
     enc = build_encoder(
@@ -876,7 +876,7 @@ def main(argv=None) -> int:
     if args.cmd == "bench":
         return bench_main(args)
     if args.cmd == "prep":
-        from otcl.pipelines.ssl.data import load_dataset
+        from otcl.pipelines.sources.images import load_dataset
 
         print(load_dataset(args.dataset, args.data_dir))
         return 0

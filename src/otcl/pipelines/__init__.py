@@ -4,7 +4,8 @@
   (``EpochTrainer``: run directory, checkpoints, exact resume, metrics, progress, seeds, signals;
   training under ``torchrun``).
 * :mod:`otcl.pipelines.config` -- config dataclasses, YAML/TOML files, ``section.key=value``.
-* :mod:`otcl.pipelines.probes` -- kNN and linear probes of frozen features.
+* :mod:`otcl.pipelines.sources` -- what every pipeline shares: image datasets and augmentations,
+  backbones, frozen features, probes.
 * :mod:`otcl.pipelines.commands` -- the command-line pieces the pipelines share.
 * :mod:`otcl.pipelines.compare` -- comparisons (methods x seeds) shared by the pipelines.
 * :mod:`otcl.pipelines.ssl` -- self-supervised image training (``otcl train/eval/compare``).

@@ -29,7 +29,7 @@ from ..engine.checkpoint import open_run, restore_model
 from ..engine.distributed import local_main_first
 from ..engine.trainer import EpochTrainer
 from ..files import atomic_write_text
-from ..probes import fit_linear_probe, knn_predict
+from ..sources.probes import fit_linear_probe, knn_predict
 from .config import EvalConfig, MultimodalConfig, check, check_applies, modality_names, resolve
 from .data import MultimodalData, load_multimodal
 from .models import MultimodalModel, build_model

@@ -19,7 +19,8 @@ from ..config import (
     apply_presets,
     preset_for,
 )
-from .data import MOVIELENS, SPLITS
+from ..sources.movielens import MOVIELENS
+from .data import SPLITS
 from .metrics import USER_CONVENTIONS
 from .models import ITEM_FEATURES, MODELS, USER_FEATURES
 

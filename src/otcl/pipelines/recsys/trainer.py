@@ -28,12 +28,14 @@ from ..engine.checkpoint import open_run, restore_model
 from ..engine.distributed import local_main_first
 from ..engine.runtime import derive_seed
 from ..engine.trainer import EpochTrainer
+from ..sources.movielens import load_ratings
+from ..sources.ratings import Ratings
+from ..sources.text import encode_sentences
 from .config import DROP_VARIANTS, RecsysConfig, check, parse_features, resolve
-from .data import NegativeSampler, Ratings, Split, load_ratings, split
+from .data import NegativeSampler, Split, split
 from .metrics import rank_metrics
 from .models import RecModel, build_model, popularity_prior
 from .objective import Objective, ObjectiveSpec, make_loss
-from .text import encode_titles
 
 __all__ = [
     "RecsysTrainer",
@@ -280,7 +282,7 @@ def build_recsys_model(cfg: RecsysConfig, data: Ratings) -> RecModel:
     if "title" in feats and m.text == "minilm":
         if data.item_features is None:
             raise ValueError(f"model.features: {data.name} has no item titles")
-        text = encode_titles(data.item_features.titles)
+        text = encode_sentences(data.item_features.titles, setting="model.text")
     return build_model(
         m.kind,
         data,

@@ -6,7 +6,7 @@
     two augmented views of a batch -> encoder under autocast -> loss in float32 -> SGD step.
 
 Speed on a GPU: the decoded uint8 dataset is resident on the device, both views of a batch are
-augmented there in one batched call (:class:`otcl.pipelines.ssl.data.Augment`), the encoder runs in
+augmented there in one batched call (:class:`otcl.pipelines.sources.images.Augment`), the encoder runs in
 channels_last under bf16 autocast (optionally ``torch.compile``-d), the loss is computed in
 float32, and the host reads the loss back only every ``log_every`` steps. The loss is built with
 ``check_inputs=False`` unless ``loss.params`` sets it: its per-call NaN/Inf check reads a value
@@ -35,11 +35,11 @@ from ..engine.distributed import local_main_first
 from ..engine.rundir import METRICS, SUMMARY
 from ..engine.runtime import pick_device
 from ..engine.trainer import EpochTrainer
-from ..probes import knn_accuracy
+from ..sources.backbones import ARCHS, NORMS, Encoder, build_encoder
+from ..sources.features import split_features
+from ..sources.images import Augment, ImageData, load_dataset
+from ..sources.probes import knn_accuracy
 from .config import Config, resolve
-from .data import Augment, ImageData, load_dataset
-from .features import split_features
-from .models import ARCHS, NORMS, Encoder, build_encoder
 
 __all__ = ["SSLTrainer", "load_run", "load_data", "make_augment", "make_model"]
 
