@@ -2,16 +2,19 @@
 
 from .augment import Augment, grayscale, hsv_to_rgb, rgb_to_hsv, to_float
 from .datasets import DATASETS, STATS, DataError, ImageData, load_dataset, load_image_folder
+from .domains import DomainData, load_domain_folder
 
 __all__ = [
     "Augment",
     "DATASETS",
     "DataError",
+    "DomainData",
     "ImageData",
     "STATS",
     "grayscale",
     "hsv_to_rgb",
     "load_dataset",
+    "load_domain_folder",
     "load_image_folder",
     "rgb_to_hsv",
     "to_float",
