@@ -43,7 +43,8 @@ __all__ = ["DomainData", "load_domain_folder", "split_by_domain"]
 @dataclass
 class DomainData:
     """Train/test splits of uint8 images (N, C, H, W) with classes ``*_y`` (N,) and domains
-    ``*_d`` (N,), both int64 indices into :attr:`classes` and :attr:`domains`."""
+    ``*_d`` (N,), both int64 indices into :attr:`classes` and :attr:`domains`; ``missing``:
+    ``{domain: [classes it has no image of]}``; ``skipped``: unreadable files left out."""
 
     name: str
     train_x: torch.Tensor
@@ -58,6 +59,9 @@ class DomainData:
     std: tuple[float, ...]
     missing: dict[str, list[str]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    #: where each image (train, then test) came from in a derived data set (the stand-in's
+    #: source indices), else None
+    source: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
