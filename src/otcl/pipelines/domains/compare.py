@@ -47,6 +47,7 @@ METHODS = ("infonce", *(f"{loss}@{d:+.2f}" for loss in SWEPT for d in DELTAS))
 METRICS = (
     ("knn", "class kNN"),
     ("linear", "class linear"),
+    ("domain_knn", "domain kNN"),
     ("domain", "domain linear"),
     ("lodo", "leave-one-domain-out"),
 )
@@ -138,7 +139,12 @@ def format_table(results: Mapping[str, Any]) -> str:
         f"backbone (kNN k={inf.get('knn_k')}, linear {inf.get('linear_epochs')} epochs, final)"
     )
     cols = " | ".join(f"{label} (%)" for _, label in METRICS)
-    lines = [head, "", f"| loss | α − β | seeds | {cols} |", "|---|---|---|" + "---|" * 4]
+    lines = [
+        head,
+        "",
+        f"| loss | α − β | seeds | {cols} |",
+        "|---|---|---|" + "---|" * len(METRICS),
+    ]
     for m, row in results["methods"].items():
         loss, delta = parse_method(m)
         cells = []

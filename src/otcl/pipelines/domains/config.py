@@ -128,7 +128,7 @@ _SMALL: dict[str, dict[str, Any]] = {
     },
     "model": {"arch": "small-cnn", "width": 16, "head_hidden": 128, "head_out": 32},
     "optim": {"lr": 0.1, "weight_decay": 5e-4},
-    "train": {"epochs": 12, "batch_size": 256},
+    "train": {"epochs": 20, "batch_size": 256},
 }
 
 _CIFAR: dict[str, dict[str, Any]] = {

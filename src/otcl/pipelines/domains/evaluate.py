@@ -6,7 +6,9 @@ once for the train and test splits (every domain in both); then
 * ``knn``, ``linear`` -- class accuracy of the weighted kNN and of a linear probe (final epoch)
   trained on the train split of all domains, tested on the test split;
 * ``domain`` -- accuracy of a linear probe that predicts the *domain* (how much domain
-  structure the representation keeps; chance is ``1 / D``);
+  information the representation keeps; chance is ``1 / D``), and ``domain_knn``, that of the
+  weighted kNN (whether a sample's neighbours are of its domain: the geometry the target
+  shapes, which moves where a linear probe still separates the domains);
 * ``lodo`` -- leave-one-domain-out class accuracy: for each domain a linear class probe
   trained on the train split of the *other* domains, tested on the test split of the held-out
   one; ``lodo`` is the mean over the domains, ``lodo_per_domain`` each one. The encoder saw the
@@ -97,6 +99,7 @@ def probe_all(
     knn = knn_accuracy(ftr, data.train_y, fte, data.test_y, c, knn_k, knn_t)
     lin = linear_probe(ftr, data.train_y, fte, data.test_y, c, **opts).test_accuracy
     dom = domain_accuracy(ftr, data.train_d, fte, data.test_d, nd, **opts)
+    dom_knn = knn_accuracy(ftr, data.train_d, fte, data.test_d, nd, knn_k, knn_t)
     per = lodo_accuracy(
         ftr, data.train_y, data.train_d, fte, data.test_y, data.test_d, c, nd, **opts
     )
@@ -105,6 +108,7 @@ def probe_all(
         "knn": knn,
         "linear": lin,
         "domain": dom,
+        "domain_knn": dom_knn,
         "domain_chance": 1.0 / nd,
         "lodo": statistics.fmean(finite) if finite else float("nan"),
         "lodo_per_domain": dict(zip(data.domains, per, strict=True)),
