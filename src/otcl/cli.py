@@ -39,6 +39,7 @@ PIPELINES: tuple[str, ...] = (
     "otcl.pipelines.ssl.cli",
     "otcl.pipelines.multimodal.cli",
     "otcl.pipelines.recsys.cli",
+    "otcl.pipelines.domains.cli",
 )
 
 

@@ -202,6 +202,9 @@ def plot_sweep(results: Mapping[str, Any], out: Path) -> list[Path]:
                 st = methods[r]["metrics"].get(k)
                 if st is not None and st["mean"] == st["mean"]:
                     ax.axhline(100 * st["mean"], color=colors[k], ls="--", lw=1, alpha=0.7)
+        chance = results.get("info", {}).get("domains")
+        if chance:
+            ax.axhline(100 / len(chance), color="grey", ls=":", lw=1, label="domain chance")
         ax.set_title(f"{loss} with the domain-block target", fontsize=10)
         ax.set_xlabel("α − β  (same-domain minus cross-domain weight)")
         ax.set_ylabel("accuracy (%)")
