@@ -73,3 +73,39 @@ def test_positional_and_duplicate_arguments():
         otcl.losses.InfoNCE(0.2, "cross")
     with pytest.raises(TypeError, match="multiple values for temperature"):
         otcl.losses.InfoNCE(0.2, temperature=0.3)
+
+
+def _bool_params():
+    cases = []
+    for name in otcl.losses.available():
+        for key, default in otcl.losses.get(name).defaults.items():
+            if isinstance(default, bool):
+                cases.append((name, key))
+    return cases
+
+
+BOOLS = _bool_params()
+
+
+def test_bool_parameter_sweep_covers_every_loss():
+    assert {n for n, _ in BOOLS} == set(otcl.losses.available())
+    assert ("infonce", "symmetric") in BOOLS and ("dmm", "legacy_cumulative_margin") in BOOLS
+
+
+@pytest.mark.parametrize("name,key", BOOLS)
+@pytest.mark.parametrize("value", ["false", "true", "", 2, 1.0, [True]])
+def test_bool_parameters_take_booleans_only(name, key, value):
+    """A string such as "false" is refused (it used to be truthy), naming the parameter."""
+    extra = {"layout": "cross"} if key == "symmetric" else {}
+    if key == "detach_mean":
+        extra = {"lam_uni": 0.2}
+    with pytest.raises(ValueError, match=rf"^{key}: expected a bool \(True or False\), got "):
+        build(name, **extra, **{key: value})
+
+
+@pytest.mark.parametrize("value,expected", [(True, True), (False, False), (1, True), (0, False)])
+def test_bool_parameters_accept_bools_and_0_1(value, expected):
+    import numpy as np
+
+    assert build("infonce", layout="cross", symmetric=value).symmetric is expected
+    assert build("dcl", check_inputs=np.bool_(expected)).check_inputs is expected

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from .._validation import (
+    check_bool,
     check_embeddings,
     check_negatives,
     check_nonneg,
@@ -49,7 +50,6 @@ from .params import (
     number,
     optional,
     param,
-    truthy,
 )
 from .registry import register
 from .targets import prepare_target
@@ -164,15 +164,15 @@ class OTContrastiveLoss(ContrastiveLoss):
     q: float = param(default=0.6, check=check_prob_open, applies=RINCE_DIVERGENCE)
     lam: float = param(default=0.01, check=check_positive, applies=RINCE_DIVERGENCE)
     marginals: str = param(default="uniform", check=choice(MARGINALS), applies=SCALED_MARGINALS)
-    symmetric: bool = param(default=True, check=truthy, applies=CROSS)
+    symmetric: bool = param(default=True, check=check_bool, applies=CROSS)
     grad: str = param(default="unrolled", check=choice(GRAD_MODES), applies=ITERATIVE)
     domain: str = param(default="auto", check=choice(DOMAINS), applies=ITERATIVE)
     backward: str = param(default="fused", check=choice(BACKWARDS), applies=ITERATIVE & UNROLLED)
     tol: float = param(default=0.0, check=check_nonneg, applies=ITERATIVE)
     self_pair: str = param(default="mask", check=choice(SELF_PAIRS), applies=SIMCLR)
     clip_min: float | None = param(default=None, check=optional(number))
-    check_inputs: bool = param(default=True, check=truthy)
-    gather_distributed: bool = param(default=False, check=truthy)
+    check_inputs: bool = param(default=True, check=check_bool)
+    gather_distributed: bool = param(default=False, check=check_bool)
 
     # -- parameters ------------------------------------------------------------------------
     def configure(self) -> None:

@@ -45,13 +45,13 @@ from typing import Any
 
 import torch
 
-from .._validation import check_embeddings, check_nonneg
+from .._validation import check_bool, check_embeddings, check_nonneg
 from ..ot.distributed import Shard, current_shard
 from ..ot.geometry import unit_rows
 from .divergences import row_mean
 from .mixing import PARTNERS, Mixed, draw_mix, first_tensor, mix
 from .pair_losses import PAIR_LOSSES, min_triplet, vse_hinge
-from .params import Rule, as_is, choice, optional, param, truthy
+from .params import Rule, as_is, choice, optional, param
 from .registry import register
 from .wrappers import LossWrapper
 
@@ -151,11 +151,11 @@ class DMM(LossWrapper):
     weight: float = param(default=1.0, check=check_nonneg)
     partner: str = param(default="reverse", check=choice(PARTNERS))
     pair_loss: str = param(default="hinge", check=choice(PAIR_LOSSES))
-    both_views: bool = param(default=False, check=truthy)
-    per_modality: bool = param(default=False, check=truthy)
-    repel_close_positives: bool = param(default=False, check=truthy)
+    both_views: bool = param(default=False, check=check_bool)
+    per_modality: bool = param(default=False, check=check_bool)
+    repel_close_positives: bool = param(default=False, check=check_bool)
     repel_weight: float = param(default=1.0, check=check_nonneg, applies=REPEL_ON)
-    legacy_cumulative_margin: bool = param(default=False, check=truthy)
+    legacy_cumulative_margin: bool = param(default=False, check=check_bool)
     epoch: float = param(default=0.0, check=_check_epoch)
     seed: int | None = param(default=None, check=optional(as_is))
 

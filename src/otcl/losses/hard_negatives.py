@@ -49,6 +49,7 @@ from typing import Any
 import torch
 
 from .._validation import (
+    check_bool,
     check_embeddings,
     check_negatives,
     check_nonneg,
@@ -60,7 +61,7 @@ from ..ot.geometry import LAYOUTS, SIMILARITIES, Geometry, pair_scores
 from ..ot.sinkhorn import Sinkhorn, SinkhornOutput
 from .contrastive import ContrastiveLoss
 from .divergences import row_mean
-from .params import CROSS, check_finite_number, choice, equals, int_at_least, param, truthy
+from .params import CROSS, check_finite_number, choice, equals, int_at_least, param
 from .registry import register
 
 __all__ = ["HardNegativeLoss", "DCL", "HCL", "OTHard", "COSTS", "COUPLING_GRADS"]
@@ -118,9 +119,9 @@ class HardNegativeLoss(ContrastiveLoss):
     tau_plus: float = param(default=0.0, check=_check_tau_plus)
     layout: str = param(default="simclr", check=choice(LAYOUTS))
     similarity: str = param(default="cosine", check=choice(SIMILARITIES))
-    symmetric: bool = param(default=True, check=truthy, applies=CROSS)
-    check_inputs: bool = param(default=True, check=truthy)
-    gather_distributed: bool = param(default=False, check=truthy)
+    symmetric: bool = param(default=True, check=check_bool, applies=CROSS)
+    check_inputs: bool = param(default=True, check=check_bool)
+    gather_distributed: bool = param(default=False, check=check_bool)
 
     # -- parts -----------------------------------------------------------------------------
     def geometry(

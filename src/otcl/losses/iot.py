@@ -38,13 +38,13 @@ from typing import Any
 
 import torch
 
-from .._validation import check_choice, check_nonneg
+from .._validation import check_bool, check_choice, check_nonneg
 from ..ot.distributed import Shard
 from ..ot.geometry import Geometry
 from ..ot.sinkhorn import SinkhornOutput
 from .base import OTContrastiveLoss
 from .divergences import RowView
-from .params import Rule, param, truthy
+from .params import Rule, param
 from .registry import register
 
 __all__ = ["IOT", "IOTUniformity", "uniformity_penalty"]
@@ -283,7 +283,7 @@ class IOTUniformity(IOT):
     """
 
     lam_uni: float = param(default=0.2, check=check_nonneg)
-    detach_mean: bool = param(default=False, check=truthy, applies=UNIFORMITY_ON)
+    detach_mean: bool = param(default=False, check=check_bool, applies=UNIFORMITY_ON)
 
     def extra_terms(
         self,

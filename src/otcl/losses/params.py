@@ -45,7 +45,6 @@ __all__ = [
     "number",
     "optional",
     "param",
-    "truthy",
 ]
 
 #: settings of a loss: parameter name -> value
@@ -185,11 +184,6 @@ def param(
 def as_is(name: str, value: Any) -> Any:
     """No check: the value is stored as given."""
     return value
-
-
-def truthy(name: str, value: Any) -> bool:
-    """A flag, stored as ``bool(value)``."""
-    return bool(value)
 
 
 def optional(check: Check) -> Check:
