@@ -17,6 +17,7 @@ __all__ = [
     "check_embeddings",
     "check_finite",
     "flat_negatives",
+    "check_labels",
     "check_negatives",
     "check_marginal",
     "check_positive",
@@ -139,6 +140,23 @@ def check_negatives(
         if shard is not None:
             shard.check_same_shape("negatives", negatives)
         check_finite("negatives", negatives, nonzero_rows=nonzero_rows, shard=shard)
+
+
+def check_labels(labels: Any, n: int) -> None:
+    """Check class ``labels`` of a batch of ``n`` pairs: an integer tensor of shape (n,).
+
+    The message gives the shape (or type) it got, never the values.
+    """
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(
+            f"labels: expected a 1-D integer tensor of length N={n}, got {type(labels).__name__}"
+        )
+    if labels.dim() != 1 or labels.numel() != n:
+        raise ValueError(
+            f"labels: expected a 1-D tensor of length N={n}, got shape {_shape(labels)}"
+        )
+    if labels.is_floating_point():
+        raise ValueError(f"labels: expected integer class labels, got dtype {labels.dtype}")
 
 
 def flat_negatives(negatives: torch.Tensor | None) -> torch.Tensor | None:

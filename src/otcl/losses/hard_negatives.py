@@ -51,6 +51,7 @@ import torch
 from .._validation import (
     check_bool,
     check_embeddings,
+    check_labels,
     check_negatives,
     check_nonneg,
     check_positive,
@@ -216,17 +217,7 @@ class HardNegativeLoss(ContrastiveLoss):
                 "pass labels= to remove same-class negatives, got a target tensor"
             )
         if labels is not None:
-            n_pairs = z1.shape[0]
-            if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
-                raise ValueError(
-                    f"labels: expected a 1-D tensor of length N={n_pairs}, got {labels!r}"
-                )
-            if labels.numel() != n_pairs:
-                raise ValueError(
-                    f"labels: expected a 1-D tensor of length N={n_pairs}, got {labels.numel()}"
-                )
-            if labels.is_floating_point():
-                raise ValueError(f"labels: expected integer class labels, got dtype {labels.dtype}")
+            check_labels(labels, z1.shape[0])
             if self.tau_plus > 0:
                 raise ValueError(
                     f"tau_plus: expected 0 when labels are given (labels remove the false "
