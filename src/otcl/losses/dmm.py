@@ -40,6 +40,7 @@ decays to ~0 within a few steps; otcl uses :math:`\lambda m` every step
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -62,6 +63,13 @@ REPEL_ON = Rule(
     "repel_close_positives=True",
     lambda s, _: bool(s["repel_close_positives"]),
     note=" (the repel term is off)",
+)
+
+
+_INERT = (
+    "dmm: the DMM term is off: its weight ramps in as e/(e + warmup) with the epoch e "
+    "(warmup={warmup:g}), which stays 0 until the training loop calls loss_fn.set_epoch(epoch) "
+    "at the start of every epoch; build it with warmup=0 for a constant weight"
 )
 
 
@@ -139,10 +147,22 @@ class DMM(LossWrapper):
         anchor) go to both as given (otcl's losses take a per-anchor set as B K shared extra
         candidates; the pair losses take each anchor's own).
 
+    Schedule:
+        The weight :math:`\omega e/(e + e_0)` follows the epoch that the training loop sets
+        with :meth:`set_epoch` at the start of every epoch (the pipelines do); it is 0 at epoch
+        0. A loss in training mode whose term is off because :meth:`set_epoch` was never called
+        warns (``UserWarning``, once per call site) instead of silently returning the base
+        loss; ``warmup=0`` gives a constant weight without any schedule.
+
     Example:
         >>> import torch, otcl
-        >>> dmm = otcl.losses.build("dmm", base="gca-uot", margin=0.2, warmup=0)
-        >>> loss = dmm(torch.randn(8, 16), torch.randn(8, 16))
+        >>> dmm = otcl.losses.build("dmm", base="gca-uot", margin=0.2)
+        >>> encoder = torch.nn.Linear(32, 16)
+        >>> x1, x2 = torch.randn(8, 32), torch.randn(8, 32)
+        >>> for epoch in range(2):
+        ...     dmm.set_epoch(epoch)                        # the ramp e / (e + warmup)
+        ...     extra = dmm.prepare_inputs(encoder, x1)     # input-space mixed anchors
+        ...     loss = dmm(encoder(x1), encoder(x2), **extra)
     """
 
     margin: float = param(default=0.2, check=check_nonneg)
@@ -162,6 +182,7 @@ class DMM(LossWrapper):
     def configure(self) -> None:
         self._legacy_margin = self.margin
         self.set_epoch(self.epoch)
+        self._scheduled = False  # True once the training loop (or a checkpoint) sets the epoch
         self._gen: torch.Generator | None = None
         if self.seed is not None:
             self._gen = torch.Generator().manual_seed(int(self.seed))
@@ -169,8 +190,10 @@ class DMM(LossWrapper):
     # -- schedule --------------------------------------------------------------------------
     def set_epoch(self, epoch: float) -> None:
         """Set the epoch :math:`e \\ge 0` of the ramp-up weight :math:`e/(e + e_0)` (and the
-        base loss's)."""
+        base loss's). Call it at the start of every epoch: the ramp does not advance by itself
+        (see :meth:`forward`)."""
         self.epoch = e = _check_epoch("epoch", epoch)
+        self._scheduled = True
         super().set_epoch(e)
 
     @property
@@ -438,6 +461,8 @@ class DMM(LossWrapper):
         loss = self.base_loss(z1, z2, labels, target, negatives)  # as given: (K, d) or (B, K, d)
         w = self.current_weight
         if w == 0.0:
+            if self.training and self.weight > 0 and not self._scheduled:
+                warnings.warn(_INERT.format(warmup=self.warmup), UserWarning, stacklevel=4)
             return loss
         if mixed is None:
             mixed = self.mix_embeddings(z1, z2)
