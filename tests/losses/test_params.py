@@ -109,3 +109,22 @@ def test_bool_parameters_accept_bools_and_0_1(value, expected):
 
     assert build("infonce", layout="cross", symmetric=value).symmetric is expected
     assert build("dcl", check_inputs=np.bool_(expected)).check_inputs is expected
+
+
+@pytest.mark.parametrize("name", otcl.losses.available())
+def test_hooks_and_call_are_visible_to_inspect(name):
+    loss = build(name)
+    assert list(inspect.signature(loss.set_epoch).parameters) == ["epoch"]
+    assert list(inspect.signature(loss.prepare_inputs).parameters) == ["encoder", "x1", "x2"]
+    call = inspect.signature(loss.forward).parameters
+    assert list(call)[:4] == ["z1", "z2", "labels", "target"] and "negatives" in call
+
+
+def test_typed_package_and_build_return_type():
+    from pathlib import Path
+    from typing import get_type_hints
+
+    assert (Path(otcl.__file__).parent / "py.typed").is_file()
+    hints = get_type_hints(otcl.losses.build)
+    assert hints["return"] is otcl.losses.ContrastiveLoss
+    assert isinstance(build("infonce"), otcl.losses.ContrastiveLoss)

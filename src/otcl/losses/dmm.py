@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -440,7 +440,7 @@ class DMM(LossWrapper):
         zs = mixed.z if isinstance(mixed.z, list) else [mixed.z]
         if not zs:
             raise ValueError("mixed: expected at least one mixed embedding, got none")
-        term = sum(one(z, z2, negatives) for z in zs) / len(zs)
+        term = cast(torch.Tensor, sum(one(z, z2, negatives) for z in zs)) / len(zs)
         if self.both_views:
             if mixed.z2 is None or z1 is None:
                 raise ValueError("mixed: both_views=True needs mixed.z2 and the clean z1")

@@ -280,6 +280,7 @@ class HardNegativeLoss(ContrastiveLoss):
         loss = row_mean(self._row_losses(geo.scores, geo.pos, neg, log_w), rows_total)
         if rev is not None:
             g_rev, neg_t = rev
+            assert log_w_t is not None  # log_weight_pair gives the second direction's with rev
             rows = self._row_losses(g_rev.scores, g_rev.pos, neg_t, log_w_t)
             loss = 0.5 * (loss + row_mean(rows, rows_total and g_rev.n_rows))
         return loss if geo.shard is None else geo.shard.total(loss)
@@ -436,6 +437,7 @@ class OTHard(HardNegativeLoss):
             return SinkhornOutput(zero_n, zero_m, empty, 0, True, zero, zero, stored_log_plan=empty)
 
         def scores() -> Geometry:
+            assert geom.x is not None and geom.y is not None  # pair_scores keeps the embeddings
             c = self.cost_matrix(sim, geom.x, geom.y)
             s = torch.where(neg, -c / self.eps, torch.full_like(c, float("-inf")))
             return geom.replace(scores=s, bound=self._bound(), mask=None)

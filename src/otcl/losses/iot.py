@@ -99,7 +99,7 @@ class _Uniformity(torch.autograd.Function):
         return mean * bracket
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad):  # pyright: ignore[reportIncompatibleMethodOverride]
         lp, negatives, total, neg_total, count, mean, bracket = ctx.saved_tensors
         if ctx.shard is not None:  # the (shared) penalty's gradient reaches every rank's rows
             grad = ctx.shard.sum(grad)
@@ -228,7 +228,7 @@ class _MaskedSum(torch.autograd.Function):
         return torch.where(mask, x, 0.0).sum()
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad):  # pyright: ignore[reportIncompatibleMethodOverride]
         (mask,) = ctx.saved_tensors
         return torch.where(mask, grad, 0.0), None
 
@@ -301,6 +301,7 @@ class IOTUniformity(IOT):
             own = torch.arange(lp_rows, device=out.scores.device)
             self_cols = own if geom.rows is None else geom.rows
         if rows is not None:
+            assert pos is not None  # the vector-only path: identity target
             pen = _uniformity_from_potentials(out, pos, rows, self_cols, self.detach_mean)
             return self.lam_uni * pen
         lp = out.log_plan

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, TypeVar
 
-from torch import nn
+from .contrastive import ContrastiveLoss
 
 __all__ = [
     "available",
@@ -17,13 +18,15 @@ __all__ = [
     "register",
 ]
 
-_REGISTRY: dict[str, type[nn.Module]] = {}
+L = TypeVar("L", bound=ContrastiveLoss)
+
+_REGISTRY: dict[str, type[ContrastiveLoss]] = {}
 
 
-def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+def register(name: str) -> Callable[[type[L]], type[L]]:
     """Class decorator: make a loss buildable as ``build(name)``."""
 
-    def deco(cls: type[nn.Module]) -> type[nn.Module]:
+    def deco(cls: type[L]) -> type[L]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"name: loss {name!r} is already registered")
         _REGISTRY[name] = cls
@@ -38,14 +41,14 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get(name: str) -> type[nn.Module]:
+def get(name: str) -> type[ContrastiveLoss]:
     """The loss class registered as ``name`` (ValueError listing the valid names if unknown)."""
     if name not in _REGISTRY:
         raise ValueError(f"name: unknown loss {name!r}; expected one of: {', '.join(available())}")
     return _REGISTRY[name]
 
 
-def parameters(name: str) -> dict[str, object]:
+def parameters(name: str) -> dict[str, Any]:
     """Every parameter of a named loss with its default (what ``build(name)`` uses).
 
     For a wrapper (``dmm``) its own parameters followed by those of its default base loss.
@@ -63,7 +66,7 @@ def conditions(name: str) -> dict[str, str]:
     return dict(getattr(cls, "applies_when", {}))
 
 
-def describe(name: str) -> dict[str, object]:
+def describe(name: str) -> dict[str, Any]:
     """A loss's one-line summary and every parameter with its default and when it applies.
 
     Returns:
@@ -84,7 +87,7 @@ def describe(name: str) -> dict[str, object]:
     return {"name": name, "summary": doc[0] if doc else "", "parameters": params, "base": base}
 
 
-def inapplicable_params(name: str, params: dict[str, object]) -> dict[str, str]:
+def inapplicable_params(name: str, params: dict[str, Any]) -> dict[str, str]:
     """The given ``params`` that do not apply to loss ``name``, each with the reason.
 
     ``build(name, **params)`` raises for the first of them; a caller that sets parameters for
@@ -110,7 +113,7 @@ def inapplicable_params(name: str, params: dict[str, object]) -> dict[str, str]:
     return out
 
 
-def build(name: str, **params: object) -> nn.Module:
+def build(name: str, **params: Any) -> ContrastiveLoss:
     """Build the loss ``name`` with ``params``; unknown names or parameters raise ValueError,
     and so does a parameter that does not apply to that loss (e.g. ``rho`` of a balanced loss).
 

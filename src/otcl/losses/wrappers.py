@@ -10,7 +10,7 @@ diagnostics (``negative_weights``, ``coupling``). A wrapper adds its own terms i
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -128,4 +128,5 @@ class LossWrapper(ContrastiveLoss):
     ) -> torch.Tensor:
         """The base loss of a batch (``negatives`` passed only when given)."""
         extra = {} if negatives is None else {"negatives": negatives}
-        return self.base(z1, z2, labels=labels, target=target, **extra)
+        base = cast(Callable[..., torch.Tensor], self.base)  # built in __init__
+        return base(z1, z2, labels=labels, target=target, **extra)
