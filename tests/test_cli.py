@@ -91,3 +91,15 @@ def test_every_registered_pipeline_adds_its_commands():
     for argv in (["train"], ["eval", "run"], ["compare"], ["losses"]):
         assert callable(parser.parse_args(argv).handler)
     assert parser.parse_args(["train"]).resume_hint == "otcl train --resume {run}"
+
+
+def test_cli_losses_print_plain_text_not_restructuredtext(capsys):
+    import otcl
+
+    for argv in (["losses"], *(["losses", name] for name in otcl.losses.available())):
+        assert cli.main(argv) == 0
+        text = capsys.readouterr().out
+        for markup in ("``", ":math:", ":class:", ":meth:", ":func:", "\\"):
+            assert markup not in text, (argv, markup, text)
+    assert cli.main(["losses", "ot"]) == 0
+    assert capsys.readouterr().out.startswith("ot: Contrastive loss d(P_tgt || P_θ) with P_θ")

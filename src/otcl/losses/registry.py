@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -15,6 +16,7 @@ __all__ = [
     "get",
     "inapplicable_params",
     "parameters",
+    "plain_text",
     "register",
 ]
 
@@ -66,8 +68,35 @@ def conditions(name: str) -> dict[str, str]:
     return dict(getattr(cls, "applies_when", {}))
 
 
+_GREEK = {
+    "varepsilon": "ε", "epsilon": "ε", "lambda": "λ", "theta": "θ", "beta": "β", "tau": "τ",
+    "rho": "ρ", "omega": "ω", "alpha": "α", "gamma": "γ", "sigma": "σ", "pi": "π", "mu": "μ",
+    "nu": "ν",
+}  # fmt: skip
+
+
+def _plain_math(tex: str) -> str:
+    tex = re.sub(r"\\(?:mathrm|mathbf|text|operatorname)\{([^{}]*)\}", r"\1", tex)
+    tex = re.sub(r"\\(?:left|right|big|Big)\b", "", tex)
+    tex = re.sub(r"\\[,;!]\s*|\\quad\b|\\qquad\b", " ", tex)
+    tex = tex.replace("\\|", "||").replace("\\ne", "≠").replace("\\le", "≤").replace("\\ge", "≥")
+    tex = re.sub(r"\\([A-Za-z]+)", lambda m: _GREEK.get(m.group(1), m.group(1)), tex)
+    tex = re.sub(r"_\{([^{}]*)\}", r"_\1", tex)
+    tex = re.sub(r"\^\{([^{}]*)\}", r"^\1", tex)
+    return re.sub(r"\s+", " ", tex.replace("{", "").replace("}", "")).strip()
+
+
+def plain_text(rst: str) -> str:
+    """reStructuredText of a docstring line as plain text (for a terminal): ``x`` -> x,
+    :math:`P_\\theta` -> P_θ, :class:`~otcl.losses.DMM` -> DMM."""
+    text = re.sub(r":math:`([^`]*)`", lambda m: _plain_math(m.group(1)), rst)
+    text = re.sub(r":\w+:`~?(?:[\w.]*\.)?([^`]*)`", r"\1", text)  # :class:, :meth:, :func:
+    return re.sub(r"``([^`]*)``", r"\1", text)
+
+
 def describe(name: str) -> dict[str, Any]:
-    """A loss's one-line summary and every parameter with its default and when it applies.
+    """A loss's one-line summary (plain text) and every parameter with its default and when it
+    applies.
 
     Returns:
         ``{"name", "summary", "parameters": {param: {"default", "applies_when"}}, "base"}``;
@@ -84,7 +113,8 @@ def describe(name: str) -> dict[str, Any]:
         k: {"default": v, "applies_when": cond.get(k, "always")}
         for k, v in parameters(name).items()
     }
-    return {"name": name, "summary": doc[0] if doc else "", "parameters": params, "base": base}
+    summary = plain_text(doc[0]) if doc else ""
+    return {"name": name, "summary": summary, "parameters": params, "base": base}
 
 
 def inapplicable_params(name: str, params: dict[str, Any]) -> dict[str, str]:
