@@ -68,9 +68,9 @@ class MemoryBank(nn.Module):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        self.size = check_int_at_least("size", size, 1)
-        self.dim = check_int_at_least("dim", dim, 1)
-        self.gather_distributed = check_bool("gather_distributed", gather_distributed)
+        self.size: int = check_int_at_least("size", size, 1)
+        self.dim: int = check_int_at_least("dim", dim, 1)
+        self.gather_distributed: bool = check_bool("gather_distributed", gather_distributed)
         if not dtype.is_floating_point:
             raise ValueError(f"dtype: expected a floating-point dtype, got {dtype}")
         self.register_buffer("queue", torch.zeros(self.size, self.dim, dtype=dtype))
