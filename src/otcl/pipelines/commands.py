@@ -21,6 +21,8 @@ from .distributed import main_then_broadcast
 from .run import EpochTrainer, load_checkpoint
 
 __all__ = [
+    "Refused",
+    "RefusedFlag",
     "COMMON_FLAGS",
     "add_run_options",
     "add_train_options",
@@ -49,8 +51,14 @@ COMMON_FLAGS: tuple[tuple[str, str], ...] = (
 )
 
 
-def add_run_options(p: argparse.ArgumentParser, *, single_loss: bool) -> argparse._ArgumentGroup:
-    """The run settings every training command takes; returns the group for pipeline flags."""
+def add_run_options(
+    p: argparse.ArgumentParser, *, single_loss: bool, compile: bool = True
+) -> argparse._ArgumentGroup:
+    """The run settings every training command takes; returns the group for pipeline flags.
+
+    ``single_loss``: a ``train`` command (``--loss``; ``--loss-param KEY=VALUE``), else a
+    ``compare`` (``--loss-param [LOSS:]KEY=VALUE``). ``compile=False``: ``--compile`` is not
+    offered, and refused in one line (:class:`Refused`)."""
     g = p.add_argument_group("run settings (override the config file and the presets)")
     g.add_argument("--config", metavar="FILE", help="YAML or TOML config file")
     if single_loss:
@@ -59,7 +67,7 @@ def add_run_options(p: argparse.ArgumentParser, *, single_loss: bool) -> argpars
         "--loss-param",
         action="append",
         default=[],
-        metavar="[LOSS:]KEY=VALUE",
+        metavar="KEY=VALUE" if single_loss else "[LOSS:]KEY=VALUE",
         help="a loss parameter, e.g. temperature=0.5 (repeatable)"
         + ("; LOSS: limits it to one loss" if not single_loss else ""),
     )
@@ -69,7 +77,18 @@ def add_run_options(p: argparse.ArgumentParser, *, single_loss: bool) -> argpars
     g.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda, cuda:1, mps")
     g.add_argument("--seed", type=int, metavar="N")
     g.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), help="autocast dtype")
-    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the encoder")
+    if compile:
+        g.add_argument(
+            "--compile", action="store_true", default=None, help="torch.compile the encoder"
+        )
+    else:
+        g.add_argument(
+            "--compile",
+            action=Refused,
+            nargs=0,
+            help=argparse.SUPPRESS,
+            hint="not supported by this pipeline (its encoders run one modality at a time)",
+        )
     g.add_argument(
         "--deterministic", action="store_true", default=None, help="deterministic algorithms"
     )
@@ -82,6 +101,22 @@ def add_run_options(p: argparse.ArgumentParser, *, single_loss: bool) -> argpars
         help="any config setting, e.g. --set train.checkpoint_every=5 (repeatable)",
     )
     return g
+
+
+class RefusedFlag(ValueError):
+    """A flag this command does not take (raised while parsing; one line, exit status 2)."""
+
+
+class Refused(argparse.Action):
+    """A flag that is refused in one line with a hint (a spelling that moved, an option this
+    pipeline does not support); hidden from ``--help``."""
+
+    def __init__(self, *args: Any, hint: str = "", **kwargs: Any) -> None:
+        self.hint = hint
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        raise RefusedFlag(f"{option}: {self.hint}")
 
 
 def add_train_options(p: argparse.ArgumentParser, default_out: str) -> None:

@@ -60,6 +60,7 @@ __all__ = [
     "apply_presets",
     "preset_for",
     "user_settings",
+    "given",
     "parse_value",
 ]
 
@@ -78,16 +79,23 @@ class Section:
     arguments are defaults: ``field(default_factory=lambda: OptimConfig(optimizer="adam"))``
     gives a pipeline its own default, which a preset may still change. The record is not a
     setting: it is neither saved nor compared (``==`` compares the settings only).
+
+    A second record, :func:`given`, holds the settings the user gave in *this* request (a
+    config file, an override, an assignment): a saved run's config read back with
+    :func:`from_dict` sets every setting but gives none, so a pipeline's rule "a setting given
+    where it does not apply is refused, whatever its value" never refuses a saved run.
     """
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_user_set", set())
+        object.__setattr__(self, "_given", set())
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
         marks = self.__dict__.get("_user_set")
         if marks is not None and name in self.__dataclass_fields__:  # type: ignore[attr-defined]
             marks.add(name)
+            self.__dict__["_given"].add(name)
 
     def _set_default(self, name: str, value: Any) -> None:
         """Set ``name`` without marking it as the user's (how a preset writes)."""
@@ -179,6 +187,10 @@ def from_dict(cls: type[C], d: dict[str, Any]) -> C:
     """``cls()`` with the settings of ``d`` merged in; unknown or mistyped settings raise."""
     cfg = cls()
     _merge(cfg, d, prefix="")
+    for f in fields(cfg):  # type: ignore[arg-type]
+        marks = getattr(getattr(cfg, f.name), "__dict__", {}).get("_given")
+        if marks is not None:
+            marks.clear()  # a saved config sets its settings; it gives none (see Section)
     return cfg
 
 
@@ -338,6 +350,12 @@ def user_settings(cfg: Any) -> set[str]:
     return out
 
 
+def given(section: Any) -> set[str]:
+    """The settings of ``section`` given in this request (see :class:`Section`): assigned,
+    read from the user's config file or given as an override; not those of a saved run."""
+    return set(getattr(section, "__dict__", {}).get("_given", ()))
+
+
 def _merged(presets: Iterable[Preset]) -> dict[str, dict[str, Any]]:
     """The presets as one, a later one winning (a mapping setting merges key by key)."""
     out: dict[str, dict[str, Any]] = {}
@@ -434,7 +452,12 @@ def load_config(path: str | os.PathLike[str], cls: type[C]) -> C:
         raise ValueError(f"config: expected a .yaml, .yml or .toml file, got {str(p)!r}")
     if not isinstance(data, dict):
         raise ValueError(f"config: expected a mapping at the top of {str(p)!r}")
-    return from_dict(cls, data)
+    cfg = from_dict(cls, data)
+    for f in fields(cfg):  # type: ignore[arg-type]
+        sec = getattr(cfg, f.name)
+        if isinstance(sec, Section):
+            sec.__dict__["_given"].update(sec.__dict__["_user_set"])  # the user's file
+    return cfg
 
 
 def save_config(cfg: Any, path: str | os.PathLike[str]) -> None:

@@ -138,7 +138,8 @@ class SSLTrainer(EpochTrainer):
 
     Args:
         cfg: the configuration (dataset presets are applied here).
-        out: run directory (default ``cfg.train.out``, else ``runs/<loss>-<dataset>-s<seed>``).
+        out: run directory (default ``cfg.train.out``, else
+            ``runs/ssl/<method>-<dataset>-s<seed>``, the method ``<loss>`` or ``<base>+dmm``).
         data: an already loaded dataset (``otcl compare`` loads it once for all runs).
         resume: continue from ``out/checkpoint.pt``.
         extend: with ``resume``, allow ``train.epochs`` to grow.
@@ -177,8 +178,10 @@ class SSLTrainer(EpochTrainer):
         check_image_config(self.cfg)
 
     def default_out(self) -> str:
+        from .compare import method_name
+
         c = self.cfg
-        return f"runs/{c.loss.name}-{c.data.dataset}-s{c.train.seed}"
+        return f"runs/ssl/{method_name(c)}-{c.data.dataset}-s{c.train.seed}"
 
     def build(self) -> None:
         t = self.cfg.train
