@@ -56,6 +56,7 @@ def add_pipeline(sub: Any, spec: Pipeline, *, short_forms: bool = False) -> None
     top-level ``otcl train | eval | compare``) to the subcommands ``sub``."""
     group = sub.add_parser(spec.name, help=spec.help, description=spec.help)
     verbs = group.add_subparsers(dest="verb", metavar="VERB")
+    group.set_defaults(handler=lambda args: group.print_help() or 2)  # no verb: its help
     _add_verbs(verbs, spec, f"otcl {spec.name}")
     if short_forms:
         _add_verbs(sub, spec, "otcl")

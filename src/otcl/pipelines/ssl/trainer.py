@@ -25,6 +25,7 @@ rounding when the model has no BatchNorm (``model.norm=group`` or ``none`` with
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from ..run import METRICS, SUMMARY, EpochTrainer, open_run, pick_device, restore
 from .config import Config, resolve
 from .data import Augment, ImageData, load_dataset
 from .features import split_features
-from .models import ARCHS, NORMS, Encoder, build_encoder
+from .models import ARCHS, NORMS, Encoder, ProjectionHead, build_encoder
 
 __all__ = ["SSLTrainer", "load_run", "load_data", "make_augment", "make_model"]
 
@@ -60,9 +61,33 @@ def make_augment(cfg: Config, data: ImageData) -> Augment:
     )
 
 
-def make_model(cfg: Config, data: ImageData) -> Encoder:
-    """The run's encoder (backbone + projection head) for ``data``'s image shape."""
+#: ``model.arch`` of a run trained with a backbone of the user's (``train(cfg, model=...)``)
+CUSTOM = "custom"
+
+
+def make_model(cfg: Config, data: ImageData, backbone: torch.nn.Module | None = None) -> Encoder:
+    """The run's encoder (backbone + projection head) for ``data``'s image shape.
+
+    ``backbone``: a module of your own, images (B, C, H, W) -> features (B, D), used instead of
+    ``model.arch`` (which reads ``custom``); the projection head is built on top of it from
+    ``model.head_*`` (D from its ``feature_dim`` attribute, else from one forward pass).
+    """
     m = cfg.model
+    if backbone is not None or m.arch == CUSTOM:
+        if backbone is None:
+            raise ValueError(
+                "model.arch: the run was trained with a backbone of your own; pass it again "
+                "(Run.load(path, model=backbone) or train(cfg, model=backbone))"
+            )
+        dim = getattr(backbone, "feature_dim", None)
+        if dim is None:
+            was = backbone.training
+            backbone.eval()
+            with torch.no_grad():
+                dim = backbone(torch.zeros(2, *data.image_shape)).shape[-1]
+            backbone.train(was)
+        head = ProjectionHead(int(dim), int(m.head_hidden or 0), int(m.head_out or 128), m.head_bn)
+        return Encoder(backbone, head)
     return build_encoder(
         m.arch,  # type: ignore[arg-type]
         data.image_shape[0],
@@ -99,7 +124,7 @@ def check_image_config(cfg: Config) -> None:
         make_augment(cfg, _STATS_ONLY)
     except ValueError as err:
         raise ValueError(f"data.{err}") from None
-    if m.arch not in ARCHS:
+    if m.arch not in (*ARCHS, CUSTOM):
         raise ValueError(f"model.arch: expected one of {', '.join(ARCHS)}, got {m.arch!r}")
     if m.norm not in NORMS:
         raise ValueError(f"model.norm: expected one of {', '.join(NORMS)}, got {m.norm!r}")
@@ -140,7 +165,10 @@ class SSLTrainer(EpochTrainer):
         cfg: the configuration (dataset presets are applied here).
         out: run directory (default ``cfg.train.out``, else
             ``runs/ssl/<method>-<dataset>-s<seed>``, the method ``<loss>`` or ``<base>+dmm``).
-        data: an already loaded dataset (``otcl compare`` loads it once for all runs).
+        data: an already loaded dataset (``otcl compare`` loads it once for all runs), or an
+            :class:`~otcl.pipelines.ssl.data.ImageData` of your own.
+        model: a backbone of your own (see :func:`make_model`; ``model.arch`` becomes
+            ``custom``); a resumed custom run needs it again.
         resume: continue from ``out/checkpoint.pt``.
         extend: with ``resume``, allow ``train.epochs`` to grow.
         log: where progress lines go (standard error by default).
@@ -158,6 +186,15 @@ class SSLTrainer(EpochTrainer):
         "eval",  # evaluation settings do not change the training
     )
     cfg: Config
+
+    def __init__(
+        self, cfg: Config, out: str | Path | None = None, *, model: Any = None, **kw: Any
+    ) -> None:
+        self.given_model = model
+        if model is not None:
+            cfg = copy.deepcopy(cfg)
+            cfg.model.arch = CUSTOM
+        super().__init__(cfg, out, **kw)
 
     # -- hooks -----------------------------------------------------------------------------
     def build_loss(self) -> torch.nn.Module:
@@ -192,7 +229,7 @@ class SSLTrainer(EpochTrainer):
             )
         self.images = self.data.ssl_images().to(self.device)
         self.augment = make_augment(self.cfg, self.data).to(self.device)
-        self.model = make_model(self.cfg, self.data).to(self.device)
+        self.model = make_model(self.cfg, self.data, self.given_model).to(self.device)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = self.build_loss()
@@ -262,13 +299,17 @@ class SSLTrainer(EpochTrainer):
 
 
 def load_run(
-    run_dir: str | Path, device: str = "auto", data: ImageData | None = None
+    run_dir: str | Path,
+    device: str = "auto",
+    data: ImageData | None = None,
+    backbone: torch.nn.Module | None = None,
 ) -> tuple[Config, Encoder, ImageData, Augment, dict[str, Any]]:
-    """Rebuild a run's config, trained encoder (eval mode), dataset and preprocessing."""
+    """Rebuild a run's config, trained encoder (eval mode), dataset and preprocessing
+    (``backbone``: a run trained with a backbone of your own needs it again)."""
     cfg, st = open_run(run_dir, Config, resolve)
     if data is None:
         data = load_data(cfg, progress=cfg.train.progress)
     dev = pick_device(device)
-    model = restore_model(make_model(cfg, data), st, run_dir, dev)
+    model = restore_model(make_model(cfg, data, backbone), st, run_dir, dev)
     aug = make_augment(cfg, data).to(dev)
     return cfg, model, data, aug, st
