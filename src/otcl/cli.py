@@ -47,10 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"otcl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from .pipelines.spec import get
+    from .pipelines.spec import available, get
     from .pipelines.verbs import add_pipeline
 
-    for i, name in enumerate(PIPELINES):
+    names = [*PIPELINES, *(n for n in available() if n not in PIPELINES)]  # and any registered
+    for i, name in enumerate(names):
         add_pipeline(sub, get(name), short_forms=i == 0)
     p = sub.add_parser(
         "losses",

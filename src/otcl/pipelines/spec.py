@@ -37,6 +37,7 @@ __all__ = [
     "get",
     "available",
     "split_dmm",
+    "dmm_around",
     "DMM_SUFFIX",
 ]
 
@@ -94,6 +95,16 @@ def _false(*args: Any) -> bool:
     return False
 
 
+def dmm_around(cfg: Any) -> Any:
+    """``train --dmm`` of a pipeline whose ``loss`` section names an otcl loss: the loss
+    becomes DMM's base (its parameters go along: DMM forwards them)."""
+    if cfg.loss.name == "dmm":
+        raise ValueError("--dmm: the loss is dmm already; name its base with --loss")
+    cfg.loss.params = {**cfg.loss.params, "base": cfg.loss.name}
+    cfg.loss.name = "dmm"
+    return cfg
+
+
 def _own_loss(method: str) -> tuple[str, ...]:
     base, dmm = split_dmm(method)
     return (base, "dmm") if dmm else (base,)
@@ -138,7 +149,8 @@ class Pipeline:
         describe_eval: ``report -> str``: the line ``eval`` prints.
         describe_train: ``(trainer, summary) -> str``: the line ``train`` prints.
         encoder: ``model -> nn.Module``: the part of the model a user embeds with.
-        with_dmm: ``cfg -> cfg``: the config with its loss wrapped in DMM (``train --dmm``).
+        with_dmm: ``cfg -> cfg``: the config with its loss wrapped in DMM (``train --dmm``;
+            default :func:`dmm_around`).
         method_losses: ``method -> loss names``: the otcl losses a method trains with,
             ``dmm`` included (per-loss parameters for others are refused); default: the base
             name, and ``dmm`` for ``<m>+dmm``.
@@ -178,7 +190,7 @@ class Pipeline:
     describe_eval: Callable[[dict[str, Any]], str] = _empty
     describe_train: Callable[[Any, dict[str, Any]], str] = _empty
     encoder: Callable[[Any], Any] = _same
-    with_dmm: Callable[[Any], Any] | None = None
+    with_dmm: Callable[[Any], Any] = dmm_around
     method_losses: Callable[[str], Sequence[str]] = _own_loss
     baseline: Callable[..., None] | None = None
     is_baseline: Callable[[str], bool] = _false

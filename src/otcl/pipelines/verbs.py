@@ -73,10 +73,7 @@ def _add_verbs(sub: Any, spec: Pipeline, prog: str) -> None:
         **kw,
     )
     g = add_run_options(p, single_loss=True, compile=spec.supports_compile)
-    if spec.with_dmm is not None:
-        g.add_argument(
-            "--dmm", action="store_true", default=None, help="wrap the chosen loss in DMM"
-        )
+    g.add_argument("--dmm", action="store_true", default=None, help="wrap the chosen loss in DMM")
     _flags(g, spec, "train")
     add_train_options(p, f"runs/{spec.name}/<method>-<dataset>-s<seed>")
     p.set_defaults(
@@ -163,7 +160,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if shared:
             cfg.loss.params.update(shared)
         if getattr(args, "dmm", None):
-            cfg = spec.with_dmm(cfg)  # type: ignore[misc]
+            cfg = spec.with_dmm(cfg)
         out = args.out  # None: train.out, else the trainer's runs/<pipeline>/<method>-...
     if args.resume and shared:
         cfg.loss.params.update(shared)

@@ -118,15 +118,6 @@ def _describe_train(trainer: Any, s: dict[str, Any]) -> str:
     )
 
 
-def with_dmm(cfg: MultimodalConfig) -> MultimodalConfig:
-    """``--dmm``: DMM around the configured loss (its parameters go along)."""
-    if cfg.loss.name == "dmm":
-        raise ValueError("--dmm: the loss is dmm already; name its base with --loss")
-    cfg.loss.params = {**cfg.loss.params, "base": cfg.loss.name}
-    cfg.loss.name = "dmm"
-    return cfg
-
-
 def _encoder(model: Any) -> Any:
     return model
 
@@ -151,7 +142,6 @@ SPEC = register(
         describe_eval=format_report,
         describe_train=_describe_train,
         encoder=_encoder,
-        with_dmm=with_dmm,
         info=cmp.info,
         table=cmp.format_tables,
         plot=cmp.plot_results,

@@ -118,15 +118,6 @@ def _describe_train(trainer: Any, s: dict[str, Any]) -> str:
     )
 
 
-def with_dmm(cfg: Config) -> Config:
-    """``--dmm``: the configured loss becomes DMM's base (its parameters go along)."""
-    if cfg.loss.name == "dmm":
-        raise ValueError("--dmm: the loss is dmm already; name its base with --loss")
-    cfg.loss.params = {**cfg.loss.params, "base": cfg.loss.name}
-    cfg.loss.name = "dmm"
-    return cfg
-
-
 def _encoder(model: Any) -> Any:
     return model.backbone
 
@@ -151,7 +142,6 @@ SPEC = register(
         describe_eval=_describe_eval,
         describe_train=_describe_train,
         encoder=_encoder,
-        with_dmm=with_dmm,
         prepare_compare=cmp.prepare_compare,
         info=cmp.info,
         table=cmp.format_table,
