@@ -25,6 +25,7 @@ from .commands import (
     config_from_args,
     loss_params,
     name_list,
+    run_train,
 )
 from .spec import Pipeline, get
 
@@ -137,36 +138,19 @@ def _add_verbs(sub: Any, spec: Pipeline, prog: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``train`` / ``train --resume``: the config from the flags (or the saved run), then fit."""
-    from .config import from_dict
-    from .distributed import main_then_broadcast
-    from .run import load_checkpoint
-
+    """``train`` / ``train --resume``: the config from the flags (or the saved run), checked
+    by the spec before the run directory is touched, then fit."""
     spec = get(args.pipeline)
-    flags = spec.settings_for("train")
-    shared, _ = loss_params(args.loss_param, per_loss=False)
-    if args.resume:
-        if args.out and args.out != args.resume:
-            raise ValueError(
-                "--out: not allowed with --resume (the run continues in its directory)"
-            )
-        if getattr(args, "dmm", None):
-            raise ValueError("--dmm: not allowed with --resume (it would change what the run is)")
-        saved = main_then_broadcast(lambda: load_checkpoint(args.resume)["config"])
-        cfg = config_from_args(args, spec.config_cls, flags, base=from_dict(spec.config_cls, saved))
-        out = args.resume
-    else:
-        cfg = config_from_args(args, spec.config_cls, flags)
-        if shared:
-            cfg.loss.params.update(shared)
-        if getattr(args, "dmm", None):
-            cfg = spec.with_dmm(cfg)
-        out = args.out  # None: train.out, else the trainer's runs/<pipeline>/<method>-...
-    if args.resume and shared:
-        cfg.loss.params.update(shared)
-    spec.check(spec.resolve(cfg))  # before the run directory is touched
-    trainer = spec.trainer_cls(cfg, out, resume=bool(args.resume), extend=bool(args.extend))
-    summary = trainer.fit()
+    if args.resume and args.dmm:
+        raise ValueError("--dmm: not allowed with --resume (it would change what the run is)")
+    trainer, summary = run_train(
+        args,
+        spec.config_cls,
+        spec.trainer_cls,
+        spec.settings_for("train"),
+        validate=lambda cfg: spec.check(spec.resolve(cfg)),
+        prepare=spec.with_dmm if args.dmm else None,
+    )
     print(spec.describe_train(trainer, summary))
     if getattr(args, "eval", False) and trainer.is_main and spec.evaluate is not None:
         t = trainer.cfg.train
