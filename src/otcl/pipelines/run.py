@@ -138,7 +138,7 @@ from ._files import (
     write_jsonl,
 )
 from ._signals import DeferredSignals
-from .config import OptimConfig, save_config
+from .config import given, save_config
 from .distributed import (
     DistributedModel,
     agreed,
@@ -864,7 +864,7 @@ class EpochTrainer:
             raise ValueError(f"optim.schedule: expected cosine or constant, got {o.schedule!r}")
         if not 0.0 <= o.momentum < 1.0:
             raise ValueError(f"optim.momentum: expected a number in [0, 1), got {o.momentum!r}")
-        if o.optimizer != "sgd" and (o.nesterov or o.momentum != OptimConfig.momentum):
+        if o.optimizer != "sgd" and ({"momentum", "nesterov"} & given(o) or o.nesterov):
             raise ValueError(
                 f"optim.momentum / optim.nesterov: apply only to optim.optimizer=sgd, got "
                 f"{o.optimizer!r} (Adam's moments are fixed)"
