@@ -23,25 +23,75 @@
     }
 
 ``std`` is the sample standard deviation over seeds (n - 1; 0 for one seed), NaN values left out
-(:func:`otcl.pipelines.compare.mean_std`); ``per_seed`` follows ``seeds``. A delta pairs
-``<m>+dmm`` with ``<m>`` seed by seed (:func:`otcl.pipelines.compare.paired_delta`) for the
-spec's ``delta_metrics``.
+(:func:`mean_std`); ``per_seed`` follows ``seeds``. A delta pairs ``<m>+dmm`` with ``<m>``
+seed by seed (:func:`paired_delta`) for the spec's ``delta_metrics``.
+
+Example:
+    >>> mean_std([0.5, 0.7, None, float("nan")])
+    (0.6, 0.14142135623730948)
+    >>> paired_delta([0.5, 0.6], [0.55, 0.7])["per_seed"]
+    [0.050000000000000044, 0.09999999999999998]
 """
 
 from __future__ import annotations
 
+import math
 import platform
+import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .compare import mean_std, paired_delta
 from .spec import Pipeline, split_dmm
 
-__all__ = ["RESULTS", "SCHEMA", "aggregate", "per_seed"]
+__all__ = [
+    "RESULTS",
+    "SCHEMA",
+    "aggregate",
+    "per_seed",
+    "mean_std",
+    "seed_stats",
+    "paired_delta",
+]
 
 RESULTS = "results.json"
 SCHEMA = "otcl-results/1"
+
+
+# -- statistics over seeds ----------------------------------------------------------
+def mean_std(xs: Iterable[float | None]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1) of ``xs``, None and NaN left out; the std of
+    one value is 0, and both are NaN without any value."""
+    v = [x for x in xs if x is not None and not math.isnan(x)]
+    if not v:
+        return float("nan"), float("nan")
+    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
+
+
+def seed_stats(xs: Iterable[float | None]) -> dict[str, float]:
+    """:func:`mean_std` as ``{"mean": ..., "std": ...}``."""
+    mean, std = mean_std(xs)
+    return {"mean": mean, "std": std}
+
+
+def paired_delta(base: Sequence[float | None], other: Sequence[float | None]) -> dict[str, Any]:
+    r"""The change from ``base`` to ``other``, paired by seed (position).
+
+    Returns:
+        ``per_seed``: :math:`d_s = o_s - b_s` for the seeds where both exist; ``delta`` and
+        ``delta_std``: :func:`mean_std` of them (the spread of the paired differences, smaller
+        than that of either side when seeds share their data); ``relative``: ``delta`` over the
+        mean of ``base`` (NaN when that is 0).
+    """
+    diffs = [o - b for b, o in zip(base, other, strict=False) if b is not None and o is not None]
+    delta, std = mean_std(diffs)
+    ref = mean_std(base)[0]
+    return {
+        "delta": delta,
+        "delta_std": std,
+        "relative": delta / ref if ref else float("nan"),
+        "per_seed": diffs,
+    }
 
 
 def per_seed(results: Mapping[str, Any], method: str, metric: str) -> list[float | None]:
