@@ -1,9 +1,10 @@
 """The global-batch losses on the real backend: run under ``torchrun``, compare and time.
 
-Issue 13 asks, on a lent GPU machine, that the NCCL path runs and that its throughput be
-reported next to the single-process path. Until ``otcl train`` runs under torchrun, this checks
-the loss level (NCCL on CUDA, gloo on CPU): each loss is built with ``gather_distributed=True``
-and without, on the same embeddings, and the time of a forward + backward is reported for both.
+On a GPU machine this checks that the NCCL path runs and reports its throughput next to the
+single-process path, at the loss level (NCCL on CUDA, gloo on CPU): each loss is built with
+``gather_distributed=True`` and without, on the same embeddings, and the time of a forward +
+backward is reported for both. (``otcl train`` under torchrun is timed by the GPU suite's
+``multigpu`` section, docs/gpu.md.)
 
 * world size 1: the values and gradients must agree (one rank's global batch is its local
   batch; the losses skip the collectives there, so this checks the set-up, not NCCL's speed);

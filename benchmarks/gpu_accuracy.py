@@ -1,36 +1,38 @@
-"""Section 3 of the GPU suite: the CIFAR-10 accuracy protocol, resumable across device calls.
+"""Section 5 of the GPU suite: the CIFAR-10 accuracy protocol, resumable across suite runs.
 
-The protocol (issue 14): every loss of :data:`PROTOCOL` trained with one fixed recipe
+The protocol: every loss of :data:`PROTOCOL` trained with one fixed recipe
 (``configs/cifar10-simclr.yaml``: ResNet-18, batch 512, 200 epochs, SGD lr 0.06 x batch/128,
 cosine, bf16 autocast, ``torch.compile``; only the loss and the seed change), then evaluated
 on frozen features: kNN (k=200, t=0.1) and the linear probe (100 epochs, final epoch).
 
-One 200-epoch run takes about 8 minutes at the issue's target throughput (42,000 views/s), and a
-device call lasts at most 10 minutes, so runs span calls and sessions. The state that travels
-between calls is a folder (``.gpu-state`` in the repository, carried with the call; the suite
-writes the next one to ``$OUT/state``)::
+One 200-epoch run takes about 8 minutes at the target throughput (42,000 views/s), and a suite
+run has a wall-time budget (540 s by default, so that it fits a 10-minute slot of a preemptible
+or time-sliced GPU), so trainings span suite runs and machines. The state kept between suite
+runs is a folder (``.gpu-state`` in the repository, where ``gpu_suite.sh`` resumes from; the
+suite writes the next one to ``$OUT/state``)::
 
     queue.json                the ledger: the recipe, every run's status, progress, results,
-                              the calls that worked on it, the concurrency measurement
+                              the suite runs that worked on it, the concurrency measurement
     ckpt-<run>.pt.part<k>     the compact checkpoint of the run in progress, in parts of
-                              15 MiB (a file that comes back from a call is at most 16 MiB)
+                              15 MiB (each file at most 16 MiB)
 
-Compact checkpoints (the carry budget): a call carries at most 64 MiB -- the repository, the
-19 MB CIFAR-10 archive and this folder. A full checkpoint of the run (fp32 weights 44 MiB + fp32
-SGD momentum 44 MiB + the rest) does not fit. The compact form keeps every large float tensor
-of the model in bf16 (22 MiB) and the SGD momentum in int8 with one fp32 scale per row (11 MiB);
-everything else (BatchNorm statistics, 1-D parameters, scheduler, RNG states, step counters,
-config, metrics log) exactly. So a resumed run continues from weights rounded to bf16 (relative
-error <= 2^-9) and momentum rounded to 1/254 of each row's largest entry: close to, but not
-bit-identical with, an uninterrupted run (within one call a run resumes nothing and is exact;
-the ledger counts each run's compact resumes). At most ``--state-limit-mib`` (40) MiB of
-checkpoints are carried: one ResNet-18 run in progress at a time. Finished runs keep their
-numbers in the ledger, not their weights.
+Compact checkpoints (the state budget): the checkout, the 19 MB CIFAR-10 archive and this
+folder are kept under 64 MiB together, so that they can travel to a remote GPU. A full
+checkpoint of the run (fp32 weights 44 MiB + fp32 SGD momentum 44 MiB + the rest) does not fit.
+The compact form keeps every large float tensor of the model in bf16 (22 MiB) and the SGD
+momentum in int8 with one fp32 scale per row (11 MiB); everything else (BatchNorm statistics,
+1-D parameters, scheduler, RNG states, step counters, config, metrics log) exactly. So a
+resumed run continues from weights rounded to bf16 (relative error <= 2^-9) and momentum
+rounded to 1/254 of each row's largest entry: close to, but not bit-identical with, an
+uninterrupted run (within one suite run a training resumes nothing and is exact; the ledger
+counts each run's compact resumes). At most ``--state-limit-mib`` (40) MiB of checkpoints are
+kept: one ResNet-18 run in progress at a time. Finished runs keep their numbers in the ledger,
+not their weights.
 
 Concurrency: several training processes on the one GPU may give more views/s in total than one
 (ResNet-18 on 32x32 images leaves an H100 partly idle). :func:`measure_concurrency` measures
 1, 2 and 4 processes once (the result stays in the ledger); the scheduler then runs that many at
-a time, but starts a run only while at most as many runs as can be carried are predicted to be
+a time, but starts a run only while at most as many runs as can be kept are predicted to be
 unfinished at the deadline.
 
 Stopping: at the deadline the scheduler creates a ``STOP`` file; each worker checks it before

@@ -1,6 +1,6 @@
-"""The GPU proof of issue 14 in one command: every section, within a wall-time budget.
+"""The GPU benchmark suite in one command: every section, within a wall-time budget.
 
-One device call (at most 10 minutes; this suite plans for ``--budget-s`` = 540 s) runs:
+One run (``--budget-s``, default 540 s: it fits a 10-minute slot of a shared GPU) runs:
 
 1. ``loss``  -- ``loss_speed.py`` on CUDA at N = 4096 and 8192, d = 128, 20 Sinkhorn
    iterations, bf16 embeddings: every loss and the implicit variants against InfoNCE, time and
@@ -10,15 +10,17 @@ One device call (at most 10 minutes; this suite plans for ``--budget-s`` = 540 s
    the compile time.
 3. ``syncs`` -- ``graph_breaks.py`` on CUDA: graph breaks and device syncs of each loss and of
    a trainer step (``torch.cuda.set_sync_debug_mode``).
-4. ``multigpu`` -- issue 13's check on one GPU: the global-batch losses under ``torchrun``
+4. ``multigpu`` -- the multi-GPU check on one GPU: the global-batch losses under ``torchrun``
    (NCCL) with 1 and 2 ranks, and a world-size-1 ``torchrun`` training next to the
    single-process one.
 5. ``accuracy`` -- the rest of the budget: the CIFAR-10 protocol (``gpu_accuracy.py``), resumed
-   from ``--resume-from`` and carried on in ``$OUT/state``.
+   from ``--resume-from`` and continued in ``$OUT/state`` (the next run resumes from it).
 
 Each section has a time budget (``--section-budget NAME=SECONDS``) and is stopped cleanly when
-it is spent; the accuracy section gets what the others leave. Results and logs go to ``--out``
-(default ``$OUT``), in at most 8 files (what a device call brings back)::
+it is spent; the accuracy section gets what the others leave. So the suite suits preemptible
+or time-sliced GPUs: each run does what its budget allows, and the next run continues the
+protocol. Results and logs go to ``--out`` (default ``$OUT``), in at most 8 files (easy to copy
+back from a remote machine)::
 
     summary.json      every section's status, time, numbers and Markdown (for record_gpu.py)
     summary.md        the same for people
@@ -26,8 +28,8 @@ it is spent; the accuracy section gets what the others leave. Results and logs g
     state/            queue.json + the compact checkpoint of the run in progress (<= 4 parts)
 
 ``--dry-run`` runs every section on the CPU at tiny sizes (digits instead of CIFAR-10), in
-seconds, so the script cannot fail on the device for a typo (tests/benchmarks/test_gpu_suite.py).
-The exact device call and how to record the figures: docs/gpu.md.
+seconds, so the script cannot fail on the GPU for a typo (tests/benchmarks/test_gpu_suite.py).
+How to run it, resume it and record the figures: docs/gpu.md.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ import _children  # noqa: E402
 import gpu_accuracy  # noqa: E402
 
 SECTIONS = ("loss", "train", "syncs", "multigpu", "accuracy")
-#: seconds per section on the device (caps: a section that finishes early leaves its time)
+#: seconds per section on a GPU (caps: a section that finishes early leaves its time)
 BUDGETS = {"loss": 100.0, "train": 200.0, "syncs": 40.0, "multigpu": 60.0}
 DRY_BUDGETS = {"loss": 60.0, "train": 60.0, "syncs": 60.0, "multigpu": 60.0}
 ACCURACY_MIN_S = {"gpu": 60.0, "dry": 5.0}
@@ -70,7 +72,7 @@ SUMMARY_FORMAT = 1
 
 
 class Suite:
-    """State of one suite call: where things go, the clock, the summary so far."""
+    """State of one suite run: where things go, the clock, the summary so far."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -90,7 +92,7 @@ class Suite:
             [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
         )
         self.env["PYTHONUNBUFFERED"] = "1"
-        self.env["OTCL_CACHE"] = str(self.work / "cache")  # the decoded dataset, once per call
+        self.env["OTCL_CACHE"] = str(self.work / "cache")  # the decoded dataset, once per run
         os.environ.update(self.env)  # the accuracy workers' fork server inherits it
         budgets = dict(DRY_BUDGETS if self.dry else BUDGETS)
         for item in args.section_budget:
@@ -173,8 +175,8 @@ class Suite:
         """None when the data is ready, else why not."""
         if not Path(self.data).exists():
             return (
-                f"no data at {self.args.data}: copy /work/shared/data/cifar10-jpeg.tar.gz to "
-                ".data/ and name .data in the call's carry list"
+                f"no data at {self.args.data}: put a CIFAR-10 ImageFolder archive at "
+                ".data/cifar10-jpeg.tar.gz or name it with --data"
             )
         if self.prep is None:
             return "the data preparation did not start"
@@ -209,7 +211,7 @@ class Suite:
 
 
 def stable_path(data: Path) -> str:
-    """A path to ``data`` that is the same in every call: a run's config holds its data path,
+    """A path to ``data`` that is the same in every suite run: a run's config holds its data path,
     and a resumed run may not change it (the checkout may lie elsewhere on the next machine)."""
     link = Path(tempfile.gettempdir()) / "otcl-gpu-suite" / data.name
     link.parent.mkdir(parents=True, exist_ok=True)
@@ -359,8 +361,8 @@ def _torchrun(nproc: int) -> list[str]:
 
 
 def section_multigpu(s: Suite, budget: float) -> dict[str, Any]:
-    """Issue 13 on one GPU: the global-batch losses under torchrun (NCCL) with 1 and 2 ranks,
-    and a world-size-1 torchrun training next to the single-process one."""
+    """The multi-GPU check on one GPU: the global-batch losses under torchrun (NCCL) with 1
+    and 2 ranks, and a world-size-1 torchrun training next to the single-process one."""
     t0 = time.time()
     entry: dict[str, Any] = {"loss_checks": {}, "training": {}}
     states = []
@@ -481,7 +483,7 @@ def finding_lines(summary: dict[str, Any], level: str = "##") -> list[str]:
         lines += ["", f"{level} Graph breaks and device syncs", "", syncs.strip()]
     mg = secs.get("multigpu")
     if mg:
-        lines += ["", f"{level} Multi-GPU (issue 13)", "", f"- {mg['status']}"]
+        lines += ["", f"{level} Multi-GPU", "", f"- {mg['status']}"]
         for nproc, r in (mg.get("loss_checks") or {}).items():
             res = r.get("result") or {}
             for name, row in (res.get("losses") or {}).items():
@@ -539,7 +541,7 @@ def render_summary(summary: dict[str, Any]) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="docs/gpu.md: the device call, the sections and their targets, recording.",
+        epilog="docs/gpu.md: running, resuming, the sections and their targets, recording.",
     )
     p.add_argument("--out", default=os.environ.get("OUT"), help="results folder (default $OUT)")
     p.add_argument("--budget-s", type=float, default=540.0, help="wall-time budget (default 540)")
@@ -555,12 +557,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="NAME=SECONDS",
         help="override a section's budget (loss, train, syncs, multigpu)",
     )
-    p.add_argument("--resume-from", help="the state folder of the previous call (.gpu-state)")
+    p.add_argument("--resume-from", help="the state folder of the previous run (.gpu-state)")
     p.add_argument("--data", default=str(DATA_DEFAULT), help="CIFAR-10 ImageFolder .tar.gz")
-    p.add_argument("--commit", help="the commit being measured (the device has no git)")
+    p.add_argument("--commit", help="the commit being measured (default: git, if present)")
     p.add_argument("--procs", type=int, help="accuracy processes at once (default: measured)")
     p.add_argument("--no-measure", action="store_true", help="do not measure concurrency")
-    p.add_argument("--state-limit-mib", type=float, default=40.0, help="carried checkpoints")
+    p.add_argument("--state-limit-mib", type=float, default=40.0, help="kept checkpoints")
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, digits: seconds")
     p.add_argument("--acc-stop-after-steps", type=int, help=argparse.SUPPRESS)  # tests
     args = p.parse_args(argv)
@@ -600,7 +602,7 @@ def main(argv=None) -> int:
         "multigpu": section_multigpu,
     }
     fixed = [name for name in SECTIONS[:-1] if name in args.wanted]
-    if s.dry:  # CPU only: the sections at once (on the device they share the GPU: one by one)
+    if s.dry:  # CPU only: the sections at once (on a GPU they share it: one by one)
         with ThreadPoolExecutor(len(fixed) or 1) as pool:
             futures = {name: pool.submit(runners[name], s, s.budgets[name]) for name in fixed}
             entries = {name: f.result() for name, f in futures.items()}
@@ -629,7 +631,7 @@ def main(argv=None) -> int:
     files = sorted(str(p.relative_to(s.out)) for p in s.out.rglob("*") if p.is_file())
     s.log(f"wrote {len(files)} file(s) to {s.out}: {', '.join(files)}")
     if len(files) > 8:
-        s.log("WARNING: more than 8 files: a device call brings back only 8")
+        s.log("WARNING: more than 8 files: the suite promises at most 8")
     shutil.rmtree(s.work, ignore_errors=True)
     return 0
 

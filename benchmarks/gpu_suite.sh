@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The device call of issue 14 (docs/gpu.md): every section in <= 9 minutes, results in $OUT.
-#   run(command="bash benchmarks/gpu_suite.sh --commit <sha>", carry=[".data", ".gpu-state"],
-#       timeout_s=600)
-# .data/cifar10-jpeg.tar.gz: the CIFAR-10 copy; .gpu-state/: the previous call's $OUT/state
-# (absent on the first call). Extra arguments go to benchmarks/gpu_suite.py.
+# The GPU benchmark suite (docs/gpu.md): every section within a wall-time budget, results in
+# $OUT; the accuracy protocol resumes from the state folder .gpu-state when it holds a ledger.
+#   OUT=~/otcl-gpu/run-1 bash benchmarks/gpu_suite.sh --budget-s 540
+#   rm -rf .gpu-state && cp -r ~/otcl-gpu/run-1/state .gpu-state      # then run again to resume
+# .data/cifar10-jpeg.tar.gz: the CIFAR-10 ImageFolder archive (--data PATH names another).
+# Extra arguments go to benchmarks/gpu_suite.py (--help lists them).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"

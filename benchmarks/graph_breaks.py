@@ -20,7 +20,7 @@ compiled parts should be one graph each. This script measures both, per loss:
 
 Usage::
 
-    python benchmarks/graph_breaks.py                       # CPU, the issue's seven losses
+    python benchmarks/graph_breaks.py                       # CPU, the seven default losses
     python benchmarks/graph_breaks.py --device cuda --json out.json
     python benchmarks/graph_breaks.py --losses infonce,gca-uot --no-trainer
 """

@@ -13,7 +13,7 @@ Methods:
 * ``name[implicit]``: the OT-coupling losses with ``grad="implicit"``;
 * ``naive-unrolled``: a plain log-domain Sinkhorn loss written here (20 ``logsumexp`` row and
   column updates, autograd through all of them, cross-entropy of the plan), the
-  straightforward implementation the issue measured at 7.4x InfoNCE;
+  straightforward implementation, measured earlier at 7.4x InfoNCE;
 * ``pot-sinkhorn_log``: POT's ``ot.bregman.sinkhorn_log`` on the cost ``1 - cos`` (torch backend),
   **forward only** (skipped when POT is not installed).
 
@@ -86,7 +86,7 @@ NAIVE = "naive-unrolled"
 POT_NAME = "pot-sinkhorn_log"
 TEMPERATURE = 0.5  # every loss's default temperature; the references use the same
 DEFAULT_SIZES = {"cpu": "256,1024,2048", "cuda": "256,1024,4096,8192"}
-# targets of the issue: (N, max time ratio, max memory ratio or None)
+# the speed targets (docs/benchmarks.md): (N, max time ratio, max memory ratio or None)
 TARGETS = {"cpu": (1024, 3.0, None), "cuda": (8192, 2.0, 1.5)}
 ITERATIVE = ("balanced", "unbalanced")
 
@@ -426,7 +426,7 @@ def interpret(device: str, results: dict, labels: list[str]) -> list[str]:
 COUPLING_LOSSES = ("iot", "iot-uni", "gca-ince", "gca-rince", "gca-uot")
 
 PLACEHOLDER = {
-    "cuda": "## GPU\n\nNot measured: no GPU was lent in this session; run "
+    "cuda": "## GPU\n\nNot measured yet on a GPU; run "
     "`python benchmarks/loss_speed.py --device cuda` on a GPU to fill it.",
     "cpu": "## CPU\n\nNot measured yet: run `python benchmarks/loss_speed.py` to fill it.",
 }

@@ -1,25 +1,25 @@
-"""Record a GPU suite call: its ``$OUT`` -> docs/benchmarks.md and docs/results.md sections.
+"""Record a GPU suite run: its ``$OUT`` -> docs/benchmarks.md and docs/results.md sections.
 
-After a device call of ``benchmarks/gpu_suite.sh`` (docs/gpu.md), the call's files lie in a
-folder (the ``run`` tool's ``files_at``): ``summary.json``, ``summary.md``, ``logs.tar.gz`` and
-``state/``. This script writes, each between its own markers so that nothing else changes:
+After a run of ``benchmarks/gpu_suite.sh`` (docs/gpu.md), its results folder (``$OUT``) holds
+``summary.json``, ``summary.md``, ``logs.tar.gz`` and ``state/``. This script writes, each
+between its own markers so that nothing else changes:
 
 * docs/benchmarks.md ``loss_speed:cuda`` -- section 1 (loss speed and memory vs InfoNCE);
 * docs/benchmarks.md ``train_speed:cuda`` -- section 2 (training throughput, compile time);
-* docs/benchmarks.md ``gpu_suite:cuda`` -- the call itself: device, date, commit, every
+* docs/benchmarks.md ``gpu_suite:cuda`` -- the run itself: device, date, commit, every
   section's status and time, the targets, graph breaks and syncs, the multi-GPU check and the
   concurrency measurement;
 * docs/results.md ``gpu_accuracy`` -- the accuracy protocol from ``state/queue.json`` (every
-  run finished so far, over all calls) next to the published numbers.
+  run finished so far, over all suite runs) next to the published numbers.
 
-A section whose status is not ``ok`` keeps what the page already holds (a failed call never
-erases figures); ``--commit`` names the measured commit when the call did not pass it. The
-ledger is also copied to ``benchmarks/gpu-ledger.json`` (commit it: a session in a fresh
-checkout resumes the protocol from it, docs/gpu.md).
+A section whose status is not ``ok`` keeps what the page already holds (a failed run never
+erases figures); ``--commit`` names the measured commit when the run did not record it. The
+ledger is also copied to ``benchmarks/gpu-ledger.json`` (commit it: a fresh checkout resumes
+the protocol from it, docs/gpu.md).
 
 Usage::
 
-    python benchmarks/record_gpu.py /path/to/files_at [--commit abc1234]
+    python benchmarks/record_gpu.py "$OUT" [--commit abc1234]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ sys.path.insert(0, str(BENCH))
 from _report import replace_section  # noqa: E402
 from gpu_suite import finding_lines, status_table  # noqa: E402
 
-#: published CIFAR-10 numbers the protocol is compared with (issue 14)
+#: published CIFAR-10 numbers the protocol is compared with
 PUBLISHED_LINEAR = {  # GCA (Chen et al., NeurIPS 2024), fine-tuned encoder, best test epoch
     "gca-uot": 92.61,
     "gca-ince": 92.36,
@@ -64,7 +64,7 @@ def provenance(summary: dict[str, Any], commit: str | None) -> str:
     sha = summary.get("commit") or commit or "unknown"
     dry = " **(dry run on CPU: not GPU figures)**" if summary.get("dry_run") else ""
     return (
-        f"- GPU suite call {summary.get('call_id', summary['date'])} on {dev}, commit {sha}"
+        f"- GPU suite run {summary.get('call_id', summary['date'])} on {dev}, commit {sha}"
         f" (`benchmarks/gpu_suite.py`, recorded by `benchmarks/record_gpu.py`){dry}"
     )
 
@@ -77,7 +77,7 @@ def _with_provenance(markdown: str, line: str) -> str:
 
 def suite_section(summary: dict[str, Any], commit: str | None) -> str:
     lines = [
-        "## GPU suite (issue 14)",
+        "## GPU suite",
         "",
         provenance(summary, commit),
         f"- date: {summary['date']}; budget {summary['budget_s']:.0f} s, wall "
@@ -97,9 +97,9 @@ def accuracy_section(ledger: dict[str, Any], summary: dict[str, Any], commit: st
     for r in ledger["runs"]:
         by_loss.setdefault(r["loss"], []).append(r)
     lines = [
-        "## CIFAR-10 accuracy protocol on a GPU (issue 14)",
+        "## CIFAR-10 accuracy protocol on a GPU",
         "",
-        provenance(summary, commit) + " (the latest call; every call is in the ledger)",
+        provenance(summary, commit) + " (the latest suite run; every run is in the ledger)",
         f"- recipe: {rec['data']['dataset']}, {m['arch']} (head {m['head_hidden']}-"
         f"{m['head_out']}), {t['epochs']} epochs, batch {t['batch_size']}, SGD lr {o['lr']} x "
         f"batch/128, wd {o['weight_decay']}, cosine, amp {t['amp']}, compile {t['compile']}; "
@@ -107,8 +107,8 @@ def accuracy_section(ledger: dict[str, Any], summary: dict[str, Any], commit: st
         "dmm over infonce",
         f"- evaluation: frozen backbone features, kNN k={e['knn_k']} t={e['knn_t']}, linear "
         f"probe {e['linear_epochs']} epochs, final-epoch test accuracy (no selection on test)",
-        "- data: the shared JPEG-compressed CIFAR-10 copy (not the original PNG pixels)",
-        f"- calls so far: {len(ledger.get('calls', []))}",
+        "- data: a JPEG-compressed CIFAR-10 copy (not the original PNG pixels)",
+        f"- suite runs so far: {len(ledger.get('calls', []))}",
         "",
         "| loss | runs done / planned | kNN % | linear % | published linear % "
         "(GCA, fine-tuned, best epoch) | published kNN % (lightly) | resumed from a "
@@ -133,7 +133,7 @@ def accuracy_section(ledger: dict[str, Any], summary: dict[str, Any], commit: st
         lines.append(
             "Remaining: "
             + ", ".join(f"{r['id']} ({r['status']}, epoch {r['epoch']})" for r in left)
-            + ". Each device call continues them (docs/gpu.md)."
+            + ". Each suite run continues them (docs/gpu.md)."
         )
     else:
         lines.append("Every run of the protocol is done.")
@@ -143,7 +143,7 @@ def accuracy_section(ledger: dict[str, Any], summary: dict[str, Any], commit: st
         "encoder and reports the best test epoch, lightly's from the maximum kNN over epochs; "
         "here the encoder is frozen and the final epoch is reported, on a JPEG copy of the "
         "data. Differences of a few tenths between losses are within the seed spread where it "
-        "is shown. A run resumed across calls continues from bf16 weights and int8 momentum "
+        "is shown. A run resumed across suite runs continues from bf16 weights and int8 momentum "
         "(benchmarks/gpu_accuracy.py), not bit-identically.",
     ]
     return "\n".join(lines)
@@ -151,9 +151,9 @@ def accuracy_section(ledger: dict[str, Any], summary: dict[str, Any], commit: st
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("folder", help="the call's files (summary.json, state/queue.json)")
+    p.add_argument("folder", help="the run's $OUT (summary.json, state/queue.json)")
     p.add_argument("--docs", default=str(ROOT / "docs"), help="the docs folder to update")
-    p.add_argument("--commit", help="the measured commit, if the call did not name it")
+    p.add_argument("--commit", help="the measured commit, if the run did not record it")
     p.add_argument(
         "--ledger-copy",
         default=str(BENCH / "gpu-ledger.json"),

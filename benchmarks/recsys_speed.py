@@ -11,7 +11,7 @@ times, on the preset settings of ``otcl recsys train``:
 * ranking all items for all users (top-20 of every user over the items without a training
   rating, with Recall/nDCG/HR/MAP at 1/5/10/20), for the two-tower and for CML (dim 256).
 
-Targets (issue 11, CPU): the epoch under 30 s, the ranking under 5 s. Medians of ``--repeats``
+Targets (CPU): the epoch under 30 s, the ranking under 5 s. Medians of ``--repeats``
 rankings; the epoch is timed once per loss (its first steps include warm-up). Writes the
 ``recsys_speed:<device>`` section of docs/benchmarks.md.
 

@@ -43,8 +43,8 @@ from otcl.pipelines.ssl.data import ImageData  # noqa: E402
 from otcl.pipelines.ssl.trainer import SSLTrainer, load_data, make_augment, make_model  # noqa: E402
 
 PLACEHOLDER = {
-    "cuda": "## Training throughput, cuda\n\nNot measured yet: no GPU was lent in the session that "
-    "wrote this page. Target (issue: fast GPU training): CIFAR-10, batch 512, ResNet-18, InfoNCE "
+    "cuda": "## Training throughput, cuda\n\nNot measured yet on a GPU. "
+    "Target: CIFAR-10, batch 512, ResNet-18, InfoNCE "
     ">= 42,000 augmented views/s on one H100, gca-uot (10 iterations) within 10% of it. Run "
     "`python benchmarks/train_speed.py --device cuda --data-dir cifar10-jpeg.tar.gz --compile`.",
     "cpu": "## Training throughput, cpu\n\nNot measured yet: run "
@@ -116,7 +116,7 @@ class OtclLoop:
         self.tr.global_step += 1
 
 
-#: issue 14's throughput target on one H100: InfoNCE views/s, and gca-uot's allowed shortfall
+#: the throughput target on one H100: InfoNCE views/s, and gca-uot's allowed shortfall
 TARGET_VIEWS_PER_S = 42_000
 TARGET_GCA_UOT_GAP = 0.10
 

@@ -65,9 +65,9 @@ def test_tiny_run_writes_only_its_section(bench, tmp_path):
     assert bench.main([*args, "--out", str(out)]) == 0
     text = out.read_text()
     assert "<!-- loss_speed:cpu:begin -->" in text and "| gca-uot[implicit] |" in text
-    assert "Not measured: no GPU was lent" in text  # the other device's placeholder
-    marked = text.replace("Not measured: no GPU", "KEEP ME: no GPU")
+    assert "Not measured yet on a GPU" in text  # the other device's placeholder
+    marked = text.replace("Not measured yet on a GPU", "KEEP ME on a GPU")
     out.write_text(marked)
     assert bench.main([*args, "--no-memory", "--out", str(out)]) == 0
     again = out.read_text()
-    assert "KEEP ME: no GPU" in again and again.count("loss_speed:cpu:begin") == 1
+    assert "KEEP ME on a GPU" in again and again.count("loss_speed:cpu:begin") == 1

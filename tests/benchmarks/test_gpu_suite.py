@@ -1,6 +1,6 @@
-"""benchmarks/gpu_suite.py in --dry-run (every section on CPU, tiny sizes): two calls in a row
-as on the device (the second resumes the first's carried runs), the compact checkpoints, the
-carry limit, and record_gpu.py on the result."""
+"""benchmarks/gpu_suite.py in --dry-run (every section on CPU, tiny sizes): two runs in a row
+as two budgeted GPU runs (the second resumes the first's kept runs), the compact checkpoints,
+the state limit, and record_gpu.py on the result."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def _files(out: Path) -> list[Path]:
 def test_dry_run_writes_every_section_in_at_most_eight_files(calls):
     out = calls[0]
     files = _files(out)
-    assert len(files) <= 8  # what a device call brings back
+    assert len(files) <= 8  # what the suite promises (docs/gpu.md)
     for p in files:
         rel = p.relative_to(out)
         assert len(rel.parts) <= 2 and all(re.fullmatch(r"[\w.-]+", s) for s in rel.parts)

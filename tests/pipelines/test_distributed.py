@@ -1,4 +1,4 @@
-"""Training under torchrun (#13): 2 gloo processes on CPU against one process.
+"""Training under torchrun: 2 gloo processes on CPU against one process.
 
 Two real ``torchrun`` launches are shared by the module (about 30 s on 2 free cores):
 

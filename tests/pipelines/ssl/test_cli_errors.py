@@ -1,4 +1,4 @@
-"""Every error line of issue 10 through `otcl` itself: one line naming the cause, no traceback,
+"""Every error line of the CLI through `otcl` itself: one line naming the cause, no traceback,
 exit 2 for a bad request, 1 for a run that diverged or a machine that failed."""
 
 from __future__ import annotations
