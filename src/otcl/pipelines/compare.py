@@ -136,11 +136,13 @@ class Runner:
         trainer_cls: its :class:`~otcl.pipelines.run.EpochTrainer`, built as
             ``trainer_cls(cfg, run_dir, data=data, resume=..., log=log)``.
         needs: files besides ``summary.json`` that a finished run holds (its evaluation).
+        volatile: the settings that may differ from a saved run's (default :data:`VOLATILE`).
     """
 
     config_cls: type
     trainer_cls: type[EpochTrainer]
     needs: tuple[str, ...] = ()
+    volatile: tuple[str, ...] = VOLATILE
 
     def resolve(self, cfg: Any) -> Any:
         """The config a run uses (the pipeline's presets); a new object."""
@@ -181,7 +183,8 @@ def run_state(runner: Runner, run: Run) -> str:
         return "new"
     st = load_checkpoint(ckpt)
     saved = runner.resolve(runner.config_cls.from_dict(st["config"])).to_dict()
-    if comparable(saved) != comparable(runner.resolve(run.cfg).to_dict()):
+    now = runner.resolve(run.cfg).to_dict()
+    if comparable(saved, runner.volatile) != comparable(now, runner.volatile):
         raise ValueError(
             f"out: {str(run.dir)!r} holds a run with a different configuration; choose "
             "another --out (or delete that run)"
