@@ -29,6 +29,12 @@ counts each run's compact resumes). At most ``--state-limit-mib`` (40) MiB of ch
 kept: one ResNet-18 run in progress at a time. Finished runs keep their numbers in the ledger,
 not their weights.
 
+The compact file is a checkpoint like any other (the run machinery's envelope: the SHA-256 of
+its payload is checked when it is read, and it is loaded without running code), so a damaged
+carry is refused and that run starts again. Each run goes through the image pipeline's shared
+comparison (``train_run`` with its spec: reuse, resume, refusal of other settings, evaluation);
+methods are named as in ``otcl compare`` (``infonce+dmm``: DMM around InfoNCE).
+
 Concurrency: several training processes on the one GPU may give more views/s in total than one
 (ResNet-18 on 32x32 images leaves an H100 partly idle). :func:`measure_concurrency` measures
 1, 2 and 4 processes once (the result stays in the ledger); the scheduler then runs that many at
