@@ -40,6 +40,22 @@ def test_train_and_resume(ml_dir, tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["epochs"] == 2
 
 
+def test_eval_ranks_again_with_the_numbers_of_training(ml_dir, tmp_path, capsys):
+    """``otcl recsys eval RUN`` rebuilds the model from the checkpoint and ranks the test items
+    again: the numbers training wrote into summary.json, to float precision."""
+    out = tmp_path / "run"
+    argv = ["recsys", "train", "--data-dir", str(ml_dir), "--model", "two-tower", "--out",
+            str(out), *TINY]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["recsys", "eval", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("tt-infonce (epoch 1): ")
+    report = json.loads((out / "eval.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    keys = [k for k in summary if k.startswith(("warm/", "cold/", "no-"))]
+    assert keys and {k: report[k] for k in keys} == pytest.approx({k: summary[k] for k in keys})
+
+
 @pytest.mark.parametrize(
     "extra, match",
     [
