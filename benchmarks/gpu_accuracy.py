@@ -97,10 +97,6 @@ PROTOCOL: tuple[tuple[str, int], ...] = (
 DRY_PROTOCOL: tuple[tuple[str, int], ...] = (("infonce", 0), ("gca-uot", 0))
 #: encoder passes per step relative to two views (DMM re-encodes the mixed view-1 batch)
 COST = {"infonce+dmm": 1.5}
-#: settings that may differ between calls without changing the protocol: where and how a run
-#: runs (the comparisons' list, :data:`otcl.pipelines.compare.VOLATILE`), and where the data
-#: archive lies (it travels with each call)
-DATA_PATHS = ("data.data_dir", "data.cache_dir")
 CIFAR10_TRAIN = 50_000
 #: per-run overheads assumed before any were measured: process start + data + compile, and eval
 DEFAULT_OVERHEAD = {
@@ -136,19 +132,15 @@ def recipe(dry_run: bool) -> dict[str, Any]:
     return resolve(cfg).to_dict()
 
 
-def volatile() -> tuple[str, ...]:
-    """The settings a carried run or ledger may differ in (the comparisons' list + the data
-    paths)."""
-    from otcl.pipelines.compare import VOLATILE
-
-    return (*VOLATILE, *DATA_PATHS)
-
-
 def comparable(cfg: dict[str, Any]) -> dict[str, Any]:
-    """``cfg`` without the :func:`volatile` settings (the shared comparison's rule)."""
-    from otcl.pipelines.compare import comparable as shared
+    """``cfg`` without the settings that change neither a run nor its numbers: the image
+    trainer's ``volatile`` list (the one a resume and ``otcl compare`` use), less its
+    ``measures`` (the evaluation: the ledger holds measured numbers)."""
+    from otcl.pipelines.engine.identity import comparable as strip
+    from otcl.pipelines.engine.identity import unmeasured
+    from otcl.pipelines.ssl.trainer import SSLTrainer
 
-    return shared(cfg, volatile())
+    return strip(cfg, unmeasured(SSLTrainer.volatile, SSLTrainer.measures))
 
 
 def run_config(
@@ -280,12 +272,12 @@ def _unpack(v):
 
 def compact_checkpoint(run_dir: Path) -> bytes:
     """The run's checkpoint (and its config and metrics log) in the compact carry form: a
-    checkpoint file like any other (:func:`otcl.pipelines.run.save_checkpoint`: the SHA-256 of
+    checkpoint file like any other (:func:`otcl.pipelines.engine.checkpoint.save_checkpoint`: the SHA-256 of
     its payload checked on reading), whose large tensors are packed and which carries the two
     text files under ``"compact"``."""
     import tempfile
 
-    from otcl.pipelines.run import load_checkpoint, save_checkpoint
+    from otcl.pipelines.engine.checkpoint import load_checkpoint, save_checkpoint
 
     st = load_checkpoint(run_dir)
     st["model"] = {k: _pack_weight(v) for k, v in st["model"].items()}
@@ -305,11 +297,11 @@ def compact_checkpoint(run_dir: Path) -> bytes:
 def expand_checkpoint(blob: bytes, run_dir: Path) -> dict[str, Any]:
     """Write ``checkpoint.pt`` (fp32 again), ``config.yaml`` and ``metrics.jsonl`` into
     ``run_dir`` from a compact blob; returns the checkpoint's state. The blob is read by
-    :func:`otcl.pipelines.run.load_checkpoint` (safe loading, the SHA-256 check): a damaged
+    :func:`otcl.pipelines.engine.checkpoint.load_checkpoint` (safe loading, the SHA-256 check): a damaged
     carry is a ``ValueError``."""
     import tempfile
 
-    from otcl.pipelines.run import load_checkpoint, save_checkpoint
+    from otcl.pipelines.engine.checkpoint import load_checkpoint, save_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "compact.pt").write_bytes(blob)
@@ -364,7 +356,9 @@ def worker_main(args: argparse.Namespace) -> int:
     try:
         from otcl.pipelines.compare import Run, train_run
         from otcl.pipelines.comparison import SpecRunner
-        from otcl.pipelines.run import TrainingInterrupted, load_checkpoint, read_jsonl
+        from otcl.pipelines.engine.checkpoint import load_checkpoint
+        from otcl.pipelines.engine.stops import TrainingInterrupted
+        from otcl.pipelines.files import read_jsonl
         from otcl.pipelines.spec import get
 
         spec = get("ssl")
@@ -415,7 +409,9 @@ def worker_main(args: argparse.Namespace) -> int:
             return tr
 
         runner = SpecRunner(spec)
-        runner.trainer_cls, runner.volatile = make_trainer, volatile()
+        make_trainer.volatile = spec.trainer_cls.volatile  # type: ignore[attr-defined]
+        make_trainer.measures = spec.trainer_cls.measures  # type: ignore[attr-defined]
+        runner.trainer_cls = make_trainer
         finish = runner.finish
 
         def timed_finish(run: Any, data: Any) -> None:
@@ -749,7 +745,7 @@ def run_section(
                 rep = {"status": "stopped", "note": "ended at the deadline"}
                 ck = rdir / "checkpoint.pt"
                 if ck.exists():
-                    from otcl.pipelines.run import load_checkpoint
+                    from otcl.pipelines.engine.checkpoint import load_checkpoint
 
                     st = load_checkpoint(ck)
                     rep.update(epoch=st["epoch"], global_step=st["global_step"])
@@ -830,7 +826,7 @@ def run_section(
 
 def _compact_size_estimate(rec: dict[str, Any]) -> int:
     """Bytes of one compact checkpoint of the recipe's model (3 bytes a parameter + 1 MiB)."""
-    from otcl.pipelines.ssl.models import build_encoder
+    from otcl.pipelines.sources.backbones import build_encoder
 
     m = rec["model"]
     enc = build_encoder(
@@ -917,7 +913,7 @@ def main(argv=None) -> int:
     if args.cmd == "bench":
         return bench_main(args)
     if args.cmd == "prep":
-        from otcl.pipelines.ssl.data import load_dataset
+        from otcl.pipelines.sources.images import load_dataset
 
         print(load_dataset(args.dataset, args.data_dir))
         return 0

@@ -199,8 +199,8 @@ def loss_report(name: str, n: int, dim: int, device: str) -> dict[str, Any]:
 
 def trainer_report(losses, device: str, augment: bool = False) -> dict[str, Any]:
     """Host reads of one SSLTrainer step per loss; graph breaks of the encoder and augmentation."""
+    from otcl.pipelines.sources.images import ImageData
     from otcl.pipelines.ssl.config import Config
-    from otcl.pipelines.ssl.data import ImageData
     from otcl.pipelines.ssl.trainer import SSLTrainer
 
     g = torch.Generator().manual_seed(0)  # CIFAR-shaped random images: the pixels do not matter

@@ -35,17 +35,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import ROOT, machine, replace_section, versions  # noqa: E402
 from otcl.pipelines.recsys.config import RecsysConfig  # noqa: E402
-from otcl.pipelines.recsys.data import (  # noqa: E402
-    AGE_BUCKETS,
-    ML_GENRES,
-    ItemFeatures,
-    Ratings,
-    UserFeatures,
-    split,
-)
+from otcl.pipelines.recsys.data import split  # noqa: E402
 from otcl.pipelines.recsys.metrics import rank_metrics  # noqa: E402
 from otcl.pipelines.recsys.models import build_model  # noqa: E402
 from otcl.pipelines.recsys.trainer import RecsysTrainer  # noqa: E402
+from otcl.pipelines.sources.movielens import AGE_BUCKETS, ML_GENRES  # noqa: E402
+from otcl.pipelines.sources.ratings import ItemFeatures, Ratings, UserFeatures  # noqa: E402
 
 N_USERS, N_ITEMS, N_RATINGS = 6040, 3706, 1_000_209
 #: how to read the table (from the runs recorded in docs/benchmarks.md)

@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, replace_section, versions  # noqa: E402
 from otcl.losses import build  # noqa: E402
 from otcl.pipelines.config import apply_overrides, parse_value  # noqa: E402
+from otcl.pipelines.sources.images import ImageData  # noqa: E402
 from otcl.pipelines.ssl.config import Config, resolve  # noqa: E402
-from otcl.pipelines.ssl.data import ImageData  # noqa: E402
 from otcl.pipelines.ssl.trainer import SSLTrainer, load_data, make_augment, make_model  # noqa: E402
 
 PLACEHOLDER = {

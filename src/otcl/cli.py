@@ -12,7 +12,7 @@ checkpoint at the end of the current step and prints the command that resumes it
 143), anywhere else it ends the command with one line; a diverging run says so (exit 1), and so
 does a write that fails (a full disk, exit 1).
 
-Under ``torchrun`` the command joins the process group first (:mod:`otcl.pipelines.distributed`)
+Under ``torchrun`` the command joins the process group first (:mod:`otcl.pipelines.engine.distributed`)
 and leaves it at the end. Rank 0 prints the results; an error ends every rank with the same exit
 status and is printed once, by the rank where it happened. Only the commands that set
 ``distributed=True`` (training, comparisons) run with several processes; the others refuse.
@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from contextlib import redirect_stdout
 
 from . import __version__
-from .pipelines._signals import deferred_signals
+from .pipelines.engine.signals import deferred_signals
 
 __all__ = ["main", "build_parser", "PIPELINES"]
 
@@ -131,7 +131,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if handler is None:  # no command, or a pipeline group without its verb
         parser.print_help()
         return 2
-    from .pipelines import distributed
+    from .pipelines.engine import distributed
 
     if not distributed.launched():
         return _run(args, handler, main_rank=True)
@@ -152,8 +152,8 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def _run(args: argparse.Namespace, handler, main_rank: bool, session=None) -> int:
     """``handler(args)`` with the errors turned into one line and an exit status."""
-    from .pipelines.distributed import PeerFailure, agreed
-    from .pipelines.run import TrainingDiverged, TrainingInterrupted
+    from .pipelines.engine.distributed import PeerFailure, agreed
+    from .pipelines.engine.stops import TrainingDiverged, TrainingInterrupted
 
     quiet = not main_rank
     try:

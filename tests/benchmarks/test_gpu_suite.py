@@ -148,8 +148,8 @@ def test_record_gpu_writes_its_sections_only(calls, tmp_path):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A real checkpoint of the recipe's trainer (a width-16 CNN: tensors large enough to pack)."""
+    from otcl.pipelines.sources.images import ImageData
     from otcl.pipelines.ssl.config import Config
-    from otcl.pipelines.ssl.data import ImageData
     from otcl.pipelines.ssl.trainer import SSLTrainer
 
     g = torch.Generator().manual_seed(0)
@@ -172,7 +172,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_compact_checkpoint_roundtrip(run_dir, tmp_path, acc):
-    from otcl.pipelines.run import load_checkpoint
+    from otcl.pipelines.engine.checkpoint import load_checkpoint
 
     full = load_checkpoint(run_dir)
     blob = acc.compact_checkpoint(run_dir)

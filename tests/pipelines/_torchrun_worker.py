@@ -23,7 +23,7 @@ from contextlib import redirect_stderr, redirect_stdout
 
 
 def _signal_hook(rank: int, step: int) -> None:
-    from otcl.pipelines.run import EpochTrainer
+    from otcl.pipelines.engine.trainer import EpochTrainer
 
     orig = EpochTrainer.train_step
 
@@ -45,7 +45,7 @@ def main() -> None:
         r, s = os.environ["OTCL_TEST_SIGNAL"].split(":")
         _signal_hook(int(r), int(s))
     from otcl.cli import main as otcl
-    from otcl.pipelines import distributed
+    from otcl.pipelines.engine import distributed
 
     if len(jobs) > 1:
         distributed.init_from_env()

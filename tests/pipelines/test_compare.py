@@ -18,7 +18,6 @@ from otcl.pipelines.compare import (
     Run,
     Runner,
     check_request,
-    comparable,
     comparison_dir,
     make_run,
     mean_std,
@@ -30,7 +29,10 @@ from otcl.pipelines.compare import (
     write_outputs,
 )
 from otcl.pipelines.config import RunConfig, apply_presets
-from otcl.pipelines.run import CHECKPOINT, SUMMARY, EpochTrainer, TrainingInterrupted
+from otcl.pipelines.engine.identity import comparable
+from otcl.pipelines.engine.rundir import CHECKPOINT, SUMMARY
+from otcl.pipelines.engine.stops import TrainingInterrupted
+from otcl.pipelines.engine.trainer import EpochTrainer
 
 pytest.importorskip("yaml")  # run directories hold config.yaml
 
@@ -86,7 +88,7 @@ def _config(seed: int = 0, **train) -> RunConfig:
 
 
 def _weights(run: Run) -> dict[str, torch.Tensor]:
-    from otcl.pipelines.run import load_checkpoint
+    from otcl.pipelines.engine.checkpoint import load_checkpoint
 
     return load_checkpoint(run.dir)["model"]
 
@@ -119,7 +121,7 @@ def test_states_reuse_resume_and_refuse_other_settings(tmp_path):
 
 def test_a_run_saved_before_a_new_setting_is_reused(tmp_path):
     """The saved config is resolved as today: a setting it lacks takes its preset."""
-    from otcl.pipelines.run import load_checkpoint, save_checkpoint
+    from otcl.pipelines.engine.checkpoint import load_checkpoint, save_checkpoint
 
     runner = ToyRunner()
     run = make_run("toy", _config(), tmp_path)

@@ -151,7 +151,7 @@ def test_given_settings_are_this_requests_not_a_saved_runs(tmp_path):
 
 def test_a_given_inapplicable_setting_is_refused_at_its_default_value_too():
     from otcl.pipelines.config import RunConfig, from_dict
-    from otcl.pipelines.run import EpochTrainer
+    from otcl.pipelines.engine.trainer import EpochTrainer
 
     class Check(EpochTrainer):  # only the settings check, no run directory
         def __init__(self, cfg):

@@ -35,11 +35,13 @@ import torch
 import torch.distributed as dist
 
 from otcl.cli import main as otcl
-from otcl.pipelines import distributed
-from otcl.pipelines.run import EpochTrainer, load_checkpoint, read_jsonl
-from otcl.pipelines.ssl.data import Augment
+from otcl.pipelines.engine import distributed
+from otcl.pipelines.engine.checkpoint import load_checkpoint
+from otcl.pipelines.engine.trainer import EpochTrainer
+from otcl.pipelines.files import read_jsonl
+from otcl.pipelines.sources.images import Augment
 
-from .recsys.conftest import write_ml100k
+from .conftest import write_ml100k
 
 ROOT = Path(__file__).resolve().parents[2]
 TOL = 1e-5  # max |w_2proc - w_1proc| (measured 3e-8)

@@ -1,4 +1,5 @@
-"""The library never imports the applications, and the pipelines have no import cycle."""
+"""Layers: the library never imports the applications, the pipelines have no import cycle, no
+pipeline imports another, and the shared sources import no pipeline."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ LIBRARY = [*sorted((SRC / "ot").rglob("*.py")), *sorted((SRC / "losses").rglob("
            SRC / "diagnostics.py", SRC / "__init__.py"]  # fmt: skip
 
 
-def _module(path: Path) -> str:
-    parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+def _module(path: Path, root: Path = SRC) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
@@ -81,3 +82,66 @@ def test_pipeline_modules_have_no_import_cycle():
         if m not in state:
             visit(m, [])
     assert "otcl.pipelines.ssl.trainer" in graph["otcl.pipelines.ssl.evaluate"]
+
+
+PIPELINES = ("ssl", "recsys", "multimodal")
+#: what the shared sources sit below: the pipelines and the layers that drive them
+ABOVE_SOURCES = (*PIPELINES, "compare", "commands")
+
+
+def _package_of(module: str) -> str | None:
+    """``ssl`` for ``otcl.pipelines.ssl.trainer``; None outside ``otcl.pipelines.<name>``."""
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 and parts[:2] == ["otcl", "pipelines"] else None
+
+
+def _upward_imports(
+    files: dict[str, list[Path]], forbidden: tuple[str, ...], root: Path = SRC
+) -> dict[str, list[str]]:
+    """file -> the modules of ``otcl.pipelines.<forbidden>`` it imports (its own package is
+    allowed); ``root`` is the ``otcl`` folder the files are in."""
+    out = {}
+    for pkg, paths in files.items():
+        for p in paths:
+            mods = _imports(p, module=_module(p, root))
+            bad = sorted(m for m in mods if _package_of(m) in forbidden and _package_of(m) != pkg)
+            if bad:
+                out[str(p.relative_to(root))] = bad
+    return out
+
+
+def _files_of(pkg: str) -> list[Path]:
+    return sorted((SRC / "pipelines" / pkg).rglob("*.py"))
+
+
+def test_no_pipeline_imports_another_pipeline():
+    files = {pkg: _files_of(pkg) for pkg in PIPELINES}
+    assert all(len(v) >= 5 for v in files.values())
+    assert not _upward_imports(files, PIPELINES)
+
+
+def test_sources_import_no_pipeline():
+    files = {"sources": _files_of("sources")}
+    assert len(files["sources"]) >= 8
+    assert not _upward_imports(files, ABOVE_SOURCES)
+
+
+def test_the_pipeline_check_sees_a_cross_import(tmp_path):
+    """The checks above flag a pipeline that imports another one, relatively or absolutely, and
+    sources that import a pipeline."""
+    root = tmp_path / "otcl"
+    mm = root / "pipelines" / "multimodal"
+    mm.mkdir(parents=True)
+    (mm / "data.py").write_text("from ..ssl.data import load_dataset\n")
+    (mm / "models.py").write_text("import otcl.pipelines.recsys.models\nfrom ..sources import x\n")
+    src = root / "pipelines" / "sources"
+    src.mkdir()
+    (src / "text.py").write_text("from ..recsys import text\nfrom .._files import atomic\n")
+    got = _upward_imports({"multimodal": sorted(mm.glob("*.py"))}, PIPELINES, root)
+    up = _upward_imports({"sources": [src / "text.py"]}, ABOVE_SOURCES, root)
+    assert set(got) == {"pipelines/multimodal/data.py", "pipelines/multimodal/models.py"}
+    assert "otcl.pipelines.ssl.data" in got["pipelines/multimodal/data.py"]
+    assert got["pipelines/multimodal/models.py"] == ["otcl.pipelines.recsys.models"]
+    assert up == {
+        "pipelines/sources/text.py": ["otcl.pipelines.recsys", "otcl.pipelines.recsys.text"]
+    }

@@ -1,4 +1,4 @@
-"""The shared run machinery (otcl.pipelines.run) through a toy pipeline with no images.
+"""The shared run machinery (otcl.pipelines.engine) through a toy pipeline with no images.
 
 ``Toy`` is the smallest complete :class:`EpochTrainer` subclass: a BatchNorm + dropout MLP on
 random vectors, two noisy views per sample, InfoNCE. Everything here holds for every pipeline.
@@ -15,21 +15,19 @@ import pytest
 import torch
 from torch import nn
 
-from otcl.pipelines.run import (
-    CHECKPOINT,
-    EpochTrainer,
-    Progress,
-    TrainingDiverged,
+from otcl.pipelines.engine.checkpoint import load_checkpoint
+from otcl.pipelines.engine.progress import Progress
+from otcl.pipelines.engine.rundir import CHECKPOINT
+from otcl.pipelines.engine.runtime import (
     amp_dtype,
-    append_jsonl,
-    atomic_torch_save,
     derive_seed,
-    load_checkpoint,
     pick_device,
-    read_jsonl,
     rng_state,
     set_rng_state,
 )
+from otcl.pipelines.engine.stops import TrainingDiverged
+from otcl.pipelines.engine.trainer import EpochTrainer
+from otcl.pipelines.files import append_jsonl, atomic_torch_save, read_jsonl
 
 
 class Toy(EpochTrainer):
@@ -284,10 +282,10 @@ def test_the_subclass_contract_examples_run(monkeypatch, tmp_path):
     import tempfile
 
     import otcl.pipelines.config
-    import otcl.pipelines.run
+    import otcl.pipelines.engine.trainer
 
     monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: str(tmp_path))
-    for mod in (otcl.pipelines.run, otcl.pipelines.config):
+    for mod in (otcl.pipelines.engine.trainer, otcl.pipelines.config):
         result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0, mod.__name__
 

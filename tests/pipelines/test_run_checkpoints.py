@@ -1,4 +1,4 @@
-"""Checkpoint safety (otcl.pipelines.run): weights-only loading, checksum, format, old files.
+"""Checkpoint safety (otcl.pipelines.engine): weights-only loading, checksum, format, old files.
 
 The malicious files below would create a marker file when unpickled by ``torch.load(...,
 weights_only=False)`` (what otcl 0.1 did); every test asserts the marker never appears.
@@ -19,13 +19,9 @@ import pytest
 import torch
 
 from otcl import cli
-from otcl.pipelines.run import (
-    CHECKPOINT,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from otcl.pipelines.engine.checkpoint import load_checkpoint, save_checkpoint
+from otcl.pipelines.engine.rundir import CHECKPOINT
+from otcl.pipelines.engine.runtime import rng_state, set_rng_state
 
 OLD_RUN = Path(__file__).resolve().parent / "data" / "old-run"
 
@@ -180,7 +176,7 @@ def test_open_run_and_restore_model(tmp_path):
     """What every pipeline's ``load_run`` does: the saved config resolved as today, NaN/inf
     weights refused before any data is loaded, the weights into a fresh model in eval mode."""
     from otcl.pipelines.config import RunConfig, apply_presets
-    from otcl.pipelines.run import open_run, restore_model
+    from otcl.pipelines.engine.checkpoint import open_run, restore_model
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout(0.5))
     st = {**_good_state(), "config": {"train": {"epochs": 1}}, "model": model.state_dict()}

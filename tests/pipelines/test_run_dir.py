@@ -1,4 +1,4 @@
-"""The run directory (otcl.pipelines.run): checked before any data loads, one writer at a time,
+"""The run directory (otcl.pipelines.engine): checked before any data loads, one writer at a time,
 no stale records, write failures that keep the last checkpoint, resumes that cannot change a run."""
 
 from __future__ import annotations
@@ -9,13 +9,9 @@ import json
 import pytest
 import torch
 
-from otcl.pipelines.run import (
-    CHECKPOINT,
-    RunLock,
-    load_checkpoint,
-    prepare_run_dir,
-    read_jsonl,
-)
+from otcl.pipelines.engine.checkpoint import load_checkpoint
+from otcl.pipelines.engine.rundir import CHECKPOINT, RunLock, prepare_run_dir
+from otcl.pipelines.files import read_jsonl
 
 from .test_run import Toy
 

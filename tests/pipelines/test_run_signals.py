@@ -1,4 +1,4 @@
-"""Signals during training (otcl.pipelines.run): real SIGINT/SIGTERM, deferred to the step
+"""Signals during training (otcl.pipelines.engine): real SIGINT/SIGTERM, deferred to the step
 boundary, a bit-identical resume, SIGTERM handled like Ctrl-C, a second signal aborts."""
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from otcl.pipelines.run import TrainingInterrupted, load_checkpoint, read_jsonl
+from otcl.pipelines.engine.checkpoint import load_checkpoint
+from otcl.pipelines.engine.stops import TrainingInterrupted
+from otcl.pipelines.files import read_jsonl
 
 from .test_run import Toy
 

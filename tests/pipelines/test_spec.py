@@ -19,7 +19,8 @@ from otcl import cli
 from otcl.losses import build
 from otcl.pipelines import Run, load_encoder
 from otcl.pipelines.config import ConfigBase, LossConfig, OptimConfig, Section, TrainConfig
-from otcl.pipelines.run import EpochTrainer, atomic_write_text
+from otcl.pipelines.engine.trainer import EpochTrainer
+from otcl.pipelines.files import atomic_write_text
 from otcl.pipelines.spec import Flag, Pipeline, get, register, split_dmm
 
 pytest.importorskip("yaml")  # run directories hold config.yaml

@@ -1,13 +1,13 @@
 """otcl's applications: training pipelines built on the library (``otcl.ot``, ``otcl.losses``).
 
-* :mod:`otcl.pipelines.run` -- the run machinery every pipeline shares (:class:`EpochTrainer`:
-  run directory, checkpoints, exact resume, metrics, progress, seeds, signals).
+* :mod:`otcl.pipelines.engine` -- the run engine every pipeline shares, in small parts
+  (``EpochTrainer``: run directory, checkpoints, exact resume, metrics, progress, seeds, signals;
+  training under ``torchrun``).
 * :mod:`otcl.pipelines.config` -- config dataclasses, YAML/TOML files, ``section.key=value``.
-* :mod:`otcl.pipelines.probes` -- kNN and linear probes of frozen features.
+* :mod:`otcl.pipelines.sources` -- what every pipeline shares: image datasets and augmentations,
+  backbones, frozen features, probes.
 * :mod:`otcl.pipelines.commands` -- the command-line pieces the pipelines share.
 * :mod:`otcl.pipelines.compare` -- comparisons (methods x seeds) shared by the pipelines.
-* :mod:`otcl.pipelines.distributed` -- training under ``torchrun``: the process group, one
-  outcome for every rank, DistributedDataParallel (used by ``run`` and ``compare``).
 * :mod:`otcl.pipelines.spec` -- a pipeline declared once (:class:`~otcl.pipelines.spec.Pipeline`,
   registered by name); :mod:`otcl.pipelines.verbs` (the command line),
   :mod:`otcl.pipelines.comparison` and :mod:`otcl.pipelines.results` (comparisons and their

@@ -16,8 +16,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from .config import apply_overrides, from_dict, load_config, parse_value
-from .distributed import main_then_broadcast
-from .run import EpochTrainer, load_checkpoint
+from .engine.checkpoint import load_checkpoint
+from .engine.distributed import main_then_broadcast
+from .engine.trainer import EpochTrainer
 
 __all__ = [
     "Refused",

@@ -9,8 +9,10 @@ every pipeline does the same way lives here:
   the files a finished run holds, and what follows training (e.g. an evaluation);
 * :func:`run_state` -- a run directory is ``"new"``, to ``"resume"`` (interrupted) or
   ``"finished"`` (reused as it is); a directory holding a run made with other settings is
-  refused (:func:`comparable`: the saved config, resolved as today, against the request,
-  settings of :data:`VOLATILE` aside), so results of two configurations are never mixed;
+  refused (the saved config, resolved as today, against the request, the settings that change
+  neither the run nor its numbers aside: the trainer's ``volatile`` list, which a resume uses
+  too, less its ``measures``; :mod:`otcl.pipelines.engine.identity`), so results of two
+  configurations are never mixed;
 * :func:`train_runs` -- trains every run that is not finished, one after the other in this
   process or in worker processes (one thread each; a Ctrl-C checkpoints the running runs);
 * :func:`mean_std`, :func:`seed_stats`, :func:`paired_delta` -- statistics over seeds (from
@@ -21,7 +23,7 @@ every pipeline does the same way lives here:
 The pipeline keeps what is its own: which methods, how a run's numbers are read back, the
 table and the plots.
 
-Under ``torchrun`` (:mod:`otcl.pipelines.distributed`) every process takes part in every run
+Under ``torchrun`` (:mod:`otcl.pipelines.engine.distributed`) every process takes part in every run
 (the run's global batch split over them); rank 0 alone holds the output directory, decides
 whether a run is new, to resume or finished (:func:`train_run` sends its answer to the others),
 runs :meth:`Runner.finish` (the evaluation) and reads back and writes the results. Runs are
@@ -47,25 +49,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._signals import deferred_signals
-from .distributed import agreed, current, is_main, launched, main_then_broadcast
+from .engine import identity
+from .engine.checkpoint import load_checkpoint
+from .engine.distributed import agreed, current, is_main, launched, main_then_broadcast
+from .engine.rundir import CHECKPOINT, SUMMARY, RunLock, prepare_run_dir
+from .engine.signals import deferred_signals
+from .engine.stops import TrainingInterrupted
+from .engine.trainer import EpochTrainer
+from .files import atomic_write_text
 from .results import mean_std, paired_delta, seed_stats
-from .run import (
-    CHECKPOINT,
-    SUMMARY,
-    EpochTrainer,
-    RunLock,
-    TrainingInterrupted,
-    atomic_write_text,
-    load_checkpoint,
-    prepare_run_dir,
-)
 
 __all__ = [
-    "VOLATILE",
     "Run",
     "Runner",
-    "comparable",
     "make_run",
     "run_state",
     "train_run",
@@ -82,10 +78,6 @@ __all__ = [
     "stderr_log",
 ]
 
-#: settings that may differ between a finished run and a new request without invalidating it:
-#: where and how it runs, not what it computes
-VOLATILE: tuple[str, ...] = ("train.out", "train.progress", "train.device", "train.threads")
-
 Log = Callable[[str], None]
 
 
@@ -97,15 +89,6 @@ def stderr_log(line: str) -> None:
 def reuse_line(run_dir: str | os.PathLike[str]) -> str:
     """What a comparison says of a run it reuses."""
     return f"{run_dir}: finished earlier, reusing its results"
-
-
-def comparable(cfg: Mapping[str, Any], volatile: Iterable[str] = VOLATILE) -> dict[str, Any]:
-    """A copy of the config dict ``cfg`` without the ``volatile`` settings (``"train.out"``)."""
-    d = copy.deepcopy(dict(cfg))
-    for key in volatile:
-        section, name = key.split(".", 1)
-        d.get(section, {}).pop(name, None)
-    return d
 
 
 # -- runs ----------------------------------------------------------------------------------
@@ -133,16 +116,14 @@ class Runner:
 
     Attributes:
         config_cls: the pipeline's config class (``from_dict`` of a saved config).
-        trainer_cls: its :class:`~otcl.pipelines.run.EpochTrainer`, built as
+        trainer_cls: its :class:`~otcl.pipelines.engine.trainer.EpochTrainer`, built as
             ``trainer_cls(cfg, run_dir, data=data, resume=..., log=log)``.
         needs: files besides ``summary.json`` that a finished run holds (its evaluation).
-        volatile: the settings that may differ from a saved run's (default :data:`VOLATILE`).
     """
 
     config_cls: type
     trainer_cls: type[EpochTrainer]
     needs: tuple[str, ...] = ()
-    volatile: tuple[str, ...] = VOLATILE
 
     def resolve(self, cfg: Any) -> Any:
         """The config a run uses (the pipeline's presets); a new object."""
@@ -174,9 +155,10 @@ def run_state(runner: Runner, run: Run) -> str:
     without its results) or ``"finished"`` (reuse it).
 
     Raises:
-        ValueError: the directory holds a run made with other settings (the saved config,
-            resolved as today -- a setting added since takes its preset -- differs from
-            ``run.cfg`` in more than the :data:`VOLATILE` settings).
+        ValueError: the directory holds a run made or measured with other settings (the saved
+            config, resolved as today -- a setting added since takes its preset -- differs
+            from ``run.cfg`` in a setting a resume refuses, or in one of the trainer's
+            ``measures``, e.g. the evaluation: its numbers were measured another way).
     """
     ckpt = run.dir / CHECKPOINT
     if not ckpt.exists():
@@ -184,7 +166,8 @@ def run_state(runner: Runner, run: Run) -> str:
     st = load_checkpoint(ckpt)
     saved = runner.resolve(runner.config_cls.from_dict(st["config"])).to_dict()
     now = runner.resolve(run.cfg).to_dict()
-    if comparable(saved, runner.volatile) != comparable(now, runner.volatile):
+    trainer = runner.trainer_cls
+    if identity.changed(saved, now, identity.unmeasured(trainer.volatile, trainer.measures)):
         raise ValueError(
             f"out: {str(run.dir)!r} holds a run with a different configuration; choose "
             "another --out (or delete that run)"

@@ -27,17 +27,17 @@ from .compare import (
     Run,
     Runner,
     check_request,
-    comparable,
     comparison_dir,
     make_run,
+    run_state,
     stderr_log,
     train_runs,
     write_outputs,
 )
 from .config import save_config
-from .distributed import agreed, broadcast, is_main, local_main_first, main_log
+from .engine.distributed import agreed, broadcast, is_main, local_main_first, main_log
+from .engine.rundir import SUMMARY
 from .results import RESULTS, aggregate
-from .run import CHECKPOINT, SUMMARY, load_checkpoint
 from .spec import Pipeline
 
 __all__ = ["compare", "SpecRunner", "method_configs"]
@@ -200,18 +200,14 @@ def compare(
 
 
 def _finished(runner: SpecRunner, spec: Pipeline, method: str, run_dir: Path, want: Any) -> bool:
-    """Whether ``run_dir`` holds a finished run of ``want``'s configuration."""
-    files = (SUMMARY, *runner.needs)
-    if not all((run_dir / f).exists() for f in files):
-        return False
+    """Whether ``run_dir`` holds a finished run of ``want``'s configuration (a trained method:
+    :func:`~otcl.pipelines.compare.run_state`'s rule; a baseline: its summary)."""
     if spec.is_baseline(method):
-        return True
-    ckpt = run_dir / CHECKPOINT
-    if not ckpt.exists():
+        return (run_dir / SUMMARY).exists()
+    try:
+        return run_state(runner, Run(method, int(want.train.seed), want, run_dir)) == "finished"
+    except ValueError:  # made with other settings
         return False
-    st = load_checkpoint(ckpt)
-    saved = runner.resolve(runner.config_cls.from_dict(st["config"])).to_dict()
-    return st.get("done", True) and comparable(saved) == comparable(runner.resolve(want).to_dict())
 
 
 def _collect(

@@ -4,9 +4,9 @@ A pipeline's configuration is one top-level dataclass whose fields are *sections
 plain settings). This module knows nothing about any particular pipeline: it turns any such
 dataclass into a plain dict and back, reads it from YAML/TOML, applies ``section.key=value``
 overrides with type checks, and writes it as YAML. The sections every pipeline shares are here
-too: :class:`LossConfig`, :class:`OptimConfig` and :class:`TrainConfig` (the shared run machinery,
-:mod:`otcl.pipelines.run`, reads ``train`` and ``optim``). A pipeline adds its own sections (data,
-model, evaluation) and presets next to its code, e.g. :mod:`otcl.pipelines.ssl.config`.
+too: :class:`LossConfig`, :class:`OptimConfig` and :class:`TrainConfig` (the shared run engine,
+:mod:`otcl.pipelines.engine`, reads ``train`` and ``optim``). A pipeline adds its own sections
+(data, model, evaluation) and presets next to its code, e.g. :mod:`otcl.pipelines.ssl.config`.
 
 **Presets.** A section is a :class:`Section` dataclass: it remembers which of its settings the
 user set (assigned after construction, read from a file, or given as an override).
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ._files import atomic_write_text
+from .files import atomic_write_text
 from .values import coerce as _coerce
 from .values import parse_value
 
@@ -140,7 +140,7 @@ class OptimConfig(Section):
 
 @dataclass
 class TrainConfig(Section):
-    """The training loop (read by :class:`otcl.pipelines.run.EpochTrainer`)."""
+    """The training loop (read by :class:`otcl.pipelines.engine.trainer.EpochTrainer`)."""
 
     epochs: int | None = None
     batch_size: int | None = None

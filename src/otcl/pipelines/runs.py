@@ -52,7 +52,7 @@ class Run:
     def load(cls, path: str | os.PathLike[str], pipeline: str | None = None) -> Run:
         """The run in ``path``; ``pipeline`` (default: the one whose config reads the saved
         one) names its pipeline."""
-        from .run import open_run
+        from .engine.checkpoint import open_run
 
         names = [pipeline] if pipeline else available()
         errors = []
@@ -105,7 +105,7 @@ class Run:
                 shapes come from it).
             model: a run trained with a backbone of your own needs it again.
         """
-        from .run import restore_model
+        from .engine.checkpoint import restore_model
 
         data = self.data() if data is None else data
         kw = {"backbone": model} if model is not None else {}
@@ -149,7 +149,7 @@ def train(
 
 
 def _state(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    from .run import load_checkpoint
+    from .engine.checkpoint import load_checkpoint
 
     return load_checkpoint(run_dir)
 

@@ -124,7 +124,7 @@ class Pipeline:
             before any data loads (the resolved config; includes building the loss).
         load_data: ``cfg -> data``: the dataset (a comparison loads it once per process).
         build_model: ``(cfg, data) -> nn.Module``: the run's model (restored from a checkpoint).
-        trainer_cls: its :class:`~otcl.pipelines.run.EpochTrainer`, built as
+        trainer_cls: its :class:`~otcl.pipelines.engine.trainer.EpochTrainer`, built as
             ``trainer_cls(cfg, out, data=..., resume=..., extend=..., log=...)``.
         methods: the default methods of ``compare``.
         method_config: ``(cfg, method, shared, per_loss) -> cfg``: the config of one method of

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pickle
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ import torch
 from otcl.pipelines.multimodal.data import (
     DataError,
     MultimodalData,
-    hashed_bag_of_words,
     load_affect,
     load_movielens,
     load_multimodal,
@@ -22,6 +20,7 @@ from otcl.pipelines.multimodal.data import (
     patch_grid,
     split_patches,
 )
+from otcl.pipelines.sources.text import hashed_bag_of_words
 
 
 # -- patches -------------------------------------------------------------------------------
@@ -66,7 +65,7 @@ def _write_movielens(root, items, ratings):
 
 def test_movielens_items_as_three_modalities(tmp_path):
     items = [
-        (1, "Toy Story (1995)", "01-Jan-1995", {3, 4}),
+        (1, "Toy Story (1995)", "01-Jan-1997", {3, 4}),  # a re-release date: not the year
         (2, "GoldenEye (1995)", "01-Jan-1995", {1}),
         (3, "Café Society (1996)", "", {8}),  # latin-1 title, missing date
         (4, "Toy Soldiers (1991)", "01-Jan-1991", {1, 3}),
@@ -74,64 +73,40 @@ def test_movielens_items_as_three_modalities(tmp_path):
         (6, "Heat (1995)", "01-Jan-1995", {1}),
         (7, "Clerks (1994)", "01-Jan-1994", {5}),
         (8, "Fargo (1996)", "01-Jan-1996", {5, 6}),
+        (9, "unknown", "", {0}),  # no year
     ]
-    ratings = [(u, i, 5) for i in (1, 2, 3, 4, 6, 7, 8) for u in (1, 2, i + 2)]
+    ratings = [(u, i, 5) for i in (1, 2, 3, 4, 6, 7, 8, 9) for u in (1, 2, i + 2)]
     ratings += [(1, 5, 2), (3, 5, 3)]  # item 5: rated, never liked (rating < 4) -> dropped
     _write_movielens(tmp_path / "ml", items, ratings)
     d = load_movielens(tmp_path / "ml", text_dim=64, test_fraction=0.3, seed=1)
     assert d.modalities == ("title", "genre", "audience") and d.task is None
-    assert d.num_train + d.num_test == 7
-    assert d.shape("title") == (64,) and d.shape("genre") == (21,) and d.shape("audience") == (9,)
-    assert sorted(d.info["train_items"] + d.info["test_items"]) == [1, 2, 3, 4, 6, 7, 8]
-    all_users = sorted({u for u, _, _ in ratings})  # user 7 never rated: 9 users
+    assert d.num_train + d.num_test == 8
+    assert d.shape("title") == (64,) and d.shape("genre") == (21,) and d.shape("audience") == (10,)
+    assert sorted(d.info["train_items"] + d.info["test_items"]) == [1, 2, 3, 4, 6, 7, 8, 9]
+    all_users = sorted({u for u, _, _ in ratings})  # user 7 never rated: 10 users
     for split in ("train", "test"):
         x = d.train if split == "train" else d.test
         for r, i in enumerate(d.info[f"{split}_items"]):  # every row against its raw data
             _, title, date, genres = items[i - 1]
-            expect = torch.zeros(9)
+            expect = torch.zeros(10)
             expect[[all_users.index(u) for u in (1, 2, i + 2)]] = 1 / 3**0.5
             torch.testing.assert_close(x["audience"][r], expect)
             expect = hashed_bag_of_words([title.rsplit(" (", 1)[0]], 64)[0]
             torch.testing.assert_close(x["title"][r], expect)
-            year = [(int(date[-4:]) - 1900) / 100, 0.0] if date else [0.0, 1.0]  # missing flag
+            # the year of the title (not the date column), or the flag of an unknown year
+            year = [(int(title[-5:-1]) - 1900) / 100, 0.0] if title[-1] == ")" else [0.0, 1.0]
             expect = torch.tensor([float(g in genres) for g in range(19)] + year)
             torch.testing.assert_close(x["genre"][r], expect)
     with pytest.raises(DataError, match="u.item is missing"):
         load_movielens(tmp_path)
 
 
-def test_hashed_bag_of_words_is_stable_and_normalised():
-    h = hashed_bag_of_words(["Toy Story", "toy  STORY!", "", "a b c d"], 32)
-    torch.testing.assert_close(h[0], h[1])
-    assert float(h[2].abs().sum()) == 0.0
-    torch.testing.assert_close(h[[0, 3]].norm(dim=1), torch.ones(2))
-    # CRC-32 is stable across processes: a fixed bucket for a fixed word
-    assert (
-        int(hashed_bag_of_words(["story"], 1024)[0].argmax())
-        == __import__("zlib").crc32(b"story") % 1024
-    )
-
-
-def test_sentence_encoder_is_optional(monkeypatch, tmp_path):
-    from otcl.pipelines.multimodal import data as mmdata
-
+def test_movielens_minilm_titles_go_through_the_shared_encoder(tmp_path, monkeypatch):
+    items = [(i, f"Film {i} (1995)", "", {1}) for i in range(1, 6)]
+    _write_movielens(tmp_path / "ml", items, [(u, i, 5) for u in (1, 2) for i in range(1, 6)])
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)
-    with pytest.raises(DataError, match="needs sentence-transformers"):
-        mmdata.sentence_embeddings(["a"])
-
-    class Fake:
-        def __init__(self, path, device):
-            self.path = path
-
-        def encode(self, texts, batch_size, normalize_embeddings):
-            assert normalize_embeddings
-            return np.ones((len(texts), 3), dtype=np.float32) / 3**0.5
-
-    monkeypatch.setitem(
-        sys.modules, "sentence_transformers", types.SimpleNamespace(SentenceTransformer=Fake)
-    )
-    out = mmdata.sentence_embeddings(["a", "b"], model=tmp_path)
-    assert out.shape == (2, 3) and out.dtype == torch.float32
+    with pytest.raises(DataError, match=r"data.text: minilm needs .*otcl\[recsys-text\]"):
+        load_movielens(tmp_path / "ml", text="minilm")
 
 
 # -- CMU-MOSI / MOSEI pickle ---------------------------------------------------------------
@@ -239,6 +214,84 @@ def test_npz_bad_input(tmp_path):
         load_multimodal("nope")
     with pytest.raises(DataError, match="pass --data-dir"):
         load_multimodal("npz")
+
+
+def test_npz_labels_need_one_value_per_sample(tmp_path):
+    x = {"a": np.zeros((8, 2)), "b": np.ones((8, 3))}
+    np.savez(tmp_path / "two.npz", **x, labels=np.zeros((8, 2), dtype=np.int64))
+    with pytest.raises(
+        DataError, match=r"two.npz: array 'labels' has shape \(8, 2\), expected one label per"
+    ):
+        load_npz(tmp_path / "two.npz")
+    np.savez(tmp_path / "col.npz", **x, labels=(np.arange(8) % 2)[:, None])  # (N, 1) is fine
+    d = load_npz(tmp_path / "col.npz", test_fraction=0.5)
+    assert d.num_classes == 2 and d.train_y.shape == (4,)
+
+
+def test_npz_modality_without_features_is_refused(tmp_path):
+    np.savez(tmp_path / "f.npz", a=np.zeros((8, 0)), b=np.ones((8, 3)))
+    with pytest.raises(
+        DataError, match=r"f.npz: array 'a' \(file\) has shape \(8, 0\): no features"
+    ):
+        load_npz(tmp_path / "f.npz")
+
+
+def test_npz_class_ids_are_renumbered_over_both_splits(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "d").mkdir()
+    # sparse ids: never a range(max + 1) of classes; one class only in test
+    for s, y in (("train", [0, 3, 3, 0, 5]), ("test", [5, 7, 0, 3])):
+        ys = np.asarray(y, dtype=np.int64) * 1_000_000_000
+        np.savez(tmp_path / "d" / f"{s}.npz", a=rng.normal(size=(len(y), 2)),
+                 b=rng.normal(size=(len(y), 2)), labels=ys)  # fmt: skip
+    d = load_npz(tmp_path / "d")
+    assert d.classes == ("0", "3000000000", "5000000000", "7000000000")
+    assert d.train_y.tolist() == [0, 1, 1, 0, 2] and d.test_y.tolist() == [2, 3, 0, 1]
+    # text labels: classes in sorted order, the same ids in both splits
+    for s, y in (
+        ("train", ["dog", "cat", "dog", "bird", "cat"]),
+        ("test", ["cat", "bird", "eel", "dog"]),
+    ):
+        np.savez(tmp_path / "d" / f"{s}.npz", a=rng.normal(size=(len(y), 2)),
+                 b=rng.normal(size=(len(y), 2)), labels=np.asarray(y))  # fmt: skip
+    d = load_npz(tmp_path / "d")
+    assert d.task == "classification" and d.classes == ("bird", "cat", "dog", "eel")
+    assert d.train_y.tolist() == [2, 1, 2, 0, 1] and d.test_y.tolist() == [1, 0, 3, 2]
+    np.savez(
+        tmp_path / "f.npz", a=np.zeros((6, 2)), b=np.ones((6, 2)), labels=np.array([1, -1] * 3)
+    )
+    with pytest.raises(DataError, match="f.npz: array 'labels' holds negative class ids"):
+        load_npz(tmp_path / "f.npz")
+
+
+def test_npz_that_is_not_an_archive_of_numbers_is_named(tmp_path):
+    (tmp_path / "t.npz").write_text("video,text,labels\n0.1,0.2,1\n")
+    with pytest.raises(
+        DataError,
+        match=r"t.npz: is a text file, not an .npz archive \(it starts with 'video,text,labels'\)",
+    ):
+        load_npz(tmp_path / "t.npz")
+    np.save(tmp_path / "one.npy", np.zeros((4, 2)))
+    (tmp_path / "one.npy").rename(tmp_path / "one.npz")
+    with pytest.raises(DataError, match=r"one.npz: is a single .npy array, not an .npz archive"):
+        load_npz(tmp_path / "one.npz")
+    (tmp_path / "e.npz").write_bytes(b"")
+    with pytest.raises(DataError, match=r"e.npz: is an empty file"):
+        load_npz(tmp_path / "e.npz")
+    (tmp_path / "b.npz").write_bytes(bytes(range(128, 256)))
+    with pytest.raises(DataError, match=r"b.npz: is not an .npz archive \(no zip header"):
+        load_npz(tmp_path / "b.npz")
+    obj = np.empty(6, dtype=object)
+    obj[:] = [{"k": i} for i in range(6)]
+    np.savez(tmp_path / "o.npz", a=np.zeros((6, 2)), b=np.ones((6, 2)), labels=obj)
+    with pytest.raises(
+        DataError, match=r"o.npz: array 'labels' is an array of Python objects"
+    ) as e:
+        load_npz(tmp_path / "o.npz")
+    assert "\n" not in str(e.value)
+    np.savez(tmp_path / "o2.npz", a=obj, b=np.ones((6, 2)))
+    with pytest.raises(DataError, match=r"o2.npz: array 'a' is an array of Python objects"):
+        load_npz(tmp_path / "o2.npz")
 
 
 def test_dataset_object_checks(make_data):

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from otcl import cli
+from otcl.pipelines.engine.rundir import CHECKPOINT
+from otcl.pipelines.engine.stops import TrainingInterrupted
 from otcl.pipelines.multimodal.compare import compare
 from otcl.pipelines.multimodal.config import MultimodalConfig, resolve
 from otcl.pipelines.multimodal.trainer import MultimodalTrainer, evaluate_run
-from otcl.pipelines.run import CHECKPOINT, TrainingInterrupted
 
 pytest.importorskip("yaml")
 
@@ -69,7 +70,7 @@ def test_bf16_autocast_encodes_in_bf16_and_aligns_in_float32(tmp_path, make_data
 
 def test_linear_probe_option_is_the_shared_linear_probe(make_data):
     from otcl.pipelines.multimodal.trainer import make_probe
-    from otcl.pipelines.probes import linear_probe
+    from otcl.pipelines.sources.probes import linear_probe
 
     data = make_data()
     cfg = mm_config()
@@ -91,7 +92,7 @@ def test_linear_probe_is_trained_once_for_every_subset(make_data, monkeypatch):
     """``eval.probe=linear`` trains one probe on the full training representation and scores
     every subset of present modalities and every noisy copy with it."""
     from otcl.pipelines.multimodal import trainer as T
-    from otcl.pipelines.probes import fit_linear_probe
+    from otcl.pipelines.sources.probes import fit_linear_probe
 
     data = make_data()
     cfg = resolve(mm_config())
@@ -235,6 +236,22 @@ def test_cli_errors_are_one_line(tmp_path, capsys, extra, match):
     assert err.startswith("otcl: error:") and match in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "r" / CHECKPOINT).exists()  # refused before any training
+
+
+def test_cli_bad_npz_files_are_one_line(tmp_path, capsys):
+    (tmp_path / "t.npz").write_text("video,text\n1,2\n")
+    _one_line(capsys, _mm("train", tmp_path / "t.npz", f"--out {tmp_path / 'r'}"), "is a text file")
+    f = _npz(tmp_path)
+    z = dict(np.load(f))
+    np.savez(f, **{**z, "labels": np.stack([z["labels"], z["labels"]], 1)})
+    _one_line(capsys, _mm("train", f, f"--out {tmp_path / 'r'}"), "has shape (40, 2), expected one")
+    assert not (tmp_path / "r" / CHECKPOINT).exists()
+
+
+def _one_line(capsys, rc, match):
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("otcl: error:") and match in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_presets_and_loss_defaults():

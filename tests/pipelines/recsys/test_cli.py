@@ -62,6 +62,7 @@ def test_eval_ranks_again_with_the_numbers_of_training(ml_dir, tmp_path, capsys)
         (["--data-dir", "{tmp}/missing"], "data: '{tmp}/missing' not found"),
         (["--data-dir", "{tmp}/bad.csv", "--dataset", "csv"], "line 1: expected user_id"),
         (["--data-dir", "{tmp}/range"], "item id 99 out of range"),
+        (["--data-dir", "{tmp}/stars"], "u.data' line 2: rating 7 is outside the scale 1..5"),
         (["--data-dir", "{tmp}/low.csv"], "the test set of low is empty"),
         (["--data-dir", "{ml}", "--set", "eval.ks=[1,500]"], "k: 500 is larger than"),
         (["--data-dir", "{ml}", "--model", "two-tower", "--loss-param", "rho=2"], "rho:"),
@@ -74,6 +75,7 @@ def test_train_bad_input_is_one_line_and_writes_nothing(
     (tmp_path / "bad.csv").write_text("a;b;5\n")
     (tmp_path / "low.csv").write_text("a,x,1\nb,y,2\na,y,5\nb,x,1\n")
     (make_ml("range") / "u.data").write_text("1\t99\t5\t1\n")
+    (make_ml("stars") / "u.data").write_text("1\t1\t5\t1\n1\t2\t7\t2\n2\t1\t-3\t3\n")
     fill = {"tmp": str(tmp_path), "ml": str(ml_dir)}
     out = tmp_path / "out"
     argv = ["recsys", "train", "--out", str(out), "--no-progress"]

@@ -1,134 +1,14 @@
-"""Loading (MovieLens folders, CSV, download), splits and negative sampling on tiny data."""
+"""The recsys splits (dmm, temporal, cold items) and the negative sampler on tiny data."""
 
 from __future__ import annotations
-
-import hashlib
-import io
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from otcl.pipelines.recsys import data as D
-from otcl.pipelines.recsys.data import (
-    NegativeSampler,
-    hash_tokens,
-    load_ratings,
-    load_ratings_csv,
-    split,
-)
-
-
-def test_ml100k_folder(ml_dir):
-    r = load_ratings("ml-100k", ml_dir)
-    raw = np.loadtxt(ml_dir / "u.data", dtype=np.int64)
-    assert (len(r.user), r.n_users, r.n_items) == (600, 30, 40)
-    # contiguous ids follow the sorted original ids; ratings stay with their pair
-    assert [r.user_ids[u] for u in r.user[:5]] == [str(x) for x in raw[:5, 0]]
-    assert [r.item_ids[i] for i in r.item[:5]] == [str(x) for x in raw[:5, 1]]
-    np.testing.assert_array_equal(r.rating, raw[:, 2])
-    np.testing.assert_array_equal(r.timestamp, raw[:, 3])
-    f = r.item_features
-    assert f.genres.shape == (40, 19) and f.titles[0] == "Movie 1 story" and f.year[0] == 1951
-    assert r.user_features.gender[0] == 1 and r.user_features.age.min() >= 1
-
-
-def test_ml1m_folder(tmp_path):
-    d = tmp_path / "ml-1m"
-    d.mkdir()
-    (d / "ratings.dat").write_text(
-        "1::10::5::978300760\n2::20::3::978302109\n1::20::4::978301968\n"
-    )
-    (d / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n")
-    (d / "movies.dat").write_bytes(
-        "10::GoldenEye (1995)::Action|Adventure|Thriller\n20::Café (2000)::Drama\n".encode(
-            "latin-1"
-        )
-    )
-    r = load_ratings("ml-1m", d)
-    assert (r.n_users, r.n_items, len(r.user)) == (2, 2, 3)
-    f = r.item_features
-    assert f.titles == ("GoldenEye", "Café") and list(f.year) == [1995, 2000]
-    assert f.genres[0].sum() == 3 and f.genres[1, f.genre_names.index("Drama")] == 1
-    assert list(r.user_features.age) == [1, 7] and list(r.user_features.occupation) == [11, 17]
-
-
-def test_csv_with_and_without_header(tmp_path):
-    p = tmp_path / "r.csv"
-    p.write_text("user_id,item_id,rating\nA,x,5\nB,x,3\nA,y,4\n")
-    r = load_ratings_csv(p)
-    assert (r.n_users, r.n_items, r.timestamp) == (2, 2, None)
-    assert r.user_ids == ("A", "B") and list(r.user) == [0, 1, 0]
-    q = tmp_path / "q.csv"
-    q.write_text("A,x,5,10\nB,x,3,11\n")
-    assert list(load_ratings("csv", q).timestamp) == [10, 11]
-
-
-@pytest.mark.parametrize(
-    "text, match",
-    [
-        ("A,x,5\nB,x\n", "line 2: expected user_id,item_id,rating"),
-        ("A,x,5\nB,x,good\n", "line 2: rating/timestamp is not a number"),
-        ("user,item,rating\n", "holds no ratings"),
-        ("A,x,5,1\nB,x,4\n", "some rows have a timestamp and some not"),
-    ],
-)
-def test_malformed_csv(tmp_path, text, match):
-    p = tmp_path / "bad.csv"
-    p.write_text(text)
-    with pytest.raises(ValueError, match=match):
-        load_ratings_csv(p)
-
-
-def test_bad_movielens_folders(tmp_path, ml_dir, make_ml):
-    with pytest.raises(ValueError, match="not found"):
-        load_ratings("ml-100k", tmp_path / "missing")
-    with pytest.raises(ValueError, match="holds neither u.data"):
-        load_ratings("ml-100k", tmp_path)
-    bad = make_ml("bad")
-    (bad / "u.data").write_text("1\t2\t3\n")
-    with pytest.raises(ValueError, match=r"u.data' line 1 is malformed: expected 4 fields"):
-        load_ratings("ml-100k", bad)
-    (bad / "u.data").write_text("1\t99\t3\t5\n")
-    with pytest.raises(ValueError, match="item id 99 out of range"):
-        load_ratings("ml-100k", bad)
-    (bad / "u.data").write_text("1\tx\t3\t5\n")
-    with pytest.raises(ValueError, match="item id is not an integer"):
-        load_ratings("ml-100k", bad)
-    (ml_dir / "u.item").unlink()
-    with pytest.raises(ValueError, match="u.item' not found"):
-        load_ratings("ml-100k", ml_dir)
-
-
-def _zip_of(folder: Path, name: str) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for f in folder.iterdir():
-            zf.write(f, f"{name}/{f.name}")
-    return buf.getvalue()
-
-
-def test_download_checks_md5_and_caches(tmp_path, ml_dir, monkeypatch):
-    blob = _zip_of(ml_dir, "ml-100k")
-    archive = tmp_path / "ml-100k.zip"
-    archive.write_bytes(blob)
-    cache = tmp_path / "cache"
-    with pytest.raises(ValueError, match="checksum mismatch"):
-        D.download_movielens("ml-100k", cache, url=archive.as_uri())
-    assert [p.name for p in cache.iterdir()] == []  # nothing half-written
-    monkeypatch.setitem(D.MOVIELENS, "ml-100k", (archive.as_uri(), hashlib.md5(blob).hexdigest()))
-    r = load_ratings("ml-100k", cache_dir=cache)
-    assert len(r.user) == 600
-    archive.unlink()  # cached: no second download
-    assert len(load_ratings("ml-100k", cache_dir=cache).user) == 600
-
-
-def test_download_offline_error(tmp_path):
-    with pytest.raises(ValueError, match="cannot download ml-1m .* pass --data-dir"):
-        D.download_movielens("ml-1m", tmp_path, url=(tmp_path / "nowhere.zip").as_uri())
-    assert not (tmp_path / "ml-1m").exists()
+from otcl.pipelines.recsys.data import NegativeSampler, split
+from otcl.pipelines.sources.movielens import load_ratings
+from otcl.pipelines.sources.ratings import load_ratings_csv
 
 
 def test_dmm_split(ml_dir):
@@ -193,7 +73,16 @@ def test_negative_sampler_excludes_positives():
         NegativeSampler(np.zeros(3, np.int64), np.arange(3), 3)
 
 
-def test_hashed_titles_are_stable():
-    ids = hash_tokens(["The Matrix", "matrix!", ""], buckets=50, max_len=3)
-    assert ids[0, 1] == ids[1, 0] and ids[0, 2] == 0 and (ids[2] == 0).all()
-    assert ids.max() <= 50 and ids[0, 0] >= 1
+def test_duplicated_rows_never_make_a_test_pair_a_training_pair(tmp_path, capsys):
+    """A pair rated twice could land in both halves of the random split: masked as seen (never
+    retrievable) while counted as relevant. The reader keeps one row per pair."""
+    rng = np.random.default_rng(1)
+    rows = [f"u{rng.integers(40)},i{rng.integers(60)},{rng.integers(1, 6)}" for _ in range(1500)]
+    p = tmp_path / "dup.csv"
+    p.write_text("\n".join(rows) + "\n")
+    r = load_ratings_csv(p)
+    assert r.duplicates > 300  # 1500 draws of 2400 pairs
+    s = split(r, "dmm", seed=0)
+    seen = set(zip(s.seen_user.tolist(), s.seen_item.tolist(), strict=True))
+    test = set(zip(s.test_user.tolist(), s.test_item.tolist(), strict=True))
+    assert test and not seen & test

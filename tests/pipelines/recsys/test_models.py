@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from otcl.pipelines.recsys.baselines import Popularity, fit_implicit, implicit_available
-from otcl.pipelines.recsys.data import NegativeSampler, load_ratings, split
+from otcl.pipelines.recsys.data import NegativeSampler, split
 from otcl.pipelines.recsys.models import (
     CMLTripletLoss,
     Tower,
@@ -17,6 +17,7 @@ from otcl.pipelines.recsys.models import (
     feature_tables,
 )
 from otcl.pipelines.recsys.objective import Objective, ObjectiveSpec
+from otcl.pipelines.sources.movielens import load_ratings
 
 FEATURES = ("age", "gender", "occupation", "genres", "year", "title")
 

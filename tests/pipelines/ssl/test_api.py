@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from otcl.pipelines import Run, load_encoder, ssl
-from otcl.pipelines.ssl.data import ImageData
+from otcl.pipelines.sources.images import ImageData
 
 pytest.importorskip("yaml")
 

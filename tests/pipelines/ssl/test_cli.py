@@ -11,7 +11,7 @@ import pytest
 
 from otcl import cli
 from otcl.pipelines.config import load_config
-from otcl.pipelines.run import load_checkpoint
+from otcl.pipelines.engine.checkpoint import load_checkpoint
 from otcl.pipelines.ssl.config import Config
 from otcl.pipelines.ssl.trainer import SSLTrainer
 

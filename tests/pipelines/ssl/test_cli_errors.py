@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from otcl import cli
-from otcl.pipelines.run import CHECKPOINT, RunLock, load_checkpoint, save_checkpoint
+from otcl.pipelines.engine.checkpoint import load_checkpoint, save_checkpoint
+from otcl.pipelines.engine.rundir import CHECKPOINT, RunLock
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from otcl import cli
-from otcl.pipelines.run import CHECKPOINT
+from otcl.pipelines.engine.rundir import CHECKPOINT
 from otcl.pipelines.ssl.compare import format_table
 
 
@@ -42,7 +42,7 @@ def test_cli_compare_writes_table_plots_and_reuses_runs(tmp_path, capsys, tiny_a
 def test_runs_saved_before_a_new_setting_are_still_reused(tmp_path, capsys, tiny_args):
     """A run whose config predates a setting (here random erasing, data.erase_*) compares equal
     to today's request: the missing setting takes its preset, as on --resume."""
-    from otcl.pipelines.run import load_checkpoint, save_checkpoint
+    from otcl.pipelines.engine.checkpoint import load_checkpoint, save_checkpoint
 
     out = tmp_path / "cmp"
     argv = ["compare", "--losses", "infonce", "--seeds", "1", "--no-plot", "--out", str(out)]

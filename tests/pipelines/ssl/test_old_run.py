@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from otcl import cli
-from otcl.pipelines.run import load_checkpoint, read_jsonl
+from otcl.pipelines.engine.checkpoint import load_checkpoint
+from otcl.pipelines.files import read_jsonl
 
 OLD_RUN = Path(__file__).resolve().parents[1] / "data" / "old-run"
 

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from otcl.pipelines.config import apply_overrides
-from otcl.pipelines.run import CHECKPOINT, TrainingInterrupted, load_checkpoint
+from otcl.pipelines.engine.checkpoint import load_checkpoint
+from otcl.pipelines.engine.rundir import CHECKPOINT
+from otcl.pipelines.engine.stops import TrainingInterrupted
 from otcl.pipelines.ssl.evaluate import evaluate_run
 from otcl.pipelines.ssl.trainer import SSLTrainer, load_run
 
@@ -143,7 +145,7 @@ def test_compiled_loss_trains_the_same_weights(
 
 
 def test_nan_loss_still_stops_the_run_without_the_input_check(tmp_path, tiny_config):
-    from otcl.pipelines.run import TrainingDiverged
+    from otcl.pipelines.engine.stops import TrainingDiverged
 
     cfg = tiny_config(log_every=2)
     cfg.optim.lr = 1e30  # the weights overflow after the first step
@@ -169,7 +171,8 @@ def test_trainer_bad_settings(tmp_path, setting, match, tiny_config):
 
 def test_nan_weights_in_a_checkpoint_are_refused_by_eval_and_resume(tmp_path, tiny_config):
     """A NaN model evaluates to chance level (10 %) without complaint: refuse it instead."""
-    from otcl.pipelines.run import CHECKPOINT, save_checkpoint
+    from otcl.pipelines.engine.checkpoint import save_checkpoint
+    from otcl.pipelines.engine.rundir import CHECKPOINT
 
     out = tmp_path / "run"
     SSLTrainer(tiny_config(epochs=1), out).fit()
@@ -183,7 +186,8 @@ def test_nan_weights_in_a_checkpoint_are_refused_by_eval_and_resume(tmp_path, ti
 
 
 def test_a_checkpoint_of_another_model_is_one_error(tmp_path, tiny_config):
-    from otcl.pipelines.run import CHECKPOINT, save_checkpoint
+    from otcl.pipelines.engine.checkpoint import save_checkpoint
+    from otcl.pipelines.engine.rundir import CHECKPOINT
 
     out = tmp_path / "run"
     SSLTrainer(tiny_config(epochs=1), out).fit()

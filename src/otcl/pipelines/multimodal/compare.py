@@ -26,7 +26,8 @@ from typing import Any
 
 from ...losses import available
 from ..compare import pyplot
-from ..run import SUMMARY, pick_device
+from ..engine.rundir import SUMMARY
+from ..engine.runtime import pick_device
 from ..spec import split_dmm
 from .config import MultimodalConfig
 from .trainer import ROBUSTNESS

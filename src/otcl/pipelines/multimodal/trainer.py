@@ -1,6 +1,6 @@
 """Training of a multimodal model with any otcl loss (+- DMM): the engine of ``otcl multimodal``.
 
-:class:`MultimodalTrainer` is an :class:`otcl.pipelines.run.EpochTrainer` (run directory,
+:class:`MultimodalTrainer` is an :class:`otcl.pipelines.engine.trainer.EpochTrainer` (run directory,
 ``config.yaml``, atomic checkpoints, exact resume, ``metrics.jsonl``, progress, seeds, Ctrl-C --
 see there) whose step is
 
@@ -24,9 +24,11 @@ from typing import Any
 
 import torch
 
-from ..distributed import local_main_first
-from ..probes import fit_linear_probe, knn_predict
-from ..run import EpochTrainer, atomic_write_text, open_run, restore_model
+from ..engine.checkpoint import open_run, restore_model
+from ..engine.distributed import local_main_first
+from ..engine.trainer import EpochTrainer
+from ..files import atomic_write_text
+from ..sources.probes import fit_linear_probe, knn_predict
 from .config import MultimodalConfig, check, check_applies, modality_names, resolve
 from .data import MultimodalData, load_multimodal
 from .models import MultimodalModel, build_model

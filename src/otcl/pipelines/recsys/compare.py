@@ -25,8 +25,9 @@ from ... import __version__
 from ...losses import available
 from ..compare import mean_std, pyplot, reuse_line
 from ..config import given
+from ..engine.rundir import SUMMARY
+from ..files import atomic_write_text
 from ..results import per_seed
-from ..run import SUMMARY, atomic_write_text
 from .baselines import IMPLICIT_MODELS, Popularity, fit_implicit, implicit_available
 from .config import DROP_VARIANTS, RecsysConfig
 from .data import Split

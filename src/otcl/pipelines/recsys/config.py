@@ -20,7 +20,8 @@ from ..config import (
     given,
     preset_for,
 )
-from .data import MOVIELENS, SPLITS
+from ..sources.movielens import MOVIELENS
+from .data import SPLITS
 from .metrics import USER_CONVENTIONS
 from .models import ITEM_FEATURES, MODELS, USER_FEATURES
 

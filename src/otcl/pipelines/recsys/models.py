@@ -38,7 +38,8 @@ from torch import nn
 from ...losses.contrastive import ContrastiveLoss
 from ...losses.pair_losses import min_triplet
 from ...ot.distributed import current_shard
-from .data import Ratings, hash_tokens
+from ..sources.ratings import Ratings
+from ..sources.text import hash_tokens
 
 __all__ = [
     "Tower",

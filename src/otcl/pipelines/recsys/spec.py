@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..run import atomic_write_text, load_checkpoint
+from ..engine.checkpoint import load_checkpoint
+from ..files import atomic_write_text
 from ..spec import Flag, Pipeline, register
 from . import compare as cmp
 from .config import RecsysConfig, resolve

@@ -1,6 +1,6 @@
 """``otcl recsys train``: one recommendation model, on the shared run machinery.
 
-:class:`RecsysTrainer` subclasses :class:`otcl.pipelines.run.EpochTrainer` (run directory,
+:class:`RecsysTrainer` subclasses :class:`otcl.pipelines.engine.trainer.EpochTrainer` (run directory,
 ``config.yaml``, atomic checkpoints, exact resume, ``metrics.jsonl``, progress, seeds, Ctrl-C)
 and only says what a step is -- a batch of positive training pairs in a ``(seed, epoch)``
 permutation, negatives drawn from a generator seeded by ``(seed, step)``, the model's
@@ -24,14 +24,18 @@ from typing import Any
 
 import torch
 
-from ..distributed import local_main_first
-from ..run import EpochTrainer, derive_seed, open_run, restore_model
+from ..engine.checkpoint import open_run, restore_model
+from ..engine.distributed import local_main_first
+from ..engine.runtime import derive_seed
+from ..engine.trainer import EpochTrainer
+from ..sources.movielens import load_ratings
+from ..sources.ratings import Ratings
+from ..sources.text import encode_sentences
 from .config import DROP_VARIANTS, RecsysConfig, check, parse_features, resolve
-from .data import NegativeSampler, Ratings, Split, load_ratings, split
+from .data import NegativeSampler, Split, split
 from .metrics import rank_metrics
 from .models import RecModel, build_model, popularity_prior
 from .objective import Objective, ObjectiveSpec, make_loss
-from .text import encode_titles
 
 __all__ = [
     "RecsysTrainer",
@@ -279,7 +283,7 @@ def build_recsys_model(cfg: RecsysConfig, data: Ratings) -> RecModel:
     if "title" in feats and m.text == "minilm":
         if data.item_features is None:
             raise ValueError(f"model.features: {data.name} has no item titles")
-        text = encode_titles(data.item_features.titles)
+        text = encode_sentences(data.item_features.titles, setting="model.text")
     return build_model(
         m.kind,
         data,

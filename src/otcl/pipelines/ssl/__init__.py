@@ -1,14 +1,15 @@
 """Self-supervised (SimCLR-style) image pipeline: ``otcl ssl train | eval | compare`` (short
 forms ``otcl train | eval | compare``) and its Python API.
 
+Its datasets, augmentations, encoders, frozen features and probes are shared with the other
+pipelines in :mod:`otcl.pipelines.sources`.
+
 * :func:`train` -- one run from a :class:`Config` (your own backbone and dataset plug in), a
   :class:`~otcl.pipelines.runs.Run` back; :func:`load_encoder` -- a trained backbone;
 * :mod:`.spec` -- the pipeline, declared once (the verbs, the comparison and ``Run`` read it);
 * :mod:`.config` -- :class:`Config` (data, model, loss, optim, train, eval) and dataset presets;
-* :mod:`.data` -- datasets as uint8 tensors and batched on-device augmentations;
-* :mod:`.models` -- ResNet-18 (CIFAR stem), small CNN, projection head;
-* :mod:`.trainer` -- :class:`SSLTrainer`, the :class:`otcl.pipelines.run.EpochTrainer` of images;
-* :mod:`.features`, :mod:`.evaluate` -- frozen features, kNN and linear probe of a run;
+* :mod:`.trainer` -- :class:`SSLTrainer`, the engine's ``EpochTrainer`` of images;
+* :mod:`.evaluate` -- kNN and linear probe of a run's frozen features;
 * :mod:`.compare` -- the methods' configs, numbers, table and plots of a comparison.
 """
 
@@ -40,7 +41,7 @@ def train(
         out: the run directory (default ``runs/ssl/<method>-<dataset>-s<seed>``).
         model: a backbone of yours, images (B, C, H, W) -> features (B, D); the projection head
             (``model.head_*``) is built on it and ``model.arch`` reads ``custom``.
-        data: an :class:`~otcl.pipelines.ssl.data.ImageData` of yours (uint8 images, int64
+        data: an :class:`~otcl.pipelines.sources.images.ImageData` of yours (uint8 images, int64
             labels); ``config.data.dataset`` still picks the preset.
     """
     return _train("ssl", config, out=out, data=data, model=model, resume=resume, log=log)

@@ -22,7 +22,8 @@ import torch
 
 from ...losses import available
 from ..compare import pyplot
-from ..run import METRICS, SUMMARY, read_jsonl
+from ..engine.rundir import METRICS, SUMMARY
+from ..files import read_jsonl
 from ..spec import split_dmm
 from .config import Config
 

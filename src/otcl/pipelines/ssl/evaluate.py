@@ -1,7 +1,7 @@
 """``otcl eval``: kNN and linear-probe accuracy of a self-supervised run's frozen backbone.
 
 Features are extracted once without augmentation from the backbone (before the projection head,
-``eval()`` mode) for the train and test splits; :mod:`otcl.pipelines.probes` gives the weighted
+``eval()`` mode) for the train and test splits; :mod:`otcl.pipelines.sources.probes` gives the weighted
 kNN and the final-epoch linear-probe accuracy.
 """
 
@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
-from ..probes import knn_accuracy, linear_probe
-from ..run import amp_dtype, atomic_write_text, check_writable
-from .data import ImageData
-from .features import split_features
+from ..engine.runtime import amp_dtype
+from ..files import atomic_write_text, check_writable
+from ..sources.features import split_features
+from ..sources.images import ImageData
+from ..sources.probes import knn_accuracy, linear_probe
 from .trainer import load_run
 
 __all__ = ["evaluate_run"]

@@ -1,12 +1,12 @@
 """Self-supervised (SimCLR-style) training of an image encoder with any otcl loss.
 
-:class:`SSLTrainer` is the engine of ``otcl train``: an :class:`otcl.pipelines.run.EpochTrainer`
+:class:`SSLTrainer` is the engine of ``otcl train``: an :class:`otcl.pipelines.engine.trainer.EpochTrainer`
 (run directory, checkpoints, exact resume, metrics log, progress -- see there) whose step is
 
     two augmented views of a batch -> encoder under autocast -> loss in float32 -> SGD step.
 
 Speed on a GPU: the decoded uint8 dataset is resident on the device, both views of a batch are
-augmented there in one batched call (:class:`otcl.pipelines.ssl.data.Augment`), the encoder runs in
+augmented there in one batched call (:class:`otcl.pipelines.sources.images.Augment`), the encoder runs in
 channels_last under bf16 autocast (optionally ``torch.compile``-d), the loss is computed in
 float32, and the host reads the loss back only every ``log_every`` steps. The loss is built with
 ``check_inputs=False`` unless ``loss.params`` sets it: its per-call NaN/Inf check reads a value
@@ -31,13 +31,16 @@ from typing import Any
 
 import torch
 
-from ..distributed import local_main_first
-from ..probes import knn_accuracy
-from ..run import METRICS, SUMMARY, EpochTrainer, open_run, pick_device, restore_model
+from ..engine.checkpoint import open_run, restore_model
+from ..engine.distributed import local_main_first
+from ..engine.rundir import METRICS, SUMMARY
+from ..engine.runtime import pick_device
+from ..engine.trainer import EpochTrainer
+from ..sources.backbones import ARCHS, NORMS, Encoder, ProjectionHead, build_encoder
+from ..sources.features import split_features
+from ..sources.images import Augment, ImageData, load_dataset
+from ..sources.probes import knn_accuracy
 from .config import Config, resolve
-from .data import Augment, ImageData, load_dataset
-from .features import split_features
-from .models import ARCHS, NORMS, Encoder, ProjectionHead, build_encoder
 
 __all__ = ["SSLTrainer", "load_run", "load_data", "make_augment", "make_model"]
 
@@ -166,7 +169,7 @@ class SSLTrainer(EpochTrainer):
         out: run directory (default ``cfg.train.out``, else
             ``runs/ssl/<method>-<dataset>-s<seed>``, the method ``<loss>`` or ``<base>+dmm``).
         data: an already loaded dataset (``otcl compare`` loads it once for all runs), or an
-            :class:`~otcl.pipelines.ssl.data.ImageData` of your own.
+            :class:`~otcl.pipelines.sources.images.ImageData` of your own.
         model: a backbone of your own (see :func:`make_model`; ``model.arch`` becomes
             ``custom``); a resumed custom run needs it again.
         resume: continue from ``out/checkpoint.pt``.
@@ -176,8 +179,8 @@ class SSLTrainer(EpochTrainer):
 
     throughput_unit = "views"
     outputs = (METRICS, SUMMARY, "eval.json")
-    resume_may_change = (
-        *EpochTrainer.resume_may_change,
+    volatile = (
+        *EpochTrainer.volatile,
         "train.channels_last",
         "train.compile_loss",
         "data.data_dir",  # the same dataset, moved
@@ -185,6 +188,7 @@ class SSLTrainer(EpochTrainer):
         "data.download",
         "eval",  # evaluation settings do not change the training
     )
+    measures = ("eval",)  # ... but they change the numbers: a comparison does not reuse them
     cfg: Config
 
     def __init__(

@@ -6,7 +6,7 @@ starts N processes with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`
 PyTorch's own machinery (``torch.distributed.init_process_group``, backend ``gloo`` on a
 machine without CUDA, ``cpu:gloo,cuda:nccl`` with CUDA: NCCL for CUDA tensors, gloo for the
 small CPU messages below); :class:`Session` is this process's place in it. The shared run
-machinery (:class:`otcl.pipelines.run.EpochTrainer`) does the rest for every pipeline:
+machinery (:class:`otcl.pipelines.engine.trainer.EpochTrainer`) does the rest for every pipeline:
 DistributedDataParallel (:func:`wrap_model`), the global batch split over the ranks, rank-0-only
 files, one checkpoint, and signals that stop every rank at the same step.
 
@@ -51,6 +51,8 @@ __all__ = [
     "is_main",
     "main_log",
     "has_batchnorm",
+    "shard_batch",
+    "sync_batchnorm",
     "wrap_model",
     "DistributedModel",
 ]
@@ -319,6 +321,42 @@ def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
 def has_batchnorm(model: nn.Module) -> bool:
     """Whether ``model`` holds BatchNorm layers (their statistics are per batch)."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def shard_batch(batch_size: int, world: int, rank: int) -> tuple[int, slice]:
+    """The global batch split evenly over ``world`` processes: rows per rank, and the rows of
+    rank ``rank``.
+
+    Raises:
+        ValueError: ``batch_size`` is not a multiple of ``world`` (naming the nearest one).
+    """
+    b, w = batch_size, world
+    if b % w:
+        lower = b - b % w
+        raise ValueError(
+            f"train.batch_size: {b} is the global batch, split evenly over the {w} "
+            f"processes of torchrun; use a multiple of {w} (e.g. {lower if lower else w})"
+        )
+    return b // w, slice(rank * (b // w), (rank + 1) * (b // w))
+
+
+def sync_batchnorm(
+    model: nn.Module, device: torch.device, world: int, log: Callable[[str], None], tag: str
+) -> nn.Module:
+    """``model`` with SyncBatchNorm on CUDA (BatchNorm statistics over the global batch); on
+    another device the model as it is, with a warning: BatchNorm stays per process there."""
+    if world == 1 or not has_batchnorm(model):
+        return model
+    if device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        log(f"{tag}: BatchNorm -> SyncBatchNorm (statistics of the global batch)")
+        return model
+    log(
+        f"{tag}: warning: BatchNorm statistics are each process's own on {device.type} "
+        "(SyncBatchNorm needs CUDA): the run differs from one process; a model without "
+        "BatchNorm trains identically"
+    )
+    return model
 
 
 class _Methods(nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from otcl.pipelines.ssl.models import build_encoder
+from otcl.pipelines.sources.backbones import build_encoder
 
 
 def test_encoders_shapes():

@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..._signals import deferred_signals
-from ...run import atomic_write_bytes
+from ...engine.signals import deferred_signals
+from ...files import atomic_write_bytes
+from ..common import DataError
 
 __all__ = ["ImageData", "DataError", "load_dataset", "load_image_folder", "DATASETS", "STATS"]
 
@@ -44,10 +45,6 @@ STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
     "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-
-
-class DataError(ValueError):
-    """A dataset that cannot be read (missing, wrong layout, corrupt files)."""
 
 
 @dataclass

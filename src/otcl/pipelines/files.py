@@ -1,4 +1,4 @@
-"""Atomic files and JSON-lines logs (re-exported by :mod:`otcl.pipelines.run`)."""
+"""Atomic files and JSON-lines logs: how the pipelines write every file they keep."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from otcl.pipelines.probes import knn_accuracy, knn_predict, linear_probe
+from otcl.pipelines.sources.probes import knn_accuracy, knn_predict, linear_probe
 
 
 def test_knn_matches_bruteforce_reference():
@@ -47,7 +47,7 @@ def test_linear_probe_returns_the_classifier_it_scored():
     """The result carries the trained probe: scoring the test set with it gives the reported
     accuracy, and it scores other sets without training again (bit-identical to a second
     probe trained on the same features with the same seed)."""
-    from otcl.pipelines.probes import fit_linear_probe
+    from otcl.pipelines.sources.probes import fit_linear_probe
 
     g = torch.Generator().manual_seed(1)
     centers = torch.randn(3, 8, generator=g) * 2

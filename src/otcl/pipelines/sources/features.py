@@ -60,7 +60,7 @@ def split_features(
     preprocess: Callable[[torch.Tensor], torch.Tensor],
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of ``data.train_x`` and ``data.test_x`` (an :class:`otcl.pipelines.ssl.data.ImageData`);
+    """Features of ``data.train_x`` and ``data.test_x`` (an :class:`otcl.pipelines.sources.images.ImageData`);
     keyword arguments go to :func:`extract_features`."""
     ftr = extract_features(model, data.train_x, preprocess, desc="train features", **kwargs)
     fte = extract_features(model, data.test_x, preprocess, desc="test features", **kwargs)

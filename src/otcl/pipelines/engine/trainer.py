@@ -1,0 +1,453 @@
+"""The epoch loop every otcl pipeline shares, and the hooks a pipeline fills in.
+
+:class:`EpochTrainer` composes the engine's parts -- the run directory and its lock
+(:mod:`.rundir`), checkpoints (:mod:`.checkpoint`), the identity of a run (:mod:`.identity`),
+the metrics log and summary (:mod:`.runlog`), the optimizer and schedule (:mod:`.optim`), the
+device, seeds and autocast (:mod:`.runtime`), signals (:mod:`.signals`), progress
+(:mod:`.progress`) and ``torchrun`` (:mod:`.distributed`) -- and a pipeline only says what one
+step computes. :mod:`otcl.pipelines.engine` lists what the whole guarantees.
+
+Subclass contract
+-----------------
+Override (required):
+
+* :meth:`EpochTrainer.build` -- load the data and set ``self.model`` (the ``nn.Module`` whose
+  ``state_dict`` is checkpointed; several encoders go into one ``nn.ModuleDict``),
+  ``self.loss_fn`` (usually ``self.build_loss()``) and ``self.steps_per_epoch``. It runs after
+  the device is picked and the global RNGs are seeded; ``self.batch_size`` holds
+  ``cfg.train.batch_size`` and may be changed here.
+* :meth:`EpochTrainer.compute_loss` ``(epoch, step) -> loss`` -- the scalar loss (with its
+  graph) of step ``step`` of epoch ``epoch``. Draw the batch and any randomness from
+  ``(seed, epoch, step)`` with :meth:`batch_indices` and :meth:`step_generator` (never from a
+  generator carried across steps): that is what makes a resumed run identical. Call the model
+  through ``self.forward_model`` (``self.forward_model(x)``, or any method of the model's own,
+  ``self.forward_model.encode(x)``): under torchrun that is DistributedDataParallel.
+  Or override :meth:`EpochTrainer.train_step` ``(epoch, step) -> detached loss`` for full
+  control of the update (then call :meth:`optimize` yourself).
+
+Override (optional): :meth:`resolve_config` (presets), :meth:`check_config` (call ``super()``),
+:meth:`default_out`, :meth:`build_optimizer`, :meth:`start_epoch` (default: the loss's
+``set_epoch`` hook), :meth:`evaluate` ``(final) -> {name: value}`` (end-of-epoch metrics; with
+``final=True`` once after the last epoch, into the last metrics record and the summary),
+:meth:`extra_state` / :meth:`load_extra_state` (the pipeline's own state to checkpoint),
+:meth:`summarize` (fields added to ``summary.json``), ``throughput_unit`` and
+:meth:`items_per_step` (the ``<unit>_per_s`` column), :attr:`tag` (the log-line prefix),
+:attr:`volatile` and :attr:`measures` (the pipeline's settings that do not change what a run
+is: :mod:`.identity`), :attr:`outputs` (its files besides the checkpoint and config).
+
+A caller may stop the loop cleanly: :meth:`EpochTrainer.request_stop` (from any thread, or
+from a hook) or ``fit(deadline=...)`` stop it at the next step boundary; the checkpoint is
+written and :class:`TrainingStopped` raised, and ``resume=True`` continues exactly.
+
+Under ``torchrun`` the base does the distributed work (:mod:`otcl.pipelines.engine`).
+
+The config is any dataclass with the shared sections ``train`` (:class:`~otcl.pipelines.config.
+TrainConfig`), ``optim`` (:class:`~otcl.pipelines.config.OptimConfig`) and ``loss``
+(:class:`~otcl.pipelines.config.LossConfig`), e.g. :class:`~otcl.pipelines.config.RunConfig`.
+
+Example:
+    >>> import torch
+    >>> from otcl.pipelines.config import RunConfig
+    >>> class Toy(EpochTrainer):
+    ...     def build(self):
+    ...         g = torch.Generator().manual_seed(0)
+    ...         self.x = torch.randn(64, 8, generator=g)
+    ...         self.model = torch.nn.Linear(8, 4)
+    ...         self.loss_fn = self.build_loss()
+    ...         self.steps_per_epoch = 64 // self.batch_size
+    ...     def compute_loss(self, epoch, step):
+    ...         x = self.x[self.batch_indices(64, epoch, step)]
+    ...         noise = torch.randn(x.shape, generator=self.step_generator("noise"))
+    ...         z = self.forward_model(torch.cat([x, x + 0.1 * noise]))
+    ...         return self.loss_fn(z[: len(x)], z[len(x) :])
+    >>> cfg = RunConfig()
+    >>> cfg.train.epochs, cfg.train.batch_size, cfg.optim.lr, cfg.train.progress = 2, 16, 0.1, False
+    >>> import tempfile
+    >>> summary = Toy(cfg, tempfile.mkdtemp() + "/run").fit()
+    >>> summary["epochs"]
+    2
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import checkpoint, identity, loop, optim, runtime
+from .distributed import (
+    DistributedModel,
+    agreed,
+    broadcast,
+    init_from_env,
+    main_log,
+    mark_agreed,
+    mean_over_ranks,
+    shard_batch,
+    sync_batchnorm,
+    wrap_model,
+)
+from .progress import stderr_line
+from .rundir import METRICS, SUMMARY, RunLock, check_start, prepare_run_dir
+from .runlog import RunningLoss
+from .signals import DeferredSignals
+from .stops import Stops, TrainingDiverged, TrainingInterrupted, TrainingStopped
+
+__all__ = ["EpochTrainer", "TrainingInterrupted", "TrainingStopped", "TrainingDiverged"]
+
+
+# -- the trainer ---------------------------------------------------------------------------
+class EpochTrainer:
+    """Trains ``cfg`` into ``out`` (or resumes it); :meth:`fit` returns the summary dict.
+
+    See the module docstring for what a subclass provides and what this class guarantees.
+
+    Args:
+        cfg: the configuration (``resolve_config`` is applied to a copy).
+        out: run directory (default ``cfg.train.out``, else :meth:`default_out`).
+        resume: continue from ``out/checkpoint.pt``; without it an existing checkpoint in
+            ``out`` is an error (nothing is overwritten silently).
+        extend: with ``resume``, allow a larger ``train.epochs`` than the run's.
+        data: an already loaded dataset, kept as :attr:`given_data` for :meth:`build` to use
+            instead of loading it (``compare`` loads it once for all its runs).
+        log: where progress lines go (standard error by default).
+    """
+
+    #: the throughput column of metrics.jsonl and summary.json: ``<unit>_per_s``
+    throughput_unit: str = "samples"
+    #: settings that do not change what a run is: a resume may change them, and a comparison
+    #: or a benchmark ignores them when it meets the run again (:mod:`.identity`)
+    volatile: tuple[str, ...] = identity.VOLATILE
+    #: entries of :attr:`volatile` that change the numbers a run reports (not its training):
+    #: a resume may change them, but a comparison does not reuse numbers measured otherwise
+    measures: tuple[str, ...] = ()
+    #: files a run writes besides its checkpoint and config (removed when a run starts afresh)
+    outputs: tuple[str, ...] = (METRICS, SUMMARY)
+
+    model: nn.Module
+    loss_fn: nn.Module
+    steps_per_epoch: int
+    #: the loss is multiplied by this before backward (see :meth:`loss_is_global`)
+    loss_scale: int = 1
+    _loss_global: bool = False
+    _dm: DistributedModel | None = None
+    _signals: DeferredSignals | None = None
+    _order_cache: tuple[tuple[int, int], torch.Tensor] | None = None
+
+    def __init__(
+        self,
+        cfg: Any,
+        out: str | Path | None = None,
+        *,
+        resume: bool = False,
+        extend: bool = False,
+        data: Any = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.given_data = data
+        self.session = init_from_env()  # torchrun's process group (None: one process)
+        self.world = 1 if self.session is None else self.session.world
+        self.rank = 0 if self.session is None else self.session.rank
+        self.is_main = self.rank == 0
+        self.log = main_log(log or stderr_line)
+        self._lock: RunLock | None = None
+        self.stops = Stops()
+        try:
+            with agreed():
+                self.cfg = self.resolve_config(cfg)
+                self.check_config()
+                t = self.cfg.train
+                if out is None:
+                    out = t.out if t.out is not None else self.default_out()
+                self.out = Path(out)
+                t.out = str(self.out)
+                if extend and not resume:
+                    raise ValueError("--extend: only with --resume (it lengthens an existing run)")
+                if self.is_main:  # a bad --out fails here, before any data is loaded
+                    prepare_run_dir(self.out)
+                    self._lock = RunLock(self.out)
+            self._setup(resume, extend)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, resume: bool, extend: bool) -> None:
+        t = self.cfg.train
+        st = None
+        with agreed():  # rank 0 alone sees the run directory (it may be on its node only)
+            if self.is_main:
+                ckpt = check_start(self.out, resume)
+                st = checkpoint.load_checkpoint(ckpt) if ckpt is not None else None
+                if st is not None:
+                    self._check_resume(st, extend)  # before the data loads
+        st = broadcast(st)  # every rank restores rank 0's checkpoint
+        with agreed():
+            self.device = runtime.pick_device(t.device)
+            if self.session is not None:
+                self.device = self.session.device(self.device)  # cuda -> cuda:LOCAL_RANK
+            self.amp_dtype = runtime.amp_dtype(t.amp, self.device)
+            runtime.configure_torch(t, self.device)
+            self.batch_size = int(t.batch_size)
+            runtime.seed_everything(t.seed)
+            self.build()
+            for attr in ("model", "loss_fn", "steps_per_epoch"):
+                if not hasattr(self, attr):
+                    raise TypeError(f"{type(self).__name__}.build() must set self.{attr}")
+            steps = int(self.steps_per_epoch)
+            if t.max_steps_per_epoch:
+                steps = min(steps, int(t.max_steps_per_epoch))
+            if steps < 1:
+                raise ValueError(f"train.batch_size: {self.batch_size} leaves no step in an epoch")
+            self.steps_per_epoch = steps
+            self.total_steps = steps * int(t.epochs)
+            self._shard_batch()
+            self._loss_global = self.world > 1 and self.loss_is_global()
+            self.loss_scale = self.world if self._loss_global else 1
+            if self.session is not None:
+                self.model = sync_batchnorm(self.model, self.device, self.world, self.log, self.tag)
+        self.forward_model: Any = self.model
+        self._dm = None
+        if self.session is not None:  # right after the agreement: every rank is here
+            self._dm = wrap_model(self.model, self.device, compile=bool(t.compile))
+            self.forward_model = self._dm
+            self.log(
+                f"{self.tag}: torchrun, {self.world} process(es), backend "
+                f"{torch.distributed.get_backend()}, {self.device.type}; global batch "
+                f"{self.batch_size} = {self.world} x {self.local_batch_size}"
+            )
+        elif t.compile:
+            self.forward_model = torch.compile(self.model)
+        self.optimizer = self.build_optimizer()
+        self.scheduler = optim.build_scheduler(self.optimizer, self.lr_factor)
+        self.scaler = runtime.grad_scaler(self.device, self.amp_dtype)
+        self.epoch = 0  # epochs completed
+        self.step_in_epoch = 0  # steps of the current epoch completed
+        self.global_step = 0
+        self.epoch_seconds = 0.0  # time spent in the current epoch before a resume
+        own = self.world > 1 and not self._loss_global  # each rank's own loss: their mean
+        self.running_loss = RunningLoss(self.device, mean_over_ranks if own else None)
+        self.resumed = st is not None
+        if st is not None:
+            with agreed():
+                self.restore(st)
+
+    def _shard_batch(self) -> None:
+        """Split the global batch ``self.batch_size`` over the ranks (``local_batch_size`` rows
+        each, this rank's ``local_rows`` of it)."""
+        #: rows per rank; ``local_rows``: this rank's rows of each global batch
+        self.local_batch_size, self.local_rows = shard_batch(self.batch_size, self.world, self.rank)
+
+    def close(self) -> None:
+        """Release the run directory's lock (:meth:`fit` does it when it returns)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _check_resume(self, st: dict[str, Any], extend: bool) -> None:
+        """Refuse settings that would change what the saved run is (``train.epochs`` only
+        grows, and only with ``extend``): :func:`.identity.check_resume` with :attr:`volatile`."""
+        saved = self.resolve_config(type(self.cfg).from_dict(st["config"])).to_dict()
+        identity.check_resume(
+            saved,
+            self.cfg.to_dict(),
+            self.volatile,
+            extend=extend,
+            run_dir=str(self.out),
+            log=self.log,
+        )
+
+    # -- hooks a pipeline overrides --------------------------------------------------------
+    def resolve_config(self, cfg: Any) -> Any:
+        """The config this run uses (e.g. presets filled in); must return a new object."""
+        return copy.deepcopy(cfg)
+
+    def check_config(self) -> None:
+        """Raise ``ValueError`` naming the first invalid setting (subclasses call ``super()``)."""
+        loop.check_loop(self.cfg)
+        optim.check_optim(self.cfg.optim)
+        loop.check_loop_counts(self.cfg)
+        loss = getattr(self.cfg, "loss", None)
+        if loss is not None and loss.dmm_mix not in ("input", "embedding"):
+            raise ValueError(f"loss.dmm_mix: expected input or embedding, got {loss.dmm_mix!r}")
+
+    def default_out(self) -> str:
+        """The run directory when neither ``out`` nor ``train.out`` is given."""
+        loss = getattr(self.cfg, "loss", None)
+        name = loss.name if loss is not None else type(self).__name__.lower()
+        return f"runs/{name}-s{self.cfg.train.seed}"
+
+    def build(self) -> None:
+        """Set ``self.model``, ``self.loss_fn`` and ``self.steps_per_epoch`` (see the module)."""
+        raise NotImplementedError
+
+    def compute_loss(self, epoch: int, step: int) -> torch.Tensor:
+        """The scalar loss (with its graph) of step ``step`` (0-based) of epoch ``epoch``."""
+        raise NotImplementedError
+
+    def train_step(self, epoch: int, step: int) -> torch.Tensor:
+        """One optimisation step; returns the detached loss (no host sync)."""
+        loss = self.compute_loss(epoch, step)
+        self.optimize(loss)
+        return loss.detach()
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called before the first step of every epoch (also a resumed one)."""
+        set_epoch = getattr(self.loss_fn, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
+
+    def evaluate(self, final: bool) -> dict[str, float]:
+        """Metrics at the end of an epoch (``final``: once after the last one); {} for none."""
+        return {}
+
+    def extra_state(self) -> dict[str, Any]:
+        """The pipeline's own state to checkpoint (tensors, numbers, strings, lists, dicts)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
+    def summarize(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Fields of ``summary.json`` (``summary`` holds the generic ones)."""
+        return summary
+
+    def items_per_step(self) -> int:
+        """Items per step for the throughput column (default: the batch size)."""
+        return self.batch_size
+
+    @property
+    def tag(self) -> str:
+        """Prefix of log lines and the progress bar."""
+        loss = getattr(self.cfg, "loss", None)
+        return f"{loss.name} s{self.cfg.train.seed}" if loss is not None else "train"
+
+    def loss_is_global(self) -> bool:
+        """Whether the loss couples the global batch (``gather_distributed``): every rank then
+        returns the global value and back-propagates its share, so the trainer multiplies it by
+        the world size before backward (DDP averages gradients). A loss that is a mean over this
+        rank's rows (e.g. a per-sample triplet loss) is not: DDP's average is already the
+        gradient of the global mean."""
+        modules = getattr(self.loss_fn, "modules", None)
+        return modules is not None and any(
+            getattr(m, "gather_distributed", False) for m in modules()
+        )
+
+    # -- helpers for subclasses ------------------------------------------------------------
+    def loss_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Parameters of an otcl loss for this run: under torchrun ``gather_distributed=True``
+        is added (negatives and couplings from the global batch) unless ``params`` sets it."""
+        if self.session is None or "gather_distributed" in params:
+            return dict(params)
+        return {**params, "gather_distributed": True}
+
+    def build_loss(self) -> nn.Module:
+        """``otcl.losses.build(cfg.loss.name, **cfg.loss.params)`` on the run's device (with
+        :meth:`loss_params`: the global batch under torchrun)."""
+        from ...losses import build
+
+        return build(self.cfg.loss.name, **self.loss_params(self.cfg.loss.params)).to(self.device)
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """``optim`` over ``self.model``: lr x batch/128, weight decay on weights (ndim > 1),
+        torch's fused implementation with ``optim.fused`` where this torch and device have one
+        (:func:`.optim.build_optimizer`)."""
+        return optim.build_optimizer(
+            self.model, self.cfg.optim, self.batch_size, self.device, self.log
+        )
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of the base learning rate at global step ``step`` (warm-up, cosine)."""
+        return optim.lr_factor(self.cfg.optim, step, self.steps_per_epoch, self.total_steps)
+
+    def batch_indices(self, n: int, epoch: int, step: int) -> torch.Tensor:
+        """Indices (CPU, int64) of this rank's rows of batch ``step`` in a permutation of
+        ``range(n)`` that depends only on ``(seed, epoch)``: every sample once per epoch, the
+        same order on resume and whatever the number of processes (rank r takes rows
+        ``local_rows`` of the global batch; one process takes it whole)."""
+        return self.global_batch_indices(n, epoch, step)[self.local_rows]
+
+    def global_batch_indices(self, n: int, epoch: int, step: int) -> torch.Tensor:
+        """The whole global batch ``step`` (every rank gets the same): for a pipeline that draws
+        per-sample randomness for the global batch and keeps ``local_rows`` of it."""
+        order = self._order_cache
+        if order is None or order[0] != (n, epoch):
+            order = ((n, epoch), runtime.epoch_order(self.cfg.train.seed, n, epoch))
+            self._order_cache = order
+        return order[1][step * self.batch_size : (step + 1) * self.batch_size]
+
+    def step_generator(self, tag: str, device: torch.device | str | None = None) -> torch.Generator:
+        """A generator seeded by ``(seed, tag, global step)`` on ``device`` (default: the run's)."""
+        dev = device if device is not None else self.device
+        return runtime.step_generator(self.cfg.train.seed, tag, self.global_step, dev)
+
+    def autocast(self) -> AbstractContextManager:
+        """Autocast to ``train.amp``'s dtype (a no-op without one)."""
+        return runtime.autocast(self.device, self.amp_dtype)
+
+    def optimize(self, loss: torch.Tensor) -> None:
+        """Backward (scaled under fp16, times :attr:`loss_scale` under torchrun), optimizer
+        step, scheduler step."""
+        if self._dm is not None and self._dm.forwards == 0:
+            raise mark_agreed(
+                RuntimeError(
+                    f"{type(self).__name__}: the step never called self.forward_model; under "
+                    "torchrun the model must be called through it (DistributedDataParallel "
+                    "all-reduces the gradients only then)"
+                )
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.loss_scale != 1:
+            loss = loss * self.loss_scale
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything a resume needs, as written to ``checkpoint.pt``
+        (:func:`.checkpoint.run_state`)."""
+        return checkpoint.run_state(self)
+
+    def _finite_state(self) -> bool:
+        """Whether every parameter and buffer of the model is finite (one host sync)."""
+        return checkpoint.finite_weights(self.model)
+
+    def save(self) -> Path:
+        """Write the checkpoint atomically; returns its path (:func:`.checkpoint.save_run`).
+
+        Raises:
+            TrainingDiverged: the weights are no longer finite (the last good checkpoint stays).
+        """
+        return checkpoint.save_run(self)
+
+    def restore(self, st: dict[str, Any]) -> None:
+        """Load a checkpoint's state (see :meth:`state`) into this trainer."""
+        checkpoint.restore_run(self, st)
+
+    # -- stopping early --------------------------------------------------------------------
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Ask the loop to stop at the next step boundary: it writes the checkpoint and
+        :meth:`fit` raises :class:`TrainingStopped`. Safe from another thread or a hook."""
+        self.stops.request(reason)
+
+    # -- training --------------------------------------------------------------------------
+    def fit(self, *, deadline: float | None = None) -> dict[str, Any]:
+        """Train to ``train.epochs``; returns the summary (also written to ``summary.json``).
+
+        Args:
+            deadline: a wall-clock time (``time.time()``) after which the loop stops at the
+                next step boundary, checkpointed (:class:`TrainingStopped`).
+        """
+        self.stops.deadline = deadline
+        if self._lock is None and self.is_main:
+            self._lock = RunLock(self.out)
+        try:
+            return loop.run_epochs(self)
+        finally:
+            self.close()
