@@ -15,10 +15,10 @@ TINY = [
 
 def test_train_eval_compare(tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["domains", "train", "--loss", "gca-uot", "--beta", "0.5", "--out", str(out), *TINY]
-    assert main(argv) == 0
+    argv = ["domains", "train", "--loss", "gca-uot", "--beta", "0.5", "--eval", "--out", str(out)]
+    assert main([*argv, *TINY]) == 0
     line = capsys.readouterr().out
-    assert "gca-uot (alpha 0, beta 0.5): class kNN" in line and "leave-one-domain-out" in line
+    assert "eval: gca-uot (alpha 0, beta 0.5): class kNN" in line and "leave-one-domain-out" in line
     ev = json.loads((out / "eval.json").read_text())
     assert ev["beta"] == 0.5 and set(ev["lodo_per_domain"]) == {
         "photo",

@@ -3,6 +3,7 @@ the method space, bad settings, and the sweep (reuse, results, plot)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -164,22 +165,27 @@ def test_method_space():
 
 
 def test_sweep_reuses_finished_runs_and_writes_results(tmp_path):
-    from otcl.pipelines.domains.sweep import sweep
+    from otcl.pipelines.comparison import compare
+    from otcl.pipelines.spec import get
 
+    spec = get("domains")
     lines = []
     methods = ["infonce", "gca-uot@-0.50"]
-    r = sweep(_tiny(), methods, seeds=2, out=tmp_path / "s", plot=False, log=lines.append)
+    out = tmp_path / "s"
+    r = compare(spec, _tiny(), methods, 2, out, plot=False, log=lines.append)
     assert list(r["methods"]) == methods and r["methods"]["infonce"]["seeds"] == [0, 1]
     m = r["methods"]["gca-uot@-0.50"]["metrics"]
-    for k in ("knn", "linear", "domain", "lodo", "lodo_photo"):
+    for k in ("knn", "linear", "domain", "domain_knn", "lodo", "lodo_photo"):
         assert len(m[k]["per_seed"]) == 2 and 0.0 <= m[k]["mean"] <= 1.0
-    saved = json.loads((tmp_path / "s" / "results.json").read_text())
+    saved = json.loads((out / "results.json").read_text())
     assert saved["schema"] == "otcl-results/1" and saved["pipeline"] == "domains"
-    assert "| gca-uot | -0.50 | 2 |" in (tmp_path / "s" / "table.md").read_text()
-    assert (tmp_path / "s" / "domain-sketch.png").exists()
+    assert "| gca-uot | -0.50 | 2 |" in (out / "table.md").read_text()
     lines.clear()
-    again = sweep(_tiny(), methods, seeds=2, out=tmp_path / "s", plot=False, log=lines.append)
+    again = compare(spec, _tiny(), methods, 2, out, plot=False, log=lines.append)
     assert sum("reusing" in s for s in lines) == 4
     assert (
         again["methods"]["infonce"]["metrics"]["knn"] == r["methods"]["infonce"]["metrics"]["knn"]
     )
+    if importlib.util.find_spec("matplotlib") and importlib.util.find_spec("PIL"):
+        paths = spec.plot(again, out)
+        assert [p.name for p in paths] == list(spec.plot_files)
