@@ -468,7 +468,9 @@ class _RowReduce(torch.autograd.Function):
                     S.add_(g)
                 if w is not None:
                     S.add_(w)
-                tile = S.sub_(out[r0:r1].unsqueeze(-1)).exp_().mul_(h)
+                top = out[r0:r1]  # a row with nothing to sum (-inf) has no gradient
+                top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+                tile = S.sub_(top.unsqueeze(-1)).exp_().mul_(h)
             else:
                 tile = torch.where(w != 0, w * h, torch.zeros_like(w))
             if gg is not None:
