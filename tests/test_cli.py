@@ -59,6 +59,21 @@ def test_cli_losses_name_lists_parameters_defaults_and_conditions(capsys):
         (["--loss", "infonce", "--loss-param", "q=0.3"], "q: applies only to the RINCE"),
         (["--loss", "infonce", "--loss-param", "iters=99"], "iters: applies only to the iter"),
         (["--loss", "ot-hard", "--loss-param", "kappa=2"], "kappa: applies only to cost='exp'"),
+        (
+            [
+                "--loss",
+                "infonce",
+                "--loss-param",
+                "layout=cross",
+                "--loss-param",
+                "symmetric=maybe",
+            ],
+            "symmetric: expected a bool (True or False), got 'maybe'",
+        ),
+        (
+            ["--loss", "infonce", "--loss-param", "gather_distributed=maybe"],
+            "gather_distributed: expected a bool",
+        ),
     ],
 )
 def test_cli_loss_param_that_does_not_apply_is_one_error_line(argv, message, capsys, tmp_path):

@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "check_positive",
     "check_nonneg",
     "check_int_at_least",
+    "check_bool",
     "check_choice",
     "check_prob",
 ]
@@ -180,6 +182,16 @@ def check_int_at_least(name: str, value: int, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
     return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """A flag: ``True`` or ``False`` (also numpy's bool and the integers 0 and 1); a string
+    such as ``"false"`` is refused, never read as true."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"{name}: expected a bool (True or False), got {value!r}")
 
 
 def check_choice(name: str, value: str, choices: Iterable[str]) -> str:
