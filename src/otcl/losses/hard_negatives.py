@@ -170,7 +170,6 @@ class HardNegativeLoss(ContrastiveLoss):
         """Per-anchor loss (n,) from the scores :math:`\\ell = s/t` (the geometry's: only
         negatives and positives are read, so its masked self-pairs do not matter), positives,
         negative mask and log-weights."""
-        t = self.temperature
         log_pos = logits.gather(-1, pos.unsqueeze(-1)).squeeze(-1)
         count = neg.sum(-1).to(logits.dtype)
         has_neg = count > 0
@@ -180,6 +179,18 @@ class HardNegativeLoss(ContrastiveLoss):
         terms = torch.where(has_neg.unsqueeze(-1), terms, torch.zeros_like(terms))
         log_count = torch.where(has_neg, count.clamp_min(1).log(), torch.zeros_like(count))
         log_ng0 = log_count + torch.logsumexp(terms, dim=-1)
+        return self._row_tail(log_pos, log_count, has_neg, log_ng0)
+
+    def _row_tail(
+        self,
+        log_pos: torch.Tensor,
+        log_count: torch.Tensor,
+        has_neg: torch.Tensor,
+        log_ng0: torch.Tensor,
+    ) -> torch.Tensor:
+        r"""Per-anchor loss (n,) from the positive's score, log M (0 without negatives), which
+        rows have negatives, and :math:`\log(M \sum_j w_{ij} e^{\ell_{ij}})`: debiasing, clamp."""
+        t = self.temperature
         if self.tau_plus > 0:
             # log((e^{log_ng0} - tau M e^{log_pos}) / (1 - tau))
             #   = log_ng0 + log(1 - r) - log(1 - tau), r = tau M e^{log_pos} / e^{log_ng0} < 1;

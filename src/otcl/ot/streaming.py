@@ -74,8 +74,9 @@ class TileSpec:
         rows: (n,) global row index of each local row (the self-pair of row i is column
             ``rows[i]``), or None for rows 0..n-1.
         mask_self: mask the self-pairs (``-inf``), the ``simclr`` layout.
-        score_map: an elementwise map similarity -> score replacing :math:`s/\varepsilon`
-            (differentiated per tile by autograd), or None.
+        score_map: ``score_map(sim, r0, r1)``, an elementwise map of a tile's similarities to
+            its scores replacing :math:`s/\varepsilon` (differentiated per tile by autograd in
+            the similarities), or None.
         keep: ``keep(r0, r1)`` -> (r1 - r0, m) bool, True on the pairs that are coupled (all
             others get ``-inf``), replacing the self-pair mask; None = the self-pair mask.
     """
@@ -85,7 +86,7 @@ class TileSpec:
     clip_min: float | None = None
     rows: torch.Tensor | None = None
     mask_self: bool = False
-    score_map: Callable[[torch.Tensor], torch.Tensor] | None = None
+    score_map: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None
     keep: Callable[[int, int], torch.Tensor] | None = None
 
     def blocks(self, n: int) -> Iterator[tuple[int, int]]:
@@ -111,7 +112,7 @@ class TileSpec:
     def scores(self, x: torch.Tensor, y: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
         """(r1 - r0, m) scores of the tile, ``-inf`` on the excluded pairs."""
         s = self.sim(x, y, r0, r1)
-        s = s / self.temperature if self.score_map is None else self.score_map(s)
+        s = s / self.temperature if self.score_map is None else self.score_map(s, r0, r1)
         ex = self.excluded(r0, r1, y.shape[0], s.device)
         return s if ex is None else s.masked_fill_(ex, float("-inf"))
 
@@ -139,7 +140,7 @@ class TileSpec:
         else:
             with torch.enable_grad():
                 s = self.sim(x, y, r0, r1).requires_grad_(True)
-                (gs,) = torch.autograd.grad(self.score_map(s), s, grad_scores)
+                (gs,) = torch.autograd.grad(self.score_map(s, r0, r1), s, grad_scores)
             if self.clip_min is not None:
                 raw = x[r0:r1] @ y.transpose(0, 1)
                 gs = gs.masked_fill_(raw < self.clip_min, 0.0)
