@@ -61,8 +61,16 @@ from ..ot.geometry import LAYOUTS, SIMILARITIES, Geometry, pair_scores
 from ..ot.sinkhorn import Sinkhorn, SinkhornOutput
 from .contrastive import ContrastiveLoss
 from .divergences import row_mean
-from .params import CROSS, check_finite_number, choice, equals, int_at_least, param
+from .geometry_choice import (
+    DEFAULT_MEMORY_BUDGET,
+    GEOMETRIES,
+    STREAMS,
+    check_memory_budget,
+    tile_rows,
+)
+from .params import CROSS, check_finite_number, choice, equals, int_at_least, optional, param
 from .registry import register
+from .streaming_hard import hard_streaming_forward
 
 __all__ = ["HardNegativeLoss", "DCL", "HCL", "OTHard", "COSTS", "COUPLING_GRADS"]
 
@@ -124,7 +132,7 @@ class HardNegativeLoss(ContrastiveLoss):
     gather_distributed: bool = param(default=False, check=check_bool)
 
     # -- parts -----------------------------------------------------------------------------
-    def geometry(
+    def pair_geometry(
         self,
         z1: torch.Tensor,
         z2: torch.Tensor,
@@ -259,10 +267,10 @@ class HardNegativeLoss(ContrastiveLoss):
         negatives = flat_negatives(negatives)
         if shard is not None and labels is not None:
             labels = shard.gather_constant(labels)
-        geo = self.geometry(z1, z2, negatives, shard)
+        geo = self.pair_geometry(z1, z2, negatives, shard)
         rev = None
         if reverse and self.layout == "cross" and self.symmetric:
-            g_rev = geo.transposed() if shard is None else self.geometry(z2, z1, None, shard)
+            g_rev = geo.transposed() if shard is None else self.pair_geometry(z2, z1, None, shard)
             rev = (g_rev, g_rev.negatives(labels))
         return geo, geo.negatives(labels), rev, labels
 
@@ -403,6 +411,10 @@ class OTHard(HardNegativeLoss):
             ``"unrolled"`` (autograd through the iterations), ``"detach"`` (envelope gradient:
             potentials constant, gradient through the cost) or ``"implicit"`` (implicit
             differentiation, :mod:`otcl.ot.implicit`).
+        geometry, tile_size, memory_budget: ``"dense"`` (default), ``"streaming"`` (the
+            coupling's potentials and two streamed row log-sum-exps per direction, never an
+            n x m matrix: :mod:`otcl.losses.streaming_hard`) or ``"auto"``; see
+            :mod:`otcl.losses.geometry_choice`.
         temperature, layout, similarity, symmetric, check_inputs: see :class:`HardNegativeLoss`.
 
     :meth:`coupling` returns the solve of a batch (a :class:`~otcl.ot.SinkhornOutput`) for
@@ -415,6 +427,43 @@ class OTHard(HardNegativeLoss):
     iters: int = param(default=100, check=int_at_least(1))
     tol: float = param(default=1e-4, check=check_nonneg)
     coupling_grad: str = param(default="none", check=choice(COUPLING_GRADS))
+    geometry: str = param(default="dense", check=choice(GEOMETRIES))
+    tile_size: int | None = param(default=None, check=optional(int_at_least(1)), applies=STREAMS)
+    memory_budget: float = param(
+        default=DEFAULT_MEMORY_BUDGET, check=check_memory_budget, applies=STREAMS
+    )
+
+    def configure(self) -> None:
+        super().configure()
+        if self.geometry != "dense" and self.similarity == "dot" and self.coupling_grad != "none":
+            raise ValueError(
+                f"coupling_grad: geometry={self.geometry!r} with similarity='dot' serves "
+                "coupling_grad='none' only (the dot-product cost's gradient reaches the norms, "
+                "which the streamed tiles treat as constants); use similarity='cosine' or "
+                "geometry='dense'"
+            )
+
+    def forward(
+        self,
+        z1: torch.Tensor,
+        z2: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
+        *,
+        negatives: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if self.geometry != "dense" and target is None and isinstance(z1, torch.Tensor):
+            world = 1
+            if self.gather_distributed and (shard := current_shard()) is not None:
+                world = shard.world
+            per = 2 if self.layout == "simclr" else 1
+            k = 0 if negatives is None else negatives.numel() // max(negatives.shape[-1], 1)
+            n, m = per * z1.shape[0], (per * z1.shape[0] + k) * world
+            dtype = torch.float64 if z1.dtype == torch.float64 else torch.float32
+            tile = tile_rows(self.geometry, self.tile_size, self.memory_budget, n, m, dtype)
+            if tile is not None:
+                return hard_streaming_forward(self, z1, z2, labels, negatives, tile_size=tile)
+        return super().forward(z1, z2, labels, target, negatives=negatives)
 
     def cost_matrix(self, sim: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(n, m) ground cost between anchors ``x`` and candidates ``y``."""
