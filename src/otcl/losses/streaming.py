@@ -170,6 +170,8 @@ def _uniformity(
     n = out.f.shape[-1]
     deg = torch.cat([neg(r0, r1).sum(-1) for r0, r1 in out.spec.blocks(n)]).to(wide)
     count = all_rows(deg.sum())
+    if not bool(count > 0):  # a target that covers every pair: no negatives, the penalty is 0
+        return g.new_zeros(())
     f64 = out.f.to(wide)
     neg_lse = row_reduce(geom, g, weight=log_mask, spec=out.spec).to(wide)  # LSE_{j in N_i}
     neg_sum = row_reduce(geom, g, weight=mask, kind="sum", spec=out.spec).to(wide)
