@@ -282,3 +282,21 @@ def test_cli_train_streaming(tmp_path):
         assert main(args) == 0
         losses.append(json.loads((out / "summary.json").read_text())["final_loss"])
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["simclr", "cross"])
+@pytest.mark.parametrize("tile", [1, 7, 64])
+def test_streaming_infonce_baseline_equals_infonce(layout, tile):
+    from otcl.losses.streaming_infonce import streaming_infonce
+
+    for dtype in (torch.float64, torch.float32):
+        z1, z2, _, _ = _batch(dtype)
+        a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+        ref = build("infonce", layout=layout, temperature=0.3)(a, b)
+        ref_grads = torch.autograd.grad(ref, (a, b))
+        a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+        got = streaming_infonce(a, b, temperature=0.3, layout=layout, tile_size=tile)
+        tol = TOL[dtype]
+        torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+        for g, r in zip(torch.autograd.grad(got, (a, b)), ref_grads, strict=True):
+            torch.testing.assert_close(g, r, rtol=tol, atol=tol)
