@@ -26,6 +26,16 @@ from ..ot.geometry import LAYOUTS, unit_rows
 __all__ = ["streaming_infonce"]
 
 
+def _tile(x, y, r0, r1, temperature, mask_self):
+    """Scores of rows r0:r1 (1/eps inside the product, self-pairs masked by index)."""
+    s = torch.addmm(
+        x.new_empty(()).expand(r1 - r0, y.shape[0]), x[r0:r1], y.T, beta=0, alpha=1 / temperature
+    )
+    if mask_self:
+        s[torch.arange(r1 - r0), torch.arange(r0, r1)] = float("-inf")
+    return s
+
+
 class _TiledInfoNCE(torch.autograd.Function):
     """Mean over rows of LSE_j(S_ij) - S_ip, S = x y^T / t (self-pairs masked when asked)."""
 
@@ -35,9 +45,7 @@ class _TiledInfoNCE(torch.autograd.Function):
         lse = x.new_empty(n)
         for r0 in range(0, n, tile):
             r1 = min(r0 + tile, n)
-            s = (x[r0:r1] @ y.T).div_(temperature)
-            if mask_self:
-                s[torch.arange(r1 - r0), torch.arange(r0, r1)] = float("-inf")
+            s = _tile(x, y, r0, r1, temperature, mask_self)
             lse[r0:r1] = torch.logsumexp(s, dim=-1)
         s_pos = (x * y[pos]).sum(-1) / temperature
         ctx.save_for_backward(x, y, pos, lse)
@@ -48,16 +56,14 @@ class _TiledInfoNCE(torch.autograd.Function):
     def backward(ctx, grad):
         x, y, pos, lse = ctx.saved_tensors
         t, tile, n = ctx.temperature, ctx.tile, x.shape[0]
-        scale = grad / (n * t)
+        scale = float(grad) / (n * t)
         gx, gy = torch.zeros_like(x), torch.zeros_like(y)
         for r0 in range(0, n, tile):
             r1 = min(r0 + tile, n)
-            s = (x[r0:r1] @ y.T).div_(t)
-            if ctx.mask_self:
-                s[torch.arange(r1 - r0), torch.arange(r0, r1)] = float("-inf")
-            p = s.sub_(lse[r0:r1].unsqueeze(-1)).exp_().mul_(scale)  # softmax / (n t)
-            gx[r0:r1] = p @ y
-            gy.addmm_(p.T, x[r0:r1])
+            s = _tile(x, y, r0, r1, t, ctx.mask_self)
+            p = s.sub_(lse[r0:r1].unsqueeze(-1)).exp_()  # the tile's softmax
+            gx[r0:r1].addmm_(p, y, alpha=scale)  # scale = grad / (n t)
+            gy.addmm_(p.T, x[r0:r1], alpha=scale)
         gx -= scale * y[pos]  # the positives' one-hot part, O(n d)
         gy.index_add_(0, pos, -scale * x)
         return gx, gy, None, None, None, None

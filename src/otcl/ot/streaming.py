@@ -109,8 +109,27 @@ class TileSpec:
         s = x[r0:r1] @ y.transpose(0, 1)
         return s if self.clip_min is None else s.clamp(min=self.clip_min)
 
+    @property
+    def plain(self) -> bool:
+        """Scores are sim / eps with at most the self-pair mask (the fast path)."""
+        return self.score_map is None and self.clip_min is None and self.keep is None
+
     def scores(self, x: torch.Tensor, y: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
         """(r1 - r0, m) scores of the tile, ``-inf`` on the excluded pairs."""
+        if self.plain:  # 1/eps inside the matrix product, the self-pairs by index: one pass
+            s = torch.addmm(
+                x.new_empty(()).expand(r1 - r0, y.shape[0]),
+                x[r0:r1],
+                y.transpose(0, 1),
+                beta=0,
+                alpha=1.0 / self.temperature,
+            )
+            if self.mask_self:
+                own = (
+                    torch.arange(r0, r1, device=s.device) if self.rows is None else self.rows[r0:r1]
+                )
+                s[torch.arange(r1 - r0, device=s.device), own] = float("-inf")
+            return s
         s = self.sim(x, y, r0, r1)
         s = s / self.temperature if self.score_map is None else self.score_map(s, r0, r1)
         ex = self.excluded(r0, r1, y.shape[0], s.device)
@@ -132,6 +151,13 @@ class TileSpec:
         x_{r_0:r_1}`, with :math:`\bar s` the gradient of the similarities (the map's derivative,
         the clamp's indicator). ``grad_scores`` must be 0 on excluded pairs; it may be reused.
         """
+        if self.plain:  # 1/eps inside the two products
+            inv = 1.0 / self.temperature
+            if grad_x is not None:
+                grad_x[r0:r1].addmm_(grad_scores, y, alpha=inv)
+            if grad_y is not None:
+                grad_y.addmm_(grad_scores.transpose(0, 1), x[r0:r1], alpha=inv)
+            return
         if self.score_map is None:
             gs = grad_scores.div_(self.temperature)
             if self.clip_min is not None:

@@ -555,8 +555,8 @@ def streaming_solve(
     problem = Problem() if problem is None else problem
     if not isinstance(problem, Problem):
         raise ValueError(f"problem: expected an otcl.ot.Problem, got {type(problem).__name__}")
-    spec = geom.spec if spec is None else spec
-    bound = geom.bound if bound is None and spec is geom.spec else bound
+    if spec is None:  # the geometry's own scores: its bound too
+        spec, bound = geom.spec, geom.bound if bound is None else bound
     x, y, shard = geom.x, geom.y, geom.shard
     n, m = x.shape[0], y.shape[0]
     dtype = x.dtype
