@@ -77,6 +77,7 @@ def streaming_infonce(
     layout: str = "simclr",
     tile_size: int = 1024,
     symmetric: bool = True,
+    backend: str = "torch",
 ) -> torch.Tensor:
     """InfoNCE / NT-Xent (cosine similarity) with O(n) loss memory: tiles of ``tile_size`` rows.
 
@@ -86,21 +87,42 @@ def streaming_infonce(
         layout: ``"simclr"`` (2N x 2N, self-pairs masked) or ``"cross"`` (N x N; averaged over
             both directions with ``symmetric``, as CLIP).
         tile_size: rows per tile (>= 1).
+        backend: ``"torch"`` (the tiles above) or ``"triton"`` (the fused kernels of
+            :mod:`otcl.ot.triton_tiles`, float32: one launch per pass, ``otcl[triton]``).
     Returns:
         scalar, equal to ``build("infonce", temperature=..., layout=...)(z1, z2)``.
     """
     check_choice("layout", layout, LAYOUTS)
     check_int_at_least("tile_size", tile_size, 1)
+    check_choice("backend", backend, ("torch", "triton"))
     t = check_positive("temperature", temperature)
     a, b = unit_rows(z1), unit_rows(z2)
     if a.dtype not in (torch.float32, torch.float64):
         a, b = a.float(), b.float()
     n = a.shape[0]
     idx = torch.arange(n, device=a.device)
+    if backend == "triton":
+        return _triton_infonce(a, b, t, layout, symmetric)
     if layout == "simclr":
         x = torch.cat([a, b])
         return _TiledInfoNCE.apply(x, x, torch.cat([idx + n, idx]), t, tile_size, True)
     loss = _TiledInfoNCE.apply(a, b, idx, t, tile_size, False)
     if symmetric:
         loss = 0.5 * (loss + _TiledInfoNCE.apply(b, a, idx, t, tile_size, False))
+    return loss
+
+
+def _triton_infonce(a, b, t, layout, symmetric):
+    from ..ot.triton_tiles import row_lse
+
+    a, b = a.float(), b.float()
+    if layout == "simclr":
+        x = torch.cat([a, b])
+        n = a.shape[0]
+        pos = torch.cat([torch.arange(n) + n, torch.arange(n)]).to(x.device)
+        return (row_lse(x, x, t, mask_self=True) - (x * x[pos]).sum(-1) / t).mean()
+    s_pos = (a * b).sum(-1) / t
+    loss = (row_lse(a, b, t) - s_pos).mean()
+    if symmetric:
+        loss = 0.5 * (loss + (row_lse(b, a, t) - s_pos).mean())
     return loss
