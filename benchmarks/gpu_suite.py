@@ -165,7 +165,7 @@ class Suite:
         return {"status": status, "seconds": time.time() - t0, "rc": rc, "log": f"{name}.log"}
 
     def start_data_prep(self) -> None:
-        """Decode the dataset once into the cache, in the background (sections 2-5 wait)."""
+        """Decode the dataset once into the cache, in the background (the sections that train wait)."""
         if not Path(self.data).exists():
             return
         self.prep_t0 = time.time()
