@@ -44,8 +44,8 @@ from .geometry_choice import (
     DEFAULT_MEMORY_BUDGET,
     GEOMETRIES,
     STREAMS,
+    batch_tile_rows,
     check_memory_budget,
-    tile_rows,
 )
 from .params import (
     CROSS,
@@ -246,16 +246,8 @@ class OTContrastiveLoss(ContrastiveLoss):
     def tile_rows(self, z1: torch.Tensor, negatives: torch.Tensor | None) -> int | None:
         """Rows per tile of this batch on the streaming geometry, or None for the dense path
         (``geometry="dense"``, or ``"auto"`` under the memory budget)."""
-        if self.geometry == "dense":
-            return None
-        shard = self.shard()
-        world = 1 if shard is None else shard.world
-        per = 2 if self.layout == "simclr" else 1
-        n_pairs = z1.shape[0]
-        k = 0 if negatives is None else negatives.numel() // max(negatives.shape[-1], 1)
-        n, m = per * n_pairs, (per * n_pairs + k) * world
-        dtype = torch.float64 if z1.dtype == torch.float64 else torch.float32
-        return tile_rows(self.geometry, self.tile_size, self.memory_budget, n, m, dtype)
+        shard = self.shard() if self.geometry != "dense" else None
+        return batch_tile_rows(self, z1, negatives, 1 if shard is None else shard.world)
 
     @classmethod
     def uses_rince(cls, settings: Mapping[str, Any]) -> bool:
@@ -446,7 +438,7 @@ class OTContrastiveLoss(ContrastiveLoss):
         *,
         negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        tile = self.tile_rows(z1, negatives) if isinstance(z1, torch.Tensor) else None
+        tile = self.tile_rows(z1, negatives)
         if tile is not None:
             terms = self.streaming_terms()
             kw = dict(tile_size=tile, terms=terms)

@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "GEOMETRIES",
     "STREAMS",
+    "batch_tile_rows",
     "check_memory_budget",
     "tile_rows",
 ]
@@ -84,3 +85,18 @@ def tile_rows(
             "or raise memory_budget"
         )
     return min(tile_size, n)
+
+
+def batch_tile_rows(
+    loss: Any, z1: torch.Tensor, negatives: torch.Tensor | None, world: int
+) -> int | None:
+    """:func:`tile_rows` of a batch under a loss's ``geometry``, ``tile_size``, ``memory_budget``
+    and ``layout``: z1 (N, d) this rank's pairs, ``negatives`` (K, d) or (N, K, d) extra
+    candidates, ``world`` ranks whose columns are gathered."""
+    if loss.geometry == "dense" or not isinstance(z1, torch.Tensor):
+        return None
+    per = 2 if loss.layout == "simclr" else 1
+    k = 0 if negatives is None else negatives.numel() // max(negatives.shape[-1], 1)
+    n, m = per * z1.shape[0], (per * z1.shape[0] + k) * world
+    dtype = torch.float64 if z1.dtype == torch.float64 else torch.float32
+    return tile_rows(loss.geometry, loss.tile_size, loss.memory_budget, n, m, dtype)

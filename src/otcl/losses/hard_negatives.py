@@ -65,8 +65,8 @@ from .geometry_choice import (
     DEFAULT_MEMORY_BUDGET,
     GEOMETRIES,
     STREAMS,
+    batch_tile_rows,
     check_memory_budget,
-    tile_rows,
 )
 from .params import CROSS, check_finite_number, choice, equals, int_at_least, optional, param
 from .registry import register
@@ -452,15 +452,10 @@ class OTHard(HardNegativeLoss):
         *,
         negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if self.geometry != "dense" and target is None and isinstance(z1, torch.Tensor):
-            world = 1
-            if self.gather_distributed and (shard := current_shard()) is not None:
-                world = shard.world
-            per = 2 if self.layout == "simclr" else 1
-            k = 0 if negatives is None else negatives.numel() // max(negatives.shape[-1], 1)
-            n, m = per * z1.shape[0], (per * z1.shape[0] + k) * world
-            dtype = torch.float64 if z1.dtype == torch.float64 else torch.float32
-            tile = tile_rows(self.geometry, self.tile_size, self.memory_budget, n, m, dtype)
+        if target is None:  # (a target is refused by the dense forward's checks)
+            shard = current_shard() if self.gather_distributed else None
+            world = 1 if shard is None else shard.world
+            tile = batch_tile_rows(self, z1, negatives, world)
             if tile is not None:
                 return hard_streaming_forward(self, z1, z2, labels, negatives, tile_size=tile)
         return super().forward(z1, z2, labels, target, negatives=negatives)
