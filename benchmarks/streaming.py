@@ -338,7 +338,7 @@ def targets(results: dict, ot: str, sizes: list[int]) -> list[str]:
 def render(report: dict, ot: str) -> str:
     info = report["info"]
     lines = [
-        "<!-- streaming:begin -->",
+        f"<!-- streaming:{info['device']}:begin -->",
         f"Measured {info['date']} on {info['machine']} ({info['device']}, {info['threads']} "
         f"threads), python {info['python']}, torch {info['torch']}, otcl {info['otcl']}; "
         f"d = {info['dim']}, tile = {info['tile']} rows, {info['iters']} Sinkhorn iterations, "
@@ -364,7 +364,7 @@ def render(report: dict, ot: str) -> str:
                 f"| {n} | {method} | {_median(r):.3f} | {gib(r['peak_bytes'])} | "
                 f"{ps['score']:g} + {ps['grad']:g} | {_per_pass(r):.4f} |"
             )
-    lines += ["", *report["targets"], "<!-- streaming:end -->"]
+    lines += ["", *report["targets"], f"<!-- streaming:{info['device']}:end -->"]
     return "\n".join(lines)
 
 
