@@ -6,7 +6,7 @@ Two real ``torchrun`` launches are shared by the module (about 30 s on 2 free co
   localhost): ``otcl train`` that rank 1 interrupts by sending SIGINT to its own
   agent during global step 4 -- only rank 1 receives the signal, rank 0 must learn it from the
   stop flag;
-* **B**, one node (``--nproc-per-node 2``), eight commands in one process group: the resume of
+* **B**, one node (``--nproc-per-node 2``), nine commands in one process group: the resume of
   A, the same run from scratch, a batch that does not split over 2 processes,
   ``otcl multimodal train``, ``otcl recsys train`` for CML + DMM and for the two-tower
   (gca-uot + DMM, extra negatives, ID dropout), ``otcl compare`` twice (the second reuses),
