@@ -300,3 +300,19 @@ def test_streaming_infonce_baseline_equals_infonce(layout, tile):
         torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
         for g, r in zip(torch.autograd.grad(got, (a, b)), ref_grads, strict=True):
             torch.testing.assert_close(g, r, rtol=tol, atol=tol)
+
+
+def test_bad_call_arguments_get_the_dense_paths_errors():
+    z1, z2, _, _ = _batch()
+    for name in ("gca-uot", "ot-hard"):
+        loss = build(name, geometry="streaming", tile_size=4)
+        with pytest.raises(ValueError, match="^negatives:"):
+            loss(z1, z2, negatives=[1.0, 2.0])
+        with pytest.raises(ValueError, match="^negatives:"):
+            loss(z1, z2, negatives=torch.randn(3, D + 1, dtype=z1.dtype))
+        with pytest.raises(ValueError, match="^z1, z2:"):
+            loss(z1, z2[:-1])
+    with pytest.raises(ValueError, match="^labels:"):
+        build("gca-uot", geometry="streaming")(z1, z2, labels=torch.zeros(N - 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="^target:"):
+        build("gca-uot", geometry="streaming")(z1, z2, target=torch.ones(3, 3))

@@ -96,7 +96,9 @@ def batch_tile_rows(
     if loss.geometry == "dense" or not isinstance(z1, torch.Tensor):
         return None
     per = 2 if loss.layout == "simclr" else 1
-    k = 0 if negatives is None else negatives.numel() // max(negatives.shape[-1], 1)
+    k = 0  # (malformed negatives: the loss's own check reports them)
+    if isinstance(negatives, torch.Tensor) and negatives.dim() in (2, 3):
+        k = negatives.numel() // max(negatives.shape[-1], 1)
     n, m = per * z1.shape[0], (per * z1.shape[0] + k) * world
     dtype = torch.float64 if z1.dtype == torch.float64 else torch.float32
     return tile_rows(loss.geometry, loss.tile_size, loss.memory_budget, n, m, dtype)
