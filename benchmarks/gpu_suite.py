@@ -424,7 +424,7 @@ def section_streaming(s: Suite, budget: float) -> dict[str, Any]:
     cmd += ["--losses", "gca-uot", "--dim", "128", "--iters", "10"]
     if s.dry:
         cmd += ["--device", "cpu", "--threads", "1", "--sizes", "32", "--tile", "16"]
-        cmd += ["--repeats", "1"]
+        cmd += ["--repeats", "1", "--in-process"]
     else:
         cmd += ["--device", "cuda", "--sizes", "8192,32768,65536", "--tile", "4096"]
         cmd += ["--repeats", "3", "--repeats-above", "32768", "--dense-max-gib", "60"]

@@ -105,6 +105,13 @@ def child(args: argparse.Namespace) -> dict:
         return real_backprop(self, x, y, r0, r1, *rest)
 
     TileSpec.scores, TileSpec.backprop = scores, backprop
+    try:
+        return _measure(args, torch, dev, name, geometry, loss_fn, z1, z2, counts)
+    finally:
+        TileSpec.scores, TileSpec.backprop = real_scores, real_backprop
+
+
+def _measure(args, torch, dev, name, geometry, loss_fn, z1, z2, counts) -> dict:
 
     def sync():
         if dev.type == "cuda":
@@ -150,6 +157,9 @@ def child(args: argparse.Namespace) -> dict:
 
 # -- the driver ------------------------------------------------------------------------------
 def run_child(method: str, n: int, args: argparse.Namespace, repeats: int) -> dict:
+    if args.in_process:  # (the dry run: no process start per method; memory not isolated)
+        ns = argparse.Namespace(**{**vars(args), "method": method, "n": n, "repeats": repeats})
+        return child(ns)
     cmd = [sys.executable, __file__, "--child", method, "--n", str(n), "--dim", str(args.dim)]
     cmd += ["--tile", str(args.tile), "--iters", str(args.iters), "--repeats", str(repeats)]
     cmd += ["--device", args.device, "--threads", str(args.threads)]
@@ -191,6 +201,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--only", default="", help="run only these methods (comma-separated)")
     p.add_argument("--combine", nargs="+", help="render the Markdown of these --json files")
+    p.add_argument("--in-process", action="store_true", help="every method in this process")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="raw results")
