@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 dirs=(src tests)
 [ -d benchmarks ] && dirs+=(benchmarks)
+[ -d examples ] && dirs+=(examples)
 .venv/bin/ruff check "${dirs[@]}"
 .venv/bin/ruff format --check "${dirs[@]}"
 # type check ([tool.pyright] in pyproject.toml: the library and the entry point); then the public
