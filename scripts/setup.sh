@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install otcl with everything the pipelines and the tests need.
+# Create .venv and install otcl with everything the pipelines, the tests and the docs build need.
 # TORCH_SPEC picks the torch build (default: the CPU wheel torch==2.13.0; any torch>=2.2 works).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,5 +9,5 @@ PY=${PYTHON:-python3}
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 fi
-.venv/bin/python -m pip install -q -e ".[train,test]"
+.venv/bin/python -m pip install -q -e ".[train,test,docs]"
 echo "otcl installed in .venv ($(.venv/bin/python -c 'import torch, otcl; print("otcl", otcl.__version__, "torch", torch.__version__)'))"

@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 dirs=(src tests)
 [ -d benchmarks ] && dirs+=(benchmarks)
+[ -d examples ] && dirs+=(examples)
 .venv/bin/ruff check "${dirs[@]}"
 .venv/bin/ruff format --check "${dirs[@]}"
 # type check ([tool.pyright] in pyproject.toml: the library and the entry point); then the public
@@ -12,8 +13,15 @@ dirs=(src tests)
 export PATH="$PWD/.venv/bin:$PATH"
 pyright
 report=$(pyright --verifytypes otcl --ignoreexternal || true)
-echo "pyright --verifytypes otcl: $(grep -o 'score: .*' <<<"$report")"
+score=$(grep -oE 'completeness score: [0-9.]+' <<<"$report" | grep -oE '[0-9.]+$' || true)
+echo "pyright --verifytypes otcl: ${score:-?}% of the public API typed (at least 95% required)"
 if grep -E "src/otcl/(losses|ot|diagnostics|_validation)" <<<"$report"; then
   echo "untyped public symbols in the library (above)"; exit 1
 fi
+if [ -z "$score" ] || ! awk -v s="$score" 'BEGIN { exit !(s >= 95) }'; then
+  grep -E -B1 -A2 "error:" <<<"$report" | head -60
+  echo "the public API is typed below 95% (untyped symbols above)"; exit 1
+fi
+# the reference documentation, strict: a warning or a broken reference fails
+.venv/bin/sphinx-build -W --keep-going -q -b html docs build/docs
 .venv/bin/python -m pytest tests "$@"

@@ -1,8 +1,8 @@
 """The project's pages describe the project: no tracker numbers, no account of where or how a
 figure was obtained beyond what it measures, no absolute path of one particular computer.
 
-The checker scans README.md, docs/, src/, benchmarks/, configs/, scripts/ and tests/ and names
-every offending ``file:line``. Its patterns are tested on planted strings below, so that the
+The checker scans README.md, docs/, src/, benchmarks/, configs/, scripts/, tests/ and
+examples/, and names every offending ``file:line``. Its patterns are tested on planted strings below, so that the
 check can fail, and on legitimate text (colours, code comments, Markdown anchors, URLs,
 relative paths), so that it does not fail for nothing. The patterns are spelled here with
 character classes (``[ ]``, ``[_]``) so that this file does not match them itself.
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCANNED = ("README.md", "docs", "src", "benchmarks", "configs", "scripts", "tests")
+SCANNED = ("README.md", "docs", "src", "benchmarks", "configs", "scripts", "tests", "examples")
 SUFFIXES = {".md", ".py", ".sh", ".yaml", ".yml", ".toml", ".txt", ".cfg", ".ini"}
 SKIP_PARTS = {"__pycache__", ".pytest_cache", ".ruff_cache"}
 

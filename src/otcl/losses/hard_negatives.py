@@ -18,7 +18,7 @@ name         weights :math:`w_{ij}` on the negatives                 paper / off
 ===========  =====================================================  ============================
 ``dcl``      uniform :math:`1/M`                                     Chuang et al., NeurIPS 2020
 ``hcl``      :math:`\mathrm{softmax}_j(\beta\, s_{ij}/t)`            Robinson et al., ICLR 2021
-``ot-hard``  :math:`P_{ij}/\sum_k P_{ik}`, :math:`P` the entropic     Jiang, Ishwar, Aeron,
+``ot-hard``  :math:`P_{ij}/\sum_k P_{ik}`, :math:`P` the entropic    Jiang, Ishwar, Aeron,
              OT coupling of the batch with itself (uniform           IJCNN 2023
              marginals, self and positive pairs excluded)
 ===========  =====================================================  ============================

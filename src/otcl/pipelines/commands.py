@@ -167,7 +167,9 @@ def config_from_args(
     return apply_overrides(base, _flag_overrides(args, flags) + list(args.set))
 
 
-def loss_params(items: list[str], per_loss: bool) -> tuple[dict[str, Any], dict[str, dict]]:
+def loss_params(
+    items: list[str], per_loss: bool
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """``--loss-param`` items -> (shared parameters, {loss: its own parameters})."""
     shared: dict[str, Any] = {}
     specific: dict[str, dict[str, Any]] = {}

@@ -121,7 +121,7 @@ class Runner:
         needs: files besides ``summary.json`` that a finished run holds (its evaluation).
     """
 
-    config_cls: type
+    config_cls: type[Any]
     trainer_cls: type[EpochTrainer]
     needs: tuple[str, ...] = ()
 

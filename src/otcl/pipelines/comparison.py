@@ -37,6 +37,7 @@ from .compare import (
 from .config import save_config
 from .engine.distributed import agreed, broadcast, is_main, local_main_first, main_log
 from .engine.rundir import SUMMARY
+from .engine.trainer import EpochTrainer
 from .results import RESULTS, aggregate
 from .spec import Pipeline
 
@@ -50,10 +51,14 @@ class SpecRunner(Runner):
 
     def __init__(self, spec: Pipeline, evaluate: bool = True) -> None:
         self.spec = spec
-        self.config_cls = spec.config_cls
-        self.trainer_cls = spec.trainer_cls
-        self.evaluate = evaluate and spec.eval_after_train and spec.evaluate is not None
-        self.needs = (*spec.finished_files, *((spec.eval_file,) if self.evaluate else ()))
+        self.config_cls: type[Any] = spec.config_cls
+        self.trainer_cls: type[EpochTrainer] = spec.trainer_cls
+        #: evaluate each run after training (into ``spec.eval_file``)
+        self.evaluate: bool = evaluate and spec.eval_after_train and spec.evaluate is not None
+        self.needs: tuple[str, ...] = (
+            *spec.finished_files,
+            *((spec.eval_file,) if self.evaluate else ()),
+        )
 
     def resolve(self, cfg: Any) -> Any:
         return self.spec.resolve(cfg)

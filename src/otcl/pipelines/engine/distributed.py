@@ -73,6 +73,10 @@ class PeerFailure(Exception):
             exit status of the command line (2 for a ``ValueError``, 1 otherwise).
     """
 
+    rank: int
+    message: str
+    status: int
+
     def __init__(self, rank: int, message: str, status: int) -> None:
         super().__init__(f"rank {rank} failed: {message}")
         self.rank, self.message, self.status = rank, message, status
@@ -382,7 +386,7 @@ class DistributedModel:
     def __init__(self, model: nn.Module, ddp: nn.Module) -> None:
         self._model = model
         self._ddp = ddp
-        self.forwards = 0
+        self.forwards: int = 0
 
     @property
     def module(self) -> nn.Module:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["Progress", "stderr_line", "first_line"]
 
@@ -39,8 +40,8 @@ class Progress:
         desc: str,
         log: Callable[[str], None],
     ) -> None:
-        self.bar = None
-        self.line_every = 0
+        self.bar: Any = None  # a tqdm bar (None: plain lines, or none)
+        self.line_every: int = 0
         self.log = log
         if enabled and not sys.stderr.isatty():
             self.line_every = max(1, epochs // 10)  # CI, pipes, nohup: plain lines

@@ -90,7 +90,7 @@ class RunLock:
     """
 
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
-        self.path = Path(run_dir) / LOCK
+        self.path: Path = Path(run_dir) / LOCK
         try:
             self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:

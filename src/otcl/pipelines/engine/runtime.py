@@ -60,7 +60,7 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return table[amp]
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
     """Autocast to ``dtype`` on ``device`` (a no-op without one)."""
     if dtype is None:
         return nullcontext()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
@@ -31,6 +32,11 @@ class TrainingInterrupted(Exception):
         epoch, step: epochs completed and steps of the current epoch completed.
         signum: the signal (``exit_status`` = 128 + signum: 130 for SIGINT, 143 for SIGTERM).
     """
+
+    path: Path
+    epoch: int
+    step: int
+    signum: int
 
     def __init__(self, path: Path, epoch: int, step: int, signum: int = signal.SIGINT) -> None:
         name = signal.Signals(signum).name
@@ -57,6 +63,12 @@ class TrainingStopped(TrainingInterrupted):
             (``EX_TEMPFAIL``: run it again to continue).
     """
 
+    path: Path
+    epoch: int
+    step: int
+    signum: int
+    reason: str
+
     def __init__(self, path: Path, epoch: int, step: int, reason: str) -> None:
         Exception.__init__(
             self, f"stopped ({reason}) at epoch {epoch}, step {step}; checkpoint saved to {path}"
@@ -78,6 +90,9 @@ class StopRequested(Exception):
     Attributes:
         signum: the signal received (None: a caller's stop); ``reason``: the caller's reason.
     """
+
+    signum: int | None
+    reason: str
 
     def __init__(self, signum: int | None, reason: str) -> None:
         super().__init__(reason)
@@ -111,7 +126,7 @@ class Stops:
             return "the deadline passed"
         return None
 
-    def check(self, received: int | None, any_signal=None) -> None:
+    def check(self, received: int | None, any_signal: Callable[[int], int] | None = None) -> None:
         """Raise :class:`StopRequested` if the signal ``received`` (None: none) or
         :meth:`reason` says to stop; ``any_signal`` (under torchrun) turns this rank's answer
         into every rank's (the largest code: a signal wins over a caller's stop)."""

@@ -82,6 +82,7 @@ from torch import nn
 from . import checkpoint, identity, loop, optim, runtime
 from .distributed import (
     DistributedModel,
+    Session,
     agreed,
     broadcast,
     init_from_env,
@@ -132,6 +133,38 @@ class EpochTrainer:
     model: nn.Module
     loss_fn: nn.Module
     steps_per_epoch: int
+    #: the resolved configuration (a copy of the one given, with presets applied)
+    cfg: Any
+    #: the run directory
+    out: Path
+    #: torchrun's process group (None: one process); ``world`` processes, this one ``rank``
+    session: Session | None
+    world: int
+    rank: int
+    #: rank 0: the process that writes the run directory and logs
+    is_main: bool
+    #: where progress lines go (rank 0 only)
+    log: Callable[[str], None]
+    #: how the loop ends early (signals, :meth:`request_stop`, deadlines)
+    stops: Stops
+    device: torch.device
+    #: the autocast dtype of ``train.amp`` (None: full precision)
+    amp_dtype: torch.dtype | None
+    #: the global batch (all processes together); each rank gets ``local_batch_size`` rows of
+    #: it, the slice ``local_rows``
+    batch_size: int
+    local_batch_size: int
+    local_rows: slice
+    total_steps: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    #: the AMP gradient scaler (enabled under fp16 only)
+    scaler: Any
+    #: time spent in the current epoch before a resume
+    epoch_seconds: float
+    running_loss: RunningLoss
+    #: whether this run continued from a checkpoint
+    resumed: bool
     #: the loss is multiplied by this before backward (see :meth:`loss_is_global`)
     loss_scale: int = 1
     _loss_global: bool = False
@@ -385,7 +418,7 @@ class EpochTrainer:
         dev = device if device is not None else self.device
         return runtime.step_generator(self.cfg.train.seed, tag, self.global_step, dev)
 
-    def autocast(self) -> AbstractContextManager:
+    def autocast(self) -> AbstractContextManager[Any]:
         """Autocast to ``train.amp``'s dtype (a no-op without one)."""
         return runtime.autocast(self.device, self.amp_dtype)
 

@@ -49,7 +49,9 @@ class MLPEncoder(nn.Module):
 
     def __init__(self, dim_in: int, hidden: int, dim_out: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim_in, hidden), nn.ReLU(), nn.Linear(hidden, dim_out))
+        self.net: nn.Sequential = nn.Sequential(
+            nn.Linear(dim_in, hidden), nn.ReLU(), nn.Linear(hidden, dim_out)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -69,15 +71,15 @@ class SequenceEncoder(nn.Module):
             raise ValueError(f"seq_arch: expected one of {', '.join(SEQ_ARCHS)}, got {arch!r}")
         self.arch = arch
         if arch == "gru":
-            self.rnn = nn.GRU(dim_in, hidden, batch_first=True)
+            self.rnn: nn.GRU = nn.GRU(dim_in, hidden, batch_first=True)
         else:
-            self.conv = nn.Sequential(
+            self.conv: nn.Sequential = nn.Sequential(
                 nn.Conv1d(dim_in, hidden, 3, padding=1),
                 nn.ReLU(),
                 nn.Conv1d(hidden, hidden, 3, padding=1),
                 nn.ReLU(),
             )
-        self.out = nn.Linear(hidden, dim_out)
+        self.out: nn.Linear = nn.Linear(hidden, dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.arch == "gru":
@@ -137,9 +139,11 @@ class MultimodalModel(nn.Module):
             raise ValueError(f"encoders: expected at least 2 modalities, got {list(encoders)}")
         if fusion not in FUSIONS:
             raise ValueError(f"fusion: expected one of {', '.join(FUSIONS)}, got {fusion!r}")
-        self.modalities = tuple(encoders)
-        self.encoders = nn.ModuleDict(dict(encoders))
-        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, latent))
+        self.modalities: tuple[str, ...] = tuple(encoders)
+        self.encoders: nn.ModuleDict = nn.ModuleDict(dict(encoders))
+        self.head: nn.Sequential = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, latent)
+        )
         self.fusion = fusion
         self.attention: nn.Module | None = None
         if fusion == "attention":

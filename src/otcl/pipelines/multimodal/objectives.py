@@ -85,7 +85,7 @@ class MultimodalObjective:
         self.loss = loss
         self.objective = objective
         self.dmm_mix = dmm_mix
-        self.is_dmm = isinstance(loss, DMM)
+        self.is_dmm: bool = isinstance(loss, DMM)
         self.autocast = autocast
         if self.is_dmm and loss.legacy_cumulative_margin and objective != "joint":
             raise ValueError(

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..engine.checkpoint import open_run, restore_model
 from ..engine.distributed import local_main_first
@@ -165,6 +166,13 @@ class MultimodalTrainer(EpochTrainer):
 
     cfg: MultimodalConfig
     model: MultimodalModel
+    loss_fn: nn.Module
+    batch_size: int
+    steps_per_epoch: int
+    data: MultimodalData
+    #: the training inputs on the device, by modality
+    train_x: dict[str, torch.Tensor]
+    objective: MultimodalObjective
 
     # -- hooks -----------------------------------------------------------------------------
     def resolve_config(self, cfg: MultimodalConfig) -> MultimodalConfig:

@@ -28,7 +28,7 @@ class Popularity:
     """Scores = number of positive training pairs of each item (the same for every user)."""
 
     def __init__(self, split: Split) -> None:
-        self.counts = torch.from_numpy(
+        self.counts: torch.Tensor = torch.from_numpy(
             np.bincount(split.train_item, minlength=split.n_items).astype(np.float32)
         )
 

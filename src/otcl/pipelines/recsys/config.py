@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 #: item features removed together in the feature-removal evaluation (name -> features)
-DROP_VARIANTS = {
+DROP_VARIANTS: dict[str, tuple[str, ...]] = {
     "no-title": ("title",),
     "no-genres": ("genres",),
     "no-text-genres": ("title", "genres"),

@@ -21,10 +21,14 @@ cold items only, from the items' features).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..sources.ratings import Ratings
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["SPLITS", "Split", "split", "NegativeSampler"]
 
@@ -186,12 +190,13 @@ class NegativeSampler:
         import torch
 
         self._torch = torch
-        self.n_items = int(n_items)
-        self.keys = torch.from_numpy(
+        self.n_items: int = int(n_items)
+        #: the (user, item) positives as sorted keys ``user * n_items + item``
+        self.keys: torch.Tensor = torch.from_numpy(
             np.unique(np.asarray(user, dtype=np.int64) * self.n_items + np.asarray(item))
         )
         pool = np.arange(self.n_items) if allowed is None else np.flatnonzero(allowed)
-        self.pool = torch.from_numpy(pool.astype(np.int64))
+        self.pool: torch.Tensor = torch.from_numpy(pool.astype(np.int64))
         counts = np.bincount(np.asarray(user, dtype=np.int64))
         if len(counts) and counts.max() >= len(pool):
             u = int(np.argmax(counts))
@@ -199,7 +204,13 @@ class NegativeSampler:
                 f"negatives: user {u} has a positive for every candidate item; nothing to sample"
             )
 
-    def __call__(self, users, k: int, generator=None, max_rounds: int = 100):
+    def __call__(
+        self,
+        users: torch.Tensor,
+        k: int,
+        generator: torch.Generator | None = None,
+        max_rounds: int = 100,
+    ) -> torch.Tensor:
         """(B,) user indices -> (B, k) item indices that are not positives of each user."""
         torch = self._torch
         draw = torch.randint(len(self.pool), (users.shape[0], k), generator=generator)

@@ -59,11 +59,12 @@ class CSR:
                 bad = x[(x < 0) | (x >= n)][0]
                 raise ValueError(f"{name}: {what} id {int(bad)} out of range, expected 0..{n - 1}")
         order = np.argsort(user, kind="stable")
-        self.item = torch.from_numpy(item[order])
-        self.indptr = torch.from_numpy(
+        self.item: torch.Tensor = torch.from_numpy(item[order])
+        self.indptr: torch.Tensor = torch.from_numpy(
             np.r_[0, np.cumsum(np.bincount(user, minlength=n_users))].astype(np.int64)
         )
-        self.n_users, self.n_items = n_users, n_items
+        self.n_users: int = n_users
+        self.n_items: int = n_items
 
     def counts(self) -> torch.Tensor:
         return self.indptr[1:] - self.indptr[:-1]

@@ -27,8 +27,8 @@ Models (each maps users and items to (B, d) and scores them):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -142,6 +142,11 @@ class Tower(nn.Module):
         id_dropout: fraction of training rows whose ID term is dropped (features only).
     """
 
+    n: int
+    dim: int
+    max_norm: float | None
+    id_dropout: float
+
     def __init__(
         self,
         n: int,
@@ -162,10 +167,10 @@ class Tower(nn.Module):
         if id_dropout > 0 and not tables:
             raise ValueError("id_dropout: applies only to towers with side features")
         self.n, self.dim, self.max_norm, self.id_dropout = n, dim, max_norm, float(id_dropout)
-        self.names = tuple(tables)
-        self.renorm_ids = max_norm is not None and not tables
-        self.id = nn.Embedding(n, dim) if ids else None
-        self.emb = nn.ModuleDict()
+        self.names: tuple[str, ...] = tuple(tables)
+        self.renorm_ids: bool = max_norm is not None and not tables
+        self.id: nn.Embedding | None = nn.Embedding(n, dim) if ids else None
+        self.emb: nn.ModuleDict = nn.ModuleDict()
         self.kinds: dict[str, str] = {}
         for name, spec in tables.items():
             kind = spec[0]
@@ -252,7 +257,9 @@ class RecModel(nn.Module):
     ``drop`` names item features to remove (evaluation with a missing modality).
     """
 
-    kind = "base"
+    kind: str = "base"
+    user: Tower
+    item: Tower
 
     def __init__(self, user: Tower, item: Tower) -> None:
         super().__init__()
@@ -278,7 +285,7 @@ class RecModel(nn.Module):
         drop: Iterable[str] = (),
         item_drop_mask: torch.Tensor | None = None,
         prior: torch.Tensor | None = None,
-    ):
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
         """A ``score_fn(users) -> (b, n_items)`` for :func:`otcl.pipelines.recsys.metrics.rank_metrics`.
 
         Args:
@@ -307,7 +314,7 @@ class RecModel(nn.Module):
 class CML(RecModel):
     r"""Collaborative metric learning: score :math:`-\|u - v\|_2` in the unit ball."""
 
-    kind = "cml"
+    kind: str = "cml"
 
     def score(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # -||u - v||^2 = 2 u.v - |v|^2 - |u|^2: the same ranking as -||u - v||, one GEMM
@@ -319,7 +326,7 @@ class CML(RecModel):
 class TwoTower(RecModel):
     r"""Two-tower retrieval: L2-normalised towers, score :math:`\cos(u, v)`."""
 
-    kind = "two-tower"
+    kind: str = "two-tower"
 
     def users(self, idx: torch.Tensor, drop: Iterable[str] = ()) -> torch.Tensor:
         return F.normalize(self.user(idx, ()), dim=-1)
@@ -334,7 +341,7 @@ class TwoTower(RecModel):
 class MF(RecModel):
     """Matrix factorisation: score :math:`u \\cdot v` (trained with BPR)."""
 
-    kind = "mf"
+    kind: str = "mf"
 
     def score(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return u @ v.transpose(0, 1)
@@ -398,14 +405,14 @@ class CMLTripletLoss(ContrastiveLoss):
         (:class:`otcl.losses.DMM` hands them to its base loss as given).
     """
 
-    defaults = {"margin": 1.5, "gather_distributed": False}
+    defaults: ClassVar[Mapping[str, Any]] = {"margin": 1.5, "gather_distributed": False}
 
     def __init__(self, margin: float = 1.5, gather_distributed: bool = False) -> None:
         super().__init__()
         if not margin >= 0:
             raise ValueError(f"margin: expected a number >= 0, got {margin!r}")
-        self.margin = float(margin)
-        self.gather_distributed = bool(gather_distributed)
+        self.margin: float = float(margin)
+        self.gather_distributed: bool = bool(gather_distributed)
 
     def forward(
         self,

@@ -126,11 +126,11 @@ class Objective(nn.Module):
 
     def __init__(self, model: RecModel, spec: ObjectiveSpec, sampler: NegativeSampler) -> None:
         super().__init__()
-        self.kind = model.kind
+        self.kind: str = model.kind
         self.spec = spec
         self.sampler = sampler
-        self.loss = make_loss(model.kind, spec)
-        self.epoch = 0
+        self.loss: nn.Module | None = make_loss(model.kind, spec)
+        self.epoch: int = 0
 
     @property
     def temperature(self) -> float | None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..engine.checkpoint import open_run, restore_model
 from ..engine.distributed import local_main_first
@@ -179,7 +180,19 @@ class RecsysTrainer(EpochTrainer):
         log: where progress lines go.
     """
 
-    throughput_unit = "pairs"
+    throughput_unit: str = "pairs"
+    cfg: RecsysConfig
+    model: nn.Module
+    loss_fn: nn.Module
+    batch_size: int
+    steps_per_epoch: int
+    data: Ratings
+    split: Split
+    #: the two-tower's popularity correction added to every user's scores (None: none)
+    prior: torch.Tensor | None
+    #: the positive training pairs (users, items) on the device
+    pairs_user: torch.Tensor
+    pairs_item: torch.Tensor
 
     # -- hooks -----------------------------------------------------------------------------
     def resolve_config(self, cfg: RecsysConfig) -> RecsysConfig:

@@ -52,16 +52,18 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
 
 
 class BasicBlock(nn.Module):
+    """ResNet's basic block: two 3x3 conv-norm layers and the (projected) shortcut."""
+
     expansion = 1
 
     def __init__(self, cin: int, cout: int, stride: int = 1, norm: str = "batch") -> None:
         super().__init__()
         bias = norm == "none"
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=bias)
-        self.bn1 = norm_layer(norm, cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=bias)
-        self.bn2 = norm_layer(norm, cout)
-        self.relu = nn.ReLU(inplace=True)
+        self.conv1: nn.Conv2d = nn.Conv2d(cin, cout, 3, stride, 1, bias=bias)
+        self.bn1: nn.Module = norm_layer(norm, cout)
+        self.conv2: nn.Conv2d = nn.Conv2d(cout, cout, 3, 1, 1, bias=bias)
+        self.bn2: nn.Module = norm_layer(norm, cout)
+        self.relu: nn.ReLU = nn.ReLU(inplace=True)
         self.downsample: nn.Module | None = None
         if stride != 1 or cin != cout:
             self.downsample = nn.Sequential(
@@ -83,6 +85,7 @@ class ResNet18(nn.Module):
     def __init__(self, in_channels: int = 3, stem: str = "cifar", norm: str = "batch") -> None:
         super().__init__()
         bias = norm == "none"
+        self.stem: nn.Sequential
         if stem == "cifar":
             self.stem = nn.Sequential(
                 nn.Conv2d(in_channels, 64, 3, 1, 1, bias=bias),
@@ -104,8 +107,8 @@ class ResNet18(nn.Module):
                 nn.Sequential(BasicBlock(cin, cout, stride, norm), BasicBlock(cout, cout, 1, norm))
             )
             cin = cout
-        self.layers = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.layers: nn.Sequential = nn.Sequential(*layers)
+        self.pool: nn.AdaptiveAvgPool2d = nn.AdaptiveAvgPool2d(1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -133,14 +136,14 @@ class SmallCNN(nn.Module):
                 nn.ReLU(True),
             )
 
-        self.net = nn.Sequential(
+        self.net: nn.Sequential = nn.Sequential(
             block(in_channels, w),
             block(w, 2 * w),
             nn.MaxPool2d(2),
             block(2 * w, 4 * w),
             nn.AdaptiveAvgPool2d(1),
         )
-        self.feature_dim = 4 * w
+        self.feature_dim: int = 4 * w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).flatten(1)

@@ -26,10 +26,12 @@ rounding when the model has no BatchNorm (``model.norm=group`` or ``none`` with
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..engine.checkpoint import open_run, restore_model
 from ..engine.distributed import local_main_first
@@ -177,9 +179,9 @@ class SSLTrainer(EpochTrainer):
         log: where progress lines go (standard error by default).
     """
 
-    throughput_unit = "views"
-    outputs = (METRICS, SUMMARY, "eval.json")
-    volatile = (
+    throughput_unit: str = "views"
+    outputs: tuple[str, ...] = (METRICS, SUMMARY, "eval.json")
+    volatile: tuple[str, ...] = (
         *EpochTrainer.volatile,
         "train.channels_last",
         "train.compile_loss",
@@ -188,8 +190,18 @@ class SSLTrainer(EpochTrainer):
         "data.download",
         "eval",  # evaluation settings do not change the training
     )
-    measures = ("eval",)  # ... but they change the numbers: a comparison does not reuse them
+    measures: tuple[str, ...] = ("eval",)  # ... but they change the numbers: not reused
     cfg: Config
+    model: nn.Module
+    loss_fn: nn.Module
+    steps_per_epoch: int
+    data: ImageData
+    #: the training images on the device, uint8 (N, C, H, W)
+    images: torch.Tensor
+    augment: Augment
+    #: what a step calls: the loss, compiled with ``train.compile_loss`` (``loss_fn`` stays
+    #: the module: its state, hooks and parameters)
+    loss_call: Callable[..., torch.Tensor]
 
     def __init__(
         self, cfg: Config, out: str | Path | None = None, *, model: Any = None, **kw: Any
@@ -237,8 +249,6 @@ class SSLTrainer(EpochTrainer):
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = self.build_loss()
-        #: what a step calls: the loss, compiled with ``train.compile_loss`` (``loss_fn`` stays
-        #: the module: its state, hooks and parameters)
         self.loss_call = torch.compile(self.loss_fn) if t.compile_loss else self.loss_fn
         n = self.images.shape[0]
         if self.batch_size > n:  # never clamped silently: config.yaml must say what ran

@@ -174,23 +174,28 @@ class Augment(nn.Module):
                 f"std: expected positive values, one per mean entry, got mean={mean}, std={std}"
             )
         self.size = size
-        self.crop_scale = (lo, hi)
-        self.log_ratio = (math.log(rlo), math.log(rhi))
-        self.flip_p = float(flip_p)
-        self.jitter = tuple(float(j) for j in jitter)
-        self.jitter_p = float(jitter_p)
-        self.gray_p = float(gray_p)
-        self.rotate = float(rotate)
-        self.erase_p = float(erase_p)
-        self.erase_scale = (elo, ehi)
-        self.erase_log_ratio = (math.log(erlo), math.log(erhi))
-        self.erase_value = float(erase_value)
+        self.crop_scale: tuple[float, float] = (lo, hi)
+        self.log_ratio: tuple[float, float] = (math.log(rlo), math.log(rhi))
+        self.flip_p: float = float(flip_p)
+        self.jitter: tuple[float, ...] = tuple(float(j) for j in jitter)
+        self.jitter_p: float = float(jitter_p)
+        self.gray_p: float = float(gray_p)
+        self.rotate: float = float(rotate)
+        self.erase_p: float = float(erase_p)
+        self.erase_scale: tuple[float, float] = (elo, ehi)
+        self.erase_log_ratio: tuple[float, float] = (math.log(erlo), math.log(erhi))
+        self.erase_value: float = float(erase_value)
         self.register_buffer("mean", torch.tensor([float(m) for m in mean]), persistent=False)
         self.register_buffer("std", torch.tensor([float(s) for s in std]), persistent=False)
 
     # -- parts -----------------------------------------------------------------------------
     def crop_grid(
-        self, b: int, size: int, gen, device, shard: tuple[int, int] | None = None
+        self,
+        b: int,
+        size: int,
+        gen: torch.Generator | None,
+        device: torch.device | str,
+        shard: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """Sampling grids (B, size, size, 2) of random resized crops, flips and rotations."""
         draw = _Draws(b, gen, device, shard)
@@ -213,7 +218,9 @@ class Augment(nn.Module):
         theta[:, 0, 2], theta[:, 1, 2] = cx, cy
         return F.affine_grid(theta, [b, 1, size, size], align_corners=False)
 
-    def color(self, x: torch.Tensor, gen, shard: tuple[int, int] | None = None) -> torch.Tensor:
+    def color(
+        self, x: torch.Tensor, gen: torch.Generator | None, shard: tuple[int, int] | None = None
+    ) -> torch.Tensor:
         """Colour jitter (with probability ``jitter_p``) and grayscale (``gray_p``), x in [0, 1]."""
         b, c = x.shape[:2]
         draw = _Draws(b, gen, x.device, shard)
@@ -255,7 +262,9 @@ class Augment(nn.Module):
             raise ValueError(f"x: expected {mean.numel()} channels for this normalisation, got {c}")
         return (x - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
 
-    def erase(self, x: torch.Tensor, gen, shard: tuple[int, int] | None = None) -> torch.Tensor:
+    def erase(
+        self, x: torch.Tensor, gen: torch.Generator | None, shard: tuple[int, int] | None = None
+    ) -> torch.Tensor:
         """Random erasing (with probability ``erase_p``) of one rectangle per image.
 
         The rectangle covers the pixels whose centres fall inside it: its area fraction is drawn
