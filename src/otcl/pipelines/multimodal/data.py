@@ -11,7 +11,7 @@ each modality, which picks its encoder (:mod:`.models`):
 
 Loaders:
 
-* :func:`load_split_images` -- an image dataset cut into ``k`` patches, each patch a modality
+* :func:`~.patches.load_split_images` (in :mod:`.patches`) -- an image dataset cut into ``k`` patches, each patch a modality
   (the embedded default: scikit-learn's digits, 8x8, in four 4x4 quadrants; MNIST/CIFAR through
   the image pipeline's datasets, via torchvision or a local ImageFolder copy);
 * :func:`load_movielens` -- MovieLens 100K items (GroupLens' ``u.item`` / ``u.data``) as three
@@ -30,18 +30,17 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..sources.common import DataError
-from ..sources.images import load_dataset
 from ..sources.movielens import load_movielens_dir
 from ..sources.text import encode_sentences, hashed_bag_of_words
+from .dataset import KIND_BY_NDIM, KINDS, MultimodalData, check_modalities, split_rows
+from .patches import load_split_images, patch_grid, split_patches
 
 __all__ = [
     "DataError",
@@ -59,7 +58,6 @@ __all__ = [
     "split_rows",
 ]
 
-KINDS = ("vector", "sequence", "image")
 #: names accepted by :func:`load_multimodal`
 DATASETS = (
     "digits",
@@ -73,302 +71,6 @@ DATASETS = (
     "mosei",
     "npz",
 )
-TASKS = ("classification", "regression")
-_KIND_BY_NDIM = {2: "vector", 3: "sequence", 4: "image"}
-
-
-def check_modalities(
-    split: Mapping[str, Any], *, source: str, split_name: str, labels: Any = None
-) -> int:
-    """Check one split: float arrays with a batch axis, equal row counts, finite values.
-
-    Args:
-        split: modality name -> array-like (N, ...).
-        source: the file (or dataset) the arrays came from, named in the error.
-        split_name: ``"train"`` / ``"test"``, named in the error.
-        labels: optional (N,) labels, checked for the same row count and finite values.
-    Returns:
-        the common row count N.
-    Raises:
-        DataError: one line naming ``source``, the array and what was expected.
-    """
-    if len(split) < 2:
-        raise DataError(
-            f"{source}: expected at least 2 modalities, got {len(split)} ({', '.join(split)})"
-        )
-    n_ref: int | None = None
-    ref = ""
-    for name, x in split.items():
-        if not isinstance(x, torch.Tensor):
-            raise DataError(
-                f"{source}: array {name!r} ({split_name}) is a {type(x).__name__}, "
-                "expected a float tensor"
-            )
-        if x.dim() < 2 or x.dim() > 4:
-            raise DataError(
-                f"{source}: array {name!r} ({split_name}) has shape {tuple(x.shape)}, expected "
-                "(N, D) vectors, (N, T, D) sequences or (N, C, H, W) images"
-            )
-        if not x.is_floating_point():
-            raise DataError(
-                f"{source}: array {name!r} ({split_name}) has dtype {x.dtype}, expected floats"
-            )
-        if 0 in x.shape[1:]:
-            raise DataError(
-                f"{source}: array {name!r} ({split_name}) has shape {tuple(x.shape)}: no "
-                "features per sample"
-            )
-        n = int(x.shape[0])
-        if n_ref is None:
-            n_ref, ref = n, name
-        elif n != n_ref:
-            raise DataError(
-                f"{source}: modalities have different lengths in the {split_name} split: "
-                f"{name!r} has {n} rows, {ref!r} has {n_ref}; rows must be aligned samples"
-            )
-        _check_finite(x, f"{source}: array {name!r} ({split_name})")
-    if labels is not None:
-        if labels.shape[0] != n_ref:
-            raise DataError(
-                f"{source}: labels ({split_name}) have {labels.shape[0]} rows, the modalities "
-                f"{n_ref}"
-            )
-        if labels.is_floating_point():
-            _check_finite(labels, f"{source}: labels ({split_name})")
-    return int(n_ref or 0)
-
-
-def _check_finite(x: torch.Tensor, what: str) -> None:
-    bad = ~torch.isfinite(x)
-    if bool(bad.any()):
-        rows = bad.reshape(bad.shape[0], -1).any(dim=1).nonzero().flatten()
-        raise DataError(
-            f"{what} holds {int(bad.sum())} NaN/Inf value(s) (first in row {int(rows[0])}); "
-            "expected finite features"
-        )
-
-
-@dataclass(frozen=True)
-class MultimodalData:
-    """A train/test split of M aligned modalities.
-
-    Attributes:
-        name: dataset name.
-        train, test: modality name -> float32 tensor (N, ...) (read-only mappings; same keys,
-            same order, rows aligned across modalities).
-        kinds: modality name -> ``"vector"`` | ``"sequence"`` | ``"image"``.
-        train_y, test_y: labels (N,): int64 classes, float32 targets, or ``None``.
-        task: ``"classification"``, ``"regression"`` or ``None`` (no labels).
-        classes: class names (classification).
-        source: where the data came from (named in errors).
-    """
-
-    name: str
-    train: Mapping[str, torch.Tensor]
-    test: Mapping[str, torch.Tensor]
-    kinds: Mapping[str, str]
-    train_y: torch.Tensor | None = None
-    test_y: torch.Tensor | None = None
-    task: str | None = None
-    classes: tuple[str, ...] = ()
-    source: str = ""
-    info: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        src = self.source or self.name
-        if list(self.train) != list(self.test):
-            raise DataError(
-                f"{src}: the train and test splits have different modalities: "
-                f"{list(self.train)} vs {list(self.test)}"
-            )
-        if set(self.kinds) != set(self.train):
-            raise DataError(
-                f"{src}: kinds name {sorted(self.kinds)}, modalities {list(self.train)}"
-            )
-        for m, k in self.kinds.items():
-            if k not in KINDS:
-                raise DataError(f"{src}: modality {m!r} has kind {k!r}, expected one of {KINDS}")
-        if (self.train_y is None) != (self.test_y is None) or (self.task is None) != (
-            self.train_y is None
-        ):
-            raise DataError(f"{src}: labels and task must be given for both splits or neither")
-        if self.task is not None and self.task not in TASKS:
-            raise DataError(f"{src}: task {self.task!r}, expected one of {TASKS}")
-        check_modalities(self.train, source=src, split_name="train", labels=self.train_y)
-        check_modalities(self.test, source=src, split_name="test", labels=self.test_y)
-        for m in self.train:
-            if self.train[m].shape[1:] != self.test[m].shape[1:]:
-                raise DataError(
-                    f"{src}: array {m!r} has per-sample shape {tuple(self.train[m].shape[1:])} "
-                    f"in train and {tuple(self.test[m].shape[1:])} in test"
-                )
-        object.__setattr__(self, "train", MappingProxyType(dict(self.train)))
-        object.__setattr__(self, "test", MappingProxyType(dict(self.test)))
-        object.__setattr__(self, "kinds", MappingProxyType(dict(self.kinds)))
-        object.__setattr__(self, "info", MappingProxyType(dict(self.info)))
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return tuple(self.train)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def shape(self, modality: str) -> tuple[int, ...]:
-        """Per-sample shape of ``modality`` (without the batch axis)."""
-        return tuple(self.train[modality].shape[1:])
-
-    @property
-    def num_train(self) -> int:
-        return int(next(iter(self.train.values())).shape[0])
-
-    @property
-    def num_test(self) -> int:
-        return int(next(iter(self.test.values())).shape[0])
-
-    def __repr__(self) -> str:
-        mods = ", ".join(f"{m}:{self.kinds[m]}{list(self.shape(m))}" for m in self.modalities)
-        lab = f", {self.task} ({self.num_classes} classes)" if self.task == "classification" else ""
-        if self.task == "regression":
-            lab = ", regression"
-        return (
-            f"MultimodalData({self.name!r}, train={self.num_train}, test={self.num_test}, "
-            f"modalities=[{mods}]{lab})"
-        )
-
-
-def split_rows(n: int, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded random train/test partition of ``range(n)``: (train_idx, test_idx), sorted."""
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction!r}")
-    n_test = int(round(n * test_fraction))
-    if n_test < 2 or n - n_test < 2:
-        raise DataError(
-            f"test_fraction: {test_fraction} of {n} samples leaves fewer than 2 in a split"
-        )
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
-    return perm[n_test:].sort().values, perm[:n_test].sort().values
-
-
-# -- images cut into patches ---------------------------------------------------------------
-def patch_grid(k: int, height: int, width: int) -> tuple[int, int]:
-    """Rows x columns of ``k`` equal patches, as square as possible (rows <= columns).
-
-    2 -> 1 x 2 (left/right halves), 4 -> 2 x 2 (quadrants), 8 -> 2 x 4, 16 -> 4 x 4.
-    """
-    if not isinstance(k, int) or isinstance(k, bool) or k < 2:
-        raise ValueError(f"patches: expected an integer >= 2, got {k!r}")
-    rows = max(r for r in range(1, int(k**0.5) + 1) if k % r == 0)
-    cols = k // rows
-    if height % rows or width % cols:
-        raise ValueError(
-            f"patches: {k} patches make a {rows} x {cols} grid, which does not divide the "
-            f"{height} x {width} images evenly"
-        )
-    return rows, cols
-
-
-def split_patches(images: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
-    """Cut images (N, C, H, W) into ``k`` equal patches, row-major: ``{"r0c0": (N, C, h, w)}``."""
-    if images.dim() != 4:
-        raise ValueError(f"images: expected (N, C, H, W), got shape {tuple(images.shape)}")
-    rows, cols = patch_grid(k, images.shape[2], images.shape[3])
-    h, w = images.shape[2] // rows, images.shape[3] // cols
-    return {
-        f"r{i}c{j}": images[:, :, i * h : (i + 1) * h, j * w : (j + 1) * w].contiguous()
-        for i in range(rows)
-        for j in range(cols)
-    }
-
-
-def load_split_images(
-    dataset: str = "digits",
-    data_dir: str | os.PathLike[str] | None = None,
-    *,
-    patches: int = 4,
-    download: bool = True,
-    max_train: int | None = None,
-) -> MultimodalData:
-    """An image dataset cut into ``patches`` patch-modalities, labels = the image classes.
-
-    Pixels are scaled to [0, 1] and standardised with the dataset's channel statistics before
-    cutting, so each patch is a float (N, C, h, w) tensor that DMM can mix in input space.
-
-    Args:
-        dataset: ``digits`` (bundled, offline), or an image-pipeline dataset (``cifar10``,
-            ``cifar100``, ``svhn``, ``imagefolder``; ``mnist`` through torchvision or an
-            ImageFolder copy) read by :func:`otcl.pipelines.sources.images.load_dataset`.
-        data_dir: local ImageFolder directory / archive, or the torchvision download root.
-        patches: number of patches k (2 = halves, 4 = quadrants, ...).
-        max_train: keep only the first ``max_train`` training images (quick runs).
-    """
-    if dataset == "mnist":
-        img = _mnist(data_dir, download)
-    else:
-        img = load_dataset(dataset, data_dir, download=download)
-    mean = torch.tensor(img.mean).view(1, -1, 1, 1)
-    std = torch.tensor(img.std).view(1, -1, 1, 1)
-
-    def prep(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return split_patches((x.float() / 255.0 - mean) / std, patches)
-
-    xtr, ytr = img.train_x, img.train_y
-    if max_train is not None:
-        xtr, ytr = xtr[:max_train], ytr[:max_train]
-    train, test = prep(xtr), prep(img.test_x)
-    return MultimodalData(
-        name=f"{dataset}-patches{patches}",
-        train=train,
-        test=test,
-        kinds={m: "image" for m in train},
-        train_y=ytr.long(),
-        test_y=img.test_y.long(),
-        task="classification",
-        classes=tuple(img.classes),
-        source=str(data_dir) if data_dir is not None else dataset,
-        info={"image_shape": tuple(img.train_x.shape[1:]), "patches": patches},
-    )
-
-
-def _mnist(data_dir: str | os.PathLike[str] | None, download: bool):
-    """MNIST: an ImageFolder copy (``data_dir`` with ``train/``), else torchvision."""
-    from ..sources.images import ImageData
-
-    if data_dir is not None and (Path(data_dir).is_file() or (Path(data_dir) / "train").is_dir()):
-        img = load_dataset("imagefolder", data_dir)
-        gray = img.train_x.float().mean(1, keepdim=True).round().to(torch.uint8)
-        test = img.test_x.float().mean(1, keepdim=True).round().to(torch.uint8)
-        return ImageData(
-            "mnist", gray, img.train_y, test, img.test_y, img.classes, (0.1307,), (0.3081,)
-        )
-    try:
-        import torchvision.datasets as tvd
-    except ImportError:
-        raise DataError(
-            "dataset: 'mnist' is downloaded through torchvision, which is not installed; "
-            "install otcl[vision], or pass --data-dir an ImageFolder copy"
-        ) from None
-    root = Path(data_dir) if data_dir is not None else Path.home() / ".cache" / "otcl" / "data"
-    try:
-        tr = tvd.MNIST(root, train=True, download=download)
-        te = tvd.MNIST(root, train=False, download=download)
-    except RuntimeError as e:
-        raise DataError(f"dataset: cannot load 'mnist' from {str(root)!r} ({e})") from None
-    classes = [str(i) for i in range(10)]
-    return ImageData(
-        "mnist",
-        torch.as_tensor(np.asarray(tr.data))[:, None].contiguous(),
-        torch.as_tensor(np.asarray(tr.targets)).long(),
-        torch.as_tensor(np.asarray(te.data))[:, None].contiguous(),
-        torch.as_tensor(np.asarray(te.targets)).long(),
-        classes,
-        (0.1307,),
-        (0.3081,),
-    )
-
-
-# -- MovieLens items ------------------------------------------------------------------------
 
 
 def load_movielens(
@@ -570,12 +272,12 @@ def load_npz(
         ytr, yte = (None, None) if y is None else (y[tr], y[te])
     kinds = {}
     for k, v in xtr.items():
-        if v.dim() not in _KIND_BY_NDIM:
+        if v.dim() not in KIND_BY_NDIM:
             raise DataError(
                 f"{src}: array {k!r} has shape {tuple(v.shape)}, expected (N, D), (N, T, D) or "
                 "(N, C, H, W)"
             )
-        kinds[k] = _KIND_BY_NDIM[v.dim()]
+        kinds[k] = KIND_BY_NDIM[v.dim()]
     return MultimodalData(
         name="npz",
         train=xtr,
