@@ -52,7 +52,8 @@ class RecsysDataConfig(Section):
     local GroupLens folder) or ``csv`` (``data_dir`` = ``user_id,item_id,rating[,timestamp]``).
     ``split``: ``dmm`` (random 75/25 over all ratings, DMM's protocol) or ``temporal``
     (leave-last-out). ``cold_items``: fraction of items held out of training for the cold-start
-    evaluation (0 = none).
+    evaluation (0 = none). ``val_frac``: the fraction of each user's positive training pairs held
+    out for model selection under ``dmm`` (``temporal``: the second-to-last positive).
     """
 
     dataset: str = "ml-100k"
@@ -64,6 +65,7 @@ class RecsysDataConfig(Section):
     test_frac: float = 0.25
     threshold: float = 4.0
     cold_items: float = 0.0
+    val_frac: float = 0.1
 
 
 @dataclass
@@ -218,6 +220,8 @@ def check(cfg: RecsysConfig) -> None:
         raise ValueError(f"data.dataset: expected ml-100k, ml-1m or csv, got {d.dataset!r}")
     if d.split not in SPLITS:
         raise ValueError(f"data.split: expected one of {', '.join(SPLITS)}, got {d.split!r}")
+    if not 0.0 < d.val_frac < 1.0:
+        raise ValueError(f"data.val_frac: expected a fraction in (0, 1), got {d.val_frac!r}")
     if m.text not in ("hash", "minilm"):
         raise ValueError(f"model.text: expected hash or minilm, got {m.text!r}")
     if e.users not in USER_CONVENTIONS:

@@ -59,6 +59,7 @@ def load_data(cfg: RecsysConfig) -> tuple[Ratings, Split]:
         test_frac=d.test_frac,
         threshold=d.threshold,
         cold_items=d.cold_items,
+        val_frac=d.val_frac,
     )
     return data, s
 
