@@ -115,14 +115,20 @@ class RecsysEvalConfig(Section):
     """Full ranking of all candidate items.
 
     ``users``: ``positive`` (average over users with a relevant test item) or ``all`` (DMM's
-    convention: every test user, 0 for those without one). ``every``: evaluate every N epochs
-    (0 = at the end only). ``robustness``: at the end also evaluate with item features removed
-    and on the cold items (when the model has features / there are cold items).
+    convention: every test user, 0 for those without one). ``every``: rank the validation pairs
+    every N epochs and after the last one (0 = after the last one only); the weights of the
+    epoch with the best validation ``select`` metric (``ndcg@10``) are kept, and the test set is
+    ranked once, with them, at the end. ``patience``: stop after that many validations in a row
+    without improvement (none = train to ``train.epochs``). ``robustness``: at the end also
+    evaluate with item features removed and on the cold items (when the model has features /
+    there are cold items).
     """
 
     ks: tuple[int, ...] = (1, 5, 10, 20)
     users: str = "positive"
-    every: int = 0
+    every: int = 1
+    patience: int | None = 3
+    select: str = "ndcg@10"
     block: int = 1024
     robustness: bool = True
 
@@ -232,6 +238,14 @@ def check(cfg: RecsysConfig) -> None:
         raise ValueError(f"eval.ks: expected integers >= 1, got {list(e.ks)!r}")
     if e.every < 0 or e.block < 1:
         raise ValueError(f"eval: expected every >= 0 and block >= 1, got {e.every}, {e.block}")
+    if e.patience is not None and e.patience < 1:
+        raise ValueError(f"eval.patience: expected an integer >= 1 or none, got {e.patience!r}")
+    names = ("recall", "ndcg", "hr", "map")
+    metric, _, k = e.select.partition("@")
+    if metric not in names or not k.isdigit() or int(k) < 1:
+        raise ValueError(
+            f"eval.select: expected <{'|'.join(names)}>@k with k >= 1, got {e.select!r}"
+        )
     if dm.enabled and m.kind == "mf":
         raise ValueError("dmm.enabled: not available for the mf baseline (BPR)")
     if m.pop_correction and m.kind != "two-tower":

@@ -12,8 +12,12 @@ permutation, negatives drawn from a generator seeded by ``(seed, step)``, the mo
   (models with item features);
 * ``cold``: users rank the held-out cold items, scored from their features alone.
 
-Metrics land in ``metrics.jsonl`` (every ``eval.every`` epochs and at the end) and in
-``summary.json`` as ``<variant>/<metric>@<k>`` (``warm/ndcg@10``).
+The model is selected on the validation pairs of the split (:meth:`Split.validation`): ranked
+every ``eval.every`` epochs (``val/<metric>@<k>`` in ``metrics.jsonl``), the weights of the best
+``eval.select`` (nDCG@10) are kept, training stops after ``eval.patience`` validations without
+improvement, and the test set is ranked once, at the end, with the best weights
+(:mod:`otcl.pipelines.engine.selection`). The test metrics land in ``summary.json`` as
+``<variant>/<metric>@<k>`` (``warm/ndcg@10``), next to ``best_epoch``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 from ..engine.checkpoint import open_run, restore_model
 from ..engine.distributed import local_main_first
 from ..engine.runtime import derive_seed
+from ..engine.selection import SelectionRule
 from ..engine.trainer import EpochTrainer
 from ..sources.movielens import load_ratings
 from ..sources.ratings import Ratings
@@ -97,7 +102,7 @@ def objective_spec(cfg: RecsysConfig) -> ObjectiveSpec:
 def check_ks(cfg: RecsysConfig, s: Split) -> None:
     """Every k of ``eval.ks`` must fit the warm candidate items (checked before training)."""
     n_warm = int(s.warm_items.sum())
-    k = max(int(k) for k in cfg.eval.ks)
+    k = max(max(int(k) for k in cfg.eval.ks), int(cfg.eval.select.partition("@")[2]))
     if k > n_warm:
         raise ValueError(
             f"k: {k} is larger than the number of candidate items ({n_warm}); lower eval.ks"
@@ -207,6 +212,7 @@ class RecsysTrainer(EpochTrainer):
             given if given is not None else local_main_first(lambda: load_data(c))
         )
         check_ks(c, self.split)
+        self.val_split = self.split.validation()
         self.model = build_recsys_model(c, self.data).to(self.device)
         sampler = NegativeSampler(
             self.split.train_user, self.split.train_item, self.data.n_items, self.split.warm_items
@@ -238,9 +244,31 @@ class RecsysTrainer(EpochTrainer):
         users, items = self.pairs_user[idx], self.pairs_item[idx]
         return self.loss_fn(self.forward_model, users, items, gen, part)
 
-    def evaluate(self, final: bool) -> dict[str, float]:
+    def selection_rule(self) -> SelectionRule:
         e = self.cfg.eval
-        if not final and not (e.every and self.epoch % e.every == 0):
+        every = int(e.every) if e.every else int(self.cfg.train.epochs)
+        return SelectionRule(metric=e.select, every=every, patience=e.patience)
+
+    def validate(self) -> dict[str, float]:
+        """Ranking metrics of the validation pairs (warm items, no robustness variants; at
+        ``eval.ks`` and the k of ``eval.select``)."""
+        e = self.cfg.eval
+        ks = tuple(sorted({*(int(k) for k in e.ks), int(e.select.partition("@")[2])}))
+        res = evaluate_model(
+            self.model,
+            self.val_split,
+            replace(self.cfg, eval=replace(e, ks=ks)),
+            device=self.device,
+            robustness=False,
+            prior=self.prior,
+        )
+        self.model.train()
+        return {k[len("warm/") :]: v for k, v in res.items()}
+
+    def evaluate(self, final: bool) -> dict[str, float]:
+        """The test set, ranked once after training (``final``; {} before)."""
+        e = self.cfg.eval
+        if not final:
             return {}
         res = evaluate_model(
             self.model,
@@ -298,8 +326,12 @@ def build_recsys_model(cfg: RecsysConfig, data: Ratings) -> RecModel:
 def load_run(
     run_dir: str | Path, device: str = "cpu"
 ) -> tuple[RecsysConfig, RecModel, Ratings, Split, torch.Tensor | None]:
-    """Rebuild a run's config, model (eval mode), ratings, split and ranking prior."""
+    """Rebuild a run's config, model (eval mode; the validation-selected weights), ratings,
+    split and ranking prior."""
     cfg, st = open_run(run_dir, RecsysConfig, resolve)
+    best = (st.get("selection") or {}).get("weights")
+    if best is not None:  # the validation-selected weights, those the test numbers are of
+        st = {**st, "model": best}
     data, s = load_data(cfg)
     model = restore_model(build_recsys_model(cfg, data), st, run_dir, device)
     loss = make_loss(cfg.model.kind, objective_spec(cfg))
