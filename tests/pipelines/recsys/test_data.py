@@ -147,3 +147,18 @@ def test_validation_problem_and_bad_fractions(ml_dir):
     for bad in (0.0, 1.0, 1.5, -0.1):
         with pytest.raises(ValueError, match=r"val_frac: expected a fraction in \(0, 1\)"):
             split(r, val_frac=bad)
+
+
+def test_tail_items_are_the_warm_items_outside_the_most_popular(ml_dir):
+    from otcl.pipelines.recsys.data import tail_items
+
+    r = load_ratings("ml-100k", ml_dir)
+    s = split(r, cold_items=0.25)
+    tail = tail_items(s, head=0.2)
+    warm = np.flatnonzero(s.warm_items)
+    counts = np.bincount(s.train_item, minlength=s.n_items)
+    assert not tail[s.cold_items].any() and tail.sum() == len(warm) - round(0.2 * len(warm))
+    head = np.setdiff1d(warm, np.flatnonzero(tail))
+    assert counts[head].min() >= counts[tail].max()
+    with pytest.raises(ValueError, match="head: expected a fraction"):
+        tail_items(s, head=1.0)

@@ -106,6 +106,15 @@ def test_test_set_is_ranked_once_with_the_best_weights(tiny, tmp_path, monkeypat
         assert torch.equal(v, calls[best - 1][1][k]), k
 
 
+def test_two_tower_with_the_popularity_marginal(tiny, tmp_path):
+    cfg = tiny("two-tower", model__pop_marginal=1.0, model__pop_correction=0.0)
+    summary = RecsysTrainer(cfg, tmp_path / "run").fit()
+    for key in ("warm/ndcg@5", "tail/recall@5", "cold/ndcg@1"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    _, _, _, _, prior = load_run(tmp_path / "run")
+    assert prior is None  # no ranking-time term
+
+
 def test_patience_stops_early(tiny, tmp_path):
     cfg = tiny("cml", train__epochs=30, eval__patience=1, optim__lr=0.05)
     summary = RecsysTrainer(cfg, tmp_path / "run").fit()
@@ -124,6 +133,7 @@ def test_patience_stops_early(tiny, tmp_path):
         ({"data__val_frac": 1.0}, r"data.val_frac: expected a fraction in \(0, 1\)"),
         ({"eval__select": "auc@10"}, "eval.select: expected"),
         ({"eval__patience": 0}, "eval.patience: expected an integer >= 1 or none"),
+        ({"model__pop_marginal": 1.0}, "model.pop_marginal: applies only to the two-tower"),
     ],
 )
 def test_bad_settings_fail_before_anything_is_written(tiny, tmp_path, sets, match):

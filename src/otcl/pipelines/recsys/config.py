@@ -79,6 +79,12 @@ class RecsysModelConfig(Section):
     pair for CML and MF, extra shared negatives per batch for the two-tower. ``pop_correction``:
     strength of the two-tower's popularity correction at ranking time (1 = the log-count of
     the in-batch sampler; 0 = off; see :func:`~otcl.pipelines.recsys.models.popularity_prior`).
+    ``pop_marginal``: the popularity correction learned in training instead: the loss's coupling
+    is told that its columns (the batch's items) were drawn with probability :math:`q_i`
+    (the item's share of the positive pairs), to the power ``pop_marginal`` (1 = exactly that;
+    0 = off): its column marginal becomes proportional to q_i ** -pop_marginal and, for
+    InfoNCE, the loss is the logQ-corrected softmax (Yi et al., RecSys 2019). Only for losses with a column
+    marginal (the OT family: infonce, gca-ince, gca-uot, iot, rince, ...).
     """
 
     kind: str = "cml"
@@ -90,6 +96,7 @@ class RecsysModelConfig(Section):
     negatives: int | None = None
     margin: float = 1.5
     pop_correction: float | None = None
+    pop_marginal: float | None = None
 
 
 @dataclass
@@ -163,6 +170,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "id_dropout": 0.0,
             "negatives": 10,
             "pop_correction": 0.0,
+            "pop_marginal": 0.0,
         },
         "optim": {"lr": 1e-3, "weight_decay": 0.0},
         "train": {"epochs": 6, "batch_size": 256, "threads": 1},
@@ -174,6 +182,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "id_dropout": 0.1,
             "negatives": 0,
             "pop_correction": 1.0,
+            "pop_marginal": 0.0,
         },
         "optim": {"lr": 1e-3, "weight_decay": 0.0},
         "train": {"epochs": 6, "batch_size": 512, "threads": 1},
@@ -185,6 +194,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "id_dropout": 0.0,
             "negatives": 1,
             "pop_correction": 0.0,
+            "pop_marginal": 0.0,
         },
         "optim": {"lr": 1e-3, "weight_decay": 0.0},
         "train": {"epochs": 6, "batch_size": 256, "threads": 1},
@@ -250,3 +260,7 @@ def check(cfg: RecsysConfig) -> None:
         raise ValueError("dmm.enabled: not available for the mf baseline (BPR)")
     if m.pop_correction and m.kind != "two-tower":
         raise ValueError("model.pop_correction: applies only to the two-tower (in-batch negatives)")
+    if m.pop_marginal and m.kind != "two-tower":
+        raise ValueError("model.pop_marginal: applies only to the two-tower (in-batch negatives)")
+    if m.pop_marginal is not None and m.pop_marginal < 0:
+        raise ValueError(f"model.pop_marginal: expected a power >= 0, got {m.pop_marginal!r}")

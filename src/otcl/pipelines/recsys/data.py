@@ -33,7 +33,7 @@ import numpy as np
 
 from ..sources.ratings import Ratings
 
-__all__ = ["SPLITS", "Split", "split", "NegativeSampler"]
+__all__ = ["SPLITS", "Split", "split", "NegativeSampler", "tail_items"]
 
 SPLITS = ("dmm", "temporal")
 
@@ -235,6 +235,19 @@ def _validation(
     )
     is_val[idx[order[pick]]] = True
     return is_val
+
+
+def tail_items(s: Split, head: float = 0.2) -> np.ndarray:
+    """(n_items,) bool: the long tail, the warm items outside the ``head`` fraction (20 %) with
+    the most positive training pairs (ties: the smaller item index is in the head)."""
+    if not 0.0 < head < 1.0:
+        raise ValueError(f"head: expected a fraction in (0, 1), got {head!r}")
+    warm = np.flatnonzero(s.warm_items)
+    counts = np.bincount(s.train_item, minlength=s.n_items)[warm]
+    order = warm[np.lexsort((warm, -counts))]  # most popular first
+    tail = np.zeros(s.n_items, dtype=bool)
+    tail[order[int(round(head * len(warm))) :]] = True
+    return tail
 
 
 # -- negative sampling -------------------------------------------------------------------------

@@ -10,7 +10,10 @@ permutation, negatives drawn from a generator seeded by ``(seed, step)``, the mo
   HitRatio, MAP at ``eval.ks``);
 * ``no-title``, ``no-genres``, ``no-text-genres``: the same with those item features removed
   (models with item features);
-* ``cold``: users rank the held-out cold items, scored from their features alone.
+* ``cold``: users rank the held-out cold items, scored from their features alone;
+* ``tail``: the warm ranking, with only the test pairs of long-tail items relevant (items
+  outside the 20 % with the most training positives; :func:`~otcl.pipelines.recsys.data.tail_items`),
+  averaged over the users with such a pair.
 
 The model is selected on the validation pairs of the split (:meth:`Split.validation`): ranked
 every ``eval.every`` epochs (``val/<metric>@<k>`` in ``metrics.jsonl``), the weights of the best
@@ -37,7 +40,7 @@ from ..sources.movielens import load_ratings
 from ..sources.ratings import Ratings
 from ..sources.text import encode_sentences
 from .config import DROP_VARIANTS, RecsysConfig, check, parse_features, resolve
-from .data import NegativeSampler, Split, split
+from .data import NegativeSampler, Split, split, tail_items
 from .metrics import rank_metrics
 from .models import RecModel, build_model, popularity_prior
 from .objective import Objective, ObjectiveSpec, make_loss
@@ -96,6 +99,7 @@ def objective_spec(cfg: RecsysConfig) -> ObjectiveSpec:
         dmm_params=dmm_params(c) if c.dmm.enabled else {},
         negatives=int(c.model.negatives),
         margin=c.model.margin,
+        pop_marginal=float(c.model.pop_marginal or 0.0),
     )
 
 
@@ -125,8 +129,10 @@ def evaluate_model(
     device: torch.device | str = "cpu",
     robustness: bool = True,
     prior: torch.Tensor | None = None,
+    tail: bool = False,
 ) -> dict[str, float]:
-    """Ranking metrics of ``model`` on ``s`` (see the module docstring for the variants).
+    """Ranking metrics of ``model`` on ``s`` (see the module docstring for the variants;
+    ``tail``: also the long-tail ranking).
 
     ``prior`` (n_items,): added to the scores (the two-tower's popularity correction).
     """
@@ -157,6 +163,21 @@ def evaluate_model(
                 **common,
             ),
         )
+    if tail:
+        is_tail = tail_items(s)[s.test_item]
+        if is_tail.any():
+            put(
+                "tail",
+                rank_metrics(
+                    model.scorer(prior=prior),
+                    (s.test_user[is_tail], s.test_item[is_tail]),
+                    exclude,
+                    s.n_users,
+                    s.n_items,
+                    candidates=warm,
+                    **{**common, "users": "positive"},
+                ),
+            )
     if robustness and len(s.cold_items) and model.item.names and len(s.cold_user):
         put(
             "cold",
@@ -225,7 +246,10 @@ class RecsysTrainer(EpochTrainer):
                     f"model.negatives: the {spec.negatives} extra negatives of a step are split "
                     f"over the {self.world} processes of torchrun; use a multiple of {self.world}"
                 )
-        self.loss_fn = Objective(self.model, spec, sampler).to(self.device)
+        counts = torch.bincount(
+            torch.from_numpy(self.split.train_item), minlength=self.data.n_items
+        )
+        self.loss_fn = Objective(self.model, spec, sampler, counts).to(self.device)
         self.prior = ranking_prior(c, self.split, self.loss_fn.temperature)
         self.pairs_user = torch.from_numpy(self.split.train_user).to(self.device)
         self.pairs_item = torch.from_numpy(self.split.train_item).to(self.device)
@@ -277,6 +301,7 @@ class RecsysTrainer(EpochTrainer):
             device=self.device,
             robustness=final and e.robustness,
             prior=self.prior,
+            tail=True,
         )
         self.model.train()
         return res
