@@ -86,3 +86,33 @@ def test_itemknn_scores_sum_neighbour_similarities():
 def test_interaction_matrix_is_binary():
     x = interaction_matrix(np.array([0, 0, 1]), np.array([2, 2, 0]), 2, 3)
     np.testing.assert_array_equal(x, [[0, 0, 1], [1, 0, 0]])
+
+
+@pytest.mark.parametrize("name, grid", [("ease", (0.5, 5.0, 50.0)), ("itemknn", (1, 3, 10))])
+def test_tuning_picks_the_best_validation_value(ml_dir, name, grid):
+    from otcl.pipelines.recsys.baselines import ITEM_ITEM, tune_item_item
+    from otcl.pipelines.recsys.data import split
+    from otcl.pipelines.recsys.metrics import rank_metrics
+    from otcl.pipelines.sources.movielens import load_ratings
+
+    s = split(load_ratings("ml-100k", ml_dir), seed=3, val_frac=0.3)
+    model, value, scores = tune_item_item(name, s, grid=grid, metric="ndcg@5")
+    v = s.validation()
+    ref = {}
+    for h in grid:  # each value fitted on the training pairs, ranked on the validation pairs
+        m = ITEM_ITEM[name](s.train_user, s.train_item, s.n_users, s.n_items, h)
+        ref[str(h)] = rank_metrics(
+            m.scorer(),
+            (v.test_user, v.test_item),
+            (v.seen_user, v.seen_item),
+            s.n_users,
+            s.n_items,
+            ks=(5,),
+        )["ndcg@5"]
+    assert scores == pytest.approx(ref)
+    assert scores[str(value)] == max(scores.values())
+    assert str(value) == next(h for h in scores if scores[h] == max(scores.values()))
+    again = ITEM_ITEM[name](s.train_user, s.train_item, s.n_users, s.n_items, value)
+    assert torch.equal(model.w, again.w)
+    with pytest.raises(ValueError, match="baseline: expected one of ease, itemknn"):
+        tune_item_item("knn", s)

@@ -68,7 +68,7 @@ def test_train_bad_input_is_one_line_and_writes_nothing(
 
 def test_compare(ml_dir, tmp_path, capsys):
     out = tmp_path / "cmp"
-    methods = "popularity,implicit-als,mf-bpr,cml,cml+dmm,tt-infonce,tt-infonce+dmm"
+    methods = "popularity,ease,itemknn,implicit-als,mf-bpr,cml,cml+dmm,tt-infonce,tt-infonce+dmm"
     argv = ["recsys", "compare", "--data-dir", str(ml_dir), "--out", str(out)]
     argv += ["--methods", methods, "--seeds", "2", "--cold-items", "0.3", *TINY[:5], "--jobs", "1"]
     assert main(argv) == 0
@@ -82,11 +82,21 @@ def test_compare(ml_dir, tmp_path, capsys):
     ]
     assert d["per_seed"] == pytest.approx([b - a for a, b in zip(*per_seed, strict=True)])
     assert "cold" in res["robustness"]["tt-infonce"]
-    assert (out / "recsys.png").stat().st_size > 0
+    assert (out / "recsys.png").stat().st_size > 0 and (out / "recsys-val.png").stat().st_size
+    assert "best epoch" in printed and "tail recall@10" in printed
+    for m in ("cml", "cml+dmm", "tt-infonce"):  # the validation-selected epoch of each seed
+        best = res["methods"][m]["best_epoch"]["per_seed"]
+        curves = res["curves"][m]
+        assert len(best) == len(curves) == 2
+        for b, pts in zip(best, curves, strict=True):
+            assert b == max(pts, key=lambda p: (p[1], -p[0]))[0]
+    for m in ("ease", "itemknn"):  # tuned on validation, one value per seed
+        assert len(res["methods"][m]["hyperparameter"]) == 2
+        assert "tail/recall@10" in res["methods"][m]["metrics"]
     assert (out / "cml+dmm" / "seed1" / "checkpoint.pt").exists()
     # a second call reuses every finished run (implicit-als has none without the extra)
     assert main(argv) == 0
-    runs = 14 if importlib.util.find_spec("implicit") is not None else 12
+    runs = 15 if importlib.util.find_spec("implicit") is not None else 13  # one per baseline
     assert capsys.readouterr().err.count("reusing") == runs
 
 

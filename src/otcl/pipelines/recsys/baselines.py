@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .data import Split
+from .metrics import rank_metrics
 
 __all__ = [
     "Popularity",
@@ -35,6 +36,8 @@ __all__ = [
     "interaction_matrix",
     "ItemItem",
     "GRIDS",
+    "ITEM_ITEM",
+    "tune_item_item",
 ]
 
 IMPLICIT_MODELS = ("als", "bpr")
@@ -135,7 +138,7 @@ class ItemItem:
 #: the validation grids of the item-item baselines: EASE's lambda, ItemKNN's k
 GRIDS: dict[str, tuple[float, ...]] = {
     "ease": (50.0, 100.0, 200.0, 400.0, 800.0, 1600.0),
-    "itemknn": (10, 20, 50, 100, 200),
+    "itemknn": (10, 20, 50, 100, 200, 400, 800),
 }
 
 
@@ -151,6 +154,56 @@ def fit_itemknn(user: np.ndarray, item: np.ndarray, n_users: int, n_items: int, 
     """Cosine ItemKNN fitted on the pairs ``(user, item)`` (:func:`itemknn_weights`)."""
     x = interaction_matrix(user, item, n_users, n_items)
     return ItemItem(x, itemknn_weights(x, int(k)))
+
+
+#: the item-item baselines: name -> fit function
+ITEM_ITEM: dict[str, Callable[..., ItemItem]] = {"ease": fit_ease, "itemknn": fit_itemknn}
+
+
+def tune_item_item(
+    name: str,
+    s: Split,
+    *,
+    metric: str = "ndcg@10",
+    grid: tuple[float, ...] | None = None,
+    users: str = "positive",
+    block: int = 1024,
+) -> tuple[ItemItem, float, dict[str, float]]:
+    """Fit ``ease`` or ``itemknn`` on the training pairs of ``s`` for every value of the grid
+    (:data:`GRIDS`), rank the validation pairs (:meth:`Split.validation`) and keep the value of
+    the best ``metric`` (the first on a tie).
+
+    Returns:
+        ``(model, value, {str(value): validation metric})``: the model of the chosen value,
+        fitted on the training pairs (the validation pairs are not added back, as for the
+        trained models).
+    """
+    if name not in ITEM_ITEM:
+        raise ValueError(f"baseline: expected one of {', '.join(ITEM_ITEM)}, got {name!r}")
+    fit = ITEM_ITEM[name]
+    v = s.validation()
+    k = int(metric.partition("@")[2])
+    best: tuple[ItemItem, float, float] | None = None
+    scores: dict[str, float] = {}
+    for h in grid or GRIDS[name]:
+        model = fit(s.train_user, s.train_item, s.n_users, s.n_items, h)
+        res = rank_metrics(
+            model.scorer(),
+            (v.test_user, v.test_item),
+            (v.seen_user, v.seen_item),
+            v.n_users,
+            v.n_items,
+            ks=(k,),
+            users=users,
+            eval_users=v.test_users,
+            candidates=v.warm_items,
+            block=block,
+        )
+        scores[str(h)] = res[metric]
+        if best is None or res[metric] > best[2]:
+            best = (model, h, res[metric])
+    assert best is not None
+    return best[0], best[1], scores
 
 
 def implicit_available() -> bool:

@@ -42,11 +42,17 @@ from ..compare import (
 from ..config import save_config
 from ..engine.rundir import SUMMARY
 from ..files import atomic_write_text
-from .baselines import IMPLICIT_MODELS, Popularity, fit_implicit, implicit_available
+from .baselines import (
+    IMPLICIT_MODELS,
+    ITEM_ITEM,
+    Popularity,
+    fit_implicit,
+    implicit_available,
+    tune_item_item,
+)
 from .config import DROP_VARIANTS, RecsysConfig, resolve
 from .data import Split
-from .metrics import rank_metrics
-from .trainer import RecsysTrainer, load_data, validate
+from .trainer import RecsysTrainer, load_data, score_metrics, validate
 
 __all__ = [
     "compare",
@@ -62,6 +68,8 @@ __all__ = [
 #: what ``otcl recsys compare`` runs when no methods are named
 DEFAULT_METHODS = (
     "popularity",
+    "ease",
+    "itemknn",
     "implicit-als",
     "implicit-bpr",
     "mf-bpr",
@@ -75,17 +83,20 @@ DEFAULT_METHODS = (
 
 #: columns of the printed table
 TABLE_METRICS = ("ndcg@10", "recall@10", "ndcg@20", "recall@20", "hr@10", "map@10")
+#: the baselines without a training loop (``ease`` and ``itemknn`` tuned on validation)
+BASELINES = ("popularity", "ease", "itemknn")
 
 
 def parse_method(name: str) -> dict[str, Any]:
     """``cml+dmm`` -> ``{"kind": "cml", "loss": "triplet", "dmm": True}`` (see DEFAULT_METHODS).
 
-    Names: ``popularity``, ``implicit-als``, ``implicit-bpr`` (baselines), ``mf-bpr``,
+    Names: ``popularity``, ``ease``, ``itemknn``, ``implicit-als``, ``implicit-bpr`` (baselines),
+    ``mf-bpr``,
     ``cml[+dmm]``, ``tt-<otcl loss>[+dmm]`` (two-tower).
     """
     base, dmm = (name[: -len("+dmm")], True) if name.endswith("+dmm") else (name, False)
-    if base == "popularity" and not dmm:
-        return {"baseline": "popularity"}
+    if base in BASELINES and not dmm:
+        return {"baseline": base}
     if base.startswith("implicit-") and base[len("implicit-") :] in IMPLICIT_MODELS and not dmm:
         return {"baseline": base}
     if base == "mf-bpr" and not dmm:
@@ -101,8 +112,8 @@ def parse_method(name: str) -> dict[str, Any]:
             )
         return {"kind": "two-tower", "loss": loss, "dmm": dmm}
     raise ValueError(
-        f"methods: unknown method {name!r}; expected popularity, implicit-als, implicit-bpr, "
-        "mf-bpr, cml, cml+dmm, tt-<loss>, tt-<loss>+dmm"
+        f"methods: unknown method {name!r}; expected popularity, ease, itemknn, implicit-als, "
+        "implicit-bpr, mf-bpr, cml, cml+dmm, tt-<loss>, tt-<loss>+dmm"
     )
 
 
@@ -151,29 +162,23 @@ def _baseline_one(
         log(reuse_line(run_dir))
         return json.loads(path.read_text())
     t0 = time.perf_counter()
+    e = cfg.eval
+    tuned: dict[str, Any] = {}
     if name == "popularity":
         score = Popularity(s).scorer()
+    elif name in ITEM_ITEM:  # the hyperparameter chosen on the validation pairs
+        model, value, val = tune_item_item(name, s, metric=e.select, users=e.users, block=e.block)
+        score = model.scorer()
+        tuned = {"hyperparameter": value, "best_val": val[str(value)], "val_grid": val}
     else:
         threads = int(cfg.train.threads or 0)
         score = fit_implicit(name[len("implicit-") :], s, seed=seed, threads=threads)
     fit_seconds = time.perf_counter() - t0
-    e = cfg.eval
-    res = rank_metrics(
-        score,
-        (s.test_user, s.test_item),
-        (s.seen_user, s.seen_item),
-        s.n_users,
-        s.n_items,
-        ks=tuple(int(k) for k in e.ks),
-        users=e.users,
-        eval_users=s.test_users,
-        candidates=s.warm_items,
-        block=e.block,
-    )
     summary = {
         "model": name,
         "seed": seed,
-        **{f"warm/{k}": v for k, v in res.items()},
+        **score_metrics(score, s, cfg),
+        **tuned,
         "train_seconds": fit_seconds,
         "otcl": __version__,
     }
@@ -244,7 +249,10 @@ def compare(
             runs[m] = [{} for _ in range(seeds)]
             for k in range(seeds):
                 seed = cfg.train.seed + k
-                if "baseline" in p:
+                if "baseline" in p and k > 0 and p["baseline"] in BASELINES:
+                    # deterministic given the split: the first seed's fit, under each seed
+                    runs[m][k] = {**runs[m][0], "seed": seed}
+                elif "baseline" in p:
                     run_dir = out / m / f"seed{seed}"
                     runs[m][k] = _baseline_one(p["baseline"], cfg, seed, run_dir, data[1], log)
                 else:
@@ -256,6 +264,8 @@ def compare(
             )
         ks = [int(k) for k in cfg.eval.ks]
         results = aggregate(runs, skipped, 10 if 10 in ks else max(ks))
+        results["curves"] = validation_curves(trained, cfg.eval.select)
+        results["select"] = cfg.eval.select
         results.update(
             {
                 "dataset": data[0].name,
@@ -277,6 +287,22 @@ def compare(
     return results
 
 
+def validation_curves(trained: Sequence[Run], metric: str) -> dict[str, list[list[float]]]:
+    """Per trained method, per seed: the validation ``metric`` after each validated epoch
+    (``[[epoch, value], ...]`` from the run's ``metrics.jsonl``)."""
+    curves: dict[str, list[list[list[float]]]] = {}
+    for run in sorted(trained, key=lambda r: r.seed):
+        path = run.dir / "metrics.jsonl"
+        points = []
+        if path.exists():
+            for line in path.read_text().splitlines():
+                rec = json.loads(line)
+                if f"val/{metric}" in rec:
+                    points.append([rec["epoch"], rec[f"val/{metric}"]])
+        curves.setdefault(run.method, []).append(points)
+    return curves  # type: ignore[return-value]
+
+
 def aggregate(
     runs: dict[str, list[dict[str, Any]]], skipped: dict[str, str], k: int = 10
 ) -> dict[str, Any]:
@@ -290,6 +316,13 @@ def aggregate(
             stats[name] = {"mean": mean, "std": std, "per_seed": [r.get(name) for r in rs]}
         secs = mean_std([r.get("train_seconds", float("nan")) for r in rs])
         methods[m] = {"metrics": stats, "train_seconds": secs[0], "seeds": [r["seed"] for r in rs]}
+        if all("best_epoch" in r for r in rs) and rs:  # trained: the validation-selected epoch
+            epochs = [r["best_epoch"] for r in rs]
+            mean, std = mean_std([float(x) for x in epochs])
+            methods[m]["best_epoch"] = {"mean": mean, "std": std, "per_seed": epochs}
+            methods[m]["epochs_trained"] = [r.get("epochs") for r in rs]
+        if all("hyperparameter" in r for r in rs) and rs:  # tuned on validation
+            methods[m]["hyperparameter"] = [r["hyperparameter"] for r in rs]
     deltas = {}
     for m in runs:
         if m.endswith("+dmm") and m[: -len("+dmm")] in runs:
@@ -327,16 +360,26 @@ def format_table(results: dict[str, Any]) -> str:
     """Markdown tables: warm metrics, DMM deltas, robustness (nDCG@10)."""
     lines = [
         f"{results.get('dataset', '')}: mean ± std over {results.get('seeds', '?')} seeds "
-        "(users with a relevant test item)",
+        "(users with a relevant test item); trained methods at their validation-best epoch",
         "",
-        "| method | " + " | ".join(TABLE_METRICS) + " | train s |",
-        "|---" * (len(TABLE_METRICS) + 2) + "|",
+        "| method | " + " | ".join(TABLE_METRICS) + " | tail recall@10 | best epoch | train s |",
+        "|---" * (len(TABLE_METRICS) + 4) + "|",
     ]
     for m, r in results["methods"].items():
         cells = [_fmt(r["metrics"].get(f"warm/{c}")) for c in TABLE_METRICS]
+        cells.append(_fmt(r["metrics"].get("tail/recall@10")))
+        best = r.get("best_epoch")
+        if best is not None:
+            cells.append(f"{best['mean']:.1f} ({', '.join(str(e) for e in best['per_seed'])})")
+        elif "hyperparameter" in r:
+            cells.append("val: " + ", ".join(f"{h:g}" for h in r["hyperparameter"]))
+        else:
+            cells.append("-")
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {r['train_seconds']:.1f} |")
     for m, why in results.get("skipped", {}).items():
-        lines.append(f"| {m} | " + " | ".join(["absent"] * len(TABLE_METRICS)) + f" | {why} |")
+        lines.append(
+            f"| {m} | " + " | ".join(["absent"] * (len(TABLE_METRICS) + 2)) + f" | {why} |"
+        )
     k = results.get("k", 10)
     if results.get("dmm_delta"):
         lines += ["", f"| DMM vs its base | Δ recall@{k} | Δ ndcg@{k} |", "|---|---|---|"]
@@ -394,6 +437,38 @@ def plot_results(results: dict[str, Any], out: Path) -> Path:
         ax.legend()
     fig.tight_layout()
     path = out / "recsys.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    plot_curves(results, out)
+    return path
+
+
+def plot_curves(results: dict[str, Any], out: Path) -> Path | None:
+    """``recsys-val.png``: the validation metric against the epoch, one panel per base method
+    with its +DMM variant (every seed; a dot marks each seed's selected epoch)."""
+    curves = results.get("curves") or {}
+    bases = [m for m in curves if not m.endswith("+dmm")]
+    bases += [m[: -len("+dmm")] for m in curves if m.endswith("+dmm")]
+    bases = list(dict.fromkeys(bases))
+    if not bases:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(bases), figsize=(4.5 * len(bases), 4), squeeze=False)
+    for ax, base in zip(axes[0], bases, strict=True):
+        for m, color in ((base, "tab:blue"), (base + "+dmm", "tab:orange")):
+            for i, pts in enumerate(curves.get(m, [])):
+                if not pts:
+                    continue
+                ep, val = zip(*pts, strict=True)
+                ax.plot(ep, val, color=color, alpha=0.8, label=m if i == 0 else None)
+                j = max(range(len(val)), key=lambda t: val[t])
+                ax.plot([ep[j]], [val[j]], "o", color=color)
+        ax.set_title(base)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation " + results.get("select", "ndcg@10"))
+        ax.legend()
+    fig.tight_layout()
+    path = out / "recsys-val.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
