@@ -108,10 +108,11 @@ def add_parser(sub: Any) -> None:
     p = verbs.add_parser(
         "compare",
         help="baselines, CML +-DMM and two-tower +-DMM over seeds, one table",
-        description="Train and evaluate every method with several seeds on one split; print "
-        "a table (nDCG and Recall, mean +- std), the DMM deltas and the robustness drops, and "
-        "write results.json, table.md and recsys.png into --out. Finished runs are reused and "
-        "interrupted ones resumed.",
+        description="Train and evaluate every method with several seeds on one split, each "
+        "trained method at its validation-best epoch; print a table (nDCG and Recall, mean +- "
+        "std, the best epochs), the DMM deltas and the robustness drops, and write "
+        "results.json, table.md, recsys.png and recsys-val.png into --out. Finished runs are "
+        "reused and interrupted ones resumed.",
         epilog=EPILOG_COMPARE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -119,8 +120,9 @@ def add_parser(sub: Any) -> None:
     add_compare_options(
         p,
         names="methods",
-        names_help="default: popularity,implicit-als,implicit-bpr,mf-bpr,cml,cml+dmm,tt-infonce,"
-        "tt-infonce+dmm,tt-gca-uot,tt-gca-uot+dmm (tt-<loss>: two-tower with any otcl loss)",
+        names_help="default: popularity,ease,itemknn,implicit-als,implicit-bpr,mf-bpr,cml,"
+        "cml+dmm,tt-infonce,tt-infonce+dmm,tt-gca-uot,tt-gca-uot+dmm (tt-<loss>: two-tower with "
+        "any otcl loss)",
         per="method",
         default_out="runs/recsys-compare",
     )
