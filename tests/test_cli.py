@@ -59,6 +59,21 @@ def test_cli_losses_name_lists_parameters_defaults_and_conditions(capsys):
         (["--loss", "infonce", "--loss-param", "q=0.3"], "q: applies only to the RINCE"),
         (["--loss", "infonce", "--loss-param", "iters=99"], "iters: applies only to the iter"),
         (["--loss", "ot-hard", "--loss-param", "kappa=2"], "kappa: applies only to cost='exp'"),
+        (
+            [
+                "--loss",
+                "infonce",
+                "--loss-param",
+                "layout=cross",
+                "--loss-param",
+                "symmetric=maybe",
+            ],
+            "symmetric: expected a bool (True or False), got 'maybe'",
+        ),
+        (
+            ["--loss", "infonce", "--loss-param", "gather_distributed=maybe"],
+            "gather_distributed: expected a bool",
+        ),
     ],
 )
 def test_cli_loss_param_that_does_not_apply_is_one_error_line(argv, message, capsys, tmp_path):
@@ -76,3 +91,15 @@ def test_every_registered_pipeline_adds_its_commands():
     for argv in (["train"], ["eval", "run"], ["compare"], ["losses"]):
         assert callable(parser.parse_args(argv).handler)
     assert parser.parse_args(["train"]).resume_hint == "otcl train --resume {run}"
+
+
+def test_cli_losses_print_plain_text_not_restructuredtext(capsys):
+    import otcl
+
+    for argv in (["losses"], *(["losses", name] for name in otcl.losses.available())):
+        assert cli.main(argv) == 0
+        text = capsys.readouterr().out
+        for markup in ("``", ":math:", ":class:", ":meth:", ":func:", "\\"):
+            assert markup not in text, (argv, markup, text)
+    assert cli.main(["losses", "ot"]) == 0
+    assert capsys.readouterr().out.startswith("ot: Contrastive loss d(P_tgt || P_θ) with P_θ")

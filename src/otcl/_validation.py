@@ -10,17 +10,20 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = [
     "check_embeddings",
     "check_finite",
     "flat_negatives",
+    "check_labels",
     "check_negatives",
     "check_marginal",
     "check_positive",
     "check_nonneg",
     "check_int_at_least",
+    "check_bool",
     "check_choice",
     "check_prob",
 ]
@@ -139,6 +142,23 @@ def check_negatives(
         check_finite("negatives", negatives, nonzero_rows=nonzero_rows, shard=shard)
 
 
+def check_labels(labels: Any, n: int) -> None:
+    """Check class ``labels`` of a batch of ``n`` pairs: an integer tensor of shape (n,).
+
+    The message gives the shape (or type) it got, never the values.
+    """
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(
+            f"labels: expected a 1-D integer tensor of length N={n}, got {type(labels).__name__}"
+        )
+    if labels.dim() != 1 or labels.numel() != n:
+        raise ValueError(
+            f"labels: expected a 1-D tensor of length N={n}, got shape {_shape(labels)}"
+        )
+    if labels.is_floating_point():
+        raise ValueError(f"labels: expected integer class labels, got dtype {labels.dtype}")
+
+
 def flat_negatives(negatives: torch.Tensor | None) -> torch.Tensor | None:
     """Per-anchor negatives (N, K, d) as N K shared candidates (N K, d); (K, d) unchanged."""
     if negatives is None or negatives.dim() == 2:
@@ -180,6 +200,16 @@ def check_int_at_least(name: str, value: int, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
     return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """A flag: ``True`` or ``False`` (also numpy's bool and the integers 0 and 1); a string
+    such as ``"false"`` is refused, never read as true."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"{name}: expected a bool (True or False), got {value!r}")
 
 
 def check_choice(name: str, value: str, choices: Iterable[str]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 
 import pytest
 import torch
@@ -31,6 +32,7 @@ def _hinge_loops(anchors, positives, margin):
 
 # -- the wrapper equals its base when the DMM weight is 0 ------------------------------------
 @pytest.mark.parametrize("base", ["infonce", "hcl", "ot-hard", "gca-uot"])
+@pytest.mark.filterwarnings("ignore:dmm. the DMM term is off")  # the point of the test
 def test_weight_zero_equals_base_exactly(base, make_pairs):
     z1, z2 = make_pairs(dtype=torch.float32, noise=0.5)
     ref = build(base)(z1, z2)
@@ -404,3 +406,57 @@ def test_state_dict_global_rng_and_wrapped_base_state(make_pairs):
     assert a.lam == b.lam and torch.equal(a.perm, b.perm)
     with pytest.raises(ValueError, match="state"):
         seeded.set_extra_state({"epoch": 1})
+
+
+# -- a plain loop: the term works, or the loss says why not --------------------------------------
+def _plain_loop(dmm, base, steps, hooks):
+    """A training loop as a user writes it; ``hooks``: call set_epoch / prepare_inputs."""
+    torch.manual_seed(0)
+    encoder = torch.nn.Linear(12, 6)
+    x1, x2 = torch.randn(16, 12), torch.randn(16, 12)
+    diffs = []
+    for step in range(steps):
+        extra = {}
+        if hooks:
+            if step % 10 == 0:
+                dmm.set_epoch(step // 10)
+            extra = dmm.prepare_inputs(encoder, x1)
+        z1, z2 = encoder(x1), encoder(x2)
+        diffs.append(float((dmm(z1, z2, **extra) - base(z1, z2)).abs().detach()))
+    return diffs
+
+
+def test_plain_loop_without_hooks_warns_that_the_term_is_off():
+    """200 calls without set_epoch: the term is off (the documented ramp at epoch 0), and the
+    loss says so and how to switch it on, instead of silently returning the base loss."""
+    dmm, base = build("dmm", base="gca-uot"), build("gca-uot")
+    with pytest.warns(UserWarning, match=r"DMM term is off.*set_epoch\(epoch\).*warmup=0") as rec:
+        diffs = _plain_loop(dmm, base, 200, hooks=False)
+    assert max(diffs) == 0.0 and len(rec) >= 1
+    # a constant weight needs no schedule: the term is on from the first call, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        diffs = _plain_loop(build("dmm", base="gca-uot", warmup=0), base, 5, hooks=False)
+    assert min(diffs) > 0
+
+
+def test_plain_loop_with_the_readme_hooks_gets_the_term_without_warning():
+    dmm, base = build("dmm", base="gca-uot"), build("gca-uot")
+    with warnings.catch_warnings():
+        warnings.simplefilter(
+            "error"
+        )  # set_epoch(0) is a schedule: weight 0 at epoch 0, no warning
+        diffs = _plain_loop(dmm, base, 40, hooks=True)
+    assert max(diffs[:10]) == 0.0  # epoch 0: w(0) = 0
+    assert min(diffs[10:]) > 0  # from epoch 1 on, the DMM term is added
+
+
+def test_no_warning_in_eval_mode_after_a_checkpoint_or_with_weight_zero(make_pairs):
+    z1, z2 = make_pairs(n=8, d=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build("dmm").eval()(z1, z2)
+        build("dmm", weight=0.0)(z1, z2)
+        restored = build("dmm")
+        restored.load_state_dict(build("dmm").state_dict())  # a resumed run: epoch restored
+        restored(z1, z2)

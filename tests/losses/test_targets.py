@@ -66,3 +66,19 @@ def test_bad_target_and_labels_raise_value_error(make_pairs):
         loss(z1, z2, labels=torch.arange(5))
     with pytest.raises(ValueError, match="at most one"):
         loss(z1, z2, labels=torch.arange(6), target=torch.ones(12, 12))
+
+
+@pytest.mark.parametrize("name", ["dcl", "hcl", "ot-hard", "infonce", "gca-uot"])
+@pytest.mark.parametrize(
+    "labels,got",
+    [
+        (torch.arange(16).reshape(8, 2), r"got shape \(8, 2\)$"),
+        (torch.arange(7), r"got shape \(7\)$"),
+        (torch.tensor(3), r"got shape \(\)$"),
+        (list(range(8)), "got list$"),
+    ],
+)
+def test_labels_of_the_wrong_shape_give_the_shape_not_the_values(name, labels, got):
+    z1, z2 = torch.randn(8, 4), torch.randn(8, 4)
+    with pytest.raises(ValueError, match=r"^labels: expected a 1-D .*tensor of length N=8, " + got):
+        otcl.losses.build(name)(z1, z2, labels=labels)

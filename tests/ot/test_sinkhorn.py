@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ot  # POT, test reference only
-from otcl.ot import Problem, pair_scores, positive_index, sinkhorn, solve
+from otcl.ot import Problem, Sinkhorn, pair_scores, positive_index, sinkhorn, solve
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -297,3 +297,49 @@ def test_mass_constraint_checks_its_input():
         solve(S, problem="mass", iters=0)
     with pytest.raises(ValueError, match="scores: expected a tensor"):
         solve(torch.randn(5), problem="mass")
+
+
+# -- converged: what it measures, and unequal masses -------------------------------------------
+def test_converged_reflects_the_final_marginal_error_of_a_balanced_solve():
+    S = torch.randn(4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = sinkhorn(S, iters=200)  # no tol: the errors still tell
+    assert out.tol_met is None  # no stopping test ran
+    assert float(torch.maximum(out.row_error, out.col_error)) < 1e-12 and out.converged is True
+    short = sinkhorn(S * 20, iters=1)
+    assert float(short.row_error) > 1e-5 and short.converged is False
+    assert Sinkhorn(iters=1, marginal_tol=10.0)(S * 20, Problem()).converged is True
+    # tol met early, but the marginals are not within marginal_tol: not converged
+    early = Sinkhorn(iters=200, tol=10.0, check_every=1)(S * 20, Problem())
+    assert early.tol_met is True and early.n_iters < 5 and early.converged is False
+
+
+def test_converged_of_closed_forms_and_unbalanced_solves():
+    S = torch.randn(6, 5, generator=torch.Generator().manual_seed(1))
+    assert sinkhorn(S, rho_b=0.0).converged is True  # rows only: one update is exact
+    assert Sinkhorn()(S, Problem(mass=1.0)).converged is True
+    unbalanced = sinkhorn(S, rho_a=1.0, rho_b=1.0, iters=50)
+    assert unbalanced.converged is None  # its marginals differ from a, b by design
+    with_tol = sinkhorn(S, rho_a=1.0, rho_b=1.0, iters=500, tol=1e-6, check_every=1)
+    assert with_tol.converged is True and with_tol.n_iters < 500
+    batched = sinkhorn(torch.stack([S, 40 * S]), iters=3)  # one of the two is far from it
+    assert batched.converged is False
+
+
+def test_balanced_marginals_of_unequal_mass_are_an_error():
+    S = torch.randn(3, 4)
+    a, b = torch.full((3,), 5.0 / 3), torch.full((4,), 0.25)  # masses 5 and 1
+    with pytest.raises(
+        ValueError,
+        match=r"^a, b: expected marginals of equal total mass .* "
+        r"got sum\(a\)=5 and sum\(b\)=1; normalise them, or relax a side",
+    ):
+        sinkhorn(S, a, b)
+    with pytest.raises(ValueError, match=r"sum\(a\)=5 and sum\(b\)=1"):
+        sinkhorn(S, a)  # b uniform: mass 1
+    with pytest.raises(ValueError, match="equal total mass"):  # one batch entry is off
+        sinkhorn(torch.randn(2, 3, 4), torch.stack([torch.full((3,), 1 / 3), a]))
+    # fine: equal masses, a relaxed side, a free side, or the checks switched off
+    sinkhorn(S, a, torch.full((4,), 1.25))
+    sinkhorn(S, a, b, rho_a=1.0, rho_b=1.0)
+    sinkhorn(S, a, b, rho_b=0.0)
+    Sinkhorn(check_values=False)(S, Problem(a, b))

@@ -8,7 +8,8 @@
 One file per paper (``infonce.py``, ``iot.py``, ``gca.py``, ``hard_negatives.py``, ``dmm.py``);
 the shared parts: ``contrastive.py`` (the base class: parameters and training hooks),
 ``base.py`` (the OT composition), ``divergences.py``, ``targets.py``, ``pair_losses.py``,
-``mixing.py``, ``wrappers.py`` and ``registry.py``.
+``mixing.py``, ``wrappers.py``, ``memory.py`` (a queue of negatives), ``params.py`` and
+``registry.py``.
 """
 
 from . import divergences, mixing, pair_losses, targets
@@ -19,6 +20,7 @@ from .gca import GCAINCE, GCARINCE, GCAUOT, RINCE
 from .hard_negatives import DCL, HCL, HardNegativeLoss, OTHard
 from .infonce import InfoNCE
 from .iot import IOT, IOTUniformity, uniformity_penalty
+from .memory import MemoryBank
 from .mixing import Mixed
 from .registry import (
     available,
@@ -48,6 +50,7 @@ __all__ = [
     "InfoNCE",
     "IOTUniformity",
     "LossWrapper",
+    "MemoryBank",
     "Mixed",
     "OTContrastiveLoss",
     "OTHard",

@@ -21,14 +21,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from .._validation import (
-    check_choice,
+    check_bool,
     check_embeddings,
-    check_int_at_least,
     check_negatives,
     check_nonneg,
     check_positive,
@@ -42,13 +41,53 @@ from ..ot.sinkhorn import BACKWARDS, DOMAINS, GRAD_MODES, Sinkhorn, SinkhornOutp
 from . import divergences
 from .contrastive import ContrastiveLoss
 from .divergences import RowView
+from .params import (
+    CROSS,
+    SIMCLR,
+    Rule,
+    choice,
+    equals,
+    int_at_least,
+    number,
+    optional,
+    param,
+)
 from .registry import register
 from .targets import prepare_target
 
 __all__ = ["OTContrastiveLoss", "DIVERGENCES"]
 
 DIVERGENCES = ("ce", "rince")
-_ITERATIVE = ("balanced", "unbalanced")
+MARGINALS = ("uniform", "unit")
+SELF_PAIRS = ("mask", "max_cost")
+
+# when a parameter applies (each rule stated once: its test, its listing and its message)
+UNBALANCED = equals("constraint", "unbalanced")
+ITERATIVE = Rule(
+    "an iterative constraint ('balanced' or 'unbalanced')",
+    lambda s, _: s["constraint"] in ("balanced", "unbalanced"),
+    shows=("constraint",),
+    reason="the iterative constraints 'balanced' and 'unbalanced'",
+    note=", which has a closed form",
+)
+UNROLLED = equals("grad", "unrolled")
+RINCE_DIVERGENCE = Rule(
+    "the RINCE divergence", lambda s, loss: loss.uses_rince(s), shows=("divergence",)
+)
+SCALED_MARGINALS = Rule(
+    "constraint='unbalanced', or RINCE with constraint='balanced' or 'cols'",
+    lambda s, loss: (
+        s["constraint"] == "unbalanced"
+        or (loss.uses_rince(s) and s["constraint"] in ("balanced", "cols"))
+    ),
+    shows=("constraint", "divergence"),
+    note=", which do not depend on a common scale of the marginals",
+)
+
+
+def check_prob_open(name: str, value: Any) -> float:
+    """A number in (0, 1]."""
+    return check_prob(name, value, open_left=True)
 
 
 @register("ot")
@@ -66,8 +105,10 @@ class OTContrastiveLoss(ContrastiveLoss):
     Shi et al. (ICML 2023) and the generalized alignment of Chen et al. (NeurIPS 2024).
     Registered as ``"ot"``: every combination of the parts by name.
 
-    Every argument left at ``None`` takes the loss's default (:attr:`defaults`); an argument
-    given where it does not apply raises ``ValueError`` (:attr:`applies_when`).
+    Each parameter is declared once below (default, check, and the rule under which it
+    applies: :mod:`otcl.losses.params`). Every argument left at ``None`` takes the loss's default
+    (:attr:`defaults`); an argument given where it does not apply raises ``ValueError``
+    (:attr:`applies_when`).
 
     Args:
         temperature: eps > 0, the softmax temperature = entropic regularisation (0.5).
@@ -116,152 +157,37 @@ class OTContrastiveLoss(ContrastiveLoss):
         >>> loss = loss_fn(torch.randn(8, 16), torch.randn(8, 16))
     """
 
-    defaults: ClassVar[Mapping[str, Any]] = {
-        "temperature": 0.5,
-        "layout": "simclr",
-        "similarity": "cosine",
-        "constraint": "rows",
-        "iters": 10,
-        "rho": None,
-        "divergence": "ce",
-        "q": 0.6,
-        "lam": 0.01,
-        "marginals": "uniform",
-        "symmetric": True,
-        "grad": "unrolled",
-        "domain": "auto",
-        "backward": "fused",
-        "tol": 0.0,
-        "self_pair": "mask",
-        "clip_min": None,
-        "check_inputs": True,
-        "gather_distributed": False,
-    }
-    applies_when: ClassVar[Mapping[str, str]] = {
-        "rho": "constraint='unbalanced'",
-        "iters": "an iterative constraint ('balanced' or 'unbalanced')",
-        "tol": "an iterative constraint ('balanced' or 'unbalanced')",
-        "grad": "an iterative constraint ('balanced' or 'unbalanced')",
-        "domain": "an iterative constraint ('balanced' or 'unbalanced')",
-        "backward": "an iterative constraint with grad='unrolled'",
-        "q": "the RINCE divergence",
-        "lam": "the RINCE divergence",
-        "marginals": "constraint='unbalanced', or RINCE with constraint='balanced' or 'cols'",
-        "symmetric": "layout='cross'",
-        "self_pair": "layout='simclr'",
-    }
-
-    def __init__(
-        self,
-        temperature: float | None = None,
-        *,
-        layout: str | None = None,
-        similarity: str | None = None,
-        constraint: str | None = None,
-        iters: int | None = None,
-        rho: float | None = None,
-        divergence: str | None = None,
-        q: float | None = None,
-        lam: float | None = None,
-        marginals: str | None = None,
-        symmetric: bool | None = None,
-        grad: str | None = None,
-        domain: str | None = None,
-        backward: str | None = None,
-        tol: float | None = None,
-        self_pair: str | None = None,
-        clip_min: float | None = None,
-        check_inputs: bool | None = None,
-        gather_distributed: bool | None = None,
-        **params: Any,
-    ) -> None:
-        super().__init__()
-        given = dict(
-            temperature=temperature,
-            layout=layout,
-            similarity=similarity,
-            constraint=constraint,
-            iters=iters,
-            rho=rho,
-            divergence=divergence,
-            q=q,
-            lam=lam,
-            marginals=marginals,
-            symmetric=symmetric,
-            grad=grad,
-            domain=domain,
-            backward=backward,
-            tol=tol,
-            self_pair=self_pair,
-            clip_min=clip_min,
-            check_inputs=check_inputs,
-            gather_distributed=gather_distributed,
-            **params,
-        )
-        s = self.resolve_params(given)
-        self.temperature = check_positive("temperature", s["temperature"])
-        self.layout = check_choice("layout", s["layout"], LAYOUTS)
-        self.similarity = check_choice("similarity", s["similarity"], SIMILARITIES)
-        self.constraint = check_choice("constraint", s["constraint"], CONSTRAINTS)
-        self.iters = check_int_at_least("iters", s["iters"], 1)
-        self.rho = None
-        if self.constraint == "unbalanced":
-            if s["rho"] is None:
-                raise ValueError("rho: constraint='unbalanced' needs rho > 0, got None")
-            self.rho = check_positive("rho", s["rho"])
-        self.divergence = check_choice("divergence", s["divergence"], DIVERGENCES)
-        self.q = check_prob("q", s["q"], open_left=True)
-        self.lam = check_positive("lam", s["lam"])
-        self.marginals = check_choice("marginals", s["marginals"], ("uniform", "unit"))
-        self.symmetric = bool(s["symmetric"])
-        self.grad = check_choice("grad", s["grad"], GRAD_MODES)
-        self.domain = check_choice("domain", s["domain"], DOMAINS)
-        self.backward = check_choice("backward", s["backward"], BACKWARDS)
-        self.tol = check_nonneg("tol", s["tol"])
-        self.self_pair = check_choice("self_pair", s["self_pair"], ("mask", "max_cost"))
-        self.clip_min = None if s["clip_min"] is None else float(s["clip_min"])
-        self.check_inputs = bool(s["check_inputs"])
-        self.gather_distributed = bool(s["gather_distributed"])
-        self.configure(s)
+    temperature: float = param(default=0.5, check=check_positive, kw_only=False)
+    layout: str = param(default="simclr", check=choice(LAYOUTS))
+    similarity: str = param(default="cosine", check=choice(SIMILARITIES))
+    constraint: str = param(default="rows", check=choice(CONSTRAINTS))
+    iters: int = param(default=10, check=int_at_least(1), applies=ITERATIVE)
+    rho: float | None = param(default=None, check=optional(check_positive), applies=UNBALANCED)
+    divergence: str = param(default="ce", check=choice(DIVERGENCES))
+    q: float = param(default=0.6, check=check_prob_open, applies=RINCE_DIVERGENCE)
+    lam: float = param(default=0.01, check=check_positive, applies=RINCE_DIVERGENCE)
+    marginals: str = param(default="uniform", check=choice(MARGINALS), applies=SCALED_MARGINALS)
+    symmetric: bool = param(default=True, check=check_bool, applies=CROSS)
+    grad: str = param(default="unrolled", check=choice(GRAD_MODES), applies=ITERATIVE)
+    domain: str = param(default="auto", check=choice(DOMAINS), applies=ITERATIVE)
+    backward: str = param(default="fused", check=choice(BACKWARDS), applies=ITERATIVE & UNROLLED)
+    tol: float = param(default=0.0, check=check_nonneg, applies=ITERATIVE)
+    self_pair: str = param(default="mask", check=choice(SELF_PAIRS), applies=SIMCLR)
+    clip_min: float | None = param(default=None, check=optional(number))
+    check_inputs: bool = param(default=True, check=check_bool)
+    gather_distributed: bool = param(default=False, check=check_bool)
 
     # -- parameters ------------------------------------------------------------------------
-    def configure(self, settings: Mapping[str, Any]) -> None:
-        """Validate and store the parameters a subclass adds (called at the end of __init__)."""
+    def configure(self) -> None:
+        if self.constraint != "unbalanced":
+            self.rho = None
+        elif self.rho is None:
+            raise ValueError("rho: constraint='unbalanced' needs rho > 0, got None")
 
     @classmethod
     def uses_rince(cls, settings: Mapping[str, Any]) -> bool:
         """Whether the loss evaluates RINCE under ``settings`` (where ``q``, ``lam`` apply)."""
         return settings["divergence"] == "rince"
-
-    @classmethod
-    def inapplicable(cls, name: str, settings: Mapping[str, Any]) -> str | None:
-        s, who = settings, cls.loss_name()
-        c = s["constraint"]
-        iterative = c in _ITERATIVE
-        has = f"{who} has constraint={c!r}"
-        if name == "rho" and c != "unbalanced":
-            return f"applies only to constraint='unbalanced'; {has}"
-        if name in ("iters", "tol", "grad", "domain", "backward") and not iterative:
-            return (
-                f"applies only to the iterative constraints 'balanced' and 'unbalanced'; "
-                f"{has}, which has a closed form"
-            )
-        if name == "backward" and s["grad"] != "unrolled":
-            return f"applies only to grad='unrolled'; {who} has grad={s['grad']!r}"
-        rince = cls.uses_rince(s)
-        if name in ("q", "lam") and not rince:
-            return f"applies only to the RINCE divergence; {who} has divergence={s['divergence']!r}"
-        if name == "marginals" and not (c == "unbalanced" or (rince and c in ("balanced", "cols"))):
-            return (
-                f"applies only to {cls.applies_when['marginals']}; {has} and "
-                f"divergence={s['divergence']!r}, which do not depend on a common scale of the "
-                "marginals"
-            )
-        if name == "symmetric" and s["layout"] != "cross":
-            return f"applies only to layout='cross'; {who} has layout={s['layout']!r}"
-        if name == "self_pair" and s["layout"] != "simclr":
-            return f"applies only to layout='simclr'; {who} has layout={s['layout']!r}"
-        return None
 
     # -- parts -----------------------------------------------------------------------------
     def problem(self, n: int, m: int, device: torch.device | None = None) -> Problem:

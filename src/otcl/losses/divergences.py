@@ -50,6 +50,7 @@ __all__ = [
 def _log_positive(log_p: torch.Tensor, target: torch.Tensor | None, pos: torch.Tensor | None):
     """log of the target-weighted positive mass per row: log sum_j T_ij exp(log_p_ij)."""
     if target is None:
+        assert pos is not None  # the identity target: its positives
         return log_p.gather(-1, pos.unsqueeze(-1)).squeeze(-1)
     logt = torch.where(target > 0, target.log(), float("-inf"))
     return torch.logsumexp(log_p + logt, dim=-1)
@@ -78,6 +79,7 @@ def cross_entropy(
         scalar.
     """
     if target is None:  # fused log-softmax + NLL: the same value, ~3x faster fwd+bwd on CPU
+        assert pos is not None  # the identity target: its positives
         logits, labels = log_plan.reshape(-1, log_plan.shape[-1]), pos.reshape(-1)
         if rows_total is None:
             return F.cross_entropy(logits, labels)

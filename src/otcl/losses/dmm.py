@@ -40,22 +40,54 @@ decays to ~0 within a few steps; otcl uses :math:`\lambda m` every step
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 import torch
-from torch import nn
 
-from .._validation import check_choice, check_embeddings, check_nonneg
+from .._validation import check_bool, check_embeddings, check_nonneg
 from ..ot.distributed import Shard, current_shard
 from ..ot.geometry import unit_rows
 from .divergences import row_mean
 from .mixing import PARTNERS, Mixed, draw_mix, first_tensor, mix
 from .pair_losses import PAIR_LOSSES, min_triplet, vse_hinge
+from .params import Rule, as_is, choice, optional, param
 from .registry import register
 from .wrappers import LossWrapper
 
 __all__ = ["DMM", "Mixed", "PAIR_LOSSES", "PARTNERS", "min_triplet", "mix", "vse_hinge"]
+
+#: repel_weight applies when the repel term is on
+REPEL_ON = Rule(
+    "repel_close_positives=True",
+    lambda s, _: bool(s["repel_close_positives"]),
+    note=" (the repel term is off)",
+)
+
+
+_INERT = (
+    "dmm: the DMM term is off: its weight ramps in as e/(e + warmup) with the epoch e "
+    "(warmup={warmup:g}), which stays 0 until the training loop calls loss_fn.set_epoch(epoch) "
+    "at the start of every epoch; build it with warmup=0 for a constant weight"
+)
+
+
+def _check_lam_range(name: str, value: Any) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a pair (lo, hi), got {value!r}") from None
+    if not (0.0 <= lo <= hi <= 1.0):
+        raise ValueError(f"{name}: expected 0 <= lo <= hi <= 1, got {value!r}")
+    return (lo, hi)
+
+
+def _check_epoch(name: str, value: Any) -> float:
+    e = check_nonneg(name, value)
+    if math.isinf(e):
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return e
 
 
 @register("dmm")
@@ -115,106 +147,53 @@ class DMM(LossWrapper):
         anchor) go to both as given (otcl's losses take a per-anchor set as B K shared extra
         candidates; the pair losses take each anchor's own).
 
+    Schedule:
+        The weight :math:`\omega e/(e + e_0)` follows the epoch that the training loop sets
+        with :meth:`set_epoch` at the start of every epoch (the pipelines do); it is 0 at epoch
+        0. A loss in training mode whose term is off because :meth:`set_epoch` was never called
+        warns (``UserWarning``, once per call site) instead of silently returning the base
+        loss; ``warmup=0`` gives a constant weight without any schedule.
+
     Example:
         >>> import torch, otcl
-        >>> dmm = otcl.losses.build("dmm", base="gca-uot", margin=0.2, warmup=0)
-        >>> loss = dmm(torch.randn(8, 16), torch.randn(8, 16))
+        >>> dmm = otcl.losses.build("dmm", base="gca-uot", margin=0.2)
+        >>> encoder = torch.nn.Linear(32, 16)
+        >>> x1, x2 = torch.randn(8, 32), torch.randn(8, 32)
+        >>> for epoch in range(2):
+        ...     dmm.set_epoch(epoch)                        # the ramp e / (e + warmup)
+        ...     extra = dmm.prepare_inputs(encoder, x1)     # input-space mixed anchors
+        ...     loss = dmm(encoder(x1), encoder(x2), **extra)
     """
 
-    defaults: ClassVar[Mapping[str, Any]] = {
-        "margin": 0.2,
-        "lam_range": (0.5, 1.0),
-        "warmup": 30.0,
-        "weight": 1.0,
-        "partner": "reverse",
-        "pair_loss": "hinge",
-        "both_views": False,
-        "per_modality": False,
-        "repel_close_positives": False,
-        "repel_weight": 1.0,
-        "legacy_cumulative_margin": False,
-        "epoch": 0.0,
-        "seed": None,
-    }
-    applies_when: ClassVar[Mapping[str, str]] = {"repel_weight": "repel_close_positives=True"}
+    margin: float = param(default=0.2, check=check_nonneg)
+    lam_range: tuple[float, float] = param(default=(0.5, 1.0), check=_check_lam_range)
+    warmup: float = param(default=30.0, check=check_nonneg)
+    weight: float = param(default=1.0, check=check_nonneg)
+    partner: str = param(default="reverse", check=choice(PARTNERS))
+    pair_loss: str = param(default="hinge", check=choice(PAIR_LOSSES))
+    both_views: bool = param(default=False, check=check_bool)
+    per_modality: bool = param(default=False, check=check_bool)
+    repel_close_positives: bool = param(default=False, check=check_bool)
+    repel_weight: float = param(default=1.0, check=check_nonneg, applies=REPEL_ON)
+    legacy_cumulative_margin: bool = param(default=False, check=check_bool)
+    epoch: float = param(default=0.0, check=_check_epoch)
+    seed: int | None = param(default=None, check=optional(as_is))
 
-    def __init__(
-        self,
-        base: nn.Module | Callable[..., torch.Tensor] | str | None = None,
-        *,
-        base_params: dict[str, Any] | None = None,
-        margin: float | None = None,
-        lam_range: Sequence[float] | None = None,
-        warmup: float | None = None,
-        weight: float | None = None,
-        partner: str | None = None,
-        pair_loss: str | None = None,
-        both_views: bool | None = None,
-        per_modality: bool | None = None,
-        repel_close_positives: bool | None = None,
-        repel_weight: float | None = None,
-        legacy_cumulative_margin: bool | None = None,
-        epoch: float | None = None,
-        seed: int | None = None,
-        **base_kwargs: Any,
-    ) -> None:
-        super().__init__(base, base_params=base_params, **base_kwargs)
-        s = self.resolve_params(
-            dict(
-                margin=margin,
-                lam_range=lam_range,
-                warmup=warmup,
-                weight=weight,
-                partner=partner,
-                pair_loss=pair_loss,
-                both_views=both_views,
-                per_modality=per_modality,
-                repel_close_positives=repel_close_positives,
-                repel_weight=repel_weight,
-                legacy_cumulative_margin=legacy_cumulative_margin,
-                epoch=epoch,
-                seed=seed,
-            )
-        )
-        self.margin = check_nonneg("margin", s["margin"])
-        try:
-            lo, hi = (float(v) for v in s["lam_range"])
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"lam_range: expected a pair (lo, hi), got {s['lam_range']!r}"
-            ) from None
-        if not (0.0 <= lo <= hi <= 1.0):
-            raise ValueError(f"lam_range: expected 0 <= lo <= hi <= 1, got {s['lam_range']!r}")
-        self.lam_range = (lo, hi)
-        self.warmup = check_nonneg("warmup", s["warmup"])
-        self.weight = check_nonneg("weight", s["weight"])
-        self.partner = check_choice("partner", s["partner"], PARTNERS)
-        self.pair_loss = check_choice("pair_loss", s["pair_loss"], tuple(PAIR_LOSSES))
-        self.both_views = bool(s["both_views"])
-        self.per_modality = bool(s["per_modality"])
-        self.repel_close_positives = bool(s["repel_close_positives"])
-        self.repel_weight = check_nonneg("repel_weight", s["repel_weight"])
-        self.legacy_cumulative_margin = bool(s["legacy_cumulative_margin"])
+    def configure(self) -> None:
         self._legacy_margin = self.margin
-        self.set_epoch(s["epoch"])
+        self.set_epoch(self.epoch)
+        self._scheduled = False  # True once the training loop (or a checkpoint) sets the epoch
         self._gen: torch.Generator | None = None
-        if s["seed"] is not None:
-            self._gen = torch.Generator().manual_seed(int(s["seed"]))
-
-    @classmethod
-    def inapplicable(cls, name: str, settings: Mapping[str, Any]) -> str | None:
-        if name == "repel_weight" and not settings["repel_close_positives"]:
-            return "applies only to repel_close_positives=True (the repel term is off)"
-        return None
+        if self.seed is not None:
+            self._gen = torch.Generator().manual_seed(int(self.seed))
 
     # -- schedule --------------------------------------------------------------------------
     def set_epoch(self, epoch: float) -> None:
         """Set the epoch :math:`e \\ge 0` of the ramp-up weight :math:`e/(e + e_0)` (and the
-        base loss's)."""
-        e = check_nonneg("epoch", epoch)
-        if math.isinf(e):
-            raise ValueError(f"epoch: expected a finite number >= 0, got {epoch!r}")
-        self.epoch = e
+        base loss's). Call it at the start of every epoch: the ramp does not advance by itself
+        (see :meth:`forward`)."""
+        self.epoch = e = _check_epoch("epoch", epoch)
+        self._scheduled = True
         super().set_epoch(e)
 
     @property
@@ -461,7 +440,7 @@ class DMM(LossWrapper):
         zs = mixed.z if isinstance(mixed.z, list) else [mixed.z]
         if not zs:
             raise ValueError("mixed: expected at least one mixed embedding, got none")
-        term = sum(one(z, z2, negatives) for z in zs) / len(zs)
+        term = cast(torch.Tensor, sum(one(z, z2, negatives) for z in zs)) / len(zs)
         if self.both_views:
             if mixed.z2 is None or z1 is None:
                 raise ValueError("mixed: both_views=True needs mixed.z2 and the clean z1")
@@ -485,6 +464,8 @@ class DMM(LossWrapper):
         loss = self.base_loss(z1, z2, labels, target, negatives, col_prior)
         w = self.current_weight
         if w == 0.0:
+            if self.training and self.weight > 0 and not self._scheduled:
+                warnings.warn(_INERT.format(warmup=self.warmup), UserWarning, stacklevel=4)
             return loss
         if mixed is None:
             mixed = self.mix_embeddings(z1, z2)

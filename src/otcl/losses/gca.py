@@ -39,7 +39,7 @@ instead of ``r1``/``r2`` whose roles swap between the official files.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -48,11 +48,24 @@ from ..ot.sinkhorn import SinkhornOutput
 from . import divergences
 from .base import OTContrastiveLoss
 from .divergences import RowView
+from .params import INHERITED, Rule, param
 from .registry import register
 
 __all__ = ["GCAINCE", "GCARINCE", "GCAUOT", "RINCE"]
 
-_BASE = OTContrastiveLoss.defaults
+#: GCA-UOT's q and lam: they apply when its RINCE term is on
+RINCE_TERM = Rule(
+    "w_rince > 0",
+    lambda s, loss: loss.uses_rince(s),
+    reason="the RINCE term",
+    because="{who} has w_rince=0",
+)
+#: GCA-UOT's divergence: its two terms have weights instead
+WEIGHTED_TERMS = Rule(
+    "never (w_kl and w_rince weight the two terms)",
+    lambda s, _: False,
+    refusal="{who} weights its cross-entropy and RINCE terms with w_kl and w_rince",
+)
 
 
 @register("rince")
@@ -64,7 +77,7 @@ class RINCE(OTContrastiveLoss):
     lam 0.01, temperature 0.5 (official GCA CIFAR configs).
     """
 
-    defaults: ClassVar[Mapping[str, Any]] = {**_BASE, "divergence": "rince"}
+    divergence: str = "rince"
 
 
 @register("gca-ince")
@@ -81,7 +94,7 @@ class GCAINCE(OTContrastiveLoss):
     iterations by default (official code).
     """
 
-    defaults: ClassVar[Mapping[str, Any]] = {**_BASE, "constraint": "balanced"}
+    constraint: str = "balanced"
 
 
 @register("gca-rince")
@@ -101,12 +114,9 @@ class GCARINCE(OTContrastiveLoss):
     iterations in their own.
     """
 
-    defaults: ClassVar[Mapping[str, Any]] = {
-        **_BASE,
-        "constraint": "balanced",
-        "divergence": "rince",
-        "marginals": "unit",
-    }
+    constraint: str = "balanced"
+    divergence: str = "rince"
+    marginals: str = "unit"
 
 
 @register("gca-uot")
@@ -127,47 +137,22 @@ class GCAUOT(OTContrastiveLoss):
     terms are weighted by ``w_kl`` and ``w_rince``.
     """
 
-    defaults: ClassVar[Mapping[str, Any]] = {
-        **_BASE,
-        "constraint": "unbalanced",
-        "rho": 0.2,
-        "w_kl": 1.0,
-        "w_rince": 0.02,
-    }
-    applies_when: ClassVar[Mapping[str, str]] = {
-        **OTContrastiveLoss.applies_when,
-        "q": "w_rince > 0",
-        "lam": "w_rince > 0",
-        "divergence": "never (w_kl and w_rince weight the two terms)",
-    }
+    constraint: str = "unbalanced"
+    rho: float | None = 0.2
+    w_kl: float = param(default=1.0, check=check_nonneg)
+    w_rince: float = param(default=0.02, check=check_nonneg)
+    q: float = param(default=INHERITED, applies=RINCE_TERM)
+    lam: float = param(default=INHERITED, applies=RINCE_TERM)
+    divergence: str = param(default=INHERITED, applies=WEIGHTED_TERMS)
 
-    def __init__(
-        self,
-        temperature: float | None = None,
-        *,
-        w_kl: float | None = None,
-        w_rince: float | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(temperature, w_kl=w_kl, w_rince=w_rince, **kwargs)
-
-    def configure(self, settings: Mapping[str, Any]) -> None:
-        self.w_kl = check_nonneg("w_kl", settings["w_kl"])
-        self.w_rince = check_nonneg("w_rince", settings["w_rince"])
+    def configure(self) -> None:
+        super().configure()
         if self.w_kl == 0 and self.w_rince == 0:
             raise ValueError("w_kl, w_rince: expected at least one weight > 0, got both 0")
 
     @classmethod
     def uses_rince(cls, settings: Mapping[str, Any]) -> bool:
         return float(settings["w_rince"]) > 0
-
-    @classmethod
-    def inapplicable(cls, name: str, settings: Mapping[str, Any]) -> str | None:
-        if name == "divergence":
-            return "gca-uot weights its cross-entropy and RINCE terms with w_kl and w_rince"
-        if name in ("q", "lam") and not cls.uses_rince(settings):
-            return "applies only to the RINCE term; gca-uot has w_rince=0"
-        return super().inapplicable(name, settings)
 
     def divergence_value(
         self,
@@ -183,4 +168,5 @@ class GCAUOT(OTContrastiveLoss):
             total = total + self.w_rince * divergences.plan_rince(
                 out, target, pos, rows, q=self.q, lam=self.lam
             )
+        assert isinstance(total, torch.Tensor)  # at least one weight is > 0 (configure)
         return total

@@ -44,14 +44,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from .._validation import (
-    check_choice,
+    check_bool,
     check_embeddings,
-    check_int_at_least,
+    check_labels,
     check_negatives,
     check_nonneg,
     check_positive,
@@ -62,18 +62,20 @@ from ..ot.geometry import LAYOUTS, SIMILARITIES, Geometry, pair_scores
 from ..ot.sinkhorn import Sinkhorn, SinkhornOutput
 from .contrastive import ContrastiveLoss
 from .divergences import row_mean
+from .params import CROSS, check_finite_number, choice, equals, int_at_least, param
 from .registry import register
 
 __all__ = ["HardNegativeLoss", "DCL", "HCL", "OTHard", "COSTS", "COUPLING_GRADS"]
 
 COSTS = ("sqeuclidean", "exp")
 COUPLING_GRADS = ("none", "unrolled", "detach", "implicit")
+EXP_COST = equals("cost", "exp")
 
 
-def _check_tau_plus(tau_plus: float) -> float:
-    v = check_nonneg("tau_plus", tau_plus)
+def _check_tau_plus(name: str, tau_plus: float) -> float:
+    v = check_nonneg(name, tau_plus)
     if v >= 1:
-        raise ValueError(f"tau_plus: expected a class prior in [0, 1), got {tau_plus!r}")
+        raise ValueError(f"{name}: expected a class prior in [0, 1), got {tau_plus!r}")
     return v
 
 
@@ -114,62 +116,13 @@ class HardNegativeLoss(ContrastiveLoss):
         negatives. Custom ``target`` plans are not supported (ValueError).
     """
 
-    defaults: ClassVar[Mapping[str, Any]] = {
-        "temperature": 0.5,
-        "tau_plus": 0.0,
-        "layout": "simclr",
-        "similarity": "cosine",
-        "symmetric": True,
-        "check_inputs": True,
-        "gather_distributed": False,
-    }
-    applies_when: ClassVar[Mapping[str, str]] = {"symmetric": "layout='cross'"}
-
-    def __init__(
-        self,
-        temperature: float | None = None,
-        *,
-        tau_plus: float | None = None,
-        layout: str | None = None,
-        similarity: str | None = None,
-        symmetric: bool | None = None,
-        check_inputs: bool | None = None,
-        gather_distributed: bool | None = None,
-        **params: Any,
-    ) -> None:
-        super().__init__()
-        s = self.resolve_params(
-            dict(
-                temperature=temperature,
-                tau_plus=tau_plus,
-                layout=layout,
-                similarity=similarity,
-                symmetric=symmetric,
-                check_inputs=check_inputs,
-                gather_distributed=gather_distributed,
-                **params,
-            )
-        )
-        self.temperature = check_positive("temperature", s["temperature"])
-        self.tau_plus = _check_tau_plus(s["tau_plus"])
-        self.layout = check_choice("layout", s["layout"], LAYOUTS)
-        self.similarity = check_choice("similarity", s["similarity"], SIMILARITIES)
-        self.symmetric = bool(s["symmetric"])
-        self.check_inputs = bool(s["check_inputs"])
-        self.gather_distributed = bool(s["gather_distributed"])
-        self.configure(s)
-
-    def configure(self, settings: Mapping[str, Any]) -> None:
-        """Validate and store the parameters a subclass adds."""
-
-    @classmethod
-    def inapplicable(cls, name: str, settings: Mapping[str, Any]) -> str | None:
-        if name == "symmetric" and settings["layout"] != "cross":
-            return (
-                f"applies only to layout='cross'; {cls.loss_name()} has "
-                f"layout={settings['layout']!r}"
-            )
-        return None
+    temperature: float = param(default=0.5, check=check_positive, kw_only=False)
+    tau_plus: float = param(default=0.0, check=_check_tau_plus)
+    layout: str = param(default="simclr", check=choice(LAYOUTS))
+    similarity: str = param(default="cosine", check=choice(SIMILARITIES))
+    symmetric: bool = param(default=True, check=check_bool, applies=CROSS)
+    check_inputs: bool = param(default=True, check=check_bool)
+    gather_distributed: bool = param(default=False, check=check_bool)
 
     # -- parts -----------------------------------------------------------------------------
     def geometry(
@@ -264,17 +217,7 @@ class HardNegativeLoss(ContrastiveLoss):
                 "pass labels= to remove same-class negatives, got a target tensor"
             )
         if labels is not None:
-            n_pairs = z1.shape[0]
-            if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
-                raise ValueError(
-                    f"labels: expected a 1-D tensor of length N={n_pairs}, got {labels!r}"
-                )
-            if labels.numel() != n_pairs:
-                raise ValueError(
-                    f"labels: expected a 1-D tensor of length N={n_pairs}, got {labels.numel()}"
-                )
-            if labels.is_floating_point():
-                raise ValueError(f"labels: expected integer class labels, got dtype {labels.dtype}")
+            check_labels(labels, z1.shape[0])
             if self.tau_plus > 0:
                 raise ValueError(
                     f"tau_plus: expected 0 when labels are given (labels remove the false "
@@ -337,6 +280,7 @@ class HardNegativeLoss(ContrastiveLoss):
         loss = row_mean(self._row_losses(geo.scores, geo.pos, neg, log_w), rows_total)
         if rev is not None:
             g_rev, neg_t = rev
+            assert log_w_t is not None  # log_weight_pair gives the second direction's with rev
             rows = self._row_losses(g_rev.scores, g_rev.pos, neg_t, log_w_t)
             loss = 0.5 * (loss + row_mean(rows, rows_total and g_rev.n_rows))
         return loss if geo.shard is None else geo.shard.total(loss)
@@ -357,7 +301,7 @@ class DCL(HardNegativeLoss):
     ``layout="simclr"``. ``tau_plus=0`` is exactly ``infonce`` (tested).
     """
 
-    defaults: ClassVar[Mapping[str, Any]] = {**HardNegativeLoss.defaults, "tau_plus": 0.1}
+    tau_plus: float = 0.1
 
 
 @register("hcl")
@@ -378,19 +322,8 @@ class HCL(HardNegativeLoss):
     loop: set ``loss.beta`` between epochs (``beta`` is saved in ``state_dict`` as extra state).
     """
 
-    defaults: ClassVar[Mapping[str, Any]] = {
-        **HardNegativeLoss.defaults,
-        "tau_plus": 0.1,
-        "beta": 1.0,
-    }
-
-    def __init__(
-        self, temperature: float | None = None, *, beta: float | None = None, **kwargs: Any
-    ) -> None:
-        super().__init__(temperature, beta=beta, **kwargs)
-
-    def configure(self, settings: Mapping[str, Any]) -> None:
-        self.beta = check_nonneg("beta", settings["beta"])
+    tau_plus: float = 0.1
+    beta: float = param(default=1.0, check=check_nonneg)
 
     def get_extra_state(self) -> dict[str, float]:
         """``beta``, which a training loop may anneal between epochs, saved by ``state_dict``."""
@@ -457,64 +390,12 @@ class OTHard(HardNegativeLoss):
     diagnostics (marginal errors, iterations); the loss keeps nothing between calls.
     """
 
-    defaults: ClassVar[Mapping[str, Any]] = {
-        **HardNegativeLoss.defaults,
-        "eps": 0.7,
-        "cost": "sqeuclidean",
-        "kappa": 1.0,
-        "iters": 100,
-        "tol": 1e-4,
-        "coupling_grad": "none",
-    }
-    applies_when: ClassVar[Mapping[str, str]] = {
-        **HardNegativeLoss.applies_when,
-        "kappa": "cost='exp'",
-    }
-
-    def __init__(
-        self,
-        temperature: float | None = None,
-        *,
-        eps: float | None = None,
-        cost: str | None = None,
-        kappa: float | None = None,
-        iters: int | None = None,
-        tol: float | None = None,
-        coupling_grad: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            temperature,
-            eps=eps,
-            cost=cost,
-            kappa=kappa,
-            iters=iters,
-            tol=tol,
-            coupling_grad=coupling_grad,
-            **kwargs,
-        )
-
-    @classmethod
-    def inapplicable(cls, name: str, settings: Mapping[str, Any]) -> str | None:
-        if name == "kappa" and settings["cost"] != "exp":
-            return f"applies only to cost='exp'; ot-hard has cost={settings['cost']!r}"
-        return super().inapplicable(name, settings)
-
-    def configure(self, settings: Mapping[str, Any]) -> None:
-        self.eps = check_positive("eps", settings["eps"])
-        self.cost = check_choice("cost", settings["cost"], COSTS)
-        kappa = settings["kappa"]
-        try:
-            self.kappa = float(kappa)
-        except (TypeError, ValueError):
-            raise ValueError(f"kappa: expected a finite number, got {kappa!r}") from None
-        if not math.isfinite(self.kappa):
-            raise ValueError(f"kappa: expected a finite number, got {kappa!r}")
-        self.iters = check_int_at_least("iters", settings["iters"], 1)
-        self.tol = check_nonneg("tol", settings["tol"])
-        self.coupling_grad = check_choice(
-            "coupling_grad", settings["coupling_grad"], COUPLING_GRADS
-        )
+    eps: float = param(default=0.7, check=check_positive)
+    cost: str = param(default="sqeuclidean", check=choice(COSTS))
+    kappa: float = param(default=1.0, check=check_finite_number, applies=EXP_COST)
+    iters: int = param(default=100, check=int_at_least(1))
+    tol: float = param(default=1e-4, check=check_nonneg)
+    coupling_grad: str = param(default="none", check=choice(COUPLING_GRADS))
 
     def cost_matrix(self, sim: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(n, m) ground cost between anchors ``x`` and candidates ``y``."""
@@ -556,6 +437,7 @@ class OTHard(HardNegativeLoss):
             return SinkhornOutput(zero_n, zero_m, empty, 0, True, zero, zero, stored_log_plan=empty)
 
         def scores() -> Geometry:
+            assert geom.x is not None and geom.y is not None  # pair_scores keeps the embeddings
             c = self.cost_matrix(sim, geom.x, geom.y)
             s = torch.where(neg, -c / self.eps, torch.full_like(c, float("-inf")))
             return geom.replace(scores=s, bound=self._bound(), mask=None)

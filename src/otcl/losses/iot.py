@@ -34,21 +34,28 @@ KL reduction is per row ("batchmean"; the CIFAR port uses "mean" over all entrie
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
-from .._validation import check_choice, check_nonneg
+from .._validation import check_bool, check_choice, check_nonneg
 from ..ot.distributed import Shard
 from ..ot.geometry import Geometry
 from ..ot.sinkhorn import SinkhornOutput
 from .base import OTContrastiveLoss
 from .divergences import RowView
+from .params import Rule, param
 from .registry import register
 
 __all__ = ["IOT", "IOTUniformity", "uniformity_penalty"]
 
 _RELAX = {"none": "balanced", "row": "rows", "both": "mass"}
+#: iot-uni's detach_mean: it applies when the uniformity term is on
+UNIFORMITY_ON = Rule(
+    "lam_uni > 0",
+    lambda s, _: float(s["lam_uni"]) != 0,
+    because="the uniformity term is off (lam_uni=0)",
+)
 
 
 class _Uniformity(torch.autograd.Function):
@@ -92,7 +99,7 @@ class _Uniformity(torch.autograd.Function):
         return mean * bracket
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad):  # pyright: ignore[reportIncompatibleMethodOverride]
         lp, negatives, total, neg_total, count, mean, bracket = ctx.saved_tensors
         if ctx.shard is not None:  # the (shared) penalty's gradient reaches every rank's rows
             grad = ctx.shard.sum(grad)
@@ -221,7 +228,7 @@ class _MaskedSum(torch.autograd.Function):
         return torch.where(mask, x, 0.0).sum()
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad):  # pyright: ignore[reportIncompatibleMethodOverride]
         (mask,) = ctx.saved_tensors
         return torch.where(mask, grad, 0.0), None
 
@@ -245,16 +252,8 @@ class IOT(OTContrastiveLoss):
     not together with ``relax``.
     """
 
-    defaults: ClassVar[Mapping[str, Any]] = {
-        **OTContrastiveLoss.defaults,
-        "constraint": "balanced",
-        "relax": "none",
-    }
-
-    def __init__(
-        self, temperature: float | None = None, *, relax: str | None = None, **kwargs: Any
-    ) -> None:
-        super().__init__(temperature, relax=relax, **kwargs)
+    constraint: str = "balanced"
+    relax: str = param(default="none")  # checked by derive, which reads it first
 
     @classmethod
     def derive(cls, settings: dict[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
@@ -268,9 +267,6 @@ class IOT(OTContrastiveLoss):
             named = {v: k for k, v in _RELAX.items()}
             return {**settings, "relax": named.get(settings["constraint"], "custom")}
         return {**settings, "constraint": _RELAX[relax]}
-
-    def configure(self, settings: Mapping[str, Any]) -> None:
-        self.relax = settings["relax"]
 
 
 @register("iot-uni")
@@ -286,36 +282,8 @@ class IOTUniformity(IOT):
     (``lam_uni`` :math:`= \lambda_p = 0.2`, ``detach_mean=False``).
     """
 
-    defaults: ClassVar[Mapping[str, Any]] = {
-        **IOT.defaults,
-        "lam_uni": 0.2,
-        "detach_mean": False,
-    }
-    applies_when: ClassVar[Mapping[str, str]] = {
-        **IOT.applies_when,
-        "detach_mean": "lam_uni > 0",
-    }
-
-    def __init__(
-        self,
-        temperature: float | None = None,
-        *,
-        lam_uni: float | None = None,
-        detach_mean: bool | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(temperature, lam_uni=lam_uni, detach_mean=detach_mean, **kwargs)
-
-    @classmethod
-    def inapplicable(cls, name: str, settings: Mapping[str, Any]) -> str | None:
-        if name == "detach_mean" and float(settings["lam_uni"]) == 0:
-            return "applies only to lam_uni > 0; the uniformity term is off (lam_uni=0)"
-        return super().inapplicable(name, settings)
-
-    def configure(self, settings: Mapping[str, Any]) -> None:
-        super().configure(settings)
-        self.lam_uni = check_nonneg("lam_uni", settings["lam_uni"])
-        self.detach_mean = bool(settings["detach_mean"])
+    lam_uni: float = param(default=0.2, check=check_nonneg)
+    detach_mean: bool = param(default=False, check=check_bool, applies=UNIFORMITY_ON)
 
     def extra_terms(
         self,
@@ -333,6 +301,7 @@ class IOTUniformity(IOT):
             own = torch.arange(lp_rows, device=out.scores.device)
             self_cols = own if geom.rows is None else geom.rows
         if rows is not None:
+            assert pos is not None  # the vector-only path: identity target
             pen = _uniformity_from_potentials(out, pos, rows, self_cols, self.detach_mean)
             return self.lam_uni * pen
         lp = out.log_plan

@@ -113,6 +113,7 @@ def mix(
         perm = perm.to(x.device)
         if gather is None:
             return lam * x + (1.0 - lam) * x[perm]
+        assert own is not None, "mix: gather= goes with own="
         return lam * x + (1.0 - lam) * gather(x)[perm[own.to(x.device)]]
     kw = {"gather": gather, "own": own}
     if isinstance(x, Mapping):

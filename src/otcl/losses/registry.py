@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from typing import Any, TypeVar
 
-from torch import nn
+from .contrastive import ContrastiveLoss
 
 __all__ = [
     "available",
@@ -14,16 +16,19 @@ __all__ = [
     "get",
     "inapplicable_params",
     "parameters",
+    "plain_text",
     "register",
 ]
 
-_REGISTRY: dict[str, type[nn.Module]] = {}
+L = TypeVar("L", bound=ContrastiveLoss)
+
+_REGISTRY: dict[str, type[ContrastiveLoss]] = {}
 
 
-def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+def register(name: str) -> Callable[[type[L]], type[L]]:
     """Class decorator: make a loss buildable as ``build(name)``."""
 
-    def deco(cls: type[nn.Module]) -> type[nn.Module]:
+    def deco(cls: type[L]) -> type[L]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"name: loss {name!r} is already registered")
         _REGISTRY[name] = cls
@@ -38,14 +43,14 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get(name: str) -> type[nn.Module]:
+def get(name: str) -> type[ContrastiveLoss]:
     """The loss class registered as ``name`` (ValueError listing the valid names if unknown)."""
     if name not in _REGISTRY:
         raise ValueError(f"name: unknown loss {name!r}; expected one of: {', '.join(available())}")
     return _REGISTRY[name]
 
 
-def parameters(name: str) -> dict[str, object]:
+def parameters(name: str) -> dict[str, Any]:
     """Every parameter of a named loss with its default (what ``build(name)`` uses).
 
     For a wrapper (``dmm``) its own parameters followed by those of its default base loss.
@@ -63,8 +68,35 @@ def conditions(name: str) -> dict[str, str]:
     return dict(getattr(cls, "applies_when", {}))
 
 
-def describe(name: str) -> dict[str, object]:
-    """A loss's one-line summary and every parameter with its default and when it applies.
+_GREEK = {
+    "varepsilon": "ε", "epsilon": "ε", "lambda": "λ", "theta": "θ", "beta": "β", "tau": "τ",
+    "rho": "ρ", "omega": "ω", "alpha": "α", "gamma": "γ", "sigma": "σ", "pi": "π", "mu": "μ",
+    "nu": "ν",
+}  # fmt: skip
+
+
+def _plain_math(tex: str) -> str:
+    tex = re.sub(r"\\(?:mathrm|mathbf|text|operatorname)\{([^{}]*)\}", r"\1", tex)
+    tex = re.sub(r"\\(?:left|right|big|Big)\b", "", tex)
+    tex = re.sub(r"\\[,;!]\s*|\\quad\b|\\qquad\b", " ", tex)
+    tex = tex.replace("\\|", "||").replace("\\ne", "≠").replace("\\le", "≤").replace("\\ge", "≥")
+    tex = re.sub(r"\\([A-Za-z]+)", lambda m: _GREEK.get(m.group(1), m.group(1)), tex)
+    tex = re.sub(r"_\{([^{}]*)\}", r"_\1", tex)
+    tex = re.sub(r"\^\{([^{}]*)\}", r"^\1", tex)
+    return re.sub(r"\s+", " ", tex.replace("{", "").replace("}", "")).strip()
+
+
+def plain_text(rst: str) -> str:
+    """reStructuredText of a docstring line as plain text (for a terminal): ``x`` -> x,
+    :math:`P_\\theta` -> P_θ, :class:`~otcl.losses.DMM` -> DMM."""
+    text = re.sub(r":math:`([^`]*)`", lambda m: _plain_math(m.group(1)), rst)
+    text = re.sub(r":\w+:`~?(?:[\w.]*\.)?([^`]*)`", r"\1", text)  # :class:, :meth:, :func:
+    return re.sub(r"``([^`]*)``", r"\1", text)
+
+
+def describe(name: str) -> dict[str, Any]:
+    """A loss's one-line summary (plain text) and every parameter with its default and when it
+    applies.
 
     Returns:
         ``{"name", "summary", "parameters": {param: {"default", "applies_when"}}, "base"}``;
@@ -81,10 +113,11 @@ def describe(name: str) -> dict[str, object]:
         k: {"default": v, "applies_when": cond.get(k, "always")}
         for k, v in parameters(name).items()
     }
-    return {"name": name, "summary": doc[0] if doc else "", "parameters": params, "base": base}
+    summary = plain_text(doc[0]) if doc else ""
+    return {"name": name, "summary": summary, "parameters": params, "base": base}
 
 
-def inapplicable_params(name: str, params: dict[str, object]) -> dict[str, str]:
+def inapplicable_params(name: str, params: dict[str, Any]) -> dict[str, str]:
     """The given ``params`` that do not apply to loss ``name``, each with the reason.
 
     ``build(name, **params)`` raises for the first of them; a caller that sets parameters for
@@ -110,7 +143,7 @@ def inapplicable_params(name: str, params: dict[str, object]) -> dict[str, str]:
     return out
 
 
-def build(name: str, **params: object) -> nn.Module:
+def build(name: str, **params: Any) -> ContrastiveLoss:
     """Build the loss ``name`` with ``params``; unknown names or parameters raise ValueError,
     and so does a parameter that does not apply to that loss (e.g. ``rho`` of a balanced loss).
 

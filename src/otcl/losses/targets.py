@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .._validation import check_choice
+from .._validation import check_choice, check_labels
 from ..ot.geometry import LAYOUTS, Geometry, positive_index
 
 __all__ = ["identity_target", "label_target", "domain_target", "prepare_target"]
@@ -103,11 +103,7 @@ def prepare_target(
     if labels is not None and target is not None:
         raise ValueError("labels, target: expected at most one of them, got both")
     if labels is not None:
-        if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.numel() != n_pairs:
-            shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels)
-            raise ValueError(f"labels: expected a 1-D tensor of length N={n_pairs}, got {shape}")
-        if labels.is_floating_point():
-            raise ValueError(f"labels: expected integer class labels, got dtype {labels.dtype}")
+        check_labels(labels, n_pairs)
         t = label_target(labels.to(device), layout, dtype, geom.rows)
         if m > n:
             t = torch.cat([t, t.new_zeros(t.shape[0], m - n)], dim=1)

@@ -10,12 +10,13 @@ diagnostics (``negative_weights``, ``coupling``). A wrapper adds its own terms i
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
 
 from .contrastive import ContrastiveLoss
+from .params import param
 from .registry import build, get, parameters
 
 __all__ = ["LossWrapper"]
@@ -28,27 +29,35 @@ class LossWrapper(ContrastiveLoss):
         base: a registered loss name (built with ``base_params`` and the flat ``base_kwargs``)
             or a loss module / callable ``base(z1, z2, labels=None, target=None)``.
         base_params: parameters of the base loss when ``base`` is a name.
-        **base_kwargs: more parameters of the base loss (merged into ``base_params``).
+        **params: the wrapper's own parameters, and more parameters of the base loss (merged
+            into ``base_params``).
 
-    Subclasses list their own parameters in :attr:`defaults`; :meth:`parameter_defaults` gives
-    them followed by the default base loss's.
+    Subclasses declare their own parameters (:mod:`otcl.losses.params`);
+    :meth:`parameter_defaults` gives them followed by the default base loss's.
     """
 
     #: the base loss built when none is named
     default_base: ClassVar[str] = "infonce"
+
+    base: nn.Module | Callable[..., torch.Tensor] | str | None = param(
+        default=None, kw_only=False, setting=False
+    )
+    base_params: Mapping[str, Any] | None = param(default=None, setting=False)
 
     def __init__(
         self,
         base: nn.Module | Callable[..., torch.Tensor] | str | None = None,
         *,
         base_params: Mapping[str, Any] | None = None,
-        **base_kwargs: Any,
+        **params: Any,
     ) -> None:
-        super().__init__()
+        nn.Module.__init__(self)
+        own = {k: params.pop(k) for k in list(params) if k in self.params}
         base = self.default_base if base is None else base
-        params = {**dict(base_params or {}), **base_kwargs}
+        flat = sorted(params)
+        params = {**dict(base_params or {}), **params}
         if isinstance(base, str):
-            self._check_base_params(base, params, flat=sorted(base_kwargs))
+            self._check_base_params(base, params, flat=flat)
             self.base = build(base, **params)
         elif callable(base):
             if params:
@@ -60,6 +69,7 @@ class LossWrapper(ContrastiveLoss):
             raise ValueError(
                 f"base: expected a loss name or a loss module, got {type(base).__name__}"
             )
+        self.apply_params(own)
 
     @classmethod
     def parameter_defaults(cls) -> dict[str, Any]:
@@ -121,4 +131,5 @@ class LossWrapper(ContrastiveLoss):
         extra = {} if negatives is None else {"negatives": negatives}
         if col_prior is not None:
             extra["col_prior"] = col_prior
-        return self.base(z1, z2, labels=labels, target=target, **extra)
+        base = cast(Callable[..., torch.Tensor], self.base)  # built in __init__
+        return base(z1, z2, labels=labels, target=target, **extra)

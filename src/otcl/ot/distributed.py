@@ -65,7 +65,7 @@ class _Gather(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad):  # pyright: ignore[reportIncompatibleMethodOverride]
         group = ctx.group
         world, rank = dist.get_world_size(group), dist.get_rank(group)
         grad = grad.contiguous()
@@ -90,7 +90,7 @@ class _AllReduceSum(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad):  # pyright: ignore[reportIncompatibleMethodOverride]
         out = grad.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(out, group=ctx.group)
         return out, None

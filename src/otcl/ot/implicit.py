@@ -163,7 +163,7 @@ class _ImplicitSinkhorn(torch.autograd.Function):
         return f.clone(), g.clone()
 
     @staticmethod
-    def backward(ctx, grad_f, grad_g):
+    def backward(ctx, grad_f, grad_g):  # pyright: ignore[reportIncompatibleMethodOverride]
         S, log_a, log_b, f, g = ctx.saved_tensors
         ta, tb = ctx.ta, ctx.tb
         if grad_f is None:

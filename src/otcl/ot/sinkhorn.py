@@ -65,8 +65,9 @@ class SinkhornOutput:
         g: (..., m) column potential (log of the column scaling v).
         scores: (..., n, m) the scores :math:`S` the plan was computed from (float32/64).
         n_iters: iterations run (row + column update = 1).
-        converged: whether ``tol`` was met (always False when no ``tol`` was given, unless the
-            problem has a closed form).
+        tol_met: the solver's stopping test: True when ``tol`` was met or the problem has a
+            closed form (one update is exact), False when ``tol`` was given and not met, None
+            when no test ran (no ``tol``).
         row_error: (...,) L1 error of the row marginal :math:`\\|P1 - a\\|_1`.
         col_error: (...,) L1 error of the column marginal :math:`\\|P^T1 - b\\|_1`.
         domain: ``"log"`` or ``"exp"``: the arithmetic used.
@@ -79,13 +80,16 @@ class SinkhornOutput:
             global problem's (``gather_distributed``), else None; ``f``, ``row_lse``, ``scores``
             and the plan are then this rank's rows, ``g`` is global.
         rows_total: the global problem's row count when sharded (None: ``f.shape[-1]``).
+        marginal_ok: for a balanced problem (both marginals hard), a 0-dim bool tensor: whether
+            both marginal errors are within the solver's ``marginal_tol`` (relative to the
+            total mass); None for the other problems. Read :attr:`converged`.
     """
 
     f: torch.Tensor
     g: torch.Tensor
     scores: torch.Tensor
     n_iters: int
-    converged: bool
+    tol_met: bool | None
     row_error: torch.Tensor
     col_error: torch.Tensor
     domain: str = "log"
@@ -93,6 +97,24 @@ class SinkhornOutput:
     stored_log_plan: torch.Tensor | None = field(default=None, repr=False)
     shard: Shard | None = field(default=None, repr=False)
     rows_total: int | None = None
+    marginal_ok: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def converged(self) -> bool | None:
+        r"""Whether the plan is converged, as far as it can be measured.
+
+        * balanced problems (both marginals hard): the final marginal errors, both within the
+          solver's ``marginal_tol`` (default 1e-5) relative to the total mass,
+          :math:`\max(\|P1 - a\|_1, \|P^\top 1 - b\|_1) \le \mathrm{tol}\cdot\|b\|_1`, whatever
+          ``tol`` and ``iters`` were (one host sync, on reading);
+        * closed forms (a free side, or the total mass only): True;
+        * a KL-relaxed side (unbalanced): the plan's marginals differ from ``a``, ``b`` by
+          design, so their error tells nothing: whether ``tol`` was met, or None when no ``tol``
+          was given (not measured).
+        """
+        if self.marginal_ok is not None:
+            return bool(self.marginal_ok)
+        return self.tol_met
 
     @property
     def log_plan(self) -> torch.Tensor:
@@ -173,6 +195,7 @@ def _log_iterate(S, log_a, log_b, ta, tb, f, g, iters, tol, check_every, trace=N
         trace.update(f=[f], g=[g], lr=[], lc=[])
     n_done = 0
     converged = False
+    lr = lc = None
     for it in range(iters):
         f_prev, g_prev = f, g
         if ta > 0:
@@ -210,6 +233,7 @@ def _exp_iterate(S, log_a, log_b, ta, tb, f, g, iters, tol, check_every, trace=N
         trace.update(K=K, u=[u], v=[v], r=[], c=[])
     n_done = 0
     converged = False
+    Kv = Ktu = None
     for it in range(iters):
         u_prev, v_prev = u, v
         if ta > 0:
@@ -296,7 +320,7 @@ class _FusedExpSinkhorn(torch.autograd.Function):
         return f, g, kv.log(), row_sum, col_sum
 
     @staticmethod
-    def backward(ctx, grad_f, grad_g, grad_lse, _grad_row_sum, _grad_col_sum):
+    def backward(ctx, grad_f, grad_g, grad_lse, _grad_row_sum, _grad_col_sum):  # pyright: ignore[reportIncompatibleMethodOverride]
         K, log_a, log_b, f0, g0 = ctx.saved_tensors
         us, vs, rs, cs, kv = ctx.vecs
         ta, tb = ctx.ta, ctx.tb
@@ -354,7 +378,7 @@ class _RowLSE(torch.autograd.Function):
         return kv.log()
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad):  # pyright: ignore[reportIncompatibleMethodOverride]
         K, v, kv = ctx.saved_tensors
         tiny = torch.finfo(K.dtype).tiny
         h = torch.where(kv > tiny, grad / kv, torch.zeros_like(kv))
@@ -398,7 +422,7 @@ class _FusedLogSinkhorn(torch.autograd.Function):
         return f, g, log_plan
 
     @staticmethod
-    def backward(ctx, grad_f, grad_g, grad_plan):
+    def backward(ctx, grad_f, grad_g, grad_plan):  # pyright: ignore[reportIncompatibleMethodOverride]
         S, log_a, log_b, f0, g0 = ctx.saved_tensors
         fs, gs, lrs, lcs = ctx.vecs
         ta, tb = ctx.ta, ctx.tb
@@ -421,7 +445,7 @@ class _FusedLogSinkhorn(torch.autograd.Function):
                 torch.add(S, fs[t].unsqueeze(-1), out=buf)
                 buf.sub_(lcs[t - 1].unsqueeze(-2)).exp_()  # column softmax
                 fb = fb + (buf @ beta.unsqueeze(-1)).squeeze(-1)
-                if need_S:
+                if grad_S is not None:  # need_S
                     grad_S.addcmul_(buf, beta.unsqueeze(-2))
                 gb = torch.zeros_like(gb)
             if ta > 0:  # f_t = ta (log a - LSE_j(S_ij + g_{t-1,j}))
@@ -430,7 +454,7 @@ class _FusedLogSinkhorn(torch.autograd.Function):
                 torch.add(S, gs[t - 1].unsqueeze(-2), out=buf)
                 buf.sub_(lrs[t - 1].unsqueeze(-1)).exp_()  # row softmax
                 gb = gb + (alpha.unsqueeze(-2) @ buf).squeeze(-2)
-                if need_S:
+                if grad_S is not None:  # need_S
                     grad_S.addcmul_(buf, alpha.unsqueeze(-1))
                 fb = torch.zeros_like(fb)
         grads = [grad_S]
@@ -465,10 +489,13 @@ class Sinkhorn:
         backward: how ``grad="unrolled"`` is differentiated: ``"fused"`` (default: hand-written
             backward of the same iterations, :math:`O(nm)` memory) or ``"autograd"`` (autograd
             through the loop, :math:`O(\text{iters}\cdot nm)` memory: the reference).
-        check_values: check the scores for NaN/+inf and the marginals' values (each check is a
-            host sync); ``False`` for a training step whose inputs are known good (otcl's losses
-            pass their ``check_inputs``). With no check and no ``tol`` a solve syncs nothing
-            and compiles (``torch.compile``) into one graph.
+        check_values: check the scores for NaN/+inf and the marginals' values, and that a
+            balanced problem's marginals have equal total mass (each check is a host sync);
+            ``False`` for a training step whose inputs are known good (otcl's losses pass their
+            ``check_inputs``). With no check and no ``tol`` a solve syncs nothing and compiles
+            (``torch.compile``) into one graph.
+        marginal_tol: the relative L1 marginal error under which a balanced solve counts as
+            converged (:attr:`SinkhornOutput.converged`); it does not stop the iterations.
 
     Example:
         >>> import torch
@@ -485,6 +512,7 @@ class Sinkhorn:
     domain: str = "auto"
     backward: str = "fused"
     check_values: bool = True
+    marginal_tol: float = 1e-5
 
     def __post_init__(self) -> None:
         check_int_at_least("iters", self.iters, 1)
@@ -494,6 +522,7 @@ class Sinkhorn:
         check_choice("backward", self.backward, BACKWARDS)
         if self.tol is not None:
             check_nonneg("tol", self.tol)
+        check_nonneg("marginal_tol", self.marginal_tol)
 
     def replace(self, **changes: Any) -> Sinkhorn:
         """A solver with some options changed."""
@@ -555,6 +584,9 @@ class Sinkhorn:
             cv = self.check_values
             a = check_marginal("a", problem.a, batch, n_all, like=S, check_values=cv)
             b = check_marginal("b", problem.b, batch, m, like=S, check_values=cv)
+            hard = problem.tau_a == 1.0 and problem.tau_b == 1.0
+            if cv and hard:
+                _check_equal_mass(a, b)
             if a is not None and rows is not None:
                 a = a[..., rows]
             log_a = _log_marginal(a, n_all, S)[..., :n] if a is None else a.log()
@@ -601,28 +633,35 @@ class Sinkhorn:
                         del trace
                     else:
                         f, g, n_done, conv = _log_iterate(S.detach(), *loop, *extra)
-                kernel = K if dom == "exp" and fused else None
+                kernel = K if dom == "exp" and fused else None  # pyright: ignore[reportPossiblyUnboundVariable]
                 if grad == "implicit":
                     f, g = implicit_potentials(
                         S, log_a, log_b, ta, tb, f, g, kernel=kernel, shard=shard
                     )
                 if kernel is not None:  # K is kept for the divergences' row_lse = log K v
-                    row_lse = _RowLSE.apply(S, g, kernel, v, kv)
+                    row_lse = _RowLSE.apply(S, g, kernel, v, kv)  # pyright: ignore[reportPossiblyUnboundVariable]
             if log_plan is None and sums is None:  # else formed on access
                 log_plan = f.unsqueeze(-1) + S + g.unsqueeze(-2)
             with torch.no_grad():
                 if sums is None:
+                    assert log_plan is not None  # formed above
                     P = log_plan.detach().exp()
                     sums = P.sum(-1), _col_sum(P.sum(-2), shard)
                     del P
                 row_err = _col_sum((sums[0].detach() - log_a.exp()).abs().sum(-1), shard)
                 col_err = (sums[1].detach() - log_b.exp()).abs().sum(-1)
+                marginal_ok = None
+                if hard:  # the errors of a balanced plan measure its convergence (no sync here)
+                    mass = log_b.exp().sum(-1)
+                    marginal_ok = (
+                        torch.maximum(row_err, col_err) <= self.marginal_tol * mass
+                    ).all()
         return SinkhornOutput(
             f,
             g,
             S,
             n_done,
-            conv,
+            conv if (conv or tol is not None) else None,  # no tol: no stopping test ran
             row_err,
             col_err,
             dom,
@@ -630,6 +669,7 @@ class Sinkhorn:
             stored_log_plan=log_plan,
             shard=shard,
             rows_total=None if shard is None else n_all,
+            marginal_ok=marginal_ok,
         )
 
 
@@ -648,6 +688,7 @@ def sinkhorn(
     bound: float | None = None,
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
     backward: str = "fused",
+    marginal_tol: float = 1e-5,
 ) -> SinkhornOutput:
     r"""Entropic coupling of a score matrix, balanced, semi-relaxed or unbalanced, in one call.
 
@@ -659,7 +700,8 @@ def sinkhorn(
         scores: (..., n, m) log-kernel :math:`S`; ``-inf`` entries are excluded pairs.
         a: (n,) or (..., n) row marginal, non-negative; uniform 1/n if None.
         b: (m,) or (..., m) column marginal; uniform 1/m if None.
-        iters, tol, check_every, grad, domain, backward: solver options (:class:`Sinkhorn`).
+        iters, tol, check_every, grad, domain, backward, marginal_tol: solver options
+            (:class:`Sinkhorn`).
         rho_a, rho_b: KL strengths of the marginals (None = hard, 0 = free, see
             :mod:`otcl.ot.problem`).
         bound: a known bound on :math:`|S|`, saves a host sync in ``domain="auto"``.
@@ -667,7 +709,11 @@ def sinkhorn(
 
     Returns:
         :class:`SinkhornOutput` with ``log_plan``, ``plan``, ``f``, ``g``, ``n_iters``,
-        ``converged`` and the marginal errors.
+        ``converged`` and the marginal errors. A balanced problem is ``converged`` when its
+        final marginal errors are within ``marginal_tol`` of the total mass (relative L1),
+        whether or not ``tol`` stopped it early; ``a`` and ``b`` of unequal total mass (no
+        balanced plan exists) raise ``ValueError``: relax a side (``rho_a``, ``rho_b``)
+        for unbalanced transport.
 
     Example:
         >>> S = torch.randn(4, 5)
@@ -675,8 +721,27 @@ def sinkhorn(
         >>> torch.allclose(out.plan.sum(-1), torch.full((4,), 0.25), atol=1e-5)
         True
     """
-    solver = Sinkhorn(iters, tol, check_every, grad, domain, backward)
+    solver = Sinkhorn(iters, tol, check_every, grad, domain, backward, marginal_tol=marginal_tol)
     return solver(scores, Problem(a, b, rho_a, rho_b), bound=bound, init=init)
+
+
+def _check_equal_mass(a: torch.Tensor | None, b: torch.Tensor | None) -> None:
+    """A balanced problem needs marginals of equal total mass (uniform ones have mass 1); one
+    host sync. The relative tolerance 1e-4 allows float32 rounding of normalised weights."""
+    if a is None and b is None:
+        return
+    mass_a = torch.ones(()) if a is None else a.detach().sum(-1).double().cpu()
+    mass_b = torch.ones(()) if b is None else b.detach().sum(-1).double().cpu()
+    mass_a, mass_b = torch.broadcast_tensors(mass_a, mass_b)
+    bad = (mass_a - mass_b).abs() > 1e-4 * torch.maximum(mass_a, mass_b)
+    if bool(bad.any()):
+        i = int(bad.flatten().nonzero()[0])
+        got_a, got_b = float(mass_a.flatten()[i]), float(mass_b.flatten()[i])
+        raise ValueError(
+            f"a, b: expected marginals of equal total mass for a balanced problem (no plan meets "
+            f"both otherwise), got sum(a)={got_a:.6g} and sum(b)={got_b:.6g}; normalise them, or "
+            "relax a side (rho_a, rho_b) for unbalanced transport"
+        )
 
 
 def _check_scores_shape(scores: torch.Tensor) -> None:
