@@ -154,7 +154,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         k for k in ("warm/ndcg@10", "warm/recall@10", "warm/hr@10", "warm/map@10") if k in summary
     ]
     metrics = ", ".join(f"{k.split('/')[1]} {summary[k]:.4f}" for k in ks)
-    print(f"{trainer.tag}: {summary['epochs']} epochs, {metrics} -> {trainer.out}")
+    best = f" (best {summary['best_epoch']})" if "best_epoch" in summary else ""
+    print(f"{trainer.tag}: {summary['epochs']} epochs{best}, {metrics} -> {trainer.out}")
     return 0
 
 
