@@ -29,6 +29,12 @@ counts each run's compact resumes). At most ``--state-limit-mib`` (40) MiB of ch
 kept: one ResNet-18 run in progress at a time. Finished runs keep their numbers in the ledger,
 not their weights.
 
+The compact file is a checkpoint like any other (the run machinery's envelope: the SHA-256 of
+its payload is checked when it is read, and it is loaded without running code), so a damaged
+carry is refused and that run starts again. Each run goes through the image pipeline's shared
+comparison (``train_run`` with its spec: reuse, resume, refusal of other settings, evaluation);
+methods are named as in ``otcl compare`` (``infonce+dmm``: DMM around InfoNCE).
+
 Concurrency: several training processes on the one GPU may give more views/s in total than one
 (ResNet-18 on 32x32 images leaves an H100 partly idle). :func:`measure_concurrency` measures
 1, 2 and 4 processes once (the result stays in the ledger); the scheduler then runs that many at
@@ -47,8 +53,6 @@ Standalone use (the suite calls these)::
 from __future__ import annotations
 
 import argparse
-import copy
-import io
 import json
 import math
 import os
@@ -86,15 +90,13 @@ PROTOCOL: tuple[tuple[str, int], ...] = (
     ("gca-uot", 1),
     ("hcl", 0),
     ("ot-hard", 0),
-    ("dmm", 0),
+    ("infonce+dmm", 0),
     ("infonce", 2),
     ("gca-uot", 2),
 )
 DRY_PROTOCOL: tuple[tuple[str, int], ...] = (("infonce", 0), ("gca-uot", 0))
-#: loss parameters on top of the recipe (every loss otherwise at its defaults, temperature 0.5)
-LOSS_PARAMS: dict[str, dict[str, Any]] = {"dmm": {"base": "infonce"}}
 #: encoder passes per step relative to two views (DMM re-encodes the mixed view-1 batch)
-COST = {"dmm": 1.5}
+COST = {"infonce+dmm": 1.5}
 CIFAR10_TRAIN = 50_000
 #: per-run overheads assumed before any were measured: process start + data + compile, and eval
 DEFAULT_OVERHEAD = {
@@ -144,19 +146,20 @@ def comparable(cfg: dict[str, Any]) -> dict[str, Any]:
 def run_config(
     rec: dict[str, Any], run: dict[str, Any], data_dir: str | None, out: Path
 ) -> dict[str, Any]:
-    """The full config of one run of the ledger."""
-    cfg = copy.deepcopy(rec)
-    cfg["loss"]["name"] = run["loss"]
-    cfg["loss"]["params"] = dict(run["params"])
-    cfg["train"]["seed"] = run["seed"]
-    cfg["train"]["out"] = str(out)
-    cfg["data"]["data_dir"] = data_dir
-    return cfg
+    """The full config of one run of the ledger: the recipe with the run's method (a loss, or
+    ``<loss>+dmm``) as the image pipeline's comparison makes it, its seed and directory."""
+    from otcl.pipelines.spec import get
+
+    spec = get("ssl")
+    cfg = spec.method_config(spec.config_cls.from_dict(rec), run["loss"], run["params"], {})
+    cfg.train.seed, cfg.train.out, cfg.data.data_dir = run["seed"], str(out), data_dir
+    return cfg.to_dict()
 
 
 # -- ledger --------------------------------------------------------------------------------
 def run_id(loss: str, seed: int) -> str:
-    return f"{loss}-s{seed}"
+    """``infonce+dmm``, seed 0 -> ``infonce-dmm-s0`` (plain characters: a file-name part)."""
+    return f"{loss.replace('+', '-')}-s{seed}"
 
 
 def new_ledger(rec: dict[str, Any], protocol) -> dict[str, Any]:
@@ -167,7 +170,7 @@ def new_ledger(rec: dict[str, Any], protocol) -> dict[str, Any]:
                 "id": run_id(loss, seed),
                 "loss": loss,
                 "seed": seed,
-                "params": dict(LOSS_PARAMS.get(loss, {})),
+                "params": {},  # loss parameters on top of the recipe
                 "status": "pending",  # pending | partial | trained | done | failed
                 "epoch": 0,
                 "global_step": 0,
@@ -268,10 +271,13 @@ def _unpack(v):
 
 
 def compact_checkpoint(run_dir: Path) -> bytes:
-    """The run's checkpoint (and its config and metrics log) in the compact carry form."""
-    import torch
+    """The run's checkpoint (and its config and metrics log) in the compact carry form: a
+    checkpoint file like any other (:func:`otcl.pipelines.engine.checkpoint.save_checkpoint`: the SHA-256 of
+    its payload checked on reading), whose large tensors are packed and which carries the two
+    text files under ``"compact"``."""
+    import tempfile
 
-    from otcl.pipelines.engine.checkpoint import load_checkpoint
+    from otcl.pipelines.engine.checkpoint import load_checkpoint, save_checkpoint
 
     st = load_checkpoint(run_dir)
     st["model"] = {k: _pack_weight(v) for k, v in st["model"].items()}
@@ -282,22 +288,27 @@ def compact_checkpoint(run_dir: Path) -> bytes:
     for name in ("config.yaml", "metrics.jsonl"):
         if (run_dir / name).exists():
             files[name] = (run_dir / name).read_text()
-    buf = io.BytesIO()
-    torch.save({"format": COMPACT_FORMAT, "state": st, "files": files}, buf)
-    return buf.getvalue()
+    st["compact"] = {"format": COMPACT_FORMAT, "files": files}
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(st, Path(tmp) / "compact.pt")
+        return (Path(tmp) / "compact.pt").read_bytes()
 
 
 def expand_checkpoint(blob: bytes, run_dir: Path) -> dict[str, Any]:
     """Write ``checkpoint.pt`` (fp32 again), ``config.yaml`` and ``metrics.jsonl`` into
-    ``run_dir`` from a compact blob; returns the checkpoint's state."""
-    import torch
+    ``run_dir`` from a compact blob; returns the checkpoint's state. The blob is read by
+    :func:`otcl.pipelines.engine.checkpoint.load_checkpoint` (safe loading, the SHA-256 check): a damaged
+    carry is a ``ValueError``."""
+    import tempfile
 
-    from otcl.pipelines.engine.checkpoint import save_checkpoint
+    from otcl.pipelines.engine.checkpoint import load_checkpoint, save_checkpoint
 
-    data = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "compact.pt").write_bytes(blob)
+        st = load_checkpoint(Path(tmp) / "compact.pt")
+    data = st.pop("compact", None)
     if not isinstance(data, dict) or data.get("format") != COMPACT_FORMAT:
         raise ValueError("compact checkpoint: unknown format")
-    st = data["state"]
     st["model"] = {k: _unpack(v) for k, v in st["model"].items()}
     for s in st["optimizer"].get("state", {}).values():
         if "momentum_buffer" in s:
@@ -331,21 +342,27 @@ def read_parts(state: Path, rid: str, n: int) -> bytes:
 
 # -- the worker: one run, in its own process ------------------------------------------------
 def worker_main(args: argparse.Namespace) -> int:
-    """Train (or resume) one run until done or told to stop; evaluate; write a report."""
+    """Train (or resume) one run until done or told to stop; evaluate; write a report.
+
+    The run goes through the shared comparison (:func:`otcl.pipelines.compare.train_run` with
+    the image pipeline's spec): a finished run is reused, an interrupted one resumed, a
+    directory holding other settings refused, and the spec's evaluation follows training. This
+    worker adds what is its own: the STOP file, the step count and the timings of its report.
+    """
     t_start = time.time()
     report: dict[str, Any] = {"status": "failed"}
     report_path = Path(args.report)
     stop_file = Path(args.stop_file)
     try:
-        import torch
-
+        from otcl.pipelines.compare import Run, train_run
+        from otcl.pipelines.comparison import SpecRunner
+        from otcl.pipelines.engine.checkpoint import load_checkpoint
         from otcl.pipelines.engine.stops import TrainingInterrupted
         from otcl.pipelines.files import read_jsonl
-        from otcl.pipelines.ssl.config import Config
-        from otcl.pipelines.ssl.evaluate import evaluate_run
-        from otcl.pipelines.ssl.trainer import SSLTrainer
+        from otcl.pipelines.spec import get
 
-        cfg = Config.from_dict(json.loads(Path(args.config).read_text()))
+        spec = get("ssl")
+        cfg = spec.config_cls.from_dict(json.loads(Path(args.config).read_text()))
         run_dir = Path(cfg.train.out)
         marks: dict[str, float] = {}
         stop_after = args.stop_after_steps
@@ -367,51 +384,72 @@ def worker_main(args: argparse.Namespace) -> int:
                     return
                 time.sleep(0.2)
 
-        class Worker(SSLTrainer):
-            steps_here = 0
+        built: list[Any] = []
 
-            def train_step(self, epoch: int, step: int) -> torch.Tensor:
-                loss = super().train_step(epoch, step)
-                self.steps_here += 1
-                if self.steps_here == 1:
+        def make_trainer(*a: Any, **kw: Any) -> Any:
+            """The spec's trainer, its steps counted (no subclass)."""
+            tr = spec.trainer_cls(*a, **kw)
+            step_fn = tr.train_step
+
+            def counted(epoch: int, step: int) -> Any:
+                if tr.steps_here == 0 and stopping.is_set():  # the deadline came while loading
+                    os.kill(os.getpid(), signal.SIGTERM)  # deferred to this step's end
+                loss = step_fn(epoch, step)
+                tr.steps_here += 1
+                if tr.steps_here == 1:
                     marks["first_step"] = time.time()
-                if stop_after is not None and self.steps_here == stop_after:
+                if stop_after is not None and tr.steps_here == stop_after:
                     request_stop()  # (tests) as if the deadline came now
                 return loss
 
-        resume = (run_dir / "checkpoint.pt").exists()
-        tr = Worker(cfg, run_dir, resume=resume, log=lambda s: print(s, file=sys.stderr))
-        epoch0 = tr.epoch
-        report.update(
-            epoch=tr.epoch, global_step=tr.global_step, total_steps=tr.total_steps, resumed=resume
-        )
+            tr.steps_here, tr.train_step = 0, counted
+            report.update(epoch=tr.epoch, global_step=tr.global_step, total_steps=tr.total_steps)
+            marks["epoch0"] = tr.epoch
+            built.append(tr)
+            return tr
+
+        runner = SpecRunner(spec)
+        make_trainer.volatile = spec.trainer_cls.volatile  # type: ignore[attr-defined]
+        make_trainer.measures = spec.trainer_cls.measures  # type: ignore[attr-defined]
+        runner.trainer_cls = make_trainer
+        finish = runner.finish
+
+        def timed_finish(run: Any, data: Any) -> None:
+            marks["eval0"] = time.time()
+            finish(run, data)
+            report["eval_s"] = time.time() - marks["eval0"]
+
+        runner.finish = timed_finish  # type: ignore[method-assign]
         threading.Thread(target=watch, daemon=True).start()
         t_train = time.time()
-        status = "trained"
-        if stopping.is_set() or stop_file.exists():
-            status = "stopped"  # the deadline came while loading: nothing trained here
-            tr.close()
-        else:
-            try:
-                tr.fit()  # a run trained in an earlier call only writes its summary here
-            except TrainingInterrupted:
-                status = "stopped"
-        t_done = time.time()
+        log = lambda s: print(s, file=sys.stderr)  # noqa: E731
+        try:
+            state = train_run(runner, Run(run_dir.name, cfg.train.seed, cfg, run_dir), None, log)
+            status = "done"
+        except TrainingInterrupted:
+            state, status = "resume", "stopped"
+        report["resumed"] = state == "resume"
+        t_done = time.time() - report.get("eval_s", 0.0)
+        st = load_checkpoint(run_dir)
         # throughput of this call: the epochs it completed, without the first (compilation)
-        recs = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] > epoch0]
+        recs = [
+            r
+            for r in read_jsonl(run_dir / "metrics.jsonl")
+            if r["epoch"] > marks.get("epoch0", st["epoch"])
+        ]
         rates = [r["views_per_s"] for r in recs]
         report.update(
-            epoch=tr.epoch,
-            global_step=tr.global_step,
-            steps_here=tr.steps_here,
+            epoch=int(st["epoch"]),
+            global_step=int(st["global_step"]),
+            steps_here=built[0].steps_here if built else 0,
             startup_s=(marks["first_step"] - t_start) if "first_step" in marks else None,
             train_s=t_done - t_train,
             views_per_s=statistics.median(rates[1:] or rates) if rates else None,
         )
-        if status == "trained" and not stopping.is_set():
-            t0 = time.time()
-            res = evaluate_run(run_dir, device=cfg.train.device, data=tr.data, progress=False)
-            report["eval_s"] = time.time() - t0
+        if built:
+            report["total_steps"] = built[0].total_steps
+        if status == "done":
+            res = json.loads((run_dir / "eval.json").read_text())
             summary = json.loads((run_dir / "summary.json").read_text())
             report["result"] = {
                 "knn": res["knn"],
@@ -422,7 +460,6 @@ def worker_main(args: argparse.Namespace) -> int:
                 "seconds_per_epoch": summary.get("seconds_per_epoch"),
                 "epochs": summary.get("epochs"),
             }
-            status = "done"
         report["status"] = status
         rc = 0
     except Exception as e:  # reported to the scheduler, which records it in the ledger

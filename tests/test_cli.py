@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import pytest
@@ -85,12 +84,53 @@ def test_cli_loss_param_that_does_not_apply_is_one_error_line(argv, message, cap
 
 
 def test_every_registered_pipeline_adds_its_commands():
-    for module in cli.PIPELINES:
-        assert callable(importlib.import_module(module).add_parser), module
+    """Every pipeline has the same three verbs, generated from its spec; the image
+    pipeline's are also the short forms otcl train | eval | compare."""
+    from otcl.pipelines.spec import get
+
     parser = cli.build_parser()
+    for name in cli.PIPELINES:
+        assert get(name).name == name
+        for verb in (["train"], ["eval", "run"], ["compare"]):
+            args = parser.parse_args([name, *verb])
+            assert callable(args.handler) and args.pipeline == name
+        assert (
+            parser.parse_args([name, "train"]).resume_hint == f"otcl {name} train --resume {{run}}"
+        )
     for argv in (["train"], ["eval", "run"], ["compare"], ["losses"]):
         assert callable(parser.parse_args(argv).handler)
     assert parser.parse_args(["train"]).resume_hint == "otcl train --resume {run}"
+
+
+@pytest.mark.parametrize("name", ["ssl", "multimodal", "recsys"])
+def test_each_verb_offers_only_what_it_accepts(name, capsys, monkeypatch):
+    """train offers --dmm and KEY=VALUE (no LOSS: prefix), compare [LOSS:]KEY=VALUE, --methods
+    and --jobs; eval none of the run settings."""
+    monkeypatch.setenv("COLUMNS", "1000")
+    helps = {}
+    for verb in ("train", "eval", "compare"):
+        with pytest.raises(SystemExit):
+            cli.build_parser().parse_args([name, verb, "--help"])
+        helps[verb] = capsys.readouterr().out
+    assert "--dmm" in helps["train"] and "[LOSS:]" not in helps["train"]
+    assert "KEY=VALUE" in helps["train"]
+    assert "[LOSS:]KEY=VALUE" in helps["compare"] and "--jobs" in helps["compare"]
+    assert "--methods" in helps["compare"] and "--dmm" not in helps["compare"]
+    assert "--loss-param" not in helps["eval"] and "--epochs" not in helps["eval"]
+    assert ("--compile" in helps["train"]) == (name != "multimodal")
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["multimodal", "train", "--compile"], "--compile: not supported by this pipeline"),
+        (["multimodal", "compare", "--dmm", "both"], "--dmm: moved: name the methods"),
+    ],
+)
+def test_refused_flags_are_one_line_at_parse_time(argv, match, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"otcl: error: {match}") and err.count("\n") == 1, err
 
 
 def test_cli_losses_print_plain_text_not_restructuredtext(capsys):

@@ -1,9 +1,10 @@
 """The ``otcl`` command line: ``losses`` and every pipeline's subcommands.
 
-Each pipeline package has a ``cli.py`` with ``add_parser(subparsers)`` and registers it with one
-line in :data:`PIPELINES`; the self-supervised image pipeline adds the top-level verbs ``train``,
-``eval`` and ``compare``, other pipelines a group of their own (``otcl <pipeline> train ...``).
-A subcommand sets ``handler`` (``args -> exit status``) and, if it trains, ``resume_hint``.
+Every pipeline is a :class:`~otcl.pipelines.spec.Pipeline` spec named in :data:`PIPELINES`; its
+verbs are generated from the spec (:mod:`otcl.pipelines.verbs`): ``otcl <pipeline> train | eval
+| compare``, and for the self-supervised image pipeline also the short forms ``otcl train``,
+``otcl eval`` and ``otcl compare``. A subcommand sets ``handler`` (``args -> exit status``) and,
+if it trains, ``resume_hint``.
 
 Errors are handled here once for every pipeline: a user mistake (``ValueError``) ends with one
 line ``otcl: error: ...`` and exit status 2; Ctrl-C (SIGINT) or SIGTERM during training saves a
@@ -20,7 +21,6 @@ status and is printed once, by the rank where it happened. Only the commands tha
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import signal
@@ -34,12 +34,9 @@ from .pipelines.engine.signals import deferred_signals
 
 __all__ = ["main", "build_parser", "PIPELINES"]
 
-#: modules whose ``add_parser(subparsers)`` adds a pipeline's subcommands
-PIPELINES: tuple[str, ...] = (
-    "otcl.pipelines.ssl.cli",
-    "otcl.pipelines.multimodal.cli",
-    "otcl.pipelines.recsys.cli",
-)
+#: the pipelines of the command line (registered specs, :func:`otcl.pipelines.spec.get`); the
+#: first one also has the short forms ``otcl train | eval | compare``
+PIPELINES: tuple[str, ...] = ("ssl", "multimodal", "recsys")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"otcl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in PIPELINES:
-        importlib.import_module(module).add_parser(sub)
+    from .pipelines.spec import available, get
+    from .pipelines.verbs import add_pipeline
+
+    names = [*PIPELINES, *(n for n in available() if n not in PIPELINES)]  # and any registered
+    for i, name in enumerate(names):
+        add_pipeline(sub, get(name), short_forms=i == 0)
     p = sub.add_parser(
         "losses",
         help="list the losses and their parameters",
@@ -117,9 +118,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    from .pipelines.commands import RefusedFlag
+
     with deferred_signals():  # imports torch: Ctrl-C there waits for the import to finish
         parser = build_parser()
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except RefusedFlag as e:  # a flag this command does not take: one line
+            print(f"otcl: error: {e}", file=sys.stderr)
+            return 2
     handler = getattr(args, "handler", None)
     if handler is None:  # no command, or a pipeline group without its verb
         parser.print_help()

@@ -205,6 +205,17 @@ def test_compact_checkpoint_roundtrip(run_dir, tmp_path, acc):
         assert torch.equal(third["model"][k], v)
 
 
+def test_a_damaged_compact_checkpoint_fails_the_integrity_check(run_dir, tmp_path, acc):
+    """The compact carry is a checkpoint file like any other: its payload's SHA-256 is checked
+    on reading, so a flipped byte is refused (that run then starts again) and nothing is
+    written."""
+    blob = bytearray(acc.compact_checkpoint(run_dir))
+    blob[len(blob) // 2] ^= 0xFF
+    with pytest.raises(ValueError, match="run: "):
+        acc.expand_checkpoint(bytes(blob), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_parts_split_and_join(tmp_path, acc):
     blob = bytes(range(256)) * 40  # 10240 bytes
     assert acc.write_parts(blob, tmp_path, "x-s0", part_bytes=4096) == 3

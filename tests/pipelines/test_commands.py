@@ -9,10 +9,8 @@ import pytest
 
 from otcl.cli import build_parser
 from otcl.pipelines.commands import (
-    add_compare_options,
     add_run_options,
     add_train_options,
-    compare_config,
     name_list,
     run_train,
 )
@@ -26,10 +24,7 @@ pytest.importorskip("yaml")
 def _parser(compare: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser()
     add_run_options(p, single_loss=not compare)
-    if compare:
-        add_compare_options(p, names="losses", names_help="h", per="loss", default_out="runs/c")
-    else:
-        add_train_options(p, "runs/x")
+    add_train_options(p, "runs/x")
     return p
 
 
@@ -62,20 +57,27 @@ def test_run_train_takes_a_pipelines_own_validation(tmp_path):
     assert summary["epochs"] == 2 and seen[-1].train.epochs == 2  # the resumed run, checked
 
 
-def test_compare_config_and_names():
-    args = _parser(compare=True).parse_args(
-        ["--loss-param", "temperature=0.2", "--loss-param", "gca-uot:rho=0.5", "--epochs", "3"]
-    )
-    assert (args.seeds, args.out, args.no_plot) == (3, "runs/c", False)
-    cfg, specific = compare_config(args, RunConfig, (), ["infonce", "gca-uot", "made-up"],
-                                   checked=lambda n: n != "made-up")  # fmt: skip
-    assert cfg.loss.params == {"temperature": 0.2} and cfg.train.epochs == 3
-    assert specific == {"gca-uot": {"rho": 0.5}}
-    bad = _parser(compare=True).parse_args(["--loss-param", "infonce:rho=0.5"])
-    with pytest.raises(ValueError, match="rho"):  # built once with its parameters: refused
-        compare_config(bad, RunConfig, (), ["infonce"])
+def test_name_list():
     assert name_list(" a, b,,c ", ("x",)) == ["a", "b", "c"]
     assert name_list(None, ("x", "y")) == ["x", "y"] and name_list("", ("x",)) == ["x"]
+
+
+def test_run_train_prepares_a_new_run_only(tmp_path):
+    """``prepare`` (train --dmm) shapes a new run's config, never a resumed one's."""
+    out = tmp_path / "run"
+    args = _parser().parse_args([*TOY, "--out", str(out)])
+    seen = []
+
+    def prepare(cfg):
+        seen.append(cfg.loss.name)
+        cfg.loss.params["temperature"] = 0.3
+        return cfg
+
+    trainer, _ = run_train(args, RunConfig, Toy, validate=lambda c: None, prepare=prepare)
+    assert seen == ["infonce"] and trainer.cfg.loss.params == {"temperature": 0.3}
+    again = _parser().parse_args(["--resume", str(out), "--no-progress"])
+    run_train(again, RunConfig, Toy, validate=lambda c: None, prepare=prepare)
+    assert seen == ["infonce"]
 
 
 @pytest.mark.parametrize(

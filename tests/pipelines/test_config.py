@@ -131,3 +131,36 @@ def test_bad_files(tmp_path):
 )
 def test_parse_value(text, value):
     assert parse_value(text) == value
+
+
+def test_given_settings_are_this_requests_not_a_saved_runs(tmp_path):
+    """given(): assignments, overrides and the user's config file give a setting; a saved
+    run read back with from_dict sets every setting but gives none (so a rule "a setting given
+    where it does not apply is refused, whatever its value" never refuses a saved run)."""
+    from otcl.pipelines.config import RunConfig, apply_overrides, from_dict, given, load_config
+
+    cfg = apply_overrides(RunConfig(), ["optim.momentum=0.9"])  # its default value, given
+    cfg.train.epochs = 3
+    assert given(cfg.optim) == {"momentum"} and given(cfg.train) == {"epochs"}
+    saved = from_dict(RunConfig, cfg.to_dict())
+    assert given(saved.optim) == set() and given(saved.train) == set()
+    path = tmp_path / "c.yaml"
+    path.write_text("optim: {optimizer: adam}\n")
+    assert given(load_config(path, RunConfig).optim) == {"optimizer"}
+
+
+def test_a_given_inapplicable_setting_is_refused_at_its_default_value_too():
+    from otcl.pipelines.config import RunConfig, from_dict
+    from otcl.pipelines.engine.trainer import EpochTrainer
+
+    class Check(EpochTrainer):  # only the settings check, no run directory
+        def __init__(self, cfg):
+            self.cfg = cfg
+
+    cfg = RunConfig()
+    cfg.optim.optimizer, cfg.optim.lr, cfg.train.epochs, cfg.train.batch_size = "adam", 1e-3, 1, 8
+    Check(cfg).check_config()  # momentum not given: fine
+    cfg.optim.momentum = 0.9  # the default, given: it does not apply to Adam
+    with pytest.raises(ValueError, match="optim.momentum / optim.nesterov: apply only to"):
+        Check(cfg).check_config()
+    Check(from_dict(RunConfig, cfg.to_dict())).check_config()  # a saved run: not given

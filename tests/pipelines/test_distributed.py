@@ -240,7 +240,7 @@ def test_compare_under_two_processes(runs):
     b, cmp = runs["b"], runs["tmp"] / "b" / "cmp"
     assert [r[j]["rc"] for r in b for j in (6, 7)] == [0, 0, 0, 0]
     results = json.loads((cmp / "results.json").read_text())
-    assert [r["loss"] for r in results["rows"]] == ["gca-uot"]
+    assert list(results["methods"]) == ["gca-uot"] and results["pipeline"] == "ssl"
     assert (cmp / "gca-uot" / "seed0" / "eval.json").is_file()
     assert b[0][6]["stdout"].count("| gca-uot | 1 |") == 1 and b[1][6]["stdout"] == ""
     assert "finished earlier, reusing its results" in b[0][7]["stderr"]

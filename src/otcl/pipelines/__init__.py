@@ -8,7 +8,19 @@
   backbones, frozen features, probes.
 * :mod:`otcl.pipelines.commands` -- the command-line pieces the pipelines share.
 * :mod:`otcl.pipelines.compare` -- comparisons (methods x seeds) shared by the pipelines.
-* :mod:`otcl.pipelines.ssl` -- self-supervised image training (``otcl train/eval/compare``).
+* :mod:`otcl.pipelines.spec` -- a pipeline declared once (:class:`~otcl.pipelines.spec.Pipeline`,
+  registered by name); :mod:`otcl.pipelines.verbs` (the command line),
+  :mod:`otcl.pipelines.comparison` and :mod:`otcl.pipelines.results` (comparisons and their
+  ``results.json``) and :mod:`otcl.pipelines.runs` (:class:`Run`) read it.
+* :mod:`otcl.pipelines.ssl` -- self-supervised image training (``otcl ssl train/eval/compare``);
+  :mod:`otcl.pipelines.multimodal`, :mod:`otcl.pipelines.recsys`.
+
+The Python API: :func:`train` (``train("ssl", cfg)``, or ``otcl.pipelines.ssl.train(cfg)``)
+returns a :class:`Run`; :meth:`Run.load`, :func:`load_encoder` read a run directory back.
 
 Nothing here is imported by ``import otcl``; the library never imports this package.
 """
+
+from .runs import Run, load_encoder, load_run, train
+
+__all__ = ["Run", "train", "load_run", "load_encoder"]

@@ -1,7 +1,6 @@
 """Pieces every pipeline's command line shares: run options, config from flags, train/resume.
 
-A pipeline's ``cli.py`` defines ``add_parser(subparsers)`` and builds its subcommands from these
-helpers, so ``otcl train`` and ``otcl <pipeline> train`` accept the same run options
+The verbs of every pipeline (:mod:`otcl.pipelines.verbs`) are built from these helpers, so ``otcl train`` and ``otcl <pipeline> train`` accept the same run options
 (``--config``, ``--set``, ``--loss``, ``--loss-param``, ``--epochs``, ``--resume``, ...) with the
 same meaning. Each subcommand sets ``handler`` (a function ``args -> exit status``) and, when it
 trains, ``resume_hint`` (``"otcl train --resume {run}"``: what :func:`otcl.cli.main` prints after
@@ -22,12 +21,12 @@ from .engine.distributed import main_then_broadcast
 from .engine.trainer import EpochTrainer
 
 __all__ = [
+    "Refused",
+    "RefusedFlag",
     "COMMON_FLAGS",
     "add_run_options",
     "add_train_options",
-    "add_compare_options",
     "config_from_args",
-    "compare_config",
     "name_list",
     "loss_params",
     "check_loss_params",
@@ -50,8 +49,14 @@ COMMON_FLAGS: tuple[tuple[str, str], ...] = (
 )
 
 
-def add_run_options(p: argparse.ArgumentParser, *, single_loss: bool) -> argparse._ArgumentGroup:
-    """The run settings every training command takes; returns the group for pipeline flags."""
+def add_run_options(
+    p: argparse.ArgumentParser, *, single_loss: bool, compile: bool = True
+) -> argparse._ArgumentGroup:
+    """The run settings every training command takes; returns the group for pipeline flags.
+
+    ``single_loss``: a ``train`` command (``--loss``; ``--loss-param KEY=VALUE``), else a
+    ``compare`` (``--loss-param [LOSS:]KEY=VALUE``). ``compile=False``: ``--compile`` is not
+    offered, and refused in one line (:class:`Refused`)."""
     g = p.add_argument_group("run settings (override the config file and the presets)")
     g.add_argument("--config", metavar="FILE", help="YAML or TOML config file")
     if single_loss:
@@ -60,7 +65,7 @@ def add_run_options(p: argparse.ArgumentParser, *, single_loss: bool) -> argpars
         "--loss-param",
         action="append",
         default=[],
-        metavar="[LOSS:]KEY=VALUE",
+        metavar="KEY=VALUE" if single_loss else "[LOSS:]KEY=VALUE",
         help="a loss parameter, e.g. temperature=0.5 (repeatable)"
         + ("; LOSS: limits it to one loss" if not single_loss else ""),
     )
@@ -70,7 +75,18 @@ def add_run_options(p: argparse.ArgumentParser, *, single_loss: bool) -> argpars
     g.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda, cuda:1, mps")
     g.add_argument("--seed", type=int, metavar="N")
     g.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), help="autocast dtype")
-    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the encoder")
+    if compile:
+        g.add_argument(
+            "--compile", action="store_true", default=None, help="torch.compile the encoder"
+        )
+    else:
+        g.add_argument(
+            "--compile",
+            action=Refused,
+            nargs=0,
+            help=argparse.SUPPRESS,
+            hint="not supported by this pipeline (its encoders run one modality at a time)",
+        )
     g.add_argument(
         "--deterministic", action="store_true", default=None, help="deterministic algorithms"
     )
@@ -83,6 +99,22 @@ def add_run_options(p: argparse.ArgumentParser, *, single_loss: bool) -> argpars
         help="any config setting, e.g. --set train.checkpoint_every=5 (repeatable)",
     )
     return g
+
+
+class RefusedFlag(ValueError):
+    """A flag this command does not take (raised while parsing; one line, exit status 2)."""
+
+
+class Refused(argparse.Action):
+    """A flag that is refused in one line with a hint (a spelling that moved, an option this
+    pipeline does not support); hidden from ``--help``."""
+
+    def __init__(self, *args: Any, hint: str = "", **kwargs: Any) -> None:
+        self.hint = hint
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        raise RefusedFlag(f"{option}: {self.hint}")
 
 
 def add_train_options(p: argparse.ArgumentParser, default_out: str) -> None:
@@ -99,18 +131,6 @@ def add_train_options(p: argparse.ArgumentParser, default_out: str) -> None:
         action="store_true",
         help="with --resume and --epochs N: train the run to N epochs (more than it was set up for)",
     )
-
-
-def add_compare_options(
-    p: argparse.ArgumentParser, *, names: str, names_help: str, per: str, default_out: str
-) -> None:
-    """The options of a ``compare`` command besides the run settings: ``--<names>`` (a
-    comma-separated list, e.g. ``--losses``; ``names_help`` states its default), ``--seeds``,
-    ``--out`` and ``--no-plot``."""
-    p.add_argument(f"--{names}", metavar="A,B,...", help=names_help)
-    p.add_argument("--seeds", type=int, default=3, metavar="N", help=f"seeds per {per} (default 3)")
-    p.add_argument("--out", default=default_out, metavar="DIR", help=f"default {default_out}")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG plots")
 
 
 def name_list(text: str | None, default: Sequence[str]) -> list[str]:
@@ -172,29 +192,6 @@ def check_loss_params(name: str, params: dict[str, Any]) -> None:
     build(name, **params)
 
 
-def compare_config(
-    args: argparse.Namespace,
-    cls: type[C],
-    flags: Sequence[tuple[str, str]],
-    losses: Sequence[str],
-    *,
-    checked: Callable[[str], bool] = lambda name: True,
-) -> tuple[C, dict[str, dict[str, Any]]]:
-    """The config of a ``compare`` command and its per-loss parameters.
-
-    ``--loss-param KEY=VALUE`` goes into ``loss.params`` (every loss), ``LOSS:KEY=VALUE`` stays
-    with its loss (returned); each compared loss that ``checked`` accepts is built once with
-    its parameters, so an unknown parameter fails before anything runs.
-    """
-    cfg = config_from_args(args, cls, flags)
-    shared, specific = loss_params(args.loss_param, per_loss=True)
-    cfg.loss.params.update(shared)  # type: ignore[attr-defined]
-    for name in losses:
-        if checked(name):
-            check_loss_params(name, {**cfg.loss.params, **specific.get(name, {})})  # type: ignore[attr-defined]
-    return cfg, specific
-
-
 def run_train(
     args: argparse.Namespace,
     cls: type[C],
@@ -202,10 +199,13 @@ def run_train(
     flags: Sequence[tuple[str, str]] = (),
     *,
     validate: Callable[[C], object] | None = None,
+    prepare: Callable[[C], C] | None = None,
 ) -> tuple[EpochTrainer, dict[str, Any]]:
     """``train`` / ``train --resume``: the config from the flags (or the run), then fit.
 
     ``make_trainer(cfg, out, resume=..., extend=...)`` builds the pipeline's trainer.
+    ``prepare(cfg)``: the last step of a new run's config (e.g. ``--dmm``), never of a resumed
+    one.
     ``validate(cfg)`` raises ``ValueError`` for a config that cannot train, before the trainer
     touches the run directory (default: build ``loss.name`` with ``loss.params``, for a
     pipeline that trains with an otcl loss; a pipeline with losses of its own passes its check).
@@ -224,6 +224,8 @@ def run_train(
         cfg = config_from_args(args, cls, flags)
         out = args.out
     cfg.loss.params.update(shared)  # type: ignore[attr-defined]
+    if prepare is not None and not args.resume:
+        cfg = prepare(cfg)
     if validate is None:
         check_loss_params(cfg.loss.name, cfg.loss.params)  # type: ignore[attr-defined]
     else:

@@ -15,7 +15,8 @@ every pipeline does the same way lives here:
   configurations are never mixed;
 * :func:`train_runs` -- trains every run that is not finished, one after the other in this
   process or in worker processes (one thread each; a Ctrl-C checkpoints the running runs);
-* :func:`mean_std`, :func:`seed_stats`, :func:`paired_delta` -- statistics over seeds;
+* :func:`mean_std`, :func:`seed_stats`, :func:`paired_delta` -- statistics over seeds (from
+  :mod:`otcl.pipelines.results`);
 * :func:`comparison_dir`, :func:`write_outputs`, :func:`pyplot` -- the locked output directory
   and ``results.json``, ``table.md`` and the plots.
 
@@ -39,9 +40,7 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -58,6 +57,7 @@ from .engine.signals import deferred_signals
 from .engine.stops import TrainingInterrupted
 from .engine.trainer import EpochTrainer
 from .files import atomic_write_text
+from .results import mean_std, paired_delta, seed_stats
 
 __all__ = [
     "Run",
@@ -379,42 +379,6 @@ def check_request(
     stray = sorted(set(loss_params) - set(compared))
     if stray:
         raise ValueError(f"loss_params: parameters given for losses not compared: {stray}")
-
-
-# -- statistics over seeds -----------------------------------------------------------------
-def mean_std(xs: Iterable[float | None]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1) of ``xs``, None and NaN left out; the std of
-    one value is 0, and both are NaN without any value."""
-    v = [x for x in xs if x is not None and not math.isnan(x)]
-    if not v:
-        return float("nan"), float("nan")
-    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
-
-
-def seed_stats(xs: Iterable[float | None]) -> dict[str, float]:
-    """:func:`mean_std` as ``{"mean": ..., "std": ...}``."""
-    mean, std = mean_std(xs)
-    return {"mean": mean, "std": std}
-
-
-def paired_delta(base: Sequence[float | None], other: Sequence[float | None]) -> dict[str, Any]:
-    r"""The change from ``base`` to ``other``, paired by seed (position).
-
-    Returns:
-        ``per_seed``: :math:`d_s = o_s - b_s` for the seeds where both exist; ``delta`` and
-        ``delta_std``: :func:`mean_std` of them (the spread of the paired differences, smaller
-        than that of either side when seeds share their data); ``relative``: ``delta`` over the
-        mean of ``base`` (NaN when that is 0).
-    """
-    diffs = [o - b for b, o in zip(base, other, strict=False) if b is not None and o is not None]
-    delta, std = mean_std(diffs)
-    ref = mean_std(base)[0]
-    return {
-        "delta": delta,
-        "delta_std": std,
-        "relative": delta / ref if ref else float("nan"),
-        "per_seed": diffs,
-    }
 
 
 # -- outputs -------------------------------------------------------------------------------

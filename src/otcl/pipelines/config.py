@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -43,6 +42,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .files import atomic_write_text
+from .values import coerce as _coerce
+from .values import parse_value
 
 __all__ = [
     "ConfigBase",
@@ -60,6 +61,7 @@ __all__ = [
     "apply_presets",
     "preset_for",
     "user_settings",
+    "given",
     "parse_value",
 ]
 
@@ -78,16 +80,23 @@ class Section:
     arguments are defaults: ``field(default_factory=lambda: OptimConfig(optimizer="adam"))``
     gives a pipeline its own default, which a preset may still change. The record is not a
     setting: it is neither saved nor compared (``==`` compares the settings only).
+
+    A second record, :func:`given`, holds the settings the user gave in *this* request (a
+    config file, an override, an assignment): a saved run's config read back with
+    :func:`from_dict` sets every setting but gives none, so a pipeline's rule "a setting given
+    where it does not apply is refused, whatever its value" never refuses a saved run.
     """
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_user_set", set())
+        object.__setattr__(self, "_given", set())
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
         marks = self.__dict__.get("_user_set")
         if marks is not None and name in self.__dataclass_fields__:  # type: ignore[attr-defined]
             marks.add(name)
+            self.__dict__["_given"].add(name)
 
     def _set_default(self, name: str, value: Any) -> None:
         """Set ``name`` without marking it as the user's (how a preset writes)."""
@@ -179,78 +188,11 @@ def from_dict(cls: type[C], d: dict[str, Any]) -> C:
     """``cls()`` with the settings of ``d`` merged in; unknown or mistyped settings raise."""
     cfg = cls()
     _merge(cfg, d, prefix="")
+    for f in fields(cfg):  # type: ignore[arg-type]
+        marks = getattr(getattr(cfg, f.name), "__dict__", {}).get("_given")
+        if marks is not None:
+            marks.clear()  # a saved config sets its settings; it gives none (see Section)
     return cfg
-
-
-# -- values --------------------------------------------------------------------------------
-def parse_value(text: str) -> Any:
-    """``"0.5"`` -> 0.5, ``"true"`` -> True, ``"none"`` -> None, ``"[1, 2]"`` -> [1, 2], else str."""
-    t = text.strip()
-    low = t.lower()
-    if low in ("none", "null"):
-        return None
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no", "off"):
-        return False
-    try:
-        return json.loads(t)
-    except (json.JSONDecodeError, ValueError):
-        pass
-    if "," in t and not t.startswith(("'", '"')):
-        return [parse_value(p) for p in t.split(",")]
-    return t
-
-
-def _coerce(name: str, value: Any, ftype: Any) -> Any:
-    """Coerce ``value`` to the type of field ``name`` (given its annotation string)."""
-    ann = str(ftype)
-    if value is None:
-        if "None" in ann:
-            return None
-        raise ValueError(f"{name}: expected a value of type {ann}, got None")
-    if "dict" in ann:
-        if not isinstance(value, dict):
-            raise ValueError(f"{name}: expected a mapping, got {value!r}")
-        return dict(value)
-    if "tuple" in ann:
-        if isinstance(value, (int, float)):
-            value = [value]
-        arity = _tuple_arity(ann)
-        what = f"{arity} numbers" if arity else "a list of numbers"
-        if not isinstance(value, (list, tuple)) or (arity and len(value) != arity):
-            raise ValueError(f"{name}: expected {what}, got {value!r}")
-        try:
-            return tuple(float(v) for v in value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: expected {what}, got {value!r}") from None
-    if ann.startswith("bool"):
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"{name}: expected true or false, got {value!r}")
-    if ann.startswith("int"):
-        if isinstance(value, bool) or not (
-            isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-        ):
-            raise ValueError(f"{name}: expected an integer, got {value!r}")
-        return int(value)
-    if ann.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name}: expected a number, got {value!r}")
-        return float(value)
-    if ann.startswith("str"):
-        if isinstance(value, bool):  # YAML 1.1 reads off/no/yes as booleans
-            return "true" if value else "false"
-        if isinstance(value, (dict, list)):
-            raise ValueError(f"{name}: expected a string, got {value!r}")
-        return value if isinstance(value, str) else str(value)
-    return value
-
-
-def _tuple_arity(ann: str) -> int | None:
-    """2 for ``tuple[float, float] | None``; None for ``tuple[float, ...]``."""
-    inner = ann[ann.index("tuple[") + 6 :].split("]", 1)[0]
-    return None if "..." in inner else len(inner.split(","))
 
 
 def _field_type(cfg: Any, parts: list[str]) -> str | None:
@@ -336,6 +278,12 @@ def user_settings(cfg: Any) -> set[str]:
         sec = getattr(cfg, f.name)
         out |= {f"{f.name}.{k}" for k in getattr(sec, "_user_set", ())}
     return out
+
+
+def given(section: Any) -> set[str]:
+    """The settings of ``section`` given in this request (see :class:`Section`): assigned,
+    read from the user's config file or given as an override; not those of a saved run."""
+    return set(getattr(section, "__dict__", {}).get("_given", ()))
 
 
 def _merged(presets: Iterable[Preset]) -> dict[str, dict[str, Any]]:
@@ -434,7 +382,12 @@ def load_config(path: str | os.PathLike[str], cls: type[C]) -> C:
         raise ValueError(f"config: expected a .yaml, .yml or .toml file, got {str(p)!r}")
     if not isinstance(data, dict):
         raise ValueError(f"config: expected a mapping at the top of {str(p)!r}")
-    return from_dict(cls, data)
+    cfg = from_dict(cls, data)
+    for f in fields(cfg):  # type: ignore[arg-type]
+        sec = getattr(cfg, f.name)
+        if isinstance(sec, Section):
+            sec.__dict__["_given"].update(sec.__dict__["_user_set"])  # the user's file
+    return cfg
 
 
 def save_config(cfg: Any, path: str | os.PathLike[str]) -> None:

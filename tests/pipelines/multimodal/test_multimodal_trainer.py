@@ -136,32 +136,43 @@ def test_resume_with_dmm_is_exact(tmp_path, make_data):
 
 
 def test_compare_variants_table_and_reuse(tmp_path, make_data, monkeypatch):
-    data = make_data()
-    from otcl.pipelines.multimodal import compare as cmp
+    import dataclasses
 
-    monkeypatch.setattr(cmp, "load_data", lambda cfg: data)
+    from otcl.pipelines import spec
+
+    data = make_data()
+    mm = dataclasses.replace(spec.get("multimodal"), load_data=lambda cfg: data)
+    monkeypatch.setitem(spec._REGISTRY, "multimodal", mm)
     cfg = mm_config()
     cfg.train.epochs = 1
-    res = compare(cfg, ["infonce"], seeds=2, out=tmp_path / "cmp", log=lambda s: None)
-    assert [v["variant"] for v in res["variants"]] == ["infonce", "infonce+dmm"]
-    v = res["variants"][1]
-    accs = [r["full_accuracy"] for r in v["runs"]]
-    assert v["summary"]["full_accuracy"]["mean"] == pytest.approx(np.mean(accs))
-    assert v["summary"]["full_accuracy"]["std"] == pytest.approx(np.std(accs, ddof=1))
+    methods = ["infonce", "infonce+dmm"]
+    res = compare(cfg, methods, seeds=2, out=tmp_path / "cmp", log=lambda s: None)
+    assert list(res["methods"]) == methods and res["pipeline"] == "multimodal"
+    acc = res["methods"]["infonce+dmm"]["metrics"]["full_accuracy"]
+    accs = acc["per_seed"]
+    assert len(accs) == 2 and acc["mean"] == pytest.approx(np.mean(accs))
+    assert acc["std"] == pytest.approx(np.std(accs, ddof=1))
+    d = res["deltas"]["infonce+dmm"]["metrics"]["full_accuracy"]
+    base = res["methods"]["infonce"]["metrics"]["full_accuracy"]["per_seed"]
+    assert d["per_seed"] == pytest.approx([b - a for a, b in zip(base, accs, strict=True)])
     for f in ("results.json", "table.md", "robustness.png", "retrieval.png"):
         assert (tmp_path / "cmp" / f).exists(), f
     table = (tmp_path / "cmp" / "table.md").read_text()
     assert "| vec+seq+img |" in table and "infonce+dmm" in table
     logs = []
-    compare(cfg, ["infonce"], seeds=2, out=tmp_path / "cmp", log=logs.append, plot=False)
+    compare(cfg, methods, seeds=2, out=tmp_path / "cmp", log=logs.append, plot=False)
     assert sum("reusing" in line for line in logs) == 4
-    with pytest.raises(ValueError, match="DMM is --dmm"):
+    with pytest.raises(ValueError, match="<loss>\\+dmm"):  # DMM is a suffix, not a method
         compare(cfg, ["dmm"], out=tmp_path / "x")
     # DMM's per_modality has no effect here (every modality is mixed on its own): refused
     # before anything is written
     with pytest.raises(ValueError, match="loss.params.per_modality: does not apply"):
-        compare(cfg, ["infonce"], out=tmp_path / "y", loss_params={"dmm": {"per_modality": True}})
+        compare(
+            cfg, ["infonce+dmm"], out=tmp_path / "y", loss_params={"dmm": {"per_modality": True}}
+        )
     assert not (tmp_path / "y").exists()
+    with pytest.raises(ValueError, match="losses not compared"):  # no +dmm method here
+        compare(cfg, ["infonce"], out=tmp_path / "y", loss_params={"dmm": {"margin": 0.3}})
     cfg.train.epochs = 2
     with pytest.raises(ValueError, match="different configuration"):
         compare(cfg, ["infonce"], seeds=1, out=tmp_path / "cmp", log=lambda s: None)
@@ -197,7 +208,7 @@ def test_cli_train_eval_compare(tmp_path, capsys):
     rc = cli.main(["multimodal", "eval", str(tmp_path / "run"), "--snr-db", "0,10"])
     out = capsys.readouterr().out
     assert rc == 0 and "| video+text |" in out
-    extra = f"--losses infonce --dmm on --seeds 1 --no-plot --out {tmp_path / 'cmp'}"
+    extra = f"--methods infonce+dmm --seeds 1 --jobs 1 --no-plot --out {tmp_path / 'cmp'}"
     assert _mm("compare", f, extra) == 0
     assert "infonce+dmm" in capsys.readouterr().out
 
@@ -209,9 +220,11 @@ def test_cli_train_eval_compare(tmp_path, capsys):
         ("--loss nope", "nope"),
         ("--set model.fusion=max", "model.fusion: expected one of"),
         ("--loss-param nope=0.3", "nope"),
-        ("--compile", "train.compile: not supported"),
+        ("--compile", "--compile: not supported by this pipeline"),
         ("--patches 8", "data.patches: does not apply to dataset 'npz'"),
+        ("--patches 4", "data.patches: does not apply to dataset 'npz'"),  # even the default
         ("--set eval.ridge_alpha=2", "eval.ridge_alpha: does not apply to the knn probe"),
+        ("--set eval.ridge_alpha=1.0", "eval.ridge_alpha: does not apply to the knn probe"),
         ("--set model.image_arch=mlp", "model.image_arch: does not apply to the modalities"),
         ("--loss dmm --loss-param per_modality=false", "per_modality: does not apply to the mul"),
     ],

@@ -10,6 +10,7 @@ import signal
 import pytest
 
 from otcl.cli import main
+from otcl.pipelines.recsys.compare import robustness, validation_curves
 
 TINY = ["--dim", "8", "--epochs", "1", "--no-progress", "--set", "eval.ks=[1,5]"]
 
@@ -37,6 +38,22 @@ def test_train_and_resume(ml_dir, tmp_path, capsys):
     assert "pass --extend" in capsys.readouterr().err
     assert main([*again, "--extend"]) == 0
     assert json.loads((out / "summary.json").read_text())["epochs"] == 2
+
+
+def test_eval_ranks_again_with_the_numbers_of_training(ml_dir, tmp_path, capsys):
+    """``otcl recsys eval RUN`` rebuilds the model from the checkpoint and ranks the test items
+    again: the numbers training wrote into summary.json, to float precision."""
+    out = tmp_path / "run"
+    argv = ["recsys", "train", "--data-dir", str(ml_dir), "--model", "two-tower", "--out",
+            str(out), *TINY]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["recsys", "eval", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("tt-infonce (epoch 1): ")
+    report = json.loads((out / "eval.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    keys = [k for k in summary if k.startswith(("warm/", "cold/", "no-"))]
+    assert keys and {k: report[k] for k in keys} == pytest.approx({k: summary[k] for k in keys})
 
 
 @pytest.mark.parametrize(
@@ -75,28 +92,29 @@ def test_compare(ml_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "ndcg@10" in printed and "recall@10" in printed and "DMM vs its base" in printed
     res = json.loads((out / "results.json").read_text())
-    assert set(res["dmm_delta"]) == {"cml+dmm", "tt-infonce+dmm"}
-    d = res["dmm_delta"]["cml+dmm"]["warm/ndcg@10"]
+    assert set(res["deltas"]) == {"cml+dmm", "tt-infonce+dmm"}
+    d = res["deltas"]["cml+dmm"]["metrics"]["warm/ndcg@10"]
     per_seed = [
         res["methods"][m]["metrics"]["warm/ndcg@10"]["per_seed"] for m in ("cml", "cml+dmm")
     ]
     assert d["per_seed"] == pytest.approx([b - a for a, b in zip(*per_seed, strict=True)])
-    assert "cold" in res["robustness"]["tt-infonce"]
+    assert "cold" in robustness(res)["tt-infonce"]
     assert (out / "recsys.png").stat().st_size > 0 and (out / "recsys-val.png").stat().st_size
     assert "best epoch" in printed and "tail recall@10" in printed
     for m in ("cml", "cml+dmm", "tt-infonce"):  # the validation-selected epoch of each seed
-        best = res["methods"][m]["best_epoch"]["per_seed"]
-        curves = res["curves"][m]
-        assert len(best) == len(curves) == 2
+        best = res["methods"][m]["metrics"]["best_epoch"]["per_seed"]
+        curves = [validation_curves(out / m / f"seed{k}") for k in (0, 1)]
+        assert len(best) == 2 and all(curves)
         for b, pts in zip(best, curves, strict=True):
             assert b == max(pts, key=lambda p: (p[1], -p[0]))[0]
-    for m in ("ease", "itemknn"):  # tuned on validation, one value per seed
-        assert len(res["methods"][m]["hyperparameter"]) == 2
+    for m in ("ease", "itemknn"):  # tuned on validation, the same value for every seed
+        vals = res["methods"][m]["metrics"]["hyperparameter"]["per_seed"]
+        assert len(vals) == 2 and vals[0] == vals[1]
         assert "tail/recall@10" in res["methods"][m]["metrics"]
     assert (out / "cml+dmm" / "seed1" / "checkpoint.pt").exists()
     # a second call reuses every finished run (implicit-als has none without the extra)
     assert main(argv) == 0
-    runs = 15 if importlib.util.find_spec("implicit") is not None else 13  # one per baseline
+    runs = 18 if importlib.util.find_spec("implicit") is not None else 16
     assert capsys.readouterr().err.count("reusing") == runs
 
 
@@ -106,7 +124,9 @@ def test_compare_bad_input(ml_dir, tmp_path, capsys):
     _one_line_error(capsys, base + ["--methods", "cml,svd"], "unknown method 'svd'")
     _one_line_error(capsys, base + ["--methods", "tt-nope"], "unknown loss 'nope'")
     _one_line_error(
-        capsys, base + ["--methods", "cml", "--loss-param", "temperature=0.2"], "no two-tower"
+        capsys,
+        base + ["--methods", "cml", "--loss-param", "temperature=0.2"],
+        "no compared method trains with an otcl loss",
     )
     assert _nothing_written(out)
 
@@ -115,9 +135,12 @@ def test_parallel_workers_give_the_same_numbers(ml_dir, tmp_path):
     """Runs trained by worker processes (forked here to start fast; spawned by default) equal
     in-process runs; two workers share three runs."""
     from otcl.pipelines.compare import make_run, train_runs
-    from otcl.pipelines.recsys import compare as C
+    from otcl.pipelines.comparison import SpecRunner, method_configs
     from otcl.pipelines.recsys.config import RecsysConfig
     from otcl.pipelines.recsys.trainer import load_data
+    from otcl.pipelines.spec import get
+
+    spec = get("recsys")
 
     cfg = RecsysConfig()
     cfg.data.data_dir = str(ml_dir)
@@ -125,12 +148,12 @@ def test_parallel_workers_give_the_same_numbers(ml_dir, tmp_path):
     runs = {}
     for where in ("par", "seq"):
         runs[where] = [
-            make_run(m, C.method_config(cfg, C.parse_method(m), 0, {}), tmp_path / where)
+            make_run(m, method_configs(spec, cfg, m, [0], {})[0], tmp_path / where)
             for m in ("cml+dmm", "tt-infonce", "mf-bpr")
         ]
-    train_runs(C.RecsysRunner(), runs["par"], None, jobs=2, log=lambda s: None,
+    train_runs(SpecRunner(spec), runs["par"], None, jobs=2, log=lambda s: None,
                start_method="fork")  # fmt: skip
-    train_runs(C.RecsysRunner(), runs["seq"], load_data(cfg), log=lambda s: None)
+    train_runs(SpecRunner(spec), runs["seq"], load_data(cfg), log=lambda s: None)
     for a, b in zip(runs["par"], runs["seq"], strict=True):
         par, seq = (json.loads((r.dir / "summary.json").read_text()) for r in (a, b))
         keys = [k for k in seq if k.startswith("warm/")]
@@ -139,7 +162,7 @@ def test_parallel_workers_give_the_same_numbers(ml_dir, tmp_path):
 
 def test_recsys_without_a_verb_prints_its_help(capsys):
     assert main(["recsys"]) == 2
-    assert "otcl recsys [-h] COMMAND" in capsys.readouterr().out
+    assert "otcl recsys [-h] VERB" in capsys.readouterr().out
 
 
 def test_interrupted_compare_resumes_to_the_same_numbers(ml_dir, tmp_path, capsys, monkeypatch):
@@ -160,8 +183,12 @@ def test_interrupted_compare_resumes_to_the_same_numbers(ml_dir, tmp_path, capsy
     monkeypatch.setattr(RecsysTrainer, "compute_loss", interrupt_once)
     argv = ["recsys", "compare", *common, "--out", str(tmp_path / "cut")]
     assert main(argv) == 130  # Ctrl-C: the run's checkpoint is saved
-    assert "to continue: the same `otcl recsys compare` command" in capsys.readouterr().err
+    assert (
+        "to continue: run the same `otcl recsys compare` command again" in capsys.readouterr().err
+    )
     assert main(argv) == 0
     assert "resuming" in capsys.readouterr().err
     a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("straight", "cut"))
-    assert a["methods"]["cml+dmm"]["metrics"] == b["methods"]["cml+dmm"]["metrics"]
+    a, b = ({k: v for k, v in r["methods"]["cml+dmm"]["metrics"].items() if k != "train_seconds"}
+            for r in (a, b))  # fmt: skip
+    assert a == b and "warm/ndcg@10" in a

@@ -20,10 +20,13 @@ def test_cli_compare_writes_table_plots_and_reuses_runs(tmp_path, capsys, tiny_a
     table = capsys.readouterr().out
     assert "| infonce | 2 |" in table and "| gca-ince | 2 |" in table
     res = json.loads((out / "results.json").read_text())
-    assert [r["loss"] for r in res["rows"]] == ["infonce", "gca-ince"]
-    for r in res["rows"]:
-        assert 0 < r["knn_mean"] <= 1 and 0 < r["linear_mean"] <= 1 and r["knn_std"] >= 0
-        assert len(r["runs"]) == 2
+    assert res["schema"] == "otcl-results/1" and res["pipeline"] == "ssl"
+    assert list(res["methods"]) == ["infonce", "gca-ince"]
+    for m in res["methods"].values():
+        knn, lin = m["metrics"]["knn"], m["metrics"]["linear"]
+        assert 0 < knn["mean"] <= 1 and 0 < lin["mean"] <= 1 and knn["std"] >= 0
+        assert m["seeds"] == [0, 1] and len(knn["per_seed"]) == 2
+    assert len(res["runs"]) == 4
     assert format_table(res) in table
     for png in ("accuracy.png", "curves.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -53,3 +56,23 @@ def test_runs_saved_before_a_new_setting_are_still_reused(tmp_path, capsys, tiny
     capsys.readouterr()
     assert cli.main(argv) == 0
     assert "reusing" in capsys.readouterr().err
+
+
+def test_a_subset_compare_merges_into_the_full_table(tmp_path, capsys, tiny_args):
+    """A compare of one method and one seed into a directory holding more keeps every
+    finished run with its settings in the table (never a one-row table), and a method made
+    with other settings stays out of it; plots that would no longer match are removed."""
+    out = tmp_path / "cmp"
+    full = ["compare", "--losses", "infonce,infonce+dmm", "--seeds", "2", "--out", str(out)]
+    assert cli.main([*full, "--no-plot", *tiny_args]) == 0
+    before = json.loads((out / "results.json").read_text())
+    (out / "accuracy.png").write_bytes(b"an earlier plot")
+    capsys.readouterr()
+    one = ["compare", "--losses", "infonce", "--seeds", "1", "--out", str(out), "--no-plot"]
+    assert cli.main([*one, *tiny_args]) == 0
+    after = json.loads((out / "results.json").read_text())
+    assert list(after["methods"]) == ["infonce", "infonce+dmm"]
+    assert after["methods"] == before["methods"]  # the same numbers, every seed
+    assert set(after["deltas"]) == {"infonce+dmm"}
+    assert "| infonce+dmm | 2 |" in capsys.readouterr().out
+    assert not (out / "accuracy.png").exists()

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import OptimConfig
+from ..config import OptimConfig, given
 from .progress import first_line
 
 __all__ = ["check_optim", "param_groups", "build_optimizer", "lr_factor", "build_scheduler"]
@@ -29,7 +29,7 @@ def check_optim(o: OptimConfig) -> None:
         raise ValueError(f"optim.schedule: expected cosine or constant, got {o.schedule!r}")
     if not 0.0 <= o.momentum < 1.0:
         raise ValueError(f"optim.momentum: expected a number in [0, 1), got {o.momentum!r}")
-    if o.optimizer != "sgd" and (o.nesterov or o.momentum != OptimConfig.momentum):
+    if o.optimizer != "sgd" and ({"momentum", "nesterov"} & given(o) or o.nesterov):
         raise ValueError(
             f"optim.momentum / optim.nesterov: apply only to optim.optimizer=sgd, got "
             f"{o.optimizer!r} (Adam's moments are fixed)"

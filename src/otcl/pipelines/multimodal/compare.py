@@ -1,257 +1,159 @@
-"""``otcl multimodal compare``: losses x (+-DMM) x seeds, robustness table, results.json, plots.
+"""``otcl multimodal compare``: methods (a loss, or ``<loss>+dmm``) x seeds, robustness table.
 
-Every *variant* (a loss, or DMM wrapping it: ``gca-uot+dmm``) is trained with ``seeds`` seeds
-into ``<out>/<variant>/seed<k>`` and evaluated (:mod:`.robustness`). Finished runs are reused and
-interrupted ones resumed, so a killed comparison restarts where it stopped. Outputs in ``out``:
+Every method is trained with ``seeds`` seeds into ``<out>/<method>/seed<k>`` and evaluated
+(:mod:`.robustness`) by the shared comparison (:mod:`otcl.pipelines.comparison`): finished runs
+are reused and interrupted ones resumed. This module holds what is the pipeline's own: method
+names, a run's numbers (the robustness report flattened into metrics), the tables and plots.
 
-* ``results.json`` -- every number: per variant the mean and std over seeds of the headline
-  metrics, of the probe metric for every subset of present modalities, of the retrieval of the
-  missing modalities from the present ones, of every pairwise retrieval direction and of noise;
-  and each run's own report;
-* ``table.md`` -- the summary table and the robustness table (mean +- std over seeds);
-* ``robustness.png`` -- the probe metric per missing-modality subset (retrieval R@1 of the missing
-  part when the data has no labels), one bar per variant, std error bars;
-* ``retrieval.png`` -- pairwise cross-modal R@1 / R@5 / R@10 per variant, std error bars.
+Metrics of a run (``results.json``'s ``methods.<m>.metrics``): the headline numbers of its
+summary (``full_<metric>``, ``missing_<metric>``, ``R@1``, ``R@10``, ``medR``,
+``seconds_per_epoch``), ``subset/<present>/<metric>`` (the probe with only those modalities
+present, and ``retrieve_missing_R@1``), ``retrieval/<a->b>/<k>`` (every pairwise direction),
+``pairwise/<k>`` (their mean) and ``noise/<snr>dB/<noisy>/<metric>``.
 
-Under ``torchrun`` every run is trained by all the processes (the global batch split over them);
-rank 0 decides which runs to reuse or resume and writes the tables, results and plots.
+Plots: ``robustness.png`` (the probe metric per missing-modality subset; retrieval R@1 of the
+missing part when the data has no labels) and ``retrieval.png`` (pairwise R@1 / R@5 / R@10).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ... import __version__
 from ...losses import available
-from ..compare import (
-    Run,
-    Runner,
-    check_request,
-    comparison_dir,
-    make_run,
-    pyplot,
-    seed_stats,
-    stderr_log,
-    train_runs,
-    write_outputs,
-)
-from ..config import save_config
-from ..engine.distributed import agreed, broadcast, is_main, local_main_first, main_log
+from ..compare import pyplot
 from ..engine.rundir import SUMMARY
 from ..engine.runtime import pick_device
-from .config import MultimodalConfig, check, resolve
-from .trainer import ROBUSTNESS, MultimodalTrainer, load_data, variant_name
+from ..spec import split_dmm
+from .config import MultimodalConfig
+from .trainer import ROBUSTNESS
 
 __all__ = [
     "compare",
     "DEFAULT_LOSSES",
-    "DMM_CHOICES",
+    "method_config",
+    "record",
+    "info",
     "format_tables",
     "plot_results",
-    "MultimodalRunner",
 ]
 
-#: the losses compared when none are named: the InfoNCE baseline and an OT coupling
-DEFAULT_LOSSES = ("infonce", "gca-uot")
-#: ``both``: each loss with and without DMM; ``on``: with only; ``off``: without only
-DMM_CHOICES = ("both", "off", "on")
+#: the methods compared when none are named: the InfoNCE baseline and an OT coupling, each
+#: with and without DMM
+DEFAULT_LOSSES = ("infonce", "infonce+dmm", "gca-uot", "gca-uot+dmm")
 
 
-class MultimodalRunner(Runner):
-    """The runs of ``otcl multimodal compare``: a :class:`MultimodalTrainer` run evaluates
-    itself into ``robustness.json`` after its last epoch."""
-
-    config_cls = MultimodalConfig
-    trainer_cls = MultimodalTrainer
-    needs = (ROBUSTNESS,)
-    resolve = staticmethod(resolve)
-
-    def load_data(self, cfg: MultimodalConfig) -> Any:
-        return load_data(cfg)
-
-
-def _variants(
-    losses: Sequence[str], dmm: str, loss_params: dict[str, dict[str, Any]]
-) -> list[tuple[str, dict[str, Any]]]:
-    """(loss name, its own params) of every variant, in table order."""
-    out = []
-    for name in losses:
-        own = dict(loss_params.get(name, {}))
-        if dmm in ("both", "off"):
-            out.append((name, own))
-        if dmm in ("both", "on"):
-            out.append(("dmm", {**own, **loss_params.get("dmm", {}), "base": name}))
-    return out
-
-
-def compare(
+def method_config(
     cfg: MultimodalConfig,
-    losses: Sequence[str] = DEFAULT_LOSSES,
-    seeds: int = 3,
-    out: str | Path = "runs/mm-compare",
-    *,
-    dmm: str = "both",
-    loss_params: dict[str, dict[str, Any]] | None = None,
-    plot: bool = True,
-    log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Train and evaluate every variant with ``seeds`` seeds (``cfg.train.seed`` + 0..seeds-1).
-
-    Args:
-        cfg: the shared configuration (its ``loss.params`` apply to every variant).
-        losses: registered loss names (not ``dmm``: it is the ``dmm`` switch).
-        dmm: ``"both"``, ``"on"`` or ``"off"`` (see :data:`DMM_CHOICES`).
-        loss_params: per-loss parameters on top of the shared ones, e.g.
-            ``{"gca-uot": {"rho": 0.5}, "dmm": {"margin": 0.3}}``.
-    Returns:
-        the content of ``results.json``.
-    """
-    log = main_log(log or stderr_log)  # under torchrun: rank 0
-    if not losses:
-        raise ValueError("losses: expected at least one loss name, got none")
-    unknown = [n for n in losses if n not in available() or n == "dmm"]
-    if unknown:
+    method: str,
+    shared: Mapping[str, Any],
+    per_loss: Mapping[str, Mapping[str, Any]],
+) -> MultimodalConfig:
+    """``gca-uot`` or ``gca-uot+dmm`` (DMM around gca-uot) as a config."""
+    base, dmm = split_dmm(method)
+    if base not in available() or base == "dmm":
+        names = ", ".join(n for n in available() if n != "dmm")
         raise ValueError(
-            f"losses: {', '.join(unknown)} cannot be compared; expected names from "
-            f"{', '.join(n for n in available() if n != 'dmm')} (DMM is --dmm on/off/both)"
+            f"methods: unknown method {method!r}; expected a loss name or <loss>+dmm, from: {names}"
         )
-    if dmm not in DMM_CHOICES:
-        raise ValueError(f"dmm: expected one of {', '.join(DMM_CHOICES)}, got {dmm!r}")
-    loss_params = loss_params or {}
-    check_request(losses, seeds, loss_params, [*losses, *(["dmm"] if dmm != "off" else [])])
-    base = copy.deepcopy(cfg)
-    variants: dict[str, list[MultimodalConfig]] = {}  # variant -> the config of each seed
-    for loss, params in _variants(losses, dmm, loss_params):
-        for k in range(seeds):
-            run_cfg = copy.deepcopy(base)
-            run_cfg.loss.name = loss
-            run_cfg.loss.params = {**base.loss.params, **params}
-            run_cfg.train.seed = base.train.seed + k
-            run_cfg = resolve(run_cfg)
-            check(run_cfg)  # every run's settings, before anything is written or trained
-            variants.setdefault(variant_name(run_cfg), []).append(run_cfg)
-    with comparison_dir(out) as out:
-        with agreed():
-            if is_main():
-                save_config(resolve(base), out / "config.yaml")
-        data = local_main_first(lambda: load_data(resolve(base)))
-        t0 = time.perf_counter()
-        grid: list[Run] = []
-        for variant, configs in variants.items():
-            log(f"otcl multimodal compare: {variant} ({seeds} seeds) on {data!r}")
-            runs = [make_run(variant, c, out) for c in configs]
-            train_runs(MultimodalRunner(), runs, data, log=log)
-            grid += runs
-        names = list(variants)
-        results: dict[str, Any] = {}
-        with agreed():  # rank 0 reads the runs back and writes the results
-            if is_main():
-                runs = [_record(run) for run in grid]
-                results = _aggregate(resolve(base), names, runs, data)
-                results["wall_seconds"] = time.perf_counter() - t0
-                write_outputs(
-                    out,
-                    results,
-                    format_tables(results),
-                    plot=(lambda: plot_results(results, out)) if plot else None,
-                    log=log,
-                )
-        return broadcast(results)
+    params = {**shared, **per_loss.get(base, {})}
+    if dmm:
+        params = {**params, **per_loss.get("dmm", {}), "base": base}
+    cfg.loss.name = "dmm" if dmm else base
+    cfg.loss.params = params
+    return cfg
 
 
-def _record(run: Run) -> dict[str, Any]:
-    """A finished run's summary and robustness report."""
-    summary = json.loads((run.dir / SUMMARY).read_text())
-    report = json.loads((run.dir / ROBUSTNESS).read_text())
-    return {
-        "variant": run.method,
-        "seed": run.seed,
-        "dir": str(run.dir),
-        "summary": summary,
-        "report": report,
-    }
+def record(run_dir: Path) -> dict[str, float]:
+    """A finished run's numbers: its summary's headline and its robustness report, flat."""
+    summary = json.loads((run_dir / SUMMARY).read_text())
+    rep = json.loads((run_dir / ROBUSTNESS).read_text())
+    out = {k: v for k, v in summary.items() if k.startswith(("full_", "missing_"))}
+    out.update({k: summary.get(k) for k in ("R@1", "R@10", "medR", "seconds_per_epoch")})
+    for row in rep["subsets"]:
+        for k, v in row["metrics"].items():
+            out[f"subset/{row['name']}/{k}"] = v
+        if "retrieval" in row:
+            out[f"subset/{row['name']}/retrieve_missing_R@1"] = row["retrieval"]["R@1"]
+    for pair, m in rep["retrieval"].items():
+        out.update({f"retrieval/{pair}/{k}": v for k, v in m.items()})
+    for k in ("R@1", "R@5", "R@10"):
+        out[f"pairwise/{k}"] = statistics.fmean(v[k] for v in rep["retrieval"].values())
+    for row in rep["noise"]:
+        noisy = row["noisy"] if isinstance(row["noisy"], str) else "+".join(row["noisy"])
+        tag = f"noise/{row['snr_db']}dB/{noisy}"
+        out[f"{tag}/mean_R@1"] = row["mean_R@1"]
+        out.update({f"{tag}/{k}": v for k, v in row["metrics"].items()})
+    return out
 
 
 def _primary(task: str | None) -> str | None:
     return {"classification": "accuracy", "regression": "acc2"}.get(task)  # type: ignore[arg-type]
 
 
-def _aggregate(base: MultimodalConfig, names: list[str], runs, data) -> dict[str, Any]:
-    task = data.task
-    primary = _primary(task)
-    variants = []
-    for name in names:
-        rs = [r for r in runs if r["variant"] == name]
-        reps = [r["report"] for r in rs]
-        sums = [r["summary"] for r in rs]
-        keys = [k for k in sums[0] if k.startswith(("full_", "missing_"))]
-        keys += ["R@1", "R@10", "medR", "seconds_per_epoch"]
-        summary = {k: seed_stats([s.get(k) for s in sums]) for k in keys}
-        subset_rows = []
-        for i, row in enumerate(reps[0]["subsets"]):
-            entry: dict[str, Any] = {"name": row["name"], "present": row["present"]}
-            for k in row["metrics"]:
-                entry[k] = seed_stats([rep["subsets"][i]["metrics"][k] for rep in reps])
-            if "retrieval" in row:
-                entry["retrieve_missing_R@1"] = seed_stats(
-                    [rep["subsets"][i]["retrieval"]["R@1"] for rep in reps]
-                )
-            subset_rows.append(entry)
-        pairs = {
-            p: {k: seed_stats([rep["retrieval"][p][k] for rep in reps]) for k in m}
-            for p, m in reps[0]["retrieval"].items()
-        }
-        recall = {
-            k: seed_stats(
-                [statistics.fmean(v[k] for v in rep["retrieval"].values()) for rep in reps]
-            )
-            for k in ("R@1", "R@5", "R@10")
-        }
-        noise = []
-        for i, row in enumerate(reps[0]["noise"]):
-            entry = {"snr_db": row["snr_db"], "noisy": row["noisy"]}
-            entry["mean_R@1"] = seed_stats([rep["noise"][i]["mean_R@1"] for rep in reps])
-            if primary and primary in row["metrics"]:
-                entry[primary] = seed_stats([rep["noise"][i]["metrics"][primary] for rep in reps])
-            noise.append(entry)
-        variants.append(
-            {
-                "variant": name,
-                "seeds": len(rs),
-                "summary": summary,
-                "subsets": subset_rows,
-                "pairwise_mean": recall,
-                "retrieval": pairs,
-                "noise": noise,
-                "runs": [{"seed": r["seed"], "dir": r["dir"], **r["summary"]} for r in rs],
-            }
-        )
+def info(cfg: MultimodalConfig, data: Any) -> dict[str, Any]:
+    """The setting the tables' header states."""
     return {
-        "dataset": base.data.dataset,
+        "dataset": cfg.data.dataset,
         "data": repr(data),
-        "task": task,
-        "primary_metric": primary,
-        "objective": base.objective.kind,
-        "missing": base.eval.missing,
-        "probe": base.eval.probe or ("knn" if task == "classification" else "ridge"),
-        "epochs": base.train.epochs,
-        "batch_size": base.train.batch_size,
-        "device": pick_device(base.train.device).type,
-        "torch": torch.__version__,
-        "otcl": __version__,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "variants": variants,
-        "config": base.to_dict(),
+        "task": data.task,
+        "primary_metric": _primary(data.task),
+        "objective": cfg.objective.kind,
+        "missing": cfg.eval.missing,
+        "probe": cfg.eval.probe or ("knn" if data.task == "classification" else "ridge"),
+        "epochs": cfg.train.epochs,
+        "batch_size": cfg.train.batch_size,
+        "device": pick_device(cfg.train.device).type,
     }
+
+
+def compare(
+    cfg: MultimodalConfig,
+    losses: Sequence[str] = DEFAULT_LOSSES,
+    seeds: int = 3,
+    out: str | Path = "runs/multimodal/compare",
+    *,
+    loss_params: dict[str, dict[str, Any]] | None = None,
+    plot: bool = True,
+    jobs: int = 1,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate every method with ``seeds`` seeds (``cfg.train.seed`` + 0..seeds-1).
+
+    Args:
+        cfg: the shared configuration (its ``loss.params`` apply to every method).
+        losses: methods: loss names, ``<loss>+dmm`` for DMM around a loss.
+        loss_params: per-loss parameters on top of the shared ones, e.g.
+            ``{"gca-uot": {"rho": 0.5}, "dmm": {"margin": 0.3}}``.
+    Returns:
+        the content of ``results.json`` (:mod:`otcl.pipelines.results`).
+    """
+    from ..comparison import compare as run_compare
+    from ..spec import get
+
+    return run_compare(
+        get("multimodal"), cfg, losses, seeds, out, loss_params=loss_params, jobs=jobs,
+        plot=plot, log=log,
+    )  # fmt: skip
+
+
+def _subsets(v: Mapping[str, Any]) -> list[str]:
+    """The present-modality subsets of a method's metrics, in report order."""
+    out: list[str] = []
+    for k in v["metrics"]:
+        if k.startswith("subset/"):
+            name = k[len("subset/") : k.rindex("/")]
+            if name not in out:
+                out.append(name)
+    return out
+
+
+def _stat(v: Mapping[str, Any], key: str) -> dict[str, float]:
+    return v["metrics"].get(key, {"mean": float("nan"), "std": float("nan")})
 
 
 def _pm(ms: dict[str, float], scale: float = 100.0, digits: int = 1) -> str:
@@ -261,15 +163,16 @@ def _pm(ms: dict[str, float], scale: float = 100.0, digits: int = 1) -> str:
 
 
 def format_tables(results: dict[str, Any]) -> str:
-    """Markdown: the summary per variant and the per-subset robustness table (mean ± std)."""
-    primary = results["primary_metric"]
-    vs = results["variants"]
-    seeds = min(v["seeds"] for v in vs)
-    how = "dropped" if results["missing"] == "drop" else "zero-filled"
+    """Markdown: the summary per method and the per-subset robustness table (mean ± std)."""
+    i = results["info"]
+    primary = i["primary_metric"]
+    vs = results["methods"]
+    seeds = min(len(v["seeds"]) for v in vs.values())
+    how = "dropped" if i["missing"] == "drop" else "zero-filled"
     head = (
-        f"{results['data']}; objective {results['objective']}, {results['epochs']} epochs, batch "
-        f"{results['batch_size']}, probe {results['probe']}, missing modalities {how}; "
-        f"mean ± std over {seeds} seeds; device {results['device']}"
+        f"{i['data']}; objective {i['objective']}, {i['epochs']} epochs, batch "
+        f"{i['batch_size']}, probe {i['probe']}, missing modalities {how}; "
+        f"mean ± std over {seeds} seeds; device {i['device']}"
     )
     cols = []
     if primary:
@@ -287,15 +190,14 @@ def format_tables(results: dict[str, Any]) -> str:
         "s / epoch",
     ]
     lines += ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
-    for v in vs:
-        s = v["summary"]
+    for name, v in vs.items():
         cells = [
-            v["variant"],
-            *(_pm(s[c[0]]) for c in cols),
-            _pm(s["R@1"]),
-            _pm(s["R@10"]),
-            _pm(s["medR"], 1.0),
-            _pm(s["seconds_per_epoch"], 1.0, 2),
+            name,
+            *(_pm(_stat(v, c[0])) for c in cols),
+            _pm(_stat(v, "R@1")),
+            _pm(_stat(v, "R@10")),
+            _pm(_stat(v, "medR"), 1.0),
+            _pm(_stat(v, "seconds_per_epoch"), 1.0, 2),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     key, what = (
@@ -304,12 +206,13 @@ def format_tables(results: dict[str, Any]) -> str:
         else ("retrieve_missing_R@1", "R@1 (%) of the missing modalities from the present ones")
     )
     lines += ["", f"Present modalities -> {what}:", ""]
-    hdr = ["present", *(v["variant"] for v in vs)]
+    hdr = ["present", *vs]
     lines += ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
-    for i, row in enumerate(vs[0]["subsets"]):
-        if key not in row:
+    first = next(iter(vs.values()))
+    for sub in _subsets(first):
+        if f"subset/{sub}/{key}" not in first["metrics"]:
             continue
-        cells = [row["name"], *(_pm(v["subsets"][i][key]) for v in vs)]
+        cells = [sub, *(_pm(_stat(v, f"subset/{sub}/{key}")) for v in vs.values())]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -318,30 +221,32 @@ def plot_results(results: dict[str, Any], out: Path) -> list[Path]:
     """``robustness.png`` and ``retrieval.png`` (see the module docstring)."""
     plt = pyplot()
 
-    vs = results["variants"]
-    primary = results["primary_metric"]
+    methods = results["methods"]
+    vs = list(methods.values())
+    names = list(methods)
+    primary = results["info"]["primary_metric"]
     key = primary or "retrieve_missing_R@1"
-    rows = [r for r in vs[0]["subsets"] if key in r]
-    idx = [i for i, r in enumerate(vs[0]["subsets"]) if key in r]
+    rows = [s for s in _subsets(vs[0]) if f"subset/{s}/{key}" in vs[0]["metrics"]]
     width = 0.8 / len(vs)
     fig, ax = plt.subplots(figsize=(max(7.0, 0.5 * len(rows) + 2.5), 4.2))
     lows, highs = [], []
     for j, v in enumerate(vs):
-        means = [100 * v["subsets"][i][key]["mean"] for i in idx]
-        stds = [100 * v["subsets"][i][key]["std"] for i in idx]
+        means = [100 * _stat(v, f"subset/{s}/{key}")["mean"] for s in rows]
+        stds = [100 * _stat(v, f"subset/{s}/{key}")["std"] for s in rows]
         xs = [i + (j - (len(vs) - 1) / 2) * width for i in range(len(rows))]
-        ax.bar(xs, means, width, yerr=stds, capsize=2, label=v["variant"])
+        ax.bar(xs, means, width, yerr=stds, capsize=2, label=names[j])
         lows += [m - s for m, s in zip(means, stds, strict=True) if not math.isnan(m)]
         highs += [m + s for m, s in zip(means, stds, strict=True) if not math.isnan(m)]
     if lows:  # zoom on the bars: differences between variants are small next to the level
         span = max(highs) - min(lows)
         ax.set_ylim(max(0.0, min(lows) - 0.15 * span - 1), min(100.0, max(highs) + 0.1 * span + 1))
-    ax.set_xticks(range(len(rows)), [r["name"] for r in rows], rotation=40, ha="right", fontsize=8)
+    ax.set_xticks(range(len(rows)), rows, rotation=40, ha="right", fontsize=8)
     ylabel = f"test {primary} (%)" if primary else "R@1 (%), missing from present"
     ax.set_ylabel(ylabel)
     ax.set_xlabel("modalities present at test time")
     ax.set_title(
-        f"{results['dataset']}: missing modalities ({results['missing']}), mean ± std over seeds",
+        f"{results['info']['dataset']}: missing modalities ({results['info']['missing']}), "
+        "mean ± std over seeds",
         fontsize=10,
     )
     ax.legend(fontsize=8)
@@ -357,15 +262,17 @@ def plot_results(results: dict[str, Any], out: Path) -> list[Path]:
         xs = [i + (j - 1) * w for i in range(len(vs))]
         ax.bar(
             xs,
-            [100 * v["pairwise_mean"][k]["mean"] for v in vs],
+            [100 * _stat(v, f"pairwise/{k}")["mean"] for v in vs],
             w,
-            yerr=[100 * v["pairwise_mean"][k]["std"] for v in vs],
+            yerr=[100 * _stat(v, f"pairwise/{k}")["std"] for v in vs],
             capsize=2,
             label=k,
         )
-    ax.set_xticks(range(len(vs)), [v["variant"] for v in vs], rotation=20, ha="right")
+    ax.set_xticks(range(len(vs)), names, rotation=20, ha="right")
     ax.set_ylabel("cross-modal recall (%), mean over pairs")
-    ax.set_title(f"{results['dataset']}: pairwise retrieval, mean ± std over seeds", fontsize=10)
+    ax.set_title(
+        f"{results['info']['dataset']}: pairwise retrieval, mean ± std over seeds", fontsize=10
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     ret = out / "retrieval.png"

@@ -25,6 +25,7 @@ from ..config import (
     Section,
     TrainConfig,
     apply_presets,
+    given,
     preset_for,
 )
 from .data import DATASETS
@@ -199,15 +200,17 @@ DATA_APPLIES: dict[str, tuple[str, ...]] = {
 }
 
 
-def check_applies(section: str, obj: Any, default: Any, applies: dict[str, bool], why: str) -> None:
-    """A setting changed from its default where it does not apply is an error (never ignored).
+def check_applies(section: str, obj: Any, applies: dict[str, bool], why: str) -> None:
+    """A setting the user gave where it does not apply is an error, whatever its value (never
+    ignored; a saved run's settings are not "given", see :func:`otcl.pipelines.config.given`).
 
     Args:
-        section: the section's name (``"data"``); obj / default: the section and a default one.
+        section: the section's name (``"data"``); obj: the section.
         applies: setting -> whether it applies here; why: the reason, completed by the name.
     """
+    mine = given(obj)
     for name, ok in applies.items():
-        if not ok and getattr(obj, name) != getattr(default, name):
+        if not ok and name in mine:
             raise ValueError(f"{section}.{name}: does not apply {why}; leave it unset")
 
 
@@ -217,7 +220,6 @@ def check(cfg: MultimodalConfig) -> None:
     check_applies(
         "data",
         d,
-        DataConfig(),
         {k: d.dataset in v for k, v in DATA_APPLIES.items()},
         f"to dataset {d.dataset!r}",
     )

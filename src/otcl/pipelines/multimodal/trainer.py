@@ -16,7 +16,6 @@ present modalities, the cross-modal retrieval of every pair, and noise; the full
 
 from __future__ import annotations
 
-import copy
 import json
 import statistics
 from functools import partial
@@ -30,7 +29,7 @@ from ..engine.distributed import local_main_first
 from ..engine.trainer import EpochTrainer
 from ..files import atomic_write_text
 from ..sources.probes import fit_linear_probe, knn_predict
-from .config import EvalConfig, MultimodalConfig, check, check_applies, modality_names, resolve
+from .config import MultimodalConfig, check, check_applies, modality_names, resolve
 from .data import MultimodalData, load_multimodal
 from .models import MultimodalModel, build_model
 from .objectives import MultimodalObjective
@@ -91,8 +90,7 @@ def make_model(cfg: MultimodalConfig, data: MultimodalData) -> MultimodalModel:
     kinds = set(data.kinds.values())
     applies = {"seq_arch": "sequence" in kinds, "image_arch": "image" in kinds,
                "width": "image" in kinds and m.image_arch == "cnn"}  # fmt: skip
-    default = resolve(MultimodalConfig(data=copy.deepcopy(cfg.data))).model
-    check_applies("model", m, default, applies, f"to the modalities of {data.name!r}")
+    check_applies("model", m, applies, f"to the modalities of {data.name!r}")
     return build_model(
         {k: data.shape(k) for k in data.modalities},
         data.kinds,
@@ -116,7 +114,7 @@ def make_probe(cfg: MultimodalConfig, data: MultimodalData, seed: int = 0) -> Pr
         raise ValueError(f"eval.probe: {kind!r} does not fit {data.task} labels; use {want}")
     fields = {"knn_k": "knn", "knn_t": "knn", "linear_epochs": "linear", "linear_lr": "linear",
               "ridge_alpha": "ridge"}  # fmt: skip
-    check_applies("eval", e, EvalConfig(), {k: p == kind for k, p in fields.items()},
+    check_applies("eval", e, {k: p == kind for k, p in fields.items()},
                   f"to the {kind} probe")  # fmt: skip
     if kind == "ridge":
         return predictor_probe(partial(ridge_probe, alpha=e.ridge_alpha), "regression")
@@ -158,7 +156,8 @@ class MultimodalTrainer(EpochTrainer):
 
     Args:
         cfg: the configuration (dataset presets and loss defaults are applied here).
-        out: run directory (default ``cfg.train.out``, else ``runs/mm-<loss>-<dataset>-s<seed>``).
+        out: run directory (default ``cfg.train.out``, else
+            ``runs/multimodal/<method>-<dataset>-s<seed>``).
         data: an already loaded dataset (``compare`` loads it once for all runs).
         resume: continue from ``out/checkpoint.pt``.
         log: where progress lines go (standard error by default).
@@ -177,7 +176,7 @@ class MultimodalTrainer(EpochTrainer):
 
     def default_out(self) -> str:
         c = self.cfg
-        return f"runs/mm-{variant_name(c)}-{c.data.dataset}-s{c.train.seed}"
+        return f"runs/multimodal/{variant_name(c)}-{c.data.dataset}-s{c.train.seed}"
 
     @property
     def tag(self) -> str:

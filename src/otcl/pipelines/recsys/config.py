@@ -17,6 +17,7 @@ from ..config import (
     Section,
     TrainConfig,
     apply_presets,
+    given,
     preset_for,
 )
 from ..sources.movielens import MOVIELENS
@@ -260,7 +261,7 @@ def check(cfg: RecsysConfig) -> None:
         )
     if dm.enabled and m.kind == "mf":
         raise ValueError("dmm.enabled: not available for the mf baseline (BPR)")
-    if m.pop_correction and m.kind != "two-tower":
+    if m.kind != "two-tower" and "pop_correction" in given(m):  # given: refused, any value
         raise ValueError("model.pop_correction: applies only to the two-tower (in-batch negatives)")
     if m.pop_marginal and m.kind != "two-tower":
         raise ValueError("model.pop_marginal: applies only to the two-tower (in-batch negatives)")

@@ -238,7 +238,7 @@ class RecsysTrainer(EpochTrainer):
 
     Args:
         cfg: :class:`~otcl.pipelines.recsys.config.RecsysConfig` (presets applied here).
-        out: run directory (default ``runs/recsys-<kind>-<loss>[-dmm]-s<seed>``).
+        out: run directory (default ``runs/recsys/<method>-<dataset>-s<seed>``).
         resume: continue ``out`` from its checkpoint (``extend``: to more epochs).
         data: already loaded ``(ratings, split)`` (``otcl recsys compare`` loads them once).
         log: where progress lines go.
@@ -255,9 +255,10 @@ class RecsysTrainer(EpochTrainer):
         check(self.cfg)
 
     def default_out(self) -> str:
+        from .compare import method_name
+
         c = self.cfg
-        dmm = "-dmm" if c.dmm.enabled else ""
-        return f"runs/recsys-{c.model.kind}-{c.loss.name}{dmm}-s{c.train.seed}"
+        return f"runs/recsys/{method_name(c)}-{c.data.dataset}-s{c.train.seed}"
 
     @property
     def tag(self) -> str:

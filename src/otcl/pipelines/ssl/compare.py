@@ -1,223 +1,195 @@
 """``otcl compare``: train several losses under the same budget and seeds, tabulate and plot.
 
-For every loss and seed a full run (``<out>/<loss>/seed<k>``) is trained and evaluated (kNN and
-linear probe); runs already finished are reused and interrupted ones resumed, so a killed
-comparison restarts where it stopped. The table gives mean +- std over seeds; ``results.json``
-holds every number, ``accuracy.png`` the accuracies with error bars and ``curves.png`` the
-training curves (normalised loss and kNN accuracy per epoch).
-
-Under ``torchrun`` every run is trained by all the processes (the global batch split over them);
-rank 0 decides which runs to reuse or resume, evaluates them and writes the results.
+For every method (a loss, or ``<loss>+dmm``: DMM around it) and seed a full run
+(``<out>/<method>/seed<k>``) is trained and evaluated (kNN and linear probe) by the shared
+comparison (:mod:`otcl.pipelines.comparison`): runs already finished are reused and interrupted
+ones resumed, so a killed comparison restarts where it stopped. This module holds what is the
+image pipeline's own: how a method name becomes a config, what a run's numbers are, the table
+(mean +- std over seeds) and the plots (``accuracy.png``: the accuracies with error bars,
+``curves.png``: normalised loss and kNN accuracy per epoch).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ... import __version__
 from ...losses import available
-from ..compare import (
-    Run,
-    Runner,
-    check_request,
-    comparison_dir,
-    make_run,
-    mean_std,
-    pyplot,
-    stderr_log,
-    train_run,
-    write_outputs,
-)
-from ..config import save_config
-from ..engine.distributed import agreed, broadcast, is_main, local_main_first, main_log
+from ..compare import pyplot
 from ..engine.rundir import METRICS, SUMMARY
 from ..files import read_jsonl
-from .config import Config, resolve
-from .evaluate import evaluate_run
-from .trainer import SSLTrainer, load_data
+from ..spec import split_dmm
+from .config import Config
 
-__all__ = ["compare", "DEFAULT_LOSSES", "format_table", "plot_results", "SSLRunner"]
+__all__ = [
+    "compare",
+    "DEFAULT_LOSSES",
+    "method_config",
+    "method_name",
+    "record",
+    "info",
+    "format_table",
+    "plot_results",
+]
 
-#: the losses ``otcl compare`` runs when none are named
-DEFAULT_LOSSES = ("infonce", "iot-uni", "gca-ince", "gca-rince", "gca-uot", "hcl", "ot-hard", "dmm")
+#: the methods ``otcl compare`` runs when none are named (``infonce+dmm``: DMM around InfoNCE)
+DEFAULT_LOSSES = (
+    "infonce",
+    "iot-uni",
+    "gca-ince",
+    "gca-rince",
+    "gca-uot",
+    "hcl",
+    "ot-hard",
+    "infonce+dmm",
+)
 
 
-class SSLRunner(Runner):
-    """The runs of ``otcl compare``: :class:`SSLTrainer`, then ``otcl eval`` (``eval.json``)."""
+def method_config(
+    cfg: Config, method: str, shared: Mapping[str, Any], per_loss: Mapping[str, Mapping[str, Any]]
+) -> Config:
+    """``gca-uot`` -> ``loss.name="gca-uot"``; ``gca-uot+dmm`` -> ``loss.name="dmm"`` with
+    ``base="gca-uot"``. Parameters: the shared ones, then the loss's own, then (``+dmm``) DMM's."""
+    base, dmm = split_dmm(method)
+    if base not in available() or base == "dmm":
+        names = ", ".join(n for n in available() if n != "dmm")
+        raise ValueError(
+            f"methods: unknown loss {base!r}; expected a loss name, or <loss>+dmm for DMM "
+            f"around it, from: {names}"
+        )
+    params = {**shared, **per_loss.get(base, {})}
+    if dmm:
+        params = {**params, **per_loss.get("dmm", {}), "base": base}
+    cfg.loss.name = "dmm" if dmm else base
+    cfg.loss.params = params
+    return cfg
 
-    config_cls = Config
-    trainer_cls = SSLTrainer
-    resolve = staticmethod(resolve)
 
-    def __init__(self, evaluate: bool = True) -> None:
-        self.evaluate = evaluate
-        self.needs = ("eval.json",) if evaluate else ()
+def method_name(cfg: Config) -> str:
+    """The method of a run's config (the inverse of :func:`method_config`)."""
+    if cfg.loss.name != "dmm":
+        return cfg.loss.name
+    base = cfg.loss.params.get("base", "infonce")
+    return f"{base if isinstance(base, str) else type(base).__name__}+dmm"
 
-    def load_data(self, cfg: Config) -> Any:
-        return load_data(cfg, progress=cfg.train.progress)
 
-    def finish(self, run: Run, data: Any) -> None:
-        if self.evaluate:
-            c = run.cfg.train
-            evaluate_run(str(run.dir), device=c.device, data=data, progress=c.progress)
+def record(run_dir: Path) -> dict[str, float]:
+    """A finished run's numbers: kNN and linear-probe accuracy (``eval.json``; kNN of the
+    summary without it), seconds per epoch, views per second, final loss."""
+    summary = json.loads((run_dir / SUMMARY).read_text())
+    path = run_dir / "eval.json"
+    ev = json.loads(path.read_text()) if path.exists() else {}
+    out = {
+        "knn": ev.get("knn", summary.get("knn")),
+        "linear": ev.get("linear"),
+        "seconds_per_epoch": summary.get("seconds_per_epoch"),
+        "views_per_s": summary.get("views_per_s"),
+        "final_loss": summary.get("final_loss"),
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def info(cfg: Config, data: Any) -> dict[str, Any]:
+    """The setting the table's header states."""
+    dev = str(cfg.train.device)
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    return {
+        "dataset": cfg.data.dataset,
+        "data": repr(data),
+        "epochs": cfg.train.epochs,
+        "batch_size": cfg.train.batch_size,
+        "arch": cfg.model.arch,
+        "knn_k": cfg.eval.knn_k,
+        "knn_t": cfg.eval.knn_t,
+        "linear_epochs": cfg.eval.linear_epochs,
+        "device": dev,
+    }
+
+
+def prepare_compare(cfg: Config) -> Config:
+    """A comparison's shared config: the presets, and kNN curves for the plot (about 10 points
+    per run) unless ``eval.knn_every`` is set."""
+    from .config import resolve
+
+    base = resolve(cfg)
+    if base.eval.knn_every == 0:
+        base.eval.knn_every = max(1, int(base.train.epochs or 1) // 10)
+    return base
 
 
 def compare(
     cfg: Config,
     losses: Sequence[str] = DEFAULT_LOSSES,
     seeds: int = 3,
-    out: str | Path = "runs/compare",
+    out: str | Path = "runs/ssl/compare",
     *,
     loss_params: dict[str, dict[str, Any]] | None = None,
     evaluate: bool = True,
     plot: bool = True,
+    jobs: int = 1,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate every loss with ``seeds`` seeds (``cfg.train.seed`` + 0..seeds-1).
+    """Train and evaluate every method with ``seeds`` seeds (``cfg.train.seed`` + 0..seeds-1).
 
     Args:
         cfg: the shared configuration (its ``loss.params`` apply to every loss).
-        losses: registered loss names.
+        losses: loss names, or ``<loss>+dmm`` for DMM around a loss.
         loss_params: per-loss parameters, ``{"gca-uot": {"rho": 0.5}}``, on top of the shared ones.
     Returns:
-        the content of ``results.json``.
+        the content of ``results.json`` (:mod:`otcl.pipelines.results`).
     """
-    log = main_log(log or stderr_log)  # under torchrun: rank 0
-    unknown = [name for name in losses if name not in available()]
-    if unknown:
-        raise ValueError(
-            f"losses: unknown loss(es) {', '.join(unknown)}; expected names from: "
-            f"{', '.join(available())}"
-        )
-    loss_params = loss_params or {}
-    check_request(losses, seeds, loss_params, losses)
-    base = resolve(cfg)
-    if base.eval.knn_every == 0:  # kNN curves for the plot, about 10 points per run
-        base.eval.knn_every = max(1, int(base.train.epochs or 1) // 10)
-    with comparison_dir(out) as out:  # a bad --out fails before the data loads
-        return _compare(base, losses, seeds, out, loss_params, evaluate, plot, log)
+    from ..comparison import compare as run_compare
+    from ..spec import get
+
+    return run_compare(
+        get("ssl"),
+        cfg,
+        losses,
+        seeds,
+        out,
+        loss_params=loss_params,
+        jobs=jobs,
+        evaluate=evaluate,
+        plot=plot,
+        log=log,
+    )
 
 
-def _compare(
-    base: Config,
-    losses: Sequence[str],
-    seeds: int,
-    out: Path,
-    loss_params: dict[str, dict[str, Any]],
-    evaluate: bool,
-    plot: bool,
-    log: Callable[[str], None],
-) -> dict[str, Any]:
-    with agreed():
-        if is_main():
-            save_config(base, out / "config.yaml")
-    data = local_main_first(lambda: load_data(base, progress=base.train.progress and is_main()))
-    log(f"otcl compare: {data!r}; losses {', '.join(losses)}; {seeds} seed(s); out {out}")
-    grid: list[Run] = []
-    for name in losses:
-        for k in range(seeds):
-            run_cfg = copy.deepcopy(base)
-            run_cfg.loss.name = name
-            run_cfg.loss.params = {**base.loss.params, **loss_params.get(name, {})}
-            run_cfg.train.seed = base.train.seed + k
-            grid.append(make_run(name, run_cfg, out))
-    t_start = time.perf_counter()
-    runs = []
-    runner = SSLRunner(evaluate)
-    for run in grid:  # each run's numbers show as it finishes
-        train_run(runner, run, data, log)
-        if is_main():
-            runs.append(_record(run, evaluate, log))
-    results: dict[str, Any] = {}
-    with agreed():  # rank 0 writes the results, the others wait for them
-        if is_main():
-            results = _aggregate(base, losses, runs, data)
-            results["wall_seconds"] = time.perf_counter() - t_start
-            write_outputs(
-                out,
-                results,
-                format_table(results),
-                plot=(lambda: plot_results(results, runs, out)) if plot else None,
-                log=log,
-            )
-    return broadcast(results)
-
-
-def _record(run: Run, evaluate: bool, log: Callable[[str], None]) -> dict[str, Any]:
-    """The numbers of a finished run (its summary, ``eval.json`` and metrics log)."""
-    summary = json.loads((run.dir / SUMMARY).read_text())
-    ev = json.loads((run.dir / "eval.json").read_text()) if evaluate else {}
-    rec = {
-        "loss": run.method,
-        "seed": run.seed,
-        "dir": str(run.dir),
-        "knn": ev.get("knn", summary.get("knn")),
-        "linear": ev.get("linear"),
-        "seconds_per_epoch": summary.get("seconds_per_epoch"),
-        "views_per_s": summary.get("views_per_s"),
-        "final_loss": summary.get("final_loss"),
-        "metrics": read_jsonl(run.dir / METRICS),
-    }
-    lin = "" if rec["linear"] is None else f", linear {rec['linear']:.4f}"
-    log(f"{run.method} seed {run.seed}: kNN {rec['knn']:.4f}{lin}")
-    return rec
-
-
-def _aggregate(base: Config, losses, runs, data) -> dict[str, Any]:
+def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per method: kNN and linear mean and std, the median seconds per epoch."""
     rows = []
-    for name in losses:
-        rs = [r for r in runs if r["loss"] == name]
-        knn = mean_std([r["knn"] for r in rs])
-        lin = mean_std([r["linear"] for r in rs if r["linear"] is not None])
-        spe = [r["seconds_per_epoch"] for r in rs if r["seconds_per_epoch"] is not None]
+    for name, m in results["methods"].items():
+        st = m["metrics"]
+        nan = {"mean": float("nan"), "std": float("nan"), "per_seed": []}
+        spe = [v for v in st.get("seconds_per_epoch", nan)["per_seed"] if v is not None]
         rows.append(
             {
                 "loss": name,
-                "seeds": len(rs),
-                "knn_mean": knn[0],
-                "knn_std": knn[1],
-                "linear_mean": lin[0],
-                "linear_std": lin[1],
+                "seeds": len(m["seeds"]),
+                "knn_mean": st.get("knn", nan)["mean"],
+                "knn_std": st.get("knn", nan)["std"],
+                "linear_mean": st.get("linear", nan)["mean"],
+                "linear_std": st.get("linear", nan)["std"],
                 "seconds_per_epoch": statistics.median(spe) if spe else None,
-                "runs": [{k: v for k, v in r.items() if k != "metrics"} for r in rs],
             }
         )
-    dev = str(base.train.device)
-    if dev == "auto":
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-    return {
-        "dataset": base.data.dataset,
-        "data": repr(data),
-        "epochs": base.train.epochs,
-        "batch_size": base.train.batch_size,
-        "arch": base.model.arch,
-        "knn_k": base.eval.knn_k,
-        "knn_t": base.eval.knn_t,
-        "linear_epochs": base.eval.linear_epochs,
-        "device": dev,
-        "torch": torch.__version__,
-        "otcl": __version__,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "rows": rows,
-        "config": base.to_dict(),
-    }
+    return rows
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """A Markdown table: loss, kNN and linear accuracy (mean +- std, %), seconds per epoch."""
+    """A Markdown table: method, kNN and linear accuracy (mean +- std, %), seconds per epoch."""
+    i = results["info"]
     head = (
-        f"{results['dataset']}, {results['arch']}, {results['epochs']} epochs, batch "
-        f"{results['batch_size']}, kNN k={results['knn_k']} t={results['knn_t']}, linear probe "
-        f"{results['linear_epochs']} epochs (final epoch), device {results['device']}"
+        f"{i['dataset']}, {i['arch']}, {i['epochs']} epochs, batch "
+        f"{i['batch_size']}, kNN k={i['knn_k']} t={i['knn_t']}, linear probe "
+        f"{i['linear_epochs']} epochs (final epoch), device {i['device']}"
     )
     lines = [
         head,
@@ -229,7 +201,7 @@ def format_table(results: dict[str, Any]) -> str:
     def pct(m: float, s: float) -> str:
         return "n/a" if math.isnan(m) else f"{100 * m:.2f} ± {100 * s:.2f}"
 
-    for r in results["rows"]:
+    for r in _rows(results):
         spe = r["seconds_per_epoch"]
         lines.append(
             f"| {r['loss']} | {r['seeds']} | {pct(r['knn_mean'], r['knn_std'])} | "
@@ -239,10 +211,14 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_results(results: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> list[Path]:
+def plot_results(results: dict[str, Any], out: Path) -> list[Path]:
     """``accuracy.png`` (bars with std error bars) and ``curves.png`` (per-epoch curves)."""
     plt = pyplot()
-    rows = results["rows"]
+    rows = _rows(results)
+    runs = [
+        {"loss": r["method"], "metrics": read_jsonl(Path(r["dir"]) / METRICS)}
+        for r in results["runs"]
+    ]
     names = [r["loss"] for r in rows]
     x = list(range(len(names)))
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names) + 2), 4))
@@ -263,7 +239,8 @@ def plot_results(results: dict[str, Any], runs: list[dict[str, Any]], out: Path)
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(
-        f"{results['dataset']}: {results['epochs']} epochs, mean ± std over seeds", fontsize=10
+        f"{results['info']['dataset']}: {results['info']['epochs']} epochs, mean ± std over seeds",
+        fontsize=10,
     )
     ax.legend()
     fig.tight_layout()

@@ -33,6 +33,7 @@ def evaluate_run(
     knn_t: float | None = None,
     progress: bool = True,
     write: bool = True,
+    backbone: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
     """kNN and linear-probe accuracy of a run's checkpoint; writes ``<run_dir>/eval.json``.
 
@@ -45,7 +46,7 @@ def evaluate_run(
             raise ValueError(
                 f"run: cannot write eval.json in {str(run_dir)!r}: {e.strerror}"
             ) from None
-    cfg, model, data, aug, st = load_run(run_dir, device=device, data=data)
+    cfg, model, data, aug, st = load_run(run_dir, device=device, data=data, backbone=backbone)
     e = cfg.eval
     k = e.knn_k if knn_k is None else knn_k
     t = e.knn_t if knn_t is None else knn_t

@@ -25,6 +25,7 @@ rounding when the model has no BatchNorm (``model.norm=group`` or ``none`` with
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from ..engine.distributed import local_main_first
 from ..engine.rundir import METRICS, SUMMARY
 from ..engine.runtime import pick_device
 from ..engine.trainer import EpochTrainer
-from ..sources.backbones import ARCHS, NORMS, Encoder, build_encoder
+from ..sources.backbones import ARCHS, NORMS, Encoder, ProjectionHead, build_encoder
 from ..sources.features import split_features
 from ..sources.images import Augment, ImageData, load_dataset
 from ..sources.probes import knn_accuracy
@@ -63,9 +64,33 @@ def make_augment(cfg: Config, data: ImageData) -> Augment:
     )
 
 
-def make_model(cfg: Config, data: ImageData) -> Encoder:
-    """The run's encoder (backbone + projection head) for ``data``'s image shape."""
+#: ``model.arch`` of a run trained with a backbone of the user's (``train(cfg, model=...)``)
+CUSTOM = "custom"
+
+
+def make_model(cfg: Config, data: ImageData, backbone: torch.nn.Module | None = None) -> Encoder:
+    """The run's encoder (backbone + projection head) for ``data``'s image shape.
+
+    ``backbone``: a module of your own, images (B, C, H, W) -> features (B, D), used instead of
+    ``model.arch`` (which reads ``custom``); the projection head is built on top of it from
+    ``model.head_*`` (D from its ``feature_dim`` attribute, else from one forward pass).
+    """
     m = cfg.model
+    if backbone is not None or m.arch == CUSTOM:
+        if backbone is None:
+            raise ValueError(
+                "model.arch: the run was trained with a backbone of your own; pass it again "
+                "(Run.load(path, model=backbone) or train(cfg, model=backbone))"
+            )
+        dim = getattr(backbone, "feature_dim", None)
+        if dim is None:
+            was = backbone.training
+            backbone.eval()
+            with torch.no_grad():
+                dim = backbone(torch.zeros(2, *data.image_shape)).shape[-1]
+            backbone.train(was)
+        head = ProjectionHead(int(dim), int(m.head_hidden or 0), int(m.head_out or 128), m.head_bn)
+        return Encoder(backbone, head)
     return build_encoder(
         m.arch,  # type: ignore[arg-type]
         data.image_shape[0],
@@ -102,7 +127,7 @@ def check_image_config(cfg: Config) -> None:
         make_augment(cfg, _STATS_ONLY)
     except ValueError as err:
         raise ValueError(f"data.{err}") from None
-    if m.arch not in ARCHS:
+    if m.arch not in (*ARCHS, CUSTOM):
         raise ValueError(f"model.arch: expected one of {', '.join(ARCHS)}, got {m.arch!r}")
     if m.norm not in NORMS:
         raise ValueError(f"model.norm: expected one of {', '.join(NORMS)}, got {m.norm!r}")
@@ -141,8 +166,12 @@ class SSLTrainer(EpochTrainer):
 
     Args:
         cfg: the configuration (dataset presets are applied here).
-        out: run directory (default ``cfg.train.out``, else ``runs/<loss>-<dataset>-s<seed>``).
-        data: an already loaded dataset (``otcl compare`` loads it once for all runs).
+        out: run directory (default ``cfg.train.out``, else
+            ``runs/ssl/<method>-<dataset>-s<seed>``, the method ``<loss>`` or ``<base>+dmm``).
+        data: an already loaded dataset (``otcl compare`` loads it once for all runs), or an
+            :class:`~otcl.pipelines.sources.images.ImageData` of your own.
+        model: a backbone of your own (see :func:`make_model`; ``model.arch`` becomes
+            ``custom``); a resumed custom run needs it again.
         resume: continue from ``out/checkpoint.pt``.
         extend: with ``resume``, allow ``train.epochs`` to grow.
         log: where progress lines go (standard error by default).
@@ -161,6 +190,15 @@ class SSLTrainer(EpochTrainer):
     )
     measures = ("eval",)  # ... but they change the numbers: a comparison does not reuse them
     cfg: Config
+
+    def __init__(
+        self, cfg: Config, out: str | Path | None = None, *, model: Any = None, **kw: Any
+    ) -> None:
+        self.given_model = model
+        if model is not None:
+            cfg = copy.deepcopy(cfg)
+            cfg.model.arch = CUSTOM
+        super().__init__(cfg, out, **kw)
 
     # -- hooks -----------------------------------------------------------------------------
     def build_loss(self) -> torch.nn.Module:
@@ -181,8 +219,10 @@ class SSLTrainer(EpochTrainer):
         check_image_config(self.cfg)
 
     def default_out(self) -> str:
+        from .compare import method_name
+
         c = self.cfg
-        return f"runs/{c.loss.name}-{c.data.dataset}-s{c.train.seed}"
+        return f"runs/ssl/{method_name(c)}-{c.data.dataset}-s{c.train.seed}"
 
     def build(self) -> None:
         t = self.cfg.train
@@ -193,7 +233,7 @@ class SSLTrainer(EpochTrainer):
             )
         self.images = self.data.ssl_images().to(self.device)
         self.augment = make_augment(self.cfg, self.data).to(self.device)
-        self.model = make_model(self.cfg, self.data).to(self.device)
+        self.model = make_model(self.cfg, self.data, self.given_model).to(self.device)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = self.build_loss()
@@ -263,13 +303,17 @@ class SSLTrainer(EpochTrainer):
 
 
 def load_run(
-    run_dir: str | Path, device: str = "auto", data: ImageData | None = None
+    run_dir: str | Path,
+    device: str = "auto",
+    data: ImageData | None = None,
+    backbone: torch.nn.Module | None = None,
 ) -> tuple[Config, Encoder, ImageData, Augment, dict[str, Any]]:
-    """Rebuild a run's config, trained encoder (eval mode), dataset and preprocessing."""
+    """Rebuild a run's config, trained encoder (eval mode), dataset and preprocessing
+    (``backbone``: a run trained with a backbone of your own needs it again)."""
     cfg, st = open_run(run_dir, Config, resolve)
     if data is None:
         data = load_data(cfg, progress=cfg.train.progress)
     dev = pick_device(device)
-    model = restore_model(make_model(cfg, data), st, run_dir, dev)
+    model = restore_model(make_model(cfg, data, backbone), st, run_dir, dev)
     aug = make_augment(cfg, data).to(dev)
     return cfg, model, data, aug, st
