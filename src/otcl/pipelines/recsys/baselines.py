@@ -21,7 +21,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .data import Split
+from .config import RecsysConfig
+from .data import Split, tail_items
 from .metrics import rank_metrics
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "GRIDS",
     "ITEM_ITEM",
     "tune_item_item",
+    "score_metrics",
 ]
 
 IMPLICIT_MODELS = ("als", "bpr")
@@ -270,3 +272,39 @@ def fit_implicit(
         return u.to(users.device)[users] @ v.to(users.device).transpose(0, 1)
 
     return score
+
+
+def score_metrics(
+    score: Callable[[torch.Tensor], torch.Tensor],
+    s: Split,
+    cfg: RecsysConfig,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """The ``warm/...`` and ``tail/...`` test metrics of a scorer without a model (baselines)."""
+    e = cfg.eval
+    common = {
+        "ks": tuple(int(k) for k in e.ks),
+        "block": e.block,
+        "device": device,
+        "candidates": s.warm_items,
+    }
+    exclude = (s.seen_user, s.seen_item)
+    out = {
+        f"warm/{k}": v
+        for k, v in rank_metrics(
+            score,
+            (s.test_user, s.test_item),
+            exclude,
+            s.n_users,
+            s.n_items,
+            users=e.users,
+            eval_users=s.test_users,
+            **common,
+        ).items()
+    }
+    is_tail = tail_items(s)[s.test_item]
+    if is_tail.any():
+        rel = (s.test_user[is_tail], s.test_item[is_tail])
+        res = rank_metrics(score, rel, exclude, s.n_users, s.n_items, **common)
+        out.update({f"tail/{k}": v for k, v in res.items()})
+    return out

@@ -36,11 +36,11 @@ from .baselines import (
     Popularity,
     fit_implicit,
     implicit_available,
+    score_metrics,
     tune_item_item,
 )
 from .config import DROP_VARIANTS, RecsysConfig
 from .data import Split
-from .trainer import score_metrics
 
 __all__ = [
     "compare",

@@ -25,7 +25,6 @@ improvement, and the test set is ranked once, at the end, with the best weights
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,6 @@ __all__ = [
     "dmm_params",
     "objective_spec",
     "validate",
-    "score_metrics",
 ]
 
 
@@ -194,42 +192,6 @@ def evaluate_model(
                 **{**common, "ks": tuple(k for k in ks if k <= len(s.cold_items)) or (1,)},
             ),
         )
-    return out
-
-
-def score_metrics(
-    score: Callable[[torch.Tensor], torch.Tensor],
-    s: Split,
-    cfg: RecsysConfig,
-    device: torch.device | str = "cpu",
-) -> dict[str, float]:
-    """The ``warm/...`` and ``tail/...`` test metrics of a scorer without a model (baselines)."""
-    e = cfg.eval
-    common = {
-        "ks": tuple(int(k) for k in e.ks),
-        "block": e.block,
-        "device": device,
-        "candidates": s.warm_items,
-    }
-    exclude = (s.seen_user, s.seen_item)
-    out = {
-        f"warm/{k}": v
-        for k, v in rank_metrics(
-            score,
-            (s.test_user, s.test_item),
-            exclude,
-            s.n_users,
-            s.n_items,
-            users=e.users,
-            eval_users=s.test_users,
-            **common,
-        ).items()
-    }
-    is_tail = tail_items(s)[s.test_item]
-    if is_tail.any():
-        rel = (s.test_user[is_tail], s.test_item[is_tail])
-        res = rank_metrics(score, rel, exclude, s.n_users, s.n_items, **common)
-        out.update({f"tail/{k}": v for k, v in res.items()})
     return out
 
 
