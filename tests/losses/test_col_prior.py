@@ -123,3 +123,14 @@ def test_bad_priors(make_pairs):
     mass = build("iot", layout="cross", relax="both")
     with pytest.raises(ValueError, match="col_prior: iot .constraint='mass'. has no column"):
         mass(z1, z2, col_prior=torch.full((5,), 0.2, dtype=F64))
+
+
+def test_prior_takes_the_dense_geometry(make_pairs):
+    z1, z2 = make_pairs(n=6, d=4, seed=13)
+    q = _prior(6, seed=14)
+    dense = build("gca-uot", layout="cross", geometry="dense")(z1, z2, col_prior=q)
+    auto = build("gca-uot", layout="cross", geometry="auto", tile_size=2)(z1, z2, col_prior=q)
+    assert auto.item() == pytest.approx(dense.item(), rel=1e-12)
+    streaming = build("gca-uot", layout="cross", geometry="streaming", tile_size=2)
+    with pytest.raises(ValueError, match="col_prior: the streaming geometry takes no column"):
+        streaming(z1, z2, col_prior=q)
