@@ -18,6 +18,7 @@ combination is one constructor call away, or ``build("ot", ...)`` by name::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -163,7 +164,9 @@ class OTContrastiveLoss(ContrastiveLoss):
         a custom non-negative target plan (n = 2N for simclr, N for cross; m = n + K), and
         ``negatives`` (K, d) extra candidates appended as columns (never positives), or
         (N, K, d) per anchor (e.g. a recommender's sampled items per user), which are appended
-        as N K shared columns.
+        as N K shared columns. ``col_prior`` (m,): the probability with which each column was
+        sampled (e.g. item popularity for in-batch negatives); the coupling then corrects for
+        it (:meth:`prior_weights`: row-constrained, the logQ correction).
 
     Example:
         >>> import torch
@@ -267,6 +270,24 @@ class OTContrastiveLoss(ContrastiveLoss):
         rho = None if self.rho is None else self.rho / self.temperature
         return Problem.from_name(self.constraint, rho, a=a, b=b)
 
+    def weighted_problem(
+        self,
+        problem: Problem,
+        n: int,
+        m: int,
+        w_rows: torch.Tensor | None,
+        w_cols: torch.Tensor | None,
+    ) -> Problem:
+        """``problem`` with its row / column marginals multiplied by weights of mean 1 (the
+        total masses, hence the balance of a balanced problem, are unchanged)."""
+        unit = self.marginals == "unit"
+        a, b = problem.a, problem.b
+        if w_rows is not None:
+            a = w_rows * (1.0 if unit else 1.0 / n)
+        if w_cols is not None:
+            b = w_cols * (n / m if unit else 1.0 / m)
+        return dataclasses.replace(problem, a=a, b=b)
+
     def solver(self) -> Sinkhorn:
         """The solver with this loss's options."""
         return Sinkhorn(
@@ -298,13 +319,25 @@ class OTContrastiveLoss(ContrastiveLoss):
             shard=shard,
         )
 
-    def solve(self, scores: torch.Tensor | Geometry, bound: float | None = None) -> SinkhornOutput:
+    def solve(
+        self,
+        scores: torch.Tensor | Geometry,
+        bound: float | None = None,
+        weights: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+    ) -> SinkhornOutput:
         """The model plan :math:`P_\\theta` of a score matrix (or of a geometry, whose rows may
-        be one rank's share of the global batch's)."""
+        be one rank's share of the global batch's).
+
+        ``weights``: ``(w_rows, w_cols)``, (n,) / (m,) positive weights of mean 1 (or None)
+        that multiply the loss's row / column marginals (see :meth:`forward`'s ``col_prior``;
+        the scores must already hold their logarithms).
+        """
         S = scores.scores if isinstance(scores, Geometry) else scores
         n = scores.n_rows if isinstance(scores, Geometry) else S.shape[-2]
         m = S.shape[-1]
         problem = self.problem(n, m, S.device)
+        if weights is not None:
+            problem = self.weighted_problem(problem, n, m, *weights)
         init = None
         if problem.constraint == "unbalanced":
             # start from v = b as the official GCA-UOT code (u = v = marginal); for balanced
@@ -373,13 +406,14 @@ class OTContrastiveLoss(ContrastiveLoss):
         geom: Geometry,
         target: torch.Tensor | None,
         pos: torch.Tensor | None,
+        weights: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
         """The loss of one direction: solve, then divergence (+ extra terms).
 
         Each solve computes its :class:`~otcl.losses.divergences.RowView` (vector-only path)
-        or forms its log-plan once, and every term reads it.
+        or forms its log-plan once, and every term reads it. ``weights``: see :meth:`solve`.
         """
-        out = self.solve(geom)
+        out = self.solve(geom, weights=weights) if weights is not None else self.solve(geom)
         rows = divergences.row_view(out, target, pos)
         if rows is None:
             out = out.with_log_plan()
@@ -437,8 +471,17 @@ class OTContrastiveLoss(ContrastiveLoss):
         target: torch.Tensor | None = None,
         *,
         negatives: torch.Tensor | None = None,
+        col_prior: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """See the class docstring (``Call``)."""
         tile = self.tile_rows(z1, negatives)
+        if tile is not None and col_prior is not None:
+            if self.geometry == "streaming":
+                raise ValueError(
+                    "col_prior: the streaming geometry takes no column prior; use "
+                    "geometry='dense' (or 'auto', which then computes densely)"
+                )
+            tile = None  # "auto": the dense path, the one that takes a column prior
         if tile is not None:
             terms = self.streaming_terms()
             kw = dict(tile_size=tile, terms=terms)
@@ -451,14 +494,57 @@ class OTContrastiveLoss(ContrastiveLoss):
         geo = self.pair_geometry(z1, z2, negatives, shard)
         dtype = torch.float64 if z1.dtype == torch.float64 else torch.float32
         tgt, pos = prepare_target(geo, labels, target, dtype)
-        loss = self.direction_loss(geo, tgt, pos)
+        w = None if col_prior is None else self.prior_weights(col_prior, geo, shard)
+        if w is None:
+            loss = self.direction_loss(geo, tgt, pos)
+        else:  # the kernel's reference measure and the columns' marginal: w
+            fwd = geo.replace(scores=geo.scores + w.log().to(geo.scores), bound=None)
+            loss = self.direction_loss(fwd, tgt, pos, (None, w))
         if self.layout == "cross" and self.symmetric:
             # view-2 anchors against view 1 (the square block: extra candidates are no anchors)
             rev = geo.transposed() if shard is None else self.pair_geometry(z2, z1, None, shard)
             target_t = None if target is None else target[:, : geo.n_pairs].transpose(0, 1)
             tgt_t, pos_t = prepare_target(rev, labels, target_t, dtype)
-            loss = 0.5 * (loss + self.direction_loss(rev, tgt_t, pos_t))
+            if w is None:
+                loss = 0.5 * (loss + self.direction_loss(rev, tgt_t, pos_t))
+            else:  # the same coupling seen from view 2: the weights are on its rows
+                wr = w[: geo.n_pairs] / w[: geo.n_pairs].mean()
+                rev = rev.replace(scores=rev.scores + wr.log().to(rev.scores)[:, None], bound=None)
+                loss = 0.5 * (loss + self.direction_loss(rev, tgt_t, pos_t, (wr, None)))
         return loss if shard is None else shard.total(loss)
+
+    def prior_weights(
+        self, col_prior: torch.Tensor, geo: Geometry, shard: Shard | None
+    ) -> torch.Tensor:
+        r"""Column weights :math:`w_j \propto 1/q_j` (mean 1) of a column prior ``q`` (m,).
+
+        ``col_prior`` is the probability with which each column (candidate) was drawn, e.g. an
+        item's share of the positive pairs when the negatives are the batch's other positives.
+        The coupling's columns are then an importance-weighted sample of the uniform catalogue:
+        the kernel becomes :math:`K_{ij} = w_j e^{S_{ij}}` (reference measure
+        :math:`a \otimes w`) and a constrained column side has marginal :math:`b_j \propto
+        w_j`. Row-constrained (InfoNCE), the direction's loss is exactly the logQ-corrected
+        softmax of Yi et al. (RecSys 2019): :math:`-\log \mathrm{softmax}_j(S_{ij} - \log
+        q_j)` at the positive.
+        """
+        m = geo.scores.shape[-1]
+        if self.constraint == "mass":
+            raise ValueError(
+                f"col_prior: {self.loss_name()} (constraint='mass') has no column marginal to set"
+            )
+        if shard is not None:
+            raise ValueError("col_prior: not supported with gather_distributed across ranks")
+        if col_prior.shape != (m,):
+            raise ValueError(
+                f"col_prior: expected shape ({m},) (one probability per column), "
+                f"got {tuple(col_prior.shape)}"
+            )
+        q = col_prior.detach().to(torch.float64)
+        if not bool(((q > 0) & torch.isfinite(q)).all()):
+            raise ValueError("col_prior: expected positive finite probabilities")
+        w = 1.0 / q
+        dtype = torch.float64 if geo.scores.dtype == torch.float64 else torch.float32
+        return (w / w.mean()).to(device=geo.scores.device, dtype=dtype)
 
     def extra_repr(self) -> str:
         keys = ["temperature", "layout", "constraint", "iters", "rho", "divergence"]

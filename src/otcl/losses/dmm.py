@@ -457,8 +457,11 @@ class DMM(LossWrapper):
         *,
         mixed: Mixed | None = None,
         negatives: torch.Tensor | None = None,
+        col_prior: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        loss = self.base_loss(z1, z2, labels, target, negatives)  # as given: (K, d) or (B, K, d)
+        # negatives as given: (K, d) or (B, K, d); col_prior (the base loss's column sampling
+        # distribution) reaches the base loss alone
+        loss = self.base_loss(z1, z2, labels, target, negatives, col_prior)
         w = self.current_weight
         if w == 0.0:
             if self.training and self.weight > 0 and not self._scheduled:

@@ -51,7 +51,10 @@ class InfoNCE(OTContrastiveLoss):
         geom: Geometry,
         target: torch.Tensor | None,
         pos: torch.Tensor | None,
+        weights: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
+        # row-constrained, marginal weights only scale each row's mass: the scores (which hold
+        # their logarithms) are all the row softmax needs
         if (
             self.constraint == "rows"
             and self.divergence == "ce"
@@ -61,4 +64,4 @@ class InfoNCE(OTContrastiveLoss):
             logits = scores if scores.dtype == torch.float64 else scores.float()
             rows_total = None if geom.shard is None else geom.n_rows  # a rank's share
             return divergences.cross_entropy(logits, target, pos, rows_total)
-        return super().direction_loss(geom, target, pos)
+        return super().direction_loss(geom, target, pos, weights)

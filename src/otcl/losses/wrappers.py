@@ -125,8 +125,11 @@ class LossWrapper(ContrastiveLoss):
         labels: torch.Tensor | None = None,
         target: torch.Tensor | None = None,
         negatives: torch.Tensor | None = None,
+        col_prior: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The base loss of a batch (``negatives`` passed only when given)."""
+        """The base loss of a batch (``negatives`` and ``col_prior`` passed only when given)."""
         extra = {} if negatives is None else {"negatives": negatives}
+        if col_prior is not None:
+            extra["col_prior"] = col_prior
         base = cast(Callable[..., torch.Tensor], self.base)  # built in __init__
         return base(z1, z2, labels=labels, target=target, **extra)

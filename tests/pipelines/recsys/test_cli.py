@@ -10,7 +10,7 @@ import signal
 import pytest
 
 from otcl.cli import main
-from otcl.pipelines.recsys.compare import robustness
+from otcl.pipelines.recsys.compare import robustness, validation_curves
 
 TINY = ["--dim", "8", "--epochs", "1", "--no-progress", "--set", "eval.ks=[1,5]"]
 
@@ -85,7 +85,7 @@ def test_train_bad_input_is_one_line_and_writes_nothing(
 
 def test_compare(ml_dir, tmp_path, capsys):
     out = tmp_path / "cmp"
-    methods = "popularity,implicit-als,mf-bpr,cml,cml+dmm,tt-infonce,tt-infonce+dmm"
+    methods = "popularity,ease,itemknn,implicit-als,mf-bpr,cml,cml+dmm,tt-infonce,tt-infonce+dmm"
     argv = ["recsys", "compare", "--data-dir", str(ml_dir), "--out", str(out)]
     argv += ["--methods", methods, "--seeds", "2", "--cold-items", "0.3", *TINY[:5], "--jobs", "1"]
     assert main(argv) == 0
@@ -99,11 +99,22 @@ def test_compare(ml_dir, tmp_path, capsys):
     ]
     assert d["per_seed"] == pytest.approx([b - a for a, b in zip(*per_seed, strict=True)])
     assert "cold" in robustness(res)["tt-infonce"]
-    assert (out / "recsys.png").stat().st_size > 0
+    assert (out / "recsys.png").stat().st_size > 0 and (out / "recsys-val.png").stat().st_size
+    assert "best epoch" in printed and "tail recall@10" in printed
+    for m in ("cml", "cml+dmm", "tt-infonce"):  # the validation-selected epoch of each seed
+        best = res["methods"][m]["metrics"]["best_epoch"]["per_seed"]
+        curves = [validation_curves(out / m / f"seed{k}") for k in (0, 1)]
+        assert len(best) == 2 and all(curves)
+        for b, pts in zip(best, curves, strict=True):
+            assert b == max(pts, key=lambda p: (p[1], -p[0]))[0]
+    for m in ("ease", "itemknn"):  # tuned on validation, the same value for every seed
+        vals = res["methods"][m]["metrics"]["hyperparameter"]["per_seed"]
+        assert len(vals) == 2 and vals[0] == vals[1]
+        assert "tail/recall@10" in res["methods"][m]["metrics"]
     assert (out / "cml+dmm" / "seed1" / "checkpoint.pt").exists()
     # a second call reuses every finished run (implicit-als has none without the extra)
     assert main(argv) == 0
-    runs = 14 if importlib.util.find_spec("implicit") is not None else 12
+    runs = 18 if importlib.util.find_spec("implicit") is not None else 16
     assert capsys.readouterr().err.count("reusing") == runs
 
 

@@ -86,3 +86,79 @@ def test_duplicated_rows_never_make_a_test_pair_a_training_pair(tmp_path, capsys
     seen = set(zip(s.seen_user.tolist(), s.seen_item.tolist(), strict=True))
     test = set(zip(s.test_user.tolist(), s.test_item.tolist(), strict=True))
     assert test and not seen & test
+
+
+def _keys(u, i):
+    return set(zip(np.asarray(u).tolist(), np.asarray(i).tolist(), strict=True))
+
+
+@pytest.mark.parametrize("protocol", ["dmm", "temporal"])
+def test_validation_is_carved_from_training_positives_only(ml_dir, protocol):
+    r = load_ratings("ml-100k", ml_dir)
+    s = split(r, protocol, seed=3, val_frac=0.25, cold_items=0.1)
+    ref = split(r, protocol, seed=3, val_frac=0.5, cold_items=0.1)
+    # the test pairs and the cold items do not depend on the validation split
+    assert _keys(s.test_user, s.test_item) == _keys(ref.test_user, ref.test_item)
+    assert s.cold_items.tolist() == ref.cold_items.tolist()
+    train, val = _keys(s.train_user, s.train_item), _keys(s.val_user, s.val_item)
+    assert val and not val & train and not val & _keys(s.test_user, s.test_item)
+    assert val <= _keys(s.seen_user, s.seen_item)  # still excluded from the test ranking
+    assert not np.isin(s.val_item, s.cold_items).any()
+    pos = r.rating >= 4
+    assert all(r.rating[(r.user == u) & (r.item == i)][0] >= 4 for u, i in val)
+    # every positive training pair of the split without validation is train or validation
+    whole = _keys(r.user[pos], r.item[pos]) - _keys(s.test_user, s.test_item)
+    whole -= _keys(s.cold_user, s.cold_item)
+    assert train | val == whole
+    # every user keeps a training positive
+    assert set(s.val_user.tolist()) <= set(s.train_user.tolist())
+
+
+def test_dmm_validation_takes_the_fraction_of_each_user(ml_dir):
+    r = load_ratings("ml-100k", ml_dir)
+    s = split(r, seed=3, val_frac=0.3)
+    for u in np.unique(np.r_[s.train_user, s.val_user]):
+        n_val, n_train = (s.val_user == u).sum(), (s.train_user == u).sum()
+        n = n_val + n_train
+        assert n_val == min(round(0.3 * n), n - 1)
+    assert split(r, seed=3, val_frac=0.3).val_item.tolist() == s.val_item.tolist()
+    assert split(r, seed=4, val_frac=0.3).val_item.tolist() != s.val_item.tolist()
+
+
+def test_temporal_validation_is_the_second_to_last_positive(ml_dir):
+    r = load_ratings("ml-100k", ml_dir)
+    s = split(r, "temporal")
+    assert len(s.val_user) > 0 and len(np.unique(s.val_user)) == len(s.val_user)
+    for u, i in zip(s.val_user, s.val_item, strict=True):
+        mine = np.flatnonzero((r.user == u) & (r.rating >= 4))
+        order = mine[np.lexsort((mine, r.timestamp[mine]))]
+        assert len(order) >= 3 and r.item[order[-2]] == i
+
+
+def test_validation_problem_and_bad_fractions(ml_dir):
+    r = load_ratings("ml-100k", ml_dir)
+    s = split(r, seed=3)
+    v = s.validation()
+    assert _keys(v.test_user, v.test_item) == _keys(s.val_user, s.val_item)
+    assert _keys(v.seen_user, v.seen_item) == _keys(s.seen_user, s.seen_item) - _keys(
+        s.val_user, s.val_item
+    )
+    assert v.train_user.tolist() == s.train_user.tolist()
+    for bad in (0.0, 1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"val_frac: expected a fraction in \(0, 1\)"):
+            split(r, val_frac=bad)
+
+
+def test_tail_items_are_the_warm_items_outside_the_most_popular(ml_dir):
+    from otcl.pipelines.recsys.data import tail_items
+
+    r = load_ratings("ml-100k", ml_dir)
+    s = split(r, cold_items=0.25)
+    tail = tail_items(s, head=0.2)
+    warm = np.flatnonzero(s.warm_items)
+    counts = np.bincount(s.train_item, minlength=s.n_items)
+    assert not tail[s.cold_items].any() and tail.sum() == len(warm) - round(0.2 * len(warm))
+    head = np.setdiff1d(warm, np.flatnonzero(tail))
+    assert counts[head].min() >= counts[tail].max()
+    with pytest.raises(ValueError, match="head: expected a fraction"):
+        tail_items(s, head=1.0)

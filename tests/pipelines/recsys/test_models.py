@@ -196,3 +196,45 @@ def test_objective_with_dmm_and_sampled_negatives(data, kind, loss):
     obj.loss.weight = 0.0
     without = obj(model, u, i, torch.Generator().manual_seed(0))
     assert torch.isfinite(with_dmm) and with_dmm.item() > without.item()
+
+
+@pytest.mark.parametrize("negatives", [0, 3])
+def test_pop_marginal_gives_the_loss_the_batch_items_sampling_probability(data, negatives):
+    from otcl.losses import build
+
+    s = split(data)
+    model = build_model("two-tower", data, dim=8, features=FEATURES)
+    counts = torch.bincount(torch.from_numpy(s.train_item), minlength=data.n_items)
+    spec = ObjectiveSpec(loss="infonce", loss_params={"temperature": 0.3}, negatives=negatives)
+    ns = NegativeSampler(s.train_user, s.train_item, data.n_items)
+    marg = Objective(model, ObjectiveSpec(**{**spec.__dict__, "pop_marginal": 0.5}), ns, counts)
+    u, i = torch.from_numpy(s.train_user[:32]), torch.from_numpy(s.train_item[:32])
+    model.eval()  # no ID dropout: the same embeddings in both calls
+    got = marg(model, u, i, torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    loss = build("infonce", temperature=0.3, layout="cross")
+    q = (counts.double() / counts.sum())[i] ** 0.5
+    zu = model.users(u)
+    if negatives:
+        extra = ns.pool[torch.randint(len(ns.pool), (negatives,), generator=gen)]
+        zi = model.items(torch.cat([i, extra]))
+        q = torch.cat([q, torch.full((negatives,), (1 / len(ns.pool)) ** 0.5, dtype=q.dtype)])
+        ref = loss(zu, zi[:32], negatives=zi[32:], col_prior=q)
+    else:
+        ref = loss(zu, model.items(i), col_prior=q)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    plain = Objective(model, spec, ns)(model, u, i, torch.Generator().manual_seed(0))
+    assert plain.item() != pytest.approx(got.item(), rel=1e-3)
+
+
+def test_pop_marginal_needs_a_column_marginal(data):
+    s = split(data)
+    ns = NegativeSampler(s.train_user, s.train_item, data.n_items)
+    counts = torch.ones(data.n_items)
+    model = build_model("two-tower", data, dim=4)
+    for loss in ("hcl", "dcl"):
+        with pytest.raises(ValueError, match=f"model.pop_marginal: the loss {loss} has no column"):
+            Objective(model, ObjectiveSpec(loss=loss, negatives=0, pop_marginal=1.0), ns, counts)
+    spec = ObjectiveSpec(loss="iot", loss_params={"relax": "both"}, negatives=0, pop_marginal=1.0)
+    with pytest.raises(ValueError, match=r"has no column marginal \(constraint='mass'\)"):
+        Objective(model, spec, ns, counts)

@@ -41,7 +41,9 @@ def test_run_directory_and_metrics(tiny, tmp_path):
     for key in ("warm/ndcg@5", "warm/recall@5", "no-title/ndcg@5", "cold/ndcg@1"):
         assert 0.0 <= summary[key] <= 1.0, key
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
-    assert len(records) == 2 and "warm/ndcg@5" in records[0]
+    assert len(records) == 2 and "val/ndcg@10" in records[0] and "val/ndcg@5" in records[1]
+    assert "warm/ndcg@5" not in records[0] and "warm/ndcg@5" in records[1]
+    assert summary["best_epoch"] in (1, 2) and summary["select_metric"] == "val/ndcg@10"
     assert summary["model"] == "two-tower" and summary["dmm"] is True
     cfg2, model, _, _, prior = load_run(tmp_path / "run")
     assert prior is not None and cfg2.loss.params["temperature"] == 0.3
@@ -67,6 +69,56 @@ def test_resume_is_exact(tiny, tmp_path, kind, sets):
         full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), name
+    a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("full", "half"))
+    for key in ("best_epoch", "best_val", "warm/ndcg@5", "warm/recall@1"):
+        assert a[key] == b[key], key
+
+
+def test_test_set_is_ranked_once_with_the_best_weights(tiny, tmp_path, monkeypatch):
+    import otcl.pipelines.recsys.trainer as rt
+
+    calls = []
+    orig = rt.evaluate_model
+
+    def spy(model, s, cfg, **kw):
+        calls.append(
+            (
+                "test" if len(s.val_user) else "val",
+                {k: v.clone() for k, v in model.state_dict().items()},
+            )
+        )
+        return orig(model, s, cfg, **kw)
+
+    monkeypatch.setattr(rt, "evaluate_model", spy)
+    cfg = tiny("two-tower", train__epochs=5, eval__patience=None, optim__lr=0.02)
+    tr = RecsysTrainer(cfg, tmp_path / "run")
+    summary = tr.fit()
+    kinds = [k for k, _ in calls]
+    assert kinds == ["val"] * 5 + ["test"]
+    best = summary["best_epoch"]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    vals = [r["val/ndcg@10"] for r in records]
+    assert best == 1 + vals.index(max(vals))
+    for k, v in calls[-1][1].items():  # the test ranking saw the best epoch's weights
+        assert torch.equal(v, calls[best - 1][1][k]), k
+    _, model, _, _, _ = load_run(tmp_path / "run")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, calls[best - 1][1][k]), k
+
+
+def test_two_tower_with_the_popularity_marginal(tiny, tmp_path):
+    cfg = tiny("two-tower", model__pop_marginal=1.0, model__pop_correction=0.0)
+    summary = RecsysTrainer(cfg, tmp_path / "run").fit()
+    for key in ("warm/ndcg@5", "tail/recall@5", "cold/ndcg@1"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    _, _, _, _, prior = load_run(tmp_path / "run")
+    assert prior is None  # no ranking-time term
+
+
+def test_patience_stops_early(tiny, tmp_path):
+    cfg = tiny("cml", train__epochs=30, eval__patience=1, optim__lr=0.05)
+    summary = RecsysTrainer(cfg, tmp_path / "run").fit()
+    assert summary["stopped_early"] and summary["epochs"] == summary["best_epoch"] + 1 < 30
 
 
 @pytest.mark.parametrize(
@@ -77,6 +129,11 @@ def test_resume_is_exact(tiny, tmp_path, kind, sets):
         ({"model__features": "colour"}, "features: unknown colour"),
         ({"loss__name": "gca-uot"}, "loss: the cml model trains with its min-triplet loss"),
         ({"model__pop_correction": 1.0}, "model.pop_correction: applies only to the two-tower"),
+        ({"data__val_frac": 0.0}, r"data.val_frac: expected a fraction in \(0, 1\)"),
+        ({"data__val_frac": 1.0}, r"data.val_frac: expected a fraction in \(0, 1\)"),
+        ({"eval__select": "auc@10"}, "eval.select: expected"),
+        ({"eval__patience": 0}, "eval.patience: expected an integer >= 1 or none"),
+        ({"model__pop_marginal": 1.0}, "model.pop_marginal: applies only to the two-tower"),
     ],
 )
 def test_bad_settings_fail_before_anything_is_written(tiny, tmp_path, sets, match):

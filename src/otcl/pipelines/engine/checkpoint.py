@@ -9,7 +9,8 @@ written (the trainer checks first) and never loaded (:func:`check_finite_weights
 
 A run's state (:func:`run_state`) holds the model, optimizer,
 scheduler, AMP scaler and loss states, the epoch and step, the running loss of the current
-epoch, every RNG state (under ``torchrun``: every rank's) and ``done``.
+epoch, every RNG state (under ``torchrun``: every rank's), ``done`` and, for a run that selects
+its model on validation data, the selection state with the best weights (:mod:`.selection`).
 """
 
 from __future__ import annotations
@@ -180,12 +181,17 @@ def _safe_load(source: Any, where: str) -> Any:
             raise ValueError(f"run: cannot read checkpoint {where!r}: {first_line(e)}") from None
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike[str], required: set[str] | frozenset[str] | None = None
+) -> dict[str, Any]:
     """Read a run's checkpoint (``path``: the file or its run directory) onto the CPU.
 
     Safe on untrusted files: only tensors, numbers, strings and containers are unpickled
     (``weights_only=True``), and format 2 verifies the payload's SHA-256 first. Format-1 files
     (otcl 0.1) may also hold NumPy's RNG-state array, which is allowed for them alone.
+
+    ``required``: the keys the state must hold (default: a run's; the best-weights file of
+    :mod:`.selection` has its own).
 
     Returns:
         the state dict written by :meth:`~otcl.pipelines.engine.trainer.EpochTrainer.state`
@@ -222,7 +228,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise ValueError(f"run: {str(p)!r} is damaged (its payload fails the SHA-256 check)")
         st = _safe_load(io.BytesIO(payload), str(p))
         fmt = st.get("format") if isinstance(st, dict) else None
-    if fmt not in READABLE_FORMATS or not _REQUIRED_KEYS <= set(st):
+    if fmt not in READABLE_FORMATS or not (required or _REQUIRED_KEYS) <= set(st):
         raise ValueError(f"run: {str(p)!r} is not an otcl checkpoint")
     return st
 
@@ -255,12 +261,19 @@ def run_state(tr: Any) -> dict[str, Any]:
         "epoch_loss": list(tr.running_loss.epoch),
         "epoch_seconds": tr.epoch_seconds,
         "rng": rng_state(),
-        "done": tr.epoch >= int(tr.cfg.train.epochs),
+        "done": tr.epoch >= int(tr.cfg.train.epochs) or stopped_early(tr),
     }
+    if tr.selector is not None:
+        st["selection"] = tr.selector.state_dict()
     extra = tr.extra_state()
     if extra:
         st["pipeline"] = extra
     return st
+
+
+def stopped_early(tr: Any) -> bool:
+    """Whether ``tr``'s model selection stopped its training early (:mod:`.selection`)."""
+    return tr.selector is not None and tr.selector.stopped
 
 
 def finite_weights(model: nn.Module) -> bool:
@@ -306,6 +319,8 @@ def restore_run(tr: Any, st: dict[str, Any]) -> None:
     tr.running_loss.epoch = [float(st["epoch_loss"][0]), int(st["epoch_loss"][1])]
     tr.epoch_seconds = float(st.get("epoch_seconds", 0.0))
     tr.load_extra_state(st.get("pipeline", {}))
+    if tr.selector is not None and "selection" in st:
+        tr.selector.load_state_dict(st["selection"])
     ranks = st.get("rng_ranks")
     same_world = isinstance(ranks, list) and len(ranks) == tr.world
     set_rng_state(ranks[tr.rank] if same_world else st["rng"])

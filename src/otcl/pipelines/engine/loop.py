@@ -7,7 +7,9 @@ for a stop (a signal, a caller's request, a deadline: :mod:`.stops`), calls the 
 the loss back once (the only host sync) and stops a diverged run. Per epoch it evaluates
 (rank 0), appends the record to ``metrics.jsonl`` and writes a checkpoint every
 ``train.checkpoint_every`` epochs and at the end; then the final evaluation and
-``summary.json``.
+``summary.json``. A run that selects its model (:mod:`.selection`) validates every
+``rule.every`` epochs (rank 0), keeps the best weights, stops early when its patience runs out
+(every rank, at the epoch boundary), and is finally evaluated on its best weights.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 
 from ..config import save_config
 from . import runlog
+from .checkpoint import stopped_early
 from .distributed import agreed, any_signal, broadcast, mark_agreed
 from .progress import Progress, first_line
 from .rundir import CONFIG
@@ -80,7 +83,7 @@ def run_epochs(tr: Any) -> dict[str, Any]:
     with DeferredSignals() as signals:
         tr._signals = signals
         try:
-            while tr.epoch < epochs:
+            while tr.epoch < epochs and not stopped_early(tr):
                 _run_epoch(tr, progress, epochs)
         except StopRequested as stop:
             progress.close()
@@ -153,18 +156,43 @@ def _run_epoch(tr: Any, progress: Progress, epochs: int) -> None:
     tr.step_in_epoch = 0
     tr.running_loss.epoch = [0.0, 0]
     tr.epoch_seconds = 0.0
+    sel = tr.selector
+    stop = False
     with agreed():  # evaluation and files: rank 0 (the others wait here)
         if tr.is_main:
-            if tr.epoch < epochs:  # the last epoch's metrics: the final evaluation
+            if sel is not None and sel.due(tr.epoch, epochs):
+                record.update(_validate(tr, sel))
+                stop = sel.stopped
+            if tr.epoch < epochs and not stop:  # the last epoch's metrics: the final evaluation
                 record.update(tr.evaluate(final=False))
             runlog.append_record(tr.out, record)
             progress.epoch_line(tr.epoch, epochs, runlog.epoch_text(tr.tag, record, epochs, unit))
-    if tr.epoch % t.checkpoint_every == 0 or tr.epoch >= epochs:
+    if sel is not None:
+        sel.stopped = bool(broadcast(stop if tr.is_main else None)) or sel.stopped
+        if sel.stopped:
+            tr.log(
+                f"{tr.tag}: early stop after epoch {tr.epoch}: no better val/{sel.rule.metric} "
+                f"in {sel.bad} validation(s); best epoch {sel.best_epoch}"
+            )
+    if tr.epoch % t.checkpoint_every == 0 or tr.epoch >= epochs or stopped_early(tr):
         tr.save()
+
+
+def _validate(tr: Any, sel: Any) -> dict[str, Any]:
+    """Rank 0: validate, update the selection (the best weights to ``best.pt``), and return the
+    record's ``val/...`` fields."""
+    metrics = tr.validate()
+    if sel.observe(tr.epoch, metrics, tr.model):
+        sel.save_best(tr.out)
+    out = {f"val/{k}": v for k, v in metrics.items()}
+    out["best_epoch"] = sel.best_epoch
+    return out
 
 
 def _summary(tr: Any) -> dict[str, Any]:
     """Rank 0: the final evaluation, into the last record and ``summary.json``."""
+    if tr.selector is not None:  # the test set is evaluated once, on the best epoch's weights
+        tr.selector.load_into(tr.model)
     t0 = time.perf_counter()
     final = tr.evaluate(final=True)
     summary = runlog.summarize_log(
@@ -178,6 +206,8 @@ def _summary(tr: Any) -> dict[str, Any]:
     )
     if tr.session is not None:
         summary["world_size"] = tr.world
+    if tr.selector is not None:
+        summary.update(tr.selector.summary())
     summary = tr.summarize(summary)
     runlog.write_summary(tr.out, summary)
     return summary

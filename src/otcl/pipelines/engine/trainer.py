@@ -30,6 +30,8 @@ Override (optional): :meth:`resolve_config` (presets), :meth:`check_config` (cal
 ``set_epoch`` hook), :meth:`evaluate` ``(final) -> {name: value}`` (end-of-epoch metrics; with
 ``final=True`` once after the last epoch, into the last metrics record and the summary),
 :meth:`extra_state` / :meth:`load_extra_state` (the pipeline's own state to checkpoint),
+:meth:`selection_rule` and :meth:`validate` (model selection on validation data: the best
+epoch's weights, early stopping; :mod:`.selection`),
 :meth:`summarize` (fields added to ``summary.json``), ``throughput_unit`` and
 :meth:`items_per_step` (the ``<unit>_per_s`` column), :attr:`tag` (the log-line prefix),
 :attr:`volatile` and :attr:`measures` (the pipeline's settings that do not change what a run
@@ -96,6 +98,7 @@ from .distributed import (
 from .progress import stderr_line
 from .rundir import METRICS, SUMMARY, RunLock, check_start, prepare_run_dir
 from .runlog import RunningLoss
+from .selection import BEST, SelectionRule, Selector
 from .signals import DeferredSignals
 from .stops import Stops, TrainingDiverged, TrainingInterrupted, TrainingStopped
 
@@ -128,7 +131,7 @@ class EpochTrainer:
     #: a resume may change them, but a comparison does not reuse numbers measured otherwise
     measures: tuple[str, ...] = ()
     #: files a run writes besides its checkpoint and config (removed when a run starts afresh)
-    outputs: tuple[str, ...] = (METRICS, SUMMARY)
+    outputs: tuple[str, ...] = (METRICS, SUMMARY, BEST)
 
     model: nn.Module
     loss_fn: nn.Module
@@ -171,6 +174,8 @@ class EpochTrainer:
     _dm: DistributedModel | None = None
     _signals: DeferredSignals | None = None
     _order_cache: tuple[tuple[int, int], torch.Tensor] | None = None
+    #: model selection on validation data (None: the pipeline has no validation set)
+    selector: Selector | None = None
 
     def __init__(
         self,
@@ -231,6 +236,8 @@ class EpochTrainer:
             for attr in ("model", "loss_fn", "steps_per_epoch"):
                 if not hasattr(self, attr):
                     raise TypeError(f"{type(self).__name__}.build() must set self.{attr}")
+            rule = self.selection_rule()
+            self.selector = Selector(rule) if rule is not None else None
             steps = int(self.steps_per_epoch)
             if t.max_steps_per_epoch:
                 steps = min(steps, int(t.max_steps_per_epoch))
@@ -337,6 +344,17 @@ class EpochTrainer:
     def evaluate(self, final: bool) -> dict[str, float]:
         """Metrics at the end of an epoch (``final``: once after the last one); {} for none."""
         return {}
+
+    def selection_rule(self) -> SelectionRule | None:
+        """How the run selects its model on validation data (None: no validation; the final
+        weights are evaluated). With a rule, :meth:`validate` is called every ``rule.every``
+        epochs and after the last one (:mod:`.selection`)."""
+        return None
+
+    def validate(self) -> dict[str, float]:
+        """Metrics on the validation data (rank 0, model in eval mode is up to the pipeline);
+        must hold the rule's ``metric``. Never the test set."""
+        raise NotImplementedError(f"{type(self).__name__} has a selection rule but no validate()")
 
     def extra_state(self) -> dict[str, Any]:
         """The pipeline's own state to checkpoint (tensors, numbers, strings, lists, dicts)."""

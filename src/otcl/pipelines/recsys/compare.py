@@ -3,13 +3,15 @@
 Every method and seed is one run directory ``<out>/<method>/seed<k>``, trained by the shared
 comparison (:mod:`otcl.pipelines.comparison`): trained methods are
 :class:`~otcl.pipelines.recsys.trainer.RecsysTrainer` runs (finished ones are reused, interrupted
-ones resumed from their checkpoint), the baselines without a training loop (popularity,
-``implicit``'s ALS and BPR) write their ``summary.json`` atomically. The split is the same for
+ones resumed from their checkpoint), the baselines without a training loop (popularity, EASE and
+ItemKNN tuned on the validation pairs, ``implicit``'s ALS and BPR) write their ``summary.json``
+atomically. Every trained run is reported at its validation-best epoch (``best_epoch``). The split is the same for
 every run (``data.split_seed``); seeds change the model's initialisation and batches.
 
 This module holds what is the pipeline's own: the method names (:func:`parse_method`), the
-baselines, the table (nDCG and Recall at 10 and 20, HR@10, MAP@10, the DMM deltas, the
-robustness drops) and ``recsys.png`` (nDCG@10 / Recall@10 with seed spread, and the drops).
+baselines, the table (nDCG and Recall at 10 and 20, HR@10, MAP@10, the long-tail Recall@10, the
+best epochs, the DMM deltas, the robustness drops), ``recsys.png`` (nDCG@10 / Recall@10 with seed
+spread, and the drops) and ``recsys-val.png`` (validation nDCG@10 against the epoch).
 """
 
 from __future__ import annotations
@@ -28,10 +30,17 @@ from ..config import given
 from ..engine.rundir import SUMMARY
 from ..files import atomic_write_text
 from ..results import per_seed
-from .baselines import IMPLICIT_MODELS, Popularity, fit_implicit, implicit_available
+from .baselines import (
+    IMPLICIT_MODELS,
+    ITEM_ITEM,
+    Popularity,
+    fit_implicit,
+    implicit_available,
+    score_metrics,
+    tune_item_item,
+)
 from .config import DROP_VARIANTS, RecsysConfig
 from .data import Split
-from .metrics import rank_metrics
 
 __all__ = [
     "compare",
@@ -43,11 +52,14 @@ __all__ = [
     "robustness",
     "format_table",
     "plot_results",
+    "plot_curves",
 ]
 
 #: what ``otcl recsys compare`` runs when no methods are named
 DEFAULT_METHODS = (
     "popularity",
+    "ease",
+    "itemknn",
     "implicit-als",
     "implicit-bpr",
     "mf-bpr",
@@ -61,17 +73,21 @@ DEFAULT_METHODS = (
 
 #: columns of the printed table
 TABLE_METRICS = ("ndcg@10", "recall@10", "ndcg@20", "recall@20", "hr@10", "map@10")
+#: the baselines without a training loop that depend on the split alone (``ease`` and
+#: ``itemknn`` tuned on the validation pairs): fitted once per comparison
+BASELINES = ("popularity", "ease", "itemknn")
 
 
 def parse_method(name: str) -> dict[str, Any]:
     """``cml+dmm`` -> ``{"kind": "cml", "loss": "triplet", "dmm": True}`` (see DEFAULT_METHODS).
 
-    Names: ``popularity``, ``implicit-als``, ``implicit-bpr`` (baselines), ``mf-bpr``,
+    Names: ``popularity``, ``ease``, ``itemknn``, ``implicit-als``, ``implicit-bpr`` (baselines),
+    ``mf-bpr``,
     ``cml[+dmm]``, ``tt-<otcl loss>[+dmm]`` (two-tower).
     """
     base, dmm = (name[: -len("+dmm")], True) if name.endswith("+dmm") else (name, False)
-    if base == "popularity" and not dmm:
-        return {"baseline": "popularity"}
+    if base in BASELINES and not dmm:
+        return {"baseline": base}
     if base.startswith("implicit-") and base[len("implicit-") :] in IMPLICIT_MODELS and not dmm:
         return {"baseline": base}
     if base == "mf-bpr" and not dmm:
@@ -87,8 +103,8 @@ def parse_method(name: str) -> dict[str, Any]:
             )
         return {"kind": "two-tower", "loss": loss, "dmm": dmm}
     raise ValueError(
-        f"methods: unknown method {name!r}; expected popularity, implicit-als, implicit-bpr, "
-        "mf-bpr, cml, cml+dmm, tt-<loss>, tt-<loss>+dmm"
+        f"methods: unknown method {name!r}; expected popularity, ease, itemknn, implicit-als, "
+        "implicit-bpr, mf-bpr, cml, cml+dmm, tt-<loss>, tt-<loss>+dmm"
     )
 
 
@@ -155,10 +171,15 @@ def describe_run(summary: dict[str, Any]) -> str:
 
 
 def record(run_dir: Path) -> dict[str, float]:
-    """A finished run's numbers: every ``<variant>/<metric>@<k>`` and its training seconds."""
+    """A finished run's numbers: every ``<variant>/<metric>@<k>``, its training seconds, and
+    the validation selection (a trained run's ``best_epoch`` and ``best_val``; a tuned
+    baseline's ``hyperparameter`` and ``best_val``)."""
     s = json.loads((run_dir / SUMMARY).read_text())
     out = {k: v for k, v in s.items() if "/" in k and isinstance(v, float)}
     out["train_seconds"] = s.get("train_seconds", float("nan"))
+    for key in ("best_epoch", "best_val", "hyperparameter"):
+        if isinstance(s.get(key), (int, float)):
+            out[key] = float(s[key])
     return out
 
 
@@ -243,30 +264,30 @@ def _baseline_one(
     if path.exists():
         log(reuse_line(run_dir))
         return json.loads(path.read_text())
+    if name in BASELINES:  # determined by the split: another seed's fit is this one's
+        for other in sorted(run_dir.parent.glob(f"seed*/{SUMMARY}")):
+            summary = {**json.loads(other.read_text()), "seed": seed}
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(summary, indent=2))
+            return summary
     t0 = time.perf_counter()
+    e = cfg.eval
+    tuned: dict[str, Any] = {}
     if name == "popularity":
         score = Popularity(s).scorer()
+    elif name in ITEM_ITEM:  # the hyperparameter chosen on the validation pairs
+        model, value, val = tune_item_item(name, s, metric=e.select, users=e.users, block=e.block)
+        score = model.scorer()
+        tuned = {"hyperparameter": value, "best_val": val[str(value)], "val_grid": val}
     else:
         threads = int(cfg.train.threads or 0)
         score = fit_implicit(name[len("implicit-") :], s, seed=seed, threads=threads)
     fit_seconds = time.perf_counter() - t0
-    e = cfg.eval
-    res = rank_metrics(
-        score,
-        (s.test_user, s.test_item),
-        (s.seen_user, s.seen_item),
-        s.n_users,
-        s.n_items,
-        ks=tuple(int(k) for k in e.ks),
-        users=e.users,
-        eval_users=s.test_users,
-        candidates=s.warm_items,
-        block=e.block,
-    )
     summary = {
         "model": name,
         "seed": seed,
-        **{f"warm/{k}": v for k, v in res.items()},
+        **score_metrics(score, s, cfg),
+        **tuned,
         "train_seconds": fit_seconds,
         "otcl": __version__,
     }
@@ -281,22 +302,38 @@ def _fmt(stat: dict[str, float] | None) -> str:
     return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
 
 
+def _selection(metrics: Mapping[str, Any]) -> str:
+    """The table's best-epoch cell: the mean and every seed's validation-best epoch, or a tuned
+    baseline's validation-chosen value."""
+    best = metrics.get("best_epoch")
+    if best is not None:
+        seeds = ", ".join("-" if e is None else f"{e:g}" for e in best["per_seed"])
+        return f"{best['mean']:.1f} ({seeds})"
+    value = metrics.get("hyperparameter")
+    if value is not None:
+        return "val: " + ", ".join(f"{h:g}" for h in value["per_seed"] if h is not None)
+    return "-"
+
+
 def format_table(results: dict[str, Any]) -> str:
     """Markdown tables: warm metrics, DMM deltas, robustness (nDCG@10)."""
     seeds = max((len(v["seeds"]) for v in results["methods"].values()), default=0)
     lines = [
         f"{results['info'].get('dataset', '')}: mean ± std over {seeds} seeds "
-        "(users with a relevant test item)",
+        "(users with a relevant test item); trained methods at their validation-best epoch",
         "",
-        "| method | " + " | ".join(TABLE_METRICS) + " | train s |",
-        "|---" * (len(TABLE_METRICS) + 2) + "|",
+        "| method | " + " | ".join(TABLE_METRICS) + " | tail recall@10 | best epoch | train s |",
+        "|---" * (len(TABLE_METRICS) + 4) + "|",
     ]
     for m, r in results["methods"].items():
         cells = [_fmt(r["metrics"].get(f"warm/{c}")) for c in TABLE_METRICS]
+        cells.append(_fmt(r["metrics"].get("tail/recall@10")))
+        cells.append(_selection(r["metrics"]))
         secs = r["metrics"].get("train_seconds", {"mean": float("nan")})["mean"]
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {secs:.1f} |")
     for m, why in results.get("skipped", {}).items():
-        lines.append(f"| {m} | " + " | ".join(["absent"] * len(TABLE_METRICS)) + f" | {why} |")
+        absent = " | ".join(["absent"] * (len(TABLE_METRICS) + 2))
+        lines.append(f"| {m} | {absent} | {why} |")
     k = results["info"].get("k", 10)
     deltas = {m: d["metrics"] for m, d in results.get("deltas", {}).items() if d["metrics"]}
     if deltas:
@@ -358,4 +395,45 @@ def plot_results(results: dict[str, Any], out: Path) -> list[Path]:
     path = out / "recsys.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return [path]
+    curves = plot_curves(results, out)
+    return [path] if curves is None else [path, curves]
+
+
+def validation_curves(run_dir: Path, metric: str = "ndcg@10") -> list[tuple[int, float]]:
+    """``[(epoch, validation metric), ...]`` of a trained run (its ``metrics.jsonl``)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [(int(r["epoch"]), float(r[f"val/{metric}"])) for r in recs if f"val/{metric}" in r]
+
+
+def plot_curves(results: dict[str, Any], out: Path, metric: str = "ndcg@10") -> Path | None:
+    """``recsys-val.png``: the validation ``metric`` against the epoch, one panel per trained
+    base method with its +DMM variant (every seed; a dot marks each seed's selected epoch)."""
+    runs: dict[str, list[list[tuple[int, float]]]] = {}
+    for r in results.get("runs", []):
+        pts = validation_curves(Path(r["dir"]), metric)
+        if pts:
+            runs.setdefault(r["method"], []).append(pts)
+    bases = list(dict.fromkeys(m.removesuffix("+dmm") for m in runs))
+    if not bases:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(bases), figsize=(4.5 * len(bases), 4), squeeze=False)
+    for ax, base in zip(axes[0], bases, strict=True):
+        for m, color in ((base, "tab:blue"), (base + "+dmm", "tab:orange")):
+            for i, pts in enumerate(runs.get(m, [])):
+                ep, val = zip(*pts, strict=True)
+                ax.plot(ep, val, color=color, alpha=0.8, label=m if i == 0 else None)
+                j = max(range(len(val)), key=lambda t: val[t])
+                ax.plot([ep[j]], [val[j]], "o", color=color)
+        ax.set_title(base)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"validation {metric}")
+        ax.legend()
+    fig.tight_layout()
+    path = out / "recsys-val.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -53,7 +53,8 @@ class RecsysDataConfig(Section):
     local GroupLens folder) or ``csv`` (``data_dir`` = ``user_id,item_id,rating[,timestamp]``).
     ``split``: ``dmm`` (random 75/25 over all ratings, DMM's protocol) or ``temporal``
     (leave-last-out). ``cold_items``: fraction of items held out of training for the cold-start
-    evaluation (0 = none).
+    evaluation (0 = none). ``val_frac``: the fraction of each user's positive training pairs held
+    out for model selection under ``dmm`` (``temporal``: the second-to-last positive).
     """
 
     dataset: str = "ml-100k"
@@ -65,6 +66,7 @@ class RecsysDataConfig(Section):
     test_frac: float = 0.25
     threshold: float = 4.0
     cold_items: float = 0.0
+    val_frac: float = 0.1
 
 
 @dataclass
@@ -78,6 +80,12 @@ class RecsysModelConfig(Section):
     pair for CML and MF, extra shared negatives per batch for the two-tower. ``pop_correction``:
     strength of the two-tower's popularity correction at ranking time (1 = the log-count of
     the in-batch sampler; 0 = off; see :func:`~otcl.pipelines.recsys.models.popularity_prior`).
+    ``pop_marginal``: the popularity correction learned in training instead: the loss's coupling
+    is told that its columns (the batch's items) were drawn with probability :math:`q_i`
+    (the item's share of the positive pairs), to the power ``pop_marginal`` (1 = exactly that;
+    0 = off): its column marginal becomes proportional to q_i ** -pop_marginal and, for
+    InfoNCE, the loss is the logQ-corrected softmax (Yi et al., RecSys 2019). Only for losses with a column
+    marginal (the OT family: infonce, gca-ince, gca-uot, iot, rince, ...).
     """
 
     kind: str = "cml"
@@ -89,6 +97,7 @@ class RecsysModelConfig(Section):
     negatives: int | None = None
     margin: float = 1.5
     pop_correction: float | None = None
+    pop_marginal: float | None = None
 
 
 @dataclass
@@ -114,14 +123,20 @@ class RecsysEvalConfig(Section):
     """Full ranking of all candidate items.
 
     ``users``: ``positive`` (average over users with a relevant test item) or ``all`` (DMM's
-    convention: every test user, 0 for those without one). ``every``: evaluate every N epochs
-    (0 = at the end only). ``robustness``: at the end also evaluate with item features removed
-    and on the cold items (when the model has features / there are cold items).
+    convention: every test user, 0 for those without one). ``every``: rank the validation pairs
+    every N epochs and after the last one (0 = after the last one only); the weights of the
+    epoch with the best validation ``select`` metric (``ndcg@10``) are kept, and the test set is
+    ranked once, with them, at the end. ``patience``: stop after that many validations in a row
+    without improvement (none = train to ``train.epochs``). ``robustness``: at the end also
+    evaluate with item features removed and on the cold items (when the model has features /
+    there are cold items).
     """
 
     ks: tuple[int, ...] = (1, 5, 10, 20)
     users: str = "positive"
-    every: int = 0
+    every: int = 1
+    patience: int | None = 3
+    select: str = "ndcg@10"
     block: int = 1024
     robustness: bool = True
 
@@ -144,10 +159,12 @@ class RecsysConfig(ConfigBase):
 
 
 #: model kind -> settings used where the user set none: CML as DMM's recommender code
-#: (dim 256, K = 10, batch 256, Adam) but at twice its rate (1e-3 per 128 samples = 2e-3) and 6
-#: epochs instead of 200, so that `otcl recsys compare` fits 10 minutes of a 2-core CPU; the
-#: two-tower and MF settings were picked on ML-100K. One thread per run: the steps are small
-#: and a second thread on a shared 2-core machine slowed them down 2-4x.
+#: (dim 256, K = 10, batch 256, Adam) but at twice its rate (1e-3 per 128 samples = 2e-3) and at
+#: most 20 epochs instead of 200 -- a ceiling: every run keeps its validation-best epoch and
+#: stops after ``eval.patience`` (3) validations without improvement, so that `otcl recsys
+#: compare` fits 10 minutes of a 2-core CPU; the two-tower and MF settings were picked on
+#: ML-100K. One thread per run: the steps are small and a second thread on a shared 2-core
+#: machine slowed them down 2-4x.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "cml": {
         "model": {
@@ -156,9 +173,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "id_dropout": 0.0,
             "negatives": 10,
             "pop_correction": 0.0,
+            "pop_marginal": 0.0,
         },
         "optim": {"lr": 1e-3, "weight_decay": 0.0},
-        "train": {"epochs": 6, "batch_size": 256, "threads": 1},
+        "train": {"epochs": 20, "batch_size": 256, "threads": 1},
     },
     "two-tower": {
         "model": {
@@ -167,9 +185,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "id_dropout": 0.1,
             "negatives": 0,
             "pop_correction": 1.0,
+            "pop_marginal": 0.0,
         },
         "optim": {"lr": 1e-3, "weight_decay": 0.0},
-        "train": {"epochs": 6, "batch_size": 512, "threads": 1},
+        "train": {"epochs": 20, "batch_size": 512, "threads": 1},
     },
     "mf": {
         "model": {
@@ -178,9 +197,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "id_dropout": 0.0,
             "negatives": 1,
             "pop_correction": 0.0,
+            "pop_marginal": 0.0,
         },
         "optim": {"lr": 1e-3, "weight_decay": 0.0},
-        "train": {"epochs": 6, "batch_size": 256, "threads": 1},
+        "train": {"epochs": 20, "batch_size": 256, "threads": 1},
     },
 }
 
@@ -219,6 +239,8 @@ def check(cfg: RecsysConfig) -> None:
         raise ValueError(f"data.dataset: expected ml-100k, ml-1m or csv, got {d.dataset!r}")
     if d.split not in SPLITS:
         raise ValueError(f"data.split: expected one of {', '.join(SPLITS)}, got {d.split!r}")
+    if not 0.0 < d.val_frac < 1.0:
+        raise ValueError(f"data.val_frac: expected a fraction in (0, 1), got {d.val_frac!r}")
     if m.text not in ("hash", "minilm"):
         raise ValueError(f"model.text: expected hash or minilm, got {m.text!r}")
     if e.users not in USER_CONVENTIONS:
@@ -229,7 +251,19 @@ def check(cfg: RecsysConfig) -> None:
         raise ValueError(f"eval.ks: expected integers >= 1, got {list(e.ks)!r}")
     if e.every < 0 or e.block < 1:
         raise ValueError(f"eval: expected every >= 0 and block >= 1, got {e.every}, {e.block}")
+    if e.patience is not None and e.patience < 1:
+        raise ValueError(f"eval.patience: expected an integer >= 1 or none, got {e.patience!r}")
+    names = ("recall", "ndcg", "hr", "map")
+    metric, _, k = e.select.partition("@")
+    if metric not in names or not k.isdigit() or int(k) < 1:
+        raise ValueError(
+            f"eval.select: expected <{'|'.join(names)}>@k with k >= 1, got {e.select!r}"
+        )
     if dm.enabled and m.kind == "mf":
         raise ValueError("dmm.enabled: not available for the mf baseline (BPR)")
     if m.kind != "two-tower" and "pop_correction" in given(m):  # given: refused, any value
         raise ValueError("model.pop_correction: applies only to the two-tower (in-batch negatives)")
+    if m.pop_marginal and m.kind != "two-tower":
+        raise ValueError("model.pop_marginal: applies only to the two-tower (in-batch negatives)")
+    if m.pop_marginal is not None and m.pop_marginal < 0:
+        raise ValueError(f"model.pop_marginal: expected a power >= 0, got {m.pop_marginal!r}")

@@ -11,6 +11,13 @@ Splits (:func:`split`), all seeded and returning an immutable :class:`Split`:
   is the test item; every other rating of the user is training data. Users with fewer than two
   positives keep everything in training and are not evaluated.
 
+Both carve a **validation split from the training positives only** (the test pairs are not
+touched): ``dmm`` moves a seeded random fraction ``val_frac`` of each user's positive training
+pairs (rounded; at least one training positive stays), ``temporal`` the second-to-last positive
+of each user with at least three. Models are selected on it (:meth:`Split.validation`); the
+validation pairs stay training ratings of the test ranking (excluded from it, as every other
+rating the user gave before the test).
+
 Either split can hold out a fraction of the items entirely (``cold_items``): their ratings are
 removed from training and from the warm ranking, and kept as a cold-start test (users rank the
 cold items only, from the items' features).
@@ -20,7 +27,7 @@ cold items only, from the items' features).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,7 +37,7 @@ from ..sources.ratings import Ratings
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["SPLITS", "Split", "split", "NegativeSampler"]
+__all__ = ["SPLITS", "Split", "split", "NegativeSampler", "tail_items"]
 
 SPLITS = ("dmm", "temporal")
 
@@ -49,6 +56,8 @@ class Split:
         cold_items: items held out of training entirely (empty without ``cold_items``).
         cold_user, cold_item: relevant pairs on cold items.
         cold_users: users with at least one rating of a cold item.
+        val_user, val_item: validation pairs, positive training ratings held out of
+            ``train_*`` (still in ``seen_*``: the test ranking excludes them).
     """
 
     protocol: str
@@ -65,6 +74,31 @@ class Split:
     cold_user: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     cold_item: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     cold_users: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    val_user: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    val_item: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def validation(self) -> Split:
+        """The validation problem as a split: the validation pairs are the test pairs, the
+        training ratings without them are the excluded (seen) ones; training pairs unchanged."""
+        if len(self.val_user) == 0:
+            raise ValueError("split: no validation pairs (every user has too few positives)")
+        n = self.n_items
+        val_keys = np.unique(self.val_user * n + self.val_item)
+        seen_keys = self.seen_user * n + self.seen_item
+        keep = ~np.isin(seen_keys, val_keys)
+        return replace(
+            self,
+            seen_user=self.seen_user[keep],
+            seen_item=self.seen_item[keep],
+            test_user=self.val_user,
+            test_item=self.val_item,
+            test_users=_unique_users(self.val_user),
+            cold_user=np.zeros(0, dtype=np.int64),
+            cold_item=np.zeros(0, dtype=np.int64),
+            cold_users=np.zeros(0, dtype=np.int64),
+            val_user=np.zeros(0, dtype=np.int64),
+            val_item=np.zeros(0, dtype=np.int64),
+        )
 
     @property
     def warm_items(self) -> np.ndarray:
@@ -76,7 +110,8 @@ class Split:
     def __repr__(self) -> str:
         return (
             f"Split({self.protocol}: {len(self.train_user):,} train positives, "
-            f"{len(self.test_user):,} test positives, {len(self.cold_items):,} cold items)"
+            f"{len(self.val_user):,} validation positives, {len(self.test_user):,} test positives, "
+            f"{len(self.cold_items):,} cold items)"
         )
 
 
@@ -93,6 +128,7 @@ def split(
     test_frac: float = 0.25,
     threshold: float = 4.0,
     cold_items: float = 0.0,
+    val_frac: float = 0.1,
 ) -> Split:
     """Train/test split of ``data`` (see the module docstring for the protocols).
 
@@ -102,6 +138,8 @@ def split(
         test_frac: test fraction of the ``dmm`` split (0.25).
         threshold: ratings >= threshold are positives (4).
         cold_items: fraction of items held out of training entirely, in [0, 1).
+        val_frac: ``dmm``: the fraction of each user's positive training pairs held out for
+            validation, in (0, 1) (0.1); ``temporal`` holds out the second-to-last positive.
     Returns:
         :class:`Split`.
     """
@@ -111,6 +149,8 @@ def split(
         raise ValueError(f"test_frac: expected a fraction in (0, 1), got {test_frac!r}")
     if not 0.0 <= cold_items < 1.0:
         raise ValueError(f"cold_items: expected a fraction in [0, 1), got {cold_items!r}")
+    if not 0.0 < val_frac < 1.0:
+        raise ValueError(f"val_frac: expected a fraction in (0, 1), got {val_frac!r}")
     rng = np.random.default_rng(seed)
     n_r = len(data.user)
     pos = data.rating >= threshold
@@ -139,12 +179,13 @@ def split(
         is_cold = cold_mask[data.item]
     train = ~is_test & ~is_cold
     test = is_test & ~is_cold
+    is_val = _validation(data, train & pos, protocol, val_frac, seed)
     out = Split(
         protocol=protocol,
         n_users=data.n_users,
         n_items=data.n_items,
-        train_user=data.user[train & pos],
-        train_item=data.item[train & pos],
+        train_user=data.user[train & pos & ~is_val],
+        train_item=data.item[train & pos & ~is_val],
         seen_user=data.user[train],
         seen_item=data.item[train],
         test_user=data.user[test & pos],
@@ -154,6 +195,8 @@ def split(
         cold_user=data.user[is_cold & pos],
         cold_item=data.item[is_cold & pos],
         cold_users=_unique_users(data.user[is_cold]),
+        val_user=data.user[is_val],
+        val_item=data.item[is_val],
     )
     if len(out.train_user) == 0:
         raise ValueError(
@@ -165,6 +208,50 @@ def split(
             f"under the {protocol} split)"
         )
     return out
+
+
+def _validation(
+    data: Ratings, candidates: np.ndarray, protocol: str, val_frac: float, seed: int
+) -> np.ndarray:
+    """(n_ratings,) bool: the validation pairs among the ``candidates`` (the positive training
+    ratings), by the rule of the module docstring. Its own generator: the test split and the
+    cold items are those of the same seed without validation."""
+    is_val = np.zeros(len(candidates), dtype=bool)
+    idx = np.flatnonzero(candidates)
+    if len(idx) == 0:
+        return is_val
+    if protocol == "dmm":
+        rng = np.random.default_rng([seed, 1])
+        order = np.lexsort((rng.random(len(idx)), data.user[idx]))  # users, shuffled within
+    else:
+        order = np.lexsort((idx, data.timestamp[idx], data.user[idx]))  # users, by time
+    su = data.user[idx][order]
+    starts = np.flatnonzero(np.r_[True, su[1:] != su[:-1]])
+    counts = np.diff(np.r_[starts, len(su)])
+    if protocol == "dmm":
+        take = np.minimum(np.rint(val_frac * counts).astype(np.int64), counts - 1)
+        first = starts  # the first ``take`` of each user's shuffled pairs
+    else:
+        take = (counts >= 2).astype(np.int64)  # the latest training positive: 2nd-to-last
+        first = starts + counts - 1
+    pick = np.repeat(first, take) + (
+        np.arange(take.sum()) - np.repeat(np.cumsum(take) - take, take)
+    )
+    is_val[idx[order[pick]]] = True
+    return is_val
+
+
+def tail_items(s: Split, head: float = 0.2) -> np.ndarray:
+    """(n_items,) bool: the long tail, the warm items outside the ``head`` fraction (20 %) with
+    the most positive training pairs (ties: the smaller item index is in the head)."""
+    if not 0.0 < head < 1.0:
+        raise ValueError(f"head: expected a fraction in (0, 1), got {head!r}")
+    warm = np.flatnonzero(s.warm_items)
+    counts = np.bincount(s.train_item, minlength=s.n_items)[warm]
+    order = warm[np.lexsort((warm, -counts))]  # most popular first
+    tail = np.zeros(s.n_items, dtype=bool)
+    tail[order[int(round(head * len(warm))) :]] = True
+    return tail
 
 
 # -- negative sampling -------------------------------------------------------------------------

@@ -12,6 +12,15 @@ One step on a batch of positive training pairs :math:`(u_i, v^+_i)`:
   (``negatives=(K, d)``). With DMM: ``build("dmm", base=<loss>, pair_loss="hinge")``.
 * ``mf``: BPR with one negative per pair (excluding the user's training positives).
 
+**Popularity as the column marginal** (two-tower, ``pop_marginal`` = alpha > 0): the batch's
+items are the other users' positives, i.e. drawn with probability :math:`q_i` = the item's
+share of the positive pairs; the loss gets ``col_prior`` :math:`q_i^\alpha` (uniform
+:math:`1/|\mathrm{pool}|` for the extra sampled negatives), so its coupling treats the
+columns as an importance-weighted sample of the catalogue (column marginal and kernel weight
+:math:`\propto q_i^{-\alpha}`, :meth:`otcl.losses.OTContrastiveLoss.prior_weights`). For
+InfoNCE with alpha = 1 that is exactly the logQ correction of Yi et al. (RecSys 2019); the
+scores then need no popularity term at ranking time.
+
 Under ``torchrun`` (:meth:`Objective.forward` with ``part``) every rank embeds the global batch
 -- embedding lookups are cheap, and the ID dropout masks, the in-place renormalisation of the
 looked-up rows and the sampled negatives are then exactly those of one process -- and computes
@@ -67,6 +76,8 @@ class ObjectiveSpec:
         margin: CML's triplet margin (1.5).
         gather_distributed: the loss couples the global batch of all ranks (set by the trainer
             under torchrun; a ``gather_distributed`` in ``loss_params`` takes precedence).
+        pop_marginal: alpha, the power of the items' sampling probability given to the loss as
+            its column prior (two-tower; 0 = off; see the module docstring).
     """
 
     loss: str = "triplet"
@@ -76,6 +87,7 @@ class ObjectiveSpec:
     negatives: int = 10
     margin: float = 1.5
     gather_distributed: bool = False
+    pop_marginal: float = 0.0
 
 
 def make_loss(kind: str, spec: ObjectiveSpec) -> nn.Module | None:
@@ -106,13 +118,32 @@ def make_loss(kind: str, spec: ObjectiveSpec) -> nn.Module | None:
         if spec.gather_distributed:
             params.setdefault("gather_distributed", True)
         if spec.dmm:
-            return build_loss(
+            loss = build_loss(
                 "dmm", base=spec.loss, base_params=params, pair_loss="hinge", **dmm_params
             )
-        return build_loss(spec.loss, **params)
+        else:
+            loss = build_loss(spec.loss, **params)
+        if spec.pop_marginal:
+            check_column_marginal(loss, spec.loss)
+        return loss
     if spec.loss != "bpr" or spec.loss_params or spec.dmm:
         raise ValueError("loss: the mf model trains with BPR only (no loss params, no dmm)")
     return None
+
+
+def check_column_marginal(loss: nn.Module, name: str) -> None:
+    """Refuse ``pop_marginal`` on a loss without a column marginal (one line)."""
+    from ...losses.base import OTContrastiveLoss
+
+    base = getattr(loss, "base", loss)
+    if not isinstance(base, OTContrastiveLoss) or base.constraint == "mass":
+        what = "constraint='mass'" if isinstance(base, OTContrastiveLoss) else "no coupling"
+        raise ValueError(
+            f"model.pop_marginal: the loss {name} has no column marginal ({what}); use a loss "
+            "of the OT family (infonce, gca-ince, gca-uot, iot, rince) or model.pop_correction"
+        )
+    if base.gather_distributed:
+        raise ValueError("model.pop_marginal: not available under torchrun (gather_distributed)")
 
 
 class Objective(nn.Module):
@@ -122,15 +153,30 @@ class Objective(nn.Module):
         model: the model (its ``kind`` picks the recipe).
         spec: :class:`ObjectiveSpec`.
         sampler: negatives excluding each user's training positives.
+        item_counts: (n_items,) positive training pairs per item (needed with
+            ``spec.pop_marginal``).
     """
 
-    def __init__(self, model: RecModel, spec: ObjectiveSpec, sampler: NegativeSampler) -> None:
+    def __init__(
+        self,
+        model: RecModel,
+        spec: ObjectiveSpec,
+        sampler: NegativeSampler,
+        item_counts: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.kind: str = model.kind
         self.spec = spec
         self.sampler = sampler
         self.loss: nn.Module | None = make_loss(model.kind, spec)
         self.epoch: int = 0
+        self.item_prior: torch.Tensor | None = None  # q_i ** alpha (not state: from the data)
+        if spec.pop_marginal:
+            if item_counts is None:
+                raise ValueError("Objective: pop_marginal needs the items' training counts")
+            q = item_counts.to(torch.float64) / item_counts.sum()
+            self.item_prior = q.clamp_min(1e-12) ** spec.pop_marginal
+            self.extra_prior = (1.0 / len(sampler.pool)) ** spec.pop_marginal
 
     @property
     def temperature(self) -> float | None:
@@ -165,14 +211,22 @@ class Objective(nn.Module):
         if self.kind == "two-tower":
             k = self.spec.negatives
             zu = model.users(users)[rows]
+            prior = {}
+            if self.item_prior is not None:
+                q = self.item_prior.to(dev)[items]
+                if k > 0:
+                    q = torch.cat(
+                        [q, torch.full((k,), self.extra_prior, dtype=q.dtype, device=dev)]
+                    )
+                prior = {"col_prior": q}
             if k > 0:
                 extra = self.sampler.pool[
                     torch.randint(len(self.sampler.pool), (k,), generator=generator)
                 ].to(dev)
                 zi = model.items(torch.cat([items, extra]))
                 neg = zi[b:] if part is None else zi[b:][_share(k, *part, "model.negatives")]
-                return self.loss(zu, zi[:b][rows], negatives=neg)
-            return self.loss(zu, model.items(items)[rows])
+                return self.loss(zu, zi[:b][rows], negatives=neg, **prior)
+            return self.loss(zu, model.items(items)[rows], **prior)
         k = self.spec.negatives if self.kind == "cml" else 1
         neg = self.sampler(users.cpu(), k, generator).to(dev)
         zu = model.users(users)[rows]

@@ -70,7 +70,9 @@ def evaluate_run(
     cfg, model, _, s, prior = load_run(run_dir, device)
     metrics = evaluate_model(model, s, cfg, device=next(model.parameters()).device, prior=prior)
     st = load_checkpoint(run_dir)
-    report = {"run": str(run_dir), "method": cmp.method_name(cfg), "epoch": int(st["epoch"]),
+    sel = st.get("selection") or {}  # load_run ranks with the validation-selected weights
+    epoch = int(sel["best_epoch"]) if sel.get("weights") is not None else int(st["epoch"])
+    report = {"run": str(run_dir), "method": cmp.method_name(cfg), "epoch": epoch,
               **metrics}  # fmt: skip
     atomic_write_text(Path(run_dir) / "eval.json", json.dumps(report, indent=2))
     return report
@@ -85,7 +87,8 @@ def _describe_eval(r: dict[str, Any]) -> str:
 def _describe_train(trainer: Any, s: dict[str, Any]) -> str:
     keys = [k for k in ("warm/ndcg@10", "warm/recall@10", "warm/hr@10", "warm/map@10") if k in s]
     metrics = ", ".join(f"{k.split('/')[1]} {s[k]:.4f}" for k in keys)
-    return f"{trainer.tag}: {s['epochs']} epochs, {metrics} -> {trainer.out}"
+    best = f" (best {s['best_epoch']})" if "best_epoch" in s else ""
+    return f"{trainer.tag}: {s['epochs']} epochs{best}, {metrics} -> {trainer.out}"
 
 
 def with_dmm(cfg: RecsysConfig) -> RecsysConfig:
@@ -125,7 +128,7 @@ SPEC = register(
         info=cmp.info,
         table=cmp.format_table,
         plot=cmp.plot_results,
-        plot_files=("recsys.png",),
+        plot_files=("recsys.png", "recsys-val.png"),
         delta_metrics=tuple(f"warm/{m}@{k}" for m in ("recall", "ndcg") for k in (5, 10, 20)),
         flags=FLAGS,
         parallel_by_default=True,

@@ -10,10 +10,17 @@ permutation, negatives drawn from a generator seeded by ``(seed, step)``, the mo
   HitRatio, MAP at ``eval.ks``);
 * ``no-title``, ``no-genres``, ``no-text-genres``: the same with those item features removed
   (models with item features);
-* ``cold``: users rank the held-out cold items, scored from their features alone.
+* ``cold``: users rank the held-out cold items, scored from their features alone;
+* ``tail``: the warm ranking, with only the test pairs of long-tail items relevant (items
+  outside the 20 % with the most training positives; :func:`~otcl.pipelines.recsys.data.tail_items`),
+  averaged over the users with such a pair.
 
-Metrics land in ``metrics.jsonl`` (every ``eval.every`` epochs and at the end) and in
-``summary.json`` as ``<variant>/<metric>@<k>`` (``warm/ndcg@10``).
+The model is selected on the validation pairs of the split (:meth:`Split.validation`): ranked
+every ``eval.every`` epochs (``val/<metric>@<k>`` in ``metrics.jsonl``), the weights of the best
+``eval.select`` (nDCG@10) are kept, training stops after ``eval.patience`` validations without
+improvement, and the test set is ranked once, at the end, with the best weights
+(:mod:`otcl.pipelines.engine.selection`). The test metrics land in ``summary.json`` as
+``<variant>/<metric>@<k>`` (``warm/ndcg@10``), next to ``best_epoch``.
 """
 
 from __future__ import annotations
@@ -28,12 +35,13 @@ from torch import nn
 from ..engine.checkpoint import open_run, restore_model
 from ..engine.distributed import local_main_first
 from ..engine.runtime import derive_seed
+from ..engine.selection import SelectionRule
 from ..engine.trainer import EpochTrainer
 from ..sources.movielens import load_ratings
 from ..sources.ratings import Ratings
 from ..sources.text import encode_sentences
 from .config import DROP_VARIANTS, RecsysConfig, check, parse_features, resolve
-from .data import NegativeSampler, Split, split
+from .data import NegativeSampler, Split, split, tail_items
 from .metrics import rank_metrics
 from .models import RecModel, build_model, popularity_prior
 from .objective import Objective, ObjectiveSpec, make_loss
@@ -60,6 +68,7 @@ def load_data(cfg: RecsysConfig) -> tuple[Ratings, Split]:
         test_frac=d.test_frac,
         threshold=d.threshold,
         cold_items=d.cold_items,
+        val_frac=d.val_frac,
     )
     return data, s
 
@@ -91,13 +100,14 @@ def objective_spec(cfg: RecsysConfig) -> ObjectiveSpec:
         dmm_params=dmm_params(c) if c.dmm.enabled else {},
         negatives=int(c.model.negatives),
         margin=c.model.margin,
+        pop_marginal=float(c.model.pop_marginal or 0.0),
     )
 
 
 def check_ks(cfg: RecsysConfig, s: Split) -> None:
     """Every k of ``eval.ks`` must fit the warm candidate items (checked before training)."""
     n_warm = int(s.warm_items.sum())
-    k = max(int(k) for k in cfg.eval.ks)
+    k = max(max(int(k) for k in cfg.eval.ks), int(cfg.eval.select.partition("@")[2]))
     if k > n_warm:
         raise ValueError(
             f"k: {k} is larger than the number of candidate items ({n_warm}); lower eval.ks"
@@ -120,8 +130,10 @@ def evaluate_model(
     device: torch.device | str = "cpu",
     robustness: bool = True,
     prior: torch.Tensor | None = None,
+    tail: bool = False,
 ) -> dict[str, float]:
-    """Ranking metrics of ``model`` on ``s`` (see the module docstring for the variants).
+    """Ranking metrics of ``model`` on ``s`` (see the module docstring for the variants;
+    ``tail``: also the long-tail ranking).
 
     ``prior`` (n_items,): added to the scores (the two-tower's popularity correction).
     """
@@ -152,6 +164,21 @@ def evaluate_model(
                 **common,
             ),
         )
+    if tail:
+        is_tail = tail_items(s)[s.test_item]
+        if is_tail.any():
+            put(
+                "tail",
+                rank_metrics(
+                    model.scorer(prior=prior),
+                    (s.test_user[is_tail], s.test_item[is_tail]),
+                    exclude,
+                    s.n_users,
+                    s.n_items,
+                    candidates=warm,
+                    **{**common, "users": "positive"},
+                ),
+            )
     if robustness and len(s.cold_items) and model.item.names and len(s.cold_user):
         put(
             "cold",
@@ -220,6 +247,7 @@ class RecsysTrainer(EpochTrainer):
             given if given is not None else local_main_first(lambda: load_data(c))
         )
         check_ks(c, self.split)
+        self.val_split = self.split.validation()
         self.model = build_recsys_model(c, self.data).to(self.device)
         sampler = NegativeSampler(
             self.split.train_user, self.split.train_item, self.data.n_items, self.split.warm_items
@@ -232,7 +260,10 @@ class RecsysTrainer(EpochTrainer):
                     f"model.negatives: the {spec.negatives} extra negatives of a step are split "
                     f"over the {self.world} processes of torchrun; use a multiple of {self.world}"
                 )
-        self.loss_fn = Objective(self.model, spec, sampler).to(self.device)
+        counts = torch.bincount(
+            torch.from_numpy(self.split.train_item), minlength=self.data.n_items
+        )
+        self.loss_fn = Objective(self.model, spec, sampler, counts).to(self.device)
         self.prior = ranking_prior(c, self.split, self.loss_fn.temperature)
         self.pairs_user = torch.from_numpy(self.split.train_user).to(self.device)
         self.pairs_item = torch.from_numpy(self.split.train_item).to(self.device)
@@ -251,9 +282,31 @@ class RecsysTrainer(EpochTrainer):
         users, items = self.pairs_user[idx], self.pairs_item[idx]
         return self.loss_fn(self.forward_model, users, items, gen, part)
 
-    def evaluate(self, final: bool) -> dict[str, float]:
+    def selection_rule(self) -> SelectionRule:
         e = self.cfg.eval
-        if not final and not (e.every and self.epoch % e.every == 0):
+        every = int(e.every) if e.every else int(self.cfg.train.epochs)
+        return SelectionRule(metric=e.select, every=every, patience=e.patience)
+
+    def validate(self) -> dict[str, float]:
+        """Ranking metrics of the validation pairs (warm items, no robustness variants; at
+        ``eval.ks`` and the k of ``eval.select``)."""
+        e = self.cfg.eval
+        ks = tuple(sorted({*(int(k) for k in e.ks), int(e.select.partition("@")[2])}))
+        res = evaluate_model(
+            self.model,
+            self.val_split,
+            replace(self.cfg, eval=replace(e, ks=ks)),
+            device=self.device,
+            robustness=False,
+            prior=self.prior,
+        )
+        self.model.train()
+        return {k[len("warm/") :]: v for k, v in res.items()}
+
+    def evaluate(self, final: bool) -> dict[str, float]:
+        """The test set, ranked once after training (``final``; {} before)."""
+        e = self.cfg.eval
+        if not final:
             return {}
         res = evaluate_model(
             self.model,
@@ -262,6 +315,7 @@ class RecsysTrainer(EpochTrainer):
             device=self.device,
             robustness=final and e.robustness,
             prior=self.prior,
+            tail=True,
         )
         self.model.train()
         return res
@@ -311,8 +365,12 @@ def build_recsys_model(cfg: RecsysConfig, data: Ratings) -> RecModel:
 def load_run(
     run_dir: str | Path, device: str = "cpu"
 ) -> tuple[RecsysConfig, RecModel, Ratings, Split, torch.Tensor | None]:
-    """Rebuild a run's config, model (eval mode), ratings, split and ranking prior."""
+    """Rebuild a run's config, model (eval mode; the validation-selected weights), ratings,
+    split and ranking prior."""
     cfg, st = open_run(run_dir, RecsysConfig, resolve)
+    best = (st.get("selection") or {}).get("weights")
+    if best is not None:  # the validation-selected weights, those the test numbers are of
+        st = {**st, "model": best}
     data, s = load_data(cfg)
     model = restore_model(build_recsys_model(cfg, data), st, run_dir, device)
     loss = make_loss(cfg.model.kind, objective_spec(cfg))
