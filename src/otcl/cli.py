@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from contextlib import redirect_stdout
 
 from . import __version__
-from .pipelines.engine.signals import deferred_signals
+from .pipelines.engine.signals import Terminated, deferred_signals
 
 __all__ = ["main", "build_parser", "PIPELINES"]
 
@@ -92,12 +92,8 @@ def cmd_losses(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM outside the training loop (which defers it to a step boundary and saves)."""
-
-
 def _on_sigterm(signum: int, frame: object) -> None:
-    raise _Terminated
+    raise Terminated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     old_term = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         return _main(argv)
-    except _Terminated:
+    except Terminated:
         print("otcl: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:
@@ -143,7 +139,7 @@ def _main(argv: Sequence[str] | None) -> int:
             return _run(args, handler, main_rank, session)
         except KeyboardInterrupt as e:
             if not main_rank:  # one line, from rank 0
-                return 128 + (signal.SIGTERM if isinstance(e, _Terminated) else signal.SIGINT)
+                return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
             raise
     finally:
         if joined:
@@ -153,7 +149,7 @@ def _main(argv: Sequence[str] | None) -> int:
 def _run(args: argparse.Namespace, handler, main_rank: bool, session=None) -> int:
     """``handler(args)`` with the errors turned into one line and an exit status."""
     from .pipelines.engine.distributed import PeerFailure, agreed
-    from .pipelines.engine.stops import TrainingDiverged, TrainingInterrupted
+    from .pipelines.engine.stops import RunFailed, TrainingDiverged, TrainingInterrupted
 
     quiet = not main_rank
     try:
@@ -179,16 +175,36 @@ def _run(args: argparse.Namespace, handler, main_rank: bool, session=None) -> in
         if not quiet:
             print(f"otcl: error: training diverged: {e}", file=sys.stderr)
         return 1
+    except RunFailed as e:  # a comparison's run failed in its worker process
+        print(f"otcl: error: {e}", file=sys.stderr)
+        return 1
     except ValueError as e:  # user mistakes (DataError is a ValueError)
         print(f"otcl: error: {e}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # e.g. `otcl losses | head`: the reader left, nothing to report
+    except BrokenPipeError as e:
+        if not _stdout_closed():  # a pipe of our own (e.g. to a worker process): a failure
+            print(f"otcl: error: {e.strerror or e}", file=sys.stderr)
+            return 1
+        # e.g. `otcl losses | head`: the reader of the output left, nothing to report
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the interpreter flushes it at exit)
         return 0
     except OSError as e:  # the machine: a full disk, a file system gone read-only, ...
         where = f"{e.filename}: " if e.filename else ""
         print(f"otcl: error: cannot write {where}{e.strerror or e}", file=sys.stderr)
         return 1
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe (or socket) whose reader has gone."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, ValueError, OSError):  # no file descriptor: not a closed pipe
+        return False
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,6 +18,8 @@ __all__ = [
     "TrainingInterrupted",
     "TrainingStopped",
     "TrainingDiverged",
+    "RunsInterrupted",
+    "RunFailed",
     "StopRequested",
     "Stops",
 ]
@@ -66,6 +68,28 @@ class TrainingStopped(TrainingInterrupted):
     @property
     def exit_status(self) -> int:
         return 75
+
+
+class RunsInterrupted(TrainingInterrupted):
+    """A comparison's worker processes stopped at a step boundary after a signal (sent to the
+    comparison or to one of its workers); every run that was training saved its checkpoint.
+
+    Attributes:
+        runs: the run directories that were training; ``signum``: the signal.
+    """
+
+    def __init__(self, runs: list[Path], signum: int) -> None:
+        name = signal.Signals(signum).name
+        where = ", ".join(str(r) for r in runs) or "no run was training"
+        Exception.__init__(self, f"interrupted by {name}; checkpoints saved: {where}")
+        self.runs, self.signum = list(runs), int(signum)
+        self.path = Path(runs[0]) / "checkpoint.pt" if runs else Path("checkpoint.pt")
+        self.epoch, self.step = 0, 0
+
+
+class RunFailed(RuntimeError):
+    """A run of a comparison failed in its worker process (an error, or the process died);
+    the message names the run and how it ended. Exit status 1."""
 
 
 class TrainingDiverged(RuntimeError):
