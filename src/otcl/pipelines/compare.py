@@ -12,7 +12,8 @@ every pipeline does the same way lives here:
   refused (the saved config, resolved as today, against the request, the settings that change
   neither the run nor its numbers aside: the trainer's ``volatile`` list, which a resume uses
   too, less its ``measures``; :mod:`otcl.pipelines.engine.identity`), so results of two
-  configurations are never mixed;
+  configurations are never mixed; so is a run trained on other data (its data fingerprint,
+  :mod:`otcl.pipelines.engine.fingerprint`, differs; with ``--force`` it is trained again);
 * :func:`train_runs` -- trains every run that is not finished, one after the other in this
   process or in worker processes (one thread each; a Ctrl-C checkpoints the running runs);
 * :func:`mean_std`, :func:`seed_stats`, :func:`paired_delta` -- statistics over seeds (from
@@ -41,6 +42,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -50,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .engine import identity
+from .engine import fingerprint, identity
 from .engine.checkpoint import load_checkpoint
 from .engine.distributed import agreed, current, is_main, launched, main_then_broadcast
 from .engine.rundir import CHECKPOINT, SUMMARY, RunLock, prepare_run_dir
@@ -120,11 +122,15 @@ class Runner:
         trainer_cls: its :class:`~otcl.pipelines.engine.trainer.EpochTrainer`, built as
             ``trainer_cls(cfg, run_dir, data=data, resume=..., log=log)``.
         needs: files besides ``summary.json`` that a finished run holds (its evaluation).
+        force: a run whose data changed since it was trained (its
+            :mod:`~otcl.pipelines.engine.fingerprint`) is trained again from scratch instead
+            of refused.
     """
 
     config_cls: type
     trainer_cls: type[EpochTrainer]
     needs: tuple[str, ...] = ()
+    force: bool = False
 
     def resolve(self, cfg: Any) -> Any:
         """The config a run uses (the pipeline's presets); a new object."""
@@ -173,6 +179,18 @@ def run_state(runner: Runner, run: Run) -> str:
             f"out: {str(run.dir)!r} holds a run with a different configuration; choose "
             "another --out (or delete that run)"
         )
+    try:
+        fingerprint.check_fingerprint(
+            st.get(fingerprint.KEY),
+            fingerprint.config_fingerprint(run.cfg),
+            str(run.dir),
+            "use a new --out, or --force to train the runs of changed data again",
+        )
+    except fingerprint.DataChanged:
+        if not getattr(runner, "force", False):
+            raise
+        shutil.rmtree(run.dir)  # --force: this run is trained again from scratch
+        return "new"
     files = (SUMMARY, *runner.needs)
     done = st.get("done", True) and all((run.dir / f).exists() for f in files)
     return "finished" if done else "resume"

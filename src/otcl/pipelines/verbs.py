@@ -122,6 +122,12 @@ def _add_verbs(sub: Any, spec: Pipeline, prog: str) -> None:
     p.add_argument("--out", default=out, metavar="DIR", help=f"default {out}")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plots")
     p.add_argument(
+        "--force",
+        action="store_true",
+        help="train again the runs in --out whose data changed since they were trained "
+        "(without it, such runs are refused)",
+    )
+    p.add_argument(
         "--jobs",
         type=int,
         metavar="N",
@@ -193,5 +199,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         loss_params=specific,
         jobs=jobs,
         plot=not args.no_plot,
+        force=args.force,
     )
     return 0

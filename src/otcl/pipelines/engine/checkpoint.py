@@ -256,6 +256,7 @@ def run_state(tr: Any) -> dict[str, Any]:
         "epoch_seconds": tr.epoch_seconds,
         "rng": rng_state(),
         "done": tr.epoch >= int(tr.cfg.train.epochs),
+        "data_fingerprint": dict(getattr(tr, "data_fingerprint", {}) or {}),
     }
     extra = tr.extra_state()
     if extra:

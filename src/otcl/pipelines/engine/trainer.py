@@ -79,7 +79,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import checkpoint, identity, loop, optim, runtime
+from . import checkpoint, fingerprint, identity, loop, optim, runtime
 from .distributed import (
     DistributedModel,
     agreed,
@@ -179,10 +179,13 @@ class EpochTrainer:
     def _setup(self, resume: bool, extend: bool) -> None:
         t = self.cfg.train
         st = None
+        #: the data's :mod:`.fingerprint` (rank 0; recorded in the checkpoint)
+        self.data_fingerprint: dict[str, str] = {}
         with agreed():  # rank 0 alone sees the run directory (it may be on its node only)
             if self.is_main:
                 ckpt = check_start(self.out, resume)
                 st = checkpoint.load_checkpoint(ckpt) if ckpt is not None else None
+                self.data_fingerprint = fingerprint.config_fingerprint(self.cfg)
                 if st is not None:
                     self._check_resume(st, extend)  # before the data loads
         st = broadcast(st)  # every rank restores rank 0's checkpoint
@@ -259,6 +262,12 @@ class EpochTrainer:
             extend=extend,
             run_dir=str(self.out),
             log=self.log,
+        )
+        fingerprint.check_fingerprint(
+            st.get(fingerprint.KEY),
+            self.data_fingerprint,
+            str(self.out),
+            "train it again into a new --out",
         )
 
     # -- hooks a pipeline overrides --------------------------------------------------------
