@@ -55,7 +55,14 @@ from typing import Any
 from .engine import fingerprint, identity
 from .engine.checkpoint import load_checkpoint
 from .engine.distributed import agreed, current, is_main, launched, main_then_broadcast
-from .engine.rundir import CHECKPOINT, SUMMARY, RunLock, prepare_run_dir
+from .engine.rundir import (
+    CHECKPOINT,
+    SUMMARY,
+    RunLock,
+    check_owner,
+    prepare_run_dir,
+    write_owner,
+)
 from .engine.signals import deferred_signals
 from .engine.stops import TrainingInterrupted
 from .engine.trainer import EpochTrainer
@@ -507,14 +514,23 @@ def check_request(
 
 # -- outputs -------------------------------------------------------------------------------
 @contextmanager
-def comparison_dir(out: str | os.PathLike[str]) -> Iterator[Path]:
+def comparison_dir(out: str | os.PathLike[str], pipeline: str | None = None) -> Iterator[Path]:
     """Create ``out`` (a bad one fails before any data loads) and hold its lock: one comparison
-    writes a directory at a time (under torchrun: rank 0 does)."""
+    writes a directory at a time (under torchrun: rank 0 does). A directory that another
+    command made (a training run, another pipeline's comparison) is refused, and ``out`` is
+    recorded as a comparison of ``pipeline`` (:func:`~otcl.pipelines.engine.rundir.check_owner`)."""
     path, lock = Path(out), None
+    owner = {"kind": "compare", "pipeline": pipeline}
     with agreed():
         if is_main():
             path = prepare_run_dir(out)
             lock = RunLock(path)
+            try:
+                check_owner(path, owner)
+                write_owner(path, owner)
+            except BaseException:
+                lock.release()
+                raise
     try:
         yield path
     finally:

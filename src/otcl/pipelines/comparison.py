@@ -164,7 +164,7 @@ def compare(
         for c in configs:
             spec.check(spec.resolve(c))
     out = Path(out if out is not None else f"runs/{spec.name}-compare")
-    with comparison_dir(out) as out:
+    with comparison_dir(out, spec.name) as out:
         resolved = spec.resolve(base)
         with agreed():
             if is_main():

@@ -22,7 +22,7 @@ from ..config import save_config
 from . import runlog
 from .distributed import agreed, any_signal, broadcast, mark_agreed
 from .progress import Progress, first_line
-from .rundir import CONFIG
+from .rundir import CONFIG, write_owner
 from .signals import DeferredSignals
 from .stops import StopRequested, TrainingDiverged, TrainingInterrupted, TrainingStopped
 
@@ -67,6 +67,7 @@ def run_epochs(tr: Any) -> dict[str, Any]:
         if tr.is_main:
             if not tr.resumed and tr.global_step == 0:  # a run killed before its checkpoint
                 runlog.clear_stale(tr.out, tr.outputs, tr.log)
+            write_owner(tr.out, tr.owner)
             save_config(tr.cfg, tr.out / CONFIG)
     progress = Progress(
         enabled=t.progress and tr.is_main,

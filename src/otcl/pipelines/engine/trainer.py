@@ -93,7 +93,7 @@ from .distributed import (
     wrap_model,
 )
 from .progress import stderr_line
-from .rundir import METRICS, SUMMARY, RunLock, check_start, prepare_run_dir
+from .rundir import METRICS, SUMMARY, RunLock, check_owner, check_start, prepare_run_dir
 from .runlog import RunningLoss
 from .signals import DeferredSignals
 from .stops import Stops, TrainingDiverged, TrainingInterrupted, TrainingStopped
@@ -118,6 +118,9 @@ class EpochTrainer:
         log: where progress lines go (standard error by default).
     """
 
+    #: the pipeline whose runs this trainer makes (recorded in the run's ``owner.json``: no
+    #: other command writes into the run directory, :func:`.rundir.check_owner`)
+    pipeline: str | None = None
     #: the throughput column of metrics.jsonl and summary.json: ``<unit>_per_s``
     throughput_unit: str = "samples"
     #: settings that do not change what a run is: a resume may change them, and a comparison
@@ -171,6 +174,7 @@ class EpochTrainer:
                 if self.is_main:  # a bad --out fails here, before any data is loaded
                     prepare_run_dir(self.out)
                     self._lock = RunLock(self.out)
+                    check_owner(self.out, self.owner)
             self._setup(resume, extend)
         except BaseException:
             self.close()
@@ -328,6 +332,11 @@ class EpochTrainer:
     def items_per_step(self) -> int:
         """Items per step for the throughput column (default: the batch size)."""
         return self.batch_size
+
+    @property
+    def owner(self) -> dict[str, str | None]:
+        """What ``owner.json`` of this run records: a run of :attr:`pipeline`."""
+        return {"kind": "run", "pipeline": self.pipeline}
 
     @property
     def tag(self) -> str:

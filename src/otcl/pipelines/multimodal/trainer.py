@@ -163,6 +163,8 @@ class MultimodalTrainer(EpochTrainer):
         log: where progress lines go (standard error by default).
     """
 
+    pipeline = "multimodal"
+
     cfg: MultimodalConfig
     model: MultimodalModel
 

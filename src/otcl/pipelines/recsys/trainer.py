@@ -179,6 +179,8 @@ class RecsysTrainer(EpochTrainer):
         log: where progress lines go.
     """
 
+    pipeline = "recsys"
+
     throughput_unit = "pairs"
 
     # -- hooks -----------------------------------------------------------------------------

@@ -177,6 +177,8 @@ class SSLTrainer(EpochTrainer):
         log: where progress lines go (standard error by default).
     """
 
+    pipeline = "ssl"
+
     throughput_unit = "views"
     outputs = (METRICS, SUMMARY, "eval.json")
     volatile = (
