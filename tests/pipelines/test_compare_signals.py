@@ -174,9 +174,9 @@ def test_sigint_to_the_group_while_the_parent_ignores_it_is_ignored(tmp_path):
     """``cmd &`` in a script: SIGINT ignored; a Ctrl-C to the group must not end the
     comparison with status 0 and no results -- it runs on to its results."""
     out = tmp_path / "cmp"
-    argv, method = _argv("recsys", tmp_path, out, epochs=30)
+    argv, method = _argv("recsys", tmp_path, out, epochs=300)
     proc = _start(argv, tmp_path / "err", ignore_sigint=True)
-    _wait(lambda: len(_workers(proc.pid)) == 2, proc, "the workers")
+    _training(out, method, proc)
     os.killpg(proc.pid, signal.SIGINT)
     rc = proc.wait(START)
     err = (tmp_path / "err").read_text()

@@ -79,6 +79,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import given
 from . import checkpoint, fingerprint, identity, loop, optim, runtime
 from .distributed import (
     DistributedModel,
@@ -153,6 +154,10 @@ class EpochTrainer:
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.given_data = data
+        #: the batch size the caller asked for (None: the pipeline's preset, or a resume,
+        #: which keeps the size the run started with); see :meth:`fit_batch`
+        asked = "batch_size" in given(cfg.train)
+        self.batch_requested = cfg.train.batch_size if asked and not resume else None
         self.session = init_from_env()  # torchrun's process group (None: one process)
         self.world = 1 if self.session is None else self.session.world
         self.rank = 0 if self.session is None else self.session.rank
@@ -343,6 +348,24 @@ class EpochTrainer:
         """Prefix of log lines and the progress bar."""
         loss = getattr(self.cfg, "loss", None)
         return f"{loss.name} s{self.cfg.train.seed}" if loss is not None else "train"
+
+    def fit_batch(self, n: int, what: str) -> None:
+        """Fit the batch to ``n`` training items (``what``, e.g. "training pairs") and set
+        ``steps_per_epoch``: a batch size the caller asked for that is larger is refused (it
+        is never clamped silently), a preset's is cut to ``n``.
+
+        Raises:
+            ValueError: the requested batch size exceeds ``n``, or fewer than 2 items.
+        """
+        if n < 2:
+            raise ValueError(f"data: only {n} {what}; need at least 2")
+        if self.batch_requested is not None and self.batch_size > n:
+            raise ValueError(
+                f"train.batch_size: {self.batch_size} is more than the {n} {what}; use "
+                f"--batch-size {n} or less"
+            )
+        self.batch_size = min(self.batch_size, n)
+        self.steps_per_epoch = n // self.batch_size
 
     def loss_is_global(self) -> bool:
         """Whether the loss couples the global batch (``gather_distributed``): every rank then

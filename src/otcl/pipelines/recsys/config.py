@@ -233,3 +233,12 @@ def check(cfg: RecsysConfig) -> None:
         raise ValueError("dmm.enabled: not available for the mf baseline (BPR)")
     if m.kind != "two-tower" and "pop_correction" in given(m):  # given: refused, any value
         raise ValueError("model.pop_correction: applies only to the two-tower (in-batch negatives)")
+    if m.kind == "mf" and "negatives" in given(m) and m.negatives != 1:
+        raise ValueError(
+            f"model.negatives: the mf baseline (BPR) draws one negative per pair; got {m.negatives}"
+        )
+    layout = (cfg.loss.params or {}).get("layout", "cross")
+    if m.kind == "two-tower" and layout != "cross":
+        raise ValueError(
+            f"layout: the two-tower scores users against items (the cross layout); got {layout!r}"
+        )
