@@ -55,3 +55,31 @@ def test_a_preset_batch_larger_than_small_data_is_fitted_not_refused(tmp_path, c
             "--no-progress", "--epochs", "1", "--model", "two-tower", "--dim", "8",
             "--set", "eval.ks=[1,5]", "--set", "model.features="]  # fmt: skip
     assert main(argv) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, command",
+    [(["recsys", "train"], "otcl recsys compare"), (["train"], "otcl compare"),
+     (["multimodal", "train"], "otcl multimodal compare")],
+)  # fmt: skip
+def test_per_loss_parameters_outside_compare_name_the_pipelines_compare(
+    tmp_path, capsys, argv, command
+):
+    out = str(tmp_path / "run")
+    assert main([*argv, "--out", out, "--loss-param", "infonce:temperature=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert f"LOSS:KEY is for `{command}`, got 'infonce:temperature=0.1'" in err, err
+
+
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_says_to_rerun(tmp_path, capsys):
+    ml = write_ml100k(tmp_path / "ml")
+    run = tmp_path / "run"
+    argv = ["recsys", "train", "--data-dir", str(ml), "--out", str(run), "--no-progress",
+            "--epochs", "1", "--dim", "8", "--set", "eval.ks=[1,5]"]  # fmt: skip
+    assert main(argv) == 0
+    (run / "checkpoint.pt").unlink()  # as if killed before its first checkpoint
+    capsys.readouterr()
+    assert main(["recsys", "train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "stopped before its first checkpoint" in err and "without --resume" in err, err
+    assert main(argv) == 0  # the same command without --resume starts it afresh

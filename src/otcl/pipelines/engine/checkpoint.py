@@ -199,6 +199,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if p.is_dir():
         p = p / CHECKPOINT
     if not p.is_file():
+        if (p.parent / "config.yaml").is_file():  # a run killed before its first checkpoint
+            raise ValueError(
+                f"run: the run in {str(p.parent)!r} stopped before its first checkpoint, so "
+                "there is nothing to resume or evaluate; run the same command without --resume"
+            )
         raise ValueError(f"run: expected a run directory holding {CHECKPOINT}, got {str(path)!r}")
     st = _safe_load(p, str(p))
     fmt = st.get("format") if isinstance(st, dict) else None

@@ -142,6 +142,11 @@ def check_start(run_dir: Path, resume: bool) -> Path | None:
             "or choose another --out"
         )
     if resume and not ckpt.exists():
+        if (run_dir / CONFIG).exists():  # the run started, then died before its first save
+            raise ValueError(
+                f"resume: the run in {str(run_dir)!r} stopped before its first checkpoint, so "
+                "there is nothing to resume; run the same command without --resume"
+            )
         raise ValueError(f"resume: no {CHECKPOINT} in {str(run_dir)!r} to resume from")
     return ckpt if resume else None
 

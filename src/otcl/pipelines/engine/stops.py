@@ -14,6 +14,13 @@ import signal
 import time
 from pathlib import Path
 
+
+def where(epoch: int, step: int) -> str:
+    """Where a run stopped, numbered as ``metrics.jsonl`` and the progress bar number epochs
+    (from 1): ``epoch`` epochs completed and ``step`` steps of the next one."""
+    return f"at the end of epoch {epoch}" if step == 0 else f"at epoch {epoch + 1}, step {step}"
+
+
 __all__ = [
     "TrainingInterrupted",
     "TrainingStopped",
@@ -36,9 +43,7 @@ class TrainingInterrupted(Exception):
 
     def __init__(self, path: Path, epoch: int, step: int, signum: int = signal.SIGINT) -> None:
         name = signal.Signals(signum).name
-        super().__init__(
-            f"interrupted by {name} at epoch {epoch}, step {step}; checkpoint saved to {path}"
-        )
+        super().__init__(f"interrupted by {name} {where(epoch, step)}; checkpoint saved to {path}")
         self.path, self.epoch, self.step, self.signum = path, epoch, step, int(signum)
 
     @property
@@ -61,7 +66,7 @@ class TrainingStopped(TrainingInterrupted):
 
     def __init__(self, path: Path, epoch: int, step: int, reason: str) -> None:
         Exception.__init__(
-            self, f"stopped ({reason}) at epoch {epoch}, step {step}; checkpoint saved to {path}"
+            self, f"stopped ({reason}) {where(epoch, step)}; checkpoint saved to {path}"
         )
         self.path, self.epoch, self.step, self.signum, self.reason = path, epoch, step, 0, reason
 
