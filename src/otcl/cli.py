@@ -168,7 +168,7 @@ def _run(args: argparse.Namespace, handler, main_rank: bool, session=None) -> in
         return e.status
     except TrainingInterrupted as e:
         if not quiet:
-            hint = getattr(args, "resume_hint", "") or ""
+            hint = _under_torchrun(getattr(args, "resume_hint", "") or "", session)
             print(f"otcl: {e}; to continue: {hint.format(run=e.run_dir)}", file=sys.stderr)
         return e.exit_status
     except TrainingDiverged as e:
@@ -192,6 +192,23 @@ def _run(args: argparse.Namespace, handler, main_rank: bool, session=None) -> in
         where = f"{e.filename}: " if e.filename else ""
         print(f"otcl: error: cannot write {where}{e.strerror or e}", file=sys.stderr)
         return 1
+
+
+def _under_torchrun(hint: str, session) -> str:
+    """The resume command ``hint`` (``otcl train --resume DIR``) in the form that started this
+    process: under torchrun, ``torchrun ... -m otcl.cli train --resume DIR``."""
+    if session is None or session.world < 2:
+        return hint
+    nodes = session.world // max(1, session.local_world)
+    launcher = f"torchrun --nproc-per-node {session.local_world} -m otcl.cli"
+    if nodes > 1:
+        launcher = (
+            f"torchrun --nnodes {nodes} --nproc-per-node {session.local_world} "
+            "<your rendezvous options> -m otcl.cli"
+        )
+    if hint.startswith("otcl "):
+        return launcher + hint[len("otcl") :]
+    return hint.replace("`otcl ", f"`{launcher} ")
 
 
 def _stdout_closed() -> bool:
