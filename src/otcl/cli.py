@@ -149,7 +149,12 @@ def _main(argv: Sequence[str] | None) -> int:
 def _run(args: argparse.Namespace, handler, main_rank: bool, session=None) -> int:
     """``handler(args)`` with the errors turned into one line and an exit status."""
     from .pipelines.engine.distributed import PeerFailure, agreed
-    from .pipelines.engine.stops import RunFailed, TrainingDiverged, TrainingInterrupted
+    from .pipelines.engine.stops import (
+        PeerLost,
+        RunFailed,
+        TrainingDiverged,
+        TrainingInterrupted,
+    )
 
     quiet = not main_rank
     try:
@@ -171,6 +176,13 @@ def _run(args: argparse.Namespace, handler, main_rank: bool, session=None) -> in
             hint = _under_torchrun(getattr(args, "resume_hint", "") or "", session)
             print(f"otcl: {e}; to continue: {hint.format(run=e.run_dir)}", file=sys.stderr)
         return e.exit_status
+    except PeerLost as e:  # torchrun: another rank died; said once (by rank 0, or for it)
+        if not quiet or e.lost == 0:
+            hint = getattr(args, "resume_hint", "") or ""
+            again = _under_torchrun(hint, session).format(run=e.run_dir)
+            todo = f"; to continue: {again}" if e.checkpoint is not None and hint else ""
+            print(f"otcl: error: {e}{todo}", file=sys.stderr)
+        return 1
     except TrainingDiverged as e:
         if not quiet:
             print(f"otcl: error: training diverged: {e}", file=sys.stderr)

@@ -27,6 +27,7 @@ __all__ = [
     "TrainingDiverged",
     "RunsInterrupted",
     "RunFailed",
+    "PeerLost",
     "StopRequested",
     "Stops",
 ]
@@ -95,6 +96,25 @@ class RunsInterrupted(TrainingInterrupted):
 class RunFailed(RuntimeError):
     """A run of a comparison failed in its worker process (an error, or the process died);
     the message names the run and how it ended. Exit status 1."""
+
+
+class PeerLost(RuntimeError):
+    """Under torchrun, another rank's process died during training (its connection closed).
+
+    Attributes:
+        lost: the rank lost (None where it cannot be told: more than two processes);
+        checkpoint: the last checkpoint of the run (None: none written yet); ``run_dir``.
+    """
+
+    def __init__(self, lost: int | None, run_dir: Path, checkpoint: Path | None, cause: str):
+        who = f"rank {lost}" if lost is not None else "a rank"
+        last = (
+            f"the last checkpoint is {checkpoint}"
+            if checkpoint is not None
+            else "no checkpoint was written yet"
+        )
+        super().__init__(f"lost {who} of torchrun (its process died: {cause}); {last}")
+        self.lost, self.run_dir, self.checkpoint = lost, run_dir, checkpoint
 
 
 class TrainingDiverged(RuntimeError):
