@@ -87,9 +87,13 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
     The object is serialised in memory first and the bytes written with plain file I/O, so a
     failed write is the system's own ``OSError`` (e.g. ``No space left on device``) naming
     ``path``; torch's writer would turn it into an opaque ``unexpected pos`` error."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    _atomic(path, lambda fh: fh.write(buf.getbuffer()))
+
+    def write(fh: Any) -> None:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        fh.write(buf.getbuffer())
+
+    _atomic(path, write)
 
 
 def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
