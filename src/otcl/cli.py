@@ -177,6 +177,8 @@ def _run(args: argparse.Namespace, handler, main_rank: bool, session=None) -> in
             print(f"otcl: {e}; to continue: {hint.format(run=e.run_dir)}", file=sys.stderr)
         return e.exit_status
     except PeerLost as e:  # torchrun: another rank died; said once (by rank 0, or for it)
+        if threading.current_thread() is threading.main_thread():  # torchrun's SIGTERM to
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the survivors: said already
         if not quiet or e.lost == 0:
             hint = getattr(args, "resume_hint", "") or ""
             again = _under_torchrun(hint, session).format(run=e.run_dir)

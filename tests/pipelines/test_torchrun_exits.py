@@ -92,7 +92,7 @@ def test_a_rank_killed_is_one_line_naming_it_and_the_last_checkpoint(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     said = log.read_text(errors="replace")
-    lines = [line for line in said.splitlines() if line.startswith("otcl")]
+    lines = [line for line in said.splitlines() if line.startswith("otcl:")]
     assert rc != 0 and len(lines) == 1, said
     assert lines[0].startswith("otcl: error: lost rank 1 of torchrun (its process died"), said
     assert f"the last checkpoint is {out / 'checkpoint.pt'}" in lines[0], said

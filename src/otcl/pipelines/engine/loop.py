@@ -99,8 +99,11 @@ def run_epochs(tr: Any) -> dict[str, Any]:
             if tr.world > 1 and _connection_lost(e):
                 ckpt = tr.out / CHECKPOINT
                 lost = 1 - tr.rank if tr.world == 2 else None
+                cause = first_line(e)
+                if cause.startswith("[") and "] " in cause:  # gloo's source location
+                    cause = cause.split("] ", 1)[1]
                 raise mark_agreed(
-                    PeerLost(lost, tr.out, ckpt if ckpt.exists() else None, first_line(e))
+                    PeerLost(lost, tr.out, ckpt if ckpt.exists() else None, cause)
                 ) from None
             mark_agreed(e)
             raise
