@@ -42,6 +42,18 @@ def test_fingerprint_sees_a_changed_added_or_removed_file(tmp_path):
     check_fingerprint(None, after, "run", "HINT")  # a run saved before fingerprints
 
 
+def test_a_gzip_archive_rebuilt_from_the_same_files_is_the_same_data(tmp_path):
+    import gzip
+
+    f = tmp_path / "data.tar.gz"
+    f.write_bytes(gzip.compress(b"same rows", mtime=1))
+    before = fingerprint_of(f)
+    f.write_bytes(gzip.compress(b"same rows", mtime=2))  # only the header's time differs
+    assert fingerprint_of(f) == before
+    f.write_bytes(gzip.compress(b"other rows", mtime=2))
+    assert fingerprint_of(f) != before
+
+
 def test_compare_refuses_a_run_of_changed_data_and_force_trains_it_again(tmp_path, capsys):
     ml = write_ml100k(tmp_path / "ml")
     out = tmp_path / "cmp"
