@@ -143,3 +143,28 @@ def test_cli_losses_print_plain_text_not_restructuredtext(capsys):
             assert markup not in text, (argv, markup, text)
     assert cli.main(["losses", "ot"]) == 0
     assert capsys.readouterr().out.startswith("ot: Contrastive loss d(P_tgt || P_θ) with P_θ")
+
+
+def test_a_closed_output_pipe_is_quiet_but_another_broken_pipe_is_an_error(capsys, monkeypatch):
+    """``otcl losses | head``: the reader left, exit 0 and nothing said. A broken pipe of the
+    command's own (e.g. to a worker process) is a failure: one line, exit 1, never 0."""
+    import subprocess
+    import sys
+
+    code = "import sys; from otcl.cli import main; sys.exit(main())"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "losses", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # before otcl writes anything: its writes meet a closed pipe
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and err == ""
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_losses", broken)
+    assert cli.main(["losses"]) == 1
+    assert capsys.readouterr().err == "otcl: error: Broken pipe\n"

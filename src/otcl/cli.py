@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from contextlib import redirect_stdout
 
 from . import __version__
-from .pipelines.engine.signals import deferred_signals
+from .pipelines.engine.signals import Terminated, deferred_signals
 
 __all__ = ["main", "build_parser", "PIPELINES"]
 
@@ -92,12 +92,8 @@ def cmd_losses(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM outside the training loop (which defers it to a step boundary and saves)."""
-
-
 def _on_sigterm(signum: int, frame: object) -> None:
-    raise _Terminated
+    raise Terminated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     old_term = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         return _main(argv)
-    except _Terminated:
+    except Terminated:
         print("otcl: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:
@@ -143,7 +139,7 @@ def _main(argv: Sequence[str] | None) -> int:
             return _run(args, handler, main_rank, session)
         except KeyboardInterrupt as e:
             if not main_rank:  # one line, from rank 0
-                return 128 + (signal.SIGTERM if isinstance(e, _Terminated) else signal.SIGINT)
+                return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
             raise
     finally:
         if joined:
@@ -153,7 +149,12 @@ def _main(argv: Sequence[str] | None) -> int:
 def _run(args: argparse.Namespace, handler, main_rank: bool, session=None) -> int:
     """``handler(args)`` with the errors turned into one line and an exit status."""
     from .pipelines.engine.distributed import PeerFailure, agreed
-    from .pipelines.engine.stops import TrainingDiverged, TrainingInterrupted
+    from .pipelines.engine.stops import (
+        PeerLost,
+        RunFailed,
+        TrainingDiverged,
+        TrainingInterrupted,
+    )
 
     quiet = not main_rank
     try:
@@ -172,23 +173,69 @@ def _run(args: argparse.Namespace, handler, main_rank: bool, session=None) -> in
         return e.status
     except TrainingInterrupted as e:
         if not quiet:
-            hint = getattr(args, "resume_hint", "") or ""
+            hint = _under_torchrun(getattr(args, "resume_hint", "") or "", session)
             print(f"otcl: {e}; to continue: {hint.format(run=e.run_dir)}", file=sys.stderr)
         return e.exit_status
+    except PeerLost as e:  # torchrun: another rank died; said once (by rank 0, or for it)
+        if threading.current_thread() is threading.main_thread():  # torchrun's SIGTERM to
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the survivors: said already
+        if not quiet or e.lost == 0:
+            hint = getattr(args, "resume_hint", "") or ""
+            again = _under_torchrun(hint, session).format(run=e.run_dir)
+            todo = f"; to continue: {again}" if e.checkpoint is not None and hint else ""
+            print(f"otcl: error: {e}{todo}", file=sys.stderr)
+        return 1
     except TrainingDiverged as e:
         if not quiet:
             print(f"otcl: error: training diverged: {e}", file=sys.stderr)
         return 1
+    except RunFailed as e:  # a comparison's run failed in its worker process
+        print(f"otcl: error: {e}", file=sys.stderr)
+        return 1
     except ValueError as e:  # user mistakes (DataError is a ValueError)
         print(f"otcl: error: {e}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # e.g. `otcl losses | head`: the reader left, nothing to report
+    except BrokenPipeError as e:
+        if not _stdout_closed():  # a pipe of our own (e.g. to a worker process): a failure
+            print(f"otcl: error: {e.strerror or e}", file=sys.stderr)
+            return 1
+        # e.g. `otcl losses | head`: the reader of the output left, nothing to report
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the interpreter flushes it at exit)
         return 0
     except OSError as e:  # the machine: a full disk, a file system gone read-only, ...
         where = f"{e.filename}: " if e.filename else ""
         print(f"otcl: error: cannot write {where}{e.strerror or e}", file=sys.stderr)
         return 1
+
+
+def _under_torchrun(hint: str, session) -> str:
+    """The resume command ``hint`` (``otcl train --resume DIR``) in the form that started this
+    process: under torchrun, ``torchrun ... -m otcl.cli train --resume DIR``."""
+    if session is None or session.world < 2:
+        return hint
+    nodes = session.world // max(1, session.local_world)
+    launcher = f"torchrun --nproc-per-node {session.local_world} -m otcl.cli"
+    if nodes > 1:
+        launcher = (
+            f"torchrun --nnodes {nodes} --nproc-per-node {session.local_world} "
+            "<your rendezvous options> -m otcl.cli"
+        )
+    if hint.startswith("otcl "):
+        return launcher + hint[len("otcl") :]
+    return hint.replace("`otcl ", f"`{launcher} ")
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe (or socket) whose reader has gone."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, ValueError, OSError):  # no file descriptor: not a closed pipe
+        return False
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -179,6 +179,30 @@ def test_worker_processes_give_the_same_runs(tmp_path):
         train_runs(runner, par, None, jobs=0)
 
 
+class BadDataRunner(ToyRunner):
+    """Seed 1's data is refused (a ``ValueError`` in its worker)."""
+
+    def load_data(self, cfg):
+        if cfg.train.seed == 1:
+            raise ValueError("data: seed 1's file is broken")
+        return None
+
+    def data_key(self, cfg):
+        return str(cfg.train.seed)
+
+
+def test_a_run_that_fails_in_its_worker_is_named_and_no_new_run_starts(tmp_path):
+    from otcl.pipelines.engine.stops import RunFailed
+
+    runs = [make_run("toy", _config(s), tmp_path / "cmp") for s in range(4)]
+    lines: list[str] = []
+    with pytest.raises(RunFailed) as info:
+        train_runs(BadDataRunner(), runs, None, jobs=2, log=lines.append, start_method="fork")
+    msg = str(info.value)
+    assert msg.startswith(f"compare: {runs[1].dir}: data: seed 1's file is broken"), msg
+    assert not (runs[3].dir / CHECKPOINT).exists()  # nothing new starts after a failure
+
+
 def test_statistics_over_seeds():
     xs = [0.61, 0.58, None, 0.64, float("nan")]
     m, s = mean_std(xs)

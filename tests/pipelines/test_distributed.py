@@ -198,7 +198,10 @@ def test_a_signal_on_one_rank_stops_every_rank_and_the_run_resumes_exactly(runs)
     a, b, tmp = runs["a"], runs["b"], runs["tmp"]
     assert [r[0]["rc"] for r in a] == [128 + signal.SIGINT] * 2
     lines = [line for r in a for line in _otcl_lines(r[0]["stderr"])]
-    assert len(lines) == 1 and "interrupted by SIGINT at epoch 1, step 1" in lines[0], lines
+    assert len(lines) == 1 and "interrupted by SIGINT at epoch 2, step 1" in lines[0], lines
+    # the resume command in the form that started it (two agents: two nodes)
+    launcher = "torchrun --nnodes 2 --nproc-per-node 1 <your rendezvous options> -m otcl.cli"
+    assert f"to continue: {launcher} train --resume {tmp / 'a' / 'run'}" in lines[0], lines
     # the checkpoint of the signal (after the 4th of 6 steps), written once for both ranks
     assert [r[0]["rc"] for r in b] == [0, 0]
     resumed, full = load_checkpoint(tmp / "a" / "run"), load_checkpoint(tmp / "b" / "full")

@@ -168,9 +168,10 @@ def config_from_args(
 
 
 def loss_params(
-    items: list[str], per_loss: bool
+    items: list[str], per_loss: bool, compare: str = "otcl compare"
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """``--loss-param`` items -> (shared parameters, {loss: its own parameters})."""
+    """``--loss-param`` items -> (shared parameters, {loss: its own parameters}); ``compare``:
+    the command that takes per-loss parameters (named when they are given elsewhere)."""
     shared: dict[str, Any] = {}
     specific: dict[str, dict[str, Any]] = {}
     for item in items:
@@ -180,7 +181,7 @@ def loss_params(
         target = shared
         if ":" in key:
             if not per_loss:
-                raise ValueError(f"--loss-param: LOSS:KEY is for `otcl compare`, got {item!r}")
+                raise ValueError(f"--loss-param: LOSS:KEY is for `{compare}`, got {item!r}")
             loss, key = key.split(":", 1)
             target = specific.setdefault(loss.strip(), {})
         target[key.strip()] = parse_value(raw)
@@ -212,7 +213,13 @@ def run_train(
     touches the run directory (default: build ``loss.name`` with ``loss.params``, for a
     pipeline that trains with an otcl loss; a pipeline with losses of its own passes its check).
     """
-    shared, _ = loss_params(args.loss_param, per_loss=False)
+    group = getattr(args, "command", None)  # "recsys" in `otcl recsys train`, else a verb
+    short = group in (None, "train", "eval", "compare")
+    shared, _ = loss_params(
+        args.loss_param,
+        per_loss=False,
+        compare="otcl compare" if short else f"otcl {group} compare",
+    )
     if args.resume:
         if args.out and args.out != args.resume:
             raise ValueError(

@@ -12,7 +12,8 @@ every pipeline does the same way lives here:
   refused (the saved config, resolved as today, against the request, the settings that change
   neither the run nor its numbers aside: the trainer's ``volatile`` list, which a resume uses
   too, less its ``measures``; :mod:`otcl.pipelines.engine.identity`), so results of two
-  configurations are never mixed;
+  configurations are never mixed; so is a run trained on other data (its data fingerprint,
+  :mod:`otcl.pipelines.engine.fingerprint`, differs; with ``--force`` it is trained again);
 * :func:`train_runs` -- trains every run that is not finished, one after the other in this
   process or in worker processes (one thread each; a Ctrl-C checkpoints the running runs);
 * :func:`mean_std`, :func:`seed_stats`, :func:`paired_delta` -- statistics over seeds (from
@@ -41,6 +42,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -49,10 +52,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .engine import identity
+from .engine import fingerprint, identity
 from .engine.checkpoint import load_checkpoint
 from .engine.distributed import agreed, current, is_main, launched, main_then_broadcast
-from .engine.rundir import CHECKPOINT, SUMMARY, RunLock, prepare_run_dir
+from .engine.rundir import (
+    CHECKPOINT,
+    SUMMARY,
+    RunLock,
+    check_owner,
+    prepare_run_dir,
+    write_owner,
+)
 from .engine.signals import deferred_signals
 from .engine.stops import TrainingInterrupted
 from .engine.trainer import EpochTrainer
@@ -119,11 +129,15 @@ class Runner:
         trainer_cls: its :class:`~otcl.pipelines.engine.trainer.EpochTrainer`, built as
             ``trainer_cls(cfg, run_dir, data=data, resume=..., log=log)``.
         needs: files besides ``summary.json`` that a finished run holds (its evaluation).
+        force: a run whose data changed since it was trained (its
+            :mod:`~otcl.pipelines.engine.fingerprint`) is trained again from scratch instead
+            of refused.
     """
 
     config_cls: type[Any]
     trainer_cls: type[EpochTrainer]
     needs: tuple[str, ...] = ()
+    force: bool = False
 
     def resolve(self, cfg: Any) -> Any:
         """The config a run uses (the pipeline's presets); a new object."""
@@ -172,6 +186,18 @@ def run_state(runner: Runner, run: Run) -> str:
             f"out: {str(run.dir)!r} holds a run with a different configuration; choose "
             "another --out (or delete that run)"
         )
+    try:
+        fingerprint.check_fingerprint(
+            st.get(fingerprint.KEY),
+            fingerprint.config_fingerprint(run.cfg),
+            str(run.dir),
+            "use a new --out, or --force to train the runs of changed data again",
+        )
+    except fingerprint.DataChanged:
+        if not getattr(runner, "force", False):
+            raise
+        shutil.rmtree(run.dir)  # --force: this run is trained again from scratch
+        return "new"
     files = (SUMMARY, *runner.needs)
     done = st.get("done", True) and all((run.dir / f).exists() for f in files)
     return "finished" if done else "resume"
@@ -257,11 +283,17 @@ def default_jobs(device: str) -> int:
 def _worker(conn: Any, runner: Runner) -> None:
     """A worker process: trains the runs it receives one at a time (each dataset loaded once).
 
-    It answers ``"done"`` per run. Ctrl-C (or SIGTERM) reaches the worker too: the running
-    trainer saves its checkpoint at the end of the step and the worker exits with status 130
-    (143); the run resumes when the comparison is run again.
+    It runs in a process group of its own, so that a signal reaches it once: from the
+    comparison, which forwards the SIGINT or SIGTERM it receives, or sent to the worker alone.
+    The running trainer then saves its checkpoint at the end of the step and the worker exits
+    with status 130 (143); the run resumes when the comparison is run again. It answers
+    ``"done"`` per run, or ``("failed", message)`` for an error of the run (bad data, a full
+    disk, divergence).
     """
+    os.setpgid(0, 0)
     import torch
+
+    from .engine.stops import TrainingDiverged
 
     torch.set_num_threads(1)
     loaded: tuple[str, Any] = ("", None)
@@ -272,17 +304,55 @@ def _worker(conn: Any, runner: Runner) -> None:
                 return
             cfg_dict, method, run_dir = task
             cfg = runner.config_cls.from_dict(cfg_dict)
-            key = runner.data_key(cfg)
-            if loaded[0] != key:
-                loaded = (key, runner.load_data(cfg))
             run = Run(method, int(cfg.train.seed), cfg, Path(run_dir))
             tag = f"[{run.dir.parent.name}/{run.dir.name}]"
-            train_run(runner, run, loaded[1], lambda s, t=tag: print(f"{t} {s}", file=sys.stderr))
+            try:
+                key = runner.data_key(cfg)
+                if loaded[0] != key:
+                    loaded = (key, runner.load_data(cfg))
+                train_run(
+                    runner, run, loaded[1], lambda s, t=tag: print(f"{t} {s}", file=sys.stderr)
+                )
+            except TrainingDiverged as e:
+                conn.send(("failed", f"training diverged: {e}"))
+                return
+            except ValueError as e:
+                conn.send(("failed", str(e)))
+                return
+            except TrainingInterrupted:
+                raise
+            except OSError as e:
+                where = f"{e.filename}: " if e.filename else ""
+                conn.send(("failed", f"cannot write {where}{e.strerror or e}"))
+                return
             conn.send("done")
     except TrainingInterrupted as e:
         sys.exit(e.exit_status)
-    except (KeyboardInterrupt, EOFError):
+    except KeyboardInterrupt:
         sys.exit(130)
+    except (EOFError, BrokenPipeError):  # the comparison is gone
+        sys.exit(130)
+
+
+#: a worker's exit status (or ``-signal``) that means it stopped after a signal
+_STOPPED = {
+    128 + signal.SIGINT: signal.SIGINT,
+    128 + signal.SIGTERM: signal.SIGTERM,
+    -signal.SIGINT: signal.SIGINT,
+    -signal.SIGTERM: signal.SIGTERM,
+}
+
+
+def _how(exitcode: int | None) -> str:
+    """How a worker process ended, in words."""
+    if exitcode is None:
+        return "did not exit"
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
 
 
 def _train_parallel(
@@ -290,12 +360,26 @@ def _train_parallel(
 ) -> None:
     """Train ``pending`` in ``jobs`` worker processes, each taking one run at a time.
 
-    A run is handed to a worker only when it is idle, so after a Ctrl-C no new run starts: the
-    running ones save their checkpoints, every worker exits, and ``KeyboardInterrupt`` is
-    raised again here.
+    A run is handed to a worker only when it is idle. Whatever stops one run stops the
+    comparison, with every running run checkpointed (the workers get SIGINT or SIGTERM and
+    save at the end of their step), and no new run starts:
+
+    * SIGINT or SIGTERM to this process: forwarded to the workers (each in its own process
+      group, so a signal to the whole group reaches them once, from here);
+    * SIGINT or SIGTERM to one worker: it saves and exits; the others are sent the same signal;
+    * a run's error, or a worker that dies (``kill -9``, the OOM killer): the others are sent
+      SIGTERM, then :class:`~otcl.pipelines.engine.stops.RunFailed` names the run and how it
+      ended.
+
+    Raises:
+        RunsInterrupted: after a signal (exit status 128 + signal), naming the runs saved.
+        RunFailed: a run failed.
     """
     import multiprocessing as mp
     from multiprocessing.connection import wait
+
+    from .engine.signals import interrupt_signal
+    from .engine.stops import RunFailed, RunsInterrupted
 
     if not pending:
         return
@@ -303,60 +387,107 @@ def _train_parallel(
     log(f"training {len(pending)} runs in {n_workers} worker processes")
     queue = sorted(pending, key=runner.cost, reverse=True)  # stable: ties keep their order
     ctx = mp.get_context(start_method)
-    workers = []
+    workers: dict[Any, Any] = {}  # conn -> process
     busy: dict[Any, Run] = {}
-    failed: list[str] = []
+    stopped: list[Path] = []  # runs interrupted (checkpointed)
+    failures: list[str] = []
+    signum: int | None = None
     finished = 0
     t0 = time.perf_counter()
 
     def assign(conn: Any) -> None:
-        if queue and not failed:
+        if queue and signum is None and not failures:
             run = queue.pop(0)
             cfg = copy.deepcopy(run.cfg)
             cfg.train.progress = False  # one line per finished run here instead of bars
             conn.send((cfg.to_dict(), run.method, str(run.dir)))
             busy[conn] = run
 
-    try:
-        for _ in range(n_workers):
-            conn, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, runner))
-            proc.start()
-            child.close()
-            workers.append((proc, conn))
-            assign(conn)
-        while busy:
-            for conn in wait(list(busy)):
-                run = busy.pop(conn)
+    def stop(sig: int) -> None:
+        """Send ``sig`` to the workers still running a run (the idle ones get the end)."""
+        for conn, proc in workers.items():
+            if proc.is_alive():
                 try:
-                    conn.recv()
-                except EOFError:  # the worker died; its error is above
-                    failed.append(str(run.dir))
-                    continue
-                finished += 1
-                summary = json.loads((run.dir / SUMMARY).read_text())
-                log(
-                    f"[{finished}/{len(pending)}] {run.dir.parent.name}/{run.dir.name} done "
-                    f"in {summary.get('train_seconds', 0.0):.0f} s{runner.describe(summary)} "
-                    f"({time.perf_counter() - t0:.0f} s elapsed)"
-                )
+                    if conn in busy:
+                        os.kill(proc.pid, sig)
+                    else:
+                        conn.send(None)
+                except (ProcessLookupError, BrokenPipeError, OSError):
+                    pass
+
+    def ended(conn: Any) -> None:
+        """A busy worker's pipe closed: it stopped after a signal, or it died."""
+        nonlocal signum
+        run = busy.pop(conn)
+        proc = workers[conn]
+        proc.join(60)
+        sig = _STOPPED.get(proc.exitcode)  # type: ignore[arg-type]
+        if sig is not None:
+            stopped.append(run.dir)
+            if signum is None and not failures:
+                signum = sig
+                stop(sig)
+        else:
+            failures.append(f"{run.dir}: its worker process {_how(proc.exitcode)}")
+            if len(failures) == 1 and signum is None:
+                stop(signal.SIGTERM)
+
+    try:
+        try:
+            for _ in range(n_workers):
+                conn, child = ctx.Pipe()
+                proc = ctx.Process(target=_worker, args=(child, runner))
+                proc.start()
+                child.close()
+                workers[conn] = proc
                 assign(conn)
-        for proc, conn in workers:
-            if proc.is_alive():
-                conn.send(None)
+            while busy:
+                for conn in wait(list(busy)):
+                    try:
+                        msg = conn.recv()
+                    except (EOFError, ConnectionResetError):
+                        ended(conn)
+                        continue
+                    run = busy.pop(conn)
+                    if isinstance(msg, tuple) and msg[0] == "failed":
+                        failures.append(f"{run.dir}: {msg[1]}")
+                        if len(failures) == 1 and signum is None:
+                            stop(signal.SIGTERM)
+                        continue
+                    finished += 1
+                    summary = json.loads((run.dir / SUMMARY).read_text())
+                    log(
+                        f"[{finished}/{len(pending)}] {run.dir.parent.name}/{run.dir.name} done "
+                        f"in {summary.get('train_seconds', 0.0):.0f} s"
+                        f"{runner.describe(summary)} ({time.perf_counter() - t0:.0f} s elapsed)"
+                    )
+                    assign(conn)
+        except KeyboardInterrupt as e:  # SIGINT or SIGTERM to this process: to the workers
+            if signum is None:
+                signum = interrupt_signal(e)
+                stop(signum)
+            while busy:
+                for conn in wait(list(busy)):
+                    try:
+                        conn.recv()  # a run that finished meanwhile
+                        busy.pop(conn)
+                    except (EOFError, ConnectionResetError):
+                        ended(conn)
+        stop(signal.SIGTERM)  # the idle workers: their end (nothing is busy any more)
+        for proc in workers.values():
             proc.join()
-    except KeyboardInterrupt:
-        for proc, _ in workers:  # they got the Ctrl-C too: a running run saves its checkpoint
+    except BaseException:  # a second signal, an error here: no waiting any longer
+        for proc in workers.values():
+            if proc.is_alive():
+                proc.kill()
             proc.join()
         raise
-    except BaseException:  # SIGTERM or an error here: the workers checkpoint on SIGTERM too
-        for proc, _ in workers:
-            if proc.is_alive():
-                proc.terminate()
-            proc.join()
-        raise
-    if failed:
-        raise RuntimeError(f"compare: run(s) failed, see the errors above: {', '.join(failed)}")
+    if failures:
+        more = f" (and {len(failures) - 1} more: {'; '.join(failures[1:])})" if failures[1:] else ""
+        saved = f"; the running runs saved their checkpoints: {', '.join(map(str, stopped))}"
+        raise RunFailed(f"compare: {failures[0]}{more}{saved if stopped else ''}")
+    if signum is not None:
+        raise RunsInterrupted(stopped, signum)
 
 
 # -- the request ---------------------------------------------------------------------------
@@ -383,14 +514,23 @@ def check_request(
 
 # -- outputs -------------------------------------------------------------------------------
 @contextmanager
-def comparison_dir(out: str | os.PathLike[str]) -> Iterator[Path]:
+def comparison_dir(out: str | os.PathLike[str], pipeline: str | None = None) -> Iterator[Path]:
     """Create ``out`` (a bad one fails before any data loads) and hold its lock: one comparison
-    writes a directory at a time (under torchrun: rank 0 does)."""
+    writes a directory at a time (under torchrun: rank 0 does). A directory that another
+    command made (a training run, another pipeline's comparison) is refused, and ``out`` is
+    recorded as a comparison of ``pipeline`` (:func:`~otcl.pipelines.engine.rundir.check_owner`)."""
     path, lock = Path(out), None
+    owner = {"kind": "compare", "pipeline": pipeline}
     with agreed():
         if is_main():
             path = prepare_run_dir(out)
             lock = RunLock(path)
+            try:
+                check_owner(path, owner)
+                write_owner(path, owner)
+            except BaseException:
+                lock.release()
+                raise
     try:
         yield path
     finally:

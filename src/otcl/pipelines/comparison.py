@@ -49,8 +49,9 @@ Log = Callable[[str], None]
 class SpecRunner(Runner):
     """The :class:`~otcl.pipelines.compare.Runner` of a spec (pickled to worker processes)."""
 
-    def __init__(self, spec: Pipeline, evaluate: bool = True) -> None:
+    def __init__(self, spec: Pipeline, evaluate: bool = True, force: bool = False) -> None:
         self.spec = spec
+        self.force: bool = force
         self.config_cls: type[Any] = spec.config_cls
         self.trainer_cls: type[EpochTrainer] = spec.trainer_cls
         #: evaluate each run after training (into ``spec.eval_file``)
@@ -122,6 +123,7 @@ def compare(
     jobs: int = 1,
     evaluate: bool = True,
     plot: bool = True,
+    force: bool = False,
     log: Log | None = None,
 ) -> dict[str, Any]:
     """Train (or reuse) every method of ``methods`` with ``seeds`` seeds and tabulate.
@@ -135,6 +137,8 @@ def compare(
         loss_params: ``{loss: params}`` on top of the shared ones (``"dmm"``: every ``+dmm``).
         jobs: worker processes (1: one run after the other in this process).
         evaluate: run the spec's evaluation after each run (where it has one).
+        force: train again the runs whose data changed since they were trained (else such a
+            run is refused).
     Returns:
         the content of ``results.json`` (see :mod:`otcl.pipelines.results`).
     """
@@ -165,7 +169,7 @@ def compare(
         for c in configs:
             spec.check(spec.resolve(c))
     out = Path(out if out is not None else f"runs/{spec.name}-compare")
-    with comparison_dir(out) as out:
+    with comparison_dir(out, spec.name) as out:
         resolved = spec.resolve(base)
         with agreed():
             if is_main():
@@ -185,7 +189,7 @@ def compare(
                 grid += [
                     make_run(m, c, out) for c in method_configs(spec, base, m, seed_list, per_loss)
                 ]
-        runner = SpecRunner(spec, evaluate)
+        runner = SpecRunner(spec, evaluate, force)
         train_runs(runner, grid, data, jobs=jobs, log=log)
         results: dict[str, Any] = {}
         with agreed():  # rank 0 reads the runs back and writes the results

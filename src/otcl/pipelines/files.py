@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -81,8 +82,18 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` that never leaves a half-written file behind."""
-    _atomic(path, lambda fh: torch.save(obj, fh))
+    """``torch.save`` that never leaves a half-written file behind.
+
+    The object is serialised in memory first and the bytes written with plain file I/O, so a
+    failed write is the system's own ``OSError`` (e.g. ``No space left on device``) naming
+    ``path``; torch's writer would turn it into an opaque ``unexpected pos`` error."""
+
+    def write(fh: Any) -> None:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        fh.write(buf.getbuffer())
+
+    _atomic(path, write)
 
 
 def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:

@@ -122,6 +122,12 @@ def _add_verbs(sub: Any, spec: Pipeline, prog: str) -> None:
     p.add_argument("--out", default=out, metavar="DIR", help=f"default {out}")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plots")
     p.add_argument(
+        "--force",
+        action="store_true",
+        help="train again the runs in --out whose data changed since they were trained "
+        "(without it, such runs are refused)",
+    )
+    p.add_argument(
         "--jobs",
         type=int,
         metavar="N",
@@ -164,11 +170,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     spec = get(args.pipeline)
     if spec.evaluate is None:
         raise ValueError(f"eval: the {spec.name} pipeline has no evaluation of its own")
+    _check_eval_target(args.run, spec.name)
     opts = {f.dest: getattr(args, f.dest) for f in spec.flags_for("eval")}
     opts = {k: v for k, v in opts.items() if v is not None}
     r = spec.evaluate(args.run, device=args.device, progress=not args.no_progress, **opts)
     print(spec.describe_eval(r))
     return 0
+
+
+def _check_eval_target(run: str, pipeline: str) -> None:
+    """Refuse, in one line saying what to run instead, a directory another pipeline made or
+    a comparison (its ``owner.json``)."""
+    from .engine.rundir import command_of, read_owner
+
+    made = read_owner(run)
+    if made is None:
+        return
+    theirs = made.get("pipeline")
+    if made.get("kind") == "compare":
+        raise ValueError(
+            f"eval: {run!r} is a comparison (made by `{command_of(made)}`), not a run; evaluate "
+            f"one of its runs, e.g. {run}/<method>/seed<k>"
+        )
+    if theirs is not None and theirs != pipeline:
+        raise ValueError(
+            f"eval: {run!r} is a run of the {theirs} pipeline (made by `{command_of(made)}`); "
+            f"evaluate it with `otcl {theirs} eval {run}`"
+        )
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -193,5 +221,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         loss_params=specific,
         jobs=jobs,
         plot=not args.no_plot,
+        force=args.force,
     )
     return 0

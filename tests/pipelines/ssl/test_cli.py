@@ -12,6 +12,7 @@ import pytest
 from otcl import cli
 from otcl.pipelines.config import load_config
 from otcl.pipelines.engine.checkpoint import load_checkpoint
+from otcl.pipelines.files import read_jsonl
 from otcl.pipelines.ssl.config import Config
 from otcl.pipelines.ssl.trainer import SSLTrainer
 
@@ -92,7 +93,9 @@ def test_cli_signal_saves_and_says_how_to_resume(tmp_path, capsys, monkeypatch, 
     assert cli.main(["train", "--out", out, *tiny_args]) == 128 + signum  # 130 / 143
     err = capsys.readouterr().err
     name = signal.Signals(signum).name
-    assert err.startswith(f"otcl: interrupted by {name} at epoch 1, step 0")  # epoch 1 finished
+    # numbered as metrics.jsonl numbers epochs: epoch 1 is finished
+    assert err.startswith(f"otcl: interrupted by {name} at the end of epoch 1;")
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1]
     assert f"to continue: otcl train --resume {out}" in err
     assert "Traceback" not in err and err.count("\n") == 1
     assert load_checkpoint(out)["global_step"] == 2

@@ -127,7 +127,9 @@ class DomainTrainer(EpochTrainer):
     """Trains an encoder on two views per image with the domain-block target; ``fit()`` ->
     summary (see the module docstring). Arguments as :class:`EpochTrainer`'s."""
 
-    throughput_unit = "views"
+    pipeline: str = "domains"
+
+    throughput_unit: str = "views"
     outputs = (METRICS, SUMMARY, EVAL_FILE)
     volatile = (*EpochTrainer.volatile, "data.data_dir", "data.cache_dir", "eval")
     measures = ("eval",)  # evaluation settings change the numbers, not the training

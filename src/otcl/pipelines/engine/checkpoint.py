@@ -205,6 +205,11 @@ def load_checkpoint(
     if p.is_dir():
         p = p / CHECKPOINT
     if not p.is_file():
+        if (p.parent / "config.yaml").is_file():  # a run killed before its first checkpoint
+            raise ValueError(
+                f"run: the run in {str(p.parent)!r} stopped before its first checkpoint, so "
+                "there is nothing to resume or evaluate; run the same command without --resume"
+            )
         raise ValueError(f"run: expected a run directory holding {CHECKPOINT}, got {str(path)!r}")
     st = _safe_load(p, str(p))
     fmt = st.get("format") if isinstance(st, dict) else None
@@ -262,6 +267,7 @@ def run_state(tr: Any) -> dict[str, Any]:
         "epoch_seconds": tr.epoch_seconds,
         "rng": rng_state(),
         "done": tr.epoch >= int(tr.cfg.train.epochs) or stopped_early(tr),
+        "data_fingerprint": dict(getattr(tr, "data_fingerprint", {}) or {}),
     }
     if tr.selector is not None:
         st["selection"] = tr.selector.state_dict()

@@ -25,7 +25,9 @@ Without ``torchrun`` (no process group) every function here is a no-op: :func:`c
 
 from __future__ import annotations
 
+import datetime
 import functools
+import gc
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -168,9 +170,24 @@ def init_from_env() -> Session | None:
 
 
 def shutdown() -> None:
-    """Leave the process group (the end of a command that joined it)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group (the end of a command that joined it).
+
+    The ranks first meet at a barrier (at most a minute; a rank that died is not waited for),
+    so that no rank tears its group down -- closing its connections -- while another still
+    talks to it, and the model wrappers (DDP's reducer) and pending work are released while
+    the group still exists. Tearing down in another order let a rank abort at exit now and
+    then ("terminate called without an active exception", torchrun exit status 1) after the
+    run had finished.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_world_size() > 1:
+        try:
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+        except Exception:  # noqa: BLE001 - a rank died or timed out: leave anyway
+            pass
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def is_main() -> bool:

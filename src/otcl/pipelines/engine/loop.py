@@ -25,9 +25,15 @@ from . import runlog
 from .checkpoint import stopped_early
 from .distributed import agreed, any_signal, broadcast, mark_agreed
 from .progress import Progress, first_line
-from .rundir import CONFIG
+from .rundir import CHECKPOINT, CONFIG, write_owner
 from .signals import DeferredSignals
-from .stops import StopRequested, TrainingDiverged, TrainingInterrupted, TrainingStopped
+from .stops import (
+    PeerLost,
+    StopRequested,
+    TrainingDiverged,
+    TrainingInterrupted,
+    TrainingStopped,
+)
 
 __all__ = ["check_loop", "check_loop_counts", "run_epochs"]
 
@@ -70,6 +76,7 @@ def run_epochs(tr: Any) -> dict[str, Any]:
         if tr.is_main:
             if not tr.resumed and tr.global_step == 0:  # a run killed before its checkpoint
                 runlog.clear_stale(tr.out, tr.outputs, tr.log)
+            write_owner(tr.out, tr.owner)
             save_config(tr.cfg, tr.out / CONFIG)
     progress = Progress(
         enabled=t.progress and tr.is_main,
@@ -92,6 +99,15 @@ def run_epochs(tr: Any) -> dict[str, Any]:
                 raise mark_agreed(TrainingStopped(path, epoch, step, stop.reason)) from None
             raise mark_agreed(TrainingInterrupted(path, epoch, step, stop.signum)) from None
         except Exception as e:  # the other ranks may be inside a step: no exchange
+            if tr.world > 1 and _connection_lost(e):
+                ckpt = tr.out / CHECKPOINT
+                lost = 1 - tr.rank if tr.world == 2 else None
+                cause = first_line(e)
+                if cause.startswith("[") and "] " in cause:  # gloo's source location
+                    cause = cause.split("] ", 1)[1]
+                raise mark_agreed(
+                    PeerLost(lost, tr.out, ckpt if ckpt.exists() else None, cause)
+                ) from None
             mark_agreed(e)
             raise
         finally:
@@ -102,6 +118,18 @@ def run_epochs(tr: Any) -> dict[str, Any]:
         if tr.is_main:
             summary = _summary(tr)
     return broadcast(summary)  # type: ignore[return-value]
+
+
+def _connection_lost(e: BaseException) -> bool:
+    """Whether ``e`` is a collective that failed because a peer's connection closed."""
+    import torch.distributed as dist
+
+    backend_error = getattr(dist, "DistBackendError", ())
+    text = str(e)
+    marks = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+    return isinstance(e, RuntimeError) and (
+        isinstance(e, backend_error) or any(m in text for m in marks)
+    )
 
 
 def _check_stop(tr: Any) -> None:

@@ -8,13 +8,17 @@ A *run* is one output directory::
                          epochs, at the end, and on Ctrl-C or SIGTERM)
     run/metrics.jsonl    one JSON record per epoch (loss, lr, seconds, throughput, metrics)
     run/summary.json     written when training completes
+    run/owner.json       which command made the directory: ``{"kind": "run" | "compare",
+                         "pipeline": ...}``; any other command refuses it (:func:`check_owner`)
     run/.otcl.lock       held by the one process writing the run (:class:`RunLock`)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 
 try:
@@ -22,7 +26,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-from ..files import check_writable
+from ..files import atomic_write_text, check_writable
 
 __all__ = [
     "CHECKPOINT",
@@ -30,6 +34,10 @@ __all__ = [
     "METRICS",
     "SUMMARY",
     "LOCK",
+    "OWNER",
+    "read_owner",
+    "check_owner",
+    "write_owner",
     "prepare_run_dir",
     "check_start",
     "RunLock",
@@ -40,6 +48,66 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 LOCK = ".otcl.lock"
+OWNER = "owner.json"
+
+
+def read_owner(path: str | os.PathLike[str]) -> dict[str, str | None] | None:
+    """Which command made the directory ``path``: its ``owner.json``, else (a directory made
+    before owners were recorded) ``{"kind": "run"}`` for a checkpoint, ``{"kind": "compare"}``
+    for a ``results.json``; None for a directory no command made."""
+    p = Path(path)
+    try:
+        made = json.loads((p / OWNER).read_text())
+        if isinstance(made, dict) and "kind" in made:
+            return made
+    except (OSError, ValueError):
+        pass
+    if (p / CHECKPOINT).exists():
+        return {"kind": "run", "pipeline": None}
+    if (p / "results.json").exists():
+        return {"kind": "compare", "pipeline": None}
+    return None
+
+
+def command_of(owner: Mapping[str, str | None]) -> str:
+    """The command that makes a directory of ``owner``, e.g. ``otcl recsys compare``."""
+    verb = "train" if owner.get("kind") == "run" else "compare"
+    pipeline = owner.get("pipeline")
+    return f"otcl {pipeline} {verb}" if pipeline else f"otcl ... {verb}"
+
+
+def _what(owner: Mapping[str, str | None]) -> str:
+    pipeline = owner.get("pipeline")
+    of = f" of the {pipeline} pipeline" if pipeline else ""
+    what = "a training run" if owner.get("kind") == "run" else "a comparison"
+    return f"{what}{of} (made by `{command_of(owner)}`)"
+
+
+def check_owner(path: str | os.PathLike[str], owner: Mapping[str, str | None]) -> None:
+    """Refuse a directory that another command made (see :func:`read_owner`): a comparison
+    into a run, a run into a comparison, one pipeline's output into another's.
+
+    Raises:
+        ValueError: one line naming the directory, what it holds and the command that made it.
+    """
+    made = read_owner(path)
+    if made is None:
+        return
+    same_kind = made.get("kind") == owner.get("kind")
+    mine, theirs = owner.get("pipeline"), made.get("pipeline")
+    if same_kind and (mine is None or theirs is None or mine == theirs):
+        return
+    raise ValueError(
+        f"out: {str(path)!r} holds {_what(made)}; `{command_of(owner)}` does not write into "
+        "it: choose another --out"
+    )
+
+
+def write_owner(path: str | os.PathLike[str], owner: Mapping[str, str | None]) -> None:
+    """Record ``owner`` in ``path/owner.json`` (once: an existing record stays)."""
+    p = Path(path) / OWNER
+    if not p.exists():
+        atomic_write_text(p, json.dumps(dict(owner)) + "\n")
 
 
 def prepare_run_dir(path: str | os.PathLike[str]) -> Path:
@@ -74,6 +142,11 @@ def check_start(run_dir: Path, resume: bool) -> Path | None:
             "or choose another --out"
         )
     if resume and not ckpt.exists():
+        if (run_dir / CONFIG).exists():  # the run started, then died before its first save
+            raise ValueError(
+                f"resume: the run in {str(run_dir)!r} stopped before its first checkpoint, so "
+                "there is nothing to resume; run the same command without --resume"
+            )
         raise ValueError(f"resume: no {CHECKPOINT} in {str(run_dir)!r} to resume from")
     return ckpt if resume else None
 

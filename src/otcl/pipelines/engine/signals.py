@@ -8,7 +8,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["DeferredSignals", "deferred_signals"]
+__all__ = ["DeferredSignals", "deferred_signals", "Terminated", "interrupt_signal"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop (which defers it to a step boundary and saves); the
+    command line raises it from its SIGTERM handler."""
+
+
+def interrupt_signal(e: BaseException) -> int:
+    """The signal a ``KeyboardInterrupt`` stands for: SIGTERM for :class:`Terminated`, else
+    SIGINT."""
+    return int(signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
 
 
 class DeferredSignals:

@@ -15,10 +15,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+
+def where(epoch: int, step: int) -> str:
+    """Where a run stopped, numbered as ``metrics.jsonl`` and the progress bar number epochs
+    (from 1): ``epoch`` epochs completed and ``step`` steps of the next one."""
+    return f"at the end of epoch {epoch}" if step == 0 else f"at epoch {epoch + 1}, step {step}"
+
+
 __all__ = [
     "TrainingInterrupted",
     "TrainingStopped",
     "TrainingDiverged",
+    "RunsInterrupted",
+    "RunFailed",
+    "PeerLost",
     "StopRequested",
     "Stops",
 ]
@@ -40,9 +50,7 @@ class TrainingInterrupted(Exception):
 
     def __init__(self, path: Path, epoch: int, step: int, signum: int = signal.SIGINT) -> None:
         name = signal.Signals(signum).name
-        super().__init__(
-            f"interrupted by {name} at epoch {epoch}, step {step}; checkpoint saved to {path}"
-        )
+        super().__init__(f"interrupted by {name} {where(epoch, step)}; checkpoint saved to {path}")
         self.path, self.epoch, self.step, self.signum = path, epoch, step, int(signum)
 
     @property
@@ -71,13 +79,54 @@ class TrainingStopped(TrainingInterrupted):
 
     def __init__(self, path: Path, epoch: int, step: int, reason: str) -> None:
         Exception.__init__(
-            self, f"stopped ({reason}) at epoch {epoch}, step {step}; checkpoint saved to {path}"
+            self, f"stopped ({reason}) {where(epoch, step)}; checkpoint saved to {path}"
         )
         self.path, self.epoch, self.step, self.signum, self.reason = path, epoch, step, 0, reason
 
     @property
     def exit_status(self) -> int:
         return 75
+
+
+class RunsInterrupted(TrainingInterrupted):
+    """A comparison's worker processes stopped at a step boundary after a signal (sent to the
+    comparison or to one of its workers); every run that was training saved its checkpoint.
+
+    Attributes:
+        runs: the run directories that were training; ``signum``: the signal.
+    """
+
+    def __init__(self, runs: list[Path], signum: int) -> None:
+        name = signal.Signals(signum).name
+        where = ", ".join(str(r) for r in runs) or "no run was training"
+        Exception.__init__(self, f"interrupted by {name}; checkpoints saved: {where}")
+        self.runs, self.signum = list(runs), int(signum)
+        self.path = Path(runs[0]) / "checkpoint.pt" if runs else Path("checkpoint.pt")
+        self.epoch, self.step = 0, 0
+
+
+class RunFailed(RuntimeError):
+    """A run of a comparison failed in its worker process (an error, or the process died);
+    the message names the run and how it ended. Exit status 1."""
+
+
+class PeerLost(RuntimeError):
+    """Under torchrun, another rank's process died during training (its connection closed).
+
+    Attributes:
+        lost: the rank lost (None where it cannot be told: more than two processes);
+        checkpoint: the last checkpoint of the run (None: none written yet); ``run_dir``.
+    """
+
+    def __init__(self, lost: int | None, run_dir: Path, checkpoint: Path | None, cause: str):
+        who = f"rank {lost}" if lost is not None else "a rank"
+        last = (
+            f"the last checkpoint is {checkpoint}"
+            if checkpoint is not None
+            else "no checkpoint was written yet"
+        )
+        super().__init__(f"lost {who} of torchrun (its process died: {cause}); {last}")
+        self.lost, self.run_dir, self.checkpoint = lost, run_dir, checkpoint
 
 
 class TrainingDiverged(RuntimeError):

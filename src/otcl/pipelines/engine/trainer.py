@@ -81,7 +81,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import checkpoint, identity, loop, optim, runtime
+from ..config import given
+from . import checkpoint, fingerprint, identity, loop, optim, runtime
 from .distributed import (
     DistributedModel,
     Session,
@@ -96,7 +97,7 @@ from .distributed import (
     wrap_model,
 )
 from .progress import stderr_line
-from .rundir import METRICS, SUMMARY, RunLock, check_start, prepare_run_dir
+from .rundir import METRICS, SUMMARY, RunLock, check_owner, check_start, prepare_run_dir
 from .runlog import RunningLoss
 from .selection import BEST, SelectionRule, Selector
 from .signals import DeferredSignals
@@ -122,6 +123,9 @@ class EpochTrainer:
         log: where progress lines go (standard error by default).
     """
 
+    #: the pipeline whose runs this trainer makes (recorded in the run's ``owner.json``: no
+    #: other command writes into the run directory, :func:`.rundir.check_owner`)
+    pipeline: str | None = None
     #: the throughput column of metrics.jsonl and summary.json: ``<unit>_per_s``
     throughput_unit: str = "samples"
     #: settings that do not change what a run is: a resume may change them, and a comparison
@@ -188,6 +192,10 @@ class EpochTrainer:
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.given_data = data
+        #: the batch size the caller asked for (None: the pipeline's preset, or a resume,
+        #: which keeps the size the run started with); see :meth:`fit_batch`
+        asked = "batch_size" in given(cfg.train)
+        self.batch_requested = cfg.train.batch_size if asked and not resume else None
         self.session = init_from_env()  # torchrun's process group (None: one process)
         self.world = 1 if self.session is None else self.session.world
         self.rank = 0 if self.session is None else self.session.rank
@@ -209,6 +217,7 @@ class EpochTrainer:
                 if self.is_main:  # a bad --out fails here, before any data is loaded
                     prepare_run_dir(self.out)
                     self._lock = RunLock(self.out)
+                    check_owner(self.out, self.owner)
             self._setup(resume, extend)
         except BaseException:
             self.close()
@@ -217,10 +226,13 @@ class EpochTrainer:
     def _setup(self, resume: bool, extend: bool) -> None:
         t = self.cfg.train
         st = None
+        #: the data's :mod:`.fingerprint` (rank 0; recorded in the checkpoint)
+        self.data_fingerprint: dict[str, str] = {}
         with agreed():  # rank 0 alone sees the run directory (it may be on its node only)
             if self.is_main:
                 ckpt = check_start(self.out, resume)
                 st = checkpoint.load_checkpoint(ckpt) if ckpt is not None else None
+                self.data_fingerprint = fingerprint.config_fingerprint(self.cfg)
                 if st is not None:
                     self._check_resume(st, extend)  # before the data loads
         st = broadcast(st)  # every rank restores rank 0's checkpoint
@@ -300,6 +312,12 @@ class EpochTrainer:
             run_dir=str(self.out),
             log=self.log,
         )
+        fingerprint.check_fingerprint(
+            st.get(fingerprint.KEY),
+            self.data_fingerprint,
+            str(self.out),
+            "train it again into a new --out",
+        )
 
     # -- hooks a pipeline overrides --------------------------------------------------------
     def resolve_config(self, cfg: Any) -> Any:
@@ -372,10 +390,33 @@ class EpochTrainer:
         return self.batch_size
 
     @property
+    def owner(self) -> dict[str, str | None]:
+        """What ``owner.json`` of this run records: a run of :attr:`pipeline`."""
+        return {"kind": "run", "pipeline": self.pipeline}
+
+    @property
     def tag(self) -> str:
         """Prefix of log lines and the progress bar."""
         loss = getattr(self.cfg, "loss", None)
         return f"{loss.name} s{self.cfg.train.seed}" if loss is not None else "train"
+
+    def fit_batch(self, n: int, what: str) -> None:
+        """Fit the batch to ``n`` training items (``what``, e.g. "training pairs") and set
+        ``steps_per_epoch``: a batch size the caller asked for that is larger is refused (it
+        is never clamped silently), a preset's is cut to ``n``.
+
+        Raises:
+            ValueError: the requested batch size exceeds ``n``, or fewer than 2 items.
+        """
+        if n < 2:
+            raise ValueError(f"data: only {n} {what}; need at least 2")
+        if self.batch_requested is not None and self.batch_size > n:
+            raise ValueError(
+                f"train.batch_size: {self.batch_size} is more than the {n} {what}; use "
+                f"--batch-size {n} or less"
+            )
+        self.batch_size = min(self.batch_size, n)
+        self.steps_per_epoch = n // self.batch_size
 
     def loss_is_global(self) -> bool:
         """Whether the loss couples the global batch (``gather_distributed``): every rank then

@@ -164,6 +164,8 @@ class MultimodalTrainer(EpochTrainer):
         log: where progress lines go (standard error by default).
     """
 
+    pipeline: str = "multimodal"
+
     cfg: MultimodalConfig
     model: MultimodalModel
     loss_fn: nn.Module
@@ -202,10 +204,7 @@ class MultimodalTrainer(EpochTrainer):
             self.loss_fn, self.cfg.objective.kind, self.cfg.loss.dmm_mix, autocast=self.autocast
         )
         n = self.data.num_train
-        self.batch_size = min(self.batch_size, n)
-        if self.batch_size < 2:
-            raise ValueError(f"train.batch_size: the dataset holds only {n} training sample(s)")
-        self.steps_per_epoch = n // self.batch_size
+        self.fit_batch(n, "training samples")
 
     def compute_loss(self, epoch: int, step: int) -> torch.Tensor:
         idx = self.batch_indices(self.data.num_train, epoch, step).to(self.device)

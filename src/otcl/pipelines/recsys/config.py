@@ -267,3 +267,12 @@ def check(cfg: RecsysConfig) -> None:
         raise ValueError("model.pop_marginal: applies only to the two-tower (in-batch negatives)")
     if m.pop_marginal is not None and m.pop_marginal < 0:
         raise ValueError(f"model.pop_marginal: expected a power >= 0, got {m.pop_marginal!r}")
+    if m.kind == "mf" and "negatives" in given(m) and m.negatives != 1:
+        raise ValueError(
+            f"model.negatives: the mf baseline (BPR) draws one negative per pair; got {m.negatives}"
+        )
+    layout = (cfg.loss.params or {}).get("layout", "cross")
+    if m.kind == "two-tower" and layout != "cross":
+        raise ValueError(
+            f"layout: the two-tower scores users against items (the cross layout); got {layout!r}"
+        )

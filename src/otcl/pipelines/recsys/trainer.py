@@ -207,6 +207,8 @@ class RecsysTrainer(EpochTrainer):
         log: where progress lines go.
     """
 
+    pipeline: str = "recsys"
+
     throughput_unit: str = "pairs"
     cfg: RecsysConfig
     model: nn.Module
@@ -268,10 +270,7 @@ class RecsysTrainer(EpochTrainer):
         self.pairs_user = torch.from_numpy(self.split.train_user).to(self.device)
         self.pairs_item = torch.from_numpy(self.split.train_item).to(self.device)
         n = len(self.pairs_user)
-        self.batch_size = min(self.batch_size, n)
-        if self.batch_size < 2:
-            raise ValueError(f"data: only {n} positive training pair(s); need at least 2")
-        self.steps_per_epoch = n // self.batch_size
+        self.fit_batch(n, "positive training pairs")
 
     def compute_loss(self, epoch: int, step: int) -> torch.Tensor:
         # the global batch on every rank (its negatives drawn as in one process); the

@@ -179,6 +179,8 @@ class SSLTrainer(EpochTrainer):
         log: where progress lines go (standard error by default).
     """
 
+    pipeline: str = "ssl"
+
     throughput_unit: str = "views"
     outputs: tuple[str, ...] = (METRICS, SUMMARY, "eval.json")
     volatile: tuple[str, ...] = (
