@@ -109,12 +109,15 @@ class LossConfig(Section):
     """A named otcl loss and its parameters (``otcl.losses.build(name, **params)``).
 
     ``dmm_mix`` (for ``dmm``): ``"input"`` re-encodes mixed inputs through the loss's
-    ``prepare_inputs`` hook, ``"embedding"`` mixes embeddings.
+    ``prepare_inputs`` hook, ``"embedding"`` mixes embeddings. ``memory_bank``: K > 0 keeps the
+    last K embeddings of earlier steps as extra negatives (:class:`otcl.losses.MemoryBank`,
+    saved in the checkpoint); 0: none. Pipelines whose step takes no extra negatives refuse it.
     """
 
     name: str = "infonce"
     params: dict[str, Any] = field(default_factory=dict)
     dmm_mix: str = "input"
+    memory_bank: int = 0
 
 
 @dataclass

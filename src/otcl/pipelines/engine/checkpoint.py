@@ -8,7 +8,7 @@ nothing in a file runs code, and a damaged file is one error line. NaN/inf weigh
 written (the trainer checks first) and never loaded (:func:`check_finite_weights`).
 
 A run's state (:func:`run_state`) holds the model, optimizer,
-scheduler, AMP scaler and loss states, the epoch and step, the running loss of the current
+scheduler, AMP scaler and loss states (and the memory bank's queue with ``loss.memory_bank``), the epoch and step, the running loss of the current
 epoch, every RNG state (under ``torchrun``: every rank's) and ``done``.
 """
 
@@ -232,13 +232,16 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 # the trainer imports this module).
 def _parts(tr: Any) -> dict[str, Any]:
     """The parts of a trainer whose ``state_dict`` a checkpoint holds, under their keys."""
-    return {
+    parts = {
         "model": tr.model,
         "optimizer": tr.optimizer,
         "scheduler": tr.scheduler,
         "scaler": tr.scaler,
         "loss": tr.loss_fn,
     }
+    if getattr(tr, "memory_bank", None) is not None:  # loss.memory_bank: the queue
+        parts["memory_bank"] = tr.memory_bank
+    return parts
 
 
 def run_state(tr: Any) -> dict[str, Any]:

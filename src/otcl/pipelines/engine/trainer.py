@@ -92,6 +92,7 @@ from .distributed import (
     sync_batchnorm,
     wrap_model,
 )
+from .memory import build_bank, check_memory_bank
 from .progress import stderr_line
 from .rundir import METRICS, SUMMARY, RunLock, check_start, prepare_run_dir
 from .runlog import RunningLoss
@@ -138,6 +139,11 @@ class EpochTrainer:
     _dm: DistributedModel | None = None
     _signals: DeferredSignals | None = None
     _order_cache: tuple[tuple[int, int], torch.Tensor] | None = None
+    #: whether the step passes :meth:`bank_negatives` to its loss (``loss.memory_bank``)
+    supports_memory_bank: bool = False
+    #: the queue of ``loss.memory_bank`` (None without one; in the checkpoint)
+    memory_bank: Any = None
+    _enqueue: torch.Tensor | None = None
 
     def __init__(
         self,
@@ -208,6 +214,16 @@ class EpochTrainer:
             self._shard_batch()
             self._loss_global = self.world > 1 and self.loss_is_global()
             self.loss_scale = self.world if self._loss_global else 1
+            size = getattr(getattr(self.cfg, "loss", None), "memory_bank", 0)
+            if size:
+                self.memory_bank = build_bank(
+                    self.loss_fn,
+                    self.cfg.loss.name,
+                    size,
+                    self.embedding_dim(),
+                    self.world,
+                    self.device,
+                )
             if self.session is not None:
                 self.model = sync_batchnorm(self.model, self.device, self.world, self.log, self.tag)
         self.forward_model: Any = self.model
@@ -274,6 +290,7 @@ class EpochTrainer:
         loss = getattr(self.cfg, "loss", None)
         if loss is not None and loss.dmm_mix not in ("input", "embedding"):
             raise ValueError(f"loss.dmm_mix: expected input or embedding, got {loss.dmm_mix!r}")
+        check_memory_bank(self.cfg, self.supports_memory_bank, type(self).__name__)
 
     def default_out(self) -> str:
         """The run directory when neither ``out`` nor ``train.out`` is given."""
@@ -315,6 +332,10 @@ class EpochTrainer:
     def summarize(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Fields of ``summary.json`` (``summary`` holds the generic ones)."""
         return summary
+
+    def embedding_dim(self) -> int:
+        """The width of the embeddings a step enqueues (with :attr:`supports_memory_bank`)."""
+        raise NotImplementedError(f"{type(self).__name__}.embedding_dim")
 
     def items_per_step(self) -> int:
         """Items per step for the throughput column (default: the batch size)."""
@@ -380,6 +401,20 @@ class EpochTrainer:
             self._order_cache = order
         return order[1][step * self.batch_size : (step + 1) * self.batch_size]
 
+    def bank_negatives(self) -> torch.Tensor | None:
+        """The ``negatives=`` of this step from ``loss.memory_bank`` (K, d), oldest first;
+        None without a bank or while it is empty. Under torchrun a loss that gathers the global
+        batch gets this rank's share of the queue (it gathers the others' itself)."""
+        if self.memory_bank is None:
+            return None
+        return self.memory_bank(share=self._loss_global)
+
+    def enqueue(self, z: torch.Tensor) -> None:
+        """Hand this step's embeddings (B, d) to the bank: stored (detached) after the
+        optimizer step, so they are negatives from the next step on. A no-op without a bank."""
+        if self.memory_bank is not None:
+            self._enqueue = z.detach()
+
     def step_generator(self, tag: str, device: torch.device | str | None = None) -> torch.Generator:
         """A generator seeded by ``(seed, tag, global step)`` on ``device`` (default: the run's)."""
         dev = device if device is not None else self.device
@@ -407,6 +442,9 @@ class EpochTrainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self._enqueue is not None:
+            self.memory_bank.update(self._enqueue)
+            self._enqueue = None
 
     # -- checkpoints -----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
