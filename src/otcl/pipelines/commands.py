@@ -46,6 +46,7 @@ COMMON_FLAGS: tuple[tuple[str, str], ...] = (
     ("amp", "train.amp"),
     ("compile", "train.compile"),
     ("deterministic", "train.deterministic"),
+    ("log", "train.log"),
 )
 
 
@@ -91,6 +92,12 @@ def add_run_options(
         "--deterministic", action="store_true", default=None, help="deterministic algorithms"
     )
     g.add_argument("--no-progress", action="store_true", default=None, help="no progress bars")
+    g.add_argument(
+        "--log",
+        choices=("none", "tensorboard"),
+        help="also log metrics.jsonl's scalars to TensorBoard, in RUN/tb "
+        "(needs pip install 'otcl[tensorboard]')",
+    )
     g.add_argument(
         "--set",
         action="append",

@@ -158,6 +158,7 @@ class TrainConfig(Section):
     out: str | None = None
     max_steps_per_epoch: int | None = None  # truncate epochs (smoke tests)
     threads: int | None = None
+    log: str = "none"  # "none" | "tensorboard": metrics.jsonl's scalars also in <run>/tb
 
 
 # -- dataclass <-> plain dict --------------------------------------------------------------

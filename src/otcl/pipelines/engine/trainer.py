@@ -92,6 +92,7 @@ from .distributed import (
     sync_batchnorm,
     wrap_model,
 )
+from .loggers import ScalarLogger, check_log
 from .memory import build_bank, check_memory_bank
 from .progress import stderr_line
 from .rundir import METRICS, SUMMARY, RunLock, check_start, prepare_run_dir
@@ -144,6 +145,8 @@ class EpochTrainer:
     #: the queue of ``loss.memory_bank`` (None without one; in the checkpoint)
     memory_bank: Any = None
     _enqueue: torch.Tensor | None = None
+    #: where :meth:`fit` sends each epoch's scalars besides metrics.jsonl (``train.log``)
+    scalar_logger: ScalarLogger = ScalarLogger()
 
     def __init__(
         self,
@@ -291,6 +294,7 @@ class EpochTrainer:
         if loss is not None and loss.dmm_mix not in ("input", "embedding"):
             raise ValueError(f"loss.dmm_mix: expected input or embedding, got {loss.dmm_mix!r}")
         check_memory_bank(self.cfg, self.supports_memory_bank, type(self).__name__)
+        check_log(self.cfg.train.log)
 
     def default_out(self) -> str:
         """The run directory when neither ``out`` nor ``train.out`` is given."""
