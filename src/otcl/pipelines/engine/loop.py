@@ -70,7 +70,7 @@ def run_epochs(tr: Any) -> dict[str, Any]:
         if tr.is_main:
             if not tr.resumed and tr.global_step == 0:  # a run killed before its checkpoint
                 runlog.clear_stale(tr.out, tr.outputs, tr.log)
-            save_config(tr.cfg, tr.out / CONFIG)
+            save_config(tr.config_to_save(), tr.out / CONFIG, tr.derived())
             tr.scalar_logger = open_logger(getattr(t, "log", "none"), tr.out, tr.epoch)
     try:
         return _run(tr, epochs)

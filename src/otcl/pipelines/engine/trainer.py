@@ -385,6 +385,30 @@ class EpochTrainer:
             self.model, self.cfg.optim, self.batch_size, self.device, self.log
         )
 
+    def config_to_save(self) -> Any:
+        """The config written to ``config.yaml`` (default: the run's). A pipeline whose settings
+        may be rules (None: "computed from the others") writes the values that run instead;
+        the checkpoint keeps the config itself."""
+        return self.cfg
+
+    def derived(self) -> dict[str, Any]:
+        """Values that follow from the settings, recorded under ``derived:`` in ``config.yaml``
+        for the reader: the learning rate the optimizer runs at and its rule, the batch it
+        applies to, and DMM's margin, ramp offset and weight when the loss holds a DMM (a
+        pipeline adds its own with ``super()``)."""
+        out: dict[str, Any] = {
+            "effective_lr": optim.effective_lr(self.cfg.optim, self.batch_size),
+            "lr_rule": optim.LR_RULE,
+            "batch_size": self.batch_size,
+        }
+        from ...losses import DMM
+
+        loss = self.loss_fn if isinstance(self.loss_fn, nn.Module) else None
+        dmm = next((m for m in loss.modules() if isinstance(m, DMM)), None) if loss else None
+        if dmm is not None:  # the margin and ramp DMM runs with, defaults included
+            out["dmm"] = {"margin": dmm.margin, "warmup": dmm.warmup, "weight": dmm.weight}
+        return out
+
     def lr_factor(self, step: int) -> float:
         """Multiplier of the base learning rate at global step ``step`` (warm-up, cosine)."""
         return optim.lr_factor(self.cfg.optim, step, self.steps_per_epoch, self.total_steps)

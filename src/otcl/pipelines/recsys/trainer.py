@@ -18,6 +18,7 @@ Metrics land in ``metrics.jsonl`` (every ``eval.every`` epochs and at the end) a
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,18 @@ class RecsysTrainer(EpochTrainer):
         if self.batch_size < 2:
             raise ValueError(f"data: only {n} positive training pair(s); need at least 2")
         self.steps_per_epoch = n // self.batch_size
+
+    def config_to_save(self) -> RecsysConfig:
+        """``config.yaml`` gives DMM's margin and ramp offset as the values the loss runs with
+        (``dmm.margin`` / ``dmm.warmup`` None are rules: the model's margin, 0.15 x epochs)."""
+        from ...losses import DMM
+
+        cfg = self.cfg
+        dmm = next((m for m in self.loss_fn.modules() if isinstance(m, DMM)), None)
+        if cfg.dmm.enabled and dmm is not None:
+            cfg = copy.deepcopy(cfg)
+            cfg.dmm.margin, cfg.dmm.warmup = float(dmm.margin), float(dmm.warmup)
+        return cfg
 
     def compute_loss(self, epoch: int, step: int) -> torch.Tensor:
         # the global batch on every rank (its negatives drawn as in one process); the
