@@ -314,10 +314,10 @@ def _plot_curves(plt: Any, names: list[str], runs: list[dict[str, Any]], seeds: 
                 )
     integer_epochs(knn_ax)
     knn_ax.set_ylabel("kNN accuracy (%)")
-    knn_ax.set_title(f"kNN accuracy during training ({spread_caption(seeds)})", fontsize=10)
+    knn_ax.set_title(f"kNN accuracy during training, {spread_caption(seeds)}", fontsize=10)
     if any_knn:
         legend_outside(knn_ax)
-    fig.suptitle(f"training loss per method ({spread_caption(seeds)})", fontsize=10)
+    fig.suptitle(f"training loss per method, {spread_caption(seeds)}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
