@@ -13,7 +13,10 @@ One run (``--budget-s``, default 540 s: it fits a 10-minute slot of a shared GPU
 4. ``multigpu`` -- the multi-GPU check on one GPU: the global-batch losses under ``torchrun``
    (NCCL) with 1 and 2 ranks, and a world-size-1 ``torchrun`` training next to the
    single-process one.
-5. ``accuracy`` -- the rest of the budget: the CIFAR-10 protocol (``gpu_accuracy.py``), resumed
+5. ``streaming`` -- ``streaming.py`` on CUDA at N = 8192, 32768 and 65,536 pairs (the simclr
+   layout: up to 131,072 x 131,072 scores), d = 128: dense vs streaming gca-uot and InfoNCE,
+   peak memory, time, passes and time per pass (the dense path where it fits).
+6. ``accuracy`` -- the rest of the budget: the CIFAR-10 protocol (``gpu_accuracy.py``), resumed
    from ``--resume-from`` and continued in ``$OUT/state`` (the next run resumes from it).
 
 Each section has a time budget (``--section-budget NAME=SECONDS``) and is stopped cleanly when
@@ -61,10 +64,10 @@ sys.path.insert(0, str(BENCH))
 import _children  # noqa: E402
 import gpu_accuracy  # noqa: E402
 
-SECTIONS = ("loss", "train", "syncs", "multigpu", "accuracy")
+SECTIONS = ("loss", "train", "syncs", "multigpu", "streaming", "accuracy")
 #: seconds per section on a GPU (caps: a section that finishes early leaves its time)
-BUDGETS = {"loss": 100.0, "train": 200.0, "syncs": 40.0, "multigpu": 60.0}
-DRY_BUDGETS = {"loss": 60.0, "train": 60.0, "syncs": 60.0, "multigpu": 60.0}
+BUDGETS = {"loss": 100.0, "train": 200.0, "syncs": 40.0, "multigpu": 60.0, "streaming": 90.0}
+DRY_BUDGETS = {"loss": 60.0, "train": 60.0, "syncs": 60.0, "multigpu": 60.0, "streaming": 60.0}
 ACCURACY_MIN_S = {"gpu": 60.0, "dry": 5.0}
 PACK_RESERVE_S = 10.0
 DATA_DEFAULT = ROOT / ".data" / "cifar10-jpeg.tar.gz"
@@ -164,7 +167,7 @@ class Suite:
         return {"status": status, "seconds": time.time() - t0, "rc": rc, "log": f"{name}.log"}
 
     def start_data_prep(self) -> None:
-        """Decode the dataset once into the cache, in the background (sections 2-5 wait)."""
+        """Decode the dataset once into the cache, in the background (the sections that train wait)."""
         if not Path(self.data).exists():
             return
         self.prep_t0 = time.time()
@@ -417,6 +420,22 @@ def section_multigpu(s: Suite, budget: float) -> dict[str, Any]:
     return entry
 
 
+def section_streaming(s: Suite, budget: float) -> dict[str, Any]:
+    js, md = s.work / "streaming.json", s.work / "streaming.md"
+    cmd = [sys.executable, str(BENCH / "streaming.py"), "--json", str(js), "--out", str(md)]
+    cmd += ["--losses", "gca-uot", "--dim", "128", "--iters", "10"]
+    if s.dry:
+        cmd += ["--device", "cpu", "--threads", "1", "--sizes", "32", "--tile", "16"]
+        cmd += ["--repeats", "1", "--in-process"]
+    else:
+        cmd += ["--device", "cuda", "--sizes", "8192,32768,65536", "--tile", "4096"]
+        cmd += ["--repeats", "3", "--repeats-above", "32768", "--dense-max-gib", "60"]
+    entry = s.run("streaming", cmd, budget)
+    entry["result"] = _read_json(js)
+    entry["markdown"] = _section_body(md)
+    return entry
+
+
 def section_accuracy(s: Suite, budget: float) -> dict[str, Any]:
     t0 = time.time()
     why = s.wait_data(budget)
@@ -502,6 +521,9 @@ def finding_lines(summary: dict[str, Any], level: str = "##") -> list[str]:
                 + (f" ({ratio:.3f}x)" if ratio else "")
                 + f"; backend named in the log: {', '.join(tr.get('backend_seen') or []) or '-'}"
             )
+    stream = (secs.get("streaming") or {}).get("result") or {}
+    if stream.get("targets"):
+        lines += ["", f"{level} Streaming OT losses", "", *stream["targets"]]
     acc = secs.get("accuracy") or {}
     conc = acc.get("concurrency") or {}
     if conc.get("levels"):
@@ -555,7 +577,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME=SECONDS",
-        help="override a section's budget (loss, train, syncs, multigpu)",
+        help="override a section's budget (loss, train, syncs, multigpu, streaming)",
     )
     p.add_argument("--resume-from", help="the state folder of the previous run (.gpu-state)")
     p.add_argument("--data", default=str(DATA_DEFAULT), help="CIFAR-10 ImageFolder .tar.gz")
@@ -600,6 +622,7 @@ def main(argv=None) -> int:
         "train": section_train,
         "syncs": section_syncs,
         "multigpu": section_multigpu,
+        "streaming": section_streaming,
     }
     fixed = [name for name in SECTIONS[:-1] if name in args.wanted]
     if s.dry:  # CPU only: the sections at once (on a GPU they share it: one by one)

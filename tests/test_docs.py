@@ -218,3 +218,15 @@ def test_docs_defaults_match_the_code(name, key, value):
         assert float(got) == pytest.approx(value), (name, key, got, value)
     else:
         assert got == value, (name, key, got, value)
+
+
+def test_losses_doc_python_examples_run():
+    """The self-contained Python blocks of docs/losses.md (those that import what they use, e.g.
+    the domain target for your own domains) run."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "losses.md").read_text(), re.S)
+    blocks = [b for b in blocks if b.startswith("import ")]
+    assert blocks
+    for code in blocks:
+        namespace: dict = {}
+        exec(compile(code, "docs/losses.md", "exec"), namespace)
+    assert namespace["value"].ndim == 0 and bool(namespace["value"].isfinite())

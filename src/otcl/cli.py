@@ -36,7 +36,7 @@ __all__ = ["main", "build_parser", "PIPELINES"]
 
 #: the pipelines of the command line (registered specs, :func:`otcl.pipelines.spec.get`); the
 #: first one also has the short forms ``otcl train | eval | compare``
-PIPELINES: tuple[str, ...] = ("ssl", "multimodal", "recsys")
+PIPELINES: tuple[str, ...] = ("ssl", "multimodal", "recsys", "domains")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,8 +65,8 @@ def test_dry_run_writes_every_section_in_at_most_eight_files(calls):
         assert len(rel.parts) <= 2 and all(re.fullmatch(r"[\w.-]+", s) for s in rel.parts)
     summary = json.loads((out / "summary.json").read_text())
     secs = summary["sections"]
-    assert list(secs) == ["loss", "train", "syncs", "multigpu", "accuracy"]
-    for name in ("loss", "train", "syncs", "accuracy"):
+    assert list(secs) == ["loss", "train", "syncs", "multigpu", "streaming", "accuracy"]
+    for name in ("loss", "train", "syncs", "streaming", "accuracy"):
         assert secs[name]["status"] == "ok", (name, secs[name]["status"])
     mg = secs["multigpu"]
     assert mg["status"] == "losses, 1 rank(s): ok; training: ok"  # otcl train under torchrun
@@ -90,6 +90,15 @@ def test_dry_run_writes_every_section_in_at_most_eight_files(calls):
     assert "error" in syncs["losses"][0]["explain"] or syncs["losses"][0]["explain"]["graphs"]
     assert syncs["trainer"]["encoder"]["breaks"] == 0  # the compiled part: one graph
     assert "gca-uot" in syncs["trainer"]["step_host_reads"]
+    stream = secs["streaming"]["result"]["results"]["32"]
+    assert set(stream) == {
+        "infonce:dense",
+        "gca-uot:dense",
+        "infonce:streaming",
+        "gca-uot:streaming",
+    }
+    assert stream["gca-uot:streaming"]["passes"]["score"] == 22  # 10 iterations: 11 + 11
+    assert "<!--" not in secs["streaming"]["markdown"] and "| 32 |" in secs["streaming"]["markdown"]
     conc = secs["accuracy"]["concurrency"]
     assert set(conc["levels"]) == {"1", "2"} and conc["procs"] in (1, 2)
     assert (out / "summary.md").read_text().startswith("# GPU suite")

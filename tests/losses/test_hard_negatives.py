@@ -466,7 +466,7 @@ def test_dot_similarity_cost_on_raw_embeddings(make_pairs):
     z1, z2 = make_pairs(noise=0.7, seed=17)
     loss = OTHard(0.5, similarity="dot", eps=5.0, iters=500, tol=1e-12)
     x, y = otcl.ot.layout_embeddings(z1, z2, "simclr")
-    sim = loss.geometry(z1, z2).sim
+    sim = loss.pair_geometry(z1, z2).sim
     torch.testing.assert_close(loss.cost_matrix(sim, x, y), torch.cdist(x, y) ** 2)
     out = loss.coupling(z1, z2)
     n = out.plan.shape[0]

@@ -62,7 +62,7 @@ def test_labels_never_make_an_extra_candidate_positive(make_pairs):
     extra = torch.randn(2, 3, dtype=z1.dtype)
     labels = torch.tensor([0, 1, 0, 1])
     loss = build("gca-ince", layout="cross", symmetric=False)
-    geo = loss.geometry(z1, z2, extra)
+    geo = loss.pair_geometry(z1, z2, extra)
     tgt, _ = otcl.losses.targets.prepare_target(geo, labels, None, z1.dtype)
     assert tgt.shape == (4, 6) and (tgt[:, 4:] == 0).all()
     torch.testing.assert_close(tgt.sum(-1), torch.ones(4, dtype=z1.dtype))

@@ -78,7 +78,7 @@ def test_rince_beyond_float32_is_the_scaled_value_with_the_same_direction():
         g_got.double(), scale * g_ref, rtol=1e-3, atol=1e-6 * scale * float(g_ref.abs().max())
     )
     # and the scale is the documented constant e^{-(c* - 60)}
-    geo = loss64.geometry(z1.detach(), z2.detach())
+    geo = loss64.pair_geometry(z1.detach(), z2.detach())
     s = geo.scores
     q = loss64.q
     top = max(

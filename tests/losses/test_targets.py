@@ -68,6 +68,80 @@ def test_bad_target_and_labels_raise_value_error(make_pairs):
         loss(z1, z2, labels=torch.arange(6), target=torch.ones(12, 12))
 
 
+# -- domain blocks -------------------------------------------------------------------------
+def _domain_reference(dom, W, layout, scale):
+    """P_tgt by loops over (i, j): I + W[D_i, D_j] per pair (pair) or per block mass (block)."""
+    n_pairs = len(dom)
+    d = list(dom) * 2 if layout == "simclr" else list(dom)
+    n = len(d)
+    pos = [(i + n_pairs) % n for i in range(n)] if layout == "simclr" else list(range(n))
+    t = torch.zeros(n, n, dtype=torch.float64)
+    for i in range(n):
+        t[i, pos[i]] += 1.0
+        cands = [j for j in range(n) if not (layout == "simclr" and j == i)]
+        if scale == "block":
+            cands = [j for j in cands if j != pos[i]]
+        for j in cands:
+            members = sum(1 for k in cands if d[k] == d[j])
+            t[i, j] += W[d[i]][d[j]] / (members if scale == "block" else 1)
+    return t / t.sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("layout", ["simclr", "cross"])
+@pytest.mark.parametrize("scale", ["pair", "block"])
+def test_domain_target_matches_the_loop_reference(layout, scale):
+    dom = [0, 2, 1, 0, 2, 2, 1]
+    W = [[0.4, 0.1, 0.1], [0.1, 0.4, 0.1], [0.1, 0.1, 0.4]]
+    got = domain_target(torch.tensor(dom), 0.4, 0.1, layout, scale=scale).double()
+    torch.testing.assert_close(got, _domain_reference(dom, W, layout, scale))
+    # an asymmetric (D, D) matrix of block weights
+    B = [[0.0, 0.3, 0.0], [0.2, 0.5, 0.0], [1.0, 0.0, 0.1]]
+    got = domain_target(torch.tensor(dom), layout=layout, blocks=torch.tensor(B), scale=scale)
+    torch.testing.assert_close(got.double(), _domain_reference(dom, B, layout, scale))
+
+
+def test_domain_target_block_scale_is_batch_size_free():
+    t0 = domain_target(torch.tensor([0, 1, 0, 1]), 0.0, 0.0, scale="block")
+    torch.testing.assert_close(t0, otcl.losses.identity_target(4))  # alpha = beta = 0
+    for n in (8, 16, 64):  # every block of row 0 has members
+        dom = torch.arange(n) % 4
+        t = domain_target(dom, alpha=0.5, beta=0.25, scale="block")
+        same = (dom.repeat(2)[:, None] == dom.repeat(2)[None, :]).float()
+        pos = otcl.ot.geometry.positive_index(n, "simclr")
+        row0 = t[0] * 2.25  # 1 (positive) + 0.5 (own block) + 3 x 0.25 (other blocks)
+        assert float(row0[pos[0]]) == pytest.approx(1.0)
+        assert float((row0 * same[0]).sum() - row0[pos[0]]) == pytest.approx(0.5)
+        assert float((row0 * (1 - same[0])).sum()) == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"alpha": -0.1}, r"alpha: expected a finite number >= 0, got -0.1"),
+        ({"beta": float("nan")}, r"beta: expected a finite number >= 0, got nan"),
+        ({"alpha": "x"}, r"alpha: expected a number >= 0"),
+        ({"num_domains": 2}, r"domains: expected ids in \[0, 2\) for a target of 2 domains"),
+        ({"blocks": torch.ones(2, 2)}, r"domains: expected ids in \[0, 2\)"),
+        ({"blocks": torch.ones(3, 2)}, r"blocks: expected a \(D, D\) tensor"),
+        ({"blocks": -torch.ones(3, 3)}, r"blocks: expected finite weights >= 0"),
+        ({"blocks": torch.ones(3, 3), "alpha": 0.1}, r"blocks: expected either alpha/beta"),
+        ({"blocks": torch.ones(3, 3), "num_domains": 4}, r"num_domains: 4 does not match"),
+        ({"num_domains": 0}, r"num_domains: expected an integer >= 1"),
+        ({"scale": "row"}, r"scale"),
+    ],
+)
+def test_domain_target_bad_values_name_the_argument(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        domain_target(torch.tensor([0, 1, 2, 2]), **kwargs)
+
+
+def test_domain_target_bad_domains():
+    with pytest.raises(ValueError, match="domains: expected a 1-D tensor of integer domain ids"):
+        domain_target(torch.tensor([0.0, 1.0]), 0.1, 0.0)
+    with pytest.raises(ValueError, match=r"domains: expected ids in \[0, 3\).*got ids -1..2"):
+        domain_target(torch.tensor([-1, 2]), 0.1, 0.0, num_domains=3)
+
+
 @pytest.mark.parametrize("name", ["dcl", "hcl", "ot-hard", "infonce", "gca-uot"])
 @pytest.mark.parametrize(
     "labels,got",

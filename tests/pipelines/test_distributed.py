@@ -6,10 +6,11 @@ Two real ``torchrun`` launches are shared by the module (about 30 s on 2 free co
   localhost): ``otcl train`` that rank 1 interrupts by sending SIGINT to its own
   agent during global step 4 -- only rank 1 receives the signal, rank 0 must learn it from the
   stop flag;
-* **B**, one node (``--nproc-per-node 2``), eight commands in one process group: the resume of
+* **B**, one node (``--nproc-per-node 2``), nine commands in one process group: the resume of
   A, the same run from scratch, a batch that does not split over 2 processes,
   ``otcl multimodal train``, ``otcl recsys train`` for CML + DMM and for the two-tower
-  (gca-uot + DMM, extra negatives, ID dropout), and ``otcl compare`` twice (the second reuses).
+  (gca-uot + DMM, extra negatives, ID dropout), ``otcl compare`` twice (the second reuses),
+  and the image run with the streaming geometry (``--loss-param geometry=streaming``).
 
 The image runs use DMM over gca-uot with input-space mixing (the global-batch Sinkhorn, the
 per-step augmentation draws, DMM's lambda and partners from the global batch, two DDP forwards
@@ -63,6 +64,7 @@ COMPARE = [
     "--set", "eval.linear_epochs=2",
 ]  # fmt: skip
 TWO_TOWER = ["--model", "two-tower", "--loss", "gca-uot", "--negatives", "4"]
+STREAMING = ["--loss-param", "geometry=streaming", "--loss-param", "tile_size=16"]
 MULTIMODAL = [
     "multimodal", "train", "--no-progress", "--epochs", "1", "--batch-size", "64",
     "--set", "train.max_steps_per_epoch=3", "--set", "train.deterministic=true",
@@ -143,6 +145,7 @@ def runs(tmp_path_factory):
             [*RECSYS, *TWO_TOWER, "--data-dir", ml, "--out", str(tmp / "b" / "tt")],
             [*COMPARE, "--out", str(tmp / "b" / "cmp")],
             [*COMPARE, "--out", str(tmp / "b" / "cmp")],
+            [*IMAGE, *STREAMING, "--out", str(tmp / "b" / "stream")],
         ],
         nnodes=1,
     )
@@ -168,6 +171,15 @@ def test_two_processes_train_like_one_process(runs, tmp_path):
     two = [r["loss"] for r in read_jsonl(full / "metrics.jsonl")]
     one = [r["loss"] for r in read_jsonl(tmp_path / "one" / "metrics.jsonl")]
     assert two == pytest.approx(one, rel=1e-6)  # the global loss, logged by rank 0
+
+
+def test_streaming_geometry_under_two_processes(runs, tmp_path):
+    """``--loss-param geometry=streaming`` under torchrun (DMM over a streamed gca-uot, each rank
+    its rows against the global columns, tile by tile) trains as the dense loss in one process."""
+    assert [r[8]["rc"] for r in runs["b"]] == [0, 0], runs["b"][0][8]["stderr"][-2000:]
+    stream = runs["tmp"] / "b" / "stream"
+    ref = _one_process(IMAGE, tmp_path / "one")
+    assert _max_diff(load_checkpoint(stream)["model"], ref) < TOL
 
 
 def test_rank_zero_alone_writes_logs_and_prints(runs):

@@ -40,6 +40,13 @@ from ..ot.sinkhorn import BACKWARDS, DOMAINS, GRAD_MODES, Sinkhorn, SinkhornOutp
 from . import divergences
 from .contrastive import ContrastiveLoss
 from .divergences import RowView
+from .geometry_choice import (
+    DEFAULT_MEMORY_BUDGET,
+    GEOMETRIES,
+    STREAMS,
+    batch_tile_rows,
+    check_memory_budget,
+)
 from .params import (
     CROSS,
     SIMCLR,
@@ -52,6 +59,7 @@ from .params import (
     param,
 )
 from .registry import register
+from .streaming import solve_direction, streaming_forward, streaming_pair_scores
 from .targets import prepare_target
 
 __all__ = ["OTContrastiveLoss", "DIVERGENCES"]
@@ -139,6 +147,15 @@ class OTContrastiveLoss(ContrastiveLoss):
             batch: every rank gathers the others' embeddings (with gradients) as columns and
             keeps its own rows (:mod:`otcl.ot.distributed`); the value is the global loss and
             each rank's embeddings get its exact gradient (False: each rank's local batch).
+        geometry: ``"dense"`` (default: the n x m scores are stored), ``"streaming"`` (only the
+            embeddings are stored; every pass recomputes tiles of ``tile_size`` rows: the same
+            value and gradient in O(N d + tile_size m) memory, :mod:`otcl.ot.streaming`) or
+            ``"auto"`` (streams when the dense matrices would pass ``memory_budget``); see
+            :mod:`otcl.losses.geometry_choice`.
+        tile_size: rows per tile of the streaming geometry (None: the largest tile that fits
+            ``memory_budget``).
+        memory_budget: bytes (2 GiB): the working memory of a streamed tile, and the dense
+            size above which ``"auto"`` streams.
 
     Call:
         ``loss(z1, z2, labels=None, target=None, *, negatives=None) -> scalar``, with ``z1``,
@@ -173,6 +190,11 @@ class OTContrastiveLoss(ContrastiveLoss):
     clip_min: float | None = param(default=None, check=optional(number))
     check_inputs: bool = param(default=True, check=check_bool)
     gather_distributed: bool = param(default=False, check=check_bool)
+    geometry: str = param(default="dense", check=choice(GEOMETRIES))
+    tile_size: int | None = param(default=None, check=optional(int_at_least(1)), applies=STREAMS)
+    memory_budget: float = param(
+        default=DEFAULT_MEMORY_BUDGET, check=check_memory_budget, applies=STREAMS
+    )
 
     # -- parameters ------------------------------------------------------------------------
     def configure(self) -> None:
@@ -180,6 +202,52 @@ class OTContrastiveLoss(ContrastiveLoss):
             self.rho = None
         elif self.rho is None:
             raise ValueError("rho: constraint='unbalanced' needs rho > 0, got None")
+        if self.geometry != "dense":
+            self._check_streams()
+
+    def _check_streams(self) -> None:
+        """Refuse, in one line, an option the streaming geometry cannot serve."""
+        how = f"geometry={self.geometry!r}"
+        if self.layout == "simclr" and self.self_pair == "max_cost":
+            raise ValueError(
+                f"self_pair: {how} cannot serve self_pair='max_cost' (the self-pair's score is "
+                "the batch's lowest, a reduction over every tile before the first); use "
+                "self_pair='mask' or geometry='dense'"
+            )
+        iterative = self.constraint in ("balanced", "unbalanced")
+        if iterative and self.grad == "unrolled" and self.backward == "autograd":
+            raise ValueError(
+                f"backward: {how} cannot serve backward='autograd' (autograd through the "
+                "iterations keeps every iteration's n x m matrices); use backward='fused'"
+            )
+        if self.streaming_terms() is None:
+            raise ValueError(
+                f"geometry: {type(self).__name__} cannot stream: it overrides the loss terms "
+                f"(divergence_value / extra_terms) without a streamed form (streaming_terms); "
+                "use geometry='dense'"
+            )
+
+    def streaming_terms(self) -> dict[str, float] | None:
+        """The weights of this loss's terms on a streaming geometry (:mod:`otcl.losses.streaming`:
+        ``"ce"``, ``"rince"``, ``"uniformity"``), or None if a subclass changed the terms
+        without saying how they stream."""
+        if not self._terms_from(OTContrastiveLoss):
+            return None
+        return {self.divergence: 1.0}
+
+    def _terms_from(self, owner: type) -> bool:
+        """Whether the term hooks are ``owner``'s (the class whose streaming_terms applies)."""
+        cls = type(self)
+        return all(
+            getattr(cls, hook) is getattr(owner, hook)
+            for hook in ("divergence_value", "extra_terms")
+        )
+
+    def tile_rows(self, z1: torch.Tensor, negatives: torch.Tensor | None) -> int | None:
+        """Rows per tile of this batch on the streaming geometry, or None for the dense path
+        (``geometry="dense"``, or ``"auto"`` under the memory budget)."""
+        shard = self.shard() if self.geometry != "dense" else None
+        return batch_tile_rows(self, z1, negatives, 1 if shard is None else shard.world)
 
     @classmethod
     def uses_rince(cls, settings: Mapping[str, Any]) -> bool:
@@ -210,7 +278,7 @@ class OTContrastiveLoss(ContrastiveLoss):
             check_values=self.check_inputs,  # the scores come from checked (or trusted) inputs
         )
 
-    def geometry(
+    def pair_geometry(
         self,
         z1: torch.Tensor,
         z2: torch.Tensor,
@@ -344,7 +412,22 @@ class OTContrastiveLoss(ContrastiveLoss):
         rank's rows with ``gather_distributed``)."""
         shard = self.shard()
         self._check_call(z1, z2, negatives, shard)
-        return self.solve(self.geometry(z1, z2, flat_negatives(negatives), shard))
+        negatives = flat_negatives(negatives)
+        tile = self.tile_rows(z1, negatives)
+        if tile is not None:  # the potentials only; the plan block by block (plan_block)
+            geo = streaming_pair_scores(
+                z1,
+                z2,
+                temperature=self.temperature,
+                tile_size=tile,
+                layout=self.layout,
+                similarity_kind=self.similarity,
+                clip_min=self.clip_min,
+                negatives=negatives,
+                shard=shard,
+            )
+            return solve_direction(self, geo)
+        return self.solve(self.pair_geometry(z1, z2, negatives, shard))
 
     def forward(
         self,
@@ -355,18 +438,23 @@ class OTContrastiveLoss(ContrastiveLoss):
         *,
         negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        tile = self.tile_rows(z1, negatives)
+        if tile is not None:
+            terms = self.streaming_terms()
+            kw = dict(tile_size=tile, terms=terms)
+            return streaming_forward(self, z1, z2, labels, target, negatives, **kw)
         shard = self.shard()
         self._check_call(z1, z2, negatives, shard)
         negatives = flat_negatives(negatives)
         if shard is not None and isinstance(labels, torch.Tensor) and labels.dim() == 1:
             labels = shard.gather_constant(labels)  # the global batch's classes
-        geo = self.geometry(z1, z2, negatives, shard)
+        geo = self.pair_geometry(z1, z2, negatives, shard)
         dtype = torch.float64 if z1.dtype == torch.float64 else torch.float32
         tgt, pos = prepare_target(geo, labels, target, dtype)
         loss = self.direction_loss(geo, tgt, pos)
         if self.layout == "cross" and self.symmetric:
             # view-2 anchors against view 1 (the square block: extra candidates are no anchors)
-            rev = geo.transposed() if shard is None else self.geometry(z2, z1, None, shard)
+            rev = geo.transposed() if shard is None else self.pair_geometry(z2, z1, None, shard)
             target_t = None if target is None else target[:, : geo.n_pairs].transpose(0, 1)
             tgt_t, pos_t = prepare_target(rev, labels, target_t, dtype)
             loss = 0.5 * (loss + self.direction_loss(rev, tgt_t, pos_t))

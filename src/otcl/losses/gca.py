@@ -150,6 +150,11 @@ class GCAUOT(OTContrastiveLoss):
         if self.w_kl == 0 and self.w_rince == 0:
             raise ValueError("w_kl, w_rince: expected at least one weight > 0, got both 0")
 
+    def streaming_terms(self) -> dict[str, float] | None:
+        if not self._terms_from(GCAUOT):
+            return None
+        return {"ce": self.w_kl, "rince": self.w_rince}
+
     @classmethod
     def uses_rince(cls, settings: Mapping[str, Any]) -> bool:
         return float(settings["w_rince"]) > 0

@@ -62,8 +62,16 @@ from ..ot.geometry import LAYOUTS, SIMILARITIES, Geometry, pair_scores
 from ..ot.sinkhorn import Sinkhorn, SinkhornOutput
 from .contrastive import ContrastiveLoss
 from .divergences import row_mean
-from .params import CROSS, check_finite_number, choice, equals, int_at_least, param
+from .geometry_choice import (
+    DEFAULT_MEMORY_BUDGET,
+    GEOMETRIES,
+    STREAMS,
+    batch_tile_rows,
+    check_memory_budget,
+)
+from .params import CROSS, check_finite_number, choice, equals, int_at_least, optional, param
 from .registry import register
+from .streaming_hard import hard_streaming_forward
 
 __all__ = ["HardNegativeLoss", "DCL", "HCL", "OTHard", "COSTS", "COUPLING_GRADS"]
 
@@ -125,7 +133,7 @@ class HardNegativeLoss(ContrastiveLoss):
     gather_distributed: bool = param(default=False, check=check_bool)
 
     # -- parts -----------------------------------------------------------------------------
-    def geometry(
+    def pair_geometry(
         self,
         z1: torch.Tensor,
         z2: torch.Tensor,
@@ -171,7 +179,6 @@ class HardNegativeLoss(ContrastiveLoss):
         """Per-anchor loss (n,) from the scores :math:`\\ell = s/t` (the geometry's: only
         negatives and positives are read, so its masked self-pairs do not matter), positives,
         negative mask and log-weights."""
-        t = self.temperature
         log_pos = logits.gather(-1, pos.unsqueeze(-1)).squeeze(-1)
         count = neg.sum(-1).to(logits.dtype)
         has_neg = count > 0
@@ -181,6 +188,18 @@ class HardNegativeLoss(ContrastiveLoss):
         terms = torch.where(has_neg.unsqueeze(-1), terms, torch.zeros_like(terms))
         log_count = torch.where(has_neg, count.clamp_min(1).log(), torch.zeros_like(count))
         log_ng0 = log_count + torch.logsumexp(terms, dim=-1)
+        return self._row_tail(log_pos, log_count, has_neg, log_ng0)
+
+    def _row_tail(
+        self,
+        log_pos: torch.Tensor,
+        log_count: torch.Tensor,
+        has_neg: torch.Tensor,
+        log_ng0: torch.Tensor,
+    ) -> torch.Tensor:
+        r"""Per-anchor loss (n,) from the positive's score, log M (0 without negatives), which
+        rows have negatives, and :math:`\log(M \sum_j w_{ij} e^{\ell_{ij}})`: debiasing, clamp."""
+        t = self.temperature
         if self.tau_plus > 0:
             # log((e^{log_ng0} - tau M e^{log_pos}) / (1 - tau))
             #   = log_ng0 + log(1 - r) - log(1 - tau), r = tau M e^{log_pos} / e^{log_ng0} < 1;
@@ -239,10 +258,10 @@ class HardNegativeLoss(ContrastiveLoss):
         negatives = flat_negatives(negatives)
         if shard is not None and labels is not None:
             labels = shard.gather_constant(labels)
-        geo = self.geometry(z1, z2, negatives, shard)
+        geo = self.pair_geometry(z1, z2, negatives, shard)
         rev = None
         if reverse and self.layout == "cross" and self.symmetric:
-            g_rev = geo.transposed() if shard is None else self.geometry(z2, z1, None, shard)
+            g_rev = geo.transposed() if shard is None else self.pair_geometry(z2, z1, None, shard)
             rev = (g_rev, g_rev.negatives(labels))
         return geo, geo.negatives(labels), rev, labels
 
@@ -384,6 +403,10 @@ class OTHard(HardNegativeLoss):
             ``"unrolled"`` (autograd through the iterations), ``"detach"`` (envelope gradient:
             potentials constant, gradient through the cost) or ``"implicit"`` (implicit
             differentiation, :mod:`otcl.ot.implicit`).
+        geometry, tile_size, memory_budget: ``"dense"`` (default), ``"streaming"`` (the
+            coupling's potentials and two streamed row log-sum-exps per direction, never an
+            n x m matrix: :mod:`otcl.losses.streaming_hard`) or ``"auto"``; see
+            :mod:`otcl.losses.geometry_choice`.
         temperature, layout, similarity, symmetric, check_inputs: see :class:`HardNegativeLoss`.
 
     :meth:`coupling` returns the solve of a batch (a :class:`~otcl.ot.SinkhornOutput`) for
@@ -396,6 +419,38 @@ class OTHard(HardNegativeLoss):
     iters: int = param(default=100, check=int_at_least(1))
     tol: float = param(default=1e-4, check=check_nonneg)
     coupling_grad: str = param(default="none", check=choice(COUPLING_GRADS))
+    geometry: str = param(default="dense", check=choice(GEOMETRIES))
+    tile_size: int | None = param(default=None, check=optional(int_at_least(1)), applies=STREAMS)
+    memory_budget: float = param(
+        default=DEFAULT_MEMORY_BUDGET, check=check_memory_budget, applies=STREAMS
+    )
+
+    def configure(self) -> None:
+        super().configure()
+        if self.geometry != "dense" and self.similarity == "dot" and self.coupling_grad != "none":
+            raise ValueError(
+                f"coupling_grad: geometry={self.geometry!r} with similarity='dot' serves "
+                "coupling_grad='none' only (the dot-product cost's gradient reaches the norms, "
+                "which the streamed tiles treat as constants); use similarity='cosine' or "
+                "geometry='dense'"
+            )
+
+    def forward(
+        self,
+        z1: torch.Tensor,
+        z2: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
+        *,
+        negatives: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if target is None:  # (a target is refused by the dense forward's checks)
+            shard = current_shard() if self.gather_distributed else None
+            world = 1 if shard is None else shard.world
+            tile = batch_tile_rows(self, z1, negatives, world)
+            if tile is not None:
+                return hard_streaming_forward(self, z1, z2, labels, negatives, tile_size=tile)
+        return super().forward(z1, z2, labels, target, negatives=negatives)
 
     def cost_matrix(self, sim: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(n, m) ground cost between anchors ``x`` and candidates ``y``."""

@@ -285,6 +285,14 @@ class IOTUniformity(IOT):
     lam_uni: float = param(default=0.2, check=check_nonneg)
     detach_mean: bool = param(default=False, check=check_bool, applies=UNIFORMITY_ON)
 
+    def streaming_terms(self) -> dict[str, float] | None:
+        if not self._terms_from(IOTUniformity):
+            return None
+        terms = {self.divergence: 1.0}
+        if self.lam_uni:
+            terms["uniformity"] = self.lam_uni
+        return terms
+
     def extra_terms(
         self,
         out: SinkhornOutput,

@@ -7,10 +7,13 @@ mass on excluded self-pairs. ``n = 2N`` in the ``"simclr"`` layout (rows/columns
 * :func:`identity_target` -- the other view of the same sample (the default);
 * :func:`label_target` -- every sample of the same class (SupCon-style supervised positives);
 * :func:`domain_target` -- GCA's domain-aware blocks
-  :math:`P_{tgt} = I + \alpha\,1(D_i = D_j) + \beta\,1(D_i\neq D_j)` off the self-pair.
+  :math:`P_{tgt} = I + \alpha\,1(D_i = D_j) + \beta\,1(D_i\neq D_j)` off the self-pair
+  (per pair, or per block with ``scale="block"``; or any (D, D) ``blocks`` of weights).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -54,25 +57,120 @@ def label_target(
     return t / t.sum(-1, keepdim=True)
 
 
+#: how :func:`domain_target` reads its weights
+SCALES = ("pair", "block")
+
+
+def _check_weight(name: str, value: float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number >= 0, got {value!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return v
+
+
 def domain_target(
-    domains: torch.Tensor, alpha: float, beta: float, layout: str = "simclr"
+    domains: torch.Tensor,
+    alpha: float = 0.0,
+    beta: float = 0.0,
+    layout: str = "simclr",
+    *,
+    blocks: torch.Tensor | None = None,
+    num_domains: int | None = None,
+    scale: str = "pair",
 ) -> torch.Tensor:
     r"""GCA's domain-aware target (Chen et al., 2024, PACS experiment), row-normalised.
 
-    :math:`P_{tgt}[i,j] = I[i,j] + \alpha\,1(D_i = D_j, i\ne j) + \beta\,1(D_i \ne D_j, i \ne j)`
-    where :math:`I` is the identity (positive) target; ``alpha - beta > 0`` pulls same-domain
-    samples together, ``< 0`` removes domain structure. ``alpha, beta >= 0``.
+    .. math::
+        P_{tgt}[i,j] \propto I[i,j] + W[D_i, D_j]\, m_{ij}, \qquad
+        W = \alpha\,\mathbb 1_{D\times D} \text{ on the diagonal}, \ \beta \text{ off it}
+
+    where :math:`I` is the identity (positive) target and :math:`W` the (D, D) block weights:
+    ``alpha`` for a pair from the same domain, ``beta`` across domains (or any non-negative
+    ``blocks`` matrix: ``blocks[a, b]`` weighs anchors of domain ``a`` against candidates of
+    domain ``b``). ``alpha - beta > 0`` pulls same-domain samples together, ``< 0`` removes
+    domain structure.
+
+    Args:
+        domains: (N,) integer domain ids in ``[0, num_domains)``, one per sample.
+        alpha, beta: the same-domain and cross-domain weights, finite and ``>= 0``.
+        layout: ``"simclr"`` (a (2N, 2N) target, self-pairs zero) or ``"cross"`` ((N, N)).
+        blocks: a (D, D) non-negative weight matrix instead of ``alpha``/``beta``.
+        num_domains: D, the number of domains (default: ``blocks``' size, else
+            ``max(domains) + 1``); every id must be below it.
+        scale: ``"pair"``: :math:`m_{ij} = 1` for every pair but the self-pair, so a block's
+            mass grows with its members in the batch (the positive gets ``1 + alpha``);
+            ``"block"``: the weight is the *mass of the block*, spread evenly over the row's
+            members of domain :math:`D_j` other than itself and its positive (the positive
+            keeps exactly 1), independent of the batch size and composition.
+    Returns:
+        (2N, 2N) or (N, N) float32, rows summing to 1.
+    Raises:
+        ValueError: naming ``alpha``, ``beta`` or ``blocks`` (negative, not finite, not
+            (D, D), or given together), ``domains`` (not 1-D integers, an id outside
+            ``[0, D)``: a domain count that does not match the target), ``num_domains``,
+            ``layout`` or ``scale``.
+
+    Example:
+        >>> t = domain_target(torch.tensor([0, 0, 1, 1]), alpha=0.5, scale="block")
+        >>> [round(v, 3) for v in t[0].tolist()]  # positive 1, same-domain block 0.5
+        [0.0, 0.167, 0.0, 0.0, 0.667, 0.167, 0.0, 0.0]
     """
-    if alpha < 0 or beta < 0:
-        raise ValueError(f"alpha, beta: expected >= 0, got alpha={alpha}, beta={beta}")
-    d = _expand(domains, layout)
-    n_pairs = domains.shape[0]
-    same = (d.unsqueeze(0) == d.unsqueeze(1)).float()
-    t = identity_target(n_pairs, layout, domains.device) + alpha * same + beta * (1 - same)
-    if layout == "simclr":
-        t.fill_diagonal_(0.0)
+    check_choice("layout", layout, LAYOUTS)
+    check_choice("scale", scale, SCALES)
+    if not isinstance(domains, torch.Tensor) or domains.dim() != 1 or domains.is_floating_point():
+        got = (
+            f"{domains.dtype} {tuple(domains.shape)}"
+            if isinstance(domains, torch.Tensor)
+            else (type(domains).__name__)
+        )
+        raise ValueError(f"domains: expected a 1-D tensor of integer domain ids, got {got}")
+    if blocks is not None:
+        if alpha or beta:
+            raise ValueError("blocks: expected either alpha/beta or blocks, got both")
+        if (
+            not isinstance(blocks, torch.Tensor)
+            or blocks.dim() != 2
+            or (blocks.shape[0] != blocks.shape[1])
+        ):
+            got = tuple(blocks.shape) if isinstance(blocks, torch.Tensor) else type(blocks)
+            raise ValueError(f"blocks: expected a (D, D) tensor of block weights, got {got}")
+        w = blocks.detach().to(device=domains.device, dtype=torch.float32)
+        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+            raise ValueError("blocks: expected finite weights >= 0")
+        if num_domains is not None and num_domains != w.shape[0]:
+            raise ValueError(
+                f"num_domains: {num_domains} does not match the {w.shape[0]}x{w.shape[0]} blocks"
+            )
+        n_dom = w.shape[0]
     else:
-        t.fill_diagonal_(1.0 + alpha)
+        a, b = _check_weight("alpha", alpha), _check_weight("beta", beta)
+        n_dom = int(domains.max()) + 1 if num_domains is None and domains.numel() else 1
+        if num_domains is not None:
+            if isinstance(num_domains, bool) or not isinstance(num_domains, int) or num_domains < 1:
+                raise ValueError(f"num_domains: expected an integer >= 1, got {num_domains!r}")
+            n_dom = num_domains
+        w = torch.full((n_dom, n_dom), b, device=domains.device)
+        w.fill_diagonal_(a)
+    if domains.numel() and (int(domains.min()) < 0 or int(domains.max()) >= n_dom):
+        raise ValueError(
+            f"domains: expected ids in [0, {n_dom}) for a target of {n_dom} domains, got ids "
+            f"{int(domains.min())}..{int(domains.max())}"
+        )
+    d = _expand(domains.long(), layout)
+    n = d.numel()
+    ar = torch.arange(n, device=d.device)
+    pair = w[d][:, d]  # (n, n): W[D_i, D_j]
+    mask = torch.ones(n, n, device=d.device)
+    if layout == "simclr":
+        mask[ar, ar] = 0.0
+    if scale == "block":
+        mask[ar, positive_index(domains.numel(), layout, d.device)] = 0.0
+        members = mask @ torch.nn.functional.one_hot(d, n_dom).float()  # (n, D) per row
+        pair = pair / members[:, d].clamp_min(1.0)
+    t = identity_target(domains.numel(), layout, d.device) + pair * mask
     return t / t.sum(-1, keepdim=True)
 
 

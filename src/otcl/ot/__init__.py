@@ -8,6 +8,11 @@ Three layers, in the spirit of OTT-JAX, and the object each one hands to the nex
 * :mod:`otcl.ot.sinkhorn` -- :class:`Sinkhorn`, the solver and its options:
   ``Sinkhorn(**options)(geometry, problem) -> SinkhornOutput`` (plan, potentials, convergence).
 
+For batches whose scores do not fit, :mod:`otcl.ot.streaming` holds the embeddings only
+(:class:`StreamingGeometry`, :func:`streaming_pair_scores`) and
+:func:`~otcl.ot.streaming_sinkhorn.streaming_solve` returns the potentials
+(:class:`StreamingOutput`), recomputing tiles of scores in every pass.
+
 :func:`sinkhorn` is the one-call form: ``sinkhorn(scores, a, b, iters=..., rho_a=..., rho_b=...)``.
 
 Example:
@@ -32,6 +37,8 @@ from .geometry import (
 )
 from .problem import CONSTRAINTS, Problem
 from .sinkhorn import BACKWARDS, DOMAINS, GRAD_MODES, Sinkhorn, SinkhornOutput, sinkhorn, solve
+from .streaming import StreamingGeometry, streaming_pair_scores
+from .streaming_sinkhorn import StreamingOutput, streaming_solve
 
 __all__ = [
     "BACKWARDS",
@@ -44,6 +51,8 @@ __all__ = [
     "Problem",
     "Sinkhorn",
     "SinkhornOutput",
+    "StreamingGeometry",
+    "StreamingOutput",
     "layout_embeddings",
     "negative_mask",
     "pair_scores",
@@ -51,5 +60,7 @@ __all__ = [
     "similarity",
     "sinkhorn",
     "solve",
+    "streaming_pair_scores",
+    "streaming_solve",
     "unit_rows",
 ]

@@ -50,11 +50,13 @@ update of the constrained side; there the update itself is differentiated (close
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .distributed import Shard
 
-__all__ = ["implicit_potentials", "solve_adjoint"]
+__all__ = ["conjugate_gradient", "implicit_potentials", "solve_adjoint"]
 
 
 def _sum_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -94,7 +96,6 @@ def solve_adjoint(
         ``(x_f, x_g, steps)``; in the balanced case (ta = tb = 1) the solution orthogonal to
         the gauge direction :math:`(\mathbf 1, -\mathbf 1)`.
     """
-    tol = _default_tol(P.dtype) if tol is None else tol
 
     def rows_sum(x: torch.Tensor) -> torch.Tensor:  # a sum over the rows of every rank
         return x if shard is None else shard.sum(x)
@@ -102,6 +103,50 @@ def solve_adjoint(
     n = P.shape[-2] * (1 if shard is None else shard.world)
     m = P.shape[-1]
     r, c = (P.sum(-1), rows_sum(P.sum(-2))) if marginals is None else marginals
+
+    def plan_mul(xf: torch.Tensor, xg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pxg = (P @ xg.unsqueeze(-1)).squeeze(-1)
+        ptxf = rows_sum((xf.unsqueeze(-2) @ P).squeeze(-2))
+        return pxg, ptxf
+
+    tol = _default_tol(P.dtype) if tol is None else tol
+    return conjugate_gradient(
+        plan_mul, r, c, rhs_f, rhs_g, ta, tb, n=n, m=m, tol=tol, max_iter=max_iter, shard=shard
+    )
+
+
+def conjugate_gradient(
+    plan_mul: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    r: torch.Tensor,
+    c: torch.Tensor,
+    rhs_f: torch.Tensor,
+    rhs_g: torch.Tensor,
+    ta: float,
+    tb: float,
+    *,
+    n: int,
+    m: int,
+    tol: float,
+    max_iter: int,
+    shard: Shard | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    r"""The adjoint solve of :func:`solve_adjoint` with the plan given as an operator.
+
+    Args:
+        plan_mul: ``(x_f, x_g) -> (P x_g, P^T x_f)`` (the second summed over ranks when
+            sharded): two plan-vector products, e.g. streamed over tiles
+            (:mod:`otcl.ot.streaming_sinkhorn`).
+        r, c: the plan's row and (global) column sums.
+        rhs_f, rhs_g, ta, tb, tol, max_iter, shard: as :func:`solve_adjoint`.
+        n, m: the global row and column counts.
+    Returns:
+        ``(x_f, x_g, steps)``.
+    """
+    dtype = r.dtype
+
+    def rows_sum(x: torch.Tensor) -> torch.Tensor:  # a sum over the rows of every rank
+        return x if shard is None else shard.sum(x)
+
     bf, bg = ta * rhs_f, tb * rhs_g
     balanced = ta == 1.0 and tb == 1.0
     if balanced:  # consistent right-hand side: remove the component along (1, -1)
@@ -109,13 +154,12 @@ def solve_adjoint(
         bf, bg = bf - k, bg + k
     tt = ta * tb
     df, dg = ta * r, tb * c
-    tiny = torch.finfo(P.dtype).tiny
+    tiny = torch.finfo(dtype).tiny
     inv_f = torch.where(df > tiny, 1.0 / df.clamp_min(tiny), torch.zeros_like(df))
     inv_g = torch.where(dg > tiny, 1.0 / dg.clamp_min(tiny), torch.zeros_like(dg))
 
     def hmul(xf: torch.Tensor, xg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pxg = (P @ xg.unsqueeze(-1)).squeeze(-1)
-        ptxf = rows_sum((xf.unsqueeze(-2) @ P).squeeze(-2))
+        pxg, ptxf = plan_mul(xf, xg)
         return df * xf + tt * pxg, tt * ptxf + dg * xg
 
     def dot(af, ag, bf_, bg_):

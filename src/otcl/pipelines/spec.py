@@ -221,6 +221,7 @@ _REGISTRY: dict[str, str | Pipeline] = {
     "ssl": "otcl.pipelines.ssl.spec",
     "multimodal": "otcl.pipelines.multimodal.spec",
     "recsys": "otcl.pipelines.recsys.spec",
+    "domains": "otcl.pipelines.domains.spec",
 }
 
 
