@@ -190,3 +190,22 @@ def test_multimodal_tables_and_plots(tmp_path, figures, seeds):
         (ax,) = fig.axes
         assert _error_bars(ax) == (len(_bars(ax)) if seeds > 1 else 0)
         assert _legends_outside(fig) == 1
+
+
+# -- domains -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("seeds", [1, 2])
+def test_domains_table_and_sweep(tmp_path, figures, seeds):
+    from otcl.pipelines.domains.compare import METRICS, format_table, plot_sweep
+
+    methods = {
+        m: {"seeds": list(range(seeds)), "metrics": {k: stat(0.6, 0.02, seeds) for k, _ in METRICS}}
+        for m in ("infonce", "gca-uot@-0.5", "gca-uot@0", "gca-uot@0.5")
+    }
+    res = {"methods": methods, "info": {"domains": ["a", "b"], "epochs": 2}}
+    assert ("±" in format_table(res)) == (seeds > 1)
+    plot_sweep(res, tmp_path)
+    (fig,) = figures()
+    (ax,) = [a for a in fig.axes if a.get_title()]
+    bands = [c for c in ax.collections if "Poly" in type(c).__name__]  # fill_between
+    assert bool(bands) == (seeds > 1)  # a ± std band only where there is a spread
+    assert _legends_outside(fig) == 1

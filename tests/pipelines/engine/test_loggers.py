@@ -76,7 +76,9 @@ def test_bad_or_missing_logger_is_one_line(monkeypatch, tmp_path, tiny_config):
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
-@pytest.mark.parametrize("verb", [["train"], ["recsys", "train"], ["multimodal", "train"]])
+@pytest.mark.parametrize(
+    "verb", [["train"], ["recsys", "train"], ["multimodal", "train"], ["domains", "train"]]
+)
 def test_the_flag_is_on_every_train_verb(verb, capsys):
     from otcl import cli
 

@@ -47,7 +47,9 @@ def test_effective_lr_rule():
     assert effective_lr(OptimConfig(lr=1e-3), 512) == pytest.approx(4e-3)
 
 
-@pytest.mark.parametrize("verb", [["train"], ["recsys", "train"], ["multimodal", "train"]])
+@pytest.mark.parametrize(
+    "verb", [["train"], ["recsys", "train"], ["multimodal", "train"], ["domains", "train"]]
+)
 def test_every_train_verb_states_the_lr_rule(verb, capsys):
     with pytest.raises(SystemExit):
         cli.main([*verb, "--help"])
