@@ -46,6 +46,7 @@ COMMON_FLAGS: tuple[tuple[str, str], ...] = (
     ("amp", "train.amp"),
     ("compile", "train.compile"),
     ("deterministic", "train.deterministic"),
+    ("log", "train.log"),
 )
 
 
@@ -71,7 +72,13 @@ def add_run_options(
     )
     g.add_argument("--epochs", type=int, metavar="N")
     g.add_argument("--batch-size", type=int, metavar="N", help="samples (pairs) per step")
-    g.add_argument("--lr", type=float, metavar="LR", help="learning rate per 128 samples")
+    g.add_argument(
+        "--lr",
+        type=float,
+        metavar="LR",
+        help="learning rate per 128 samples: the optimizer (SGD or Adam alike) runs at "
+        "LR x batch-size / 128 (config.yaml records both, the latter as derived.effective_lr)",
+    )
     g.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda, cuda:1, mps")
     g.add_argument("--seed", type=int, metavar="N")
     g.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), help="autocast dtype")
@@ -91,6 +98,12 @@ def add_run_options(
         "--deterministic", action="store_true", default=None, help="deterministic algorithms"
     )
     g.add_argument("--no-progress", action="store_true", default=None, help="no progress bars")
+    g.add_argument(
+        "--log",
+        choices=("none", "tensorboard"),
+        help="also log metrics.jsonl's scalars to TensorBoard, in RUN/tb "
+        "(needs pip install 'otcl[tensorboard]')",
+    )
     g.add_argument(
         "--set",
         action="append",

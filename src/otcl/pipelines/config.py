@@ -109,12 +109,15 @@ class LossConfig(Section):
     """A named otcl loss and its parameters (``otcl.losses.build(name, **params)``).
 
     ``dmm_mix`` (for ``dmm``): ``"input"`` re-encodes mixed inputs through the loss's
-    ``prepare_inputs`` hook, ``"embedding"`` mixes embeddings.
+    ``prepare_inputs`` hook, ``"embedding"`` mixes embeddings. ``memory_bank``: K > 0 keeps the
+    last K embeddings of earlier steps as extra negatives (:class:`otcl.losses.MemoryBank`,
+    saved in the checkpoint); 0: none. Pipelines whose step takes no extra negatives refuse it.
     """
 
     name: str = "infonce"
     params: dict[str, Any] = field(default_factory=dict)
     dmm_mix: str = "input"
+    memory_bank: int = 0
 
 
 @dataclass
@@ -155,6 +158,7 @@ class TrainConfig(Section):
     out: str | None = None
     max_steps_per_epoch: int | None = None  # truncate epochs (smoke tests)
     threads: int | None = None
+    log: str = "none"  # "none" | "tensorboard": metrics.jsonl's scalars also in <run>/tb
 
 
 # -- dataclass <-> plain dict --------------------------------------------------------------
@@ -185,9 +189,13 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type[C], d: dict[str, Any]) -> C:
-    """``cls()`` with the settings of ``d`` merged in; unknown or mistyped settings raise."""
+    """``cls()`` with the settings of ``d`` merged in; unknown or mistyped settings raise.
+
+    A ``derived`` entry (what :func:`save_config` records for the reader, e.g. the effective
+    learning rate) is not a setting: it is ignored.
+    """
     cfg = cls()
-    _merge(cfg, d, prefix="")
+    _merge(cfg, {k: v for k, v in d.items() if k != DERIVED}, prefix="")
     for f in fields(cfg):  # type: ignore[arg-type]
         marks = getattr(getattr(cfg, f.name), "__dict__", {}).get("_given")
         if marks is not None:
@@ -390,11 +398,28 @@ def load_config(path: str | os.PathLike[str], cls: type[C]) -> C:
     return cfg
 
 
-def save_config(cfg: Any, path: str | os.PathLike[str]) -> None:
-    """Write the config as YAML (atomically)."""
+#: the entry of a saved config that records values derived from the settings (not settings)
+DERIVED = "derived"
+
+
+def save_config(
+    cfg: Any, path: str | os.PathLike[str], derived: Mapping[str, Any] | None = None
+) -> None:
+    """Write the config as YAML (atomically).
+
+    ``derived``: values that follow from the settings and the run (e.g. ``effective_lr``, the
+    learning rate the optimizer runs at), written under ``derived:`` at the end for the reader;
+    reading the file back (:func:`load_config`, :func:`from_dict`) ignores them.
+    """
     import yaml
 
-    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    if derived:
+        text += (
+            "# derived from the settings above (for the reader; ignored when this file is read)\n"
+            + yaml.safe_dump({DERIVED: _plain(dict(derived))}, sort_keys=False)
+        )
+    atomic_write_text(path, text)
 
 
 @dataclass

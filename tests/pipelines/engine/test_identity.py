@@ -4,6 +4,7 @@ read it, and agree on every entry."""
 from __future__ import annotations
 
 import doctest
+import importlib.util
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ OTHER = {
     "train.checkpoint_every": 5,
     "train.compile": True,
     "train.deterministic": False,
+    "train.log": "tensorboard" if importlib.util.find_spec("tensorboard") else "none",
 }
 #: settings that change what the run is
 REFUSED = {"optim.lr": 0.1, "optim.weight_decay": 0.1, "train.max_steps_per_epoch": 2}

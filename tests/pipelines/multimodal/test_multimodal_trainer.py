@@ -291,3 +291,33 @@ def test_cli_on_a_mosei_pickle_reports_gmc_metrics(tmp_path, capsys):
     assert names == ["text", "audio", "vision", "text+audio", "text+vision", "audio+vision",
                      "text+audio+vision"]  # fmt: skip
     assert set(report["subsets"][0]["metrics"]) == {"mae", "corr", "acc2", "f1"}
+
+
+def test_memory_bank_queues_joint_latents_and_resumes_exactly(tmp_path, make_data):
+    """``loss.memory_bank``: the joint representations are queued as extra negatives of every
+    alignment term, and the queue continues exactly after an interruption."""
+    from otcl.pipelines.engine.stops import TrainingStopped as Stopped
+
+    data = make_data()
+    cfg = mm_config(name="infonce", memory_bank=24)
+    full = MultimodalTrainer(cfg, tmp_path / "a", data=data)
+    full.fit()
+    assert len(full.memory_bank) == 24 and full.memory_bank.dim == 6
+
+    class Stop(MultimodalTrainer):
+        def train_step(self, epoch, step):
+            if epoch == 1 and step == 1:
+                self.request_stop("test")
+            return super().train_step(epoch, step)
+
+    with pytest.raises(Stopped):
+        Stop(cfg, tmp_path / "b", data=data).fit()
+    resumed = MultimodalTrainer(cfg, tmp_path / "b", data=data, resume=True)
+    resumed.fit()
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(full.memory_bank(), resumed.memory_bank())
+    plain = MultimodalTrainer(mm_config(name="infonce"), tmp_path / "c", data=data)
+    plain.fit()
+    c = plain.model.state_dict()
+    assert not all(torch.equal(a[k], c[k]) for k in a)

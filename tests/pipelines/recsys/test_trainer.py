@@ -141,3 +141,30 @@ def test_bad_settings_fail_before_anything_is_written(tiny, tmp_path, sets, matc
         RecsysTrainer(tiny(**sets), tmp_path / "run").fit()
     out = tmp_path / "run"  # at most the probed, empty run directory and its lock
     assert not out.exists() or {p.name for p in out.iterdir()} <= {".otcl.lock"}
+
+
+@pytest.mark.parametrize("kind", ["cml", "two-tower"])
+def test_config_yaml_says_the_dmm_margin_warmup_and_lr_that_run(tiny, tmp_path, kind):
+    import yaml
+
+    cfg = tiny(kind, dmm__enabled=True)
+    tr = RecsysTrainer(cfg, tmp_path / "run")
+    tr.fit()
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    from otcl.losses import DMM
+
+    dmm = next(m for m in tr.loss_fn.modules() if isinstance(m, DMM))
+    assert saved["derived"]["dmm"]["margin"] == dmm.margin
+    assert saved["dmm"]["margin"] == dmm.margin == (1.5 if kind == "cml" else 0.2)
+    assert saved["dmm"]["warmup"] == dmm.warmup == pytest.approx(0.15 * 2)
+    # docs/recsys.md: optim.lr 1e-3 per 128 samples; Adam at 2e-3 (CML) and 4e-3 (two-tower)
+    runs_at = tr.optimizer.param_groups[0]["initial_lr"]
+    assert saved["optim"]["lr"] == 1e-3
+    assert saved["derived"]["effective_lr"] == pytest.approx(runs_at)
+    assert saved["derived"]["batch_size"] == tr.batch_size
+    from otcl.pipelines.engine.optim import effective_lr
+    from otcl.pipelines.recsys.config import resolve
+
+    preset = resolve(tiny(kind, train__batch_size=None))  # the presets' batch: 256 or 512
+    want = 2e-3 if kind == "cml" else 4e-3
+    assert effective_lr(preset.optim, preset.train.batch_size) == pytest.approx(want)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.rundir import SUMMARY
+from ..plots import legend_outside, pm, spread_caption
 from .config import Config
 from .trainer import EVAL_FILE
 
@@ -131,12 +132,14 @@ def _delta(method: str) -> float | None:
 
 
 def format_table(results: Mapping[str, Any]) -> str:
-    """A Markdown table: method, alpha - beta, every metric as mean ± std (%) over seeds."""
+    """A Markdown table: method, alpha - beta, every metric as mean ± std (%) over seeds (the
+    value alone over one seed)."""
     inf = results.get("info", {})
     head = (
         f"{inf.get('data', '')}; {inf.get('arch')}, {inf.get('epochs')} epochs, batch "
         f"{inf.get('batch_size')}, target scale {inf.get('scale')}; probes on the frozen "
-        f"backbone (kNN k={inf.get('knn_k')}, linear {inf.get('linear_epochs')} epochs, final)"
+        f"backbone (kNN k={inf.get('knn_k')}, linear {inf.get('linear_epochs')} epochs, final); "
+        + spread_caption(max((len(r["seeds"]) for r in results["methods"].values()), default=0))
     )
     cols = " | ".join(f"{label} (%)" for _, label in METRICS)
     lines = [
@@ -150,10 +153,8 @@ def format_table(results: Mapping[str, Any]) -> str:
         cells = []
         for k, _ in METRICS:
             st = row["metrics"].get(k)
-            if st is None or st["mean"] != st["mean"]:
-                cells.append("n/a")
-            else:
-                cells.append(f"{100 * st['mean']:.1f} ± {100 * st['std']:.1f}")
+            n = len(row["seeds"])
+            cells.append("n/a" if st is None else pm(st["mean"], st["std"], n, 1, 100))
         dtxt = "identity" if delta is None else f"{delta:+.2f}"
         lines.append(f"| {loss} | {dtxt} | {len(row['seeds'])} | {' | '.join(cells)} |")
     chance = inf.get("domains")
@@ -179,7 +180,8 @@ def plot_sweep(results: Mapping[str, Any], out: Path) -> list[Path]:
         else:
             swept.setdefault(loss, []).append((delta, m))
     panels = sorted(swept) or ["(none)"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    n_seeds = max((len(v["seeds"]) for v in methods.values()), default=0)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.6, 4.2), squeeze=False)
     colors = {k: f"C{i}" for i, (k, _) in enumerate(METRICS)}
     for ax, loss in zip(axes[0], panels, strict=True):
         pts = sorted(swept.get(loss, []))
@@ -197,7 +199,8 @@ def plot_sweep(results: Mapping[str, Any], out: Path) -> list[Path]:
                 ax.scatter([delta] * len(seeds), seeds, s=9, color=colors[k], alpha=0.5)
             if xs:
                 ax.plot(xs, mean, marker="o", color=colors[k], label=label)
-                ax.fill_between(xs, lo, hi, color=colors[k], alpha=0.15)
+                if n_seeds > 1:  # one seed: no spread to draw
+                    ax.fill_between(xs, lo, hi, color=colors[k], alpha=0.15)
             for r in refs:
                 st = methods[r]["metrics"].get(k)
                 if st is not None and st["mean"] == st["mean"]:
@@ -209,9 +212,9 @@ def plot_sweep(results: Mapping[str, Any], out: Path) -> list[Path]:
         ax.set_xlabel("α − β  (same-domain minus cross-domain weight)")
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8, loc="best")
+    legend_outside(axes[0][-1])
     ref_txt = f"; dashed: {', '.join(refs)} (identity target)" if refs else ""
-    fig.suptitle(f"mean ± std over seeds, dots: seeds{ref_txt}", fontsize=9)
+    fig.suptitle(f"{spread_caption(n_seeds)}, dots: seeds{ref_txt}", fontsize=9)
     fig.tight_layout()
     path = out / "sweep.png"
     fig.savefig(path, dpi=120)

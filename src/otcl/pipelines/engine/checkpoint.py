@@ -8,9 +8,10 @@ nothing in a file runs code, and a damaged file is one error line. NaN/inf weigh
 written (the trainer checks first) and never loaded (:func:`check_finite_weights`).
 
 A run's state (:func:`run_state`) holds the model, optimizer,
-scheduler, AMP scaler and loss states, the epoch and step, the running loss of the current
-epoch, every RNG state (under ``torchrun``: every rank's), ``done`` and, for a run that selects
-its model on validation data, the selection state with the best weights (:mod:`.selection`).
+scheduler, AMP scaler and loss states (and the memory bank's queue with ``loss.memory_bank``),
+the epoch and step, the running loss of the current epoch, every RNG state (under ``torchrun``:
+every rank's), ``done`` and, for a run that selects its model on validation data, the selection
+state with the best weights (:mod:`.selection`).
 """
 
 from __future__ import annotations
@@ -243,13 +244,16 @@ def load_checkpoint(
 # the trainer imports this module).
 def _parts(tr: Any) -> dict[str, Any]:
     """The parts of a trainer whose ``state_dict`` a checkpoint holds, under their keys."""
-    return {
+    parts = {
         "model": tr.model,
         "optimizer": tr.optimizer,
         "scheduler": tr.scheduler,
         "scaler": tr.scaler,
         "loss": tr.loss_fn,
     }
+    if getattr(tr, "memory_bank", None) is not None:  # loss.memory_bank: the queue
+        parts["memory_bank"] = tr.memory_bank
+    return parts
 
 
 def run_state(tr: Any) -> dict[str, Any]:

@@ -53,6 +53,7 @@ VOLATILE: tuple[str, ...] = (
     "train.checkpoint_every",
     "train.compile",
     "train.deterministic",
+    "train.log",
 )
 
 

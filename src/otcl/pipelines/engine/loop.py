@@ -5,7 +5,8 @@ where it stands (a new run, or a restored checkpoint) to ``train.epochs``. Per s
 for a stop (a signal, a caller's request, a deadline: :mod:`.stops`), calls the trainer's
 ``train_step`` hook and adds the loss on the device; every ``train.log_every`` steps it reads
 the loss back once (the only host sync) and stops a diverged run. Per epoch it evaluates
-(rank 0), appends the record to ``metrics.jsonl`` and writes a checkpoint every
+(rank 0), appends the record to ``metrics.jsonl`` (and to the ``train.log`` logger,
+:mod:`.loggers`) and writes a checkpoint every
 ``train.checkpoint_every`` epochs and at the end; then the final evaluation and
 ``summary.json``. A run that selects its model (:mod:`.selection`) validates every
 ``rule.every`` epochs (rank 0), keeps the best weights, stops early when its patience runs out
@@ -24,6 +25,7 @@ from ..config import save_config
 from . import runlog
 from .checkpoint import stopped_early
 from .distributed import agreed, any_signal, broadcast, mark_agreed
+from .loggers import ScalarLogger, open_logger
 from .progress import Progress, first_line
 from .rundir import CHECKPOINT, CONFIG, write_owner
 from .signals import DeferredSignals
@@ -72,12 +74,22 @@ def run_epochs(tr: Any) -> dict[str, Any]:
     """
     t = tr.cfg.train
     epochs = int(t.epochs)
+    tr.scalar_logger = ScalarLogger()
     with agreed():
         if tr.is_main:
             if not tr.resumed and tr.global_step == 0:  # a run killed before its checkpoint
                 runlog.clear_stale(tr.out, tr.outputs, tr.log)
             write_owner(tr.out, tr.owner)
-            save_config(tr.cfg, tr.out / CONFIG)
+            save_config(tr.config_to_save(), tr.out / CONFIG, tr.derived())
+            tr.scalar_logger = open_logger(getattr(t, "log", "none"), tr.out, tr.epoch)
+    try:
+        return _run(tr, epochs)
+    finally:
+        tr.scalar_logger.close()
+
+
+def _run(tr: Any, epochs: int) -> dict[str, Any]:
+    t = tr.cfg.train
     progress = Progress(
         enabled=t.progress and tr.is_main,
         total=tr.total_steps,
@@ -194,6 +206,7 @@ def _run_epoch(tr: Any, progress: Progress, epochs: int) -> None:
             if tr.epoch < epochs and not stop:  # the last epoch's metrics: the final evaluation
                 record.update(tr.evaluate(final=False))
             runlog.append_record(tr.out, record)
+            tr.scalar_logger.log(record, tr.epoch)
             progress.epoch_line(tr.epoch, epochs, runlog.epoch_text(tr.tag, record, epochs, unit))
     if sel is not None:
         sel.stopped = bool(broadcast(stop if tr.is_main else None)) or sel.stopped
@@ -232,6 +245,7 @@ def _summary(tr: Any) -> dict[str, Any]:
         eval_seconds=time.perf_counter() - t0,
         device=tr.device,
     )
+    tr.scalar_logger.log(final, tr.epoch)  # as metrics.jsonl: into the last epoch's record
     if tr.session is not None:
         summary["world_size"] = tr.world
     if tr.selector is not None:

@@ -16,7 +16,25 @@ from torch import nn
 from ..config import OptimConfig, given
 from .progress import first_line
 
-__all__ = ["check_optim", "param_groups", "build_optimizer", "lr_factor", "build_scheduler"]
+__all__ = [
+    "LR_RULE",
+    "effective_lr",
+    "check_optim",
+    "param_groups",
+    "build_optimizer",
+    "lr_factor",
+    "build_scheduler",
+]
+
+
+#: how ``optim.lr`` becomes the optimizer's learning rate (every optimizer, SGD and Adam alike)
+LR_RULE = "optim.lr x train.batch_size / 128 (the learning rate per 128 samples)"
+
+
+def effective_lr(o: OptimConfig, batch_size: int) -> float:
+    """The learning rate the optimizer runs at (before warm-up and schedule):
+    ``o.lr x batch_size / 128`` (:data:`LR_RULE`)."""
+    return float(o.lr) * batch_size / 128.0  # type: ignore[arg-type]
 
 
 def check_optim(o: OptimConfig) -> None:
@@ -66,7 +84,7 @@ def build_optimizer(
     with ``o.fused`` torch's fused implementation where this torch and ``device`` have one (else
     the default one, said in ``log``)."""
     groups = param_groups(model, o.weight_decay or 0.0)
-    kwargs: dict[str, Any] = {"lr": float(o.lr) * batch_size / 128.0}
+    kwargs: dict[str, Any] = {"lr": effective_lr(o, batch_size)}
     if o.optimizer == "sgd":
         cls: type[torch.optim.Optimizer] = torch.optim.SGD
         kwargs.update(momentum=o.momentum, nesterov=o.nesterov)

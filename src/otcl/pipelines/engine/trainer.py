@@ -96,6 +96,8 @@ from .distributed import (
     sync_batchnorm,
     wrap_model,
 )
+from .loggers import ScalarLogger, check_log
+from .memory import build_bank, check_memory_bank
 from .progress import stderr_line
 from .rundir import METRICS, SUMMARY, RunLock, check_owner, check_start, prepare_run_dir
 from .runlog import RunningLoss
@@ -180,6 +182,13 @@ class EpochTrainer:
     _order_cache: tuple[tuple[int, int], torch.Tensor] | None = None
     #: model selection on validation data (None: the pipeline has no validation set)
     selector: Selector | None = None
+    #: whether the step passes :meth:`bank_negatives` to its loss (``loss.memory_bank``)
+    supports_memory_bank: bool = False
+    #: the queue of ``loss.memory_bank`` (None without one; in the checkpoint)
+    memory_bank: Any = None
+    _enqueue: torch.Tensor | None = None
+    #: where :meth:`fit` sends each epoch's scalars besides metrics.jsonl (``train.log``)
+    scalar_logger: ScalarLogger = ScalarLogger()
 
     def __init__(
         self,
@@ -260,6 +269,16 @@ class EpochTrainer:
             self._shard_batch()
             self._loss_global = self.world > 1 and self.loss_is_global()
             self.loss_scale = self.world if self._loss_global else 1
+            size = getattr(getattr(self.cfg, "loss", None), "memory_bank", 0)
+            if size:
+                self.memory_bank = build_bank(
+                    self.loss_fn,
+                    self.cfg.loss.name,
+                    size,
+                    self.embedding_dim(),
+                    self.world,
+                    self.device,
+                )
             if self.session is not None:
                 self.model = sync_batchnorm(self.model, self.device, self.world, self.log, self.tag)
         self.forward_model: Any = self.model
@@ -332,6 +351,8 @@ class EpochTrainer:
         loss = getattr(self.cfg, "loss", None)
         if loss is not None and loss.dmm_mix not in ("input", "embedding"):
             raise ValueError(f"loss.dmm_mix: expected input or embedding, got {loss.dmm_mix!r}")
+        check_memory_bank(self.cfg, self.supports_memory_bank, type(self).__name__)
+        check_log(self.cfg.train.log)
 
     def default_out(self) -> str:
         """The run directory when neither ``out`` nor ``train.out`` is given."""
@@ -384,6 +405,10 @@ class EpochTrainer:
     def summarize(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Fields of ``summary.json`` (``summary`` holds the generic ones)."""
         return summary
+
+    def embedding_dim(self) -> int:
+        """The width of the embeddings a step enqueues (with :attr:`supports_memory_bank`)."""
+        raise NotImplementedError(f"{type(self).__name__}.embedding_dim")
 
     def items_per_step(self) -> int:
         """Items per step for the throughput column (default: the batch size)."""
@@ -452,6 +477,30 @@ class EpochTrainer:
             self.model, self.cfg.optim, self.batch_size, self.device, self.log
         )
 
+    def config_to_save(self) -> Any:
+        """The config written to ``config.yaml`` (default: the run's). A pipeline whose settings
+        may be rules (None: "computed from the others") writes the values that run instead;
+        the checkpoint keeps the config itself."""
+        return self.cfg
+
+    def derived(self) -> dict[str, Any]:
+        """Values that follow from the settings, recorded under ``derived:`` in ``config.yaml``
+        for the reader: the learning rate the optimizer runs at and its rule, the batch it
+        applies to, and DMM's margin, ramp offset and weight when the loss holds a DMM (a
+        pipeline adds its own with ``super()``)."""
+        out: dict[str, Any] = {
+            "effective_lr": optim.effective_lr(self.cfg.optim, self.batch_size),
+            "lr_rule": optim.LR_RULE,
+            "batch_size": self.batch_size,
+        }
+        from ...losses import DMM
+
+        loss = self.loss_fn if isinstance(self.loss_fn, nn.Module) else None
+        dmm = next((m for m in loss.modules() if isinstance(m, DMM)), None) if loss else None
+        if dmm is not None:  # the margin and ramp DMM runs with, defaults included
+            out["dmm"] = {"margin": dmm.margin, "warmup": dmm.warmup, "weight": dmm.weight}
+        return out
+
     def lr_factor(self, step: int) -> float:
         """Multiplier of the base learning rate at global step ``step`` (warm-up, cosine)."""
         return optim.lr_factor(self.cfg.optim, step, self.steps_per_epoch, self.total_steps)
@@ -471,6 +520,20 @@ class EpochTrainer:
             order = ((n, epoch), runtime.epoch_order(self.cfg.train.seed, n, epoch))
             self._order_cache = order
         return order[1][step * self.batch_size : (step + 1) * self.batch_size]
+
+    def bank_negatives(self) -> torch.Tensor | None:
+        """The ``negatives=`` of this step from ``loss.memory_bank`` (K, d), oldest first;
+        None without a bank or while it is empty. Under torchrun a loss that gathers the global
+        batch gets this rank's share of the queue (it gathers the others' itself)."""
+        if self.memory_bank is None:
+            return None
+        return self.memory_bank(share=self._loss_global)
+
+    def enqueue(self, z: torch.Tensor) -> None:
+        """Hand this step's embeddings (B, d) to the bank: stored (detached) after the
+        optimizer step, so they are negatives from the next step on. A no-op without a bank."""
+        if self.memory_bank is not None:
+            self._enqueue = z.detach()
 
     def step_generator(self, tag: str, device: torch.device | str | None = None) -> torch.Generator:
         """A generator seeded by ``(seed, tag, global step)`` on ``device`` (default: the run's)."""
@@ -499,6 +562,9 @@ class EpochTrainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self._enqueue is not None:
+            self.memory_bank.update(self._enqueue)
+            self._enqueue = None
 
     # -- checkpoints -----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from ...losses import available
 from ..compare import pyplot
 from ..engine.rundir import SUMMARY
 from ..engine.runtime import pick_device
+from ..plots import error_bars, legend_outside, pm, spread_caption
 from ..spec import split_dmm
 from .config import MultimodalConfig
 from .trainer import ROBUSTNESS
@@ -156,10 +157,8 @@ def _stat(v: Mapping[str, Any], key: str) -> dict[str, float]:
     return v["metrics"].get(key, {"mean": float("nan"), "std": float("nan")})
 
 
-def _pm(ms: dict[str, float], scale: float = 100.0, digits: int = 1) -> str:
-    if math.isnan(ms["mean"]):
-        return "n/a"
-    return f"{scale * ms['mean']:.{digits}f} ± {scale * ms['std']:.{digits}f}"
+def _pm(ms: dict[str, float], seeds: int, scale: float = 100.0, digits: int = 1) -> str:
+    return pm(ms["mean"], ms["std"], seeds, digits, scale)
 
 
 def format_tables(results: dict[str, Any]) -> str:
@@ -172,7 +171,7 @@ def format_tables(results: dict[str, Any]) -> str:
     head = (
         f"{i['data']}; objective {i['objective']}, {i['epochs']} epochs, batch "
         f"{i['batch_size']}, probe {i['probe']}, missing modalities {how}; "
-        f"mean ± std over {seeds} seeds; device {i['device']}"
+        f"{spread_caption(seeds)}; device {i['device']}"
     )
     cols = []
     if primary:
@@ -191,13 +190,14 @@ def format_tables(results: dict[str, Any]) -> str:
     ]
     lines += ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
     for name, v in vs.items():
+        n = len(v["seeds"])
         cells = [
             name,
-            *(_pm(_stat(v, c[0])) for c in cols),
-            _pm(_stat(v, "R@1")),
-            _pm(_stat(v, "R@10")),
-            _pm(_stat(v, "medR"), 1.0),
-            _pm(_stat(v, "seconds_per_epoch"), 1.0, 2),
+            *(_pm(_stat(v, c[0]), n) for c in cols),
+            _pm(_stat(v, "R@1"), n),
+            _pm(_stat(v, "R@10"), n),
+            _pm(_stat(v, "medR"), n, 1.0),
+            _pm(_stat(v, "seconds_per_epoch"), n, 1.0, 2),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     key, what = (
@@ -212,7 +212,10 @@ def format_tables(results: dict[str, Any]) -> str:
     for sub in _subsets(first):
         if f"subset/{sub}/{key}" not in first["metrics"]:
             continue
-        cells = [sub, *(_pm(_stat(v, f"subset/{sub}/{key}")) for v in vs.values())]
+        cells = [
+            sub,
+            *(_pm(_stat(v, f"subset/{sub}/{key}"), len(v["seeds"])) for v in vs.values()),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -227,16 +230,18 @@ def plot_results(results: dict[str, Any], out: Path) -> list[Path]:
     primary = results["info"]["primary_metric"]
     key = primary or "retrieve_missing_R@1"
     rows = [s for s in _subsets(vs[0]) if f"subset/{s}/{key}" in vs[0]["metrics"]]
+    seeds = min(len(v["seeds"]) for v in vs)
     width = 0.8 / len(vs)
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.5 * len(rows) + 2.5), 4.2))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.5 * len(rows) + 2.5) + 1.6, 4.2))
     lows, highs = [], []
     for j, v in enumerate(vs):
         means = [100 * _stat(v, f"subset/{s}/{key}")["mean"] for s in rows]
         stds = [100 * _stat(v, f"subset/{s}/{key}")["std"] for s in rows]
         xs = [i + (j - (len(vs) - 1) / 2) * width for i in range(len(rows))]
-        ax.bar(xs, means, width, yerr=stds, capsize=2, label=names[j])
-        lows += [m - s for m, s in zip(means, stds, strict=True) if not math.isnan(m)]
-        highs += [m + s for m, s in zip(means, stds, strict=True) if not math.isnan(m)]
+        ax.bar(xs, means, width, yerr=error_bars(stds, seeds), capsize=2, label=names[j])
+        spread = stds if seeds > 1 else [0.0] * len(stds)
+        lows += [m - s for m, s in zip(means, spread, strict=True) if not math.isnan(m)]
+        highs += [m + s for m, s in zip(means, spread, strict=True) if not math.isnan(m)]
     if lows:  # zoom on the bars: differences between variants are small next to the level
         span = max(highs) - min(lows)
         ax.set_ylim(max(0.0, min(lows) - 0.15 * span - 1), min(100.0, max(highs) + 0.1 * span + 1))
@@ -246,16 +251,16 @@ def plot_results(results: dict[str, Any], out: Path) -> list[Path]:
     ax.set_xlabel("modalities present at test time")
     ax.set_title(
         f"{results['info']['dataset']}: missing modalities ({results['info']['missing']}), "
-        "mean ± std over seeds",
+        f"{spread_caption(seeds)}",
         fontsize=10,
     )
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     fig.tight_layout()
     rob = out / "robustness.png"
     fig.savefig(rob, dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(vs) + 2), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(vs) + 2) + 1.2, 4))
     ks = ("R@1", "R@5", "R@10")
     w = 0.8 / len(ks)
     for j, k in enumerate(ks):
@@ -264,16 +269,16 @@ def plot_results(results: dict[str, Any], out: Path) -> list[Path]:
             xs,
             [100 * _stat(v, f"pairwise/{k}")["mean"] for v in vs],
             w,
-            yerr=[100 * _stat(v, f"pairwise/{k}")["std"] for v in vs],
+            yerr=error_bars([100 * _stat(v, f"pairwise/{k}")["std"] for v in vs], seeds),
             capsize=2,
             label=k,
         )
     ax.set_xticks(range(len(vs)), names, rotation=20, ha="right")
     ax.set_ylabel("cross-modal recall (%), mean over pairs")
     ax.set_title(
-        f"{results['info']['dataset']}: pairwise retrieval, mean ± std over seeds", fontsize=10
+        f"{results['info']['dataset']}: pairwise retrieval, {spread_caption(seeds)}", fontsize=10
     )
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     fig.tight_layout()
     ret = out / "retrieval.png"
     fig.savefig(ret, dpi=120)

@@ -108,9 +108,19 @@ class MultimodalObjective:
                 yield z[m], joint
 
     def terms(
-        self, model: MultimodalModel, x: Mapping[str, torch.Tensor | None]
+        self,
+        model: MultimodalModel,
+        x: Mapping[str, torch.Tensor | None],
+        *,
+        negatives: torch.Tensor | None = None,
+        enqueue: Callable[[torch.Tensor], None] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """``{"align": sum of the alignment terms, "dmm": weighted DMM term (if any)}``."""
+        """``{"align": sum of the alignment terms, "dmm": weighted DMM term (if any)}``.
+
+        ``negatives`` (K, latent): extra candidates of every alignment term (e.g. a memory
+        bank's queue of earlier joint representations); ``enqueue``: called with the batch's
+        joint representation (B, latent), e.g. to queue it.
+        """
         missing = [m for m in model.modalities if x.get(m) is None]
         if missing:
             raise ValueError(
@@ -122,7 +132,10 @@ class MultimodalObjective:
             z = {m: v.float() for m, v in model.encode(x).items()}
         joint = model.fuse(z)
         base = self.loss.base if self.is_dmm else self.loss
-        align = sum(base(a, b) for a, b in self._pairs(z, joint))
+        if enqueue is not None:
+            enqueue(joint.detach())
+        kw = {} if negatives is None else {"negatives": negatives}
+        align = sum(base(a, b, **kw) for a, b in self._pairs(z, joint))
         out: dict[str, torch.Tensor] = {"align": align}  # type: ignore[dict-item]
         if self.is_dmm and self.loss.current_weight > 0:
             out["dmm"] = self.loss.current_weight * self._dmm_term(model, x, z, joint)
@@ -158,6 +171,12 @@ class MultimodalObjective:
         return dmm.total(term)
 
     def __call__(
-        self, model: MultimodalModel, x: Mapping[str, torch.Tensor | None]
+        self,
+        model: MultimodalModel,
+        x: Mapping[str, torch.Tensor | None],
+        *,
+        negatives: torch.Tensor | None = None,
+        enqueue: Callable[[torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
-        return sum(self.terms(model, x).values())  # type: ignore[return-value]
+        terms = self.terms(model, x, negatives=negatives, enqueue=enqueue)
+        return sum(terms.values())  # type: ignore[return-value]

@@ -168,6 +168,7 @@ class MultimodalTrainer(EpochTrainer):
 
     cfg: MultimodalConfig
     model: MultimodalModel
+    supports_memory_bank: bool = True  # loss.memory_bank: the joint representations are queued
     loss_fn: nn.Module
     batch_size: int
     steps_per_epoch: int
@@ -209,7 +210,16 @@ class MultimodalTrainer(EpochTrainer):
     def compute_loss(self, epoch: int, step: int) -> torch.Tensor:
         idx = self.batch_indices(self.data.num_train, epoch, step).to(self.device)
         x = {m: v[idx] for m, v in self.train_x.items()}
-        return self.objective(self.forward_model, x)  # type: ignore[arg-type]
+        return self.objective(
+            self.forward_model,  # type: ignore[arg-type]
+            x,
+            negatives=self.bank_negatives(),
+            enqueue=self.enqueue if self.memory_bank is not None else None,
+        )
+
+    def embedding_dim(self) -> int:
+        """The width of the shared space (``model.latent``)."""
+        return int(self.model.latent_dim)
 
     def evaluate(self, final: bool) -> dict[str, float]:
         every = self.cfg.eval.every

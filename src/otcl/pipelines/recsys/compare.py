@@ -17,7 +17,6 @@ spread, and the drops) and ``recsys-val.png`` (validation nDCG@10 against the ep
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from ..compare import mean_std, pyplot, reuse_line
 from ..config import given
 from ..engine.rundir import SUMMARY
 from ..files import atomic_write_text
+from ..plots import error_bars, legend_outside, pm, spread_caption
 from ..results import per_seed
 from .baselines import (
     IMPLICIT_MODELS,
@@ -296,10 +296,10 @@ def _baseline_one(
     return summary
 
 
-def _fmt(stat: dict[str, float] | None) -> str:
-    if stat is None or math.isnan(stat["mean"]):
+def _fmt(stat: dict[str, float] | None, seeds: int) -> str:
+    if stat is None:
         return "n/a"
-    return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+    return pm(stat["mean"], stat["std"], seeds, 4)
 
 
 def _selection(metrics: Mapping[str, Any]) -> str:
@@ -319,15 +319,16 @@ def format_table(results: dict[str, Any]) -> str:
     """Markdown tables: warm metrics, DMM deltas, robustness (nDCG@10)."""
     seeds = max((len(v["seeds"]) for v in results["methods"].values()), default=0)
     lines = [
-        f"{results['info'].get('dataset', '')}: mean ± std over {seeds} seeds "
+        f"{results['info'].get('dataset', '')}: {spread_caption(seeds)} "
         "(users with a relevant test item); trained methods at their validation-best epoch",
         "",
         "| method | " + " | ".join(TABLE_METRICS) + " | tail recall@10 | best epoch | train s |",
         "|---" * (len(TABLE_METRICS) + 4) + "|",
     ]
     for m, r in results["methods"].items():
-        cells = [_fmt(r["metrics"].get(f"warm/{c}")) for c in TABLE_METRICS]
-        cells.append(_fmt(r["metrics"].get("tail/recall@10")))
+        n = len(r["seeds"])
+        cells = [_fmt(r["metrics"].get(f"warm/{c}"), n) for c in TABLE_METRICS]
+        cells.append(_fmt(r["metrics"].get("tail/recall@10"), n))
         cells.append(_selection(r["metrics"]))
         secs = r["metrics"].get("train_seconds", {"mean": float("nan")})["mean"]
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {secs:.1f} |")
@@ -340,7 +341,9 @@ def format_table(results: dict[str, Any]) -> str:
         lines += ["", f"| DMM vs its base | Δ recall@{k} | Δ ndcg@{k} |", "|---|---|---|"]
         for m, d in deltas.items():
             cells = [
-                f"{d[c]['delta']:+.4f} ± {d[c]['delta_std']:.4f} ({100 * d[c]['relative']:+.1f}%)"
+                f"{d[c]['delta']:+.4f}"
+                + (f" ± {d[c]['delta_std']:.4f}" if seeds > 1 else "")
+                + f" ({100 * d[c]['relative']:+.1f}%)"
                 for c in (f"warm/recall@{k}", f"warm/ndcg@{k}")
             ]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
@@ -360,37 +363,86 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _robustness_spread(results: dict[str, Any], k: int) -> dict[str, dict[str, float]]:
+    """Per method and variant of :func:`robustness`: the seed std of the same quantity."""
+    out: dict[str, dict[str, float]] = {}
+    for m, v in results["methods"].items():
+        warm = per_seed(results, m, f"warm/ndcg@{k}")
+        for variant in (*DROP_VARIANTS, "cold"):
+            key = f"{variant}/ndcg@{k}"
+            vals = per_seed(results, m, key) if key in v["metrics"] else []
+            if not vals or any(x is None for x in vals):
+                continue
+            if variant != "cold":
+                vals = [w - x for w, x in zip(warm, vals, strict=True)]  # type: ignore[operator]
+            out.setdefault(m, {})[variant] = mean_std(vals)[1]
+    return out
+
+
 def plot_results(results: dict[str, Any], out: Path) -> list[Path]:
-    """``recsys.png``: nDCG@10 and Recall@10 per method (error bars: seed std) and drops."""
+    """``recsys.png``: nDCG@k and Recall@k per method, the nDCG@k drop with item features
+    removed, and nDCG@k on cold-start items; error bars are the seed std (none with one
+    seed), every axis labelled, legends outside the bars."""
     plt = pyplot()
 
+    k = results["info"].get("k", 10)
     names = list(results["methods"])
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
-    for ax, key in zip(axes[:2], ("warm/ndcg@10", "warm/recall@10"), strict=True):
+    seeds = max((len(v["seeds"]) for v in results["methods"].values()), default=0)
+    fig, axes = plt.subplots(2, 2, figsize=(15, 9))
+    colors = ["tab:orange" if n.endswith("+dmm") else "tab:blue" for n in names]
+    for ax, key, label in (
+        (axes[0, 0], f"warm/ndcg@{k}", f"nDCG@{k}"),
+        (axes[0, 1], f"warm/recall@{k}", f"Recall@{k}"),
+    ):
         stats = [results["methods"][n]["metrics"].get(key) for n in names]
         means = [s["mean"] if s else 0.0 for s in stats]
-        stds = [s["std"] if s else 0.0 for s in stats]
-        colors = ["tab:orange" if n.endswith("+dmm") else "tab:blue" for n in names]
+        stds = error_bars([s["std"] if s else 0.0 for s in stats], seeds)
         ax.bar(range(len(names)), means, yerr=stds, color=colors, capsize=3)
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-        ax.set_title(key.split("/")[1] + " (orange: +DMM)")
+        ax.set_ylabel(f"{label} (warm items)")
+        ax.set_xlabel("method (orange: +DMM)")
+        ax.set_title(f"{label}, {spread_caption(seeds)}", fontsize=10)
     rob = robustness(results)
-    ax = axes[2]
+    spread = _robustness_spread(results, k)
+    ax = axes[1, 0]
     cols = list(DROP_VARIANTS)
     width = 0.8 / max(1, len(cols))
-    rnames = list(rob)
+    rnames = [n for n in rob if any(c in rob[n] for c in cols)]
     for j, c in enumerate(cols):
         ax.bar(
             [i + j * width for i in range(len(rnames))],
             [rob[n].get(c, 0.0) for n in rnames],
             width=width,
+            yerr=error_bars([spread.get(n, {}).get(c, 0.0) for n in rnames], seeds),
+            capsize=2,
             label=c,
         )
     middle = width * (len(cols) - 1) / 2  # the centre of each method's group of bars
     ax.set_xticks([i + middle for i in range(len(rnames))], rnames, rotation=45, ha="right")
-    ax.set_title("nDCG@10 drop with item features removed")
+    ax.axhline(0.0, color="black", lw=0.6)
+    ax.set_ylabel(f"nDCG@{k} drop (warm - variant)")
+    ax.set_xlabel("method (models with item features)")
+    ax.set_title("item features removed at test time", fontsize=10)
     if rnames:
-        ax.legend()
+        legend_outside(ax, title="removed")
+    else:
+        ax.text(0.5, 0.5, "no model with item features", ha="center", transform=ax.transAxes)
+    ax = axes[1, 1]
+    cold = [n for n in rob if "cold" in rob[n]]
+    ax.bar(
+        range(len(cold)),
+        [rob[n]["cold"] for n in cold],
+        yerr=error_bars([spread.get(n, {}).get("cold", 0.0) for n in cold], seeds),
+        color=["tab:orange" if n.endswith("+dmm") else "tab:blue" for n in cold],
+        capsize=3,
+    )
+    ax.set_xticks(range(len(cold)), cold, rotation=45, ha="right")
+    ax.set_ylabel(f"nDCG@{k} on cold-start items")
+    ax.set_xlabel("method (orange: +DMM)")
+    ax.set_title("cold start: items never seen in training", fontsize=10)
+    if not cold:
+        ax.text(0.5, 0.5, "no cold items (data.cold_items=0)", ha="center", transform=ax.transAxes)
+    fig.suptitle(f"{results['info'].get('dataset', '')}: {spread_caption(seeds)}", fontsize=11)
     fig.tight_layout()
     path = out / "recsys.png"
     fig.savefig(path, dpi=110)

@@ -106,7 +106,9 @@ class RecsysDMMConfig(Section):
 
     Defaults of DMM's recommender code: ``lam_range`` (0, 0.5), the reversed batch as partner,
     margin 1.5 for CML (None: the model's margin; 0.2 on the two-tower's cosines). ``warmup``
-    None: 0.15 x epochs, the official ramp e/(e + 30) over its 200 epochs scaled to the run.
+    None: 0.15 x epochs, the official ramp e/(e + 30) over its 200 epochs scaled to the run (so
+    ``--extend`` rescales it). A run's ``config.yaml`` gives both as the values that ran; its
+    checkpoint keeps the rules.
     """
 
     enabled: bool = False
@@ -159,12 +161,12 @@ class RecsysConfig(ConfigBase):
 
 
 #: model kind -> settings used where the user set none: CML as DMM's recommender code
-#: (dim 256, K = 10, batch 256, Adam) but at twice its rate (1e-3 per 128 samples = 2e-3) and at
-#: most 20 epochs instead of 200 -- a ceiling: every run keeps its validation-best epoch and
-#: stops after ``eval.patience`` (3) validations without improvement, so that `otcl recsys
-#: compare` fits 10 minutes of a 2-core CPU; the two-tower and MF settings were picked on
-#: ML-100K. One thread per run: the steps are small and a second thread on a shared 2-core
-#: machine slowed them down 2-4x.
+#: (dim 256, K = 10, batch 256, Adam) but at twice its rate (1e-3 per 128 samples = 2e-3 at
+#: batch 256; the two-tower's batch 512 runs at 4e-3) and at most 20 epochs instead of 200 -- a
+#: ceiling: every run keeps its validation-best epoch and stops after ``eval.patience`` (3)
+#: validations without improvement, so that `otcl recsys compare` fits 10 minutes of a 2-core
+#: CPU; the two-tower and MF settings were picked on ML-100K. One thread per run: the steps are
+#: small and a second thread on a shared 2-core machine slowed them down 2-4x.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "cml": {
         "model": {

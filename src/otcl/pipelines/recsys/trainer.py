@@ -25,6 +25,7 @@ improvement, and the test set is ranked once, at the end, with the best weights
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -271,6 +272,18 @@ class RecsysTrainer(EpochTrainer):
         self.pairs_item = torch.from_numpy(self.split.train_item).to(self.device)
         n = len(self.pairs_user)
         self.fit_batch(n, "positive training pairs")
+
+    def config_to_save(self) -> RecsysConfig:
+        """``config.yaml`` gives DMM's margin and ramp offset as the values the loss runs with
+        (``dmm.margin`` / ``dmm.warmup`` None are rules: the model's margin, 0.15 x epochs)."""
+        from ...losses import DMM
+
+        cfg = self.cfg
+        dmm = next((m for m in self.loss_fn.modules() if isinstance(m, DMM)), None)
+        if cfg.dmm.enabled and dmm is not None:
+            cfg = copy.deepcopy(cfg)
+            cfg.dmm.margin, cfg.dmm.warmup = float(dmm.margin), float(dmm.warmup)
+        return cfg
 
     def compute_loss(self, epoch: int, step: int) -> torch.Tensor:
         # the global batch on every rank (its negatives drawn as in one process); the

@@ -24,6 +24,7 @@ from ...losses import available
 from ..compare import pyplot
 from ..engine.rundir import METRICS, SUMMARY
 from ..files import read_jsonl
+from ..plots import error_bars, integer_epochs, legend_outside, pm, spread_caption
 from ..spec import split_dmm
 from .config import Config
 
@@ -184,35 +185,36 @@ def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """A Markdown table: method, kNN and linear accuracy (mean +- std, %), seconds per epoch."""
+    """A Markdown table: method, kNN and linear accuracy (mean +- std over several seeds, the
+    value alone over one; %), seconds per epoch."""
     i = results["info"]
     head = (
         f"{i['dataset']}, {i['arch']}, {i['epochs']} epochs, batch "
         f"{i['batch_size']}, kNN k={i['knn_k']} t={i['knn_t']}, linear probe "
         f"{i['linear_epochs']} epochs (final epoch), device {i['device']}"
     )
+    rows = _rows(results)
+    seeds = max((r["seeds"] for r in rows), default=0)
     lines = [
-        head,
+        f"{head}; {spread_caption(seeds)}",
         "",
         "| loss | seeds | kNN acc (%) | linear acc (%) | s / epoch |",
         "|---|---|---|---|---|",
     ]
-
-    def pct(m: float, s: float) -> str:
-        return "n/a" if math.isnan(m) else f"{100 * m:.2f} ± {100 * s:.2f}"
-
-    for r in _rows(results):
+    for r in rows:
         spe = r["seconds_per_epoch"]
+        n = r["seeds"]
         lines.append(
-            f"| {r['loss']} | {r['seeds']} | {pct(r['knn_mean'], r['knn_std'])} | "
-            f"{pct(r['linear_mean'], r['linear_std'])} | "
+            f"| {r['loss']} | {n} | {pm(r['knn_mean'], r['knn_std'], n, 2, 100)} | "
+            f"{pm(r['linear_mean'], r['linear_std'], n, 2, 100)} | "
             f"{'n/a' if spe is None else f'{spe:.3f}'} |"
         )
     return "\n".join(lines)
 
 
 def plot_results(results: dict[str, Any], out: Path) -> list[Path]:
-    """``accuracy.png`` (bars with std error bars) and ``curves.png`` (per-epoch curves)."""
+    """``accuracy.png`` (bars; seed-std error bars over several seeds) and ``curves.png`` (one
+    panel of training loss per method, on its own scale, and the kNN accuracy per epoch)."""
     plt = pyplot()
     rows = _rows(results)
     runs = [
@@ -220,12 +222,13 @@ def plot_results(results: dict[str, Any], out: Path) -> list[Path]:
         for r in results["runs"]
     ]
     names = [r["loss"] for r in rows]
+    seeds = max((r["seeds"] for r in rows), default=0)
     x = list(range(len(names)))
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names) + 2), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names) + 2) + 1.6, 4))
     w = 0.38
     for off, key, label in ((-w / 2, "knn", "kNN"), (w / 2, "linear", "linear probe")):
         means = [100 * r[f"{key}_mean"] for r in rows]
-        stds = [100 * r[f"{key}_std"] for r in rows]
+        stds = error_bars([100 * r[f"{key}_std"] for r in rows], seeds)
         ax.bar([i + off for i in x], means, w, yerr=stds, capsize=3, label=label)
     finite = [
         100 * r[f"{k}_mean"]
@@ -239,56 +242,82 @@ def plot_results(results: dict[str, Any], out: Path) -> list[Path]:
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(
-        f"{results['info']['dataset']}: {results['info']['epochs']} epochs, mean ± std over seeds",
+        f"{results['info']['dataset']}: {results['info']['epochs']} epochs, "
+        f"{spread_caption(seeds)}",
         fontsize=10,
     )
-    ax.legend()
+    legend_outside(ax)
     fig.tight_layout()
     acc_path = out / "accuracy.png"
     fig.savefig(acc_path, dpi=120)
     plt.close(fig)
+    cur_path = out / "curves.png"
+    _plot_curves(plt, names, runs, seeds, cur_path)
+    return [acc_path, cur_path]
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    for name in names:
+
+def _plot_curves(plt: Any, names: list[str], runs: list[dict[str, Any]], seeds: int, path: Path):
+    """``curves.png``: a small panel of training loss per method (its own y scale: the losses
+    of different methods are not on one scale, and normalised they overlap), and below one
+    panel of kNN accuracy per epoch (where monitored)."""
+    cols = min(4, max(1, len(names)))
+    nrows = math.ceil(len(names) / cols) if names else 1
+    fig = plt.figure(figsize=(3.2 * cols + 1.6, 2.3 * nrows + 3.2))
+    grid = fig.add_gridspec(nrows + 1, cols, height_ratios=[1.0] * nrows + [1.4])
+    knn_ax = fig.add_subplot(grid[nrows, :])
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = "osD^v<>p*h"
+    any_knn = False
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(grid[i // cols, i % cols])
+        color, marker = colors[i % len(colors)], markers[i % len(markers)]
         rs = [r for r in runs if r["loss"] == name and r["metrics"]]
+        ax.set_title(name, fontsize=9)
+        integer_epochs(ax, "epoch" if i // cols == nrows - 1 else "")
+        if i % cols == 0:
+            ax.set_ylabel("training loss", fontsize=8)
+        ax.tick_params(labelsize=7)
         if not rs:
             continue
-        epochs = [m["epoch"] for m in rs[0]["metrics"]]
-        curves = []
-        for r in rs:
-            ls = [m["loss"] for m in r["metrics"]]
-            first = ls[0] if ls and ls[0] != 0 else 1.0
-            curves.append([v / first for v in ls])
-        n = min(len(c) for c in curves)
-        mean = [statistics.fmean(c[i] for c in curves) for i in range(n)]
-        (line,) = a1.plot(epochs[:n], mean, label=name)
+        n = min(len(r["metrics"]) for r in rs)
+        epochs = [m["epoch"] for m in rs[0]["metrics"][:n]]
+        curves = [[m["loss"] for m in r["metrics"][:n]] for r in rs]
+        mean = [statistics.fmean(c[j] for c in curves) for j in range(n)]
+        ax.plot(epochs, mean, color=color, marker=marker, ms=3)
+        if len(curves) > 1:
+            sd = [statistics.stdev(c[j] for c in curves) for j in range(n)]
+            ax.fill_between(
+                epochs,
+                [m - s for m, s in zip(mean, sd, strict=True)],
+                [m + s for m, s in zip(mean, sd, strict=True)],
+                color=color,
+                alpha=0.2,
+            )
         pts: dict[int, list[float]] = {}
         for r in rs:
             for m in r["metrics"]:
                 if "knn" in m:
                     pts.setdefault(m["epoch"], []).append(100 * m["knn"])
         if pts:
+            any_knn = True
             es = sorted(pts)
             mk = [statistics.fmean(pts[e]) for e in es]
-            sk = [statistics.stdev(pts[e]) if len(pts[e]) > 1 else 0.0 for e in es]
-            a2.plot(es, mk, marker="o", ms=3, color=line.get_color(), label=name)
-            a2.fill_between(
-                es,
-                [m - s for m, s in zip(mk, sk, strict=True)],
-                [m + s for m, s in zip(mk, sk, strict=True)],
-                color=line.get_color(),
-                alpha=0.15,
-            )
-    a1.set_xlabel("epoch")
-    a1.set_ylabel("training loss / first-epoch loss")
-    a1.set_title("training loss (mean over seeds)", fontsize=10)
-    a2.set_xlabel("epoch")
-    a2.set_ylabel("kNN accuracy (%)")
-    a2.set_title("kNN accuracy during training (mean ± std)", fontsize=10)
-    a1.legend(fontsize=8)
-    a2.legend(fontsize=8)
+            knn_ax.plot(es, mk, marker=marker, ms=4, color=color, label=name)
+            if seeds > 1:
+                sk = [statistics.stdev(pts[e]) if len(pts[e]) > 1 else 0.0 for e in es]
+                knn_ax.fill_between(
+                    es,
+                    [m - s for m, s in zip(mk, sk, strict=True)],
+                    [m + s for m, s in zip(mk, sk, strict=True)],
+                    color=color,
+                    alpha=0.12,
+                )
+    integer_epochs(knn_ax)
+    knn_ax.set_ylabel("kNN accuracy (%)")
+    knn_ax.set_title(f"kNN accuracy during training, {spread_caption(seeds)}", fontsize=10)
+    if any_knn:
+        legend_outside(knn_ax)
+    fig.suptitle(f"training loss per method, {spread_caption(seeds)}", fontsize=10)
     fig.tight_layout()
-    cur_path = out / "curves.png"
-    fig.savefig(cur_path, dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    return [acc_path, cur_path]

@@ -193,6 +193,7 @@ class SSLTrainer(EpochTrainer):
         "eval",  # evaluation settings do not change the training
     )
     measures: tuple[str, ...] = ("eval",)  # ... but they change the numbers: not reused
+    supports_memory_bank: bool = True  # loss.memory_bank: the second views' projections are queued
     cfg: Config
     model: nn.Module
     loss_fn: nn.Module
@@ -280,7 +281,16 @@ class SSLTrainer(EpochTrainer):
             if self.cfg.loss.dmm_mix == "input":  # the loss's hook: {} for every loss but DMM
                 extra = self.loss_fn.prepare_inputs(self.forward_model, views[:b], views[b:])
         z = z.float()
+        negatives = self.bank_negatives()
+        if negatives is not None:
+            extra["negatives"] = negatives
+        self.enqueue(z[b:])  # stored after the optimizer step (a no-op without a bank)
         return self.loss_call(z[:b], z[b:], **extra)
+
+    def embedding_dim(self) -> int:
+        """The projection's width (the last linear layer of the head)."""
+        linear = [m for m in self.model.modules() if isinstance(m, torch.nn.Linear)]
+        return int(linear[-1].out_features)
 
     def items_per_step(self) -> int:
         return 2 * self.batch_size
