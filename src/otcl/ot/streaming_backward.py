@@ -64,11 +64,10 @@ def unrolled_exp(ctx, x, y, f, g, lse, row_sum, col_sum, grad_f, grad_g, grad_ls
         alpha = torch.empty_like(fb) if ta > 0 else None
         col = torch.zeros_like(gb)
         last = t == 1
-        if last:
-            if ta > 0:
-                left.append(alpha)  # filled tile by tile below, before each tile reads it
-                right.append(vs[t - 1])
-            R = torch.stack(right, dim=-1)
+        if last and ta > 0:
+            left.append(alpha)  # filled tile by tile below, before each tile reads it
+            right.append(vs[t - 1])
+        R = torch.stack(right, dim=-1) if last else None
         for r0, r1 in spec.blocks(n):
             K = spec.scores(x, y, r0, r1).exp_()
             if tb > 0:
@@ -76,10 +75,12 @@ def unrolled_exp(ctx, x, y, f, g, lse, row_sum, col_sum, grad_f, grad_g, grad_ls
             if ta > 0:
                 rb = rs[t - 1][r0:r1]
                 ab = torch.where(rb > tiny, -ta * fb[r0:r1] / rb, torch.zeros_like(rb))
+                assert alpha is not None
                 alpha[r0:r1] = ab
                 if not last:
                     col.addmv_(K.transpose(0, 1), ab)
             if last:
+                assert R is not None
                 L = torch.stack([vec[r0:r1] for vec in left], dim=-1)
                 spec.backprop(x, y, r0, r1, K.mul_(L @ R.transpose(0, 1)), gx, gy)
         if ta > 0:
@@ -118,6 +119,7 @@ def unrolled_log(ctx, x, y, f, g, lse, row_sum, col_sum, grad_f, grad_g, grad_ls
         col = torch.zeros_like(gb)
         last = t == 1
         if last and ta > 0:
+            assert alpha is not None
             terms.append(("row", alpha, gs[t - 1], lrs[t - 1]))
         for r0, r1 in spec.blocks(n):
             S = spec.scores(x, y, r0, r1)
@@ -125,6 +127,7 @@ def unrolled_log(ctx, x, y, f, g, lse, row_sum, col_sum, grad_f, grad_g, grad_ls
                 P = (S + fs[t][r0:r1].unsqueeze(-1)).sub_(lcs[t - 1]).exp_()
                 fb[r0:r1] += P @ beta
             if ta > 0:
+                assert alpha is not None
                 alpha[r0:r1] = -ta * fb[r0:r1]
                 if not last:
                     P = (S + gs[t - 1]).sub_(lrs[t - 1][r0:r1].unsqueeze(-1)).exp_()
@@ -141,6 +144,7 @@ def unrolled_log(ctx, x, y, f, g, lse, row_sum, col_sum, grad_f, grad_g, grad_ls
                 spec.backprop(x, y, r0, r1, grad, gx, gy)
         if ta > 0:
             if not last:
+                assert alpha is not None
                 terms.append(("row", alpha, gs[t - 1], lrs[t - 1]))
             gb = gb + col
             fb = torch.zeros_like(fb)
