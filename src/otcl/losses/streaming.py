@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -37,6 +37,9 @@ from ..ot.streaming import StreamingGeometry, streaming_pair_scores
 from ..ot.streaming_sinkhorn import StreamingOutput, row_reduce, streaming_solve
 from .divergences import rince_rows, row_mean
 from .targets import prepare_target
+
+if TYPE_CHECKING:  # base imports this module
+    from .base import OTContrastiveLoss
 
 __all__ = [
     "TargetTiles",
@@ -54,6 +57,16 @@ class TargetTiles:
     Either from labels (same class = positive, self-pairs excluded, extra columns zero; the
     tile is built on demand) or from a dense (n, m) tensor (sliced).
     """
+
+    dense: torch.Tensor | None
+    dtype: torch.dtype
+    m: int
+    layout: str
+    # from labels only: the (n_rows,) classes, this rank's rows, their classes and positives
+    y: torch.Tensor
+    rows: torch.Tensor
+    y_rows: torch.Tensor
+    count: torch.Tensor
 
     def __init__(
         self,
@@ -255,7 +268,7 @@ def symmetric_gauge(out: StreamingOutput) -> StreamingOutput:
     return out.replace(f=out.f + k, g=out.g - k, row_lse=out.row_lse - k)
 
 
-def solve_direction(loss, geom: StreamingGeometry) -> StreamingOutput:
+def solve_direction(loss: OTContrastiveLoss, geom: StreamingGeometry) -> StreamingOutput:
     """The model plan of one direction under an :class:`~otcl.losses.OTContrastiveLoss`'s
     options (the streamed twin of its ``solve``: the same problem, warm start and gauge)."""
     n, m = geom.n_rows, geom.shape[1]
@@ -282,7 +295,7 @@ def solve_direction(loss, geom: StreamingGeometry) -> StreamingOutput:
 
 
 def streaming_forward(
-    loss,
+    loss: OTContrastiveLoss,
     z1: torch.Tensor,
     z2: torch.Tensor,
     labels: torch.Tensor | None,

@@ -20,7 +20,7 @@ detached per tile, and the potentials come from a solve without gradient.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,6 +30,9 @@ from ..ot.problem import Problem
 from ..ot.streaming import StreamingGeometry, TileSpec, streaming_pair_scores
 from ..ot.streaming_sinkhorn import row_reduce, streaming_solve
 from .divergences import row_mean
+
+if TYPE_CHECKING:  # hard_negatives imports this module
+    from .hard_negatives import HardNegativeLoss
 
 __all__ = ["hard_streaming_forward"]
 
@@ -137,7 +140,7 @@ def _solve(loss, geom: StreamingGeometry, labels: torch.Tensor | None):
 
 
 def hard_streaming_forward(
-    loss,
+    loss: HardNegativeLoss,
     z1: torch.Tensor,
     z2: torch.Tensor,
     labels: torch.Tensor | None,

@@ -13,6 +13,8 @@ by tile:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .distributed import Shard
@@ -25,7 +27,22 @@ def _col_sum(x: torch.Tensor, shard: Shard | None) -> torch.Tensor:
     return x if shard is None else shard.sum(x)
 
 
-def detach(ctx, x, y, f, g, lse, row_sum, col_sum, grad_f, grad_g, grad_lse, gx, gy):
+def detach(
+    ctx: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    f: torch.Tensor,
+    g: torch.Tensor,
+    lse: torch.Tensor,
+    row_sum: torch.Tensor,
+    col_sum: torch.Tensor,
+    grad_f: torch.Tensor | None,
+    grad_g: torch.Tensor | None,
+    grad_lse: torch.Tensor | None,
+    gx: torch.Tensor | None,
+    gy: torch.Tensor | None,
+) -> None:
+    assert grad_lse is not None  # the caller runs it only when row_lse has a gradient
     spec = ctx.opts["spec"]
     for r0, r1 in spec.blocks(x.shape[0]):
         S = spec.scores(x, y, r0, r1)
@@ -33,7 +50,21 @@ def detach(ctx, x, y, f, g, lse, row_sum, col_sum, grad_f, grad_g, grad_lse, gx,
         spec.backprop(x, y, r0, r1, P.mul_(grad_lse[r0:r1].unsqueeze(-1)), gx, gy)
 
 
-def unrolled_exp(ctx, x, y, f, g, lse, row_sum, col_sum, grad_f, grad_g, grad_lse, gx, gy):
+def unrolled_exp(
+    ctx: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    f: torch.Tensor,
+    g: torch.Tensor,
+    lse: torch.Tensor,
+    row_sum: torch.Tensor,
+    col_sum: torch.Tensor,
+    grad_f: torch.Tensor | None,
+    grad_g: torch.Tensor | None,
+    grad_lse: torch.Tensor | None,
+    gx: torch.Tensor | None,
+    gy: torch.Tensor | None,
+) -> None:
     """The reverse of the exp-domain iterations (the dense fused backward, streamed)."""
     opts, tr = ctx.opts, ctx.trace
     spec, shard, ta, tb = opts["spec"], opts["shard"], opts["ta"], opts["tb"]
@@ -91,7 +122,21 @@ def unrolled_exp(ctx, x, y, f, g, lse, row_sum, col_sum, grad_f, grad_g, grad_ls
             fb = torch.zeros_like(fb)
 
 
-def unrolled_log(ctx, x, y, f, g, lse, row_sum, col_sum, grad_f, grad_g, grad_lse, gx, gy):
+def unrolled_log(
+    ctx: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    f: torch.Tensor,
+    g: torch.Tensor,
+    lse: torch.Tensor,
+    row_sum: torch.Tensor,
+    col_sum: torch.Tensor,
+    grad_f: torch.Tensor | None,
+    grad_g: torch.Tensor | None,
+    grad_lse: torch.Tensor | None,
+    gx: torch.Tensor | None,
+    gy: torch.Tensor | None,
+) -> None:
     """The reverse of the log-domain iterations (the dense fused log backward, streamed)."""
     opts, tr = ctx.opts, ctx.trace
     spec, shard, ta, tb = opts["spec"], opts["shard"], opts["ta"], opts["tb"]
@@ -150,7 +195,21 @@ def unrolled_log(ctx, x, y, f, g, lse, row_sum, col_sum, grad_f, grad_g, grad_ls
             fb = torch.zeros_like(fb)
 
 
-def implicit(ctx, x, y, f, g, lse, row_sum, col_sum, grad_f, grad_g, grad_lse, gx, gy):
+def implicit(
+    ctx: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    f: torch.Tensor,
+    g: torch.Tensor,
+    lse: torch.Tensor,
+    row_sum: torch.Tensor,
+    col_sum: torch.Tensor,
+    grad_f: torch.Tensor | None,
+    grad_g: torch.Tensor | None,
+    grad_lse: torch.Tensor | None,
+    gx: torch.Tensor | None,
+    gy: torch.Tensor | None,
+) -> None:
     """Implicit differentiation at (f, g): streamed conjugate gradient (module doc)."""
     opts = ctx.opts
     spec, shard, ta, tb, dom = opts["spec"], opts["shard"], opts["ta"], opts["tb"], opts["domain"]
