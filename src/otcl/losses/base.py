@@ -38,6 +38,7 @@ from ..ot.distributed import Shard, current_shard
 from ..ot.geometry import LAYOUTS, SIMILARITIES, Geometry, pair_scores
 from ..ot.problem import CONSTRAINTS, Problem
 from ..ot.sinkhorn import BACKWARDS, DOMAINS, GRAD_MODES, Sinkhorn, SinkhornOutput
+from ..ot.streaming_sinkhorn import StreamingOutput
 from . import divergences
 from .contrastive import ContrastiveLoss
 from .divergences import RowView
@@ -441,7 +442,7 @@ class OTContrastiveLoss(ContrastiveLoss):
 
     def coupling(
         self, z1: torch.Tensor, z2: torch.Tensor, negatives: torch.Tensor | None = None
-    ) -> SinkhornOutput:
+    ) -> SinkhornOutput | StreamingOutput:
         """The model plan :math:`P_\\theta` of a batch (first direction; for diagnostics; this
         rank's rows with ``gather_distributed``)."""
         shard = self.shard()
@@ -484,7 +485,7 @@ class OTContrastiveLoss(ContrastiveLoss):
             tile = None  # "auto": the dense path, the one that takes a column prior
         if tile is not None:
             terms = self.streaming_terms()
-            kw = dict(tile_size=tile, terms=terms)
+            kw: dict[str, Any] = dict(tile_size=tile, terms=terms)
             return streaming_forward(self, z1, z2, labels, target, negatives, **kw)
         shard = self.shard()
         self._check_call(z1, z2, negatives, shard)

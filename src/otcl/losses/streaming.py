@@ -27,14 +27,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from .._validation import flat_negatives
+from ..ot.geometry import Geometry
 from ..ot.streaming import StreamingGeometry, streaming_pair_scores
 from ..ot.streaming_sinkhorn import StreamingOutput, row_reduce, streaming_solve
 from .divergences import rince_rows, row_mean
 from .targets import prepare_target
+
+if TYPE_CHECKING:  # base imports this module
+    from .base import OTContrastiveLoss
 
 __all__ = [
     "TargetTiles",
@@ -52,6 +57,16 @@ class TargetTiles:
     Either from labels (same class = positive, self-pairs excluded, extra columns zero; the
     tile is built on demand) or from a dense (n, m) tensor (sliced).
     """
+
+    dense: torch.Tensor | None
+    dtype: torch.dtype
+    m: int
+    layout: str
+    # from labels only: the (n_rows,) classes, this rank's rows, their classes and positives
+    y: torch.Tensor
+    rows: torch.Tensor
+    y_rows: torch.Tensor
+    count: torch.Tensor
 
     def __init__(
         self,
@@ -126,7 +141,9 @@ def streaming_target(
         return TargetTiles(geom, labels=labels, dtype=dtype), None
     if labels is None and target is None:
         return None, geom.pos
-    dense, _ = prepare_target(stand_in, labels, target, dtype)  # checks, normalises, shards
+    # the stand-in carries every attribute prepare_target reads of a Geometry (duck-typed)
+    view = cast(Geometry, stand_in)
+    dense, _ = prepare_target(view, labels, target, dtype)  # checks, normalises, shards
     return TargetTiles(geom, dense=dense, dtype=dtype), None
 
 
@@ -139,6 +156,7 @@ def _negatives_tile(out: StreamingOutput, target: TargetTiles | None, pos: torch
         ex = spec.excluded(r0, r1, m, device)
         keep = torch.ones(r1 - r0, m, dtype=torch.bool, device=device) if ex is None else ~ex
         if target is None:
+            assert pos is not None  # the identity target comes with its positives
             keep[torch.arange(r1 - r0, device=device), pos[r0:r1]] = False
         else:
             keep &= target.block(r0, r1) <= 0
@@ -223,6 +241,7 @@ def streaming_loss_terms(
         log_pos = geom.positive_scores().to(g.dtype) + g[pos]
     if terms.get("ce"):
         if target is None:
+            assert log_pos is not None
             row = lse - log_pos
         else:
             row = lse - row_reduce(geom, g, weight=target.block, kind="sum", spec=out.spec)
@@ -231,11 +250,12 @@ def streaming_loss_terms(
         lp = log_pos
         if target is not None:
             lp = row_reduce(geom, g, weight=target.log_block, spec=out.spec)
+        assert lp is not None
         value = rince_rows(lp, lse, q, lam, rows_total=out.rows_total, shard=out.shard)
         total = total + terms["rince"] * value
     if terms.get("uniformity"):
         total = total + terms["uniformity"] * _uniformity(out, target, pos, detach_mean)
-    if isinstance(total, float):
+    if not isinstance(total, torch.Tensor):  # no term: still the 0.0 it started as
         return g.new_zeros(())
     return total
 
@@ -248,7 +268,7 @@ def symmetric_gauge(out: StreamingOutput) -> StreamingOutput:
     return out.replace(f=out.f + k, g=out.g - k, row_lse=out.row_lse - k)
 
 
-def solve_direction(loss, geom: StreamingGeometry) -> StreamingOutput:
+def solve_direction(loss: OTContrastiveLoss, geom: StreamingGeometry) -> StreamingOutput:
     """The model plan of one direction under an :class:`~otcl.losses.OTContrastiveLoss`'s
     options (the streamed twin of its ``solve``: the same problem, warm start and gauge)."""
     n, m = geom.n_rows, geom.shape[1]
@@ -275,7 +295,7 @@ def solve_direction(loss, geom: StreamingGeometry) -> StreamingOutput:
 
 
 def streaming_forward(
-    loss,
+    loss: OTContrastiveLoss,
     z1: torch.Tensor,
     z2: torch.Tensor,
     labels: torch.Tensor | None,
@@ -292,7 +312,7 @@ def streaming_forward(
     negatives = flat_negatives(negatives)
     if shard is not None and isinstance(labels, torch.Tensor) and labels.dim() == 1:
         labels = shard.gather_constant(labels)  # the global batch's classes
-    options = dict(
+    options: dict[str, Any] = dict(
         temperature=loss.temperature,
         tile_size=tile_size,
         layout=loss.layout,
@@ -301,7 +321,9 @@ def streaming_forward(
     )
     geo = streaming_pair_scores(z1, z2, negatives=negatives, shard=shard, **options)
     dtype = torch.float64 if z1.dtype == torch.float64 else torch.float32
-    extra = dict(q=loss.q, lam=loss.lam, detach_mean=bool(getattr(loss, "detach_mean", False)))
+    extra: dict[str, Any] = dict(
+        q=loss.q, lam=loss.lam, detach_mean=bool(getattr(loss, "detach_mean", False))
+    )
 
     def direction(geom: StreamingGeometry, tgt, pos) -> torch.Tensor:
         return streaming_loss_terms(solve_direction(loss, geom), tgt, pos, terms, **extra)

@@ -20,6 +20,7 @@ detached per tile, and the potentials come from a solve without gradient.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,6 +30,9 @@ from ..ot.problem import Problem
 from ..ot.streaming import StreamingGeometry, TileSpec, streaming_pair_scores
 from ..ot.streaming_sinkhorn import row_reduce, streaming_solve
 from .divergences import row_mean
+
+if TYPE_CHECKING:  # hard_negatives imports this module
+    from .hard_negatives import HardNegativeLoss
 
 __all__ = ["hard_streaming_forward"]
 
@@ -84,7 +88,7 @@ def _specs(loss, geom: StreamingGeometry, labels: torch.Tensor | None):
     def combined(sim: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
         return cost(sim.detach() if frozen else sim, r0, r1) + sim / t
 
-    base = dict(temperature=t, tile_size=geom.tile_size, rows=geom.rows, keep=keep)
+    base: dict[str, Any] = dict(temperature=t, tile_size=geom.tile_size, rows=geom.rows, keep=keep)
     return TileSpec(score_map=cost, **base), TileSpec(score_map=combined, **base), keep
 
 
@@ -120,7 +124,7 @@ def _solve(loss, geom: StreamingGeometry, labels: torch.Tensor | None):
         if total == 0:  # nothing to couple: every row's loss is 0
             zeros = geom.x.new_zeros
             return zeros(n, dtype=geom.work_dtype), zeros(m, dtype=geom.work_dtype)
-    options = dict(
+    options: dict[str, Any] = dict(
         iters=loss.iters,
         tol=loss.tol or None,
         grad=_MODES[loss.coupling_grad],
@@ -136,7 +140,7 @@ def _solve(loss, geom: StreamingGeometry, labels: torch.Tensor | None):
 
 
 def hard_streaming_forward(
-    loss,
+    loss: HardNegativeLoss,
     z1: torch.Tensor,
     z2: torch.Tensor,
     labels: torch.Tensor | None,
@@ -151,7 +155,7 @@ def hard_streaming_forward(
     negatives = flat_negatives(negatives)
     if shard is not None and labels is not None:
         labels = shard.gather_constant(labels)
-    options = dict(
+    options: dict[str, Any] = dict(
         temperature=loss.temperature,
         tile_size=tile_size,
         layout=loss.layout,

@@ -53,7 +53,7 @@ class _TiledInfoNCE(torch.autograd.Function):
         return (lse - s_pos).mean()
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad):  # pyright: ignore[reportIncompatibleMethodOverride]
         x, y, pos, lse = ctx.saved_tensors
         t, tile, n = ctx.temperature, ctx.tile, x.shape[0]
         scale = float(grad) / (n * t)

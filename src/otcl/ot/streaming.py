@@ -184,6 +184,9 @@ class OnlineColumnLSE:
     (two all-reduces of an m-vector: the maximum and the rescaled sum).
     """
 
+    top: torch.Tensor  # (m,) running column maximum
+    total: torch.Tensor  # (m,) running sum of exp(Z - top)
+
     def __init__(self, m: int, like: torch.Tensor) -> None:
         self.top = torch.full((m,), float("-inf"), dtype=like.dtype, device=like.device)
         self.total = torch.zeros(m, dtype=like.dtype, device=like.device)

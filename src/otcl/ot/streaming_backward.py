@@ -13,6 +13,8 @@ by tile:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .distributed import Shard
@@ -25,7 +27,22 @@ def _col_sum(x: torch.Tensor, shard: Shard | None) -> torch.Tensor:
     return x if shard is None else shard.sum(x)
 
 
-def detach(ctx, x, y, f, g, lse, row_sum, col_sum, grad_f, grad_g, grad_lse, gx, gy):
+def detach(
+    ctx: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    f: torch.Tensor,
+    g: torch.Tensor,
+    lse: torch.Tensor,
+    row_sum: torch.Tensor,
+    col_sum: torch.Tensor,
+    grad_f: torch.Tensor | None,
+    grad_g: torch.Tensor | None,
+    grad_lse: torch.Tensor | None,
+    gx: torch.Tensor | None,
+    gy: torch.Tensor | None,
+) -> None:
+    assert grad_lse is not None  # the caller runs it only when row_lse has a gradient
     spec = ctx.opts["spec"]
     for r0, r1 in spec.blocks(x.shape[0]):
         S = spec.scores(x, y, r0, r1)
@@ -33,7 +50,21 @@ def detach(ctx, x, y, f, g, lse, row_sum, col_sum, grad_f, grad_g, grad_lse, gx,
         spec.backprop(x, y, r0, r1, P.mul_(grad_lse[r0:r1].unsqueeze(-1)), gx, gy)
 
 
-def unrolled_exp(ctx, x, y, f, g, lse, row_sum, col_sum, grad_f, grad_g, grad_lse, gx, gy):
+def unrolled_exp(
+    ctx: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    f: torch.Tensor,
+    g: torch.Tensor,
+    lse: torch.Tensor,
+    row_sum: torch.Tensor,
+    col_sum: torch.Tensor,
+    grad_f: torch.Tensor | None,
+    grad_g: torch.Tensor | None,
+    grad_lse: torch.Tensor | None,
+    gx: torch.Tensor | None,
+    gy: torch.Tensor | None,
+) -> None:
     """The reverse of the exp-domain iterations (the dense fused backward, streamed)."""
     opts, tr = ctx.opts, ctx.trace
     spec, shard, ta, tb = opts["spec"], opts["shard"], opts["ta"], opts["tb"]
@@ -64,11 +95,10 @@ def unrolled_exp(ctx, x, y, f, g, lse, row_sum, col_sum, grad_f, grad_g, grad_ls
         alpha = torch.empty_like(fb) if ta > 0 else None
         col = torch.zeros_like(gb)
         last = t == 1
-        if last:
-            if ta > 0:
-                left.append(alpha)  # filled tile by tile below, before each tile reads it
-                right.append(vs[t - 1])
-            R = torch.stack(right, dim=-1)
+        if last and ta > 0:
+            left.append(alpha)  # filled tile by tile below, before each tile reads it
+            right.append(vs[t - 1])
+        R = torch.stack(right, dim=-1) if last else None
         for r0, r1 in spec.blocks(n):
             K = spec.scores(x, y, r0, r1).exp_()
             if tb > 0:
@@ -76,10 +106,12 @@ def unrolled_exp(ctx, x, y, f, g, lse, row_sum, col_sum, grad_f, grad_g, grad_ls
             if ta > 0:
                 rb = rs[t - 1][r0:r1]
                 ab = torch.where(rb > tiny, -ta * fb[r0:r1] / rb, torch.zeros_like(rb))
+                assert alpha is not None
                 alpha[r0:r1] = ab
                 if not last:
                     col.addmv_(K.transpose(0, 1), ab)
             if last:
+                assert R is not None
                 L = torch.stack([vec[r0:r1] for vec in left], dim=-1)
                 spec.backprop(x, y, r0, r1, K.mul_(L @ R.transpose(0, 1)), gx, gy)
         if ta > 0:
@@ -90,7 +122,21 @@ def unrolled_exp(ctx, x, y, f, g, lse, row_sum, col_sum, grad_f, grad_g, grad_ls
             fb = torch.zeros_like(fb)
 
 
-def unrolled_log(ctx, x, y, f, g, lse, row_sum, col_sum, grad_f, grad_g, grad_lse, gx, gy):
+def unrolled_log(
+    ctx: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    f: torch.Tensor,
+    g: torch.Tensor,
+    lse: torch.Tensor,
+    row_sum: torch.Tensor,
+    col_sum: torch.Tensor,
+    grad_f: torch.Tensor | None,
+    grad_g: torch.Tensor | None,
+    grad_lse: torch.Tensor | None,
+    gx: torch.Tensor | None,
+    gy: torch.Tensor | None,
+) -> None:
     """The reverse of the log-domain iterations (the dense fused log backward, streamed)."""
     opts, tr = ctx.opts, ctx.trace
     spec, shard, ta, tb = opts["spec"], opts["shard"], opts["ta"], opts["tb"]
@@ -118,6 +164,7 @@ def unrolled_log(ctx, x, y, f, g, lse, row_sum, col_sum, grad_f, grad_g, grad_ls
         col = torch.zeros_like(gb)
         last = t == 1
         if last and ta > 0:
+            assert alpha is not None
             terms.append(("row", alpha, gs[t - 1], lrs[t - 1]))
         for r0, r1 in spec.blocks(n):
             S = spec.scores(x, y, r0, r1)
@@ -125,6 +172,7 @@ def unrolled_log(ctx, x, y, f, g, lse, row_sum, col_sum, grad_f, grad_g, grad_ls
                 P = (S + fs[t][r0:r1].unsqueeze(-1)).sub_(lcs[t - 1]).exp_()
                 fb[r0:r1] += P @ beta
             if ta > 0:
+                assert alpha is not None
                 alpha[r0:r1] = -ta * fb[r0:r1]
                 if not last:
                     P = (S + gs[t - 1]).sub_(lrs[t - 1][r0:r1].unsqueeze(-1)).exp_()
@@ -141,12 +189,27 @@ def unrolled_log(ctx, x, y, f, g, lse, row_sum, col_sum, grad_f, grad_g, grad_ls
                 spec.backprop(x, y, r0, r1, grad, gx, gy)
         if ta > 0:
             if not last:
+                assert alpha is not None
                 terms.append(("row", alpha, gs[t - 1], lrs[t - 1]))
             gb = gb + col
             fb = torch.zeros_like(fb)
 
 
-def implicit(ctx, x, y, f, g, lse, row_sum, col_sum, grad_f, grad_g, grad_lse, gx, gy):
+def implicit(
+    ctx: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    f: torch.Tensor,
+    g: torch.Tensor,
+    lse: torch.Tensor,
+    row_sum: torch.Tensor,
+    col_sum: torch.Tensor,
+    grad_f: torch.Tensor | None,
+    grad_g: torch.Tensor | None,
+    grad_lse: torch.Tensor | None,
+    gx: torch.Tensor | None,
+    gy: torch.Tensor | None,
+) -> None:
     """Implicit differentiation at (f, g): streamed conjugate gradient (module doc)."""
     opts = ctx.opts
     spec, shard, ta, tb, dom = opts["spec"], opts["shard"], opts["ta"], opts["tb"], opts["domain"]

@@ -46,7 +46,7 @@ class _RowReduce(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad):  # pyright: ignore[reportIncompatibleMethodOverride]
         x, y, g, out = ctx.saved_tensors
         spec, weight, kind = ctx.spec, ctx.weight, ctx.kind
         need_x, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -67,6 +67,7 @@ class _RowReduce(torch.autograd.Function):
                 top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
                 tile = S.sub_(top.unsqueeze(-1)).exp_().mul_(h)
             else:
+                assert w is not None  # a "sum" reduction always has its weights
                 tile = torch.where(w != 0, w * h, torch.zeros_like(w))
             if gg is not None:
                 gg += tile.sum(0)

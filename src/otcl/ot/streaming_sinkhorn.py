@@ -127,12 +127,30 @@ def _final_pass(x, y, spec, f, g, dom, shard):
     return lse, (f + lse).exp(), (g + acc.result(shard)).exp()
 
 
-def _iterate(x, y, spec, log_a, log_b, ta, tb, f, g, iters, tol, check_every, dom, shard, trace):
+def _iterate(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    spec: TileSpec,
+    log_a: torch.Tensor,
+    log_b: torch.Tensor,
+    ta: float,
+    tb: float,
+    f: torch.Tensor,
+    g: torch.Tensor,
+    iters: int,
+    tol: float | None,
+    check_every: int,
+    dom: str,
+    shard: Shard | None,
+    trace: dict[str, list[Any]] | None,
+) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
     """The iterations: returns (f, g, n_done, converged); ``trace`` (a dict or None) receives
     every iterate for the unrolled backward."""
     n, m = x.shape[0], y.shape[0]
     tiny = torch.finfo(x.dtype).tiny
     exp = dom == "exp"
+    # bound for the checker only: each branch rebinds the names it reads before reading them
+    a = b = u = v = u_prev = v_prev = f_prev = g_prev = f
     if exp:
         a, b = log_a.exp(), log_b.exp()
         u, v = f.exp(), g.exp()
@@ -150,15 +168,18 @@ def _iterate(x, y, spec, log_a, log_b, ta, tb, f, g, iters, tol, check_every, do
             for r0, r1 in spec.blocks(n):
                 K = spec.scores(x, y, r0, r1).exp_()
                 if ta > 0:
+                    assert r is not None
                     kv = (K @ v).clamp_min_(tiny)
                     r[r0:r1] = kv
                     ub = a[r0:r1] / kv if ta == 1.0 else (a[r0:r1] / kv).pow(ta)
                     u_new[r0:r1] = ub
                 if tb > 0:
+                    assert col is not None
                     col.addmv_(K.transpose(0, 1), u_new[r0:r1])
             u = u_new
             c = None
             if tb > 0:
+                assert col is not None
                 c = (col if shard is None else shard.sum(col)).clamp_min(tiny)
                 v = b / c if tb == 1.0 else (b / c).pow(tb)
             if trace is not None:
@@ -174,13 +195,16 @@ def _iterate(x, y, spec, log_a, log_b, ta, tb, f, g, iters, tol, check_every, do
             for r0, r1 in spec.blocks(n):
                 S = spec.scores(x, y, r0, r1)
                 if ta > 0:
+                    assert lr is not None
                     lr[r0:r1] = torch.logsumexp(S + g, dim=-1)
                     f_new[r0:r1] = ta * (log_a[r0:r1] - lr[r0:r1])
                 if tb > 0:
+                    assert acc is not None
                     acc.add(S.add_(f_new[r0:r1].unsqueeze(-1)))
             f = f_new
             lc = None
             if tb > 0:
+                assert acc is not None
                 lc = acc.result(shard)
                 g = tb * (log_b - lc)
             if trace is not None:
@@ -232,7 +256,7 @@ class _StreamSinkhorn(torch.autograd.Function):
         return f, g, lse
 
     @staticmethod
-    def backward(ctx, grad_f, grad_g, grad_lse):
+    def backward(ctx, grad_f, grad_g, grad_lse):  # pyright: ignore[reportIncompatibleMethodOverride]
         x, y, f, g, lse, row_sum, col_sum = ctx.saved_tensors
         opts = ctx.opts
         need_x, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -320,7 +344,7 @@ def streaming_solve(
     like = x.detach()
     n_all = n if shard is None else n * shard.world
     rows_total = None if shard is None else n_all
-    common = dict(geometry=geom, spec=spec, shard=shard, rows_total=rows_total)
+    common: dict[str, Any] = dict(geometry=geom, spec=spec, shard=shard, rows_total=rows_total)
     if problem.mass is not None:  # log P = S + f, f = log(mass) - LSE(S)
         lse = row_reduce(geom, spec=spec)
         total = torch.logsumexp(lse, 0) if shard is None else shard.logsumexp_all(lse.unsqueeze(-1))
@@ -350,7 +374,7 @@ def streaming_solve(
     if ta * tb == 0 and grad == "implicit":  # semi-relaxed: the single update is differentiated
         grad = "unrolled"
     info: dict = {}
-    opts = dict(
+    opts: dict[str, Any] = dict(
         spec=spec, shard=shard, domain=_choose_domain(domain, geom, spec, bound), grad=grad,
         ta=ta, tb=tb, iters=iters, tol=tol, check_every=check_every, info=info,
         cg_tol=cg_tol, cg_max_iter=cg_max_iter,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..engine.checkpoint import open_run, restore_model
 from ..engine.rundir import METRICS, SUMMARY
@@ -130,10 +131,24 @@ class DomainTrainer(EpochTrainer):
     pipeline: str = "domains"
 
     throughput_unit: str = "views"
-    outputs = (METRICS, SUMMARY, EVAL_FILE)
-    volatile = (*EpochTrainer.volatile, "data.data_dir", "data.cache_dir", "eval")
-    measures = ("eval",)  # evaluation settings change the numbers, not the training
+    outputs: tuple[str, ...] = (METRICS, SUMMARY, EVAL_FILE)
+    volatile: tuple[str, ...] = (
+        *EpochTrainer.volatile,
+        "data.data_dir",
+        "data.cache_dir",
+        "eval",
+    )
+    # evaluation settings change the numbers, not the training
+    measures: tuple[str, ...] = ("eval",)
     cfg: Config
+    model: nn.Module
+    loss_fn: nn.Module
+    steps_per_epoch: int
+    data: DomainData
+    #: the training images on the device, uint8 (N, C, H, W), and their (N,) domains
+    images: torch.Tensor
+    domains: torch.Tensor
+    augment: Augment
 
     def resolve_config(self, cfg: Config) -> Config:
         return resolve(cfg)
