@@ -52,7 +52,9 @@ def _argv(pipeline: str, tmp: Path, out: Path, epochs: int = 5000) -> tuple[list
         return ["compare", "--losses", "infonce", *tiny, *run], "infonce"
     if pipeline == "recsys":
         ml = write_ml100k(tmp / "ml")
+        # no early stopping: the runs must still be training when the signal arrives
         tiny = ["--data-dir", str(ml), "--dim", "8", "--set", "eval.ks=[1,5]"]
+        tiny += ["--set", "eval.patience=none"]
         return ["recsys", "compare", "--methods", "cml", *tiny, *run], "cml"
     f = _npz(tmp / "f.npz")
     tiny = ["--dataset", "npz", "--data-dir", str(f), "--batch-size", "8"]
