@@ -17,9 +17,7 @@ import hashlib
 import io
 import os
 import sys
-import tarfile
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,12 +27,11 @@ import torch
 from ...engine.signals import deferred_signals
 from ...files import atomic_write_bytes
 from ..common import DataError
+from .reading import ARCHIVE_EXTS, IMAGE_EXTS, Decoder, iter_files, stack_images
 
 __all__ = ["ImageData", "DataError", "load_dataset", "load_image_folder", "DATASETS", "STATS"]
 
 DATASETS = ("digits", "cifar10", "cifar100", "stl10", "svhn", "imagefolder")
-ARCHIVE_EXTS = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 #: per-channel mean and std (of [0, 1] pixels) used for normalisation
 STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -118,33 +115,6 @@ def _digits() -> ImageData:
 _SPLIT_NAMES = {"train": "train", "test": "test", "val": "test", "valid": "test"}
 
 
-def _iter_dir(root: Path) -> Iterator[tuple[str, bytes | Path]]:
-    for dirpath, dirs, files in os.walk(root):
-        dirs.sort()  # a deterministic order, independent of the file system
-        for f in sorted(files):
-            p = Path(dirpath) / f
-            yield str(p.relative_to(root)).replace(os.sep, "/"), p
-
-
-def _iter_tar(path: Path) -> Iterator[tuple[str, bytes | Path]]:
-    try:
-        tf = tarfile.open(path, mode="r:*")
-    except (tarfile.TarError, OSError) as e:
-        raise DataError(f"data_dir: cannot open archive {str(path)!r}: {e}") from None
-    with tf:
-        try:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                fh = tf.extractfile(m)
-                if fh is not None:
-                    yield m.name, fh.read()
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise DataError(
-                f"data_dir: archive {str(path)!r} is truncated or corrupt: {e}"
-            ) from None
-
-
 def _locate(name: str) -> tuple[str, str] | None:
     """``a/b/train/cat/x.jpg`` -> ("train", "cat"); None for files outside a split/class dir."""
     parts = [p for p in name.split("/") if p not in ("", ".")]
@@ -152,22 +122,6 @@ def _locate(name: str) -> tuple[str, str] | None:
         return None
     split = _SPLIT_NAMES.get(parts[-3].lower())
     return None if split is None else (split, parts[-2])
-
-
-def _decode(data: bytes | Path, name: str, mode: str, size: int | None) -> np.ndarray:
-    with deferred_signals():
-        from PIL import Image, UnidentifiedImageError
-
-    try:
-        src = io.BytesIO(data) if isinstance(data, bytes) else data
-        with Image.open(src) as im:
-            im = im.convert(mode)
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
-    return arr[:, :, None] if arr.ndim == 2 else arr
 
 
 def load_image_folder(
@@ -194,14 +148,7 @@ def load_image_folder(
             return _load_cache(cache, name)
         except Exception as e:  # a stale or damaged cache is rebuilt, never trusted
             warnings.warn(f"ignoring unreadable cache {cache}: {e}", stacklevel=2)
-    if p.is_dir():
-        items: Iterator[tuple[str, bytes | Path]] = _iter_dir(p)
-    elif p.name.endswith(ARCHIVE_EXTS):
-        items = _iter_tar(p)
-    else:
-        raise DataError(
-            f"data_dir: expected a directory or a .tar/.tar.gz/.tgz archive, got {str(p)!r}"
-        )
+    items = iter_files(p)
     if progress and sys.stderr.isatty():
         try:
             from tqdm.auto import tqdm
@@ -211,34 +158,16 @@ def load_image_folder(
             pass
     images: dict[str, list[np.ndarray]] = {"train": [], "test": []}
     labels: dict[str, list[str]] = {"train": [], "test": []}
-    skipped: list[str] = []
-    first_shape: tuple[int, ...] | None = None
-    first_name = ""
+    decode = Decoder(mode, image_size, skip_corrupt)
     for fname, data in items:
         loc = _locate(fname)
-        if loc is None:
+        if loc is None or data is None:
             continue
         split, cls = loc
-        where = f"{p}:{fname}" if not p.is_dir() else str(p / fname)
-        try:
-            arr = _decode(data, where, mode, image_size)
-        except DataError as e:
-            if not skip_corrupt:
-                raise DataError(
-                    f"{e}; pass skip_corrupt=True (--skip-corrupt) to skip it"
-                ) from None
-            warnings.warn(f"skipping unreadable image {e}", stacklevel=2)
-            skipped.append(where)
-            continue
-        if first_shape is None:
-            first_shape, first_name = arr.shape, where
-        elif arr.shape != first_shape:
-            raise DataError(
-                f"{where}: image shape {arr.shape[:2]} differs from {first_shape[:2]} of "
-                f"{first_name}; pass image_size (--set data.image_size=N) to resize all images"
-            )
-        images[split].append(arr)
-        labels[split].append(cls)
+        arr = decode(data, f"{p}:{fname}" if not p.is_dir() else str(p / fname))
+        if arr is not None:
+            images[split].append(arr)
+            labels[split].append(cls)
     if not images["train"]:
         raise DataError(
             f"data_dir: found no images under train/<class>/ in {str(p)!r}; expected the layout "
@@ -252,13 +181,13 @@ def load_image_folder(
     index = {c: i for i, c in enumerate(classes)}
 
     def stack(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(np.stack(images[split])).permute(0, 3, 1, 2).contiguous()
+        x = stack_images(images[split])
         y = torch.tensor([index[c] for c in labels[split]], dtype=torch.int64)
         return x, y
 
     (xtr, ytr), (xte, yte) = stack("train"), stack("test")
     stats = STATS.get(name, STATS["imagefolder"])
-    data = ImageData(name, xtr, ytr, xte, yte, classes, *stats, skipped=skipped)
+    data = ImageData(name, xtr, ytr, xte, yte, classes, *stats, skipped=decode.skipped)
     if cache is not None:
         _save_cache(cache, data)
     return data

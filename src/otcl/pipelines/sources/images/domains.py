@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +33,8 @@ import numpy as np
 import torch
 
 from ..common import DataError
-from .datasets import ARCHIVE_EXTS, IMAGE_EXTS, STATS, _decode, _iter_dir
+from .datasets import STATS
+from .reading import IMAGE_EXTS, Decoder, iter_files, stack_images
 
 __all__ = ["DomainData", "load_domain_folder", "split_by_domain"]
 
@@ -112,37 +111,6 @@ def split_by_domain(
     return torch.cat(train).sort().values, torch.cat(test).sort().values
 
 
-def _iter_tar(path: Path) -> Iterator[tuple[str, bytes | None]]:
-    """``(name, bytes)`` of the archive's files and ``(name/, None)`` of its folders."""
-    import tarfile
-
-    try:
-        tf = tarfile.open(path, mode="r:*")
-    except (tarfile.TarError, OSError) as e:
-        raise DataError(f"data_dir: cannot open archive {str(path)!r}: {e}") from None
-    with tf:
-        try:
-            for m in tf:
-                if m.isdir():
-                    yield m.name.rstrip("/") + "/", None
-                elif m.isfile():
-                    fh = tf.extractfile(m)
-                    if fh is not None:
-                        yield m.name, fh.read()
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise DataError(
-                f"data_dir: archive {str(path)!r} is truncated or corrupt: {e}"
-            ) from None
-
-
-def _iter_tree(root: Path) -> Iterator[tuple[str, bytes | Path | None]]:
-    for dirpath, dirs, _ in os.walk(root):
-        for sub in sorted(dirs):
-            rel = (Path(dirpath) / sub).relative_to(root)
-            yield str(rel).replace(os.sep, "/") + "/", None
-    yield from _iter_dir(root)
-
-
 def _parts(name: str) -> list[str]:
     return [p for p in name.split("/") if p not in ("", ".")]
 
@@ -174,14 +142,7 @@ def load_domain_folder(
             f"data_dir: expected a <root>/<domain>/<class>/<image> directory or archive, "
             f"got {str(p)!r}"
         )
-    if p.is_dir():
-        items: Iterator[tuple[str, bytes | Path | None]] = _iter_tree(p)
-    elif p.name.endswith(ARCHIVE_EXTS):
-        items = _iter_tar(p)
-    else:
-        raise DataError(
-            f"data_dir: expected a directory or a .tar/.tar.gz/.tgz archive, got {str(p)!r}"
-        )
+    items = iter_files(p, folders=True)
     folders: set[tuple[str, ...]] = set()
     found: list[tuple[tuple[str, ...], str, str, str, bytes | Path]] = []
     for fname, data in items:
@@ -213,30 +174,13 @@ def load_domain_folder(
     domain_dirs = {dname for dname in domain_dirs if not dname.startswith(".")}
     images: list[np.ndarray] = []
     labels: list[tuple[str, str]] = []
-    skipped: list[str] = []
-    first: tuple[tuple[int, ...], str] | None = None
+    decode = Decoder(mode, image_size, skip_corrupt)
     for _, dom, cls, fname, data in found:
         domain_dirs.add(dom)
-        where = str(data) if isinstance(data, Path) else f"{p}:{fname}"
-        try:
-            arr = _decode(data, where, mode, image_size)
-        except DataError as e:
-            if not skip_corrupt:
-                raise DataError(
-                    f"{e}; pass skip_corrupt=True (--skip-corrupt) to skip it"
-                ) from None
-            warnings.warn(f"skipping unreadable image {e}", stacklevel=2)
-            skipped.append(where)
-            continue
-        if first is None:
-            first = (arr.shape, where)
-        elif arr.shape != first[0]:
-            raise DataError(
-                f"{where}: image shape {arr.shape[:2]} differs from {first[0][:2]} of "
-                f"{first[1]}; pass image_size (--set data.image_size=N) to resize all images"
-            )
-        images.append(arr)
-        labels.append((dom, cls))
+        arr = decode(data, str(data) if isinstance(data, Path) else f"{p}:{fname}")
+        if arr is not None:
+            images.append(arr)
+            labels.append((dom, cls))
     domains = sorted(domain_dirs)
     have = {dom for dom, _ in labels}
     for dom in domains:
@@ -254,7 +198,7 @@ def load_domain_folder(
     pairs = set(labels)
     missing = {dom: [c for c in classes if (dom, c) not in pairs] for dom in domains}
     missing = {dom: cs for dom, cs in missing.items() if cs}
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    x = stack_images(images)
     ci = {c: i for i, c in enumerate(classes)}
     di = {dom: i for i, dom in enumerate(domains)}
     y = torch.tensor([ci[c] for _, c in labels], dtype=torch.int64)
@@ -263,5 +207,5 @@ def load_domain_folder(
     mean, std = STATS["imagefolder"] if x.shape[1] == 3 else ((0.5,), (0.5,))
     return DomainData(
         name, x[tr], y[tr], d[tr], x[te], y[te], d[te], classes, domains, mean, std,
-        missing=missing, skipped=skipped,
+        missing=missing, skipped=decode.skipped,
     )  # fmt: skip
