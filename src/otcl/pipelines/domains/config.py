@@ -32,6 +32,7 @@ from ..config import (
     apply_presets,
     preset_for,
 )
+from ..imaging.config import ModelConfig, check_probes
 
 __all__ = [
     "Config",
@@ -66,18 +67,6 @@ class DataConfig(Section):
     jitter_p: float | None = None
     gray_p: float | None = None
     rotate: float | None = None
-
-
-@dataclass
-class ModelConfig(Section):
-    """Encoder = backbone (``small-cnn`` or ``resnet18``) + projection head."""
-
-    arch: str | None = None
-    width: int | None = None
-    norm: str = "batch"
-    head_hidden: int | None = None
-    head_out: int | None = None
-    head_bn: bool = True
 
 
 @dataclass
@@ -167,7 +156,7 @@ def resolve(cfg: Config) -> Config:
 def check(cfg: Config) -> None:
     """Raise ``ValueError`` naming the first setting of ``data``, ``target`` or ``eval`` that
     cannot run (before any data loads); the model and augmentation are checked by the trainer."""
-    d, t, e = cfg.data, cfg.target, cfg.eval
+    d, t = cfg.data, cfg.target
     if d.dataset not in DATASETS:
         raise ValueError(f"data.dataset: expected one of {', '.join(DATASETS)}, got {d.dataset!r}")
     if d.dataset == "folder" and d.data_dir is None:
@@ -194,14 +183,7 @@ def check(cfg: Config) -> None:
             f"target: loss {cfg.loss.name!r} takes no target plan; use one of "
             f"{', '.join(_TARGET_LOSSES)} (or target.alpha = target.beta = 0)"
         )
-    if e.knn_k < 1:
-        raise ValueError(f"eval.knn_k: expected an integer >= 1, got {e.knn_k!r}")
-    for name in ("knn_t", "linear_lr"):
-        if not getattr(e, name) > 0:
-            raise ValueError(f"eval.{name}: expected a number > 0, got {getattr(e, name)!r}")
-    for name in ("linear_epochs", "linear_batch_size", "batch_size"):
-        if getattr(e, name) < 1:
-            raise ValueError(f"eval.{name}: expected an integer >= 1, got {getattr(e, name)!r}")
+    check_probes(cfg.eval)
 
 
 #: the losses whose target plan is a design knob here (the OT contrastive family)

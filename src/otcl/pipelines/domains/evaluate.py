@@ -28,11 +28,10 @@ from typing import Any
 
 import torch
 
-from ..engine.runtime import amp_dtype
-from ..files import atomic_write_text, check_writable
-from ..sources.features import split_features
+from ..files import atomic_write_text
+from ..imaging.trainer import check_eval_writable, frozen_features
 from ..sources.images import DomainData
-from ..sources.probes import knn_accuracy, linear_probe
+from ..sources.probes import knn_accuracy, linear_options, linear_probe
 from .trainer import EVAL_FILE, load_run
 
 __all__ = ["domain_accuracy", "lodo_accuracy", "probe_all", "evaluate_run"]
@@ -126,37 +125,13 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Every probe of a run's checkpoint (settings: the run's ``eval`` section); writes
     ``<run_dir>/eval.json``."""
-    if write and Path(run_dir).is_dir():  # fail before the data loads, not after the probes
-        try:
-            check_writable(run_dir)
-        except OSError as e:
-            raise ValueError(
-                f"run: cannot write {EVAL_FILE} in {str(run_dir)!r}: {e.strerror}"
-            ) from None
+    if write:
+        check_eval_writable(run_dir, EVAL_FILE)
     cfg, model, data, aug, st = load_run(run_dir, device=device, data=data)
     e = cfg.eval
-    dev = next(model.parameters()).device
-    ftr, fte = split_features(
-        model,
-        data,
-        aug.plain,
-        batch_size=e.batch_size,
-        device=dev,
-        amp_dtype=amp_dtype(cfg.train.amp, dev),
-        progress=progress,
-    )
-    probes = probe_all(
-        ftr.cpu(),
-        fte.cpu(),
-        data,
-        knn_k=e.knn_k,
-        knn_t=e.knn_t,
-        epochs=e.linear_epochs,
-        lr=e.linear_lr,
-        batch_size=e.linear_batch_size,
-        weight_decay=e.linear_weight_decay,
-        seed=cfg.train.seed,
-    )
+    ftr, fte = frozen_features(model, data, aug, cfg, progress=progress)
+    options = linear_options(e, cfg.train.seed)
+    probes = probe_all(ftr.cpu(), fte.cpu(), data, knn_k=e.knn_k, knn_t=e.knn_t, **options)
     result = {
         "run": str(run_dir),
         "loss_name": cfg.loss.name,

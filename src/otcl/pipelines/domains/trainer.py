@@ -23,11 +23,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine.checkpoint import open_run, restore_model
 from ..engine.rundir import METRICS, SUMMARY
-from ..engine.runtime import pick_device
-from ..engine.trainer import EpochTrainer
-from ..sources.backbones import ARCHS, NORMS, Encoder, build_encoder
+from ..imaging.trainer import (
+    TwoViewTrainer,
+    build_augment,
+    build_model,
+    check_augment,
+    check_model,
+    load_image_run,
+)
+from ..sources.backbones import Encoder
 from ..sources.images import Augment, DomainData, load_dataset, load_image_folder
 from ..sources.images.domains import load_domain_folder
 from ..sources.images.styles import style_domains
@@ -69,86 +74,36 @@ def load_data(cfg: Config) -> DomainData:
 
 def make_augment(cfg: Config, data: Any) -> Augment:
     """The run's augmentation (``.plain``: its evaluation preprocessing)."""
-    d = cfg.data
-    return Augment(
-        data.image_shape[-1],
-        crop_scale=d.crop_scale,  # type: ignore[arg-type]
-        flip_p=d.flip_p,  # type: ignore[arg-type]
-        jitter=d.jitter,  # type: ignore[arg-type]
-        jitter_p=d.jitter_p,  # type: ignore[arg-type]
-        gray_p=d.gray_p,  # type: ignore[arg-type]
-        rotate=d.rotate,  # type: ignore[arg-type]
-        mean=data.mean,
-        std=data.std,
-    )
+    return build_augment(cfg.data, data.image_shape[-1], data)
 
 
 def make_model(cfg: Config, data: Any) -> Encoder:
     """The run's encoder (backbone + projection head)."""
-    m = cfg.model
-    return build_encoder(
-        m.arch,  # type: ignore[arg-type]
-        data.image_shape[0],
-        width=m.width or 32,
-        head_hidden=m.head_hidden,  # type: ignore[arg-type]
-        head_out=m.head_out,  # type: ignore[arg-type]
-        head_bn=m.head_bn,
-        norm=m.norm,
-    )
-
-
-class _Shape:
-    """Stand-in for a dataset when only the augmentation settings are checked."""
-
-    image_shape = (3, 16, 16)
-    mean = (0.5,)
-    std = (0.5,)
+    return build_model(cfg.model, data.image_shape[0])
 
 
 def check_config(cfg: Config) -> None:
     """:func:`.config.check`, then the model and augmentation settings (``ValueError`` naming
     the first that cannot run)."""
     check(cfg)
-    m = cfg.model
-    if m.arch not in ARCHS:
-        raise ValueError(f"model.arch: expected one of {', '.join(ARCHS)}, got {m.arch!r}")
-    if m.norm not in NORMS:
-        raise ValueError(f"model.norm: expected one of {', '.join(NORMS)}, got {m.norm!r}")
-    for name, low in (("width", 1), ("head_hidden", 0), ("head_out", 1)):
-        v = getattr(m, name)
-        if v is not None and v < low:
-            raise ValueError(f"model.{name}: expected an integer >= {low}, got {v!r}")
-    try:
-        make_augment(cfg, _Shape())
-    except ValueError as err:
-        raise ValueError(f"data.{err}") from None
+    check_model(cfg.model)
+    check_augment(cfg, make_augment)
 
 
-class DomainTrainer(EpochTrainer):
+class DomainTrainer(TwoViewTrainer):
     """Trains an encoder on two views per image with the domain-block target; ``fit()`` ->
     summary (see the module docstring). Arguments as :class:`EpochTrainer`'s."""
 
-    pipeline: str = "domains"
+    pipeline: str | None = "domains"
 
-    throughput_unit: str = "views"
     outputs: tuple[str, ...] = (METRICS, SUMMARY, EVAL_FILE)
-    volatile: tuple[str, ...] = (
-        *EpochTrainer.volatile,
-        "data.data_dir",
-        "data.cache_dir",
-        "eval",
-    )
-    # evaluation settings change the numbers, not the training
-    measures: tuple[str, ...] = ("eval",)
     cfg: Config
     model: nn.Module
     loss_fn: nn.Module
     steps_per_epoch: int
     data: DomainData
-    #: the training images on the device, uint8 (N, C, H, W), and their (N,) domains
-    images: torch.Tensor
+    #: the (N,) domains of the training images, on the device
     domains: torch.Tensor
-    augment: Augment
 
     def resolve_config(self, cfg: Config) -> Config:
         return resolve(cfg)
@@ -173,13 +128,7 @@ class DomainTrainer(EpochTrainer):
         self.augment = make_augment(self.cfg, self.data).to(self.device)
         self.model = make_model(self.cfg, self.data).to(self.device)
         self.loss_fn = self.build_loss()
-        n = self.images.shape[0]
-        if self.batch_size > n:
-            raise ValueError(
-                f"train.batch_size: {self.batch_size} is more than the {n} training images of "
-                f"{self.data.name}; use --batch-size {n} or less"
-            )
-        self.steps_per_epoch = n // self.batch_size
+        self.set_steps_per_epoch(self.data.name)
 
     def target(self, domains: torch.Tensor) -> torch.Tensor | None:
         """The batch's target plan (None: the identity, ``alpha = beta = 0``)."""
@@ -200,8 +149,7 @@ class DomainTrainer(EpochTrainer):
     def compute_loss(self, epoch: int, step: int) -> torch.Tensor:
         idx = self.batch_indices(self.images.shape[0], epoch, step).to(self.device)
         x = self.images[idx]
-        gen = self.step_generator("augment")
-        views = torch.cat([self.augment(x, gen), self.augment(x, gen)])
+        views = self.two_views(x)
         with self.autocast():
             z = self.forward_model(views)
         z = z.float()
@@ -210,9 +158,6 @@ class DomainTrainer(EpochTrainer):
         if target is None:
             return self.loss_fn(z[:b], z[b:])
         return self.loss_fn(z[:b], z[b:], target=target)
-
-    def items_per_step(self) -> int:
-        return 2 * self.batch_size
 
     def summarize(self, summary: dict[str, Any]) -> dict[str, Any]:
         c = self.cfg
@@ -229,10 +174,13 @@ def load_run(
     run_dir: str | Path, device: str = "auto", data: DomainData | None = None
 ) -> tuple[Config, Encoder, DomainData, Augment, dict[str, Any]]:
     """Rebuild a run's config, trained encoder (eval mode), data and preprocessing."""
-    cfg, st = open_run(run_dir, Config, resolve)
-    if data is None:
-        data = load_data(cfg)
-    dev = pick_device(device)
-    model = restore_model(make_model(cfg, data), st, run_dir, dev)
-    aug = make_augment(cfg, data).to(dev)
-    return cfg, model, data, aug, st
+    return load_image_run(
+        run_dir,
+        Config,
+        resolve,
+        device=device,
+        data=data,
+        load_data=load_data,
+        make_model=make_model,
+        make_augment=make_augment,
+    )

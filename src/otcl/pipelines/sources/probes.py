@@ -28,6 +28,7 @@ __all__ = [
     "knn_accuracy",
     "linear_probe",
     "fit_linear_probe",
+    "linear_options",
     "LinearClassifier",
     "LinearProbeResult",
 ]
@@ -196,6 +197,19 @@ def fit_linear_probe(
     with torch.no_grad():
         train_acc = (clf(xtr).argmax(1) == ytr).float().mean().item()
     return LinearClassifier(clf, mean, std, train_acc, history)
+
+
+def linear_options(section: Any, seed: int) -> dict[str, Any]:
+    """The :func:`fit_linear_probe` keywords of an evaluation settings section (its
+    ``linear_epochs``, ``linear_lr``, ``linear_batch_size``, ``linear_weight_decay``) and
+    ``seed``."""
+    return {
+        "epochs": section.linear_epochs,
+        "lr": section.linear_lr,
+        "batch_size": section.linear_batch_size,
+        "weight_decay": section.linear_weight_decay,
+        "seed": seed,
+    }
 
 
 def linear_probe(

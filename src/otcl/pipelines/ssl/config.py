@@ -24,6 +24,7 @@ from ..config import (
     apply_presets,
     preset_for,
 )
+from ..imaging.config import ModelConfig
 
 __all__ = [
     "Config",
@@ -64,23 +65,6 @@ class DataConfig(Section):
     erase_p: float | None = None
     erase_scale: tuple[float, float] | None = None
     erase_ratio: tuple[float, float] | None = None
-
-
-@dataclass
-class ModelConfig(Section):
-    """Encoder = backbone + projection head (``head_hidden`` 0 = linear head).
-
-    ``norm``: the backbone's normalisation, ``batch`` | ``group`` | ``none`` (GroupNorm and none
-    are per sample: a run under torchrun on CPU then equals the one-process run, see
-    ``docs/distributed.md``); ``head_bn``: BatchNorm in the projection head.
-    """
-
-    arch: str | None = None  # "small-cnn" | "resnet18" (preset)
-    width: int | None = None  # small-cnn channels
-    norm: str = "batch"
-    head_hidden: int | None = None
-    head_out: int | None = None
-    head_bn: bool = True
 
 
 @dataclass

@@ -13,11 +13,10 @@ from typing import Any
 
 import torch
 
-from ..engine.runtime import amp_dtype
-from ..files import atomic_write_text, check_writable
-from ..sources.features import split_features
+from ..files import atomic_write_text
+from ..imaging.trainer import check_eval_writable, frozen_features
 from ..sources.images import ImageData
-from ..sources.probes import knn_accuracy, linear_probe
+from ..sources.probes import knn_accuracy, linear_options, linear_probe
 from .trainer import load_run
 
 __all__ = ["evaluate_run"]
@@ -39,41 +38,20 @@ def evaluate_run(
 
     Settings default to the run's ``eval`` config section.
     """
-    if write and Path(run_dir).is_dir():  # fail before the data loads, not after the evaluation
-        try:
-            check_writable(run_dir)
-        except OSError as e:
-            raise ValueError(
-                f"run: cannot write eval.json in {str(run_dir)!r}: {e.strerror}"
-            ) from None
+    if write:
+        check_eval_writable(run_dir, "eval.json")
     cfg, model, data, aug, st = load_run(run_dir, device=device, data=data, backbone=backbone)
     e = cfg.eval
-    k = e.knn_k if knn_k is None else knn_k
+    k: int = e.knn_k if knn_k is None else knn_k  # type: ignore[assignment]  # checked
     t = e.knn_t if knn_t is None else knn_t
     epochs = e.linear_epochs if linear_epochs is None else linear_epochs
-    dev = next(model.parameters()).device
-    amp = amp_dtype(cfg.train.amp, dev)
-    kw = dict(
-        batch_size=e.batch_size,
-        device=dev,
-        amp_dtype=amp,
-        channels_last=cfg.train.channels_last,
-        progress=progress,
+    ftr, fte = frozen_features(
+        model, data, aug, cfg, channels_last=cfg.train.channels_last, progress=progress
     )
-    ftr, fte = split_features(model, data, aug.plain, **kw)
     knn = knn_accuracy(ftr, data.train_y, fte, data.test_y, data.num_classes, k, t)
+    options = {**linear_options(e, cfg.train.seed), "epochs": epochs}
     probe = linear_probe(
-        ftr,
-        data.train_y,
-        fte,
-        data.test_y,
-        data.num_classes,
-        epochs=epochs,
-        lr=e.linear_lr,
-        batch_size=e.linear_batch_size,
-        weight_decay=e.linear_weight_decay,
-        seed=cfg.train.seed,
-        progress=progress,
+        ftr, data.train_y, fte, data.test_y, data.num_classes, **options, progress=progress
     )
     result = {
         "run": str(run_dir),

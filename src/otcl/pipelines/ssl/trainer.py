@@ -33,12 +33,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine.checkpoint import open_run, restore_model
 from ..engine.distributed import local_main_first
 from ..engine.rundir import METRICS, SUMMARY
-from ..engine.runtime import pick_device
-from ..engine.trainer import EpochTrainer
-from ..sources.backbones import ARCHS, NORMS, Encoder, ProjectionHead, build_encoder
+from ..imaging.config import check_probes
+from ..imaging.trainer import (
+    TwoViewTrainer,
+    build_augment,
+    build_model,
+    check_augment,
+    check_model,
+    load_image_run,
+)
+from ..sources.backbones import Encoder, ProjectionHead
 from ..sources.features import split_features
 from ..sources.images import Augment, ImageData, load_dataset
 from ..sources.probes import knn_accuracy
@@ -50,20 +56,8 @@ __all__ = ["SSLTrainer", "load_run", "load_data", "make_augment", "make_model"]
 def make_augment(cfg: Config, data: ImageData) -> Augment:
     """The run's augmentation (and, as ``.plain``, its evaluation preprocessing)."""
     d = cfg.data
-    return Augment(
-        d.image_size,
-        crop_scale=d.crop_scale,  # type: ignore[arg-type]
-        flip_p=d.flip_p,  # type: ignore[arg-type]
-        jitter=d.jitter,  # type: ignore[arg-type]
-        jitter_p=d.jitter_p,  # type: ignore[arg-type]
-        gray_p=d.gray_p,  # type: ignore[arg-type]
-        rotate=d.rotate,  # type: ignore[arg-type]
-        erase_p=d.erase_p,  # type: ignore[arg-type]
-        erase_scale=d.erase_scale,  # type: ignore[arg-type]
-        erase_ratio=d.erase_ratio,  # type: ignore[arg-type]
-        mean=data.mean,
-        std=data.std,
-    )
+    erase = {"erase_p": d.erase_p, "erase_scale": d.erase_scale, "erase_ratio": d.erase_ratio}
+    return build_augment(d, d.image_size, data, **erase)
 
 
 #: ``model.arch`` of a run trained with a backbone of the user's (``train(cfg, model=...)``)
@@ -93,15 +87,7 @@ def make_model(cfg: Config, data: ImageData, backbone: torch.nn.Module | None = 
             backbone.train(was)
         head = ProjectionHead(int(dim), int(m.head_hidden or 0), int(m.head_out or 128), m.head_bn)
         return Encoder(backbone, head)
-    return build_encoder(
-        m.arch,  # type: ignore[arg-type]
-        data.image_shape[0],
-        width=m.width or 32,
-        head_hidden=m.head_hidden,  # type: ignore[arg-type]
-        head_out=m.head_out,  # type: ignore[arg-type]
-        head_bn=m.head_bn,
-        norm=m.norm,
-    )
+    return build_model(m, data.image_shape[0])
 
 
 def load_data(cfg: Config, progress: bool = True) -> ImageData:
@@ -122,29 +108,12 @@ def load_data(cfg: Config, progress: bool = True) -> ImageData:
 def check_image_config(cfg: Config) -> None:
     """Raise ``ValueError`` naming the first invalid ``data``, ``model`` or ``eval`` setting
     (before any data is loaded)."""
-    d, m, e = cfg.data, cfg.model, cfg.eval
+    d, e = cfg.data, cfg.eval
     if d.image_size is not None and d.image_size < 1:
         raise ValueError(f"data.image_size: expected an integer >= 1 or none, got {d.image_size}")
-    try:  # the augmentation checks its own arguments; name them as settings
-        make_augment(cfg, _STATS_ONLY)
-    except ValueError as err:
-        raise ValueError(f"data.{err}") from None
-    if m.arch not in (*ARCHS, CUSTOM):
-        raise ValueError(f"model.arch: expected one of {', '.join(ARCHS)}, got {m.arch!r}")
-    if m.norm not in NORMS:
-        raise ValueError(f"model.norm: expected one of {', '.join(NORMS)}, got {m.norm!r}")
-    for name, low in (("width", 1), ("head_hidden", 0), ("head_out", 1)):
-        v = getattr(m, name)
-        if v is not None and v < low:
-            raise ValueError(f"model.{name}: expected an integer >= {low}, got {v!r}")
-    if e.knn_k is None or e.knn_k < 1:
-        raise ValueError(f"eval.knn_k: expected an integer >= 1, got {e.knn_k!r}")
-    for name in ("knn_t", "linear_lr"):
-        if not getattr(e, name) > 0:
-            raise ValueError(f"eval.{name}: expected a number > 0, got {getattr(e, name)!r}")
-    for name in ("linear_epochs", "linear_batch_size", "batch_size"):
-        if getattr(e, name) < 1:
-            raise ValueError(f"eval.{name}: expected an integer >= 1, got {getattr(e, name)!r}")
+    check_augment(cfg, make_augment)
+    check_model(cfg.model, also=(CUSTOM,))
+    check_probes(e)
     if e.knn_every < 0:
         raise ValueError(f"eval.knn_every: expected an integer >= 0, got {e.knn_every!r}")
     if not e.linear_weight_decay >= 0:
@@ -153,17 +122,7 @@ def check_image_config(cfg: Config) -> None:
         )
 
 
-class _Stats:
-    """Stand-in for a dataset when only the augmentation settings are checked."""
-
-    mean = (0.5,)
-    std = (0.5,)
-
-
-_STATS_ONLY: Any = _Stats()
-
-
-class SSLTrainer(EpochTrainer):
+class SSLTrainer(TwoViewTrainer):
     """Trains an image encoder on two augmented views per image; :meth:`fit` -> summary.
 
     Args:
@@ -179,29 +138,21 @@ class SSLTrainer(EpochTrainer):
         log: where progress lines go (standard error by default).
     """
 
-    pipeline: str = "ssl"
+    pipeline: str | None = "ssl"
 
-    throughput_unit: str = "views"
     outputs: tuple[str, ...] = (METRICS, SUMMARY, "eval.json")
     volatile: tuple[str, ...] = (
-        *EpochTrainer.volatile,
+        *TwoViewTrainer.volatile,
         "train.channels_last",
         "train.compile_loss",
-        "data.data_dir",  # the same dataset, moved
-        "data.cache_dir",
         "data.download",
-        "eval",  # evaluation settings do not change the training
     )
-    measures: tuple[str, ...] = ("eval",)  # ... but they change the numbers: not reused
     supports_memory_bank: bool = True  # loss.memory_bank: the second views' projections are queued
     cfg: Config
     model: nn.Module
     loss_fn: nn.Module
     steps_per_epoch: int
     data: ImageData
-    #: the training images on the device, uint8 (N, C, H, W)
-    images: torch.Tensor
-    augment: Augment
     #: what a step calls: the loss, compiled with ``train.compile_loss`` (``loss_fn`` stays
     #: the module: its state, hooks and parameters)
     loss_call: Callable[..., torch.Tensor]
@@ -250,16 +201,10 @@ class SSLTrainer(EpochTrainer):
         self.augment = make_augment(self.cfg, self.data).to(self.device)
         self.model = make_model(self.cfg, self.data, self.given_model).to(self.device)
         if t.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.loss_fn = self.build_loss()
         self.loss_call = torch.compile(self.loss_fn) if t.compile_loss else self.loss_fn
-        n = self.images.shape[0]
-        if self.batch_size > n:  # never clamped silently: config.yaml must say what ran
-            raise ValueError(
-                f"train.batch_size: {self.batch_size} is more than the {n} training images of "
-                f"{self.data.name}; use --batch-size {n} or less"
-            )
-        self.steps_per_epoch = n // self.batch_size
+        self.set_steps_per_epoch(self.data.name)
 
     def compute_loss(self, epoch: int, step: int) -> torch.Tensor:
         return self.loss_on(self.batch_indices(self.images.shape[0], epoch, step))
@@ -269,9 +214,8 @@ class SSLTrainer(EpochTrainer):
         (under torchrun: ``idx`` is this rank's rows of the global batch, and the augmentation
         draws are those of the global batch, so each image gets the draw of one process)."""
         x = self.images[idx.to(self.device, non_blocking=True)]
-        gen = self.step_generator("augment")
         shard = None if self.world == 1 else (self.local_rows.start, self.batch_size)
-        views = torch.cat([self.augment(x, gen, shard), self.augment(x, gen, shard)])
+        views = self.two_views(x, shard)
         if self.cfg.train.channels_last:
             views = views.contiguous(memory_format=torch.channels_last)
         b = x.shape[0]
@@ -279,7 +223,8 @@ class SSLTrainer(EpochTrainer):
         with self.autocast():
             z = self.forward_model(views)
             if self.cfg.loss.dmm_mix == "input":  # the loss's hook: {} for every loss but DMM
-                extra = self.loss_fn.prepare_inputs(self.forward_model, views[:b], views[b:])
+                prepare: Any = self.loss_fn.prepare_inputs
+                extra = prepare(self.forward_model, views[:b], views[b:])
         z = z.float()
         negatives = self.bank_negatives()
         if negatives is not None:
@@ -291,9 +236,6 @@ class SSLTrainer(EpochTrainer):
         """The projection's width (the last linear layer of the head)."""
         linear = [m for m in self.model.modules() if isinstance(m, torch.nn.Linear)]
         return int(linear[-1].out_features)
-
-    def items_per_step(self) -> int:
-        return 2 * self.batch_size
 
     def evaluate(self, final: bool) -> dict[str, float]:
         every = self.cfg.eval.knn_every
@@ -319,8 +261,9 @@ class SSLTrainer(EpochTrainer):
             channels_last=self.cfg.train.channels_last,
         )
         e = self.cfg.eval
+        k: int = e.knn_k  # type: ignore[assignment]  # checked (the preset's where unset)
         return knn_accuracy(
-            ftr, self.data.train_y, fte, self.data.test_y, self.data.num_classes, e.knn_k, e.knn_t
+            ftr, self.data.train_y, fte, self.data.test_y, self.data.num_classes, k, e.knn_t
         )
 
 
@@ -332,10 +275,13 @@ def load_run(
 ) -> tuple[Config, Encoder, ImageData, Augment, dict[str, Any]]:
     """Rebuild a run's config, trained encoder (eval mode), dataset and preprocessing
     (``backbone``: a run trained with a backbone of your own needs it again)."""
-    cfg, st = open_run(run_dir, Config, resolve)
-    if data is None:
-        data = load_data(cfg, progress=cfg.train.progress)
-    dev = pick_device(device)
-    model = restore_model(make_model(cfg, data, backbone), st, run_dir, dev)
-    aug = make_augment(cfg, data).to(dev)
-    return cfg, model, data, aug, st
+    return load_image_run(
+        run_dir,
+        Config,
+        resolve,
+        device=device,
+        data=data,
+        load_data=lambda c: load_data(c, progress=c.train.progress),
+        make_model=lambda c, d: make_model(c, d, backbone),
+        make_augment=make_augment,
+    )

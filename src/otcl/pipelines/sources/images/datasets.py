@@ -20,6 +20,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,7 +95,7 @@ def _digits() -> ImageData:
         raise DataError(
             "dataset: 'digits' needs scikit-learn; install otcl[train] (pip install 'otcl[train]')"
         ) from None
-    d = load_digits()
+    d: Any = load_digits()  # a Bunch (the stubs also allow the (X, y) tuple)
     x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (1797, 1, 8, 8)
     y = d.target.astype(np.int64)
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
@@ -246,7 +247,7 @@ def _load_cache(cache: Path, name: str) -> ImageData:
 def _torchvision(name: str, root: Path, download: bool, unlabeled: bool) -> ImageData:
     try:
         with deferred_signals():
-            import torchvision.datasets as tvd
+            import torchvision.datasets as tvd  # type: ignore[import-not-found]
     except ImportError:
         raise DataError(
             f"dataset: {name!r} is downloaded through torchvision, which is not installed; "

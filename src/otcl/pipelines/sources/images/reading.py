@@ -89,7 +89,7 @@ def _decode(data: bytes | Path, name: str, mode: str, size: int | None) -> np.nd
         with Image.open(src) as im:
             im = im.convert(mode)
             if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
+                im = im.resize((size, size), Image.BILINEAR)  # type: ignore[attr-defined]
             arr = np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
