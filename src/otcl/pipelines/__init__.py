@@ -6,6 +6,8 @@
 * :mod:`otcl.pipelines.config` -- config dataclasses, YAML/TOML files, ``section.key=value``.
 * :mod:`otcl.pipelines.sources` -- what every pipeline shares: image datasets and augmentations,
   backbones, frozen features, probes.
+* :mod:`otcl.pipelines.imaging` -- what the pipelines that train an image encoder on two
+  augmented views share (the ``model`` section, the encoder, ``TwoViewTrainer``).
 * :mod:`otcl.pipelines.commands` -- the command-line pieces the pipelines share.
 * :mod:`otcl.pipelines.compare` -- comparisons (methods x seeds) shared by the pipelines.
 * :mod:`otcl.pipelines.spec` -- a pipeline declared once (:class:`~otcl.pipelines.spec.Pipeline`,

@@ -39,6 +39,9 @@ __all__ = [
     "split_dmm",
     "dmm_around",
     "DMM_SUFFIX",
+    "LossThen",
+    "Deferred",
+    "backbone",
 ]
 
 #: the suffix of a comparison's method name that wraps the method's loss in DMM
@@ -103,6 +106,37 @@ def dmm_around(cfg: Any) -> Any:
     cfg.loss.params = {**cfg.loss.params, "base": cfg.loss.name}
     cfg.loss.name = "dmm"
     return cfg
+
+
+@dataclass(frozen=True)
+class LossThen:
+    """A :attr:`Pipeline.check`: build the config's otcl loss (an unknown loss or parameter is
+    one ``ValueError`` line), then run the pipeline's own ``check`` of the config."""
+
+    check: Callable[[Any], None]
+
+    def __call__(self, cfg: Any) -> None:
+        from ..losses import build
+
+        build(cfg.loss.name, **cfg.loss.params)
+        self.check(cfg)
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """The function ``name`` of the module ``module``, imported when it is first called: a spec
+    names a hook (e.g. its :attr:`Pipeline.evaluate`) without importing its module."""
+
+    module: str
+    name: str
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(self.module), self.name)(*args, **kwargs)
+
+
+def backbone(model: Any) -> Any:
+    """``model.backbone``: the :attr:`Pipeline.encoder` of a backbone + projection head."""
+    return model.backbone
 
 
 def _own_loss(method: str) -> tuple[str, ...]:

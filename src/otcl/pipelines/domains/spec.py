@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..sources.images.styles import STYLES
-from ..spec import Flag, Pipeline, register
+from ..spec import Deferred, Flag, LossThen, Pipeline, backbone, register
 from . import compare as cmp
 from .config import Config, resolve
 from .trainer import DomainTrainer, check_config, load_data, make_model
@@ -51,19 +51,6 @@ FLAGS = (
 )  # fmt: skip
 
 
-def _check(cfg: Config) -> None:
-    from ...losses import build
-
-    build(cfg.loss.name, **cfg.loss.params)  # an unknown loss or parameter: one line
-    check_config(cfg)
-
-
-def _evaluate(run_dir: str | Path, **kw: Any) -> dict[str, Any]:
-    from .evaluate import evaluate_run
-
-    return evaluate_run(run_dir, **kw)
-
-
 def _describe_eval(r: dict[str, Any]) -> str:
     return (
         f"{r['loss_name']} (alpha {r['alpha']:g}, beta {r['beta']:g}): class kNN "
@@ -79,10 +66,6 @@ def _describe_train(trainer: Any, s: dict[str, Any]) -> str:
         f"{trainer.cfg.target.beta:g}): {s['epochs']} epochs, final loss {s['final_loss']:.4f}, "
         f"{s['seconds_per_epoch']:.2f} s/epoch -> {trainer.out}"
     )
-
-
-def _encoder(model: Any) -> Any:
-    return model.backbone
 
 
 def _method_losses(method: str) -> tuple[str, ...]:
@@ -107,7 +90,7 @@ SPEC = register(
         help="images with domains: GCA's domain-block target, leave-one-domain-out",
         config_cls=Config,
         resolve=resolve,
-        check=_check,
+        check=LossThen(check_config),
         load_data=load_data,
         build_model=make_model,
         trainer_cls=DomainTrainer,
@@ -115,12 +98,12 @@ SPEC = register(
         method_config=cmp.method_config,
         method_name=cmp.method_name,
         record=cmp.record,
-        evaluate=_evaluate,
+        evaluate=Deferred(f"{__package__}.evaluate", "evaluate_run"),
         eval_file="eval.json",
         eval_after_train=True,
         describe_eval=_describe_eval,
         describe_train=_describe_train,
-        encoder=_encoder,
+        encoder=backbone,
         method_losses=_method_losses,
         info=cmp.info,
         table=cmp.format_table,

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..engine.rundir import METRICS, SUMMARY
 from ..imaging.trainer import (
@@ -98,9 +97,6 @@ class DomainTrainer(TwoViewTrainer):
 
     outputs: tuple[str, ...] = (METRICS, SUMMARY, EVAL_FILE)
     cfg: Config
-    model: nn.Module
-    loss_fn: nn.Module
-    steps_per_epoch: int
     data: DomainData
     #: the (N,) domains of the training images, on the device
     domains: torch.Tensor

@@ -118,10 +118,6 @@ def _describe_train(trainer: Any, s: dict[str, Any]) -> str:
     )
 
 
-def _encoder(model: Any) -> Any:
-    return model
-
-
 SPEC = register(
     Pipeline(
         name="multimodal",
@@ -141,7 +137,6 @@ SPEC = register(
         finished_files=(ROBUSTNESS,),
         describe_eval=format_report,
         describe_train=_describe_train,
-        encoder=_encoder,
         info=cmp.info,
         table=cmp.format_tables,
         plot=cmp.plot_results,

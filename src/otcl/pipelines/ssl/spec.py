@@ -6,10 +6,9 @@ comparison and :class:`~otcl.pipelines.runs.Run` read this spec and nothing else
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from ..spec import Flag, Pipeline, register
+from ..spec import Deferred, Flag, LossThen, Pipeline, backbone, register
 from . import compare as cmp
 from .config import Config, resolve
 from .trainer import SSLTrainer, check_image_config, load_data, make_model
@@ -89,19 +88,6 @@ def _load(cfg: Config) -> Any:
     return load_data(cfg, progress=cfg.train.progress)
 
 
-def _check(cfg: Config) -> None:
-    from ...losses import build
-
-    build(cfg.loss.name, **cfg.loss.params)  # an unknown loss or parameter: one line
-    check_image_config(cfg)
-
-
-def _evaluate(run_dir: str | Path, **kw: Any) -> dict[str, Any]:
-    from .evaluate import evaluate_run
-
-    return evaluate_run(run_dir, **kw)
-
-
 def _describe_eval(r: dict[str, Any]) -> str:
     return (
         f"kNN (k={r['knn_k']}, t={r['knn_t']}) {100 * r['knn']:.2f}%, linear probe "
@@ -118,17 +104,13 @@ def _describe_train(trainer: Any, s: dict[str, Any]) -> str:
     )
 
 
-def _encoder(model: Any) -> Any:
-    return model.backbone
-
-
 SPEC = register(
     Pipeline(
         name="ssl",
         help="self-supervised image encoders (also the short forms otcl train|eval|compare)",
         config_cls=Config,
         resolve=resolve,
-        check=_check,
+        check=LossThen(check_image_config),
         load_data=_load,
         build_model=make_model,
         trainer_cls=SSLTrainer,
@@ -136,12 +118,12 @@ SPEC = register(
         method_config=cmp.method_config,
         method_name=cmp.method_name,
         record=cmp.record,
-        evaluate=_evaluate,
+        evaluate=Deferred(f"{__package__}.evaluate", "evaluate_run"),
         eval_file="eval.json",
         eval_after_train=True,
         describe_eval=_describe_eval,
         describe_train=_describe_train,
-        encoder=_encoder,
+        encoder=backbone,
         prepare_compare=cmp.prepare_compare,
         info=cmp.info,
         table=cmp.format_table,

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..engine.distributed import local_main_first
 from ..engine.rundir import METRICS, SUMMARY
@@ -149,9 +148,6 @@ class SSLTrainer(TwoViewTrainer):
     )
     supports_memory_bank: bool = True  # loss.memory_bank: the second views' projections are queued
     cfg: Config
-    model: nn.Module
-    loss_fn: nn.Module
-    steps_per_epoch: int
     data: ImageData
     #: what a step calls: the loss, compiled with ``train.compile_loss`` (``loss_fn`` stays
     #: the module: its state, hooks and parameters)
