@@ -39,9 +39,9 @@ from .engine.distributed import agreed, broadcast, is_main, local_main_first, ma
 from .engine.rundir import SUMMARY
 from .engine.trainer import EpochTrainer
 from .results import RESULTS, aggregate
-from .spec import Pipeline
+from .spec import Pipeline, get
 
-__all__ = ["compare", "SpecRunner", "method_configs"]
+__all__ = ["compare", "compare_pipeline", "SpecRunner", "method_configs"]
 
 Log = Callable[[str], None]
 
@@ -206,6 +206,20 @@ def compare(
                 results["wall_seconds"] = time.perf_counter() - t0
                 _write(spec, results, out, plot, log)
         return broadcast(results)
+
+
+def compare_pipeline(
+    name: str,
+    cfg: Any,
+    methods: Sequence[str] | None,
+    seeds: int,
+    out: str | Path | None,
+    **options: Any,
+) -> dict[str, Any]:
+    """:func:`compare` of the pipeline registered as ``name`` (its spec looked up when called):
+    what a pipeline's Python entry point (``otcl.pipelines.recsys.compare.compare``, ...) runs
+    with its own defaults. ``options``: the keywords of :func:`compare`."""
+    return compare(get(name), cfg, methods, seeds, out, **options)
 
 
 def _finished(runner: SpecRunner, spec: Pipeline, method: str, run_dir: Path, want: Any) -> bool:

@@ -3,7 +3,7 @@ r"""The training objective of one recommendation model: which loss, which negati
 One step on a batch of positive training pairs :math:`(u_i, v^+_i)`:
 
 * ``cml``: K negatives per pair drawn uniformly among the items that are not training
-  positives of :math:`u_i`; :class:`~otcl.pipelines.recsys.models.CMLTripletLoss`
+  positives of :math:`u_i`; :class:`~otcl.pipelines.recsys.losses.CMLTripletLoss`
   ``(z_u, z_{v^+}, negatives=(B, K, d))``. With DMM: ``otcl.losses.DMM(base=that loss,
   pair_loss="triplet")``, which mixes users in embedding space and applies the min-triplet
   hinge of the mixed user against the user's own positive and negatives (DMM's CML recipe).
@@ -42,7 +42,8 @@ from torch import nn
 
 from ...losses import build as build_loss
 from .data import NegativeSampler
-from .models import CMLTripletLoss, RecModel, bpr_loss
+from .losses import CMLTripletLoss, bpr_loss
+from .models import RecModel
 
 __all__ = ["Objective", "ObjectiveSpec", "DMM_DEFAULTS", "make_loss"]
 
