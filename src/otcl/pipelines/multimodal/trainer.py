@@ -29,6 +29,7 @@ from ..engine.checkpoint import open_run, restore_model
 from ..engine.distributed import local_main_first
 from ..engine.trainer import EpochTrainer
 from ..files import atomic_write_text
+from ..loss_methods import loss_method_name
 from ..sources.probes import fit_linear_probe, knn_predict
 from .config import MultimodalConfig, check, check_applies, modality_names, resolve
 from .data import MultimodalData, load_multimodal
@@ -77,12 +78,8 @@ def load_data(cfg: MultimodalConfig) -> MultimodalData:
     return load_multimodal(d.dataset, d.data_dir, **opts)
 
 
-def variant_name(cfg: MultimodalConfig) -> str:
-    """``"gca-uot"``, or ``"gca-uot+dmm"`` for DMM wrapping gca-uot."""
-    if cfg.loss.name != "dmm":
-        return cfg.loss.name
-    base = cfg.loss.params.get("base", "infonce")
-    return f"{base if isinstance(base, str) else type(base).__name__}+dmm"
+#: ``"gca-uot"``, or ``"gca-uot+dmm"`` for DMM wrapping gca-uot: the method of a run's config
+variant_name = loss_method_name
 
 
 def make_model(cfg: MultimodalConfig, data: MultimodalData) -> MultimodalModel:
