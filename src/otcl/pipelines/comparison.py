@@ -21,7 +21,7 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .compare import (
     Run,
@@ -58,7 +58,7 @@ class SpecRunner(Runner):
         self.evaluate: bool = evaluate and spec.eval_after_train and spec.evaluate is not None
         self.needs: tuple[str, ...] = (
             *spec.finished_files,
-            *((spec.eval_file,) if self.evaluate else ()),
+            *((cast(str, spec.eval_file),) if self.evaluate else ()),
         )
 
     def resolve(self, cfg: Any) -> Any:
@@ -278,8 +278,9 @@ def _write(spec: Pipeline, results: dict[str, Any], out: Path, plot: bool, log: 
     """``results.json``, the table and the plots (stale plots removed when none are drawn)."""
     table = spec.table(results) if spec.table is not None else json.dumps(results["methods"])
     draw = None
-    if plot and spec.plot is not None:
-        draw = lambda: spec.plot(results, out)  # noqa: E731
+    plot_fn = spec.plot
+    if plot and plot_fn is not None:
+        draw = lambda: plot_fn(results, out)  # noqa: E731
     else:
         for name in spec.plot_files:
             if (out / name).exists():

@@ -20,7 +20,7 @@ import json
 import statistics
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -161,7 +161,7 @@ class MultimodalTrainer(EpochTrainer):
         log: where progress lines go (standard error by default).
     """
 
-    pipeline: str = "multimodal"
+    pipeline = "multimodal"
 
     cfg: MultimodalConfig
     model: MultimodalModel
@@ -196,7 +196,7 @@ class MultimodalTrainer(EpochTrainer):
             self.data = local_main_first(lambda: load_data(self.cfg))
         make_probe(self.cfg, self.data)  # a probe setting that does not fit fails before training
         self.train_x = {m: v.to(self.device) for m, v in self.data.train.items()}
-        self.model = make_model(self.cfg, self.data).to(self.device)
+        self.model = make_model(self.cfg, self.data).to(self.device)  # pyright: ignore[reportIncompatibleVariableOverride]
         self.loss_fn = self.build_loss()
         self.objective = MultimodalObjective(
             self.loss_fn, self.cfg.objective.kind, self.cfg.loss.dmm_mix, autocast=self.autocast
@@ -259,7 +259,8 @@ def load_run(
     cfg, st = open_run(run_dir, MultimodalConfig, resolve)
     if data is None:
         data = load_data(cfg)
-    return cfg, restore_model(make_model(cfg, data), st, run_dir, device), data, st
+    model = cast(MultimodalModel, restore_model(make_model(cfg, data), st, run_dir, device))
+    return cfg, model, data, st
 
 
 def evaluate_run(

@@ -19,7 +19,7 @@ place an item (cold start). :func:`feature_tables` builds a tower's tables from 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -212,7 +212,8 @@ class Tower(nn.Module):
                 out = out + self.emb[name](x)
             elif kind == "bag":
                 n_tok = (x > 0).sum(1, keepdim=True).clamp(min=1)
-                bag = F.embedding_bag(x, self.emb[name].weight, mode="sum", padding_idx=0)
+                weight = cast(torch.Tensor, self.emb[name].weight)
+                bag = F.embedding_bag(x, weight, mode="sum", padding_idx=0)
                 out = out + bag / n_tok
             elif kind == "multihot":
                 out = out + self.emb[name](x / x.sum(1, keepdim=True).clamp(min=1))
