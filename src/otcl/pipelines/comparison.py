@@ -21,7 +21,7 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .compare import (
     Run,
@@ -39,9 +39,9 @@ from .engine.distributed import agreed, broadcast, is_main, local_main_first, ma
 from .engine.rundir import SUMMARY
 from .engine.trainer import EpochTrainer
 from .results import RESULTS, aggregate
-from .spec import Pipeline
+from .spec import Pipeline, get
 
-__all__ = ["compare", "SpecRunner", "method_configs"]
+__all__ = ["compare", "compare_pipeline", "SpecRunner", "method_configs"]
 
 Log = Callable[[str], None]
 
@@ -58,7 +58,7 @@ class SpecRunner(Runner):
         self.evaluate: bool = evaluate and spec.eval_after_train and spec.evaluate is not None
         self.needs: tuple[str, ...] = (
             *spec.finished_files,
-            *((spec.eval_file,) if self.evaluate else ()),
+            *((cast(str, spec.eval_file),) if self.evaluate else ()),
         )
 
     def resolve(self, cfg: Any) -> Any:
@@ -208,6 +208,20 @@ def compare(
         return broadcast(results)
 
 
+def compare_pipeline(
+    name: str,
+    cfg: Any,
+    methods: Sequence[str] | None,
+    seeds: int,
+    out: str | Path | None,
+    **options: Any,
+) -> dict[str, Any]:
+    """:func:`compare` of the pipeline registered as ``name`` (its spec looked up when called):
+    what a pipeline's Python entry point (``otcl.pipelines.recsys.compare.compare``, ...) runs
+    with its own defaults. ``options``: the keywords of :func:`compare`."""
+    return compare(get(name), cfg, methods, seeds, out, **options)
+
+
 def _finished(runner: SpecRunner, spec: Pipeline, method: str, run_dir: Path, want: Any) -> bool:
     """Whether ``run_dir`` holds a finished run of ``want``'s configuration (a trained method:
     :func:`~otcl.pipelines.compare.run_state`'s rule; a baseline: its summary)."""
@@ -264,8 +278,9 @@ def _write(spec: Pipeline, results: dict[str, Any], out: Path, plot: bool, log: 
     """``results.json``, the table and the plots (stale plots removed when none are drawn)."""
     table = spec.table(results) if spec.table is not None else json.dumps(results["methods"])
     draw = None
-    if plot and spec.plot is not None:
-        draw = lambda: spec.plot(results, out)  # noqa: E731
+    plot_fn = spec.plot
+    if plot and plot_fn is not None:
+        draw = lambda: plot_fn(results, out)  # noqa: E731
     else:
         for name in spec.plot_files:
             if (out / name).exists():

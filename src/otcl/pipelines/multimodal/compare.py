@@ -24,12 +24,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ...losses import available
 from ..compare import pyplot
+from ..comparison import compare_pipeline
 from ..engine.rundir import SUMMARY
 from ..engine.runtime import pick_device
+from ..loss_methods import loss_method_config
 from ..plots import error_bars, legend_outside, pm, spread_caption
-from ..spec import split_dmm
 from .config import MultimodalConfig
 from .trainer import ROBUSTNESS
 
@@ -55,18 +55,10 @@ def method_config(
     per_loss: Mapping[str, Mapping[str, Any]],
 ) -> MultimodalConfig:
     """``gca-uot`` or ``gca-uot+dmm`` (DMM around gca-uot) as a config."""
-    base, dmm = split_dmm(method)
-    if base not in available() or base == "dmm":
-        names = ", ".join(n for n in available() if n != "dmm")
-        raise ValueError(
-            f"methods: unknown method {method!r}; expected a loss name or <loss>+dmm, from: {names}"
-        )
-    params = {**shared, **per_loss.get(base, {})}
-    if dmm:
-        params = {**params, **per_loss.get("dmm", {}), "base": base}
-    cfg.loss.name = "dmm" if dmm else base
-    cfg.loss.params = params
-    return cfg
+    return loss_method_config(
+        cfg, method, shared, per_loss, unknown="methods: unknown method {method!r}; expected a "
+        "loss name or <loss>+dmm, from: {names}",
+    )  # fmt: skip
 
 
 def record(run_dir: Path) -> dict[str, float]:
@@ -133,12 +125,9 @@ def compare(
     Returns:
         the content of ``results.json`` (:mod:`otcl.pipelines.results`).
     """
-    from ..comparison import compare as run_compare
-    from ..spec import get
-
-    return run_compare(
-        get("multimodal"), cfg, losses, seeds, out, loss_params=loss_params, jobs=jobs,
-        plot=plot, log=log,
+    return compare_pipeline(
+        "multimodal", cfg, losses, seeds, out, loss_params=loss_params, plot=plot, jobs=jobs,
+        log=log,
     )  # fmt: skip
 
 

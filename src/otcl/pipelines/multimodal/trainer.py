@@ -20,7 +20,7 @@ import json
 import statistics
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -29,6 +29,7 @@ from ..engine.checkpoint import open_run, restore_model
 from ..engine.distributed import local_main_first
 from ..engine.trainer import EpochTrainer
 from ..files import atomic_write_text
+from ..loss_methods import loss_method_name
 from ..sources.probes import fit_linear_probe, knn_predict
 from .config import MultimodalConfig, check, check_applies, modality_names, resolve
 from .data import MultimodalData, load_multimodal
@@ -77,12 +78,8 @@ def load_data(cfg: MultimodalConfig) -> MultimodalData:
     return load_multimodal(d.dataset, d.data_dir, **opts)
 
 
-def variant_name(cfg: MultimodalConfig) -> str:
-    """``"gca-uot"``, or ``"gca-uot+dmm"`` for DMM wrapping gca-uot."""
-    if cfg.loss.name != "dmm":
-        return cfg.loss.name
-    base = cfg.loss.params.get("base", "infonce")
-    return f"{base if isinstance(base, str) else type(base).__name__}+dmm"
+#: ``"gca-uot"``, or ``"gca-uot+dmm"`` for DMM wrapping gca-uot: the method of a run's config
+variant_name = loss_method_name
 
 
 def make_model(cfg: MultimodalConfig, data: MultimodalData) -> MultimodalModel:
@@ -164,7 +161,7 @@ class MultimodalTrainer(EpochTrainer):
         log: where progress lines go (standard error by default).
     """
 
-    pipeline: str = "multimodal"
+    pipeline = "multimodal"
 
     cfg: MultimodalConfig
     model: MultimodalModel
@@ -199,7 +196,7 @@ class MultimodalTrainer(EpochTrainer):
             self.data = local_main_first(lambda: load_data(self.cfg))
         make_probe(self.cfg, self.data)  # a probe setting that does not fit fails before training
         self.train_x = {m: v.to(self.device) for m, v in self.data.train.items()}
-        self.model = make_model(self.cfg, self.data).to(self.device)
+        self.model = make_model(self.cfg, self.data).to(self.device)  # pyright: ignore[reportIncompatibleVariableOverride]
         self.loss_fn = self.build_loss()
         self.objective = MultimodalObjective(
             self.loss_fn, self.cfg.objective.kind, self.cfg.loss.dmm_mix, autocast=self.autocast
@@ -262,7 +259,8 @@ def load_run(
     cfg, st = open_run(run_dir, MultimodalConfig, resolve)
     if data is None:
         data = load_data(cfg)
-    return cfg, restore_model(make_model(cfg, data), st, run_dir, device), data, st
+    model = cast(MultimodalModel, restore_model(make_model(cfg, data), st, run_dir, device))
+    return cfg, model, data, st
 
 
 def evaluate_run(

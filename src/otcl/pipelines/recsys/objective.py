@@ -3,7 +3,7 @@ r"""The training objective of one recommendation model: which loss, which negati
 One step on a batch of positive training pairs :math:`(u_i, v^+_i)`:
 
 * ``cml``: K negatives per pair drawn uniformly among the items that are not training
-  positives of :math:`u_i`; :class:`~otcl.pipelines.recsys.models.CMLTripletLoss`
+  positives of :math:`u_i`; :class:`~otcl.pipelines.recsys.losses.CMLTripletLoss`
   ``(z_u, z_{v^+}, negatives=(B, K, d))``. With DMM: ``otcl.losses.DMM(base=that loss,
   pair_loss="triplet")``, which mixes users in embedding space and applies the min-triplet
   hinge of the mixed user against the user's own positive and negatives (DMM's CML recipe).
@@ -35,14 +35,15 @@ margin is :math:`\lambda m` at every step (the official code's cumulative margin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from ...losses import build as build_loss
 from .data import NegativeSampler
-from .models import CMLTripletLoss, RecModel, bpr_loss
+from .losses import CMLTripletLoss, bpr_loss
+from .models import RecModel
 
 __all__ = ["Objective", "ObjectiveSpec", "DMM_DEFAULTS", "make_loss"]
 
@@ -187,8 +188,9 @@ class Objective(nn.Module):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
-        if hasattr(self.loss, "set_epoch"):
-            self.loss.set_epoch(epoch)
+        set_epoch = getattr(self.loss, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
 
     def forward(
         self,
@@ -205,6 +207,7 @@ class Objective(nn.Module):
         the loss of rows ``[r B/w, (r+1) B/w)`` (and of the two-tower's extra negatives, the
         r-th of w equal parts: their union over the ranks is the step's K).
         """
+        loss = cast(nn.Module, self.loss)  # None for MF alone, which does not call it
         dev = users.device
         b = users.shape[0]
         rows = slice(None) if part is None else _share(b, *part, "the batch")
@@ -225,15 +228,15 @@ class Objective(nn.Module):
                 ].to(dev)
                 zi = model.items(torch.cat([items, extra]))
                 neg = zi[b:] if part is None else zi[b:][_share(k, *part, "model.negatives")]
-                return self.loss(zu, zi[:b][rows], negatives=neg, **prior)
-            return self.loss(zu, model.items(items)[rows], **prior)
+                return loss(zu, zi[:b][rows], negatives=neg, **prior)
+            return loss(zu, model.items(items)[rows], **prior)
         k = self.spec.negatives if self.kind == "cml" else 1
         neg = self.sampler(users.cpu(), k, generator).to(dev)
         zu = model.users(users)[rows]
         zi = model.items(torch.cat([items, neg.flatten()]))
         zp, zn = zi[:b][rows], zi[b:].view(b, k, -1)[rows]
         if self.kind == "cml":
-            return self.loss(zu, zp, negatives=zn)
+            return loss(zu, zp, negatives=zn)
         s_pos = (zu * zp).sum(-1)
         s_neg = torch.einsum("bd,bkd->bk", zu, zn)
         return bpr_loss(s_pos, s_neg)

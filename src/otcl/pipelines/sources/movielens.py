@@ -31,7 +31,9 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -192,17 +194,16 @@ def _assemble(
     rows_r: list[list[str]],
     lines_r: np.ndarray,
     p_r: Path,
-    user_rows: list[list[str]] | None,
-    p_u: Path | None,
+    users: _UserFile | None,
     item_rows: list[list[str]],
     p_i: Path,
-    users: UserFeatures | None,
     genres: np.ndarray,
     genre_names: tuple[str, ...],
     titles: list[str],
 ) -> Ratings:
     raw_u = _ints(rows_r, 0, p_r, "user id")
-    uid = np.unique(raw_u) if user_rows is None else _ints(user_rows, 0, p_u, "user id")
+    p_u = None if users is None else users.path
+    uid = np.unique(raw_u) if users is None else _ints(users.rows, 0, users.path, "user id")
     iid = _ints(item_rows, 0, p_i, "item id")
     uo, io = np.argsort(uid, kind="stable"), np.argsort(iid, kind="stable")
     if len(np.unique(uid)) != len(uid):
@@ -219,11 +220,9 @@ def _assemble(
     split_titles = [title_year(titles[k]) for k in io]
     feats_u = None
     if users is not None:
+        f = users.features
         feats_u = UserFeatures(
-            age=users.age[uo],
-            gender=users.gender[uo],
-            occupation=users.occupation[uo],
-            vocab=users.vocab,
+            age=f.age[uo], gender=f.gender[uo], occupation=f.occupation[uo], vocab=f.vocab
         )
     feats_i = ItemFeatures(
         genres=genres[io],
@@ -253,21 +252,41 @@ def _codes(values: list[str]) -> tuple[np.ndarray, int]:
     return idx.astype(np.int64) + 1, len(keys) + 1
 
 
+class _UserFile(NamedTuple):
+    """A GroupLens user file: its path, its rows and the users' features (in file order)."""
+
+    path: Path
+    rows: list[list[str]]
+    features: UserFeatures
+
+
+def _read_users(
+    d: Path,
+    name: str,
+    sep: str,
+    cols: tuple[int, int],
+    occupation: Callable[[list[list[str]], Path], tuple[np.ndarray, int]],
+) -> _UserFile:
+    """The user file ``name`` of ``d``: rows of 5 fields, the age and the gender in the columns
+    ``cols``; ``occupation``: ``(rows, path) -> (codes from 1, vocabulary size)``."""
+    path = _need(d, name)
+    rows, _ = _read_table(path, sep, 5)
+    age_col, gender_col = cols
+    age = _age_bucket(_ints(rows, age_col, path, "age"))
+    gender = np.asarray([{"F": 1, "M": 2}.get(r[gender_col].strip(), 0) for r in rows], np.int64)
+    occ, n_occ = occupation(rows, path)
+    vocab = {"age": len(AGE_BUCKETS) + 1, "gender": 3, "occupation": n_occ}
+    return _UserFile(path, rows, UserFeatures(age, gender, occ, vocab))
+
+
 def _load_ml100k(d: Path, with_users: bool) -> Ratings:
     p_r, p_i = _need(d, "u.data"), _need(d, "u.item")
     rows_r, lines_r = _read_table(p_r, "\t", 4)
     item_rows, _ = _read_table(p_i, "|", 24)
-    p_u, user_rows, users = None, None, None
-    if with_users:
-        p_u = _need(d, "u.user")
-        user_rows, _ = _read_table(p_u, "|", 5)
-        age = _age_bucket(_ints(user_rows, 1, p_u, "age"))
-        gender = np.asarray(
-            [{"F": 1, "M": 2}.get(r[2].strip(), 0) for r in user_rows], dtype=np.int64
-        )
-        occ, n_occ = _codes([r[3].strip() for r in user_rows])
-        users = UserFeatures(
-            age, gender, occ, {"age": len(AGE_BUCKETS) + 1, "gender": 3, "occupation": n_occ}
+    users = None
+    if with_users:  # occupations by name
+        users = _read_users(
+            d, "u.user", "|", (1, 2), lambda rows, _: _codes([r[3].strip() for r in rows])
         )
     try:
         genres = np.asarray([[float(v) for v in r[5:24]] for r in item_rows], dtype=np.float32)
@@ -275,18 +294,7 @@ def _load_ml100k(d: Path, with_users: bool) -> Ratings:
         raise DataError(f"data: {str(p_i)!r}: a genre flag is not 0/1") from None
     titles = [r[1] for r in item_rows]
     return _assemble(
-        "ml-100k",
-        rows_r,
-        lines_r,
-        p_r,
-        user_rows,
-        p_u,
-        item_rows,
-        p_i,
-        users,
-        genres,
-        ML_GENRES,
-        titles,
+        "ml-100k", rows_r, lines_r, p_r, users, item_rows, p_i, genres, ML_GENRES, titles
     )
 
 
@@ -294,17 +302,10 @@ def _load_ml1m(d: Path, with_users: bool) -> Ratings:
     p_r, p_i = _need(d, "ratings.dat"), _need(d, "movies.dat")
     rows_r, lines_r = _read_table(p_r, "::", 4)
     item_rows, _ = _read_table(p_i, "::", 3)
-    p_u, user_rows, users = None, None, None
-    if with_users:
-        p_u = _need(d, "users.dat")
-        user_rows, _ = _read_table(p_u, "::", 5)
-        age = _age_bucket(_ints(user_rows, 2, p_u, "age"))
-        gender = np.asarray(
-            [{"F": 1, "M": 2}.get(r[1].strip(), 0) for r in user_rows], dtype=np.int64
-        )
-        occ = _ints(user_rows, 3, p_u, "occupation") + 1
-        users = UserFeatures(
-            age, gender, occ, {"age": len(AGE_BUCKETS) + 1, "gender": 3, "occupation": 22}
+    users = None
+    if with_users:  # occupations coded 0..20
+        users = _read_users(
+            d, "users.dat", "::", (2, 1), lambda rows, p: (_ints(rows, 3, p, "occupation") + 1, 22)
         )
     names = ML_GENRES[1:]
     col = {g: k for k, g in enumerate(names)}
@@ -314,9 +315,7 @@ def _load_ml1m(d: Path, with_users: bool) -> Ratings:
             if g in col:
                 genres[n, col[g]] = 1.0
     titles = [r[1] for r in item_rows]
-    return _assemble(
-        "ml-1m", rows_r, lines_r, p_r, user_rows, p_u, item_rows, p_i, users, genres, names, titles
-    )
+    return _assemble("ml-1m", rows_r, lines_r, p_r, users, item_rows, p_i, genres, names, titles)
 
 
 # -- download ------------------------------------------------------------------------------

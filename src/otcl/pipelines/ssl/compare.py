@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from ...losses import available
 from ..compare import pyplot
+from ..comparison import compare_pipeline
 from ..engine.rundir import METRICS, SUMMARY
 from ..files import read_jsonl
+from ..loss_methods import loss_method_config, loss_method_name
 from ..plots import error_bars, integer_epochs, legend_outside, pm, spread_caption
-from ..spec import split_dmm
 from .config import Config
 
 __all__ = [
@@ -57,27 +57,14 @@ def method_config(
 ) -> Config:
     """``gca-uot`` -> ``loss.name="gca-uot"``; ``gca-uot+dmm`` -> ``loss.name="dmm"`` with
     ``base="gca-uot"``. Parameters: the shared ones, then the loss's own, then (``+dmm``) DMM's."""
-    base, dmm = split_dmm(method)
-    if base not in available() or base == "dmm":
-        names = ", ".join(n for n in available() if n != "dmm")
-        raise ValueError(
-            f"methods: unknown loss {base!r}; expected a loss name, or <loss>+dmm for DMM "
-            f"around it, from: {names}"
-        )
-    params = {**shared, **per_loss.get(base, {})}
-    if dmm:
-        params = {**params, **per_loss.get("dmm", {}), "base": base}
-    cfg.loss.name = "dmm" if dmm else base
-    cfg.loss.params = params
-    return cfg
+    return loss_method_config(
+        cfg, method, shared, per_loss, unknown="methods: unknown loss {base!r}; expected a loss "
+        "name, or <loss>+dmm for DMM around it, from: {names}",
+    )  # fmt: skip
 
 
-def method_name(cfg: Config) -> str:
-    """The method of a run's config (the inverse of :func:`method_config`)."""
-    if cfg.loss.name != "dmm":
-        return cfg.loss.name
-    base = cfg.loss.params.get("base", "infonce")
-    return f"{base if isinstance(base, str) else type(base).__name__}+dmm"
+#: the method of a run's config (the inverse of :func:`method_config`)
+method_name = loss_method_name
 
 
 def record(run_dir: Path) -> dict[str, float]:
@@ -146,21 +133,10 @@ def compare(
     Returns:
         the content of ``results.json`` (:mod:`otcl.pipelines.results`).
     """
-    from ..comparison import compare as run_compare
-    from ..spec import get
-
-    return run_compare(
-        get("ssl"),
-        cfg,
-        losses,
-        seeds,
-        out,
-        loss_params=loss_params,
-        jobs=jobs,
-        evaluate=evaluate,
-        plot=plot,
-        log=log,
-    )
+    return compare_pipeline(
+        "ssl", cfg, losses, seeds, out, loss_params=loss_params, jobs=jobs, evaluate=evaluate,
+        plot=plot, log=log,
+    )  # fmt: skip
 
 
 def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
