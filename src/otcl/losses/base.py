@@ -358,14 +358,7 @@ class OTContrastiveLoss(ContrastiveLoss):
         negatives: torch.Tensor | None,
         shard: Shard | None = None,
     ) -> None:
-        check_batch(
-            z1,
-            z2,
-            negatives,
-            similarity=self.similarity,
-            check_values=self.check_inputs,
-            shard=shard,
-        )
+        check_batch(z1, z2, negatives, self.similarity, self.check_inputs, shard)
 
     def shard(self) -> Shard | None:
         """This rank's share of the global batch (``gather_distributed`` under

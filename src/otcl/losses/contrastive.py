@@ -230,7 +230,6 @@ def check_batch(
     z1: torch.Tensor,
     z2: torch.Tensor,
     negatives: torch.Tensor | None,
-    *,
     similarity: str,
     check_values: bool,
     shard: Shard | None = None,

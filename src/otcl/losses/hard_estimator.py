@@ -166,14 +166,7 @@ class HardNegativeLoss(ContrastiveLoss):
         negatives: torch.Tensor | None,
         shard: Shard | None = None,
     ) -> None:
-        check_batch(
-            z1,
-            z2,
-            negatives,
-            similarity=self.similarity,
-            check_values=self.check_inputs,
-            shard=shard,
-        )
+        check_batch(z1, z2, negatives, self.similarity, self.check_inputs, shard)
         if target is not None:
             raise ValueError(
                 f"target: custom target plans are not supported by {type(self).__name__}; "
