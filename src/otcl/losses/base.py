@@ -18,29 +18,19 @@ combination is one constructor call away, or ``build("ot", ...)`` by name::
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from .._validation import (
-    check_bool,
-    check_embeddings,
-    check_negatives,
-    check_nonneg,
-    check_positive,
-    check_prob,
-    flat_negatives,
-)
+from .._validation import check_bool, check_nonneg, check_positive, flat_negatives
 from ..ot.distributed import Shard, current_shard
 from ..ot.geometry import LAYOUTS, SIMILARITIES, Geometry, pair_scores
 from ..ot.problem import CONSTRAINTS, Problem
 from ..ot.sinkhorn import BACKWARDS, DOMAINS, GRAD_MODES, Sinkhorn, SinkhornOutput
 from ..ot.streaming_sinkhorn import StreamingOutput
 from . import divergences
-from .contrastive import ContrastiveLoss
+from .contrastive import ContrastiveLoss, check_batch
 from .divergences import RowView
 from .geometry_choice import (
     DEFAULT_MEMORY_BUDGET,
@@ -49,54 +39,30 @@ from .geometry_choice import (
     batch_tile_rows,
     check_memory_budget,
 )
-from .params import (
-    CROSS,
-    SIMCLR,
-    Rule,
-    choice,
-    equals,
-    int_at_least,
-    number,
-    optional,
-    param,
+from .ot_settings import (
+    DIVERGENCES,
+    ITERATIVE,
+    MARGINALS,
+    RINCE_DIVERGENCE,
+    SCALED_MARGINALS,
+    SELF_PAIRS,
+    UNBALANCED,
+    UNROLLED,
+    check_prob_open,
 )
+from .params import CROSS, SIMCLR, choice, int_at_least, number, optional, param
 from .registry import register
-from .streaming import solve_direction, streaming_forward, streaming_pair_scores
+from .solve_parts import column_weights, symmetric_gauge, warm_start, weighted_problem
+from .streaming import (
+    check_streamable,
+    solve_direction,
+    streaming_forward,
+    streaming_options,
+    streaming_pair_scores,
+)
 from .targets import prepare_target
 
 __all__ = ["OTContrastiveLoss", "DIVERGENCES"]
-
-DIVERGENCES = ("ce", "rince")
-MARGINALS = ("uniform", "unit")
-SELF_PAIRS = ("mask", "max_cost")
-
-# when a parameter applies (each rule stated once: its test, its listing and its message)
-UNBALANCED = equals("constraint", "unbalanced")
-ITERATIVE = Rule(
-    "an iterative constraint ('balanced' or 'unbalanced')",
-    lambda s, _: s["constraint"] in ("balanced", "unbalanced"),
-    shows=("constraint",),
-    reason="the iterative constraints 'balanced' and 'unbalanced'",
-    note=", which has a closed form",
-)
-UNROLLED = equals("grad", "unrolled")
-RINCE_DIVERGENCE = Rule(
-    "the RINCE divergence", lambda s, loss: loss.uses_rince(s), shows=("divergence",)
-)
-SCALED_MARGINALS = Rule(
-    "constraint='unbalanced', or RINCE with constraint='balanced' or 'cols'",
-    lambda s, loss: (
-        s["constraint"] == "unbalanced"
-        or (loss.uses_rince(s) and s["constraint"] in ("balanced", "cols"))
-    ),
-    shows=("constraint", "divergence"),
-    note=", which do not depend on a common scale of the marginals",
-)
-
-
-def check_prob_open(name: str, value: Any) -> float:
-    """A number in (0, 1]."""
-    return check_prob(name, value, open_left=True)
 
 
 @register("ot")
@@ -207,29 +173,7 @@ class OTContrastiveLoss(ContrastiveLoss):
         elif self.rho is None:
             raise ValueError("rho: constraint='unbalanced' needs rho > 0, got None")
         if self.geometry != "dense":
-            self._check_streams()
-
-    def _check_streams(self) -> None:
-        """Refuse, in one line, an option the streaming geometry cannot serve."""
-        how = f"geometry={self.geometry!r}"
-        if self.layout == "simclr" and self.self_pair == "max_cost":
-            raise ValueError(
-                f"self_pair: {how} cannot serve self_pair='max_cost' (the self-pair's score is "
-                "the batch's lowest, a reduction over every tile before the first); use "
-                "self_pair='mask' or geometry='dense'"
-            )
-        iterative = self.constraint in ("balanced", "unbalanced")
-        if iterative and self.grad == "unrolled" and self.backward == "autograd":
-            raise ValueError(
-                f"backward: {how} cannot serve backward='autograd' (autograd through the "
-                "iterations keeps every iteration's n x m matrices); use backward='fused'"
-            )
-        if self.streaming_terms() is None:
-            raise ValueError(
-                f"geometry: {type(self).__name__} cannot stream: it overrides the loss terms "
-                f"(divergence_value / extra_terms) without a streamed form (streaming_terms); "
-                "use geometry='dense'"
-            )
+            check_streamable(self)  # refuse, in one line, what streaming cannot serve
 
     def streaming_terms(self) -> dict[str, float] | None:
         """The weights of this loss's terms on a streaming geometry (:mod:`otcl.losses.streaming`:
@@ -281,13 +225,7 @@ class OTContrastiveLoss(ContrastiveLoss):
     ) -> Problem:
         """``problem`` with its row / column marginals multiplied by weights of mean 1 (the
         total masses, hence the balance of a balanced problem, are unchanged)."""
-        unit = self.marginals == "unit"
-        a, b = problem.a, problem.b
-        if w_rows is not None:
-            a = w_rows * (1.0 if unit else 1.0 / n)
-        if w_cols is not None:
-            b = w_cols * (n / m if unit else 1.0 / m)
-        return dataclasses.replace(problem, a=a, b=b)
+        return weighted_problem(problem, n, m, w_rows, w_cols, unit=self.marginals == "unit")
 
     def solver(self) -> Sinkhorn:
         """The solver with this loss's options."""
@@ -339,14 +277,7 @@ class OTContrastiveLoss(ContrastiveLoss):
         problem = self.problem(n, m, S.device)
         if weights is not None:
             problem = self.weighted_problem(problem, n, m, *weights)
-        init = None
-        if problem.constraint == "unbalanced":
-            # start from v = b as the official GCA-UOT code (u = v = marginal); for balanced
-            # problems the starting scale of v cancels after the first row update
-            log_b = torch.full((m,), -math.log(m), device=S.device)
-            if problem.b is not None:
-                log_b = problem.b.log()
-            init = (torch.zeros(S.shape[-2], device=S.device), log_b)
+        init = warm_start(problem, S.shape[-2], m, S.device)
         out = self.solver()(scores, problem, bound=bound, init=init)
         if self.grad == "implicit" and problem.constraint == "balanced":
             out = self.symmetric_gauge(out)
@@ -364,10 +295,7 @@ class OTContrastiveLoss(ContrastiveLoss):
         symmetric kernel with equal marginals, as in the simclr layout), so that the value and
         its implicit gradient belong to the same function.
         """
-        n, m = out.f.shape[-1], out.g.shape[-1]
-        k = (out.g.sum(-1, keepdim=True) - out.f.sum(-1, keepdim=True)) / (n + m)
-        row_lse = None if out.row_lse is None else out.row_lse - k  # LSE_j(S_ij + g_j)
-        return out.replace(f=out.f + k, g=out.g - k, row_lse=row_lse)
+        return symmetric_gauge(out)
 
     def divergence_value(
         self,
@@ -430,10 +358,7 @@ class OTContrastiveLoss(ContrastiveLoss):
         negatives: torch.Tensor | None,
         shard: Shard | None = None,
     ) -> None:
-        cosine = self.similarity == "cosine"
-        kw = {"check_values": self.check_inputs, "nonzero_rows": cosine, "shard": shard}
-        check_embeddings(z1, z2, **kw)
-        check_negatives(negatives, z1, **kw)
+        check_batch(z1, z2, negatives, self.similarity, self.check_inputs, shard)
 
     def shard(self) -> Shard | None:
         """This rank's share of the global batch (``gather_distributed`` under
@@ -450,17 +375,8 @@ class OTContrastiveLoss(ContrastiveLoss):
         negatives = flat_negatives(negatives)
         tile = self.tile_rows(z1, negatives)
         if tile is not None:  # the potentials only; the plan block by block (plan_block)
-            geo = streaming_pair_scores(
-                z1,
-                z2,
-                temperature=self.temperature,
-                tile_size=tile,
-                layout=self.layout,
-                similarity_kind=self.similarity,
-                clip_min=self.clip_min,
-                negatives=negatives,
-                shard=shard,
-            )
+            options = streaming_options(self, tile)
+            geo = streaming_pair_scores(z1, z2, negatives=negatives, shard=shard, **options)
             return solve_direction(self, geo)
         return self.solve(self.pair_geometry(z1, z2, negatives, shard))
 
@@ -517,35 +433,9 @@ class OTContrastiveLoss(ContrastiveLoss):
     def prior_weights(
         self, col_prior: torch.Tensor, geo: Geometry, shard: Shard | None
     ) -> torch.Tensor:
-        r"""Column weights :math:`w_j \propto 1/q_j` (mean 1) of a column prior ``q`` (m,).
-
-        ``col_prior`` is the probability with which each column (candidate) was drawn, e.g. an
-        item's share of the positive pairs when the negatives are the batch's other positives.
-        The coupling's columns are then an importance-weighted sample of the uniform catalogue:
-        the kernel becomes :math:`K_{ij} = w_j e^{S_{ij}}` (reference measure
-        :math:`a \otimes w`) and a constrained column side has marginal :math:`b_j \propto
-        w_j`. Row-constrained (InfoNCE), the direction's loss is exactly the logQ-corrected
-        softmax of Yi et al. (RecSys 2019): :math:`-\log \mathrm{softmax}_j(S_{ij} - \log
-        q_j)` at the positive.
-        """
-        m = geo.scores.shape[-1]
-        if self.constraint == "mass":
-            raise ValueError(
-                f"col_prior: {self.loss_name()} (constraint='mass') has no column marginal to set"
-            )
-        if shard is not None:
-            raise ValueError("col_prior: not supported with gather_distributed across ranks")
-        if col_prior.shape != (m,):
-            raise ValueError(
-                f"col_prior: expected shape ({m},) (one probability per column), "
-                f"got {tuple(col_prior.shape)}"
-            )
-        q = col_prior.detach().to(torch.float64)
-        if not bool(((q > 0) & torch.isfinite(q)).all()):
-            raise ValueError("col_prior: expected positive finite probabilities")
-        w = 1.0 / q
-        dtype = torch.float64 if geo.scores.dtype == torch.float64 else torch.float32
-        return (w / w.mean()).to(device=geo.scores.device, dtype=dtype)
+        r"""Column weights :math:`w_j \propto 1/q_j` (mean 1) of a column prior ``q`` (m,)
+        (the logQ correction; see :func:`otcl.losses.solve_parts.column_weights`)."""
+        return column_weights(col_prior, geo, shard, self.constraint, self.loss_name())
 
     def extra_repr(self) -> str:
         keys = ["temperature", "layout", "constraint", "iters", "rho", "divergence"]

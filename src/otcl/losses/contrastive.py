@@ -47,6 +47,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .._validation import check_embeddings, check_negatives
+from ..ot.distributed import Shard
 from .params import Param, param
 
 if sys.version_info >= (3, 11):
@@ -54,7 +56,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     from typing_extensions import dataclass_transform
 
-__all__ = ["ContrastiveLoss"]
+__all__ = ["ContrastiveLoss", "check_batch"]
 
 
 @dataclass_transform(kw_only_default=True, eq_default=False, field_specifiers=(param,))
@@ -222,3 +224,19 @@ def _signed_init(cls: type[ContrastiveLoss]) -> Callable[..., None]:
     __init__.__module__ = cls.__module__
     __init__.__doc__ = f"Build a {cls.__name__} (``None`` = the default; see the class)."
     return __init__
+
+
+def check_batch(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    negatives: torch.Tensor | None,
+    similarity: str,
+    check_values: bool,
+    shard: Shard | None = None,
+) -> None:
+    """Check a call's embeddings and extra negatives (``ValueError``): shapes, and with
+    ``check_values`` finite values and, for ``similarity="cosine"``, no zero rows (every rank
+    alike with ``shard``)."""
+    kw = {"check_values": check_values, "nonzero_rows": similarity == "cosine", "shard": shard}
+    check_embeddings(z1, z2, **kw)
+    check_negatives(negatives, z1, **kw)

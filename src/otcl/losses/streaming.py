@@ -24,7 +24,6 @@ tile from the (N,) classes; a dense ``target=`` tensor (domain blocks, custom pl
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
@@ -36,6 +35,7 @@ from ..ot.geometry import Geometry
 from ..ot.streaming import StreamingGeometry, streaming_pair_scores
 from ..ot.streaming_sinkhorn import StreamingOutput, row_reduce, streaming_solve
 from .divergences import rince_rows, row_mean
+from .solve_parts import symmetric_gauge, warm_start
 from .targets import prepare_target
 
 if TYPE_CHECKING:  # base imports this module
@@ -43,9 +43,11 @@ if TYPE_CHECKING:  # base imports this module
 
 __all__ = [
     "TargetTiles",
+    "check_streamable",
     "solve_direction",
     "streaming_forward",
     "streaming_loss_terms",
+    "streaming_options",
     "streaming_target",
     "symmetric_gauge",
 ]
@@ -260,12 +262,16 @@ def streaming_loss_terms(
     return total
 
 
-def symmetric_gauge(out: StreamingOutput) -> StreamingOutput:
-    """Balanced potentials moved to the gauge :math:`\\sum_i f_i = \\sum_j g_j` (see
-    :meth:`otcl.losses.OTContrastiveLoss.symmetric_gauge`)."""
-    n, m = out.f.shape[-1], out.g.shape[-1]
-    k = (out.g.sum(-1, keepdim=True) - out.f.sum(-1, keepdim=True)) / (n + m)
-    return out.replace(f=out.f + k, g=out.g - k, row_lse=out.row_lse - k)
+def streaming_options(loss: OTContrastiveLoss, tile_size: int) -> dict[str, Any]:
+    """The options of a loss's streaming geometry (:func:`~otcl.ot.streaming_pair_scores`
+    without the embeddings, negatives and shard)."""
+    return dict(
+        temperature=loss.temperature,
+        tile_size=tile_size,
+        layout=loss.layout,
+        similarity_kind=loss.similarity,
+        clip_min=loss.clip_min,
+    )
 
 
 def solve_direction(loss: OTContrastiveLoss, geom: StreamingGeometry) -> StreamingOutput:
@@ -274,12 +280,7 @@ def solve_direction(loss: OTContrastiveLoss, geom: StreamingGeometry) -> Streami
     n, m = geom.n_rows, geom.shape[1]
     device = geom.x.device
     problem = loss.problem(n, m, device)
-    init = None
-    if problem.constraint == "unbalanced":  # v = b at the start, as the dense solve
-        log_b = torch.full((m,), -math.log(m), device=device)
-        if problem.b is not None:
-            log_b = problem.b.log()
-        init = (torch.zeros(geom.shape[0], device=device), log_b)
+    init = warm_start(problem, geom.shape[0], m, device)  # v = b if unbalanced, as dense
     out = streaming_solve(
         geom,
         problem,
@@ -312,13 +313,7 @@ def streaming_forward(
     negatives = flat_negatives(negatives)
     if shard is not None and isinstance(labels, torch.Tensor) and labels.dim() == 1:
         labels = shard.gather_constant(labels)  # the global batch's classes
-    options: dict[str, Any] = dict(
-        temperature=loss.temperature,
-        tile_size=tile_size,
-        layout=loss.layout,
-        similarity_kind=loss.similarity,
-        clip_min=loss.clip_min,
-    )
+    options = streaming_options(loss, tile_size)
     geo = streaming_pair_scores(z1, z2, negatives=negatives, shard=shard, **options)
     dtype = torch.float64 if z1.dtype == torch.float64 else torch.float32
     extra: dict[str, Any] = dict(
@@ -340,3 +335,28 @@ def streaming_forward(
         tgt_t, pos_t = streaming_target(rev, labels, target_t, dtype)
         value = 0.5 * (value + direction(rev, tgt_t, pos_t))
     return value if shard is None else shard.total(value)
+
+
+def check_streamable(loss: OTContrastiveLoss) -> None:
+    """Refuse, in one line (``ValueError``), an option of ``loss`` that its streaming geometry
+    cannot serve (``self_pair="max_cost"``, ``backward="autograd"``, terms without a streamed
+    form)."""
+    how = f"geometry={loss.geometry!r}"
+    if loss.layout == "simclr" and loss.self_pair == "max_cost":
+        raise ValueError(
+            f"self_pair: {how} cannot serve self_pair='max_cost' (the self-pair's score is "
+            "the batch's lowest, a reduction over every tile before the first); use "
+            "self_pair='mask' or geometry='dense'"
+        )
+    iterative = loss.constraint in ("balanced", "unbalanced")
+    if iterative and loss.grad == "unrolled" and loss.backward == "autograd":
+        raise ValueError(
+            f"backward: {how} cannot serve backward='autograd' (autograd through the "
+            "iterations keeps every iteration's n x m matrices); use backward='fused'"
+        )
+    if loss.streaming_terms() is None:
+        raise ValueError(
+            f"geometry: {type(loss).__name__} cannot stream: it overrides the loss terms "
+            f"(divergence_value / extra_terms) without a streamed form (streaming_terms); "
+            "use geometry='dense'"
+        )

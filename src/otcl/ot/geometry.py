@@ -247,6 +247,34 @@ class Geometry:
         return dataclasses.replace(self, **changes)
 
 
+def _batch_rows_cols(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    layout: str,
+    negatives: torch.Tensor | None,
+    shard: Shard | None,
+) -> tuple[torch.Tensor, torch.Tensor, int, int, torch.Tensor | None]:
+    """The rows and columns of a two-view batch's scores in ``layout``: ``(x, y, n_pairs,
+    n_extra, rows)``; with ``shard``, this rank's rows against every rank's columns (gathered
+    with gradients) and ``rows`` their global indices (else None)."""
+    rows = None
+    if shard is None:
+        x, y = layout_embeddings(z1, z2, layout, negatives)
+        n_pairs = z1.shape[0]
+        n_extra = 0 if negatives is None else negatives.shape[0]
+    else:
+        check_choice("layout", layout, LAYOUTS)
+        g1, g2 = shard.gather(z1), shard.gather(z2)
+        gn = None if negatives is None else shard.gather(negatives)
+        x = torch.cat([z1, z2]) if layout == "simclr" else z1
+        _, y = layout_embeddings(g1, g2, layout, gn)
+        n_local, n_pairs = z1.shape[0], g1.shape[0]
+        n_extra = 0 if gn is None else gn.shape[0]
+        own = torch.arange(n_local, device=z1.device) + shard.rank * n_local
+        rows = torch.cat([own, own + n_pairs]) if layout == "simclr" else own
+    return x, y, n_pairs, n_extra, rows
+
+
 def pair_scores(
     z1: torch.Tensor,
     z2: torch.Tensor,
@@ -277,21 +305,7 @@ def pair_scores(
         this rank's rows of the global (2 N W) x (2 N W + K W) or (N W) x (N W + K W) scores.
     """
     check_choice("self_pair", self_pair, ("mask", "max_cost"))
-    rows = None
-    if shard is None:
-        x, y = layout_embeddings(z1, z2, layout, negatives)
-        n_pairs = z1.shape[0]
-        n_extra = 0 if negatives is None else negatives.shape[0]
-    else:
-        check_choice("layout", layout, LAYOUTS)
-        g1, g2 = shard.gather(z1), shard.gather(z2)
-        gn = None if negatives is None else shard.gather(negatives)
-        x = torch.cat([z1, z2]) if layout == "simclr" else z1
-        _, y = layout_embeddings(g1, g2, layout, gn)
-        n_local, n_pairs = z1.shape[0], g1.shape[0]
-        n_extra = 0 if gn is None else gn.shape[0]
-        own = torch.arange(n_local, device=z1.device) + shard.rank * n_local
-        rows = torch.cat([own, own + n_pairs]) if layout == "simclr" else own
+    x, y, n_pairs, n_extra, rows = _batch_rows_cols(z1, z2, layout, negatives, shard)
     sim = similarity(x, y, similarity_kind)
     if clip_min is not None:
         sim = sim.clamp(min=clip_min)

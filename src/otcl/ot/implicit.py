@@ -60,6 +60,7 @@ __all__ = ["conjugate_gradient", "implicit_potentials", "solve_adjoint"]
 
 
 def _sum_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reduce a broadcast gradient to the shape of ``like``."""
     return grad if grad.shape == like.shape else grad.sum_to_size(like.shape)
 
 

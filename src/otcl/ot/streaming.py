@@ -33,7 +33,7 @@ import torch
 
 from .._validation import check_choice, check_int_at_least
 from .distributed import Shard
-from .geometry import LAYOUTS, SIMILARITIES, layout_embeddings, positive_index, unit_rows
+from .geometry import LAYOUTS, SIMILARITIES, _batch_rows_cols, positive_index, unit_rows
 
 __all__ = [
     "TILE_BUFFERS",
@@ -334,20 +334,7 @@ def streaming_pair_scores(
     check_choice("layout", layout, LAYOUTS)
     check_choice("similarity", similarity_kind, SIMILARITIES)
     check_int_at_least("tile_size", tile_size, 1)
-    rows = None
-    if shard is None:
-        x, y = layout_embeddings(z1, z2, layout, negatives)
-        n_pairs = z1.shape[0]
-        n_extra = 0 if negatives is None else negatives.shape[0]
-    else:
-        g1, g2 = shard.gather(z1), shard.gather(z2)
-        gn = None if negatives is None else shard.gather(negatives)
-        x = torch.cat([z1, z2]) if layout == "simclr" else z1
-        _, y = layout_embeddings(g1, g2, layout, gn)
-        n_local, n_pairs = z1.shape[0], g1.shape[0]
-        n_extra = 0 if gn is None else gn.shape[0]
-        own = torch.arange(n_local, device=z1.device) + shard.rank * n_local
-        rows = torch.cat([own, own + n_pairs]) if layout == "simclr" else own
+    x, y, n_pairs, n_extra, rows = _batch_rows_cols(z1, z2, layout, negatives, shard)
     if similarity_kind == "cosine":
         x, y = unit_rows(x), unit_rows(y)
     if x.dtype not in (torch.float32, torch.float64):  # half inputs: tiles in float32

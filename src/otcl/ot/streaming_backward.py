@@ -17,14 +17,36 @@ from typing import Any
 
 import torch
 
-from .distributed import Shard
 from .implicit import _default_tol, conjugate_gradient
+from .sinkhorn_iterations import _col_sum
+from .streaming import TileSpec
 
 __all__ = ["detach", "implicit", "unrolled_exp", "unrolled_log"]
 
 
-def _col_sum(x: torch.Tensor, shard: Shard | None) -> torch.Tensor:
-    return x if shard is None else shard.sum(x)
+def _adjoint(grad: torch.Tensor | None, size: int, like: torch.Tensor) -> torch.Tensor:
+    """A writable copy of an upstream gradient, or zeros of ``size`` (``like``'s dtype and
+    device) where it is None."""
+    if grad is None:
+        return torch.zeros(size, dtype=like.dtype, device=like.device)
+    return grad.clone()
+
+
+def _row_lse_col_adjoint(
+    spec: TileSpec,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    g: torch.Tensor,
+    lse: torch.Tensor,
+    grad_lse: torch.Tensor,
+) -> torch.Tensor:
+    r"""The direct part of :math:`\bar g` from ``row_lse`` :math:`= \mathrm{LSE}_j(S + g)`:
+    :math:`\sum_i \bar\ell_i\, \mathrm{softmax}_j(S_{ij} + g_j)`, one pass over the tiles."""
+    col = torch.zeros_like(g)
+    for r0, r1 in spec.blocks(x.shape[0]):
+        P = spec.scores(x, y, r0, r1).add_(g).sub_(lse[r0:r1].unsqueeze(-1)).exp_()
+        col.addmv_(P.transpose(0, 1), grad_lse[r0:r1])
+    return col
 
 
 def detach(
@@ -71,8 +93,7 @@ def unrolled_exp(
     us, vs, rs, cs = tr["u"], tr["v"], tr["r"], tr["c"]
     n, m = x.shape[0], y.shape[0]
     tiny = torch.finfo(x.dtype).tiny
-    fb = torch.zeros(n, dtype=x.dtype, device=x.device) if grad_f is None else grad_f.clone()
-    gb = torch.zeros(m, dtype=x.dtype, device=x.device) if grad_g is None else grad_g.clone()
+    fb, gb = _adjoint(grad_f, n, x), _adjoint(grad_g, m, x)
     left, right = [], []  # S-bar = K * (sum_k left_k right_k^T)
     if grad_lse is not None:  # row_lse = log K v_T
         kv = lse.exp()
@@ -142,17 +163,12 @@ def unrolled_log(
     spec, shard, ta, tb = opts["spec"], opts["shard"], opts["ta"], opts["tb"]
     fs, gs, lrs, lcs = tr["f"], tr["g"], tr["lr"], tr["lc"]
     n, m = x.shape[0], y.shape[0]
-    fb = torch.zeros(n, dtype=x.dtype, device=x.device) if grad_f is None else grad_f.clone()
-    gb = torch.zeros(m, dtype=x.dtype, device=x.device) if grad_g is None else grad_g.clone()
+    fb, gb = _adjoint(grad_f, n, x), _adjoint(grad_g, m, x)
     # terms of S-bar: ("row", alpha, g_prev, lr) -> alpha_i softmax_j(S + g_prev);
     # ("col", beta, f_t, lc) -> softmax_i(S + f_t) beta_j
     terms: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]] = []
     if grad_lse is not None:
-        col = torch.zeros_like(gb)
-        for r0, r1 in spec.blocks(n):
-            P = spec.scores(x, y, r0, r1).add_(g).sub_(lse[r0:r1].unsqueeze(-1)).exp_()
-            col.addmv_(P.transpose(0, 1), grad_lse[r0:r1])
-        gb = gb + col
+        gb = gb + _row_lse_col_adjoint(spec, x, y, g, lse, grad_lse)
         terms.append(("row", grad_lse, g, lse))
     for t in range(ctx.n_done, 0, -1):
         beta = None
@@ -214,8 +230,7 @@ def implicit(
     opts = ctx.opts
     spec, shard, ta, tb, dom = opts["spec"], opts["shard"], opts["ta"], opts["tb"], opts["domain"]
     n, m = x.shape[0], y.shape[0]
-    fb = torch.zeros(n, dtype=x.dtype, device=x.device) if grad_f is None else grad_f
-    gb = torch.zeros(m, dtype=x.dtype, device=x.device) if grad_g is None else grad_g
+    fb, gb = _adjoint(grad_f, n, x), _adjoint(grad_g, m, x)
     u, v = f.exp(), g.exp()
 
     def plan(r0: int, r1: int) -> torch.Tensor:
@@ -225,11 +240,7 @@ def implicit(
         return S.add_(f[r0:r1].unsqueeze(-1)).add_(g).exp_()
 
     if grad_lse is not None:  # row_lse = LSE_j(S + g): its direct part of g-bar
-        col = torch.zeros_like(gb)
-        for r0, r1 in spec.blocks(n):
-            P = spec.scores(x, y, r0, r1).add_(g).sub_(lse[r0:r1].unsqueeze(-1)).exp_()
-            col.addmv_(P.transpose(0, 1), grad_lse[r0:r1])
-        gb = gb + col
+        gb = gb + _row_lse_col_adjoint(spec, x, y, g, lse, grad_lse)
     if shard is not None:  # g is shared: its adjoint is the sum of every rank's
         gb = shard.sum(gb)
 

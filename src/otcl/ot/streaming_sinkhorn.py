@@ -50,7 +50,8 @@ from .._validation import check_choice, check_marginal
 from . import streaming_backward as backward
 from .distributed import Shard
 from .problem import Problem
-from .sinkhorn import DOMAINS, EXP_SAFE_BOUND, GRAD_MODES, _moved
+from .sinkhorn import DOMAINS, GRAD_MODES
+from .sinkhorn_iterations import EXP_SAFE_BOUND, _col_sum, _moved
 from .streaming import OnlineColumnLSE, StreamingGeometry, TileSpec
 from .streaming_reduce import row_reduce
 
@@ -230,10 +231,6 @@ def _iterate(
 
 
 # -- the autograd function ------------------------------------------------------------------
-
-
-def _col_sum(x: torch.Tensor, shard: Shard | None) -> torch.Tensor:
-    return x if shard is None else shard.sum(x)
 
 
 class _StreamSinkhorn(torch.autograd.Function):

@@ -53,6 +53,32 @@ def _need() -> None:
 if HAVE_TRITON:
 
     @triton.jit
+    def _load_rows(P, idx, ks, n, d):
+        """Rows ``idx`` of the (n, d) row-major matrix at ``P``, zero past n rows or d columns."""
+        return tl.load(
+            P + idx[:, None] * d + ks[None, :],
+            mask=(idx[:, None] < n) & (ks[None, :] < d),
+            other=0.0,
+        )
+
+    @triton.jit
+    def _score_tile(
+        xb, Y, G, rows, c0, ks, m, d, inv_eps,
+        HAS_G: tl.constexpr, MASK_SELF: tl.constexpr, BN: tl.constexpr,
+    ):  # fmt: skip
+        """The column block ``c0`` of a row block's scores: ``(y block, S + g, kept)``, with
+        ``kept`` the real columns (and, ``MASK_SELF``, not the rows' own)."""
+        cols = c0 + tl.arange(0, BN)
+        yb = _load_rows(Y, cols, ks, m, d)
+        s = tl.dot(xb, tl.trans(yb)) * inv_eps
+        if HAS_G:
+            s += tl.load(G + cols, mask=cols < m, other=0.0)[None, :]
+        ok = cols[None, :] < m
+        if MASK_SELF:
+            ok = ok & (rows[:, None] != cols[None, :])
+        return yb, s, ok
+
+    @triton.jit
     def _lse_fwd(
         X, Y, G, OUT, n, m, d, inv_eps,
         HAS_G: tl.constexpr, MASK_SELF: tl.constexpr,
@@ -61,26 +87,11 @@ if HAVE_TRITON:
         pid = tl.program_id(0)
         rows = pid * BM + tl.arange(0, BM)
         ks = tl.arange(0, BD)
-        xb = tl.load(
-            X + rows[:, None] * d + ks[None, :],
-            mask=(rows[:, None] < n) & (ks[None, :] < d),
-            other=0.0,
-        )
+        xb = _load_rows(X, rows, ks, n, d)
         top = tl.full((BM,), float("-inf"), tl.float32)
         total = tl.zeros((BM,), tl.float32)
         for c0 in range(0, m, BN):
-            cols = c0 + tl.arange(0, BN)
-            yb = tl.load(
-                Y + cols[:, None] * d + ks[None, :],
-                mask=(cols[:, None] < m) & (ks[None, :] < d),
-                other=0.0,
-            )
-            s = tl.dot(xb, tl.trans(yb)) * inv_eps
-            if HAS_G:
-                s += tl.load(G + cols, mask=cols < m, other=0.0)[None, :]
-            ok = cols[None, :] < m
-            if MASK_SELF:
-                ok = ok & (rows[:, None] != cols[None, :])
+            _, s, ok = _score_tile(xb, Y, G, rows, c0, ks, m, d, inv_eps, HAS_G, MASK_SELF, BN)
             s = tl.where(ok, s, float("-inf"))
             new = tl.maximum(top, tl.max(s, 1))
             safe = tl.where(new == float("-inf"), 0.0, new)
@@ -99,25 +110,13 @@ if HAVE_TRITON:
         rows = pid * BM + tl.arange(0, BM)
         ks = tl.arange(0, BD)
         rmask = rows < n
-        xb = tl.load(
-            X + rows[:, None] * d + ks[None, :], mask=rmask[:, None] & (ks[None, :] < d), other=0.0
-        )
+        xb = _load_rows(X, rows, ks, n, d)
         lse = tl.load(LSE + rows, mask=rmask, other=0.0)
         h = tl.load(H + rows, mask=rmask, other=0.0)
         acc = tl.zeros((BM, BD), tl.float32)
         for c0 in range(0, m, BN):
-            cols = c0 + tl.arange(0, BN)
-            yb = tl.load(
-                Y + cols[:, None] * d + ks[None, :],
-                mask=(cols[:, None] < m) & (ks[None, :] < d),
-                other=0.0,
-            )
-            s = tl.dot(xb, tl.trans(yb)) * inv_eps
-            if HAS_G:
-                s += tl.load(G + cols, mask=cols < m, other=0.0)[None, :]
-            ok = (cols[None, :] < m) & rmask[:, None]
-            if MASK_SELF:
-                ok = ok & (rows[:, None] != cols[None, :])
+            yb, s, ok = _score_tile(xb, Y, G, rows, c0, ks, m, d, inv_eps, HAS_G, MASK_SELF, BN)
+            ok = ok & rmask[:, None]
             p = tl.where(ok, tl.exp(s - lse[:, None]), 0.0) * h[:, None]
             acc += tl.dot(p, yb)
         tl.store(
@@ -136,9 +135,7 @@ if HAVE_TRITON:
         cols = pid * BN + tl.arange(0, BN)
         ks = tl.arange(0, BD)
         cmask = cols < m
-        yb = tl.load(
-            Y + cols[:, None] * d + ks[None, :], mask=cmask[:, None] & (ks[None, :] < d), other=0.0
-        )
+        yb = _load_rows(Y, cols, ks, m, d)
         gcol = tl.zeros((BN,), tl.float32)
         if HAS_G:
             gcol = tl.load(G + cols, mask=cmask, other=0.0)
@@ -147,11 +144,7 @@ if HAVE_TRITON:
         for r0 in range(0, n, BM):
             rows = r0 + tl.arange(0, BM)
             rmask = rows < n
-            xb = tl.load(
-                X + rows[:, None] * d + ks[None, :],
-                mask=rmask[:, None] & (ks[None, :] < d),
-                other=0.0,
-            )
+            xb = _load_rows(X, rows, ks, n, d)
             lse = tl.load(LSE + rows, mask=rmask, other=0.0)
             h = tl.load(H + rows, mask=rmask, other=0.0)
             s = tl.dot(xb, tl.trans(yb)) * inv_eps + gcol[None, :]
