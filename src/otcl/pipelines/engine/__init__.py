@@ -2,7 +2,9 @@
 
 Small parts, one job each, composed by :class:`~otcl.pipelines.engine.trainer.EpochTrainer`:
 
-* :mod:`.trainer` -- ``EpochTrainer``: the hooks a pipeline fills in, and their assembly;
+* :mod:`.trainer` -- ``EpochTrainer``: the hooks a pipeline fills in;
+* :mod:`.assemble` -- how a trainer is put together: resume checks, build, optimizer, restore;
+* :mod:`.step` -- the step mechanics it inherits: batch indices, generators, ``optimize``;
 * :mod:`.loop` -- the epoch loop: steps, stops at step boundaries, records, the summary;
 * :mod:`.checkpoint` -- the checkpoint format, its safe load, a run's state, save and restore;
 * :mod:`.rundir` -- the run directory, its file names and its lock;

@@ -1,11 +1,13 @@
 """The epoch loop every otcl pipeline shares, and the hooks a pipeline fills in.
 
-:class:`EpochTrainer` composes the engine's parts -- the run directory and its lock
-(:mod:`.rundir`), checkpoints (:mod:`.checkpoint`), the identity of a run (:mod:`.identity`),
-the metrics log and summary (:mod:`.runlog`), the optimizer and schedule (:mod:`.optim`), the
-device, seeds and autocast (:mod:`.runtime`), signals (:mod:`.signals`), progress
-(:mod:`.progress`) and ``torchrun`` (:mod:`.distributed`) -- and a pipeline only says what one
-step computes. :mod:`otcl.pipelines.engine` lists what the whole guarantees.
+:class:`EpochTrainer` composes the engine's parts -- its assembly (:mod:`.assemble`), the
+step mechanics it inherits (:mod:`.step`: batch indices, generators, the optimizer step, the
+memory bank), the run directory and its lock (:mod:`.rundir`), checkpoints
+(:mod:`.checkpoint`), the identity of a run (:mod:`.identity`), the metrics log and summary
+(:mod:`.runlog`), the optimizer and schedule (:mod:`.optim`), the device, seeds and autocast
+(:mod:`.runtime`), signals (:mod:`.signals`), progress (:mod:`.progress`) and ``torchrun``
+(:mod:`.distributed`) -- and a pipeline only says what one step computes.
+:mod:`otcl.pipelines.engine` lists what the whole guarantees.
 
 Subclass contract
 -----------------
@@ -74,7 +76,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -82,34 +83,23 @@ import torch
 from torch import nn
 
 from ..config import given
-from . import checkpoint, fingerprint, identity, loop, optim, runtime
-from .distributed import (
-    DistributedModel,
-    Session,
-    agreed,
-    broadcast,
-    init_from_env,
-    main_log,
-    mark_agreed,
-    mean_over_ranks,
-    shard_batch,
-    sync_batchnorm,
-    wrap_model,
-)
+from . import assemble, checkpoint, identity, loop, optim
+from .distributed import agreed, init_from_env, main_log, shard_batch
 from .loggers import ScalarLogger, check_log
-from .memory import build_bank, check_memory_bank
+from .memory import check_memory_bank
 from .progress import stderr_line
-from .rundir import METRICS, SUMMARY, RunLock, check_owner, check_start, prepare_run_dir
+from .rundir import METRICS, SUMMARY, RunLock, check_owner, prepare_run_dir
 from .runlog import RunningLoss
 from .selection import BEST, SelectionRule, Selector
 from .signals import DeferredSignals
+from .step import StepTools
 from .stops import Stops, TrainingDiverged, TrainingInterrupted, TrainingStopped
 
 __all__ = ["EpochTrainer", "TrainingInterrupted", "TrainingStopped", "TrainingDiverged"]
 
 
 # -- the trainer ---------------------------------------------------------------------------
-class EpochTrainer:
+class EpochTrainer(StepTools):
     """Trains ``cfg`` into ``out`` (or resumes it); :meth:`fit` returns the summary dict.
 
     See the module docstring for what a subclass provides and what this class guarantees.
@@ -139,15 +129,14 @@ class EpochTrainer:
     #: files a run writes besides its checkpoint and config (removed when a run starts afresh)
     outputs: tuple[str, ...] = (METRICS, SUMMARY, BEST)
 
+    #: set by :meth:`build` (with ``steps_per_epoch``); ``forward_model`` calls ``model``
+    #: (under torchrun: through DistributedDataParallel)
     model: nn.Module
     loss_fn: nn.Module
-    steps_per_epoch: int
-    #: the resolved configuration (a copy of the one given, with presets applied)
-    cfg: Any
+    forward_model: Any
     #: the run directory
     out: Path
-    #: torchrun's process group (None: one process); ``world`` processes, this one ``rank``
-    session: Session | None
+    #: ``world`` processes (torchrun), this one ``rank``
     world: int
     rank: int
     #: rank 0: the process that writes the run directory and logs
@@ -156,37 +145,21 @@ class EpochTrainer:
     log: Callable[[str], None]
     #: how the loop ends early (signals, :meth:`request_stop`, deadlines)
     stops: Stops
-    device: torch.device
-    #: the autocast dtype of ``train.amp`` (None: full precision)
-    amp_dtype: torch.dtype | None
-    #: the global batch (all processes together); each rank gets ``local_batch_size`` rows of
-    #: it, the slice ``local_rows``
-    batch_size: int
-    local_batch_size: int
-    local_rows: slice
-    total_steps: int
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    #: the AMP gradient scaler (enabled under fp16 only)
-    scaler: Any
+    #: the data's :mod:`.fingerprint` (rank 0; recorded in the checkpoint)
+    data_fingerprint: dict[str, str]
+    #: epochs completed, and steps of the current epoch completed
+    epoch: int
+    step_in_epoch: int
     #: time spent in the current epoch before a resume
     epoch_seconds: float
     running_loss: RunningLoss
     #: whether this run continued from a checkpoint
     resumed: bool
-    #: the loss is multiplied by this before backward (see :meth:`loss_is_global`)
-    loss_scale: int = 1
-    _loss_global: bool = False
-    _dm: DistributedModel | None = None
     _signals: DeferredSignals | None = None
-    _order_cache: tuple[tuple[int, int], torch.Tensor] | None = None
     #: model selection on validation data (None: the pipeline has no validation set)
     selector: Selector | None = None
     #: whether the step passes :meth:`bank_negatives` to its loss (``loss.memory_bank``)
     supports_memory_bank: bool = False
-    #: the queue of ``loss.memory_bank`` (None without one; in the checkpoint)
-    memory_bank: Any = None
-    _enqueue: torch.Tensor | None = None
     #: where :meth:`fit` sends each epoch's scalars besides metrics.jsonl (``train.log``)
     scalar_logger: ScalarLogger = ScalarLogger()
 
@@ -218,8 +191,9 @@ class EpochTrainer:
                 self.check_config()
                 t = self.cfg.train
                 if out is None:
-                    out = t.out if t.out is not None else self.default_out()
-                self.out = Path(out)
+                    self.out = Path(t.out if t.out is not None else self.default_out())
+                else:
+                    self.out = Path(out)
                 t.out = str(self.out)
                 if extend and not resume:
                     raise ValueError("--extend: only with --resume (it lengthens an existing run)")
@@ -227,85 +201,10 @@ class EpochTrainer:
                     prepare_run_dir(self.out)
                     self._lock = RunLock(self.out)
                     check_owner(self.out, self.owner)
-            self._setup(resume, extend)
+            assemble.assemble(self, resume, extend)
         except BaseException:
             self.close()
             raise
-
-    def _setup(self, resume: bool, extend: bool) -> None:
-        t = self.cfg.train
-        st = None
-        #: the data's :mod:`.fingerprint` (rank 0; recorded in the checkpoint)
-        self.data_fingerprint: dict[str, str] = {}
-        with agreed():  # rank 0 alone sees the run directory (it may be on its node only)
-            if self.is_main:
-                ckpt = check_start(self.out, resume)
-                st = checkpoint.load_checkpoint(ckpt) if ckpt is not None else None
-                self.data_fingerprint = fingerprint.config_fingerprint(self.cfg)
-                if st is not None:
-                    self._check_resume(st, extend)  # before the data loads
-        st = broadcast(st)  # every rank restores rank 0's checkpoint
-        with agreed():
-            self.device = runtime.pick_device(t.device)
-            if self.session is not None:
-                self.device = self.session.device(self.device)  # cuda -> cuda:LOCAL_RANK
-            self.amp_dtype = runtime.amp_dtype(t.amp, self.device)
-            runtime.configure_torch(t, self.device)
-            self.batch_size = int(t.batch_size)
-            runtime.seed_everything(t.seed)
-            self.build()
-            for attr in ("model", "loss_fn", "steps_per_epoch"):
-                if not hasattr(self, attr):
-                    raise TypeError(f"{type(self).__name__}.build() must set self.{attr}")
-            rule = self.selection_rule()
-            self.selector = Selector(rule) if rule is not None else None
-            steps = int(self.steps_per_epoch)
-            if t.max_steps_per_epoch:
-                steps = min(steps, int(t.max_steps_per_epoch))
-            if steps < 1:
-                raise ValueError(f"train.batch_size: {self.batch_size} leaves no step in an epoch")
-            self.steps_per_epoch = steps
-            self.total_steps = steps * int(t.epochs)
-            self._shard_batch()
-            self._loss_global = self.world > 1 and self.loss_is_global()
-            self.loss_scale = self.world if self._loss_global else 1
-            size = getattr(getattr(self.cfg, "loss", None), "memory_bank", 0)
-            if size:
-                self.memory_bank = build_bank(
-                    self.loss_fn,
-                    self.cfg.loss.name,
-                    size,
-                    self.embedding_dim(),
-                    self.world,
-                    self.device,
-                )
-            if self.session is not None:
-                self.model = sync_batchnorm(self.model, self.device, self.world, self.log, self.tag)
-        self.forward_model: Any = self.model
-        self._dm = None
-        if self.session is not None:  # right after the agreement: every rank is here
-            self._dm = wrap_model(self.model, self.device, compile=bool(t.compile))
-            self.forward_model = self._dm
-            self.log(
-                f"{self.tag}: torchrun, {self.world} process(es), backend "
-                f"{torch.distributed.get_backend()}, {self.device.type}; global batch "
-                f"{self.batch_size} = {self.world} x {self.local_batch_size}"
-            )
-        elif t.compile:
-            self.forward_model = torch.compile(self.model)
-        self.optimizer = self.build_optimizer()
-        self.scheduler = optim.build_scheduler(self.optimizer, self.lr_factor)
-        self.scaler = runtime.grad_scaler(self.device, self.amp_dtype)
-        self.epoch = 0  # epochs completed
-        self.step_in_epoch = 0  # steps of the current epoch completed
-        self.global_step = 0
-        self.epoch_seconds = 0.0  # time spent in the current epoch before a resume
-        own = self.world > 1 and not self._loss_global  # each rank's own loss: their mean
-        self.running_loss = RunningLoss(self.device, mean_over_ranks if own else None)
-        self.resumed = st is not None
-        if st is not None:
-            with agreed():
-                self.restore(st)
 
     def _shard_batch(self) -> None:
         """Split the global batch ``self.batch_size`` over the ranks (``local_batch_size`` rows
@@ -318,25 +217,6 @@ class EpochTrainer:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
-
-    def _check_resume(self, st: dict[str, Any], extend: bool) -> None:
-        """Refuse settings that would change what the saved run is (``train.epochs`` only
-        grows, and only with ``extend``): :func:`.identity.check_resume` with :attr:`volatile`."""
-        saved = self.resolve_config(type(self.cfg).from_dict(st["config"])).to_dict()
-        identity.check_resume(
-            saved,
-            self.cfg.to_dict(),
-            self.volatile,
-            extend=extend,
-            run_dir=str(self.out),
-            log=self.log,
-        )
-        fingerprint.check_fingerprint(
-            st.get(fingerprint.KEY),
-            self.data_fingerprint,
-            str(self.out),
-            "train it again into a new --out",
-        )
 
     # -- hooks a pipeline overrides --------------------------------------------------------
     def resolve_config(self, cfg: Any) -> Any:
@@ -425,24 +305,6 @@ class EpochTrainer:
         loss = getattr(self.cfg, "loss", None)
         return f"{loss.name} s{self.cfg.train.seed}" if loss is not None else "train"
 
-    def fit_batch(self, n: int, what: str) -> None:
-        """Fit the batch to ``n`` training items (``what``, e.g. "training pairs") and set
-        ``steps_per_epoch``: a batch size the caller asked for that is larger is refused (it
-        is never clamped silently), a preset's is cut to ``n``.
-
-        Raises:
-            ValueError: the requested batch size exceeds ``n``, or fewer than 2 items.
-        """
-        if n < 2:
-            raise ValueError(f"data: only {n} {what}; need at least 2")
-        if self.batch_requested is not None and self.batch_size > n:
-            raise ValueError(
-                f"train.batch_size: {self.batch_size} is more than the {n} {what}; use "
-                f"--batch-size {n} or less"
-            )
-        self.batch_size = min(self.batch_size, n)
-        self.steps_per_epoch = n // self.batch_size
-
     def loss_is_global(self) -> bool:
         """Whether the loss couples the global batch (``gather_distributed``): every rank then
         returns the global value and back-propagates its share, so the trainer multiplies it by
@@ -455,20 +317,6 @@ class EpochTrainer:
         )
 
     # -- helpers for subclasses ------------------------------------------------------------
-    def loss_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Parameters of an otcl loss for this run: under torchrun ``gather_distributed=True``
-        is added (negatives and couplings from the global batch) unless ``params`` sets it."""
-        if self.session is None or "gather_distributed" in params:
-            return dict(params)
-        return {**params, "gather_distributed": True}
-
-    def build_loss(self) -> nn.Module:
-        """``otcl.losses.build(cfg.loss.name, **cfg.loss.params)`` on the run's device (with
-        :meth:`loss_params`: the global batch under torchrun)."""
-        from ...losses import build
-
-        return build(self.cfg.loss.name, **self.loss_params(self.cfg.loss.params)).to(self.device)
-
     def build_optimizer(self) -> torch.optim.Optimizer:
         """``optim`` over ``self.model``: lr x batch/128, weight decay on weights (ndim > 1),
         torch's fused implementation with ``optim.fused`` where this torch and device have one
@@ -500,71 +348,6 @@ class EpochTrainer:
         if dmm is not None:  # the margin and ramp DMM runs with, defaults included
             out["dmm"] = {"margin": dmm.margin, "warmup": dmm.warmup, "weight": dmm.weight}
         return out
-
-    def lr_factor(self, step: int) -> float:
-        """Multiplier of the base learning rate at global step ``step`` (warm-up, cosine)."""
-        return optim.lr_factor(self.cfg.optim, step, self.steps_per_epoch, self.total_steps)
-
-    def batch_indices(self, n: int, epoch: int, step: int) -> torch.Tensor:
-        """Indices (CPU, int64) of this rank's rows of batch ``step`` in a permutation of
-        ``range(n)`` that depends only on ``(seed, epoch)``: every sample once per epoch, the
-        same order on resume and whatever the number of processes (rank r takes rows
-        ``local_rows`` of the global batch; one process takes it whole)."""
-        return self.global_batch_indices(n, epoch, step)[self.local_rows]
-
-    def global_batch_indices(self, n: int, epoch: int, step: int) -> torch.Tensor:
-        """The whole global batch ``step`` (every rank gets the same): for a pipeline that draws
-        per-sample randomness for the global batch and keeps ``local_rows`` of it."""
-        order = self._order_cache
-        if order is None or order[0] != (n, epoch):
-            order = ((n, epoch), runtime.epoch_order(self.cfg.train.seed, n, epoch))
-            self._order_cache = order
-        return order[1][step * self.batch_size : (step + 1) * self.batch_size]
-
-    def bank_negatives(self) -> torch.Tensor | None:
-        """The ``negatives=`` of this step from ``loss.memory_bank`` (K, d), oldest first;
-        None without a bank or while it is empty. Under torchrun a loss that gathers the global
-        batch gets this rank's share of the queue (it gathers the others' itself)."""
-        if self.memory_bank is None:
-            return None
-        return self.memory_bank(share=self._loss_global)
-
-    def enqueue(self, z: torch.Tensor) -> None:
-        """Hand this step's embeddings (B, d) to the bank: stored (detached) after the
-        optimizer step, so they are negatives from the next step on. A no-op without a bank."""
-        if self.memory_bank is not None:
-            self._enqueue = z.detach()
-
-    def step_generator(self, tag: str, device: torch.device | str | None = None) -> torch.Generator:
-        """A generator seeded by ``(seed, tag, global step)`` on ``device`` (default: the run's)."""
-        dev = device if device is not None else self.device
-        return runtime.step_generator(self.cfg.train.seed, tag, self.global_step, dev)
-
-    def autocast(self) -> AbstractContextManager[Any]:
-        """Autocast to ``train.amp``'s dtype (a no-op without one)."""
-        return runtime.autocast(self.device, self.amp_dtype)
-
-    def optimize(self, loss: torch.Tensor) -> None:
-        """Backward (scaled under fp16, times :attr:`loss_scale` under torchrun), optimizer
-        step, scheduler step."""
-        if self._dm is not None and self._dm.forwards == 0:
-            raise mark_agreed(
-                RuntimeError(
-                    f"{type(self).__name__}: the step never called self.forward_model; under "
-                    "torchrun the model must be called through it (DistributedDataParallel "
-                    "all-reduces the gradients only then)"
-                )
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.loss_scale != 1:
-            loss = loss * self.loss_scale
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        if self._enqueue is not None:
-            self.memory_bank.update(self._enqueue)
-            self._enqueue = None
 
     # -- checkpoints -----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
