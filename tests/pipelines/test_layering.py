@@ -84,9 +84,19 @@ def test_pipeline_modules_have_no_import_cycle():
     assert "otcl.pipelines.ssl.trainer" in graph["otcl.pipelines.ssl.evaluate"]
 
 
-PIPELINES = ("ssl", "recsys", "multimodal")
+PIPELINES = ("ssl", "recsys", "multimodal", "domains")
 #: what the shared sources sit below: the pipelines and the layers that drive them
-ABOVE_SOURCES = (*PIPELINES, "compare", "commands")
+ABOVE_SOURCES = (
+    *PIPELINES,
+    "imaging",
+    "compare",
+    "compare_runs",
+    "compare_workers",
+    "comparison",
+    "commands",
+    "verbs",
+    "runs",
+)
 
 
 def _package_of(module: str) -> str | None:
