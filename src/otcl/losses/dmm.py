@@ -28,8 +28,9 @@ ramp-up over epochs :math:`e` (:meth:`DMM.set_epoch`), offset :math:`e_0` = ``wa
 
 The pieces live in their own small modules: the pair losses (:func:`vse_hinge`,
 :func:`min_triplet`) in :mod:`otcl.losses.pair_losses`, the mixing (:func:`mix`, :class:`Mixed`)
-in :mod:`otcl.losses.mixing`, the wrapper mechanics in :mod:`otcl.losses.wrappers`; this file is
-the method.
+in :mod:`otcl.losses.mixing`, the loss's mixing step (:meth:`DMM.sample`, :meth:`DMM.mix_with`,
+:meth:`DMM.mix_embeddings`, :meth:`DMM.mix_inputs`) in :mod:`otcl.losses.dmm_mixing`, the wrapper
+mechanics in :mod:`otcl.losses.wrappers`; this file is the method.
 
 Differences from the official code are listed in ``docs/losses.md`` (section ``dmm``); the main one:
 the released recommender code multiplies a persistent margin in place (``margin *= lam``), so it
@@ -47,10 +48,11 @@ from typing import Any, cast
 import torch
 
 from .._validation import check_bool, check_embeddings, check_nonneg
-from ..ot.distributed import Shard, current_shard
+from ..ot.distributed import Shard
 from ..ot.geometry import unit_rows
 from .divergences import row_mean
-from .mixing import PARTNERS, Mixed, draw_mix, first_tensor, mix
+from .dmm_mixing import DMMMixing
+from .mixing import PARTNERS, Mixed, mix
 from .pair_losses import PAIR_LOSSES, min_triplet, vse_hinge
 from .params import Rule, as_is, choice, optional, param
 from .registry import register
@@ -91,7 +93,7 @@ def _check_epoch(name: str, value: Any) -> float:
 
 
 @register("dmm")
-class DMM(LossWrapper):
+class DMM(DMMMixing, LossWrapper):
     r"""Dynamic Mixed Margin (So, Lim, Kim, Oh, Song, IEEE Access 2023) wrapping any loss.
 
     .. math::
@@ -249,64 +251,7 @@ class DMM(LossWrapper):
                 self._gen = torch.Generator()
             self._gen.set_state(torch.as_tensor(gen_state, dtype=torch.uint8, device="cpu"))
 
-    # -- distribution ----------------------------------------------------------------------
-    def shard(self) -> Shard | None:
-        """This rank's share of the global batch when the base loss gathers it
-        (``gather_distributed=True``: DMM's term then mixes and ranks over the global batch too).
-        """
-        return current_shard() if getattr(self.base, "gather_distributed", False) else None
-
-    def _own(self, batch: int, shard: Shard | None, device: Any) -> torch.Tensor | None:
-        if shard is None:
-            return None
-        return torch.arange(batch, device=device) + shard.rank * batch
-
-    # -- mixing ----------------------------------------------------------------------------
-    def sample(
-        self, batch_size: int, device: torch.device | str | None = None
-    ) -> tuple[float, torch.Tensor]:
-        """Draw this batch's ``(lam, perm)``: one :math:`\\lambda` and the partner permutation.
-
-        With ``gather_distributed``, ``batch_size`` is this rank's and ``perm`` permutes the
-        global batch; every rank uses rank 0's draw (one broadcast).
-        """
-        shard = self.shard()
-        world = 1 if shard is None else shard.world
-        lam, perm = draw_mix(
-            batch_size * world, self.lam_range, self.partner, generator=self._gen, device=device
-        )
-        if shard is not None:
-            lam = float(shard.broadcast(torch.tensor([lam], dtype=torch.float64, device=device)))
-            perm = shard.broadcast(perm)
-        return lam, perm
-
-    def mix_with(
-        self,
-        x: Any,
-        lam: float,
-        perm: torch.Tensor,
-        *,
-        name: str = "x",
-        embeddings: bool = True,
-    ) -> Any:
-        r"""Mix ``x`` with a given draw ``(lam, perm)`` from :meth:`sample`.
-
-        :math:`\lambda x + (1-\lambda) x_{\pi}` for a tensor (B, ...) or a dict/list of them
-        (:func:`~otcl.losses.mixing.mix`). With ``gather_distributed`` on the base loss, ``perm``
-        permutes the global batch and the partners come from any rank; ``embeddings=True``
-        gathers them with gradients (embeddings), ``False`` without (raw inputs). Use it to mix
-        several tensors (e.g. one embedding per modality) with one draw.
-        """
-        shard = self.shard()
-        if shard is None:
-            return mix(x, lam, perm, name=name)
-        first = first_tensor(x)
-        if first is None:
-            return mix(x, lam, perm, name=name)
-        own = self._own(first.shape[0], shard, first.device)
-        gather = shard.gather if embeddings else shard.gather_constant  # grads for embeddings
-        return mix(x, lam, perm, name=name, gather=gather, own=own)
-
+    # -- mixing (the draw and the mixed anchors: DMMMixing) --------------------------------
     def total(self, term: torch.Tensor) -> torch.Tensor:
         """The global value of a :meth:`dmm_term` (the identity without ``gather_distributed``).
 
@@ -316,64 +261,6 @@ class DMM(LossWrapper):
         """
         shard = self.shard()
         return term if shard is None else shard.total(term)
-
-    def mix_embeddings(self, z1: torch.Tensor, z2: torch.Tensor | None = None) -> Mixed:
-        """Embedding-space mixing :math:`\\tilde a = \\lambda z_1 + (1-\\lambda) z_1[\\pi]`."""
-        lam, perm = self.sample(z1.shape[0], z1.device)
-        z2m = None
-        if self.both_views:
-            if z2 is None:
-                raise ValueError("z2: expected view-2 embeddings with both_views=True, got None")
-            z2m = self.mix_with(z2, lam, perm, name="z2")
-        return Mixed(self.mix_with(z1, lam, perm, name="z1"), lam, perm, z2m)
-
-    def mix_inputs(
-        self,
-        encoder: Callable[[Any], torch.Tensor],
-        x1: Any,
-        x2: Any = None,
-        *,
-        per_modality: bool | None = None,
-    ) -> Mixed:
-        """Input-space mixing: mix the raw batch, re-encode with gradients.
-
-        Args:
-            encoder: maps a batch (the same structure as ``x1``) to (B, d) embeddings.
-            x1: view-1 inputs: a float tensor (B, ...), or a dict/list/tuple of them (e.g. one
-                per modality; ``None`` entries = missing modality, passed through).
-            x2: view-2 inputs, needed with ``both_views=True``.
-            per_modality: with dict inputs, encode each mixed modality alone (the others set to
-                ``None``) and average their DMM terms (GMC's missing-modality training: each
-                modality's mixed latent is pulled toward the clean positive, e.g. the joint
-                embedding). The encoder must accept ``None`` modalities. Default: the
-                constructor's ``per_modality``.
-        Returns:
-            :class:`Mixed`, to pass as ``dmm(z1, z2, mixed=...)``.
-        """
-        per_modality = self.per_modality if per_modality is None else per_modality
-        first = first_tensor(x1)
-        if first is None:
-            raise ValueError("x1: expected a tensor or a dict/list/tuple holding tensors")
-        lam, perm = self.sample(first.shape[0], first.device)
-        xm = self.mix_with(x1, lam, perm, name="x1", embeddings=False)
-        if per_modality:
-            if not isinstance(xm, Mapping):
-                raise ValueError(
-                    f"x1: per_modality=True expects a dict of modalities, got {type(x1).__name__}"
-                )
-            z: torch.Tensor | list[torch.Tensor] = [
-                encoder({k: (v if k == key else None) for k, v in xm.items()})
-                for key, val in xm.items()
-                if val is not None
-            ]
-        else:
-            z = encoder(xm)
-        z2m = None
-        if self.both_views:
-            if x2 is None:
-                raise ValueError("x2: expected view-2 inputs with both_views=True, got None")
-            z2m = encoder(self.mix_with(x2, lam, perm, name="x2", embeddings=False))
-        return Mixed(z, lam, perm, z2m)
 
     def prepare_inputs(
         self,

@@ -26,22 +26,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import torch
 
 from .._validation import flat_negatives
+from ..ot.distributed import Shard
 from ..ot.geometry import Geometry
+from ..ot.problem import Problem
 from ..ot.streaming import StreamingGeometry, streaming_pair_scores
 from ..ot.streaming_sinkhorn import StreamingOutput, row_reduce, streaming_solve
 from .divergences import rince_rows, row_mean
 from .solve_parts import symmetric_gauge, warm_start
 from .targets import prepare_target
 
-if TYPE_CHECKING:  # base imports this module
-    from .base import OTContrastiveLoss
-
 __all__ = [
+    "StreamableLoss",
     "TargetTiles",
     "check_streamable",
     "solve_direction",
@@ -51,6 +51,48 @@ __all__ = [
     "streaming_target",
     "symmetric_gauge",
 ]
+
+
+class StreamableLoss(Protocol):
+    """What the streaming path reads of an :class:`~otcl.losses.OTContrastiveLoss`: its
+    options and the parts it shares with the dense path (typing only; the loss module imports
+    this one, so it is not imported back)."""
+
+    temperature: float
+    layout: str
+    similarity: str
+    constraint: str
+    iters: int
+    q: float
+    lam: float
+    symmetric: bool
+    grad: str
+    domain: str
+    backward: str
+    tol: float
+    self_pair: str
+    clip_min: float | None
+    geometry: str
+
+    def problem(self, n: int, m: int, device: torch.device | None = None) -> Problem:
+        """The coupling problem of an (n, m) score matrix."""
+        ...
+
+    def shard(self) -> Shard | None:
+        """This rank's share of the global batch, or None."""
+        ...
+
+    def streaming_terms(self) -> dict[str, float] | None:
+        """The weights of the loss terms on a streaming geometry, or None."""
+        ...
+
+    def _check_call(
+        self,
+        z1: torch.Tensor,
+        z2: torch.Tensor,
+        negatives: torch.Tensor | None,
+        shard: Shard | None = None,
+    ) -> None: ...
 
 
 class TargetTiles:
@@ -262,7 +304,7 @@ def streaming_loss_terms(
     return total
 
 
-def streaming_options(loss: OTContrastiveLoss, tile_size: int) -> dict[str, Any]:
+def streaming_options(loss: StreamableLoss, tile_size: int) -> dict[str, Any]:
     """The options of a loss's streaming geometry (:func:`~otcl.ot.streaming_pair_scores`
     without the embeddings, negatives and shard)."""
     return dict(
@@ -274,7 +316,7 @@ def streaming_options(loss: OTContrastiveLoss, tile_size: int) -> dict[str, Any]
     )
 
 
-def solve_direction(loss: OTContrastiveLoss, geom: StreamingGeometry) -> StreamingOutput:
+def solve_direction(loss: StreamableLoss, geom: StreamingGeometry) -> StreamingOutput:
     """The model plan of one direction under an :class:`~otcl.losses.OTContrastiveLoss`'s
     options (the streamed twin of its ``solve``: the same problem, warm start and gauge)."""
     n, m = geom.n_rows, geom.shape[1]
@@ -296,7 +338,7 @@ def solve_direction(loss: OTContrastiveLoss, geom: StreamingGeometry) -> Streami
 
 
 def streaming_forward(
-    loss: OTContrastiveLoss,
+    loss: StreamableLoss,
     z1: torch.Tensor,
     z2: torch.Tensor,
     labels: torch.Tensor | None,
@@ -337,7 +379,7 @@ def streaming_forward(
     return value if shard is None else shard.total(value)
 
 
-def check_streamable(loss: OTContrastiveLoss) -> None:
+def check_streamable(loss: StreamableLoss) -> None:
     """Refuse, in one line (``ValueError``), an option of ``loss`` that its streaming geometry
     cannot serve (``self_pair="max_cost"``, ``backward="autograd"``, terms without a streamed
     form)."""

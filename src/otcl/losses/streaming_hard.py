@@ -20,23 +20,57 @@ detached per tile, and the potentials come from a solve without gradient.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from .._validation import flat_negatives
-from ..ot.distributed import current_shard
+from ..ot.distributed import Shard, current_shard
 from ..ot.problem import Problem
 from ..ot.streaming import StreamingGeometry, TileSpec, streaming_pair_scores
 from ..ot.streaming_sinkhorn import row_reduce, streaming_solve
 from .divergences import row_mean
 
-if TYPE_CHECKING:  # hard_negatives imports this module
-    from .hard_negatives import HardNegativeLoss
-
-__all__ = ["hard_streaming_forward"]
+__all__ = ["HardCouplingLoss", "hard_streaming_forward"]
 
 _MODES = {"none": "detach", "unrolled": "unrolled", "detach": "detach", "implicit": "implicit"}
+
+
+class HardCouplingLoss(Protocol):
+    """What the streaming path reads of an :class:`~otcl.losses.OTHard`: its options, the
+    coupling's cost bound, the shared estimator's tail and its call checks (typing only)."""
+
+    temperature: float
+    layout: str
+    similarity: str
+    symmetric: bool
+    gather_distributed: bool
+    eps: float
+    cost: str
+    kappa: float
+    iters: int
+    tol: float
+    coupling_grad: str
+
+    def _bound(self) -> float | None: ...
+
+    def _row_tail(
+        self,
+        log_pos: torch.Tensor,
+        log_count: torch.Tensor,
+        has_neg: torch.Tensor,
+        log_ng0: torch.Tensor,
+    ) -> torch.Tensor: ...
+
+    def _check_call(
+        self,
+        z1: torch.Tensor,
+        z2: torch.Tensor,
+        labels: torch.Tensor | None,
+        target: torch.Tensor | None,
+        negatives: torch.Tensor | None,
+        shard: Shard | None = None,
+    ) -> None: ...
 
 
 def _negatives(geom: StreamingGeometry, labels: torch.Tensor | None) -> Callable:
@@ -62,7 +96,7 @@ def _negatives(geom: StreamingGeometry, labels: torch.Tensor | None) -> Callable
     return keep
 
 
-def _cost_map(loss, geom: StreamingGeometry) -> Callable:
+def _cost_map(loss: HardCouplingLoss, geom: StreamingGeometry) -> Callable:
     """``(sim, r0, r1) -> -C / eps`` of the coupling (``OTHard.cost_matrix`` per tile)."""
     x_sq = geom.x.detach().pow(2).sum(-1)
     y_sq = geom.y.detach().pow(2).sum(-1)
@@ -78,7 +112,7 @@ def _cost_map(loss, geom: StreamingGeometry) -> Callable:
     return cost
 
 
-def _specs(loss, geom: StreamingGeometry, labels: torch.Tensor | None):
+def _specs(loss: HardCouplingLoss, geom: StreamingGeometry, labels: torch.Tensor | None):
     """The coupling's tile spec and the spec of coupling + loss scores (:math:`S^c + \\ell`)."""
     keep = _negatives(geom, labels)
     cost = _cost_map(loss, geom)
@@ -92,7 +126,12 @@ def _specs(loss, geom: StreamingGeometry, labels: torch.Tensor | None):
     return TileSpec(score_map=cost, **base), TileSpec(score_map=combined, **base), keep
 
 
-def _direction_rows(loss, geom, labels, potential) -> torch.Tensor:
+def _direction_rows(
+    loss: HardCouplingLoss,
+    geom: StreamingGeometry,
+    labels: torch.Tensor | None,
+    potential: torch.Tensor,
+) -> torch.Tensor:
     """Per-anchor losses (n,) of one direction, given the coupling's column potential."""
     coupling, combined, keep = _specs(loss, geom, labels)
     n = geom.shape[0]
@@ -113,7 +152,7 @@ def _direction_rows(loss, geom, labels, potential) -> torch.Tensor:
     return loss._row_tail(log_pos, log_count, has, log_ng0)
 
 
-def _solve(loss, geom: StreamingGeometry, labels: torch.Tensor | None):
+def _solve(loss: HardCouplingLoss, geom: StreamingGeometry, labels: torch.Tensor | None):
     """The coupling's potentials ``(f, g)`` (with the gradient ``coupling_grad`` asks for)."""
     coupling, _, keep = _specs(loss, geom, labels)
     n, m = geom.shape
@@ -140,7 +179,7 @@ def _solve(loss, geom: StreamingGeometry, labels: torch.Tensor | None):
 
 
 def hard_streaming_forward(
-    loss: HardNegativeLoss,
+    loss: HardCouplingLoss,
     z1: torch.Tensor,
     z2: torch.Tensor,
     labels: torch.Tensor | None,
