@@ -31,7 +31,7 @@ import os
 import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -303,17 +303,20 @@ def _targets(
     """
     if raw[0] is None:
         return None, (), [None] * len(raw)
-    kinds = {a.dtype.kind for a in raw}
+    arrays = cast(list[np.ndarray], raw)  # all or none (the callers check): all here
+    kinds = {a.dtype.kind for a in arrays}
     if kinds <= {"f"}:
-        return "regression", (), [torch.from_numpy(a.astype(np.float32)) for a in raw]
+        return "regression", (), [torch.from_numpy(a.astype(np.float32)) for a in arrays]
     if kinds & {"U", "S"} and not kinds <= {"U", "S"}:
         raise DataError(f"{what} holds text in one split and numbers in another")
     if kinds & {"f"}:
         raise DataError(f"{what} holds real numbers in one split and integers in another")
-    if not kinds & {"U", "S"} and min((int(a.min()) for a in raw if a.size), default=0) < 0:
+    if not kinds & {"U", "S"} and min((int(a.min()) for a in arrays if a.size), default=0) < 0:
         raise DataError(f"{what} holds negative class ids")
-    names = np.unique(np.concatenate(raw))
-    ids = [torch.from_numpy(np.searchsorted(names, a).astype(np.int64)) for a in raw]
+    names = np.unique(np.concatenate(arrays))
+    ids: list[torch.Tensor | None] = [
+        torch.from_numpy(np.searchsorted(names, a).astype(np.int64)) for a in arrays
+    ]
     text = [
         v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in names.tolist()
     ]
@@ -405,12 +408,12 @@ def load_multimodal(
     """
     if dataset not in DATASETS:
         raise DataError(f"dataset: expected one of {', '.join(DATASETS)}, got {dataset!r}")
-    if dataset in ("movielens", "mosi", "mosei", "npz") and data_dir is None:
-        raise DataError(f"data_dir: dataset {dataset!r} is read from a path; pass --data-dir")
-    if dataset == "movielens":
-        return load_movielens(data_dir, **options)  # type: ignore[arg-type]
-    if dataset in ("mosi", "mosei"):
-        return load_affect(data_dir, dataset, **options)  # type: ignore[arg-type]
-    if dataset == "npz":
-        return load_npz(data_dir, **options)  # type: ignore[arg-type]
+    if dataset in ("movielens", "mosi", "mosei", "npz"):
+        if data_dir is None:
+            raise DataError(f"data_dir: dataset {dataset!r} is read from a path; pass --data-dir")
+        if dataset == "movielens":
+            return load_movielens(data_dir, **options)
+        if dataset in ("mosi", "mosei"):
+            return load_affect(data_dir, dataset, **options)
+        return load_npz(data_dir, **options)
     return load_split_images(dataset, data_dir, **options)

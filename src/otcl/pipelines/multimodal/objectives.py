@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from itertools import combinations
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -121,24 +121,27 @@ class MultimodalObjective:
         bank's queue of earlier joint representations); ``enqueue``: called with the batch's
         joint representation (B, latent), e.g. to queue it.
         """
-        missing = [m for m in model.modalities if x.get(m) is None]
+        present = {m: v for m in model.modalities if (v := x.get(m)) is not None}
+        missing = [m for m in model.modalities if m not in present]
         if missing:
             raise ValueError(
                 f"x: modality {missing[0]!r} is missing at training time; training needs every "
                 f"modality ({', '.join(model.modalities)}); drop modalities at evaluation only"
             )
-        x = {m: x[m] for m in model.modalities}
         with self.autocast():
-            z = {m: v.float() for m, v in model.encode(x).items()}
+            z = {m: v.float() for m, v in model.encode(present).items()}
         joint = model.fuse(z)
-        base = self.loss.base if self.is_dmm else self.loss
+        dmm = cast(DMM, self.loss) if self.is_dmm else None  # is_dmm: the loss is a DMM
+        # a DMM's base is built in its __init__: a loss module or callable, never a name
+        base = self.loss if dmm is None else cast(Callable[..., torch.Tensor], dmm.base)
         if enqueue is not None:
             enqueue(joint.detach())
         kw = {} if negatives is None else {"negatives": negatives}
-        align = sum(base(a, b, **kw) for a, b in self._pairs(z, joint))
-        out: dict[str, torch.Tensor] = {"align": align}  # type: ignore[dict-item]
-        if self.is_dmm and self.loss.current_weight > 0:
-            out["dmm"] = self.loss.current_weight * self._dmm_term(model, x, z, joint)
+        # a sum of loss tensors (a model has two modalities or more: one pair at least)
+        align = cast(torch.Tensor, sum(base(a, b, **kw) for a, b in self._pairs(z, joint)))
+        out: dict[str, torch.Tensor] = {"align": align}
+        if dmm is not None and dmm.current_weight > 0:
+            out["dmm"] = dmm.current_weight * self._dmm_term(model, present, z, joint)
         return out
 
     def _dmm_term(
@@ -179,4 +182,4 @@ class MultimodalObjective:
         enqueue: Callable[[torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         terms = self.terms(model, x, negatives=negatives, enqueue=enqueue)
-        return sum(terms.values())  # type: ignore[return-value]
+        return cast(torch.Tensor, sum(terms.values()))  # "align" and maybe "dmm": a tensor

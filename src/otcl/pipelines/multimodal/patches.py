@@ -112,7 +112,8 @@ def _mnist(data_dir: str | os.PathLike[str] | None, download: bool):
             "mnist", gray, img.train_y, test, img.test_y, img.classes, (0.1307,), (0.3081,)
         )
     try:
-        import torchvision.datasets as tvd
+        # the optional extra otcl[vision]; not installed where the types are checked
+        import torchvision.datasets as tvd  # pyright: ignore[reportMissingImports]
     except ImportError:
         raise DataError(
             "dataset: 'mnist' is downloaded through torchvision, which is not installed; "

@@ -203,15 +203,20 @@ def evaluate_robustness(
     mods = model.modalities
     if tuple(data.modalities) != mods:
         raise ValueError(f"data: modalities {data.modalities} differ from the model's {mods}")
-    enc = dict(batch_size=batch_size, device=dev)
-    ztr = encode_all(model, dict(data.train), **enc)
-    zte = encode_all(model, dict(data.test), **enc)
+
+    def encode(x: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return encode_all(model, x, batch_size=batch_size, device=dev)
+
+    ztr = encode(dict(data.train))
+    zte = encode(dict(data.test))
     zero = None
     if missing == "zero":
-        zero = encode_all(model, {m: torch.zeros_like(v) for m, v in data.test.items()}, **enc)
+        zero = encode({m: torch.zeros_like(v) for m, v in data.test.items()})
     scorer: Scorer | None = None
     if probe is not None and data.task is not None:
-        scorer = probe(joint_of(model, ztr, mods), data.train_y, data.test_y)  # type: ignore[arg-type]
+        ytr, yte = data.train_y, data.test_y
+        assert ytr is not None and yte is not None  # a task has labels (MultimodalData checks)
+        scorer = probe(joint_of(model, ztr, mods), ytr, yte)
 
     def metrics_of(joint: torch.Tensor) -> dict[str, float]:
         return {} if scorer is None else scorer(joint)
@@ -243,9 +248,7 @@ def evaluate_robustness(
         for noisy in (*mods, "all"):
             which = mods if noisy == "all" else (noisy,)
             zn = dict(zte)
-            zn.update(
-                encode_all(model, {m: add_noise(data.test[m], snr, gen) for m in which}, **enc)
-            )
+            zn.update(encode({m: add_noise(data.test[m], snr, gen) for m in which}))
             r1 = [
                 retrieval_metrics(zn[a], zn[b])["R@1"]
                 for a in mods

@@ -240,8 +240,10 @@ def fit_implicit(
             "implicit: the optional package is not installed (pip install 'otcl[recsys]')"
         )
     import scipy.sparse as sp
-    from implicit.cpu.als import AlternatingLeastSquares
-    from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+    # the optional extra otcl[recsys]; not installed where the types are checked
+    from implicit.cpu.als import AlternatingLeastSquares  # pyright: ignore[reportMissingImports]
+    from implicit.cpu.bpr import BayesianPersonalizedRanking  # pyright: ignore[reportMissingImports]
 
     ui = sp.csr_matrix(
         (np.ones(len(split.train_user), dtype=np.float32), (split.train_user, split.train_item)),

@@ -224,7 +224,9 @@ def _validation(
         rng = np.random.default_rng([seed, 1])
         order = np.lexsort((rng.random(len(idx)), data.user[idx]))  # users, shuffled within
     else:
-        order = np.lexsort((idx, data.timestamp[idx], data.user[idx]))  # users, by time
+        stamp = data.timestamp
+        assert stamp is not None  # split() refuses the temporal protocol without timestamps
+        order = np.lexsort((idx, stamp[idx], data.user[idx]))  # users, by time
     su = data.user[idx][order]
     starts = np.flatnonzero(np.r_[True, su[1:] != su[:-1]])
     counts = np.diff(np.r_[starts, len(su)])

@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -77,7 +77,8 @@ def load_data(cfg: RecsysConfig) -> tuple[Ratings, Split]:
 def dmm_params(cfg: RecsysConfig) -> dict[str, Any]:
     """DMM's parameters for this run (see :class:`~otcl.pipelines.recsys.config.RecsysDMMConfig`)."""
     dm = cfg.dmm
-    warmup = dm.warmup if dm.warmup is not None else 0.15 * int(cfg.train.epochs)
+    epochs = cast(int, cfg.train.epochs)  # set by resolve (the model kind's preset)
+    warmup = dm.warmup if dm.warmup is not None else 0.15 * int(epochs)
     out: dict[str, Any] = {
         "lam_range": tuple(dm.lam_range),
         "warmup": warmup,
@@ -99,7 +100,7 @@ def objective_spec(cfg: RecsysConfig) -> ObjectiveSpec:
         loss_params=dict(c.loss.params),
         dmm=c.dmm.enabled,
         dmm_params=dmm_params(c) if c.dmm.enabled else {},
-        negatives=int(c.model.negatives),
+        negatives=int(cast(int, c.model.negatives)),  # set by resolve (the preset)
         margin=c.model.margin,
         pop_marginal=float(c.model.pop_marginal or 0.0),
     )
@@ -208,7 +209,7 @@ class RecsysTrainer(EpochTrainer):
         log: where progress lines go.
     """
 
-    pipeline: str = "recsys"
+    pipeline: str | None = "recsys"
 
     throughput_unit: str = "pairs"
     cfg: RecsysConfig
@@ -296,7 +297,8 @@ class RecsysTrainer(EpochTrainer):
 
     def selection_rule(self) -> SelectionRule:
         e = self.cfg.eval
-        every = int(e.every) if e.every else int(self.cfg.train.epochs)
+        epochs = cast(int, self.cfg.train.epochs)  # set by resolve (the model kind's preset)
+        every = int(e.every) if e.every else int(epochs)
         return SelectionRule(metric=e.select, every=every, patience=e.patience)
 
     def validate(self) -> dict[str, float]:
@@ -305,7 +307,7 @@ class RecsysTrainer(EpochTrainer):
         e = self.cfg.eval
         ks = tuple(sorted({*(int(k) for k in e.ks), int(e.select.partition("@")[2])}))
         res = evaluate_model(
-            self.model,
+            cast(RecModel, self.model),  # build() made it (build_recsys_model)
             self.val_split,
             replace(self.cfg, eval=replace(e, ks=ks)),
             device=self.device,
@@ -321,7 +323,7 @@ class RecsysTrainer(EpochTrainer):
         if not final:
             return {}
         res = evaluate_model(
-            self.model,
+            cast(RecModel, self.model),  # build() made it (build_recsys_model)
             self.split,
             self.cfg,
             device=self.device,
@@ -355,6 +357,8 @@ def ranking_prior(cfg: RecsysConfig, s: Split, temperature: float | None) -> tor
 def build_recsys_model(cfg: RecsysConfig, data: Ratings) -> RecModel:
     """The model of ``cfg.model`` for ``data`` (sentence-encoder titles if ``text=minilm``)."""
     m = cfg.model
+    # set by resolve (the model kind's preset)
+    dim, id_dropout = cast(int, m.dim), cast(float, m.id_dropout)
     feats = parse_features(
         m.features, data.user_features is not None, data.item_features is not None
     )
@@ -366,11 +370,11 @@ def build_recsys_model(cfg: RecsysConfig, data: Ratings) -> RecModel:
     return build_model(
         m.kind,
         data,
-        dim=int(m.dim),
+        dim=int(dim),
         features=feats,
         title_buckets=m.title_buckets,
         text_embeddings=text,
-        id_dropout=float(m.id_dropout) if feats else 0.0,
+        id_dropout=float(id_dropout) if feats else 0.0,
     )
 
 
@@ -379,12 +383,14 @@ def load_run(
 ) -> tuple[RecsysConfig, RecModel, Ratings, Split, torch.Tensor | None]:
     """Rebuild a run's config, model (eval mode; the validation-selected weights), ratings,
     split and ranking prior."""
+    cfg: RecsysConfig
     cfg, st = open_run(run_dir, RecsysConfig, resolve)
     best = (st.get("selection") or {}).get("weights")
     if best is not None:  # the validation-selected weights, those the test numbers are of
         st = {**st, "model": best}
     data, s = load_data(cfg)
-    model = restore_model(build_recsys_model(cfg, data), st, run_dir, device)
+    # restore_model returns the model it was given
+    model = cast(RecModel, restore_model(build_recsys_model(cfg, data), st, run_dir, device))
     loss = make_loss(cfg.model.kind, objective_spec(cfg))
     temperature = getattr(getattr(loss, "base", loss), "temperature", None)
     return cfg, model, data, s, ranking_prior(cfg, s, temperature)
