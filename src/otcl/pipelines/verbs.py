@@ -16,7 +16,7 @@ Each verb's ``--help`` offers only what it accepts.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, cast
 
 from .commands import (
     Refused,
@@ -160,7 +160,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(spec.describe_train(trainer, summary))
     if getattr(args, "eval", False) and trainer.is_main and spec.evaluate is not None:
         t = trainer.cfg.train
-        r = spec.evaluate(trainer.out, device=t.device, data=trainer.data, progress=t.progress)
+        data = cast(Any, trainer).data  # the dataset the pipeline's build loaded (its own type)
+        r = spec.evaluate(trainer.out, device=t.device, data=data, progress=t.progress)
         print(f"eval: {spec.describe_eval(r)}")
     return 0
 

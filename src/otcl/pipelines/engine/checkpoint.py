@@ -23,7 +23,7 @@ import pickle
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -115,10 +115,10 @@ def restore_model(
 
 
 # -- the file ------------------------------------------------------------------------------
-def _format1_globals() -> list[tuple[Any, str]]:
+def _format1_globals() -> list[tuple[Callable[..., Any], str]]:
     """The only globals a format-1 checkpoint needs beyond tensors: NumPy's RNG-state array
     (under the module names NumPy 1 and 2 pickle it with)."""
-    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
+    reconstruct = cast(Callable[..., Any], np.ndarray.__reduce__(np.zeros(1))[0])  # a function
     u32 = type(np.dtype(np.uint32))
     return [
         (np.dtype, "numpy.dtype"),
@@ -175,7 +175,8 @@ def _safe_load(source: Any, where: str) -> Any:
         )
     if hasattr(source, "seek"):
         source.seek(0)
-    with torch.serialization.safe_globals(allowed):
+    safe: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [*allowed]
+    with torch.serialization.safe_globals(safe):
         try:
             return torch.load(source, map_location="cpu", weights_only=True)
         except Exception as e:
@@ -332,7 +333,9 @@ def restore_run(tr: Any, st: dict[str, Any]) -> None:
     if tr.selector is not None and "selection" in st:
         tr.selector.load_state_dict(st["selection"])
     ranks = st.get("rng_ranks")
-    same_world = isinstance(ranks, list) and len(ranks) == tr.world
-    set_rng_state(ranks[tr.rank] if same_world else st["rng"])
+    if isinstance(ranks, list) and len(ranks) == tr.world:  # the run had as many processes
+        set_rng_state(ranks[tr.rank])
+    else:
+        set_rng_state(st["rng"])
     if tr.is_main:  # the log may hold epochs finished after the checkpoint: redone
         trim_log(tr.out, tr.epoch)

@@ -139,7 +139,7 @@ def encode_sentences(
         if cached.is_file():
             return np.load(cached)
         with contextlib.redirect_stdout(io.StringIO()):  # the model package prints on import
-            import all_minilm_l6_v2
+            import all_minilm_l6_v2  # pyright: ignore[reportMissingImports]  # optional: recsys-text
 
             model_dir = root / SENTENCE_MODEL
             if not (model_dir / "config.json").is_file():
@@ -152,7 +152,9 @@ def encode_sentences(
                 "local sentence-transformers model)"
             )
     with contextlib.redirect_stdout(io.StringIO()):
-        from sentence_transformers import SentenceTransformer
+        from sentence_transformers import (  # pyright: ignore[reportMissingImports]  # recsys-text
+            SentenceTransformer,
+        )
     with contextlib.redirect_stderr(io.StringIO()):  # transformers' weight-loading bar
         encoder = SentenceTransformer(str(model_dir), device="cpu")
     emb = np.asarray(

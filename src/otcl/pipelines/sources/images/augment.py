@@ -135,6 +135,10 @@ class Augment(nn.Module):
         batch and those rows kept, so each image is augmented as in one process.
     """
 
+    #: the per-channel normalisation (buffers, not saved in a state dict)
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(
         self,
         size: int | None = None,

@@ -218,7 +218,10 @@ def save_domain_grids(
                 :, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w
             ] = im
         pil = Image.fromarray(grid.permute(1, 2, 0).numpy())
-        pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+        # Image.NEAREST is set at import (invisible to the checker); Image.Resampling needs
+        # Pillow >= 9.1
+        nearest = Image.NEAREST  # pyright: ignore[reportAttributeAccessIssue]
+        pil = pil.resize((pil.width * scale, pil.height * scale), nearest)
         path = out / f"domain-{dom}.png"
         pil.save(path)
         paths.append(path)
