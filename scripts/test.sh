@@ -8,8 +8,8 @@ dirs=(src tests)
 [ -d examples ] && dirs+=(examples)
 .venv/bin/ruff check "${dirs[@]}"
 .venv/bin/ruff format --check "${dirs[@]}"
-# type check ([tool.pyright] in pyproject.toml: the library and the entry point); then the public
-# API as users' type checkers see it (py.typed): the library's symbols must all be typed
+# type check ([tool.pyright] in pyproject.toml: the whole package, pipelines included); then the
+# public API as users' type checkers see it (py.typed): the library's symbols must all be typed
 export PATH="$PWD/.venv/bin:$PATH"
 pyright
 report=$(pyright --verifytypes otcl --ignoreexternal || true)
