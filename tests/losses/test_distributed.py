@@ -11,9 +11,6 @@ The two processes are started once for the whole module (a few seconds).
 from __future__ import annotations
 
 import os
-import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +19,7 @@ import torch.distributed as dist
 import otcl
 from otcl.losses import build
 from otcl.losses.mixing import Mixed
+from tests.losses._gloo import spawn_ranks
 
 WORLD = 2
 N_LOCAL = 4  # pairs per rank
@@ -135,15 +133,7 @@ def _worker(rank: int, init: str, out: str) -> None:
 
 @pytest.fixture(scope="module")
 def distributed_results():
-    import torch.multiprocessing as mp
-
-    with tempfile.TemporaryDirectory() as tmp:
-        init = os.path.join(tmp, "init")
-        root = str(Path(__file__).resolve().parents[2])
-        os.environ["PYTHONPATH"] = root + os.pathsep + os.environ.get("PYTHONPATH", "")
-        sys.path.insert(0, root)
-        mp.spawn(_worker, args=(init, tmp), nprocs=WORLD, join=True)
-        return [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(WORLD)]
+    return spawn_ranks(_worker, WORLD)
 
 
 @pytest.mark.parametrize("cid,name,params,kind,with_neg", CASES, ids=[c[0] for c in CASES])

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 
 from otcl.losses import MemoryBank, build
+from tests.losses._gloo import spawn_ranks
 
 WORLD, N_LOCAL, D, SIZE, STEPS = 2, 3, 4, 10, 4
 
@@ -109,14 +107,7 @@ def _worker(rank: int, init: str, out: str) -> None:
 
 
 def test_two_gloo_processes_equal_one_process_with_the_global_batch():
-    import torch.multiprocessing as mp
-
-    with tempfile.TemporaryDirectory() as tmp:
-        root = str(Path(__file__).resolve().parents[2])
-        os.environ["PYTHONPATH"] = root + os.pathsep + os.environ.get("PYTHONPATH", "")
-        sys.path.insert(0, root)
-        mp.spawn(_worker, args=(os.path.join(tmp, "init"), tmp), nprocs=WORLD, join=True)
-        ranks = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(WORLD)]
+    ranks = spawn_ranks(_worker, WORLD)
     one = _steps(0, 1)
     for step, (val, grad, queue) in enumerate(one):
         for r, res in enumerate(ranks):
