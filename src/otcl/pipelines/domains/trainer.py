@@ -119,11 +119,11 @@ class DomainTrainer(TwoViewTrainer):
                 "the whole batch); run it without torchrun"
             )
         self.data = self.given_data if self.given_data is not None else load_data(self.cfg)
-        self.images = self.data.ssl_images().to(self.device)
+        self.images: torch.Tensor = self.data.ssl_images().to(self.device)
         self.domains = self.data.train_d.to(self.device)
-        self.augment = make_augment(self.cfg, self.data).to(self.device)
-        self.model = make_model(self.cfg, self.data).to(self.device)
-        self.loss_fn = self.build_loss()
+        self.augment: Augment = make_augment(self.cfg, self.data).to(self.device)
+        self.model: torch.nn.Module = make_model(self.cfg, self.data).to(self.device)
+        self.loss_fn: torch.nn.Module = self.build_loss()
         self.set_steps_per_epoch(self.data.name)
 
     def target(self, domains: torch.Tensor) -> torch.Tensor | None:

@@ -76,7 +76,9 @@ class TensorBoardLogger(ScalarLogger):
         path = Path(run_dir) / TB_DIR
         if start_epoch == 0 and path.exists():  # an earlier run that saved no checkpoint
             shutil.rmtree(path)
-        self.writer = SummaryWriter(str(path), purge_step=start_epoch + 1 if start_epoch else None)
+        self.writer: SummaryWriter = SummaryWriter(
+            str(path), purge_step=start_epoch + 1 if start_epoch else None
+        )
 
     def log(self, record: Mapping[str, Any], step: int) -> None:
         for k, v in scalars(record).items():

@@ -75,9 +75,9 @@ class Selector:
     def __init__(self, rule: SelectionRule) -> None:
         self.rule = rule
         self.best_score: float | None = None
-        self.best_epoch = 0
-        self.bad = 0  # validations in a row without improvement
-        self.stopped = False  # early stopping triggered
+        self.best_epoch: int = 0
+        self.bad: int = 0  # validations in a row without improvement
+        self.stopped: bool = False  # early stopping triggered
         self.weights: dict[str, torch.Tensor] | None = None  # the best epoch's (CPU copies)
 
     def due(self, epoch: int, epochs: int) -> bool:

@@ -96,6 +96,12 @@ class RunsInterrupted(TrainingInterrupted):
         runs: the run directories that were training; ``signum``: the signal.
     """
 
+    runs: list[Path]
+    path: Path
+    epoch: int
+    step: int
+    signum: int
+
     def __init__(self, runs: list[Path], signum: int) -> None:
         name = signal.Signals(signum).name
         where = ", ".join(str(r) for r in runs) or "no run was training"
@@ -117,6 +123,10 @@ class PeerLost(RuntimeError):
         lost: the rank lost (None where it cannot be told: more than two processes);
         checkpoint: the last checkpoint of the run (None: none written yet); ``run_dir``.
     """
+
+    lost: int | None
+    run_dir: Path
+    checkpoint: Path | None
 
     def __init__(self, lost: int | None, run_dir: Path, checkpoint: Path | None, cause: str):
         who = f"rank {lost}" if lost is not None else "a rank"

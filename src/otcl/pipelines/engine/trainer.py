@@ -84,7 +84,7 @@ from torch import nn
 
 from ..config import given
 from . import assemble, checkpoint, identity, loop, optim
-from .distributed import agreed, init_from_env, main_log, shard_batch
+from .distributed import Session, agreed, init_from_env, main_log, shard_batch
 from .loggers import ScalarLogger, check_log
 from .memory import check_memory_bank
 from .progress import stderr_line
@@ -145,6 +145,9 @@ class EpochTrainer(StepTools):
     log: Callable[[str], None]
     #: how the loop ends early (signals, :meth:`request_stop`, deadlines)
     stops: Stops
+    #: this rank's share of the global batch, set by :meth:`_shard_batch`
+    local_batch_size: int
+    local_rows: slice
     #: the data's :mod:`.fingerprint` (rank 0; recorded in the checkpoint)
     data_fingerprint: dict[str, str]
     #: epochs completed, and steps of the current epoch completed
@@ -177,8 +180,9 @@ class EpochTrainer(StepTools):
         #: the batch size the caller asked for (None: the pipeline's preset, or a resume,
         #: which keeps the size the run started with); see :meth:`fit_batch`
         asked = "batch_size" in given(cfg.train)
-        self.batch_requested = cfg.train.batch_size if asked and not resume else None
-        self.session = init_from_env()  # torchrun's process group (None: one process)
+        self.batch_requested: int | None = cfg.train.batch_size if asked and not resume else None
+        #: torchrun's process group (None: one process)
+        self.session: Session | None = init_from_env()
         self.world = 1 if self.session is None else self.session.world
         self.rank = 0 if self.session is None else self.session.rank
         self.is_main = self.rank == 0
@@ -187,7 +191,7 @@ class EpochTrainer(StepTools):
         self.stops = Stops()
         try:
             with agreed():
-                self.cfg = self.resolve_config(cfg)
+                self.cfg: Any = self.resolve_config(cfg)
                 self.check_config()
                 t = self.cfg.train
                 if out is None:

@@ -134,7 +134,7 @@ class TwoViewTrainer(EpochTrainer):
                 f"train.batch_size: {self.batch_size} is more than the {n} training images of "
                 f"{name}; use --batch-size {n} or less"
             )
-        self.steps_per_epoch = n // self.batch_size
+        self.steps_per_epoch: int = n // self.batch_size
 
     def two_views(self, x: torch.Tensor, shard: tuple[int, int] | None = None) -> torch.Tensor:
         """Both views of the images ``x``, stacked (2B, C, H, W), under the augmentation draws

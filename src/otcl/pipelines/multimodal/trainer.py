@@ -161,7 +161,7 @@ class MultimodalTrainer(EpochTrainer):
         log: where progress lines go (standard error by default).
     """
 
-    pipeline = "multimodal"
+    pipeline: str | None = "multimodal"
 
     cfg: MultimodalConfig
     model: MultimodalModel

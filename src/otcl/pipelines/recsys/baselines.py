@@ -129,8 +129,8 @@ class ItemItem:
     """
 
     def __init__(self, x: np.ndarray, w: np.ndarray) -> None:
-        self.x = torch.from_numpy(x.astype(np.float32))
-        self.w = torch.from_numpy(w.astype(np.float32))
+        self.x: torch.Tensor = torch.from_numpy(x.astype(np.float32))
+        self.w: torch.Tensor = torch.from_numpy(w.astype(np.float32))
 
     def scorer(self, device: torch.device | str = "cpu") -> Callable[[torch.Tensor], torch.Tensor]:
         x, w = self.x.to(device), self.w.to(device)

@@ -177,7 +177,7 @@ class Objective(nn.Module):
                 raise ValueError("Objective: pop_marginal needs the items' training counts")
             q = item_counts.to(torch.float64) / item_counts.sum()
             self.item_prior = q.clamp_min(1e-12) ** spec.pop_marginal
-            self.extra_prior = (1.0 / len(sampler.pool)) ** spec.pop_marginal
+            self.extra_prior: float = (1.0 / len(sampler.pool)) ** spec.pop_marginal
 
     @property
     def temperature(self) -> float | None:

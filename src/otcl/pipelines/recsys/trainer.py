@@ -219,6 +219,8 @@ class RecsysTrainer(EpochTrainer):
     steps_per_epoch: int
     data: Ratings
     split: Split
+    #: the validation split of ``split``
+    val_split: Split
     #: the two-tower's popularity correction added to every user's scores (None: none)
     prior: torch.Tensor | None
     #: the positive training pairs (users, items) on the device

@@ -193,12 +193,14 @@ class SSLTrainer(TwoViewTrainer):
             self.data = local_main_first(
                 lambda: load_data(self.cfg, progress=t.progress and self.is_main)
             )
-        self.images = self.data.ssl_images().to(self.device)
-        self.augment = make_augment(self.cfg, self.data).to(self.device)
-        self.model = make_model(self.cfg, self.data, self.given_model).to(self.device)
+        self.images: torch.Tensor = self.data.ssl_images().to(self.device)
+        self.augment: Augment = make_augment(self.cfg, self.data).to(self.device)
+        self.model: torch.nn.Module = make_model(self.cfg, self.data, self.given_model).to(
+            self.device
+        )
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.loss_fn = self.build_loss()
+        self.loss_fn: torch.nn.Module = self.build_loss()
         self.loss_call = torch.compile(self.loss_fn) if t.compile_loss else self.loss_fn
         self.set_steps_per_epoch(self.data.name)
 

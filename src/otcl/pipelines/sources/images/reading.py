@@ -107,6 +107,10 @@ class Decoder:
             :attr:`skipped` instead of raising.
     """
 
+    mode: str
+    size: int | None
+    skip_corrupt: bool
+
     def __init__(self, mode: str, size: int | None, skip_corrupt: bool) -> None:
         self.mode, self.size, self.skip_corrupt = mode, size, skip_corrupt
         #: the files left out as unreadable
